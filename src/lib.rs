@@ -1,0 +1,5 @@
+//! meldb (work in progress).
+pub mod clock;
+pub mod crdt;
+pub mod schema;
+pub mod value;
