@@ -151,6 +151,11 @@ impl Clock {
         self.last
     }
 
+    /// The drift bound in milliseconds.
+    pub fn max_drift_ms(&self) -> u64 {
+        self.max_drift_ms
+    }
+
     /// The current wall-clock reading in milliseconds.
     pub fn now_ms(&self) -> u64 {
         self.source.now_ms()

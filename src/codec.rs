@@ -1,0 +1,251 @@
+//! Bytes: the one module that knows the encoding (bincode 2, serde mode).
+//!
+//! Two things are encoded here: changeset *frames* (files and, later, the
+//! network) and the packed per-row metadata stored in SQLite.
+//!
+//! A frame is `MAGIC (4) | format version (u16 LE) | payload length (u32 LE)
+//! | blake3(payload) (32) | payload`. Decoding checks, in order: enough bytes
+//! for a header ([`DecodeError::Truncated`]), the magic, the version (a newer
+//! format is refused, never guessed at), the length against
+//! [`MAX_FRAME_PAYLOAD`] before anything is allocated, the checksum, and only
+//! then decodes the payload with bincode's allocation limit set to the
+//! payload length, so no length field inside it can make us allocate more
+//! than the frame's own size.
+
+use crate::changeset::Changeset;
+use serde::{de::DeserializeOwned, Serialize};
+use thiserror::Error;
+
+/// The first bytes of every frame.
+pub const MAGIC: [u8; 4] = *b"MLDB";
+/// The frame format this build writes and the newest it reads.
+pub const FORMAT_VERSION: u16 = 1;
+/// Header size: magic, version, length, checksum.
+pub const HEADER_LEN: usize = 4 + 2 + 4 + 32;
+/// The largest payload accepted (256 MiB).
+pub const MAX_FRAME_PAYLOAD: usize = 256 << 20;
+/// The largest stored row metadata accepted (64 MiB).
+pub const MAX_ROW_META: usize = 64 << 20;
+
+/// Why bytes could not be decoded.
+#[derive(Debug, Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// Fewer bytes than the header or the declared length needs.
+    #[error("truncated frame: need {needed} bytes, have {available}")]
+    Truncated {
+        /// Bytes needed.
+        needed: usize,
+        /// Bytes present.
+        available: usize,
+    },
+    /// Not a meldb frame.
+    #[error("not a meldb frame: bad magic bytes {found:02x?} at offset 0")]
+    BadMagic {
+        /// What was there instead.
+        found: [u8; 4],
+    },
+    /// A frame from a newer meldb.
+    #[error("frame format version {found} is newer than the supported version {supported}; upgrade meldb")]
+    UnsupportedVersion {
+        /// The frame's version.
+        found: u16,
+        /// The newest this build reads.
+        supported: u16,
+    },
+    /// The declared payload is larger than allowed.
+    #[error("frame payload of {declared} bytes exceeds the limit of {limit} bytes")]
+    TooLarge {
+        /// Declared payload size.
+        declared: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The payload does not match its checksum.
+    #[error("frame checksum mismatch: the payload is corrupt")]
+    Checksum,
+    /// Bytes after the declared payload.
+    #[error("{extra} unexpected bytes after the frame payload at offset {offset}")]
+    TrailingBytes {
+        /// Where they start.
+        offset: usize,
+        /// How many.
+        extra: usize,
+    },
+    /// The payload's structure is invalid.
+    #[error("malformed {what}: {message}")]
+    Malformed {
+        /// What was being decoded.
+        what: &'static str,
+        /// bincode's description.
+        message: String,
+    },
+}
+
+fn config<const LIMIT: usize>() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<LIMIT>()
+}
+
+fn encode_value<T: Serialize>(value: &T) -> Vec<u8> {
+    // Encoding into a Vec cannot fail for our types: no maps with non-string
+    // keys, no unsupported serde features, and the only limit is on decode.
+    bincode::serde::encode_to_vec(value, bincode::config::standard()).unwrap_or_default()
+}
+
+fn decode_value<T: DeserializeOwned, const LIMIT: usize>(
+    bytes: &[u8],
+    what: &'static str,
+) -> Result<T, DecodeError> {
+    let (value, read) =
+        bincode::serde::decode_from_slice(bytes, config::<LIMIT>()).map_err(|e| {
+            DecodeError::Malformed {
+                what,
+                message: e.to_string(),
+            }
+        })?;
+    if read != bytes.len() {
+        return Err(DecodeError::TrailingBytes {
+            offset: read,
+            extra: bytes.len() - read,
+        });
+    }
+    Ok(value)
+}
+
+/// Encodes a changeset as one frame.
+pub fn encode_changeset(changeset: &Changeset) -> Vec<u8> {
+    frame(&encode_value(changeset))
+}
+
+/// Wraps a payload in a frame header. Public so fuzz targets can reach the
+/// payload decoder past the checksum.
+pub fn frame(payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(blake3::hash(payload).as_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Checks a frame's header and checksum and returns its payload.
+pub fn unframe(bytes: &[u8]) -> Result<&[u8], DecodeError> {
+    let header = bytes.get(..HEADER_LEN).ok_or(DecodeError::Truncated {
+        needed: HEADER_LEN,
+        available: bytes.len(),
+    })?;
+    let (magic, rest) = header.split_at(4);
+    let (version, rest) = rest.split_at(2);
+    let (len, checksum) = rest.split_at(4);
+    if magic != MAGIC {
+        let mut found = [0; 4];
+        found.copy_from_slice(magic);
+        return Err(DecodeError::BadMagic { found });
+    }
+    let version = u16::from_le_bytes([version[0], version[1]]);
+    if version > FORMAT_VERSION || version == 0 {
+        return Err(DecodeError::UnsupportedVersion {
+            found: version,
+            supported: FORMAT_VERSION,
+        });
+    }
+    let declared = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+    if declared > MAX_FRAME_PAYLOAD {
+        return Err(DecodeError::TooLarge {
+            declared,
+            limit: MAX_FRAME_PAYLOAD,
+        });
+    }
+    let end = HEADER_LEN + declared;
+    let payload = bytes.get(HEADER_LEN..end).ok_or(DecodeError::Truncated {
+        needed: end,
+        available: bytes.len(),
+    })?;
+    if bytes.len() > end {
+        return Err(DecodeError::TrailingBytes {
+            offset: end,
+            extra: bytes.len() - end,
+        });
+    }
+    if blake3::hash(payload).as_bytes()[..] != checksum[..] {
+        return Err(DecodeError::Checksum);
+    }
+    Ok(payload)
+}
+
+/// Decodes one changeset frame.
+pub fn decode_changeset(bytes: &[u8]) -> Result<Changeset, DecodeError> {
+    decode_value::<Changeset, MAX_FRAME_PAYLOAD>(unframe(bytes)?, "changeset")
+}
+
+/// Encodes a value for storage inside the database (row metadata, held
+/// changes). No frame: SQLite already checks its pages.
+pub fn encode_stored<T: Serialize>(value: &T) -> Vec<u8> {
+    encode_value(value)
+}
+
+/// Decodes a stored value; corrupt bytes are an error, never a panic.
+pub fn decode_stored<T: DeserializeOwned>(
+    bytes: &[u8],
+    what: &'static str,
+) -> Result<T, DecodeError> {
+    decode_value::<T, MAX_ROW_META>(bytes, what)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::SiteId;
+
+    #[test]
+    fn frame_round_trips_and_every_corruption_is_caught() -> Result<(), DecodeError> {
+        let cs = Changeset::new(SiteId::from_bytes([7; 16]));
+        let bytes = encode_changeset(&cs);
+        assert_eq!(decode_changeset(&bytes)?, cs);
+
+        for cut in 0..bytes.len() {
+            assert!(decode_changeset(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut flipped = bytes.clone();
+        if let Some(last) = flipped.last_mut() {
+            *last ^= 1;
+        }
+        assert_eq!(decode_changeset(&flipped), Err(DecodeError::Checksum));
+
+        let mut newer = bytes.clone();
+        newer[4..6].copy_from_slice(&(FORMAT_VERSION + 1).to_le_bytes());
+        assert!(matches!(
+            decode_changeset(&newer),
+            Err(DecodeError::UnsupportedVersion { found, .. }) if found == FORMAT_VERSION + 1
+        ));
+
+        let mut huge = bytes.clone();
+        huge[6..10].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            decode_changeset(&huge),
+            Err(DecodeError::TooLarge { .. })
+        ));
+
+        let mut trailing = bytes;
+        trailing.push(0);
+        assert!(matches!(
+            decode_changeset(&trailing),
+            Err(DecodeError::TrailingBytes { .. })
+        ));
+        Ok(())
+    }
+
+    #[test]
+    fn hostile_length_inside_a_valid_frame_does_not_allocate() {
+        // A payload claiming a vector of 2^60 tables, with a correct checksum.
+        let mut payload = vec![7u8; 16];
+        payload.push(0xff);
+        payload.extend_from_slice(&(1u64 << 60).to_le_bytes());
+        let result = decode_changeset(&frame(&payload));
+        assert!(
+            matches!(result, Err(DecodeError::Malformed { .. })),
+            "{result:?}"
+        );
+    }
+}

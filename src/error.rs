@@ -1,0 +1,243 @@
+//! The crate's errors: one enum per layer, joined in [`Error`].
+//!
+//! [`WriteError`]: a local write the schema does not allow (nothing was
+//! changed). [`ApplyError`]: a changeset that cannot be merged (nothing of it
+//! was applied). [`StorageError`]: SQLite failed, or the database's own
+//! metadata is corrupt. Schema and decoding errors live with their modules.
+
+use crate::codec::DecodeError;
+use crate::schema::{Kind, SchemaError, SqlType};
+use thiserror::Error;
+
+/// Any meldb error.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A schema file or schema upgrade problem.
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
+    /// A local write that the schema does not allow.
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    /// A changeset that cannot be applied.
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    /// Bytes that are not a valid frame.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// SQLite or the stored metadata failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Self {
+        Error::Storage(StorageError::Sqlite(e))
+    }
+}
+
+/// The crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A local write rejected before anything changed.
+#[derive(Debug, Error, PartialEq)]
+#[non_exhaustive]
+pub enum WriteError {
+    /// No such table in the schema.
+    #[error("unknown table {table:?}")]
+    UnknownTable {
+        /// The table named.
+        table: String,
+    },
+    /// No such column in the table.
+    #[error("table {table:?} has no column {column:?}")]
+    UnknownColumn {
+        /// The table.
+        table: String,
+        /// The column named.
+        column: String,
+    },
+    /// A value of the wrong type.
+    #[error("table {table:?}, column {column:?}: expected {expected} value, got {found}")]
+    TypeMismatch {
+        /// The table.
+        table: String,
+        /// The column.
+        column: String,
+        /// The column's type.
+        expected: SqlType,
+        /// The value's type.
+        found: &'static str,
+    },
+    /// NULL in a column that does not allow it.
+    #[error("table {table:?}, column {column:?}: NULL is not allowed")]
+    NullNotAllowed {
+        /// The table.
+        table: String,
+        /// The column.
+        column: String,
+    },
+    /// A NaN real (SQLite would store it as NULL).
+    #[error("table {table:?}, column {column:?}: NaN is not a storable value")]
+    NotANumber {
+        /// The table.
+        table: String,
+        /// The column.
+        column: String,
+    },
+    /// An insert without a value for a NOT NULL column that has no default.
+    #[error(
+        "table {table:?}: insert needs a value for NOT NULL column {column:?} (it has no default)"
+    )]
+    MissingValue {
+        /// The table.
+        table: String,
+        /// The column.
+        column: String,
+    },
+    /// A key with the wrong number of parts.
+    #[error("table {table:?}: key {key} has {found} parts, the primary key has {expected}")]
+    KeyArity {
+        /// The table.
+        table: String,
+        /// The key given.
+        key: String,
+        /// Key columns.
+        expected: usize,
+        /// Parts given.
+        found: usize,
+    },
+    /// A column given twice in one write.
+    #[error("table {table:?}: column {column:?} is given twice")]
+    DuplicateColumn {
+        /// The table.
+        table: String,
+        /// The column.
+        column: String,
+    },
+    /// Insert of a key that exists.
+    #[error("table {table:?}: a row with key {key} already exists")]
+    RowExists {
+        /// The table.
+        table: String,
+        /// The key.
+        key: String,
+    },
+    /// Update or delete of a key that does not exist (or was deleted).
+    #[error("table {table:?}: no row with key {key}")]
+    RowNotFound {
+        /// The table.
+        table: String,
+        /// The key.
+        key: String,
+    },
+    /// An attempt to change a primary-key column.
+    #[error("table {table:?}: column {column:?} is part of the primary key and cannot change")]
+    KeyUpdate {
+        /// The table.
+        table: String,
+        /// The column.
+        column: String,
+    },
+    /// An operation that does not fit the column's kind.
+    #[error("table {table:?}, column {column:?} is {kind}: {hint}")]
+    WrongKind {
+        /// The table.
+        table: String,
+        /// The column.
+        column: String,
+        /// Its kind.
+        kind: Kind,
+        /// What to do instead.
+        hint: &'static str,
+    },
+    /// A negative increment of a grow-only counter.
+    #[error("table {table:?}, column {column:?}: a g_counter only grows; cannot add {amount}")]
+    NegativeIncrement {
+        /// The table.
+        table: String,
+        /// The column.
+        column: String,
+        /// The amount given.
+        amount: i64,
+    },
+    /// A counter total that would overflow 64 bits.
+    #[error("table {table:?}, column {column:?}: counter would overflow")]
+    CounterOverflow {
+        /// The table.
+        table: String,
+        /// The column.
+        column: String,
+    },
+    /// An OR-set value that is not a JSON array of strings.
+    #[error("table {table:?}, column {column:?}: an or_set value must be a JSON array of strings ({problem})")]
+    BadSetValue {
+        /// The table.
+        table: String,
+        /// The column.
+        column: String,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+/// A changeset that cannot be applied; nothing of it was.
+#[derive(Debug, Error, PartialEq)]
+#[non_exhaustive]
+pub enum ApplyError {
+    /// The changeset names a table this schema lacks.
+    #[error("changeset from {origin} names unknown table {table:?}")]
+    UnknownTable {
+        /// The sending site.
+        origin: String,
+        /// The table.
+        table: String,
+    },
+    /// The changeset names a column this schema lacks.
+    #[error("changeset from {origin}: table {table:?} has no column {column:?} here (is this replica's schema older?)")]
+    UnknownColumn {
+        /// The sending site.
+        origin: String,
+        /// The table.
+        table: String,
+        /// The column.
+        column: String,
+    },
+    /// A row that breaks the schema or the CRDT invariants.
+    #[error("changeset from {origin}: table {table:?}, key {key}: {problem}")]
+    InvalidRow {
+        /// The sending site.
+        origin: String,
+        /// The table.
+        table: String,
+        /// The row's key.
+        key: String,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+/// SQLite failed, or stored metadata is not what meldb wrote.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    /// An SQLite error.
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// Stored metadata that does not decode or does not fit the schema.
+    #[error("corrupt database: {what}: {problem}")]
+    Corrupt {
+        /// Which table or record.
+        what: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// The file is not a meldb database, or was made by a newer meldb.
+    #[error("{path}: {problem}")]
+    NotMeldb {
+        /// The database file.
+        path: String,
+        /// What is wrong.
+        problem: String,
+    },
+}

@@ -1,0 +1,360 @@
+//! Applying a changeset from another replica.
+//!
+//! Each row is validated against the schema, checked against the clock
+//! drift bound, classified against the local row (already seen,
+//! fast-forward, concurrent) and merged with `merge_crdt_columns`. Its
+//! covers then join the version vector. All of it is one transaction: an
+//! invalid row anywhere rejects the whole changeset and changes nothing.
+//!
+//! A row whose timestamp is more than the drift bound ahead of the local
+//! clock is *held*: stored aside in `meldb_held`, reported with its site and
+//! offset, not applied, not covered (so peers will offer it again), and
+//! never allowed to move the local clock. Held rows are retried at every
+//! apply and by [`Store::release_held`] once the local clock has caught up.
+
+use super::layout::TableLayout;
+use super::rows::{self, RowWriteError};
+use super::write::Transaction;
+use super::Store;
+use crate::changeset::{Changeset, RowChange, TableChanges};
+use crate::clock::SiteId;
+use crate::codec;
+use crate::crdt::{Causality, ColumnState};
+use crate::error::{ApplyError, Result, StorageError};
+use crate::merge::{check_shape, merge_row, RowState};
+use crate::value::{Key, Value};
+use rusqlite::params;
+
+/// What an apply did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ApplyReport {
+    /// Rows that descended from the local row (or were new here).
+    pub fast_forward: usize,
+    /// Rows concurrent with the local row: real conflicts, merged.
+    pub concurrent: usize,
+    /// Rows whose every write was already here.
+    pub already_seen: usize,
+    /// Rows held back because their clock is too far ahead.
+    pub held: Vec<HeldChange>,
+    /// Rows held by an earlier apply and applied now.
+    pub released: usize,
+}
+
+impl ApplyReport {
+    /// Rows that changed the local state.
+    pub fn applied(&self) -> usize {
+        self.fast_forward + self.concurrent
+    }
+
+    fn add(&mut self, other: ApplyReport) {
+        self.fast_forward += other.fast_forward;
+        self.concurrent += other.concurrent;
+        self.already_seen += other.already_seen;
+        self.held.extend(other.held);
+    }
+}
+
+/// A row held back because its writer's clock is ahead of ours.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeldChange {
+    /// The table.
+    pub table: String,
+    /// The row's key.
+    pub key: Key,
+    /// The site that wrote the row's latest timestamp.
+    pub site: SiteId,
+    /// How far ahead of the local wall clock that timestamp is.
+    pub offset_ms: u64,
+}
+
+impl Store {
+    /// Merges a changeset into this replica. Invalid input is an error and
+    /// changes nothing; rows too far ahead in time are held (see the report).
+    pub fn apply(&mut self, changeset: &Changeset) -> Result<ApplyReport> {
+        let mut tx = self.transaction()?;
+        let report = tx.apply(changeset)?;
+        tx.commit()?;
+        Ok(report)
+    }
+
+    /// Decodes a changeset frame and applies it.
+    pub fn apply_bytes(&mut self, bytes: &[u8]) -> Result<ApplyReport> {
+        let changeset = codec::decode_changeset(bytes)?;
+        self.apply(&changeset)
+    }
+
+    /// Applies held rows whose clock the local clock has caught up with.
+    pub fn release_held(&mut self) -> Result<ApplyReport> {
+        let mut tx = self.transaction()?;
+        let report = tx.release_held()?;
+        tx.commit()?;
+        Ok(report)
+    }
+
+    /// How many rows are held back.
+    pub fn held_count(&self) -> Result<usize> {
+        let n: i64 = self
+            .conn
+            .query_row("SELECT count(*) FROM meldb_held", [], |r| r.get(0))?;
+        Ok(n as usize)
+    }
+}
+
+impl Transaction<'_> {
+    /// Applies a changeset inside this transaction (see [`Store::apply`]).
+    pub fn apply(&mut self, changeset: &Changeset) -> Result<ApplyReport> {
+        let mut report = self.release_held()?;
+        for table in &changeset.tables {
+            report.add(self.apply_table(changeset.origin, table)?);
+        }
+        Ok(report)
+    }
+
+    fn release_held(&mut self) -> Result<ApplyReport> {
+        let store = &mut *self.store;
+        let horizon = store
+            .clock
+            .now_ms()
+            .saturating_add(store.clock.max_drift_ms());
+        let held: Vec<(i64, Vec<u8>)> = {
+            let mut stmt = store.conn.prepare_cached(
+                "SELECT id, frame FROM meldb_held WHERE physical_ms <= ?1 ORDER BY id",
+            )?;
+            let rows = stmt.query_map([horizon as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        let mut report = ApplyReport::default();
+        for (id, frame) in held {
+            let changeset = codec::decode_changeset(&frame).map_err(|e| StorageError::Corrupt {
+                what: format!("meldb_held row {id}"),
+                problem: e.to_string(),
+            })?;
+            self.store
+                .conn
+                .execute("DELETE FROM meldb_held WHERE id = ?1", [id])?;
+            for table in &changeset.tables {
+                let r = self.apply_table(changeset.origin, table)?;
+                report.released += r.applied() + r.already_seen;
+                report.held.extend(r.held);
+            }
+        }
+        Ok(report)
+    }
+
+    fn apply_table(&mut self, origin: SiteId, changes: &TableChanges) -> Result<ApplyReport> {
+        let store = &mut *self.store;
+        let origin_name = origin.to_string();
+        let layout =
+            store
+                .table(&changes.table)
+                .cloned()
+                .ok_or_else(|| ApplyError::UnknownTable {
+                    origin: origin_name.clone(),
+                    table: changes.table.clone(),
+                })?;
+        let mapping = column_mapping(&layout, &origin_name, changes)?;
+        let mut report = ApplyReport::default();
+        for row in &changes.rows {
+            let invalid = |problem: String| ApplyError::InvalidRow {
+                origin: origin_name.clone(),
+                table: changes.table.clone(),
+                key: Key(row.key.clone()).to_string(),
+                problem,
+            };
+            let state = localize(&layout, &mapping, row).map_err(invalid)?;
+            let store = &mut *self.store;
+            if let Err(ahead) = store.clock.check(state.hlc) {
+                let single = Changeset {
+                    origin,
+                    tables: vec![TableChanges {
+                        table: changes.table.clone(),
+                        columns: changes.columns.clone(),
+                        rows: vec![row.clone()],
+                    }],
+                };
+                store.conn.execute(
+                    "INSERT INTO meldb_held (physical_ms, frame) VALUES (?1, ?2)",
+                    params![
+                        state.hlc.physical_ms() as i64,
+                        codec::encode_changeset(&single)
+                    ],
+                )?;
+                report.held.push(HeldChange {
+                    table: changes.table.clone(),
+                    key: Key(row.key.clone()),
+                    site: if state.writer.0.is_nil() {
+                        origin
+                    } else {
+                        state.writer
+                    },
+                    offset_ms: ahead.offset_ms,
+                });
+                continue;
+            }
+            let existing = rows::load_by_key(&store.conn, &layout, &store.sites, &row.key)?;
+            let (causality, merged) = merge_row(existing.as_ref().map(|r| &r.state), &state);
+            match causality {
+                Causality::Duplicate => report.already_seen += 1,
+                Causality::FastForward => report.fast_forward += 1,
+                Causality::Concurrent => report.concurrent += 1,
+            }
+            if causality != Causality::Duplicate {
+                let previous = existing.as_ref().map(|r| (r.rid, &r.state.clock));
+                match rows::write_row(
+                    &store.conn,
+                    &layout,
+                    &mut store.sites,
+                    &row.key,
+                    previous,
+                    &merged,
+                ) {
+                    Ok(_) => {}
+                    Err(RowWriteError::DotTaken(site, seq)) => {
+                        return Err(invalid(format!(
+                            "dot ({site}, {seq}) already belongs to another row"
+                        ))
+                        .into())
+                    }
+                    Err(RowWriteError::KeyExists) => {
+                        return Err(invalid("key collides with an existing row".into()).into())
+                    }
+                    Err(RowWriteError::Sqlite(e)) => return Err(e.into()),
+                }
+            }
+            // Checked against the drift bound above, so this cannot fail.
+            let _ = store.clock.observe(state.hlc);
+            for cover in &row.covers {
+                if cover.site != store.local {
+                    store
+                        .replica
+                        .coverage
+                        .insert(cover.site, cover.first, cover.last);
+                    store.replica.coverage_dirty = true;
+                }
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// For each column position in the changeset, the local value column.
+fn column_mapping(
+    layout: &TableLayout,
+    origin: &str,
+    changes: &TableChanges,
+) -> Result<Vec<usize>, ApplyError> {
+    let mut mapping = Vec::with_capacity(changes.columns.len());
+    for name in &changes.columns {
+        let j = layout
+            .value_index(name)
+            .ok_or_else(|| ApplyError::UnknownColumn {
+                origin: origin.to_owned(),
+                table: changes.table.clone(),
+                column: name.clone(),
+            })?;
+        if mapping.contains(&j) {
+            return Err(ApplyError::InvalidRow {
+                origin: origin.to_owned(),
+                table: changes.table.clone(),
+                key: "(all rows)".into(),
+                problem: format!("column {name:?} is listed twice"),
+            });
+        }
+        mapping.push(j);
+    }
+    Ok(mapping)
+}
+
+/// Validates an incoming row and lays its columns out in local order.
+fn localize(layout: &TableLayout, mapping: &[usize], row: &RowChange) -> Result<RowState, String> {
+    let table = &layout.table;
+    if row.key.len() != table.primary_key.len() {
+        return Err(format!(
+            "key has {} parts, the primary key has {}",
+            row.key.len(),
+            table.primary_key.len()
+        ));
+    }
+    for (value, &i) in row.key.iter().zip(&table.primary_key) {
+        let col = &table.columns[i];
+        if !col.sql_type.admits(value) {
+            return Err(format!(
+                "key column {:?} expects {}, got {}",
+                col.name,
+                col.sql_type,
+                value.type_name()
+            ));
+        }
+    }
+    let incoming = &row.state;
+    if incoming.columns.len() != mapping.len() {
+        return Err(format!(
+            "{} column states for {} listed columns",
+            incoming.columns.len(),
+            mapping.len()
+        ));
+    }
+    let mut columns = vec![None; layout.value_cols.len()];
+    for (col, &j) in incoming.columns.iter().zip(mapping) {
+        columns[j] = col.clone();
+    }
+    let state = RowState {
+        columns,
+        ..incoming.clone()
+    };
+    check_shape(&state, &layout.kinds)?;
+    let too_big = |n: u64| n > i64::MAX as u64;
+    if too_big(state.cl)
+        || state.clock.entries().iter().any(|&(_, seq)| too_big(seq))
+        || too_big(state.hlc.0)
+    {
+        return Err("a causal length, sequence number or timestamp exceeds 2^63".into());
+    }
+    for cover in &row.covers {
+        if cover.first == 0 || cover.first > cover.last || too_big(cover.last) {
+            return Err(format!(
+                "invalid cover {}..={} for site {}",
+                cover.first, cover.last, cover.site
+            ));
+        }
+    }
+    for (j, col) in state.columns.iter().enumerate() {
+        let schema_col = &table.columns[layout.value_cols[j]];
+        let required = schema_col.kind == crate::schema::Kind::Lww
+            && !schema_col.nullable
+            && schema_col.default.is_none();
+        if state.is_live() && required && col.is_none() {
+            return Err(format!(
+                "no value for NOT NULL column {:?}",
+                schema_col.name
+            ));
+        }
+        if let Some(ColumnState::Lww(lww)) = col {
+            let ok = match &lww.value {
+                Value::Null => schema_col.nullable,
+                Value::Real(r) if r.is_nan() => false,
+                v => schema_col.sql_type.admits(v),
+            };
+            if !ok {
+                return Err(format!(
+                    "column {:?} ({}{}) cannot hold {}",
+                    schema_col.name,
+                    schema_col.sql_type,
+                    if schema_col.nullable {
+                        ""
+                    } else {
+                        ", NOT NULL"
+                    },
+                    lww.value.type_name()
+                ));
+            }
+            if lww.hlc > state.hlc {
+                return Err(format!(
+                    "column {:?} is newer than the row's timestamp",
+                    schema_col.name
+                ));
+            }
+        }
+    }
+    Ok(state)
+}

@@ -1,0 +1,105 @@
+//! Delta sync: the changes another replica lacks.
+//!
+//! `meldb_dots` holds, for every row and every site in the row's clock, that
+//! site's latest dot on the row. Walking one site's entries in sequence
+//! order, an entry `seq` whose predecessor entry is `prev` stands for all of
+//! that site's dots in `prev+1..=seq`: each is either this row's, or was
+//! superseded by a later write of the same site to the row it touched (whose
+//! own entry comes later). So a row is sent when one of its entries is a dot
+//! the asker lacks, and it carries those ranges (intersected with what this
+//! replica itself has) as its covers.
+
+use super::rows;
+use super::Store;
+use crate::changeset::{Changeset, Cover, RowChange, TableChanges};
+use crate::error::Result;
+use crate::version::{SeqRanges, VersionVector};
+use rusqlite::OptionalExtension;
+use std::collections::BTreeMap;
+
+impl Store {
+    /// Everything this replica has that a replica with version vector `vv`
+    /// lacks, as one changeset. `Changeset::split` cuts it into batches that
+    /// can be applied independently.
+    pub fn changes_since(&self, vv: &VersionVector) -> Result<Changeset> {
+        let mut wanted: BTreeMap<(i64, i64), Vec<Cover>> = BTreeMap::new();
+        let local_ranges = {
+            let mut r = SeqRanges::default();
+            r.insert(1, self.replica.last_seq);
+            r
+        };
+        let empty = SeqRanges::default();
+        for (idx, site) in self.sites.iter() {
+            let asker = vv.site(&site).unwrap_or(&empty);
+            let mine = if site == self.local {
+                &local_ranges
+            } else {
+                self.replica.coverage.site(&site).unwrap_or(&empty)
+            };
+            let start = asker.first_missing();
+            let mut prev: u64 = self
+                .conn
+                .prepare_cached("SELECT max(seq) FROM meldb_dots WHERE site = ?1 AND seq < ?2")?
+                .query_row(rusqlite::params![idx, start as i64], |r| {
+                    r.get::<_, Option<i64>>(0)
+                })
+                .optional()?
+                .flatten()
+                .unwrap_or(0) as u64;
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT seq, tbl, rid FROM meldb_dots WHERE site = ?1 AND seq >= ?2 ORDER BY seq",
+            )?;
+            let mut entries = stmt.query(rusqlite::params![idx, start as i64])?;
+            while let Some(entry) = entries.next()? {
+                let seq = entry.get::<_, i64>(0)? as u64;
+                if !asker.contains(seq) {
+                    let covers = wanted.entry((entry.get(1)?, entry.get(2)?)).or_default();
+                    for (first, last) in mine.intersect(prev + 1, seq) {
+                        covers.push(Cover { site, first, last });
+                    }
+                }
+                prev = seq;
+            }
+        }
+
+        let mut changeset = Changeset::new(self.local);
+        for ((tbl, rid), covers) in wanted {
+            let layout = self
+                .tables
+                .get(tbl as usize)
+                .ok_or_else(|| rows::corrupt("meldb_dots", format!("unknown table id {tbl}")))?;
+            let mut found = None;
+            rows::read_rows(
+                &self.conn,
+                layout,
+                &self.sites,
+                &layout.sql.select_by_rid,
+                [rid],
+                |key, state| {
+                    found = Some((key, state));
+                    Ok(())
+                },
+            )?;
+            let (key, state) = found.ok_or_else(|| {
+                rows::corrupt(
+                    "meldb_dots",
+                    format!("row {rid} of table {:?} is missing", layout.name()),
+                )
+            })?;
+            let row = RowChange { key, state, covers };
+            match changeset.tables.last_mut() {
+                Some(t) if t.table == layout.table.name => t.rows.push(row),
+                _ => changeset.tables.push(TableChanges {
+                    table: layout.table.name.clone(),
+                    columns: layout
+                        .value_cols
+                        .iter()
+                        .map(|&i| layout.table.columns[i].name.clone())
+                        .collect(),
+                    rows: vec![row],
+                }),
+            }
+        }
+        Ok(changeset)
+    }
+}

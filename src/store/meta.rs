@@ -1,0 +1,228 @@
+//! Creating and opening a database: internal tables, site id, clock,
+//! version vector and the stored schema, and schema upgrades on open.
+//!
+//! The stored schema is the *physical* one: tables in creation order (a
+//! table's position is its id in the dot index) and columns in the order
+//! the base table has them. An upgrade appends new tables and columns to it
+//! and rebuilds the views in the new schema's order.
+
+use super::layout::{self, TableLayout};
+use super::rows::{corrupt, Sites};
+use super::{Replica, Store, StoreOptions};
+use crate::clock::{Clock, Hlc, SiteId};
+use crate::error::{Result, StorageError};
+use crate::schema::{Schema, Table};
+use crate::version::VersionVector;
+use rusqlite::{params, Connection, OptionalExtension};
+
+/// The on-disk format this build writes.
+const FORMAT: i64 = 1;
+
+fn get_meta<T: rusqlite::types::FromSql>(conn: &Connection, key: &str) -> Result<Option<T>> {
+    Ok(conn
+        .query_row("SELECT value FROM meldb_meta WHERE key = ?1", [key], |r| {
+            r.get(0)
+        })
+        .optional()?)
+}
+
+fn set_meta(conn: &Connection, key: &str, value: impl rusqlite::ToSql) -> Result<()> {
+    conn.prepare_cached("INSERT OR REPLACE INTO meldb_meta (key, value) VALUES (?1, ?2)")?
+        .execute(params![key, value])?;
+    Ok(())
+}
+
+fn require<T>(path: &str, key: &str, value: Option<T>) -> Result<T> {
+    value.ok_or_else(|| {
+        StorageError::NotMeldb {
+            path: path.to_owned(),
+            problem: format!("meldb_meta has no {key:?} entry"),
+        }
+        .into()
+    })
+}
+
+/// Saves the clock's last timestamp.
+pub fn save_hlc(conn: &Connection, hlc: Hlc) -> Result<()> {
+    set_meta(conn, "hlc", hlc.0 as i64)
+}
+
+/// Replaces the stored version vector of remote sites.
+pub fn save_coverage(conn: &Connection, sites: &mut Sites, vv: &VersionVector) -> Result<()> {
+    conn.execute("DELETE FROM meldb_coverage", [])?;
+    let mut insert =
+        conn.prepare_cached("INSERT INTO meldb_coverage (site, first, last) VALUES (?1, ?2, ?3)")?;
+    for (site, ranges) in vv.iter() {
+        let idx = sites.index(conn, *site)?;
+        for &(first, last) in ranges.ranges() {
+            insert.execute(params![idx, first as i64, last as i64])?;
+        }
+    }
+    Ok(())
+}
+
+fn load_coverage(conn: &Connection, sites: &Sites) -> Result<VersionVector> {
+    let mut vv = VersionVector::new();
+    let mut stmt = conn.prepare("SELECT site, first, last FROM meldb_coverage")?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        let idx: u32 = row.get(0)?;
+        let site = sites
+            .get(idx)
+            .ok_or_else(|| corrupt("meldb_coverage", format!("unknown site index {idx}")))?;
+        vv.insert(
+            site,
+            row.get::<_, i64>(1)? as u64,
+            row.get::<_, i64>(2)? as u64,
+        );
+    }
+    Ok(vv)
+}
+
+fn save_schema(conn: &Connection, physical: &Schema, user: &Schema) -> Result<()> {
+    let json = serde_json::to_string(physical)
+        .map_err(|e| corrupt("schema", format!("cannot serialize: {e}")))?;
+    set_meta(conn, "schema", json)?;
+    set_meta(conn, "fingerprint", user.fingerprint().to_vec())
+}
+
+fn create_table(conn: &Connection, table: &Table) -> Result<()> {
+    conn.execute_batch(&layout::create_base_table(table))?;
+    Ok(())
+}
+
+/// Brings the stored physical schema up to `user`'s, or refuses.
+fn upgrade(conn: &Connection, path: &str, physical: &mut Schema, user: &Schema) -> Result<()> {
+    let plan = physical.check_upgrade(user, path)?;
+    for (table_name, column_name) in &plan.new_columns {
+        let column = user
+            .table(table_name)
+            .and_then(|t| t.column(column_name))
+            .map(|(_, c)| c.clone())
+            .ok_or_else(|| {
+                corrupt(
+                    "schema upgrade",
+                    format!("{table_name}.{column_name} vanished"),
+                )
+            })?;
+        conn.execute_batch(&layout::add_column(table_name, &column))?;
+        if let Some(t) = physical.tables.iter_mut().find(|t| &t.name == table_name) {
+            t.columns.push(column);
+        }
+    }
+    for name in &plan.new_tables {
+        let table = user
+            .table(name)
+            .cloned()
+            .ok_or_else(|| corrupt("schema upgrade", format!("table {name} vanished")))?;
+        create_table(conn, &table)?;
+        physical.tables.push(table);
+    }
+    physical.name = user.name.clone();
+    physical.version = user.version;
+    conn.execute_batch(&layout::create_views(user))?;
+    save_schema(conn, physical, user)
+}
+
+impl Store {
+    pub(super) fn init(
+        conn: Connection,
+        path: String,
+        schema: &Schema,
+        options: StoreOptions,
+    ) -> Result<Store> {
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        let result = Store::init_in_transaction(&conn, &path, schema, &options);
+        match result {
+            Ok(parts) => {
+                conn.execute_batch("COMMIT")?;
+                let (local, physical, hlc) = parts;
+                let sites = Sites::load(&conn)?;
+                let coverage = load_coverage(&conn, &sites)?;
+                let last_seq: i64 = conn.query_row(
+                    "SELECT coalesce(max(seq), 0) FROM meldb_dots WHERE site = 1",
+                    [],
+                    |r| r.get(0),
+                )?;
+                let tables = physical
+                    .tables
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, t)| TableLayout::new(i as i64, t))
+                    .collect();
+                Ok(Store {
+                    conn,
+                    path,
+                    schema: schema.clone(),
+                    tables,
+                    sites,
+                    local,
+                    clock: Clock::new(hlc, options.max_drift, options.time.clone()),
+                    saved_hlc: hlc,
+                    replica: Replica {
+                        last_seq: last_seq as u64,
+                        coverage,
+                        coverage_dirty: false,
+                    },
+                })
+            }
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                Err(e)
+            }
+        }
+    }
+
+    fn init_in_transaction(
+        conn: &Connection,
+        path: &str,
+        schema: &Schema,
+        options: &StoreOptions,
+    ) -> Result<(SiteId, Schema, Hlc)> {
+        let exists: bool = conn.query_row(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'meldb_meta'",
+            [],
+            |r| r.get(0),
+        )?;
+        if !exists {
+            conn.execute_batch(layout::INTERNAL_DDL)?;
+            let local = options.site_id.unwrap_or_else(SiteId::random);
+            set_meta(conn, "format", FORMAT)?;
+            set_meta(conn, "site_id", local.as_bytes().to_vec())?;
+            save_hlc(conn, Hlc(0))?;
+            conn.execute(
+                "INSERT INTO meldb_sites (idx, site) VALUES (1, ?1)",
+                [local.as_bytes().as_slice()],
+            )?;
+            for table in &schema.tables {
+                create_table(conn, table)?;
+            }
+            conn.execute_batch(&layout::create_views(schema))?;
+            save_schema(conn, schema, schema)?;
+            return Ok((local, schema.clone(), Hlc(0)));
+        }
+        let format: i64 = require(path, "format", get_meta(conn, "format")?)?;
+        if format > FORMAT {
+            return Err(StorageError::NotMeldb {
+                path: path.to_owned(),
+                problem: format!(
+                    "database format {format} is newer than this meldb's ({FORMAT}); upgrade meldb"
+                ),
+            }
+            .into());
+        }
+        let site_bytes: Vec<u8> = require(path, "site_id", get_meta(conn, "site_id")?)?;
+        let local = <[u8; 16]>::try_from(site_bytes.as_slice())
+            .map(SiteId::from_bytes)
+            .map_err(|_| corrupt("meldb_meta", "site_id is not 16 bytes"))?;
+        let hlc: i64 = require(path, "hlc", get_meta(conn, "hlc")?)?;
+        let json: String = require(path, "schema", get_meta(conn, "schema")?)?;
+        let mut physical: Schema = serde_json::from_str(&json)
+            .map_err(|e| corrupt("meldb_meta", format!("stored schema does not parse: {e}")))?;
+        let fingerprint: Vec<u8> = require(path, "fingerprint", get_meta(conn, "fingerprint")?)?;
+        if fingerprint != schema.fingerprint() {
+            upgrade(conn, path, &mut physical, schema)?;
+        }
+        Ok((local, physical, Hlc(hlc as u64)))
+    }
+}

@@ -1,0 +1,229 @@
+//! The store: one SQLite database holding one replica.
+//!
+//! [`Store::open`] creates or opens a database for a schema;
+//! [`Store::transaction`] starts a write transaction ([`Transaction`]);
+//! [`Store::changes_since`] and [`Store::apply`] exchange changes with other
+//! replicas; [`Store::digest`] hashes the canonical state. Apps read with
+//! plain SQL through [`Store::conn`].
+//!
+//! Durability: file databases run in WAL mode with `synchronous = FULL` by
+//! default, so a transaction that [`Transaction::commit`] returned from
+//! survives a crash or power loss; every multi-step operation (a write
+//! transaction, an apply, an open that upgrades the schema) is one SQLite
+//! transaction, so a crash leaves the old state or the new one.
+
+mod apply;
+mod changes;
+mod digest;
+mod layout;
+mod meta;
+mod rows;
+mod write;
+
+pub use apply::{ApplyReport, HeldChange};
+pub use write::Transaction;
+
+use crate::clock::{Clock, Hlc, SiteId, SystemTimeSource, TimeSource};
+use crate::error::Result;
+use crate::schema::Schema;
+use crate::version::VersionVector;
+use layout::TableLayout;
+use rows::Sites;
+use rusqlite::Connection;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How `synchronous` is set for file databases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// `synchronous = FULL`: a committed transaction survives power loss.
+    Full,
+    /// `synchronous = NORMAL`: faster; in WAL mode the last transactions
+    /// before a power loss (not a process crash) may be lost.
+    Normal,
+}
+
+/// Options for opening a store.
+#[must_use]
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    max_drift: Duration,
+    durability: Durability,
+    time: Arc<dyn TimeSource>,
+    site_id: Option<SiteId>,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            max_drift: Duration::from_secs(300),
+            durability: Durability::Full,
+            time: Arc::new(SystemTimeSource),
+            site_id: None,
+        }
+    }
+}
+
+impl StoreOptions {
+    /// Default options: 5 minutes of clock drift, full durability, the
+    /// system clock, a random site id for new databases.
+    pub fn new() -> Self {
+        StoreOptions::default()
+    }
+
+    /// How far ahead of the local clock a remote timestamp may be before
+    /// its change is held back.
+    pub fn max_drift(mut self, drift: Duration) -> Self {
+        self.max_drift = drift;
+        self
+    }
+
+    /// The `synchronous` setting for file databases.
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    /// Where physical time comes from (tests use [`crate::clock::ManualTime`]).
+    pub fn time_source(mut self, time: Arc<dyn TimeSource>) -> Self {
+        self.time = time;
+        self
+    }
+
+    /// The site id for a *new* database (ignored when opening an existing
+    /// one). For deterministic tests; real replicas use a random id.
+    pub fn site_id(mut self, site: SiteId) -> Self {
+        self.site_id = Some(site);
+        self
+    }
+
+    /// Opens (or creates) a file database.
+    pub fn open(self, path: impl AsRef<Path>, schema: &Schema) -> Result<Store> {
+        let path = path.as_ref();
+        let conn = Connection::open(path)?;
+        let sync = match self.durability {
+            Durability::Full => "FULL",
+            Durability::Normal => "NORMAL",
+        };
+        conn.execute_batch(&format!(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA busy_timeout = 5000;"
+        ))?;
+        Store::init(conn, path.display().to_string(), schema, self)
+    }
+
+    /// Creates an in-memory database.
+    pub fn open_in_memory(self, schema: &Schema) -> Result<Store> {
+        let conn = Connection::open_in_memory()?;
+        Store::init(conn, ":memory:".into(), schema, self)
+    }
+}
+
+/// In-memory replica state that a rolled-back transaction must restore.
+#[derive(Debug, Clone)]
+struct Replica {
+    /// The greatest sequence number this site has used.
+    last_seq: u64,
+    /// The version vector of remote sites (the local site's is `1..=last_seq`).
+    coverage: VersionVector,
+    /// Whether `coverage` changed since it was last saved.
+    coverage_dirty: bool,
+}
+
+/// One replica's database.
+#[derive(Debug)]
+pub struct Store {
+    conn: Connection,
+    path: String,
+    schema: Schema,
+    tables: Vec<TableLayout>,
+    sites: Sites,
+    local: SiteId,
+    clock: Clock,
+    saved_hlc: Hlc,
+    replica: Replica,
+}
+
+impl Store {
+    /// Opens (or creates) a file database with default options.
+    pub fn open(path: impl AsRef<Path>, schema: &Schema) -> Result<Store> {
+        StoreOptions::new().open(path, schema)
+    }
+
+    /// Creates an in-memory database with default options.
+    pub fn open_in_memory(schema: &Schema) -> Result<Store> {
+        StoreOptions::new().open_in_memory(schema)
+    }
+
+    /// This replica's site id.
+    pub fn site_id(&self) -> SiteId {
+        self.local
+    }
+
+    /// The database file's path (`:memory:` for in-memory stores).
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// The schema the store was opened with.
+    pub fn schema(&self) -> &Schema {
+        &self.schema
+    }
+
+    /// The underlying connection, for reading with plain SQL. Writing
+    /// through it bypasses meldb: such writes are not replicated and may be
+    /// overwritten.
+    pub fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// The greatest timestamp this replica has issued or accepted.
+    pub fn clock(&self) -> Hlc {
+        self.clock.last()
+    }
+
+    /// Which dots this replica has.
+    pub fn version_vector(&self) -> VersionVector {
+        let mut vv = self.replica.coverage.clone();
+        vv.insert(self.local, 1, self.replica.last_seq);
+        vv
+    }
+
+    /// Starts a write transaction. It rolls back unless committed.
+    pub fn transaction(&mut self) -> Result<Transaction<'_>> {
+        Transaction::begin(self)
+    }
+
+    /// Runs `f` in a transaction and commits if it returns `Ok`.
+    pub fn write<T>(&mut self, f: impl FnOnce(&mut Transaction<'_>) -> Result<T>) -> Result<T> {
+        let mut tx = self.transaction()?;
+        let out = f(&mut tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    fn table(&self, name: &str) -> Option<&TableLayout> {
+        self.tables.iter().find(|t| t.table.name == name)
+    }
+
+    /// Saves the clock and the version vector; part of every commit.
+    fn save_replica_state(&mut self) -> Result<()> {
+        let hlc = self.clock.last();
+        if hlc != self.saved_hlc {
+            meta::save_hlc(&self.conn, hlc)?;
+        }
+        if self.replica.coverage_dirty {
+            meta::save_coverage(&self.conn, &mut self.sites, &self.replica.coverage)?;
+        }
+        Ok(())
+    }
+
+    /// After a successful commit.
+    fn committed(&mut self) {
+        self.saved_hlc = self.clock.last();
+        self.replica.coverage_dirty = false;
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests;

@@ -1,0 +1,632 @@
+//! Local writes. A [`Transaction`] is a guard: it rolls back on drop unless
+//! [`Transaction::commit`] is called, and every write checks the schema
+//! before changing anything, so a rejected write leaves no trace.
+//!
+//! Each row write gets a dot `(local site, next seq)` and a fresh HLC
+//! timestamp, updates the row's materialized values and packed metadata in
+//! one statement, and moves the row's entry in the dot index.
+
+use super::layout::TableLayout;
+use super::rows::{self, RowWriteError};
+use super::{Replica, Store};
+use crate::crdt::{ColumnState, Dot, GCounter, Lww, OrSet, PnCounter};
+use crate::error::{Error, Result, WriteError};
+use crate::merge::{fresh_state, RowState};
+use crate::schema::{Kind, SqlType};
+use crate::value::{Key, Value};
+
+/// A write transaction on a [`Store`].
+#[derive(Debug)]
+pub struct Transaction<'s> {
+    pub(super) store: &'s mut Store,
+    undo: Option<(Replica, usize)>,
+}
+
+/// One change to one column, checked against the schema.
+#[derive(Debug, Clone)]
+enum ColumnOp {
+    Set(usize, Value),
+    Increment(usize, i64),
+    SetAdd(usize, String),
+    SetRemove(usize, String),
+    SetAssign(usize, Vec<String>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Insert,
+    Update,
+    Upsert,
+    Delete,
+}
+
+impl<'s> Transaction<'s> {
+    pub(super) fn begin(store: &'s mut Store) -> Result<Self> {
+        store.conn.execute_batch("BEGIN IMMEDIATE")?;
+        let undo = Some((store.replica.clone(), store.sites.len()));
+        Ok(Transaction { store, undo })
+    }
+
+    /// Makes every write of the transaction durable and visible.
+    pub fn commit(mut self) -> Result<()> {
+        self.store.save_replica_state()?;
+        self.store.conn.execute_batch("COMMIT")?;
+        self.undo = None;
+        self.store.committed();
+        Ok(())
+    }
+
+    /// Discards every write of the transaction (dropping it does the same).
+    pub fn rollback(self) {}
+
+    /// Inserts a row. `values` must include every key column; columns left
+    /// out get their default (NULL, 0 for counters, `[]` for sets). Counter
+    /// values count as increments from 0; an `or_set` value is a JSON array
+    /// of strings. Inserting a key that was deleted brings the row back with
+    /// these values only.
+    pub fn insert(&mut self, table: &str, values: &[(&str, Value)]) -> Result<()> {
+        let layout = self.layout(table)?;
+        let (key, ops) = split_row(layout, values, Target::Insert)?;
+        self.modify(table, key, Target::Insert, ops)
+    }
+
+    /// Inserts the row, or updates the given columns if it exists. Counter
+    /// columns cannot be assigned on update; use [`Transaction::increment`].
+    pub fn upsert(&mut self, table: &str, values: &[(&str, Value)]) -> Result<()> {
+        let layout = self.layout(table)?;
+        let (key, ops) = split_row(layout, values, Target::Upsert)?;
+        self.modify(table, key, Target::Upsert, ops)
+    }
+
+    /// Updates columns of an existing row (`lww` columns are set, `or_set`
+    /// columns become exactly the given JSON array).
+    pub fn update(
+        &mut self,
+        table: &str,
+        key: impl Into<Key>,
+        values: &[(&str, Value)],
+    ) -> Result<()> {
+        let key = key.into();
+        let layout = self.layout(table)?;
+        let ops = values
+            .iter()
+            .map(|(name, value)| column_op(layout, name, value, Target::Update))
+            .collect::<Result<Vec<_>>>()?;
+        check_distinct(layout, &ops)?;
+        self.modify(table, key, Target::Update, ops)
+    }
+
+    /// Sets one `lww` (or `or_set`) column of an existing row.
+    pub fn set(
+        &mut self,
+        table: &str,
+        key: impl Into<Key>,
+        column: &str,
+        value: impl Into<Value>,
+    ) -> Result<()> {
+        self.update(table, key, &[(column, value.into())])
+    }
+
+    /// Adds `amount` to a counter: any amount for a `pn_counter`, a
+    /// non-negative one for a `g_counter`.
+    pub fn increment(
+        &mut self,
+        table: &str,
+        key: impl Into<Key>,
+        column: &str,
+        amount: i64,
+    ) -> Result<()> {
+        let layout = self.layout(table)?;
+        let j = value_column(layout, column)?;
+        match layout.kinds[j] {
+            Kind::GCounter if amount < 0 => {
+                return Err(WriteError::NegativeIncrement {
+                    table: table.into(),
+                    column: column.into(),
+                    amount,
+                }
+                .into())
+            }
+            Kind::GCounter | Kind::PnCounter => {}
+            kind => {
+                return Err(
+                    wrong_kind(table, column, kind, "only counters can be incremented").into(),
+                )
+            }
+        }
+        if amount == 0 {
+            return self.require_live(table, key.into());
+        }
+        self.modify(
+            table,
+            key.into(),
+            Target::Update,
+            vec![ColumnOp::Increment(j, amount)],
+        )
+    }
+
+    /// Adds `element` to an `or_set` column.
+    pub fn add_to_set(
+        &mut self,
+        table: &str,
+        key: impl Into<Key>,
+        column: &str,
+        element: &str,
+    ) -> Result<()> {
+        let j = self.set_column(table, column)?;
+        self.modify(
+            table,
+            key.into(),
+            Target::Update,
+            vec![ColumnOp::SetAdd(j, element.into())],
+        )
+    }
+
+    /// Removes `element` from an `or_set` column (every add of it this
+    /// replica has seen; a concurrent add elsewhere survives).
+    pub fn remove_from_set(
+        &mut self,
+        table: &str,
+        key: impl Into<Key>,
+        column: &str,
+        element: &str,
+    ) -> Result<()> {
+        let j = self.set_column(table, column)?;
+        self.modify(
+            table,
+            key.into(),
+            Target::Update,
+            vec![ColumnOp::SetRemove(j, element.into())],
+        )
+    }
+
+    /// Deletes a row. It stays deleted unless someone who has seen the
+    /// delete inserts the key again; updates concurrent with the delete are
+    /// dropped with it.
+    pub fn delete(&mut self, table: &str, key: impl Into<Key>) -> Result<()> {
+        self.modify(table, key.into(), Target::Delete, Vec::new())
+    }
+
+    /// Reads a live row's columns (in schema order) as this transaction sees it.
+    pub fn get(&self, table: &str, key: impl Into<Key>) -> Result<Option<Vec<(String, Value)>>> {
+        self.store.get(table, key)
+    }
+
+    fn layout(&self, table: &str) -> Result<&TableLayout> {
+        self.store.table(table).ok_or_else(|| {
+            WriteError::UnknownTable {
+                table: table.into(),
+            }
+            .into()
+        })
+    }
+
+    fn set_column(&self, table: &str, column: &str) -> Result<usize> {
+        let layout = self.layout(table)?;
+        let j = value_column(layout, column)?;
+        match layout.kinds[j] {
+            Kind::OrSet => Ok(j),
+            kind => {
+                Err(wrong_kind(table, column, kind, "only or_set columns take elements").into())
+            }
+        }
+    }
+
+    fn require_live(&self, table: &str, key: Key) -> Result<()> {
+        let layout = self.layout(table)?;
+        let key = check_key(layout, key)?;
+        match rows::load_by_key(&self.store.conn, layout, &self.store.sites, &key)? {
+            Some(row) if row.state.is_live() => Ok(()),
+            _ => Err(not_found(table, &key)),
+        }
+    }
+
+    fn modify(&mut self, table: &str, key: Key, target: Target, ops: Vec<ColumnOp>) -> Result<()> {
+        let store = &mut *self.store;
+        let layout = store
+            .tables
+            .iter()
+            .find(|t| t.table.name == table)
+            .ok_or_else(|| WriteError::UnknownTable {
+                table: table.into(),
+            })?;
+        let key = check_key(layout, key)?;
+        let dot = Dot {
+            site: store.local,
+            seq: store.replica.last_seq + 1,
+        };
+        let hlc = store.clock.tick();
+        let width = layout.value_cols.len();
+
+        // Fast path: a plain insert of a new key needs no read.
+        let mut existing = None;
+        if target != Target::Insert {
+            existing = rows::load_by_key(&store.conn, layout, &store.sites, &key)?;
+        }
+        loop {
+            let live = existing.as_ref().filter(|r| r.state.is_live());
+            let mut state: RowState = match (target, live) {
+                (Target::Insert, Some(_)) => {
+                    return Err(WriteError::RowExists {
+                        table: table.into(),
+                        key: Key(key).to_string(),
+                    }
+                    .into())
+                }
+                (Target::Insert | Target::Upsert, None) => {
+                    check_required(layout, &ops)?;
+                    fresh_state(existing.as_ref().map(|r| &r.state), width)
+                }
+                (Target::Update | Target::Delete, None) => return Err(not_found(table, &key)),
+                (Target::Update | Target::Upsert, Some(row)) => row.state.clone(),
+                (Target::Delete, Some(row)) => RowState {
+                    cl: row.state.cl + 1,
+                    columns: vec![None; width],
+                    ..row.state.clone()
+                },
+            };
+            for op in &ops {
+                apply_op(layout, &mut state, op, dot, hlc)?;
+            }
+            state.clock.observe(dot);
+            state.hlc = hlc;
+            state.writer = dot.site;
+            let previous = existing.as_ref().map(|r| (r.rid, &r.state.clock));
+            match rows::write_row(
+                &store.conn,
+                layout,
+                &mut store.sites,
+                &key,
+                previous,
+                &state,
+            ) {
+                Ok(_) => break,
+                Err(RowWriteError::KeyExists) if existing.is_none() => {
+                    existing = rows::load_by_key(&store.conn, layout, &store.sites, &key)?;
+                    if existing.is_none() {
+                        return Err(crate::error::StorageError::Corrupt {
+                            what: format!("table {table:?}"),
+                            problem: "insert conflicted but the key is not there".into(),
+                        }
+                        .into());
+                    }
+                }
+                Err(RowWriteError::KeyExists) => {
+                    return Err(crate::error::StorageError::Corrupt {
+                        what: format!("table {table:?}"),
+                        problem: "an update reported a duplicate key".into(),
+                    }
+                    .into())
+                }
+                Err(RowWriteError::DotTaken(site, seq)) => {
+                    return Err(crate::error::StorageError::Corrupt {
+                        what: "meldb_dots".into(),
+                        problem: format!("local dot ({site}, {seq}) already belongs to a row"),
+                    }
+                    .into())
+                }
+                Err(RowWriteError::Sqlite(e)) => return Err(e.into()),
+            }
+        }
+        store.replica.last_seq = dot.seq;
+        Ok(())
+    }
+}
+
+impl Drop for Transaction<'_> {
+    fn drop(&mut self) {
+        if let Some((replica, sites)) = self.undo.take() {
+            // A failed ROLLBACK means the connection is already outside a
+            // transaction (SQLite rolled back on its own); nothing is left.
+            let _ = self.store.conn.execute_batch("ROLLBACK");
+            self.store.replica = replica;
+            self.store.sites.truncate(sites);
+        }
+    }
+}
+
+fn not_found(table: &str, key: &[Value]) -> Error {
+    WriteError::RowNotFound {
+        table: table.into(),
+        key: Key(key.to_vec()).to_string(),
+    }
+    .into()
+}
+
+fn wrong_kind(table: &str, column: &str, kind: Kind, hint: &'static str) -> WriteError {
+    WriteError::WrongKind {
+        table: table.into(),
+        column: column.into(),
+        kind,
+        hint,
+    }
+}
+
+fn value_column(layout: &TableLayout, column: &str) -> Result<usize> {
+    match layout.value_index(column) {
+        Some(j) => Ok(j),
+        None if layout.table.column(column).is_some() => Err(WriteError::KeyUpdate {
+            table: layout.name().into(),
+            column: column.into(),
+        }
+        .into()),
+        None => Err(WriteError::UnknownColumn {
+            table: layout.name().into(),
+            column: column.into(),
+        }
+        .into()),
+    }
+}
+
+/// Checks a value against a column's type and nullability; canonicalizes
+/// -0.0 to 0.0 so every replica stores the same bits.
+fn check_value(layout: &TableLayout, index: usize, value: &Value) -> Result<Value> {
+    let col = &layout.table.columns[index];
+    let err = |e: WriteError| Err(e.into());
+    match value {
+        Value::Null if col.nullable => Ok(Value::Null),
+        Value::Null => err(WriteError::NullNotAllowed {
+            table: layout.name().into(),
+            column: col.name.clone(),
+        }),
+        Value::Real(r) if r.is_nan() => err(WriteError::NotANumber {
+            table: layout.name().into(),
+            column: col.name.clone(),
+        }),
+        Value::Real(r) if col.sql_type == SqlType::Real => {
+            Ok(Value::Real(if *r == 0.0 { 0.0 } else { *r }))
+        }
+        v if col.sql_type.admits(v) => Ok(v.clone()),
+        v => err(WriteError::TypeMismatch {
+            table: layout.name().into(),
+            column: col.name.clone(),
+            expected: col.sql_type,
+            found: v.type_name(),
+        }),
+    }
+}
+
+fn check_key(layout: &TableLayout, key: Key) -> Result<Vec<Value>> {
+    let pk = &layout.table.primary_key;
+    if key.0.len() != pk.len() {
+        return Err(WriteError::KeyArity {
+            table: layout.name().into(),
+            key: key.to_string(),
+            expected: pk.len(),
+            found: key.0.len(),
+        }
+        .into());
+    }
+    pk.iter()
+        .zip(&key.0)
+        .map(|(&i, v)| check_value(layout, i, v))
+        .collect()
+}
+
+fn parse_set(layout: &TableLayout, j: usize, value: &Value) -> Result<Vec<String>> {
+    let column = &layout.table.columns[layout.value_cols[j]].name;
+    let bad = |problem: String| -> Error {
+        WriteError::BadSetValue {
+            table: layout.name().into(),
+            column: column.clone(),
+            problem,
+        }
+        .into()
+    };
+    let Value::Text(text) = value else {
+        return Err(bad(format!("got a {} value", value.type_name())));
+    };
+    let mut elems: Vec<String> = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+    elems.sort();
+    elems.dedup();
+    Ok(elems)
+}
+
+fn column_op(layout: &TableLayout, name: &str, value: &Value, target: Target) -> Result<ColumnOp> {
+    let j = value_column(layout, name)?;
+    let index = layout.value_cols[j];
+    match layout.kinds[j] {
+        Kind::Lww => Ok(ColumnOp::Set(j, check_value(layout, index, value)?)),
+        Kind::OrSet => Ok(ColumnOp::SetAssign(j, parse_set(layout, j, value)?)),
+        kind @ (Kind::GCounter | Kind::PnCounter) => {
+            if target != Target::Insert {
+                return Err(wrong_kind(
+                    layout.name(),
+                    name,
+                    kind,
+                    "counters cannot be assigned; use increment",
+                )
+                .into());
+            }
+            let Value::Integer(amount) = value else {
+                return Err(WriteError::TypeMismatch {
+                    table: layout.name().into(),
+                    column: name.into(),
+                    expected: SqlType::Integer,
+                    found: value.type_name(),
+                }
+                .into());
+            };
+            if kind == Kind::GCounter && *amount < 0 {
+                return Err(WriteError::NegativeIncrement {
+                    table: layout.name().into(),
+                    column: name.into(),
+                    amount: *amount,
+                }
+                .into());
+            }
+            Ok(ColumnOp::Increment(j, *amount))
+        }
+    }
+}
+
+fn op_column(op: &ColumnOp) -> usize {
+    match op {
+        ColumnOp::Set(j, _)
+        | ColumnOp::Increment(j, _)
+        | ColumnOp::SetAdd(j, _)
+        | ColumnOp::SetRemove(j, _)
+        | ColumnOp::SetAssign(j, _) => *j,
+    }
+}
+
+fn check_distinct(layout: &TableLayout, ops: &[ColumnOp]) -> Result<()> {
+    let mut seen = vec![false; layout.value_cols.len()];
+    for op in ops {
+        let j = op_column(op);
+        if std::mem::replace(&mut seen[j], true) {
+            return Err(WriteError::DuplicateColumn {
+                table: layout.name().into(),
+                column: layout.table.columns[layout.value_cols[j]].name.clone(),
+            }
+            .into());
+        }
+    }
+    Ok(())
+}
+
+/// Splits an insert/upsert row into its key and its column ops.
+fn split_row(
+    layout: &TableLayout,
+    values: &[(&str, Value)],
+    target: Target,
+) -> Result<(Key, Vec<ColumnOp>)> {
+    let pk = &layout.table.primary_key;
+    let mut key: Vec<Option<Value>> = vec![None; pk.len()];
+    let mut ops = Vec::with_capacity(values.len());
+    for (name, value) in values {
+        match pk
+            .iter()
+            .position(|&i| layout.table.columns[i].name == *name)
+        {
+            Some(k) => {
+                if key[k].replace(value.clone()).is_some() {
+                    return Err(WriteError::DuplicateColumn {
+                        table: layout.name().into(),
+                        column: (*name).into(),
+                    }
+                    .into());
+                }
+            }
+            None => {
+                // An upsert may create the row, so counters are allowed as
+                // initial amounts only when the row turns out to be new; we
+                // treat them as increments in both cases for insert, and
+                // refuse them for upsert to keep "assign" and "add" apart.
+                let op_target = if target == Target::Insert {
+                    Target::Insert
+                } else {
+                    Target::Update
+                };
+                ops.push(column_op(layout, name, value, op_target)?);
+            }
+        }
+    }
+    check_distinct(layout, &ops)?;
+    let key = key
+        .into_iter()
+        .zip(pk)
+        .map(|(v, &i)| {
+            v.ok_or_else(|| {
+                Error::from(WriteError::MissingValue {
+                    table: layout.name().into(),
+                    column: layout.table.columns[i].name.clone(),
+                })
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((Key(key), ops))
+}
+
+/// An insert must give every NOT NULL `lww` column without a default.
+fn check_required(layout: &TableLayout, ops: &[ColumnOp]) -> Result<()> {
+    for (j, &index) in layout.value_cols.iter().enumerate() {
+        let col = &layout.table.columns[index];
+        if col.kind == Kind::Lww
+            && !col.nullable
+            && col.default.is_none()
+            && !ops.iter().any(|op| op_column(op) == j)
+        {
+            return Err(WriteError::MissingValue {
+                table: layout.name().into(),
+                column: col.name.clone(),
+            }
+            .into());
+        }
+    }
+    Ok(())
+}
+
+fn apply_op(
+    layout: &TableLayout,
+    state: &mut RowState,
+    op: &ColumnOp,
+    dot: Dot,
+    hlc: crate::clock::Hlc,
+) -> Result<()> {
+    let j = op_column(op);
+    let name = || layout.table.columns[layout.value_cols[j]].name.clone();
+    let overflow = || -> Error {
+        WriteError::CounterOverflow {
+            table: layout.name().into(),
+            column: name(),
+        }
+        .into()
+    };
+    let slot = &mut state.columns[j];
+    match op {
+        ColumnOp::Set(_, value) => {
+            *slot = Some(ColumnState::Lww(Lww {
+                hlc,
+                site: dot.site,
+                value: value.clone(),
+            }));
+        }
+        ColumnOp::Increment(_, amount) => match slot {
+            Some(ColumnState::PnCounter(c)) => c.add(dot.site, *amount).map_err(|_| overflow())?,
+            Some(ColumnState::GCounter(c)) => c
+                .increment(dot.site, amount.unsigned_abs())
+                .map_err(|_| overflow())?,
+            _ if layout.kinds[j] == Kind::GCounter => {
+                let mut c = GCounter::default();
+                c.increment(dot.site, amount.unsigned_abs())
+                    .map_err(|_| overflow())?;
+                *slot = Some(ColumnState::GCounter(c));
+            }
+            _ => {
+                let mut c = PnCounter::default();
+                c.add(dot.site, *amount).map_err(|_| overflow())?;
+                *slot = Some(ColumnState::PnCounter(c));
+            }
+        },
+        ColumnOp::SetAdd(_, elem) => with_set(slot, |set| set.add(elem, dot)),
+        ColumnOp::SetRemove(_, elem) => with_set(slot, |set| {
+            set.remove(elem);
+        }),
+        ColumnOp::SetAssign(_, elems) => with_set(slot, |set| {
+            let stale: Vec<String> = set
+                .elements()
+                .filter(|e| elems.binary_search_by(|x| x.as_str().cmp(e)).is_err())
+                .map(str::to_owned)
+                .collect();
+            for e in stale {
+                set.remove(&e);
+            }
+            for e in elems {
+                if !set.contains(e) {
+                    set.add(e, dot);
+                }
+            }
+        }),
+    }
+    Ok(())
+}
+
+fn with_set(slot: &mut Option<ColumnState>, f: impl FnOnce(&mut OrSet)) {
+    let mut set = match slot.take() {
+        Some(ColumnState::OrSet(set)) => set,
+        _ => OrSet::default(),
+    };
+    f(&mut set);
+    *slot = Some(ColumnState::OrSet(set));
+}
