@@ -24,6 +24,14 @@ pub enum SchemaError {
         /// What the TOML parser said, with line and column.
         message: String,
     },
+    /// The schema's version is not an integer from 1 to 2^32 - 1.
+    #[error("{file}: version {version} is invalid (use an integer from 1 to 4294967295)")]
+    InvalidVersion {
+        /// The schema file.
+        file: String,
+        /// The version as written.
+        version: i64,
+    },
     /// The schema declares no table.
     #[error("{file}: the schema declares no table")]
     NoTables {

@@ -5,8 +5,9 @@
 //! [`Schema::from_toml_str`]); every mistake is a [`SchemaError`] that names
 //! the file, the table and the column. [`Schema::fingerprint`] identifies a
 //! schema; [`Schema::check_upgrade`] decides whether a database created with
-//! one schema may be opened with another (tables and nullable or defaulted
-//! columns may be added; nothing may be removed or changed).
+//! one schema may be opened with another (tables, and columns that are
+//! nullable, defaulted, counters or sets, may be added; nothing may be
+//! removed or changed).
 
 mod error;
 mod parse;
