@@ -191,35 +191,53 @@ impl Transaction<'_> {
                 });
                 continue;
             }
-            let existing = rows::load_by_key(&store.conn, &layout, &store.sites, &row.key)?;
-            let (causality, merged) = merge_row(existing.as_ref().map(|r| &r.state), &state);
+            // Try the row as new first: a replica catching up mostly
+            // receives rows it lacks, and the insert probes the key anyway.
+            let mut causality = Causality::FastForward;
+            let mut outcome = rows::write_row(
+                &store.conn,
+                &layout,
+                &mut store.sites,
+                &row.key,
+                None,
+                &state,
+            );
+            if let Err(RowWriteError::KeyExists) = outcome {
+                let existing = rows::load_by_key(&store.conn, &layout, &store.sites, &row.key)?
+                    .ok_or_else(|| invalid("key collides with a row that cannot be read".into()))?;
+                let (kind, merged) = merge_row(Some(&existing.state), &state);
+                causality = kind;
+                outcome = if kind == Causality::Duplicate {
+                    Ok(existing.rid)
+                } else {
+                    let previous = Some((existing.rid, &existing.state.clock));
+                    rows::write_row(
+                        &store.conn,
+                        &layout,
+                        &mut store.sites,
+                        &row.key,
+                        previous,
+                        &merged,
+                    )
+                };
+            }
+            match outcome {
+                Ok(_) => {}
+                Err(RowWriteError::DotTaken(site, seq)) => {
+                    return Err(invalid(format!(
+                        "dot ({site}, {seq}) already belongs to another row"
+                    ))
+                    .into())
+                }
+                Err(RowWriteError::KeyExists) => {
+                    return Err(invalid("key collides with an existing row".into()).into())
+                }
+                Err(RowWriteError::Sqlite(e)) => return Err(e.into()),
+            }
             match causality {
                 Causality::Duplicate => report.already_seen += 1,
                 Causality::FastForward => report.fast_forward += 1,
                 Causality::Concurrent => report.concurrent += 1,
-            }
-            if causality != Causality::Duplicate {
-                let previous = existing.as_ref().map(|r| (r.rid, &r.state.clock));
-                match rows::write_row(
-                    &store.conn,
-                    &layout,
-                    &mut store.sites,
-                    &row.key,
-                    previous,
-                    &merged,
-                ) {
-                    Ok(_) => {}
-                    Err(RowWriteError::DotTaken(site, seq)) => {
-                        return Err(invalid(format!(
-                            "dot ({site}, {seq}) already belongs to another row"
-                        ))
-                        .into())
-                    }
-                    Err(RowWriteError::KeyExists) => {
-                        return Err(invalid("key collides with an existing row".into()).into())
-                    }
-                    Err(RowWriteError::Sqlite(e)) => return Err(e.into()),
-                }
             }
             // Checked against the drift bound above, so this cannot fail.
             let _ = store.clock.observe(state.hlc);

@@ -34,6 +34,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The default page cache: 32 MiB (SQLite's own default is 2 MiB).
+pub const DEFAULT_CACHE_KIB: u32 = 32 * 1024;
+
 /// How `synchronous` is set for file databases.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
@@ -52,6 +55,7 @@ pub struct StoreOptions {
     durability: Durability,
     time: Arc<dyn TimeSource>,
     site_id: Option<SiteId>,
+    cache_kib: u32,
 }
 
 impl Default for StoreOptions {
@@ -61,13 +65,14 @@ impl Default for StoreOptions {
             durability: Durability::Full,
             time: Arc::new(SystemTimeSource),
             site_id: None,
+            cache_kib: DEFAULT_CACHE_KIB,
         }
     }
 }
 
 impl StoreOptions {
     /// Default options: 5 minutes of clock drift, full durability, the
-    /// system clock, a random site id for new databases.
+    /// system clock, a random site id for new databases, a 32 MiB cache.
     pub fn new() -> Self {
         StoreOptions::default()
     }
@@ -98,6 +103,13 @@ impl StoreOptions {
         self
     }
 
+    /// SQLite's page cache size in KiB (`PRAGMA cache_size = -N`). Large
+    /// transactions spill to disk mid-way when it is too small.
+    pub fn cache_kib(mut self, kib: u32) -> Self {
+        self.cache_kib = kib;
+        self
+    }
+
     /// Opens (or creates) a file database.
     pub fn open(self, path: impl AsRef<Path>, schema: &Schema) -> Result<Store> {
         let path = path.as_ref();
@@ -107,7 +119,9 @@ impl StoreOptions {
             Durability::Normal => "NORMAL",
         };
         conn.execute_batch(&format!(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA busy_timeout = 5000;"
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA busy_timeout = 5000; \
+             PRAGMA cache_size = -{};",
+            self.cache_kib
         ))?;
         Store::init(conn, path.display().to_string(), schema, self)
     }
@@ -115,6 +129,7 @@ impl StoreOptions {
     /// Creates an in-memory database.
     pub fn open_in_memory(self, schema: &Schema) -> Result<Store> {
         let conn = Connection::open_in_memory()?;
+        conn.execute_batch(&format!("PRAGMA cache_size = -{};", self.cache_kib))?;
         Store::init(conn, ":memory:".into(), schema, self)
     }
 }

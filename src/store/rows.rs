@@ -123,7 +123,12 @@ struct StoredMeta {
 #[derive(Serialize, Deserialize)]
 enum StoredColumn {
     Unset,
-    Lww { hlc: u64, site: u32 },
+    /// `age` is the row's timestamp minus the register's: 0 (one byte) for
+    /// every register the row's latest write set.
+    Lww {
+        age: u64,
+        site: u32,
+    },
     GCounter(Vec<(u32, u64)>),
     PnCounter(Vec<(u32, u64, u64)>),
     OrSet(Vec<(String, Vec<(u32, u64)>)>),
@@ -182,8 +187,10 @@ pub fn decode_state(
         // Columns added by a schema upgrade are missing from older blobs.
         let col = match stored.next().unwrap_or(StoredColumn::Unset) {
             StoredColumn::Unset => None,
-            StoredColumn::Lww { hlc, site: idx } => Some(ColumnState::Lww(Lww {
-                hlc: Hlc(hlc),
+            StoredColumn::Lww { age, site: idx } => Some(ColumnState::Lww(Lww {
+                hlc: Hlc(meta.hlc.checked_sub(age).ok_or_else(|| {
+                    corrupt(what(), format!("register older than time zero (age {age})"))
+                })?),
                 site: site(idx)?,
                 value,
             })),
@@ -280,7 +287,7 @@ fn encode_state(
         columns.push(match col {
             None => StoredColumn::Unset,
             Some(ColumnState::Lww(l)) => StoredColumn::Lww {
-                hlc: l.hlc.0,
+                age: state.hlc.0.saturating_sub(l.hlc.0),
                 site: idx(l.site)?,
             },
             Some(ColumnState::GCounter(c)) => StoredColumn::GCounter(
