@@ -1,5 +1,63 @@
 //! meldb: an embedded, SQLite-backed database for local-first apps whose
-//! columns declare how concurrent edits merge.
+//! tables declare, per column, how concurrent edits merge.
+//!
+//! ```
+//! use meldb::{Schema, Store};
+//!
+//! # fn main() -> meldb::Result<()> {
+//! let schema = Schema::from_toml_str(r#"
+//!     name = "shop"
+//!     version = 1
+//!     [[table]]
+//!     name = "item"
+//!     primary_key = ["sku"]
+//!     [[table.column]]
+//!     name = "sku"
+//!     type = "text"
+//!     [[table.column]]
+//!     name = "stock"
+//!     type = "integer"
+//!     kind = "pn_counter"
+//! "#, "shop.toml")?;
+//!
+//! // Two replicas (two devices), each with its own SQLite database.
+//! let mut a = Store::open_in_memory(&schema)?;
+//! let mut b = Store::open_in_memory(&schema)?;
+//! a.write(|tx| tx.insert("item", &[("sku", "A1".into()), ("stock", 10.into())]))?;
+//! b.apply(&a.changes_since(&b.version_vector())?)?;
+//!
+//! // Both sell one unit while offline...
+//! a.write(|tx| tx.increment("item", "A1", "stock", -1))?;
+//! b.write(|tx| tx.increment("item", "A1", "stock", -1))?;
+//!
+//! // ...and exchange what the other lacks.
+//! b.apply(&a.changes_since(&b.version_vector())?)?;
+//! a.apply(&b.changes_since(&a.version_vector())?)?;
+//!
+//! // Both sales count; the replicas are equal; apps read with plain SQL.
+//! let stock: i64 = a.conn().query_row("SELECT stock FROM item", [], |r| r.get(0))?;
+//! assert_eq!(stock, 8);
+//! assert_eq!(a.digest()?, b.digest()?);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Each column is a CRDT: `lww` (last writer wins, the default),
+//! `g_counter`, `pn_counter` or `or_set` ([`schema::Kind`]). Local writes go
+//! through a [`Transaction`]; [`Store::changes_since`] returns exactly what
+//! another replica lacks and [`Store::apply`] merges it
+//! ([`merge::merge_crdt_columns`]), in any order, with duplicates, in
+//! partial batches: replicas that have exchanged everything have equal
+//! [`Store::digest`]s.
+//!
+//! What it is not (yet): a network protocol or relay (changesets are bytes
+//! you move yourself, see [`codec`]), a conflict-resolution hook for
+//! application rules, or an optimistic-mutation layer. Apps must not write
+//! to the tables through SQL directly: such writes are not replicated.
+
+#![forbid(unsafe_code)]
+#![deny(clippy::unwrap_used)]
+
 pub mod changeset;
 pub mod clock;
 pub mod codec;

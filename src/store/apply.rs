@@ -172,8 +172,11 @@ impl Transaction<'_> {
                         rows: vec![row.clone()],
                     }],
                 };
+                // The row is not covered while held, so peers offer it again
+                // on every sync; keep one copy.
                 store.conn.execute(
-                    "INSERT INTO meldb_held (physical_ms, frame) VALUES (?1, ?2)",
+                    "INSERT INTO meldb_held (physical_ms, frame) SELECT ?1, ?2 \
+                     WHERE NOT EXISTS (SELECT 1 FROM meldb_held WHERE frame = ?2)",
                     params![
                         state.hlc.physical_ms() as i64,
                         codec::encode_changeset(&single)

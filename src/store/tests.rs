@@ -181,6 +181,10 @@ fn far_future_change_is_held_then_released() -> Result<()> {
     assert!(b.clock().physical_ms() < 1_000_000 + 1);
     assert!(read(&b, "SELECT * FROM item")?.is_empty());
     assert_eq!(b.held_count()?, 1);
+    // Offered again while still ahead: reported again, stored once.
+    let again = b.apply(&a.changes_since(&b.version_vector())?)?;
+    assert_eq!(again.held.len(), 1);
+    assert_eq!(b.held_count()?, 1);
     time_b.advance(Duration::from_secs(400));
     let released = b.release_held()?;
     assert_eq!(released.released, 1);
