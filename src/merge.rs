@@ -211,6 +211,24 @@ mod tests {
         }));
     }
 
+    proptest::proptest! {
+        #[test]
+        fn row_merge_laws_hold_for_reachable_states(rows in crate::crdt::strategies::row_replicas()) {
+            let [a, b, c] = &rows;
+            let ab = merge_crdt_columns(a, b);
+            proptest::prop_assert_eq!(&ab, &merge_crdt_columns(b, a));
+            proptest::prop_assert_eq!(
+                merge_crdt_columns(&ab, c),
+                merge_crdt_columns(a, &merge_crdt_columns(b, c))
+            );
+            proptest::prop_assert_eq!(&merge_crdt_columns(a, a), a);
+            // Merging is monotone: the result has seen everything either side had.
+            proptest::prop_assert!(a.clock.le(&ab.clock) && b.clock.le(&ab.clock));
+            // A duplicate changes nothing.
+            proptest::prop_assert_eq!(merge_row(Some(&ab), a).0, Causality::Duplicate);
+        }
+    }
+
     #[test]
     fn shape_check_rejects_wrong_kinds_and_deleted_rows_with_values() {
         use crate::schema::Kind;

@@ -95,3 +95,119 @@ pub fn or_set_replicas() -> impl Strategy<Value = [(OrSet, RowClock); 3]> {
         replicas.map(|(set, seen, _)| (set, seen))
     })
 }
+
+#[derive(Clone, Debug)]
+enum RowOp {
+    Set(usize, i64),
+    Add(usize, i64),
+    SetAdd(usize, u8),
+    SetRemove(usize, u8),
+    Delete(usize),
+    Reinsert(usize),
+    Merge(usize, usize),
+}
+
+fn row_op() -> impl Strategy<Value = RowOp> {
+    let r = 0usize..3;
+    prop_oneof![
+        (r.clone(), -5i64..5).prop_map(|(r, v)| RowOp::Set(r, v)),
+        (r.clone(), -5i64..5).prop_map(|(r, v)| RowOp::Add(r, v)),
+        (r.clone(), 0u8..3).prop_map(|(r, e)| RowOp::SetAdd(r, e)),
+        (r.clone(), 0u8..3).prop_map(|(r, e)| RowOp::SetRemove(r, e)),
+        r.clone().prop_map(RowOp::Delete),
+        r.clone().prop_map(RowOp::Reinsert),
+        (r.clone(), r).prop_map(|(a, b)| RowOp::Merge(a, b)),
+    ]
+}
+
+/// Three replicas' states of one row (an lww, a pn_counter and an or_set
+/// column) after a random shared history with deletes and re-inserts.
+/// Replicas apply ops the way the store does: local ops only on a live row,
+/// a delete bumps the causal length and clears the columns, a re-insert of
+/// a deleted row starts a fresh life.
+pub fn row_replicas() -> impl Strategy<Value = [crate::merge::RowState; 3]> {
+    use crate::crdt::ColumnState;
+    use crate::merge::{fresh_state, merge_crdt_columns, RowState};
+    prop::collection::vec(row_op(), 0..40).prop_map(|ops| {
+        let start = || {
+            let mut s = fresh_state(None, 3);
+            s.clock.observe(Dot {
+                site: site(9),
+                seq: 1,
+            });
+            s
+        };
+        let mut rows: [RowState; 3] = [start(), start(), start()];
+        let mut seqs = [0u64; 3];
+        let mut hlc = 1u64;
+        for op in ops {
+            let r = match op {
+                RowOp::Merge(from, to) => {
+                    rows[to] = merge_crdt_columns(&rows[to], &rows[from]);
+                    continue;
+                }
+                RowOp::Set(r, _)
+                | RowOp::Add(r, _)
+                | RowOp::SetAdd(r, _)
+                | RowOp::SetRemove(r, _)
+                | RowOp::Delete(r)
+                | RowOp::Reinsert(r) => r,
+            };
+            let live = rows[r].is_live();
+            let allowed = match op {
+                RowOp::Reinsert(_) => !live,
+                _ => live,
+            };
+            if !allowed {
+                continue;
+            }
+            seqs[r] += 1;
+            hlc += 1;
+            let dot = Dot {
+                site: site(r as u8),
+                seq: seqs[r],
+            };
+            let row = &mut rows[r];
+            match op {
+                RowOp::Set(_, v) => {
+                    row.columns[0] = Some(ColumnState::Lww(Lww {
+                        hlc: Hlc(hlc),
+                        site: dot.site,
+                        value: Value::Integer(v),
+                    }));
+                }
+                RowOp::Add(_, v) => {
+                    let mut c = match row.columns[1].take() {
+                        Some(ColumnState::PnCounter(c)) => c,
+                        _ => PnCounter::default(),
+                    };
+                    let _ = c.add(dot.site, v);
+                    row.columns[1] = Some(ColumnState::PnCounter(c));
+                }
+                RowOp::SetAdd(_, e) | RowOp::SetRemove(_, e) => {
+                    let mut s = match row.columns[2].take() {
+                        Some(ColumnState::OrSet(s)) => s,
+                        _ => OrSet::default(),
+                    };
+                    let elem = char::from(b'a' + e).to_string();
+                    if matches!(op, RowOp::SetAdd(..)) {
+                        s.add(&elem, dot);
+                    } else {
+                        s.remove(&elem);
+                    }
+                    row.columns[2] = Some(ColumnState::OrSet(s));
+                }
+                RowOp::Delete(_) => {
+                    row.cl += 1;
+                    row.columns = vec![None; 3];
+                }
+                RowOp::Reinsert(_) => *row = fresh_state(Some(row), 3),
+                RowOp::Merge(..) => {}
+            }
+            row.clock.observe(dot);
+            row.hlc = Hlc(hlc);
+            row.writer = dot.site;
+        }
+        rows
+    })
+}
