@@ -194,3 +194,57 @@ fn far_future_change_is_held_then_released() -> Result<()> {
     assert_eq!(a.digest()?, b.digest()?);
     Ok(())
 }
+
+#[test]
+fn changesets_round_trip_through_frames() -> Result<()> {
+    let time = ManualTime::new(1_000_000);
+    let (mut a, mut b) = (replica(1, &time)?, replica(2, &time)?);
+    a.write(|tx| {
+        tx.insert(
+            "item",
+            &[
+                ("sku", "A1".into()),
+                ("name", "x".into()),
+                ("stock", 3.into()),
+                ("likes", 2.into()),
+                ("tags", r#"["a","b"]"#.into()),
+            ],
+        )?;
+        tx.insert("item", &[("sku", "B2".into())])?;
+        tx.delete("item", "B2")
+    })?;
+    sync(&a, &mut b)?;
+    time.advance(Duration::from_millis(3));
+    b.write(|tx| tx.increment("item", "A1", "stock", -1))?;
+    a.write(|tx| tx.set("item", "A1", "name", "y"))?;
+    sync(&b, &mut a)?;
+    let cs = a.changes_since(&VersionVector::new())?;
+    let bytes = crate::codec::encode_changeset(&cs);
+    assert_eq!(crate::codec::decode_changeset(&bytes)?, cs);
+    let mut c = replica(3, &time)?;
+    c.apply_bytes(&bytes)?;
+    assert_eq!(c.digest()?, a.digest()?);
+    Ok(())
+}
+
+#[test]
+fn site_index_outside_the_table_is_a_decode_error() -> Result<()> {
+    let time = ManualTime::new(1_000_000);
+    let mut a = replica(1, &time)?;
+    a.write(|tx| tx.insert("item", &[("sku", "A1".into())]))?;
+    let bytes = crate::codec::encode_changeset(&a.changes_since(&VersionVector::new())?);
+    let payload = crate::codec::unframe(&bytes)?.to_vec();
+    // The payload starts with the origin (1 length byte + 16) and the site
+    // table (1 count byte, then 1 length byte + 16 per site): shrink the
+    // table to zero sites by rewriting the count and dropping the entry.
+    assert_eq!(payload[17], 1);
+    let mut hostile = payload[..17].to_vec();
+    hostile.push(0);
+    hostile.extend_from_slice(&payload[18 + 17..]);
+    let err = crate::codec::decode_changeset(&crate::codec::frame(&hostile));
+    assert!(
+        matches!(err, Err(crate::codec::DecodeError::Malformed { .. })),
+        "{err:?}"
+    );
+    Ok(())
+}

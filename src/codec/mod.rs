@@ -1,7 +1,8 @@
 //! Bytes: the one module that knows the encoding (bincode 2, serde mode).
 //!
 //! Two things are encoded here: changeset *frames* (files and, later, the
-//! network) and the packed per-row metadata stored in SQLite.
+//! network; the payload's shape is in [`wire`]) and values stored inside
+//! SQLite (the packed per-row metadata).
 //!
 //! A frame is `MAGIC (4) | format version (u16 LE) | payload length (u32 LE)
 //! | blake3(payload) (32) | payload`. Decoding checks, in order: enough bytes
@@ -11,6 +12,8 @@
 //! then decodes the payload with bincode's allocation limit set to the
 //! payload length, so no length field inside it can make us allocate more
 //! than the frame's own size.
+
+mod wire;
 
 use crate::changeset::Changeset;
 use serde::{de::DeserializeOwned, Serialize};
@@ -114,7 +117,9 @@ fn decode_value<T: DeserializeOwned, const LIMIT: usize>(
 
 /// Encodes a changeset as one frame.
 pub fn encode_changeset(changeset: &Changeset) -> Vec<u8> {
-    frame(&encode_value(changeset))
+    frame(&encode_value(&wire::WireChangeset::from_changeset(
+        changeset,
+    )))
 }
 
 /// Wraps a payload in a frame header. Public so fuzz targets can reach the
@@ -176,7 +181,8 @@ pub fn unframe(bytes: &[u8]) -> Result<&[u8], DecodeError> {
 
 /// Decodes one changeset frame.
 pub fn decode_changeset(bytes: &[u8]) -> Result<Changeset, DecodeError> {
-    decode_value::<Changeset, MAX_FRAME_PAYLOAD>(unframe(bytes)?, "changeset")
+    decode_value::<wire::WireChangeset, MAX_FRAME_PAYLOAD>(unframe(bytes)?, "changeset")?
+        .into_changeset()
 }
 
 /// Encodes a value for storage inside the database (row metadata, held
