@@ -43,7 +43,14 @@ pub fn key(table: &Table, parts: &[String]) -> Result<Key> {
     if parts.len() != table.primary_key.len() {
         return Err(meldb::Error::from(WriteError::KeyArity {
             table: table.name.clone(),
-            key: format!("({})", parts.join(", ")),
+            key: format!(
+                "({})",
+                parts
+                    .iter()
+                    .map(|p| format!("{p:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
             expected: table.primary_key.len(),
             found: parts.len(),
         })
