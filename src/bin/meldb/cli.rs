@@ -1,0 +1,282 @@
+//! Command-line arguments (clap derive). Every command that opens a database
+//! takes `--db FILE --schema SCHEMA.toml`; the schema may also come from the
+//! `MELDB_SCHEMA` environment variable (see [`DbArgs::schema_path`]).
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// The environment variable read when `--schema` is not given.
+pub const SCHEMA_ENV: &str = "MELDB_SCHEMA";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "meldb",
+    version,
+    about = "An embedded SQLite database whose columns declare how concurrent edits merge",
+    long_about = "meldb keeps one replica of an app's data in an SQLite file. Each column of the \
+schema says how concurrent edits merge (lww, g_counter, pn_counter, or_set), so replicas that \
+write while offline converge when they exchange changes.\n\n\
+Writes run as one transaction each and print nothing on success (use --verbose). Runtime errors \
+print `error: ...` on stderr and exit with 1; bad arguments exit with 2.\n\n\
+Start with `meldb demo` to watch three shop tills sell the same stock offline and converge.",
+    after_help = "The schema file can also be given with the MELDB_SCHEMA environment variable."
+)]
+pub struct Cli {
+    /// Print what each write did (the row as it is afterwards).
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a database for a schema (or open an existing one and say so).
+    #[command(
+        long_about = "Create a database for a schema, or open an existing one with the same (or \
+an upgraded) schema. Prints `created` or `opened`, the schema and the site id."
+    )]
+    Init(InitArgs),
+
+    /// Insert a row: every key column is required; it fails if the key exists.
+    #[command(
+        long_about = "Insert a row. Give every primary-key column and any other columns \
+as COLUMN=VALUE. Values are parsed by the column's declared type: integer, real, text as is, \
+blob as x'00ff'; the literal NULL is SQL NULL. Counter values are initial increments; an or_set \
+value is a JSON array of strings, e.g. tags='[\"a\",\"b\"]'. Fails if a live row has the key."
+    )]
+    Insert(RowArgs),
+
+    /// Insert a row, or update the given columns if the key exists.
+    #[command(
+        long_about = "Insert a row, or update the given columns of the existing row with \
+that key. Counter columns cannot be assigned on update: use `increment`."
+    )]
+    Upsert(RowArgs),
+
+    /// Set columns of an existing row (lww values; an or_set becomes the given array).
+    Update(UpdateArgs),
+
+    /// Add AMOUNT to a counter column (negative amounts for pn_counter columns).
+    #[command(allow_negative_numbers = true)]
+    Increment(IncrementArgs),
+
+    /// Add an element to an or_set column.
+    SetAdd(SetArgs),
+
+    /// Remove an element from an or_set column (a concurrent add elsewhere wins).
+    SetRemove(SetArgs),
+
+    /// Delete a row (a concurrent update elsewhere is dropped with it).
+    Delete(KeyArgs),
+
+    /// Run one read-only SQL statement and print the rows as a table.
+    #[command(
+        long_about = "Run one read-only SQL statement and print the result as an aligned \
+table with a header, or with --json as one JSON object per line. Every schema table is a view \
+of its live rows; counters read as integers, or_sets as sorted JSON arrays. Statements that could \
+write are refused: write through insert, update, increment and the other commands."
+    )]
+    Query(QueryArgs),
+
+    /// Write the changes another replica lacks to a file (a changeset frame).
+    #[command(
+        long_about = "Write the changes a replica lacks to FILE as one encoded changeset \
+frame. With --since VV.json (the JSON printed by `meldb vv` on the receiving replica) only what \
+it lacks is written; without it, everything. Prints the number of rows and bytes."
+    )]
+    Export(ExportArgs),
+
+    /// Apply a changeset frame written by `export` and print what it did.
+    #[command(
+        long_about = "Apply a changeset frame written by `meldb export` in one \
+transaction and print the report: rows that fast-forwarded, were concurrent (merged), were \
+already seen, were held because the writer's clock is too far ahead, or were released from an \
+earlier hold. A corrupt or foreign file is an error and changes nothing."
+    )]
+    Import(ImportArgs),
+
+    /// Show the site id, digest, clock, version vector and row counts.
+    Info(InfoArgs),
+
+    /// Print the version vector as JSON (what `export --since` reads).
+    Vv(DbArgs),
+
+    /// Print the state digest in hex: equal digests mean equal replicas.
+    Digest(DbArgs),
+
+    /// Run a scripted demo: shop tills sell the same stock offline, then converge.
+    #[command(
+        long_about = "Run a scripted demo with the built-in inventory schema: N shop \
+tills (replicas) get the same items, sell and restock them while offline (the last units \
+included), then exchange encoded changesets. It prints each till's view, the converged table, \
+the digests (and exits non-zero if they differ), and what last-writer-wins would have lost. \
+Needs no arguments; stores are in memory unless --dir is given."
+    )]
+    Demo(DemoArgs),
+}
+
+/// Where the database is and which schema opens it.
+#[derive(Debug, Args)]
+pub struct DbArgs {
+    /// The database file.
+    #[arg(long, value_name = "FILE")]
+    pub db: PathBuf,
+
+    /// The schema file (TOML) the database uses [default: $MELDB_SCHEMA].
+    #[arg(long, value_name = "SCHEMA.toml")]
+    pub schema: Option<PathBuf>,
+}
+
+impl DbArgs {
+    /// `--schema`, else `$MELDB_SCHEMA` (when set and not empty).
+    pub fn schema_path(&self) -> Option<PathBuf> {
+        self.schema.clone().or_else(|| {
+            std::env::var_os(SCHEMA_ENV)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+
+    /// The site id (a UUID) for a new database; random by default.
+    #[arg(long, value_name = "UUID")]
+    pub site_id: Option<uuid::Uuid>,
+}
+
+#[derive(Debug, Args)]
+pub struct RowArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+
+    /// The table.
+    pub table: String,
+
+    /// Column values, e.g. sku=BEAN-1kg price=18.5 stock=10.
+    #[arg(value_name = "COLUMN=VALUE", required = true)]
+    pub values: Vec<String>,
+}
+
+/// A row's primary key: one `--key` per key column, in key order.
+#[derive(Debug, Args)]
+pub struct KeyArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+
+    /// The table.
+    pub table: String,
+
+    /// The primary key; repeat it for each column of a composite key, in key order.
+    #[arg(
+        short,
+        long = "key",
+        value_name = "KEY",
+        required = true,
+        allow_hyphen_values = true
+    )]
+    pub keys: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct UpdateArgs {
+    #[command(flatten)]
+    pub row: KeyArgs,
+
+    /// Column values to set, e.g. price=19.9 shelf=NULL.
+    #[arg(value_name = "COLUMN=VALUE", required = true)]
+    pub values: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct IncrementArgs {
+    #[command(flatten)]
+    pub row: KeyArgs,
+
+    /// The counter column.
+    pub column: String,
+
+    /// How much to add; negative subtracts (pn_counter only).
+    #[arg(allow_negative_numbers = true)]
+    pub amount: i64,
+}
+
+#[derive(Debug, Args)]
+pub struct SetArgs {
+    #[command(flatten)]
+    pub row: KeyArgs,
+
+    /// The or_set column.
+    pub column: String,
+
+    /// The element (any string).
+    #[arg(allow_hyphen_values = true)]
+    pub element: String,
+}
+
+#[derive(Debug, Args)]
+pub struct QueryArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+
+    /// One read-only SQL statement, e.g. "SELECT * FROM item ORDER BY sku".
+    pub sql: String,
+
+    /// Print one JSON object per row instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+
+    /// The file to write the changeset frame to.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+
+    /// Export only what a replica with this version vector lacks (JSON from `meldb vv`).
+    #[arg(long, value_name = "VV.json")]
+    pub since: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+
+    /// A changeset frame written by `meldb export`.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+
+    /// Print machine-readable JSON.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Print only the version vector as JSON (same as `meldb vv`).
+    #[arg(long)]
+    pub vv_only: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Keep the tills' databases as files in this directory (in memory by default).
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+
+    /// How many tills (replicas) take part.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(2..=9))]
+    pub replicas: u8,
+}

@@ -1,0 +1,176 @@
+//! Moving changes between replicas through files, and describing a replica.
+//!
+//! The receiver runs `meldb vv > vv.json`; the sender runs
+//! `meldb export --since vv.json --out changes.mldb` (exactly what the
+//! receiver lacks); the receiver runs `meldb import changes.mldb`. Equal
+//! `meldb digest` output means equal state.
+
+use crate::cli::{DbArgs, ExportArgs, ImportArgs, InfoArgs};
+use crate::commands::open;
+use crate::error::{file_error, in_file, CliError, Result};
+use crate::output::{count, hex};
+use meldb::store::ApplyReport;
+use meldb::{codec, Store, VersionVector};
+use std::io::Write;
+
+/// `meldb export`.
+pub fn export(args: &ExportArgs, out: &mut dyn Write) -> Result<()> {
+    let vv = match &args.since {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(file_error(path))?;
+            serde_json::from_str::<VersionVector>(&text).map_err(|source| {
+                CliError::BadVersionVector {
+                    path: path.clone(),
+                    source,
+                }
+            })?
+        }
+        None => VersionVector::new(),
+    };
+    let store = open(&args.db)?;
+    let changes = store.changes_since(&vv)?;
+    let bytes = codec::encode_changeset(&changes);
+    std::fs::write(&args.out, &bytes).map_err(file_error(&args.out))?;
+    writeln!(
+        out,
+        "exported {} ({}) to {}",
+        count(changes.len(), "row"),
+        count(bytes.len(), "byte"),
+        args.out.display()
+    )?;
+    Ok(())
+}
+
+/// `meldb import`: decodes, then applies in one transaction.
+pub fn import(args: &ImportArgs, out: &mut dyn Write) -> Result<()> {
+    let bytes = std::fs::read(&args.file).map_err(file_error(&args.file))?;
+    let changes = codec::decode_changeset(&bytes).map_err(|e| in_file(&args.file)(e.into()))?;
+    let mut store = open(&args.db)?;
+    let report = store.apply(&changes).map_err(in_file(&args.file))?;
+    writeln!(
+        out,
+        "imported {} ({}) from site {}",
+        count(changes.len(), "row"),
+        count(bytes.len(), "byte"),
+        changes.origin
+    )?;
+    write_report(&report, out)
+}
+
+/// Prints an apply report, one aligned line per outcome.
+pub fn write_report(report: &ApplyReport, out: &mut dyn Write) -> Result<()> {
+    let lines = [
+        ("fast-forward", report.fast_forward),
+        ("concurrent", report.concurrent),
+        ("already seen", report.already_seen),
+        ("held", report.held.len()),
+        ("released", report.released),
+    ];
+    for (what, n) in lines {
+        writeln!(out, "  {what:<13} {n}")?;
+    }
+    for held in &report.held {
+        writeln!(
+            out,
+            "  held {} {} from site {}: its clock is {} ms ahead of ours",
+            held.table, held.key, held.site, held.offset_ms
+        )?;
+    }
+    Ok(())
+}
+
+/// `meldb vv` (and `info --vv-only`): the JSON `export --since` reads.
+pub fn vv(db: &DbArgs, out: &mut dyn Write) -> Result<()> {
+    let store = open(db)?;
+    writeln!(out, "{}", vv_json(&store.version_vector())?)?;
+    Ok(())
+}
+
+fn vv_json(vv: &VersionVector) -> Result<String> {
+    serde_json::to_string(vv).map_err(|e| CliError::Output(e.into()))
+}
+
+/// `meldb digest`.
+pub fn digest(db: &DbArgs, out: &mut dyn Write) -> Result<()> {
+    let store = open(db)?;
+    writeln!(out, "{}", hex(&store.digest()?))?;
+    Ok(())
+}
+
+/// Live rows per table, in schema order.
+fn row_counts(store: &Store) -> Result<Vec<(String, i64)>> {
+    store
+        .schema()
+        .tables
+        .iter()
+        .map(|t| {
+            let sql = format!("SELECT count(*) FROM \"{}\"", t.name.replace('"', "\"\""));
+            let n: i64 = store.conn().query_row(&sql, [], |r| r.get(0))?;
+            Ok((t.name.clone(), n))
+        })
+        .collect()
+}
+
+/// `meldb info`.
+pub fn info(args: &InfoArgs, out: &mut dyn Write) -> Result<()> {
+    if args.vv_only {
+        return vv(&args.db, out);
+    }
+    let store = open(&args.db)?;
+    let schema = store.schema();
+    let digest = hex(&store.digest()?);
+    let clock = store.clock();
+    let held = store.held_count()?;
+    let rows = row_counts(&store)?;
+    let vv = store.version_vector();
+    if args.json {
+        let value = serde_json::json!({
+            "database": store.path(),
+            "schema": { "name": schema.name, "version": schema.version },
+            "site": store.site_id().to_string(),
+            "digest": digest,
+            "clock": {
+                "hlc": clock.0,
+                "physical_ms": clock.physical_ms(),
+                "logical": clock.logical(),
+            },
+            "held": held,
+            "rows": rows
+                .iter()
+                .map(|(t, n)| (t.clone(), (*n).into()))
+                .collect::<serde_json::Map<_, _>>(),
+            "version_vector": serde_json::to_value(&vv).map_err(|e| CliError::Output(e.into()))?,
+        });
+        writeln!(out, "{value}")?;
+        return Ok(());
+    }
+    writeln!(out, "database  {}", store.path())?;
+    writeln!(out, "schema    {} v{}", schema.name, schema.version)?;
+    writeln!(out, "site      {}", store.site_id())?;
+    writeln!(out, "digest    {digest}")?;
+    writeln!(out, "clock     {clock}")?;
+    writeln!(out, "held      {held}")?;
+    let counts: Vec<String> = rows.iter().map(|(t, n)| format!("{t} {n}")).collect();
+    writeln!(out, "rows      {}", counts.join(", "))?;
+    writeln!(out, "version vector")?;
+    for (site, ranges) in vv.iter() {
+        let spans: Vec<String> = ranges
+            .ranges()
+            .iter()
+            .map(|&(first, last)| {
+                if first == last {
+                    first.to_string()
+                } else {
+                    format!("{first}-{last}")
+                }
+            })
+            .collect();
+        let mine = if *site == store.site_id() {
+            "  (this replica)"
+        } else {
+            ""
+        };
+        writeln!(out, "  {site}  {}{mine}", spans.join(", "))?;
+    }
+    Ok(())
+}
