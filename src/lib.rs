@@ -73,6 +73,6 @@ pub use changeset::Changeset;
 pub use clock::SiteId;
 pub use error::{Error, Result};
 pub use schema::{Kind, Schema};
-pub use store::{ApplyReport, Store, StoreOptions, Transaction};
+pub use store::{ApplyReport, Durability, Store, StoreOptions, Transaction};
 pub use value::{Key, Value};
 pub use version::VersionVector;
