@@ -66,8 +66,9 @@ const PLAIN_SCHEMA: &str = "
 ";
 
 /// The PRAGMAs `Store::open` sets on file databases by default.
-const PLAIN_PRAGMAS: &str =
-    "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;";
+/// Kept in step with `meldb::store::DEFAULT_CACHE_KIB` (32 MiB).
+const PLAIN_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+     PRAGMA busy_timeout = 5000; PRAGMA cache_size = -32768;";
 
 const DB_FILE: &str = "bench.db";
 
