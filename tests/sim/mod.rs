@@ -1,0 +1,999 @@
+//! A multi-replica simulation: random local writes of every kind on a small
+//! key space, clocks that tie and drift, and sync over an unreliable network
+//! (partial batches, reordering, duplicates, stale version vectors, stale
+//! re-deliveries). Every step is checked against the reference model in
+//! [`model`]; every run ends with "all replicas equal".
+//!
+//! Steps are plain data ([`Step`]) so proptest can generate and shrink them,
+//! and a seeded generator ([`random_steps`]) replays the same distribution
+//! deterministically.
+
+pub mod model;
+
+use crate::common::{
+    assert_same_state, assert_same_version_vectors, row_values, site, view_rows, Rng, T0,
+};
+use meldb::clock::{Hlc, ManualTime};
+use meldb::crdt::ColumnState;
+use meldb::error::WriteError;
+use meldb::schema::Kind;
+use meldb::{Changeset, Error, Schema, Store, StoreOptions, Value, VersionVector};
+use model::{Effect, EventId, Model, RowId, Spec, Stats, TableSpec, ELEMS};
+use proptest::prelude::*;
+use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
+use std::sync::Arc;
+
+/// Boxed errors, so meldb errors and model mismatches both fit.
+pub type SimResult<T> = Result<T, Box<dyn std::error::Error>>;
+
+/// Which replicas talk to each other.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Topology {
+    /// Every pair.
+    Mesh,
+    /// A chain 0 <-> 1 <-> 2 <-> ...: ends reach each other only through
+    /// intermediaries, which forward what they received.
+    Relay,
+}
+
+/// The kind of a generated local write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpKind {
+    Insert,
+    Upsert,
+    Update,
+    Set,
+    Increment,
+    AddToSet,
+    RemoveFromSet,
+    Delete,
+}
+
+/// A local write in raw form: indexes are reduced modulo what the chosen
+/// table has, so any generated value is meaningful for any schema.
+#[derive(Clone, Debug)]
+pub struct RawOp {
+    pub kind: OpKind,
+    pub table: u8,
+    pub key: u8,
+    /// (column, value) index pairs.
+    pub cols: Vec<(u8, u8)>,
+    pub amount: i8,
+    pub elem: u8,
+}
+
+/// Which version vector a sync asks with.
+#[derive(Clone, Copy, Debug)]
+pub enum VvPick {
+    Current,
+    /// One the receiver had earlier.
+    Stale(u16),
+    Empty,
+}
+
+/// One step of a simulation.
+#[derive(Clone, Debug)]
+pub enum Step {
+    /// One transaction on `replica`: committed, or dropped.
+    Write {
+        replica: u8,
+        ops: Vec<RawOp>,
+        commit: bool,
+    },
+    /// `from` computes what `to` lacks (by `vv`), splits it into pieces of
+    /// at most `max_rows` rows, and a lossy network delivers some of them
+    /// (chosen by `seed`) in random order with duplicates.
+    Sync {
+        from: u8,
+        to: u8,
+        vv: VvPick,
+        max_rows: u8,
+        seed: u64,
+    },
+    /// An old piece arrives again.
+    Redeliver { to: u8, pick: u16 },
+    /// Shared wall time moves forward.
+    Advance { ms: u16 },
+    /// One replica's clock runs this far ahead of the shared time (well
+    /// inside the drift bound; it may also move back towards 0).
+    Skew { replica: u8, offset_ms: u16 },
+}
+
+/// A write resolved against the spec: value-column indexes and values.
+#[derive(Clone, Debug)]
+enum Op {
+    Insert(Vec<(usize, Value)>),
+    Upsert(Vec<(usize, Value)>),
+    Update(Vec<(usize, Value)>),
+    Set(usize, Value),
+    Increment(usize, i64),
+    Add(usize, String),
+    Remove(usize, String),
+    Delete,
+}
+
+/// What the model says a write must do.
+#[derive(Clone, Debug)]
+enum Expect {
+    Event { cl: u64, effects: Vec<Effect> },
+    NoChange,
+    Exists,
+    NotFound,
+    Missing,
+}
+
+/// A delivered piece, kept for stale re-delivery with what its sender knew.
+struct Batch {
+    piece: Changeset,
+    target: usize,
+    snapshot: Rc<BTreeMap<RowId, BTreeSet<EventId>>>,
+}
+
+/// The running simulation.
+pub struct Sim {
+    pub spec: Spec,
+    pub stores: Vec<Store>,
+    pub model: Model,
+    pub stats: Stats,
+    topology: Topology,
+    times: Vec<ManualTime>,
+    base_ms: u64,
+    offsets: Vec<u64>,
+    vv_history: Vec<Vec<VersionVector>>,
+    batches: Vec<Batch>,
+    last_clock: Vec<Hlc>,
+    rng: Rng,
+    check_version_vectors: bool,
+}
+
+/// The JSON array text of a set of elements, as inserts take it.
+fn set_json(elems: &BTreeSet<String>) -> Value {
+    Value::Text(serde_json::to_string(elems).unwrap_or_default())
+}
+
+fn parse_json(value: &Value) -> BTreeSet<String> {
+    match value {
+        Value::Text(t) => serde_json::from_str(t).unwrap_or_default(),
+        _ => BTreeSet::new(),
+    }
+}
+
+/// Picks the elements whose bits are set in `bits`.
+fn elems_of(bits: u8) -> BTreeSet<String> {
+    ELEMS
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| bits & (1 << i) != 0)
+        .map(|(_, e)| (*e).to_owned())
+        .collect()
+}
+
+fn resolve(spec: &Spec, raw: &RawOp) -> (RowId, Op) {
+    let t = raw.table as usize % spec.tables.len();
+    let table = &spec.tables[t];
+    let row = RowId {
+        table: t,
+        key: raw.key as usize % table.keys.len(),
+    };
+    let of_kind = |pred: &dyn Fn(Kind) -> bool| -> Vec<usize> {
+        (0..table.cols.len())
+            .filter(|&j| pred(table.cols[j].kind))
+            .collect()
+    };
+    let counters = of_kind(&|k| matches!(k, Kind::GCounter | Kind::PnCounter));
+    let sets = of_kind(&|k| k == Kind::OrSet);
+    let assignable = of_kind(&|k| matches!(k, Kind::Lww | Kind::OrSet));
+    let pick = |from: &[usize], n: u8| from[n as usize % from.len()];
+    let value_for = |j: usize, v: u8| -> Value {
+        let col = &table.cols[j];
+        match col.kind {
+            Kind::Lww => col.values[v as usize % col.values.len()].clone(),
+            Kind::OrSet => set_json(&elems_of(v)),
+            Kind::GCounter => Value::Integer(i64::from(v % 5)),
+            Kind::PnCounter => Value::Integer(i64::from(v % 9) - 4),
+        }
+    };
+    // Distinct columns, in generated order; counters only where allowed.
+    let values = |allow_counters: bool| -> Vec<(usize, Value)> {
+        let mut out: Vec<(usize, Value)> = Vec::new();
+        for &(c, v) in &raw.cols {
+            let j = c as usize % table.cols.len();
+            let counter = matches!(table.cols[j].kind, Kind::GCounter | Kind::PnCounter);
+            if (counter && !allow_counters) || out.iter().any(|(k, _)| *k == j) {
+                continue;
+            }
+            out.push((j, value_for(j, v)));
+        }
+        out
+    };
+    let elem = ELEMS[raw.elem as usize % ELEMS.len()].to_owned();
+    let op = match raw.kind {
+        OpKind::Insert => {
+            let mut vals = values(true);
+            for (j, col) in table.cols.iter().enumerate() {
+                if col.required && !vals.iter().any(|(k, _)| *k == j) {
+                    vals.push((j, value_for(j, raw.elem)));
+                }
+            }
+            Op::Insert(vals)
+        }
+        OpKind::Upsert => Op::Upsert(values(false)),
+        OpKind::Update => Op::Update(values(false)),
+        OpKind::Set if !assignable.is_empty() => {
+            let (c, v) = raw.cols.first().copied().unwrap_or((raw.elem, raw.key));
+            let j = pick(&assignable, c);
+            Op::Set(j, value_for(j, v))
+        }
+        OpKind::Increment if !counters.is_empty() => {
+            let j = pick(&counters, raw.elem);
+            let amount = i64::from(raw.amount);
+            let amount = if table.cols[j].kind == Kind::GCounter {
+                amount.abs()
+            } else {
+                amount
+            };
+            Op::Increment(j, amount)
+        }
+        OpKind::AddToSet if !sets.is_empty() => Op::Add(pick(&sets, raw.key), elem),
+        OpKind::RemoveFromSet if !sets.is_empty() => Op::Remove(pick(&sets, raw.key), elem),
+        OpKind::Delete => Op::Delete,
+        // The table lacks the column kind the op needs.
+        _ => Op::Update(values(false)),
+    };
+    (row, op)
+}
+
+/// What the model predicts for `op` on replica `r`'s view of `row`.
+fn predict(spec: &Spec, model: &Model, r: usize, row: RowId, op: &Op) -> Expect {
+    let table = &spec.tables[row.table];
+    let known = model.known(r, row);
+    let cl = model.cl(known);
+    let live = cl % 2 == 1;
+    // Column writes: lww sets, or_set assignments against the current view.
+    let writes = |vals: &[(usize, Value)], view_life: Option<u64>| -> Vec<Effect> {
+        let mut effects = Vec::new();
+        for (j, value) in vals {
+            match table.cols[*j].kind {
+                Kind::Lww => effects.push(Effect::Lww {
+                    col: *j,
+                    value: value.clone(),
+                    stamp: None,
+                }),
+                Kind::GCounter | Kind::PnCounter => {
+                    if let Value::Integer(amount) = value {
+                        effects.push(Effect::Count {
+                            col: *j,
+                            amount: *amount,
+                        });
+                    }
+                }
+                Kind::OrSet => {
+                    let wanted = parse_json(value);
+                    let view = view_life
+                        .map(|life| model.set_view(known, *j, life))
+                        .unwrap_or_default();
+                    for e in view.difference(&wanted) {
+                        effects.push(Effect::Kill {
+                            col: *j,
+                            elem: e.clone(),
+                        });
+                    }
+                    for e in wanted.difference(&view) {
+                        effects.push(Effect::Add {
+                            col: *j,
+                            elem: e.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        effects
+    };
+    let missing_required = |vals: &[(usize, Value)]| {
+        table
+            .cols
+            .iter()
+            .enumerate()
+            .any(|(j, c)| c.required && !vals.iter().any(|(k, _)| *k == j))
+    };
+    match op {
+        Op::Insert(_) | Op::Upsert(_) if !live => {
+            let (Op::Insert(vals) | Op::Upsert(vals)) = op else {
+                unreachable!()
+            };
+            if missing_required(vals) {
+                Expect::Missing
+            } else {
+                Expect::Event {
+                    cl: cl + 1,
+                    effects: writes(vals, None),
+                }
+            }
+        }
+        Op::Insert(_) => Expect::Exists,
+        _ if !live => Expect::NotFound,
+        Op::Upsert(vals) | Op::Update(vals) => Expect::Event {
+            cl,
+            effects: writes(vals, Some(cl)),
+        },
+        Op::Set(j, v) => Expect::Event {
+            cl,
+            effects: writes(&[(*j, v.clone())], Some(cl)),
+        },
+        Op::Increment(_, 0) => Expect::NoChange,
+        Op::Increment(j, amount) => Expect::Event {
+            cl,
+            effects: vec![Effect::Count {
+                col: *j,
+                amount: *amount,
+            }],
+        },
+        Op::Add(j, e) => Expect::Event {
+            cl,
+            effects: vec![
+                Effect::Kill {
+                    col: *j,
+                    elem: e.clone(),
+                },
+                Effect::Add {
+                    col: *j,
+                    elem: e.clone(),
+                },
+            ],
+        },
+        Op::Remove(j, e) => Expect::Event {
+            cl,
+            effects: vec![Effect::Kill {
+                col: *j,
+                elem: e.clone(),
+            }],
+        },
+        Op::Delete => Expect::Event {
+            cl: cl + 1,
+            effects: Vec::new(),
+        },
+    }
+}
+
+fn execute(
+    tx: &mut meldb::Transaction<'_>,
+    table: &TableSpec,
+    key: &[Value],
+    op: &Op,
+) -> meldb::Result<()> {
+    let name = |j: usize| table.cols[j].name.as_str();
+    let row = |vals: &[(usize, Value)], with_key: bool| -> Vec<(&str, Value)> {
+        let keys = table
+            .key_cols
+            .iter()
+            .zip(key)
+            .map(|(c, v)| (c.as_str(), v.clone()))
+            .filter(|_| with_key);
+        keys.chain(vals.iter().map(|(j, v)| (name(*j), v.clone())))
+            .collect()
+    };
+    match op {
+        Op::Insert(vals) => tx.insert(&table.name, &row(vals, true)),
+        Op::Upsert(vals) => tx.upsert(&table.name, &row(vals, true)),
+        Op::Update(vals) => tx.update(&table.name, key.to_vec(), &row(vals, false)),
+        Op::Set(j, v) => tx.set(&table.name, key.to_vec(), name(*j), v.clone()),
+        Op::Increment(j, amount) => tx.increment(&table.name, key.to_vec(), name(*j), *amount),
+        Op::Add(j, e) => tx.add_to_set(&table.name, key.to_vec(), name(*j), e),
+        Op::Remove(j, e) => tx.remove_from_set(&table.name, key.to_vec(), name(*j), e),
+        Op::Delete => tx.delete(&table.name, key.to_vec()),
+    }
+}
+
+/// Every row's causal length and column states (in spec order), as the
+/// store would send them to a replica that has nothing.
+type RowStates = BTreeMap<RowId, (u64, Vec<Option<ColumnState>>)>;
+
+fn row_states(spec: &Spec, store: &Store) -> SimResult<RowStates> {
+    let mut out = BTreeMap::new();
+    for table in store.changes_since(&VersionVector::new())?.tables {
+        let t = spec
+            .tables
+            .iter()
+            .position(|s| s.name == table.table)
+            .ok_or("unknown table in changeset")?;
+        let positions: Vec<usize> = table
+            .columns
+            .iter()
+            .map(|name| {
+                spec.tables[t]
+                    .cols
+                    .iter()
+                    .position(|c| &c.name == name)
+                    .ok_or_else(|| format!("column {name} outside the spec"))
+            })
+            .collect::<Result<_, _>>()?;
+        for row in table.rows {
+            let id = spec.row_id(&table.table, &row.key);
+            let mut cols = vec![None; spec.tables[t].cols.len()];
+            for (state, &j) in row.state.columns.into_iter().zip(&positions) {
+                cols[j] = state;
+            }
+            out.insert(id, (row.state.cl, cols));
+        }
+    }
+    Ok(out)
+}
+
+impl Sim {
+    /// `replicas` in-memory stores of `schema` with sites 1..=n, all at `T0`.
+    pub fn new(schema: &Schema, replicas: usize, topology: Topology, seed: u64) -> SimResult<Sim> {
+        let mut stores = Vec::new();
+        let mut times = Vec::new();
+        for r in 0..replicas {
+            let time = ManualTime::new(T0);
+            stores.push(
+                StoreOptions::new()
+                    .site_id(site(r as u8 + 1))
+                    .time_source(Arc::new(time.clone()))
+                    .open_in_memory(schema)?,
+            );
+            times.push(time);
+        }
+        Ok(Sim {
+            spec: Spec::new(schema),
+            model: Model::new(replicas),
+            stats: Stats::default(),
+            topology,
+            times,
+            base_ms: T0,
+            offsets: vec![0; replicas],
+            vv_history: vec![vec![VersionVector::new()]; replicas],
+            batches: Vec::new(),
+            last_clock: vec![Hlc(0); replicas],
+            rng: Rng::new(seed),
+            check_version_vectors: true,
+            stores,
+        })
+    }
+
+    /// Skips the version-vector checks (equal at the end; a full delivery
+    /// leaves the receiver with every dot the sender has), to look for other
+    /// problems while a version-vector bug is open.
+    pub fn without_version_vector_checks(mut self) -> Self {
+        self.check_version_vectors = false;
+        self
+    }
+
+    fn n(&self) -> usize {
+        self.stores.len()
+    }
+
+    /// Whether `from` may send to `to`.
+    pub fn linked(&self, from: usize, to: usize) -> bool {
+        from != to
+            && match self.topology {
+                Topology::Mesh => true,
+                Topology::Relay => from.abs_diff(to) == 1,
+            }
+    }
+
+    fn pair(&self, from: u8, to: u8) -> (usize, usize) {
+        let pairs: Vec<(usize, usize)> = (0..self.n())
+            .flat_map(|x| (0..self.n()).map(move |y| (x, y)))
+            .filter(|&(x, y)| self.linked(x, y))
+            .collect();
+        pairs[(from as usize * 7 + to as usize) % pairs.len()]
+    }
+
+    /// Runs every step, then syncs to quiescence and checks convergence.
+    pub fn run(mut self, steps: &[Step]) -> SimResult<Stats> {
+        for (i, step) in steps.iter().enumerate() {
+            self.step(step)
+                .map_err(|e| format!("step {i} ({step:?}) failed: {e}"))?;
+            for r in 0..self.n() {
+                self.times[r].set_ms(self.base_ms + self.offsets[r]);
+                let clock = self.stores[r].clock();
+                assert!(
+                    clock >= self.last_clock[r],
+                    "replica {r}'s clock went back from {} to {clock} at step {i}",
+                    self.last_clock[r]
+                );
+                self.last_clock[r] = clock;
+            }
+        }
+        self.finish()
+    }
+
+    fn step(&mut self, step: &Step) -> SimResult<()> {
+        let n = self.n();
+        match step {
+            Step::Write {
+                replica,
+                ops,
+                commit,
+            } => self.write(*replica as usize % n, ops, *commit),
+            Step::Sync {
+                from,
+                to,
+                vv,
+                max_rows,
+                seed,
+            } => {
+                let (x, y) = self.pair(*from, *to);
+                self.sync(x, y, *vv, *max_rows as usize, *seed)
+            }
+            Step::Redeliver { to, pick } => {
+                if self.batches.is_empty() {
+                    return Ok(());
+                }
+                let i = *pick as usize % self.batches.len();
+                let target = match self.topology {
+                    Topology::Mesh => *to as usize % n,
+                    Topology::Relay => self.batches[i].target,
+                };
+                let piece = self.batches[i].piece.clone();
+                let snapshot = self.batches[i].snapshot.clone();
+                self.stats.stale_deliveries += 1;
+                self.deliver(target, &piece, &snapshot)?;
+                self.check_replica(target, false)
+            }
+            Step::Advance { ms } => {
+                self.base_ms += u64::from(*ms);
+                Ok(())
+            }
+            Step::Skew { replica, offset_ms } => {
+                self.offsets[*replica as usize % n] = u64::from(*offset_ms);
+                Ok(())
+            }
+        }
+    }
+
+    fn write(&mut self, r: usize, ops: &[RawOp], commit: bool) -> SimResult<()> {
+        let before = if commit {
+            None
+        } else {
+            Some((self.stores[r].digest()?, view_rows(&self.stores[r])?))
+        };
+        let vv_before = self.stores[r].version_vector();
+        let clock_before = self.stores[r].clock();
+        let first_event = self.model.events.len();
+        let known_before = self.model.known[r].clone();
+        // The last register write per (row, column) in this transaction.
+        let mut last_lww: BTreeMap<(RowId, usize), (EventId, usize)> = BTreeMap::new();
+        {
+            let mut tx = self.stores[r].transaction()?;
+            for raw in ops {
+                let (row, op) = resolve(&self.spec, raw);
+                let expect = predict(&self.spec, &self.model, r, row, &op);
+                let table = &self.spec.tables[row.table];
+                let key = &table.keys[row.key];
+                let result = execute(&mut tx, table, key, &op);
+                let mismatch = |got: &dyn std::fmt::Debug| {
+                    format!(
+                        "replica {r}: {op:?} on {}{key:?}: the model expected {expect:?}, meldb gave {got:?}",
+                        table.name
+                    )
+                };
+                match (&expect, result) {
+                    (Expect::Event { cl, effects }, Ok(())) => {
+                        let id = self.model.record(r, row, *cl, effects.clone());
+                        for (i, effect) in effects.iter().enumerate() {
+                            if let Effect::Lww { col, .. } = effect {
+                                last_lww.insert((row, *col), (id, i));
+                            }
+                        }
+                    }
+                    (Expect::NoChange, Ok(())) => {}
+                    (Expect::Exists, Err(Error::Write(WriteError::RowExists { .. }))) => {
+                        self.stats.rejected_exists += 1;
+                    }
+                    (Expect::NotFound, Err(Error::Write(WriteError::RowNotFound { .. }))) => {
+                        self.stats.rejected_not_found += 1;
+                    }
+                    (Expect::Missing, Err(Error::Write(WriteError::MissingValue { .. }))) => {
+                        self.stats.rejected_missing += 1;
+                    }
+                    (_, got) => return Err(mismatch(&got).into()),
+                }
+            }
+            if commit {
+                tx.commit()?;
+            }
+        }
+        let store = &self.stores[r];
+        if let Some((digest, rows)) = before {
+            self.model.events.truncate(first_event);
+            self.model.known[r] = known_before;
+            self.stats.rolled_back += 1;
+            assert_eq!(
+                store.digest()?,
+                digest,
+                "a dropped transaction changed the digest"
+            );
+            assert_eq!(
+                view_rows(store)?,
+                rows,
+                "a dropped transaction changed rows"
+            );
+            assert_eq!(
+                store.version_vector(),
+                vv_before,
+                "a dropped transaction changed the version vector"
+            );
+            return Ok(());
+        }
+        let written = self.model.events.len() - first_event;
+        self.stats.committed_writes += written;
+        for ev in &self.model.events[first_event..] {
+            let before = self.model.cl(&ev.seen);
+            if ev.cl > before && before % 2 == 1 {
+                self.stats.deletes += 1;
+            } else if ev.cl > before && before > 0 {
+                self.stats.revivals += 1;
+            }
+        }
+        // Seq numbers: one per write, contiguous, never reused.
+        let me = site(r as u8 + 1);
+        let last = |vv: &VersionVector| vv.site(&me).map_or(0, |s| s.max());
+        let vv_after = store.version_vector();
+        assert_eq!(
+            last(&vv_after),
+            last(&vv_before) + written as u64,
+            "replica {r}: {written} writes should use the next {written} seq numbers"
+        );
+        assert_eq!(
+            vv_after.site(&me).map_or(0, |s| s.ranges().len()),
+            usize::from(last(&vv_after) > 0)
+        );
+        // Stamp register writes that are the transaction's last for their
+        // column in the row's current life: their (hlc, site) is in the state.
+        let states = row_states(&self.spec, store)?;
+        for ((row, col), (id, i)) in last_lww {
+            let life = self.model.cl(self.model.known(r, row));
+            if self.model.events[id].cl != life {
+                continue;
+            }
+            let stored = states.get(&row).and_then(|(_, cols)| cols[col].as_ref());
+            let Some(ColumnState::Lww(lww)) = stored else {
+                return Err(format!("replica {r}: row {row:?} column {col} has no register state after a write: {stored:?}").into());
+            };
+            let Effect::Lww { value, stamp, .. } = &mut self.model.events[id].effects[i] else {
+                unreachable!()
+            };
+            assert_eq!(
+                &lww.value, value,
+                "replica {r}: the register holds another value than written"
+            );
+            assert_eq!(
+                lww.site, me,
+                "replica {r}: a local write is stamped with another site"
+            );
+            assert!(
+                lww.hlc > clock_before,
+                "replica {r}: write stamped {} not after the clock {clock_before}",
+                lww.hlc
+            );
+            *stamp = Some((lww.hlc, lww.site));
+            // Causality: a write is stamped after everything its writer saw.
+            let seen_max = self.model.events[id]
+                .seen
+                .iter()
+                .flat_map(|&e| self.model.events[e].effects.iter())
+                .filter_map(|e| match e {
+                    Effect::Lww {
+                        stamp: Some((h, _)),
+                        ..
+                    } => Some(*h),
+                    _ => None,
+                })
+                .max();
+            if let Some(seen) = seen_max {
+                assert!(
+                    lww.hlc > seen,
+                    "replica {r}: write stamped {} not after a write it had seen ({seen})",
+                    lww.hlc
+                );
+            }
+        }
+        self.check_states(r, &states, false)
+    }
+
+    fn sync(
+        &mut self,
+        x: usize,
+        y: usize,
+        pick: VvPick,
+        max_rows: usize,
+        seed: u64,
+    ) -> SimResult<()> {
+        let current = self.stores[y].version_vector();
+        let history = &mut self.vv_history[y];
+        let (vv, is_current) = match pick {
+            VvPick::Current => (current.clone(), true),
+            VvPick::Stale(i) => (history[i as usize % history.len()].clone(), false),
+            VvPick::Empty => (VersionVector::new(), false),
+        };
+        if history.len() < 12 {
+            history.push(current);
+        } else {
+            let i = self.rng.below(12) as usize;
+            history[i] = current;
+        }
+        let changes = self.stores[x].changes_since(&vv)?;
+        let snapshot = Rc::new(self.snapshot(x, &changes));
+        let pieces = changes.split(max_rows.max(1));
+        let mut rng = Rng::new(seed);
+        let everything = rng.chance(0.5);
+        let mut order: Vec<usize> = (0..pieces.len())
+            .filter(|_| everything || rng.chance(0.6))
+            .collect();
+        let dups: Vec<usize> = order.iter().copied().filter(|_| rng.chance(0.2)).collect();
+        order.extend(dups);
+        rng.shuffle(&mut order);
+        for &i in &order {
+            self.deliver(y, &pieces[i], &snapshot)?;
+        }
+        for piece in pieces {
+            let batch = Batch {
+                piece,
+                target: y,
+                snapshot: snapshot.clone(),
+            };
+            if self.batches.len() < 48 {
+                self.batches.push(batch);
+            } else {
+                let i = self.rng.below(48) as usize;
+                self.batches[i] = batch;
+            }
+        }
+        if everything && is_current && self.check_version_vectors {
+            let (vx, vy) = (
+                self.stores[x].version_vector(),
+                self.stores[y].version_vector(),
+            );
+            assert!(
+                vx.le(&vy),
+                "replica {y} applied all of changes_since(its own version vector) from replica {x} \
+                 but still lacks dots {x} has:\n  {x}: {vx:?}\n  {y}: {vy:?}"
+            );
+        }
+        self.check_replica(y, false)
+    }
+
+    /// What the sender knew of every row in `changes`.
+    fn snapshot(&self, x: usize, changes: &Changeset) -> BTreeMap<RowId, BTreeSet<EventId>> {
+        changes
+            .tables
+            .iter()
+            .flat_map(|t| t.rows.iter().map(move |r| (t.table.as_str(), &r.key)))
+            .map(|(table, key)| {
+                let row = self.spec.row_id(table, key);
+                (row, self.model.known(x, row).clone())
+            })
+            .collect()
+    }
+
+    fn deliver(
+        &mut self,
+        y: usize,
+        piece: &Changeset,
+        snapshot: &BTreeMap<RowId, BTreeSet<EventId>>,
+    ) -> SimResult<()> {
+        let report = self.stores[y].apply(piece)?;
+        assert!(
+            report.held.is_empty(),
+            "clocks within the drift bound, yet rows were held: {:?}",
+            report.held
+        );
+        self.stats.deliveries += 1;
+        self.stats.concurrent_rows += report.concurrent;
+        self.stats.duplicate_rows += report.already_seen;
+        for table in &piece.tables {
+            for row in &table.rows {
+                let id = self.spec.row_id(&table.table, &row.key);
+                if let Some(events) = snapshot.get(&id) {
+                    self.model.deliver(y, id, events);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Replica `r` must show what the model computes from the events it
+    /// knows (or from all events, once everything is synced).
+    fn check_replica(&self, r: usize, all: bool) -> SimResult<()> {
+        let states = row_states(&self.spec, &self.stores[r])?;
+        self.check_states(r, &states, all)
+    }
+
+    fn check_states(&self, r: usize, states: &RowStates, all: bool) -> SimResult<()> {
+        for row in self.spec.rows() {
+            let events = if all {
+                self.model.all_events(row)
+            } else {
+                self.model.known(r, row).clone()
+            };
+            let table = &self.spec.tables[row.table];
+            let key = &table.keys[row.key];
+            let (expected, _) = self.model.expected_row(&self.spec, row, &events);
+            let actual = row_values(&self.stores[r], &table.name, key.clone())?;
+            if actual != expected {
+                return Err(format!(
+                    "replica {r}, {}{key:?}: SQL shows {actual:?}, but the writes it {} give {expected:?}\n{}",
+                    table.name,
+                    if all { "should have after full sync" } else { "has received" },
+                    self.describe(row, &events)
+                )
+                .into());
+            }
+            let cl = states.get(&row).map_or(0, |(cl, _)| *cl);
+            if cl != self.model.cl(&events) {
+                return Err(format!(
+                    "replica {r}, {}{key:?}: causal length {cl}, the model says {}",
+                    table.name,
+                    self.model.cl(&events)
+                )
+                .into());
+            }
+        }
+        Ok(())
+    }
+
+    fn describe(&self, row: RowId, events: &BTreeSet<EventId>) -> String {
+        events
+            .iter()
+            .map(|&e| {
+                let ev = &self.model.events[e];
+                format!(
+                    "  event {e} by replica {} at cl {} (saw {:?}): {:?}",
+                    ev.replica, ev.cl, ev.seen, ev.effects
+                )
+            })
+            .chain(std::iter::once(format!("  ({row:?})")))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Full sync rounds until nothing moves, then: every replica shows what
+    /// all writes give (nothing lost), and all replicas are equal.
+    fn finish(mut self) -> SimResult<Stats> {
+        let n = self.n();
+        let mut quiet = false;
+        for _ in 0..12 {
+            let mut moved = false;
+            for x in 0..n {
+                for y in 0..n {
+                    if !self.linked(x, y) {
+                        continue;
+                    }
+                    let changes = self.stores[x].changes_since(&self.stores[y].version_vector())?;
+                    if !changes.is_empty() {
+                        moved = true;
+                        let snapshot = self.snapshot(x, &changes);
+                        self.deliver(y, &changes, &snapshot)?;
+                    }
+                }
+            }
+            if !moved {
+                quiet = true;
+                break;
+            }
+        }
+        assert!(
+            quiet,
+            "replicas still exchanging changes after 12 full sync rounds"
+        );
+        for r in 0..n {
+            self.check_replica(r, true)?;
+        }
+        assert_same_state(&self.stores)?;
+        if self.check_version_vectors {
+            assert_same_version_vectors(&self.stores);
+        }
+        for row in self.spec.rows() {
+            let (_, tie) = self
+                .model
+                .expected_row(&self.spec, row, &self.model.all_events(row));
+            self.stats.lww_ties += usize::from(tie);
+        }
+        Ok(self.stats)
+    }
+}
+
+// ---- generation -----------------------------------------------------------
+
+fn op_kind(n: u64) -> OpKind {
+    match n % 20 {
+        0..=4 => OpKind::Insert,
+        5..=7 => OpKind::Upsert,
+        8..=9 => OpKind::Update,
+        10..=11 => OpKind::Set,
+        12..=14 => OpKind::Increment,
+        15..=16 => OpKind::AddToSet,
+        17..=18 => OpKind::RemoveFromSet,
+        _ => OpKind::Delete,
+    }
+}
+
+fn advance_ms(n: u64) -> u16 {
+    [0, 0, 1, 2, 30][n as usize % 5]
+}
+
+/// A proptest strategy for one local write.
+pub fn raw_op() -> impl Strategy<Value = RawOp> {
+    (
+        0u64..20,
+        any::<u8>(),
+        any::<u8>(),
+        prop::collection::vec((any::<u8>(), any::<u8>()), 0..3),
+        -5i8..=5,
+        any::<u8>(),
+    )
+        .prop_map(|(kind, table, key, cols, amount, elem)| RawOp {
+            kind: op_kind(kind),
+            table,
+            key,
+            cols,
+            amount,
+            elem,
+        })
+}
+
+/// A proptest strategy for one step.
+pub fn step() -> impl Strategy<Value = Step> {
+    let vv = prop_oneof![
+        6 => Just(VvPick::Current),
+        2 => any::<u16>().prop_map(VvPick::Stale),
+        1 => Just(VvPick::Empty),
+    ];
+    prop_oneof![
+        10 => (any::<u8>(), prop::collection::vec(raw_op(), 1..4), prop::bool::weighted(0.9))
+            .prop_map(|(replica, ops, commit)| Step::Write { replica, ops, commit }),
+        5 => (any::<u8>(), any::<u8>(), vv, 1u8..5, any::<u64>())
+            .prop_map(|(from, to, vv, max_rows, seed)| Step::Sync { from, to, vv, max_rows, seed }),
+        1 => (any::<u8>(), any::<u16>()).prop_map(|(to, pick)| Step::Redeliver { to, pick }),
+        4 => (0u64..5).prop_map(|n| Step::Advance { ms: advance_ms(n) }),
+        1 => (any::<u8>(), 0u16..1500).prop_map(|(replica, offset_ms)| Step::Skew { replica, offset_ms }),
+    ]
+}
+
+/// The same distribution as [`step`], from a seeded RNG.
+pub fn random_steps(rng: &mut Rng, count: usize) -> Vec<Step> {
+    let byte = |rng: &mut Rng| rng.below(256) as u8;
+    (0..count)
+        .map(|_| match rng.below(21) {
+            0..=9 => Step::Write {
+                replica: byte(rng),
+                ops: (0..1 + rng.below(3))
+                    .map(|_| RawOp {
+                        kind: op_kind(rng.below(20)),
+                        table: byte(rng),
+                        key: byte(rng),
+                        cols: (0..rng.below(3)).map(|_| (byte(rng), byte(rng))).collect(),
+                        amount: rng.below(11) as i8 - 5,
+                        elem: byte(rng),
+                    })
+                    .collect(),
+                commit: rng.chance(0.9),
+            },
+            10..=14 => Step::Sync {
+                from: byte(rng),
+                to: byte(rng),
+                vv: match rng.below(9) {
+                    0..=5 => VvPick::Current,
+                    6..=7 => VvPick::Stale(rng.below(1 << 16) as u16),
+                    _ => VvPick::Empty,
+                },
+                max_rows: 1 + rng.below(4) as u8,
+                seed: rng.next_u64(),
+            },
+            15 => Step::Redeliver {
+                to: byte(rng),
+                pick: rng.below(1 << 16) as u16,
+            },
+            16..=19 => Step::Advance {
+                ms: advance_ms(rng.below(5)),
+            },
+            _ => Step::Skew {
+                replica: byte(rng),
+                offset_ms: rng.below(1500) as u16,
+            },
+        })
+        .collect()
+}
