@@ -350,3 +350,61 @@ fn sync_sends_each_changed_row_once_and_is_idempotent() -> TestResult {
     assert_converged(&[a, b])?;
     Ok(())
 }
+
+#[test]
+fn a_replica_whose_clock_runs_ahead_is_held_until_time_catches_up() -> TestResult {
+    let here = ManualTime::new(T0);
+    let ahead = ManualTime::new(T0 + 10 * 60_000);
+    let mut office = replica(&todo(), 1, &here)?;
+    let mut kiosk = replica(&todo(), 2, &ahead)?;
+    kiosk.write(|tx| {
+        tx.insert(
+            "todo",
+            &[("id", "t1".into()), ("title", "from the future".into())],
+        )
+    })?;
+
+    let report = sync(&kiosk, &mut office)?;
+    assert_eq!(report.applied(), 0);
+    assert_eq!(report.held.len(), 1);
+    assert_eq!(
+        (report.held[0].site, report.held[0].offset_ms),
+        (site(2), 600_000)
+    );
+    assert_eq!(office.get("todo", "t1")?, None);
+    // Not covered, so the kiosk offers it again on the next sync.
+    assert!(!kiosk.changes_since(&office.version_vector())?.is_empty());
+
+    // Five minutes and a second later the kiosk is within the bound.
+    here.advance(Duration::from_secs(301));
+    let report = sync(&kiosk, &mut office)?;
+    assert!(report.held.is_empty());
+    assert_eq!(
+        column(&office, "todo", "t1", "title")?,
+        Some("from the future".into())
+    );
+    assert_eq!(office.held_count()?, 0);
+    // The office's clock has moved up to the kiosk's: its next edit wins.
+    office.write(|tx| tx.set("todo", "t1", "title", "fixed"))?;
+    sync(&office, &mut kiosk)?;
+    assert_eq!(column(&kiosk, "todo", "t1", "title")?, Some("fixed".into()));
+    assert_converged(&[office, kiosk])?;
+    Ok(())
+}
+
+/// A row held back is offered again by every sync until it can apply;
+/// each offer should not add another held copy.
+#[test]
+#[ignore = "bug: every re-delivery of a held row stores another copy in meldb_held (unbounded growth while a peer's clock is ahead)"]
+fn re_offered_held_rows_are_held_once() -> TestResult {
+    let here = ManualTime::new(T0);
+    let ahead = ManualTime::new(T0 + 10 * 60_000);
+    let mut office = replica(&todo(), 1, &here)?;
+    let mut kiosk = replica(&todo(), 2, &ahead)?;
+    kiosk.write(|tx| tx.insert("todo", &[("id", "t1".into())]))?;
+    for _ in 0..5 {
+        sync(&kiosk, &mut office)?;
+    }
+    assert_eq!(office.held_count()?, 1, "held copies of one row");
+    Ok(())
+}

@@ -13,7 +13,7 @@ pub mod model;
 use crate::common::{
     assert_same_state, assert_same_version_vectors, row_values, site, view_rows, Rng, T0,
 };
-use meldb::clock::{Hlc, ManualTime};
+use meldb::clock::{Hlc, ManualTime, TimeSource};
 use meldb::crdt::ColumnState;
 use meldb::error::WriteError;
 use meldb::schema::Kind;
@@ -26,6 +26,15 @@ use std::sync::Arc;
 
 /// Boxed errors, so meldb errors and model mismatches both fit.
 pub type SimResult<T> = Result<T, Box<dyn std::error::Error>>;
+
+/// Where the replicas keep their databases.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Storage {
+    /// In memory: fast; `Step::Reopen` does nothing.
+    Memory,
+    /// Files in a temporary directory; `Step::Reopen` closes and reopens.
+    Files,
+}
 
 /// Which replicas talk to each other.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,9 +104,13 @@ pub enum Step {
     Redeliver { to: u8, pick: u16 },
     /// Shared wall time moves forward.
     Advance { ms: u16 },
-    /// One replica's clock runs this far ahead of the shared time (well
-    /// inside the drift bound; it may also move back towards 0).
-    Skew { replica: u8, offset_ms: u16 },
+    /// One replica's clock runs this far ahead of the shared time (it may
+    /// also move back towards 0). Mostly well inside the drift bound (5
+    /// minutes); sometimes beyond it, so that receivers hold its rows.
+    Skew { replica: u8, offset_ms: u32 },
+    /// The replica's process restarts: close the store and open it again
+    /// (file storage only).
+    Reopen { replica: u8 },
 }
 
 /// A write resolved against the spec: value-column indexes and values.
@@ -123,6 +136,13 @@ enum Expect {
     Missing,
 }
 
+/// The drift bound of the simulated stores (the default).
+const MAX_DRIFT_MS: u64 = 300_000;
+
+/// A row a replica holds back because its clock is too far ahead: what its
+/// sender knew of the row, and its timestamp's physical time.
+type HeldRow = (RowId, BTreeSet<EventId>, u64);
+
 /// A delivered piece, kept for stale re-delivery with what its sender knew.
 struct Batch {
     piece: Changeset,
@@ -132,6 +152,10 @@ struct Batch {
 
 /// The running simulation.
 pub struct Sim {
+    schema: Schema,
+    dir: Option<tempfile::TempDir>,
+    /// The greatest timestamp each replica stamped a committed write with.
+    own_stamp: Vec<Hlc>,
     pub spec: Spec,
     pub stores: Vec<Store>,
     pub model: Model,
@@ -142,6 +166,10 @@ pub struct Sim {
     offsets: Vec<u64>,
     vv_history: Vec<Vec<VersionVector>>,
     batches: Vec<Batch>,
+    /// Rows each replica holds, in the order they were held.
+    held: Vec<Vec<HeldRow>>,
+    /// Whether a delivery of the current step held rows back.
+    held_now: bool,
     last_clock: Vec<Hlc>,
     rng: Rng,
     check_version_vectors: bool,
@@ -197,7 +225,7 @@ fn resolve(spec: &Spec, raw: &RawOp) -> (RowId, Op) {
     // Distinct columns, in generated order; counters only where allowed.
     let values = |allow_counters: bool| -> Vec<(usize, Value)> {
         let mut out: Vec<(usize, Value)> = Vec::new();
-        for &(c, v) in &raw.cols {
+        for &(c, v) in raw.cols.iter().filter(|_| !table.cols.is_empty()) {
             let j = c as usize % table.cols.len();
             let counter = matches!(table.cols[j].kind, Kind::GCounter | Kind::PnCounter);
             if (counter && !allow_counters) || out.iter().any(|(k, _)| *k == j) {
@@ -387,7 +415,15 @@ fn execute(
 
 /// Every row's causal length and column states (in spec order), as the
 /// store would send them to a replica that has nothing.
-type RowStates = BTreeMap<RowId, (u64, Vec<Option<ColumnState>>)>;
+type RowStates = BTreeMap<RowId, RowSummary>;
+
+/// What the simulation reads of one row's CRDT state.
+struct RowSummary {
+    cl: u64,
+    hlc: Hlc,
+    writer: meldb::SiteId,
+    cols: Vec<Option<ColumnState>>,
+}
 
 fn row_states(spec: &Spec, store: &Store) -> SimResult<RowStates> {
     let mut out = BTreeMap::new();
@@ -414,28 +450,61 @@ fn row_states(spec: &Spec, store: &Store) -> SimResult<RowStates> {
             for (state, &j) in row.state.columns.into_iter().zip(&positions) {
                 cols[j] = state;
             }
-            out.insert(id, (row.state.cl, cols));
+            out.insert(
+                id,
+                RowSummary {
+                    cl: row.state.cl,
+                    hlc: row.state.hlc,
+                    writer: row.state.writer,
+                    cols,
+                },
+            );
         }
     }
     Ok(out)
 }
 
+/// Opens (or creates) replica `r`: site `r + 1`, in `dir` or in memory.
+fn open_replica(
+    schema: &Schema,
+    dir: Option<&tempfile::TempDir>,
+    r: usize,
+    time: &ManualTime,
+) -> meldb::Result<Store> {
+    let options = StoreOptions::new()
+        .site_id(site(r as u8 + 1))
+        .time_source(Arc::new(time.clone()))
+        .durability(meldb::store::Durability::Normal);
+    match dir {
+        Some(dir) => options.open(dir.path().join(format!("replica{r}.db")), schema),
+        None => options.open_in_memory(schema),
+    }
+}
+
 impl Sim {
-    /// `replicas` in-memory stores of `schema` with sites 1..=n, all at `T0`.
-    pub fn new(schema: &Schema, replicas: usize, topology: Topology, seed: u64) -> SimResult<Sim> {
+    /// `replicas` stores of `schema` with sites 1..=n, all at `T0`.
+    pub fn new(
+        schema: &Schema,
+        replicas: usize,
+        topology: Topology,
+        storage: Storage,
+        seed: u64,
+    ) -> SimResult<Sim> {
+        let dir = match storage {
+            Storage::Memory => None,
+            Storage::Files => Some(tempfile::tempdir()?),
+        };
         let mut stores = Vec::new();
         let mut times = Vec::new();
         for r in 0..replicas {
             let time = ManualTime::new(T0);
-            stores.push(
-                StoreOptions::new()
-                    .site_id(site(r as u8 + 1))
-                    .time_source(Arc::new(time.clone()))
-                    .open_in_memory(schema)?,
-            );
+            stores.push(open_replica(schema, dir.as_ref(), r, &time)?);
             times.push(time);
         }
         Ok(Sim {
+            schema: schema.clone(),
+            dir,
+            own_stamp: vec![Hlc(0); replicas],
             spec: Spec::new(schema),
             model: Model::new(replicas),
             stats: Stats::default(),
@@ -445,6 +514,8 @@ impl Sim {
             offsets: vec![0; replicas],
             vv_history: vec![vec![VersionVector::new()]; replicas],
             batches: Vec::new(),
+            held: vec![Vec::new(); replicas],
+            held_now: false,
             last_clock: vec![Hlc(0); replicas],
             rng: Rng::new(seed),
             check_version_vectors: true,
@@ -541,7 +612,44 @@ impl Sim {
                 self.offsets[*replica as usize % n] = u64::from(*offset_ms);
                 Ok(())
             }
+            Step::Reopen { replica } => self.reopen(*replica as usize % n),
         }
+    }
+
+    /// Closes and reopens a file replica: everything must be as before.
+    fn reopen(&mut self, r: usize) -> SimResult<()> {
+        if self.dir.is_none() {
+            return Ok(());
+        }
+        let old = &self.stores[r];
+        let before = (
+            old.digest()?,
+            old.version_vector(),
+            view_rows(old)?,
+            old.held_count()?,
+        );
+        let clock = old.clock();
+        drop(self.stores.remove(r));
+        let store = open_replica(&self.schema, self.dir.as_ref(), r, &self.times[r])?;
+        let after = (
+            store.digest()?,
+            store.version_vector(),
+            view_rows(&store)?,
+            store.held_count()?,
+        );
+        assert_eq!(after, before, "replica {r} is not the same after reopening");
+        // Ticks of writes that failed or rolled back may be forgotten;
+        // timestamps of committed writes may not.
+        assert!(store.clock() <= clock);
+        assert!(
+            store.clock() >= self.own_stamp[r],
+            "replica {r}'s clock went back from {} to {} over a reopen",
+            self.own_stamp[r],
+            store.clock()
+        );
+        self.last_clock[r] = store.clock();
+        self.stores.insert(r, store);
+        self.check_replica(r, false)
     }
 
     fn write(&mut self, r: usize, ops: &[RawOp], commit: bool) -> SimResult<()> {
@@ -644,12 +752,34 @@ impl Sim {
         // Stamp register writes that are the transaction's last for their
         // column in the row's current life: their (hlc, site) is in the state.
         let states = row_states(&self.spec, store)?;
+        // Every row written carries this write's timestamp: after all the
+        // replica issued or saw before, and stamped by this site.
+        let touched: BTreeSet<RowId> = self.model.events[first_event..]
+            .iter()
+            .map(|ev| ev.row)
+            .collect();
+        let prior = self.own_stamp[r];
+        for row in touched {
+            let Some(state) = states.get(&row) else {
+                return Err(format!("replica {r}: written row {row:?} has no state").into());
+            };
+            assert_eq!(
+                state.writer, me,
+                "replica {r}: row {row:?} not stamped by its writer"
+            );
+            assert!(
+                state.hlc > clock_before && state.hlc > prior,
+                "replica {r}: row {row:?} written at {} (clock before {clock_before}, last own stamp {prior})",
+                state.hlc,
+            );
+            self.own_stamp[r] = self.own_stamp[r].max(state.hlc);
+        }
         for ((row, col), (id, i)) in last_lww {
             let life = self.model.cl(self.model.known(r, row));
             if self.model.events[id].cl != life {
                 continue;
             }
-            let stored = states.get(&row).and_then(|(_, cols)| cols[col].as_ref());
+            let stored = states.get(&row).and_then(|s| s.cols[col].as_ref());
             let Some(ColumnState::Lww(lww)) = stored else {
                 return Err(format!("replica {r}: row {row:?} column {col} has no register state after a write: {stored:?}").into());
             };
@@ -717,6 +847,7 @@ impl Sim {
         }
         let changes = self.stores[x].changes_since(&vv)?;
         let snapshot = Rc::new(self.snapshot(x, &changes));
+        self.held_now = false;
         let pieces = changes.split(max_rows.max(1));
         let mut rng = Rng::new(seed);
         let everything = rng.chance(0.5);
@@ -742,7 +873,7 @@ impl Sim {
                 self.batches[i] = batch;
             }
         }
-        if everything && is_current && self.check_version_vectors {
+        if everything && is_current && self.check_version_vectors && !self.held_now {
             let (vx, vy) = (
                 self.stores[x].version_vector(),
                 self.stores[y].version_vector(),
@@ -775,24 +906,51 @@ impl Sim {
         piece: &Changeset,
         snapshot: &BTreeMap<RowId, BTreeSet<EventId>>,
     ) -> SimResult<()> {
-        let report = self.stores[y].apply(piece)?;
-        assert!(
-            report.held.is_empty(),
-            "clocks within the drift bound, yet rows were held: {:?}",
-            report.held
-        );
-        self.stats.deliveries += 1;
-        self.stats.concurrent_rows += report.concurrent;
-        self.stats.duplicate_rows += report.already_seen;
+        // Held rows whose time has come are applied first, then the piece's
+        // rows, except those too far ahead of y's clock, which wait.
+        let horizon = self.times[y].now_ms() + MAX_DRIFT_MS;
+        let released = self.release(y, horizon);
+        let mut held = 0;
         for table in &piece.tables {
             for row in &table.rows {
                 let id = self.spec.row_id(&table.table, &row.key);
-                if let Some(events) = snapshot.get(&id) {
-                    self.model.deliver(y, id, events);
+                let events = snapshot.get(&id).cloned().unwrap_or_default();
+                let physical = row.state.hlc.physical_ms();
+                if physical > horizon {
+                    self.held[y].push((id, events, physical));
+                    held += 1;
+                } else {
+                    self.model.deliver(y, id, &events);
                 }
             }
         }
+        let report = self.stores[y].apply(piece)?;
+        assert_eq!(
+            (report.held.len(), report.released),
+            (held, released),
+            "replica {y}: rows held and released (meldb, then the model)"
+        );
+        for h in &report.held {
+            assert!(h.offset_ms > MAX_DRIFT_MS, "held within the bound: {h:?}");
+        }
+        self.held_now |= held > 0;
+        self.stats.deliveries += 1;
+        self.stats.held_rows += held;
+        self.stats.concurrent_rows += report.concurrent;
+        self.stats.duplicate_rows += report.already_seen;
         Ok(())
+    }
+
+    /// The model's side of releasing held rows up to `horizon`.
+    fn release(&mut self, y: usize, horizon: u64) -> usize {
+        let (ready, wait): (Vec<HeldRow>, Vec<HeldRow>) = std::mem::take(&mut self.held[y])
+            .into_iter()
+            .partition(|(_, _, physical)| *physical <= horizon);
+        self.held[y] = wait;
+        for (id, events, _) in &ready {
+            self.model.deliver(y, *id, events);
+        }
+        ready.len()
     }
 
     /// Replica `r` must show what the model computes from the events it
@@ -822,7 +980,7 @@ impl Sim {
                 )
                 .into());
             }
-            let cl = states.get(&row).map_or(0, |(cl, _)| *cl);
+            let cl = states.get(&row).map_or(0, |s| s.cl);
             if cl != self.model.cl(&events) {
                 return Err(format!(
                     "replica {r}, {}{key:?}: causal length {cl}, the model says {}",
@@ -854,6 +1012,23 @@ impl Sim {
     /// all writes give (nothing lost), and all replicas are equal.
     fn finish(mut self) -> SimResult<Stats> {
         let n = self.n();
+        // Clocks agree again and wall time passes every timestamp written,
+        // so every held row can be applied.
+        let latest = self
+            .stores
+            .iter()
+            .map(|s| s.clock().physical_ms())
+            .max()
+            .unwrap_or(0);
+        self.base_ms = self.base_ms.max(latest) + 1;
+        for r in 0..n {
+            self.offsets[r] = 0;
+            self.times[r].set_ms(self.base_ms);
+            let released = self.release(r, self.base_ms + MAX_DRIFT_MS);
+            let report = self.stores[r].release_held()?;
+            assert_eq!(report.released, released, "replica {r}: rows released");
+            assert_eq!(self.stores[r].held_count()?, 0);
+        }
         let mut quiet = false;
         for _ in 0..12 {
             let mut moved = false;
@@ -911,6 +1086,11 @@ fn op_kind(n: u64) -> OpKind {
     }
 }
 
+/// Mostly small clock offsets; one in five beyond the drift bound.
+fn skew_ms() -> impl Strategy<Value = u32> {
+    prop_oneof![4 => 0u32..1500, 1 => 300_500u32..360_500]
+}
+
 fn advance_ms(n: u64) -> u16 {
     [0, 0, 1, 2, 30][n as usize % 5]
 }
@@ -948,8 +1128,9 @@ pub fn step() -> impl Strategy<Value = Step> {
         5 => (any::<u8>(), any::<u8>(), vv, 1u8..5, any::<u64>())
             .prop_map(|(from, to, vv, max_rows, seed)| Step::Sync { from, to, vv, max_rows, seed }),
         1 => (any::<u8>(), any::<u16>()).prop_map(|(to, pick)| Step::Redeliver { to, pick }),
+        1 => any::<u8>().prop_map(|replica| Step::Reopen { replica }),
         4 => (0u64..5).prop_map(|n| Step::Advance { ms: advance_ms(n) }),
-        1 => (any::<u8>(), 0u16..1500).prop_map(|(replica, offset_ms)| Step::Skew { replica, offset_ms }),
+        1 => (any::<u8>(), skew_ms()).prop_map(|(replica, offset_ms)| Step::Skew { replica, offset_ms }),
     ]
 }
 
@@ -957,7 +1138,7 @@ pub fn step() -> impl Strategy<Value = Step> {
 pub fn random_steps(rng: &mut Rng, count: usize) -> Vec<Step> {
     let byte = |rng: &mut Rng| rng.below(256) as u8;
     (0..count)
-        .map(|_| match rng.below(21) {
+        .map(|_| match rng.below(22) {
             0..=9 => Step::Write {
                 replica: byte(rng),
                 ops: (0..1 + rng.below(3))
@@ -990,9 +1171,14 @@ pub fn random_steps(rng: &mut Rng, count: usize) -> Vec<Step> {
             16..=19 => Step::Advance {
                 ms: advance_ms(rng.below(5)),
             },
+            21 => Step::Reopen { replica: byte(rng) },
             _ => Step::Skew {
                 replica: byte(rng),
-                offset_ms: rng.below(1500) as u16,
+                offset_ms: if rng.chance(0.2) {
+                    300_500 + rng.below(60_000) as u32
+                } else {
+                    rng.below(1500) as u32
+                },
             },
         })
         .collect()

@@ -232,6 +232,7 @@ pub struct Stats {
     pub rolled_back: usize,
     pub deliveries: usize,
     pub stale_deliveries: usize,
+    pub held_rows: usize,
     pub concurrent_rows: usize,
     pub duplicate_rows: usize,
     pub lww_ties: usize,
@@ -248,6 +249,7 @@ impl Stats {
         self.rolled_back += o.rolled_back;
         self.deliveries += o.deliveries;
         self.stale_deliveries += o.stale_deliveries;
+        self.held_rows += o.held_rows;
         self.concurrent_rows += o.concurrent_rows;
         self.duplicate_rows += o.duplicate_rows;
         self.lww_ties += o.lww_ties;
