@@ -255,11 +255,15 @@ fn a_dropped_transaction_leaves_nothing_also_after_reopen() -> TestResult {
     let schema = inventory();
     let mut store = open_file(&path, &schema, 1, &time)?;
     store.write(|tx| tx.insert("item", &[("sku", "apple".into()), ("stock", 1.into())]))?;
+    let mut peer = replica(&schema, 2, &time)?;
+    peer.write(|tx| tx.insert("item", &[("sku", "kiwi".into()), ("stock", 9.into())]))?;
+    let from_peer = peer.changes_since(&store.version_vector())?;
     let rows = view_rows(&store)?;
     let digest = store.digest()?;
     let vv = store.version_vector();
     {
         let mut tx = store.transaction()?;
+        assert_eq!(tx.apply(&from_peer)?.applied(), 1);
         tx.insert("item", &[("sku", "pear".into()), ("stock", 3.into())])?;
         tx.increment("item", "apple", "stock", 10)?;
         tx.add_to_set("item", "apple", "tags", "gone")?;
