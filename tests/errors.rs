@@ -714,6 +714,17 @@ fn changesets_that_break_the_schema_are_refused_whole() -> TestResult {
         "{err:?}"
     );
 
+    // Two rows claiming the same write (dot): the second one is refused.
+    let mut c = good.clone();
+    let mut twin = row_mut(&mut c, "pear").clone();
+    twin.key = vec!["pear twin".into()];
+    c.tables[0].rows.push(twin);
+    let err = refused(&mut s, &c, &["item", "pear twin"]);
+    assert!(
+        matches!(err, Error::Apply(ApplyError::InvalidRow { .. })),
+        "{err:?}"
+    );
+
     // Only the last row is bad: the good rows before it are not applied either.
     let mut c = good.clone();
     let last = c.tables[0].rows.len() - 1;

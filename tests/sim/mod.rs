@@ -8,7 +8,12 @@
 //! and a seeded generator ([`random_steps`]) replays the same distribution
 //! deterministically.
 
+mod gen;
 pub mod model;
+mod ops;
+
+pub use gen::{random_steps, step};
+pub use ops::RawOp;
 
 use crate::common::{
     assert_same_state, assert_same_version_vectors, row_values, site, view_rows, Rng, T0,
@@ -18,8 +23,8 @@ use meldb::crdt::ColumnState;
 use meldb::error::WriteError;
 use meldb::schema::Kind;
 use meldb::{Changeset, Error, Schema, Store, StoreOptions, Value, VersionVector};
-use model::{Effect, EventId, Model, RowId, Spec, Stats, TableSpec, ELEMS};
-use proptest::prelude::*;
+use model::{Effect, EventId, Model, RowId, Spec, Stats};
+use ops::{execute, predict, resolve, Expect};
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -44,32 +49,6 @@ pub enum Topology {
     /// A chain 0 <-> 1 <-> 2 <-> ...: ends reach each other only through
     /// intermediaries, which forward what they received.
     Relay,
-}
-
-/// The kind of a generated local write.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OpKind {
-    Insert,
-    Upsert,
-    Update,
-    Set,
-    Increment,
-    AddToSet,
-    RemoveFromSet,
-    Delete,
-}
-
-/// A local write in raw form: indexes are reduced modulo what the chosen
-/// table has, so any generated value is meaningful for any schema.
-#[derive(Clone, Debug)]
-pub struct RawOp {
-    pub kind: OpKind,
-    pub table: u8,
-    pub key: u8,
-    /// (column, value) index pairs.
-    pub cols: Vec<(u8, u8)>,
-    pub amount: i8,
-    pub elem: u8,
 }
 
 /// Which version vector a sync asks with.
@@ -113,29 +92,6 @@ pub enum Step {
     Reopen { replica: u8 },
 }
 
-/// A write resolved against the spec: value-column indexes and values.
-#[derive(Clone, Debug)]
-enum Op {
-    Insert(Vec<(usize, Value)>),
-    Upsert(Vec<(usize, Value)>),
-    Update(Vec<(usize, Value)>),
-    Set(usize, Value),
-    Increment(usize, i64),
-    Add(usize, String),
-    Remove(usize, String),
-    Delete,
-}
-
-/// What the model says a write must do.
-#[derive(Clone, Debug)]
-enum Expect {
-    Event { cl: u64, effects: Vec<Effect> },
-    NoChange,
-    Exists,
-    NotFound,
-    Missing,
-}
-
 /// The drift bound of the simulated stores (the default).
 const MAX_DRIFT_MS: u64 = 300_000;
 
@@ -173,244 +129,6 @@ pub struct Sim {
     last_clock: Vec<Hlc>,
     rng: Rng,
     check_version_vectors: bool,
-}
-
-/// The JSON array text of a set of elements, as inserts take it.
-fn set_json(elems: &BTreeSet<String>) -> Value {
-    Value::Text(serde_json::to_string(elems).unwrap_or_default())
-}
-
-fn parse_json(value: &Value) -> BTreeSet<String> {
-    match value {
-        Value::Text(t) => serde_json::from_str(t).unwrap_or_default(),
-        _ => BTreeSet::new(),
-    }
-}
-
-/// Picks the elements whose bits are set in `bits`.
-fn elems_of(bits: u8) -> BTreeSet<String> {
-    ELEMS
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| bits & (1 << i) != 0)
-        .map(|(_, e)| (*e).to_owned())
-        .collect()
-}
-
-fn resolve(spec: &Spec, raw: &RawOp) -> (RowId, Op) {
-    let t = raw.table as usize % spec.tables.len();
-    let table = &spec.tables[t];
-    let row = RowId {
-        table: t,
-        key: raw.key as usize % table.keys.len(),
-    };
-    let of_kind = |pred: &dyn Fn(Kind) -> bool| -> Vec<usize> {
-        (0..table.cols.len())
-            .filter(|&j| pred(table.cols[j].kind))
-            .collect()
-    };
-    let counters = of_kind(&|k| matches!(k, Kind::GCounter | Kind::PnCounter));
-    let sets = of_kind(&|k| k == Kind::OrSet);
-    let assignable = of_kind(&|k| matches!(k, Kind::Lww | Kind::OrSet));
-    let pick = |from: &[usize], n: u8| from[n as usize % from.len()];
-    let value_for = |j: usize, v: u8| -> Value {
-        let col = &table.cols[j];
-        match col.kind {
-            Kind::Lww => col.values[v as usize % col.values.len()].clone(),
-            Kind::OrSet => set_json(&elems_of(v)),
-            Kind::GCounter => Value::Integer(i64::from(v % 5)),
-            Kind::PnCounter => Value::Integer(i64::from(v % 9) - 4),
-        }
-    };
-    // Distinct columns, in generated order; counters only where allowed.
-    let values = |allow_counters: bool| -> Vec<(usize, Value)> {
-        let mut out: Vec<(usize, Value)> = Vec::new();
-        for &(c, v) in raw.cols.iter().filter(|_| !table.cols.is_empty()) {
-            let j = c as usize % table.cols.len();
-            let counter = matches!(table.cols[j].kind, Kind::GCounter | Kind::PnCounter);
-            if (counter && !allow_counters) || out.iter().any(|(k, _)| *k == j) {
-                continue;
-            }
-            out.push((j, value_for(j, v)));
-        }
-        out
-    };
-    let elem = ELEMS[raw.elem as usize % ELEMS.len()].to_owned();
-    let op = match raw.kind {
-        OpKind::Insert => {
-            let mut vals = values(true);
-            for (j, col) in table.cols.iter().enumerate() {
-                if col.required && !vals.iter().any(|(k, _)| *k == j) {
-                    vals.push((j, value_for(j, raw.elem)));
-                }
-            }
-            Op::Insert(vals)
-        }
-        OpKind::Upsert => Op::Upsert(values(false)),
-        OpKind::Update => Op::Update(values(false)),
-        OpKind::Set if !assignable.is_empty() => {
-            let (c, v) = raw.cols.first().copied().unwrap_or((raw.elem, raw.key));
-            let j = pick(&assignable, c);
-            Op::Set(j, value_for(j, v))
-        }
-        OpKind::Increment if !counters.is_empty() => {
-            let j = pick(&counters, raw.elem);
-            let amount = i64::from(raw.amount);
-            let amount = if table.cols[j].kind == Kind::GCounter {
-                amount.abs()
-            } else {
-                amount
-            };
-            Op::Increment(j, amount)
-        }
-        OpKind::AddToSet if !sets.is_empty() => Op::Add(pick(&sets, raw.key), elem),
-        OpKind::RemoveFromSet if !sets.is_empty() => Op::Remove(pick(&sets, raw.key), elem),
-        OpKind::Delete => Op::Delete,
-        // The table lacks the column kind the op needs.
-        _ => Op::Update(values(false)),
-    };
-    (row, op)
-}
-
-/// What the model predicts for `op` on replica `r`'s view of `row`.
-fn predict(spec: &Spec, model: &Model, r: usize, row: RowId, op: &Op) -> Expect {
-    let table = &spec.tables[row.table];
-    let known = model.known(r, row);
-    let cl = model.cl(known);
-    let live = cl % 2 == 1;
-    // Column writes: lww sets, or_set assignments against the current view.
-    let writes = |vals: &[(usize, Value)], view_life: Option<u64>| -> Vec<Effect> {
-        let mut effects = Vec::new();
-        for (j, value) in vals {
-            match table.cols[*j].kind {
-                Kind::Lww => effects.push(Effect::Lww {
-                    col: *j,
-                    value: value.clone(),
-                    stamp: None,
-                }),
-                Kind::GCounter | Kind::PnCounter => {
-                    if let Value::Integer(amount) = value {
-                        effects.push(Effect::Count {
-                            col: *j,
-                            amount: *amount,
-                        });
-                    }
-                }
-                Kind::OrSet => {
-                    let wanted = parse_json(value);
-                    let view = view_life
-                        .map(|life| model.set_view(known, *j, life))
-                        .unwrap_or_default();
-                    for e in view.difference(&wanted) {
-                        effects.push(Effect::Kill {
-                            col: *j,
-                            elem: e.clone(),
-                        });
-                    }
-                    for e in wanted.difference(&view) {
-                        effects.push(Effect::Add {
-                            col: *j,
-                            elem: e.clone(),
-                        });
-                    }
-                }
-            }
-        }
-        effects
-    };
-    let missing_required = |vals: &[(usize, Value)]| {
-        table
-            .cols
-            .iter()
-            .enumerate()
-            .any(|(j, c)| c.required && !vals.iter().any(|(k, _)| *k == j))
-    };
-    match op {
-        Op::Insert(_) | Op::Upsert(_) if !live => {
-            let (Op::Insert(vals) | Op::Upsert(vals)) = op else {
-                unreachable!()
-            };
-            if missing_required(vals) {
-                Expect::Missing
-            } else {
-                Expect::Event {
-                    cl: cl + 1,
-                    effects: writes(vals, None),
-                }
-            }
-        }
-        Op::Insert(_) => Expect::Exists,
-        _ if !live => Expect::NotFound,
-        Op::Upsert(vals) | Op::Update(vals) => Expect::Event {
-            cl,
-            effects: writes(vals, Some(cl)),
-        },
-        Op::Set(j, v) => Expect::Event {
-            cl,
-            effects: writes(&[(*j, v.clone())], Some(cl)),
-        },
-        Op::Increment(_, 0) => Expect::NoChange,
-        Op::Increment(j, amount) => Expect::Event {
-            cl,
-            effects: vec![Effect::Count {
-                col: *j,
-                amount: *amount,
-            }],
-        },
-        Op::Add(j, e) => Expect::Event {
-            cl,
-            effects: vec![
-                Effect::Kill {
-                    col: *j,
-                    elem: e.clone(),
-                },
-                Effect::Add {
-                    col: *j,
-                    elem: e.clone(),
-                },
-            ],
-        },
-        Op::Remove(j, e) => Expect::Event {
-            cl,
-            effects: vec![Effect::Kill {
-                col: *j,
-                elem: e.clone(),
-            }],
-        },
-        Op::Delete => Expect::Event {
-            cl: cl + 1,
-            effects: Vec::new(),
-        },
-    }
-}
-
-fn execute(
-    tx: &mut meldb::Transaction<'_>,
-    table: &TableSpec,
-    key: &[Value],
-    op: &Op,
-) -> meldb::Result<()> {
-    let name = |j: usize| table.cols[j].name.as_str();
-    let row = |vals: &[(usize, Value)], with_key: bool| -> Vec<(&str, Value)> {
-        let keys = table
-            .key_cols
-            .iter()
-            .zip(key)
-            .map(|(c, v)| (c.as_str(), v.clone()))
-            .filter(|_| with_key);
-        keys.chain(vals.iter().map(|(j, v)| (name(*j), v.clone())))
-            .collect()
-    };
-    match op {
-        Op::Insert(vals) => tx.insert(&table.name, &row(vals, true)),
-        Op::Upsert(vals) => tx.upsert(&table.name, &row(vals, true)),
-        Op::Update(vals) => tx.update(&table.name, key.to_vec(), &row(vals, false)),
-        Op::Set(j, v) => tx.set(&table.name, key.to_vec(), name(*j), v.clone()),
-        Op::Increment(j, amount) => tx.increment(&table.name, key.to_vec(), name(*j), *amount),
-        Op::Add(j, e) => tx.add_to_set(&table.name, key.to_vec(), name(*j), e),
-        Op::Remove(j, e) => tx.remove_from_set(&table.name, key.to_vec(), name(*j), e),
-        Op::Delete => tx.delete(&table.name, key.to_vec()),
-    }
 }
 
 /// Every row's causal length and column states (in spec order), as the
@@ -1108,117 +826,4 @@ impl Sim {
         }
         Ok(())
     }
-}
-
-// ---- generation -----------------------------------------------------------
-
-fn op_kind(n: u64) -> OpKind {
-    match n % 20 {
-        0..=4 => OpKind::Insert,
-        5..=7 => OpKind::Upsert,
-        8..=9 => OpKind::Update,
-        10..=11 => OpKind::Set,
-        12..=14 => OpKind::Increment,
-        15..=16 => OpKind::AddToSet,
-        17..=18 => OpKind::RemoveFromSet,
-        _ => OpKind::Delete,
-    }
-}
-
-/// Mostly small clock offsets; one in five beyond the drift bound.
-fn skew_ms() -> impl Strategy<Value = u32> {
-    prop_oneof![4 => 0u32..1500, 1 => 300_500u32..360_500]
-}
-
-fn advance_ms(n: u64) -> u16 {
-    [0, 0, 1, 2, 30][n as usize % 5]
-}
-
-/// A proptest strategy for one local write.
-pub fn raw_op() -> impl Strategy<Value = RawOp> {
-    (
-        0u64..20,
-        any::<u8>(),
-        any::<u8>(),
-        prop::collection::vec((any::<u8>(), any::<u8>()), 0..3),
-        -5i8..=5,
-        any::<u8>(),
-    )
-        .prop_map(|(kind, table, key, cols, amount, elem)| RawOp {
-            kind: op_kind(kind),
-            table,
-            key,
-            cols,
-            amount,
-            elem,
-        })
-}
-
-/// A proptest strategy for one step.
-pub fn step() -> impl Strategy<Value = Step> {
-    let vv = prop_oneof![
-        6 => Just(VvPick::Current),
-        2 => any::<u16>().prop_map(VvPick::Stale),
-        1 => Just(VvPick::Empty),
-    ];
-    prop_oneof![
-        10 => (any::<u8>(), prop::collection::vec(raw_op(), 1..4), prop::bool::weighted(0.9))
-            .prop_map(|(replica, ops, commit)| Step::Write { replica, ops, commit }),
-        5 => (any::<u8>(), any::<u8>(), vv, 1u8..5, any::<u64>())
-            .prop_map(|(from, to, vv, max_rows, seed)| Step::Sync { from, to, vv, max_rows, seed }),
-        1 => (any::<u8>(), any::<u16>()).prop_map(|(to, pick)| Step::Redeliver { to, pick }),
-        1 => any::<u8>().prop_map(|replica| Step::Reopen { replica }),
-        4 => (0u64..5).prop_map(|n| Step::Advance { ms: advance_ms(n) }),
-        1 => (any::<u8>(), skew_ms()).prop_map(|(replica, offset_ms)| Step::Skew { replica, offset_ms }),
-    ]
-}
-
-/// The same distribution as [`step`], from a seeded RNG.
-pub fn random_steps(rng: &mut Rng, count: usize) -> Vec<Step> {
-    let byte = |rng: &mut Rng| rng.below(256) as u8;
-    (0..count)
-        .map(|_| match rng.below(22) {
-            0..=9 => Step::Write {
-                replica: byte(rng),
-                ops: (0..1 + rng.below(3))
-                    .map(|_| RawOp {
-                        kind: op_kind(rng.below(20)),
-                        table: byte(rng),
-                        key: byte(rng),
-                        cols: (0..rng.below(3)).map(|_| (byte(rng), byte(rng))).collect(),
-                        amount: rng.below(11) as i8 - 5,
-                        elem: byte(rng),
-                    })
-                    .collect(),
-                commit: rng.chance(0.9),
-            },
-            10..=14 => Step::Sync {
-                from: byte(rng),
-                to: byte(rng),
-                vv: match rng.below(9) {
-                    0..=5 => VvPick::Current,
-                    6..=7 => VvPick::Stale(rng.below(1 << 16) as u16),
-                    _ => VvPick::Empty,
-                },
-                max_rows: 1 + rng.below(4) as u8,
-                seed: rng.next_u64(),
-            },
-            15 => Step::Redeliver {
-                to: byte(rng),
-                pick: rng.below(1 << 16) as u16,
-            },
-            16..=19 => Step::Advance {
-                ms: advance_ms(rng.below(5)),
-            },
-            21 => Step::Reopen { replica: byte(rng) },
-            _ => Step::Skew {
-                replica: byte(rng),
-                offset_ms: if rng.chance(0.2) {
-                    300_500 + rng.below(60_000) as u32
-                } else {
-                    rng.below(1500) as u32
-                },
-            },
-        })
-        .collect()
 }
