@@ -1,0 +1,277 @@
+//! Helpers shared by the integration tests: the example schemas, replicas
+//! with fixed site ids on a manual clock, reading rows back with plain SQL,
+//! syncing, and the "all replicas equal" check every multi-replica test ends
+//! with.
+//!
+//! Each test binary uses a different subset, hence the `dead_code` allowance.
+#![allow(dead_code)]
+
+use meldb::clock::{ManualTime, SiteId};
+use meldb::{ApplyReport, Schema, Store, StoreOptions, Value, VersionVector};
+use rusqlite::types::ValueRef;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// What tests return.
+pub type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+/// A fixed wall-clock start for manual clocks (2023-11-14, in ms).
+pub const T0: u64 = 1_700_000_000_000;
+
+/// Number of proptest cases: small by default so `cargo test` stays quick;
+/// `MELDB_PROPTEST_CASES=1000 cargo test --release` digs deeper.
+pub fn cases() -> u32 {
+    std::env::var("MELDB_PROPTEST_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(64)
+}
+
+/// The schema file `schema/<name>.toml` of this crate.
+pub fn load_schema(name: &str) -> Schema {
+    let path = format!("{}/schema/{name}.toml", env!("CARGO_MANIFEST_DIR"));
+    match Schema::load(&path) {
+        Ok(schema) => schema,
+        Err(e) => panic!("example schema {path} must load: {e}"),
+    }
+}
+
+pub fn inventory() -> Schema {
+    load_schema("inventory")
+}
+
+pub fn todo() -> Schema {
+    load_schema("todo")
+}
+
+pub fn booking() -> Schema {
+    load_schema("booking")
+}
+
+/// A site id whose 16 bytes are all `n`: site ids order like their `n`.
+pub fn site(n: u8) -> SiteId {
+    SiteId::from_bytes([n; 16])
+}
+
+/// An in-memory replica with site id `site(n)` reading time from `time`.
+pub fn replica(schema: &Schema, n: u8, time: &ManualTime) -> meldb::Result<Store> {
+    StoreOptions::new()
+        .site_id(site(n))
+        .time_source(Arc::new(time.clone()))
+        .open_in_memory(schema)
+}
+
+/// Converts what SQLite returned into a [`Value`].
+pub fn value_from_ref(v: ValueRef<'_>) -> Value {
+    match v {
+        ValueRef::Null => Value::Null,
+        ValueRef::Integer(i) => Value::Integer(i),
+        ValueRef::Real(r) => Value::Real(r),
+        ValueRef::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
+        ValueRef::Blob(b) => Value::Blob(b.to_vec()),
+    }
+}
+
+/// Runs a query with plain SQL and returns every row.
+pub fn query(store: &Store, sql: &str) -> meldb::Result<Vec<Vec<Value>>> {
+    let mut stmt = store.conn().prepare(sql)?;
+    let n = stmt.column_count();
+    let rows = stmt.query_map([], |r| {
+        (0..n)
+            .map(|i| r.get_ref(i).map(value_from_ref))
+            .collect::<rusqlite::Result<Vec<_>>>()
+    })?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+/// One value by plain SQL (the first column of the first row).
+pub fn query_one(store: &Store, sql: &str) -> meldb::Result<Value> {
+    Ok(query(store, sql)?
+        .into_iter()
+        .next()
+        .and_then(|row| row.into_iter().next())
+        .unwrap_or(Value::Null))
+}
+
+/// Every user table's rows as apps see them (`SELECT * FROM <view> ORDER BY
+/// <key>`), by table name.
+pub fn view_rows(store: &Store) -> meldb::Result<BTreeMap<String, Vec<Vec<Value>>>> {
+    let mut out = BTreeMap::new();
+    for table in &store.schema().tables {
+        let keys: Vec<String> = table
+            .primary_key
+            .iter()
+            .map(|&i| format!("\"{}\"", table.columns[i].name))
+            .collect();
+        let sql = format!(
+            "SELECT * FROM \"{}\" ORDER BY {}",
+            table.name,
+            keys.join(", ")
+        );
+        out.insert(table.name.clone(), query(store, &sql)?);
+    }
+    Ok(out)
+}
+
+/// A live row's values (schema order), without the column names.
+pub fn row_values(
+    store: &Store,
+    table: &str,
+    key: impl Into<meldb::Key>,
+) -> meldb::Result<Option<Vec<Value>>> {
+    Ok(store
+        .get(table, key)?
+        .map(|cols| cols.into_iter().map(|(_, v)| v).collect()))
+}
+
+/// One column of a live row.
+pub fn column(
+    store: &Store,
+    table: &str,
+    key: impl Into<meldb::Key>,
+    column: &str,
+) -> meldb::Result<Option<Value>> {
+    Ok(store
+        .get(table, key)?
+        .and_then(|cols| cols.into_iter().find(|(c, _)| c == column))
+        .map(|(_, v)| v))
+}
+
+/// Sends `to` everything `from` has that `to` lacks, in one changeset.
+pub fn sync(from: &Store, to: &mut Store) -> meldb::Result<ApplyReport> {
+    let changes = from.changes_since(&to.version_vector())?;
+    to.apply(&changes)
+}
+
+/// Syncs every ordered pair allowed by `link` until a whole round moves
+/// nothing; fails if that takes more than `max_rounds` rounds.
+pub fn sync_until_quiet(
+    stores: &mut [Store],
+    link: impl Fn(usize, usize) -> bool,
+    max_rounds: usize,
+) -> meldb::Result<usize> {
+    for round in 1..=max_rounds {
+        let mut moved = false;
+        for from in 0..stores.len() {
+            for to in 0..stores.len() {
+                if from == to || !link(from, to) {
+                    continue;
+                }
+                let changes = stores[from].changes_since(&stores[to].version_vector())?;
+                if !changes.is_empty() {
+                    moved = true;
+                    stores[to].apply(&changes)?;
+                }
+            }
+        }
+        if !moved {
+            return Ok(round);
+        }
+    }
+    panic!("replicas still exchanging changes after {max_rounds} full sync rounds");
+}
+
+/// Syncs every pair in both directions until nothing moves.
+pub fn sync_all(stores: &mut [Store]) -> meldb::Result<()> {
+    sync_until_quiet(stores, |_, _| true, 8).map(|_| ())
+}
+
+/// The end of every multi-replica test: equal digests, equal rows in every
+/// table, equal version vectors, and nothing left to send between any pair.
+pub fn assert_converged(stores: &[Store]) -> meldb::Result<()> {
+    assert_same_state(stores)?;
+    assert_same_version_vectors(stores);
+    Ok(())
+}
+
+/// Equal digests, equal rows, and nothing left to send between any pair.
+pub fn assert_same_state(stores: &[Store]) -> meldb::Result<()> {
+    let Some(first) = stores.first() else {
+        return Ok(());
+    };
+    let digest = first.digest()?;
+    let rows = view_rows(first)?;
+    for (i, store) in stores.iter().enumerate().skip(1) {
+        assert_eq!(
+            view_rows(store)?,
+            rows,
+            "replica {i} shows different rows than replica 0"
+        );
+        assert_eq!(
+            store.digest()?,
+            digest,
+            "replica {i} has a different digest than replica 0 (same rows: the hidden CRDT state differs)"
+        );
+    }
+    for (i, a) in stores.iter().enumerate() {
+        for (j, b) in stores.iter().enumerate() {
+            if i != j {
+                let left = a.changes_since(&b.version_vector())?;
+                assert!(
+                    left.is_empty(),
+                    "replica {i} still has {} rows for replica {j} after convergence",
+                    left.len()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// All version vectors equal.
+pub fn assert_same_version_vectors(stores: &[Store]) {
+    for (i, store) in stores.iter().enumerate().skip(1) {
+        assert_eq!(
+            store.version_vector(),
+            stores[0].version_vector(),
+            "replica {i} has a different version vector than replica 0"
+        );
+    }
+}
+
+/// A version vector holding exactly `site: 1..=last` for each entry.
+pub fn vv_of(entries: &[(u8, u64)]) -> VersionVector {
+    let mut vv = VersionVector::new();
+    for &(n, last) in entries {
+        vv.insert(site(n), 1, last);
+    }
+    vv
+}
+
+/// A tiny deterministic RNG (xorshift64*) for seeded simulations.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        // Spread small seeds and never start at 0 (a fixed point).
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+
+    /// True with probability `p`.
+    pub fn chance(&mut self, p: f64) -> bool {
+        ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64) < p
+    }
+
+    /// Shuffles in place (Fisher–Yates).
+    pub fn shuffle<T>(&mut self, items: &mut [T]) {
+        for i in (1..items.len()).rev() {
+            let j = self.below(i as u64 + 1) as usize;
+            items.swap(i, j);
+        }
+    }
+}
