@@ -27,6 +27,15 @@ impl SeqRanges {
         self.0.get(i).is_some_and(|&(first, _)| first <= seq)
     }
 
+    /// Whether every seq of `first..=last` is contained (true if empty).
+    pub fn contains_all(&self, first: u64, last: u64) -> bool {
+        if first > last {
+            return true;
+        }
+        let i = self.0.partition_point(|&(_, l)| l < first);
+        self.0.get(i).is_some_and(|&(f, l)| f <= first && last <= l)
+    }
+
     /// Adds `first..=last` (ignored if empty or starting at 0).
     pub fn insert(&mut self, first: u64, last: u64) {
         if first == 0 || first > last {
@@ -157,6 +166,10 @@ mod tests {
             }
             for seq in 0..50 {
                 prop_assert_eq!(r.contains(seq), set.contains(&seq));
+                for len in 0..4 {
+                    let all = (seq..=seq + len).all(|s| set.contains(&s));
+                    prop_assert_eq!(r.contains_all(seq, seq + len), all);
+                }
             }
             prop_assert!(r.ranges().windows(2).all(|w| w[0].1 + 1 < w[1].0));
             let first_missing = (1..).find(|s| !set.contains(s)).unwrap_or(1);

@@ -395,7 +395,6 @@ fn a_replica_whose_clock_runs_ahead_is_held_until_time_catches_up() -> TestResul
 /// A row held back is offered again by every sync until it can apply;
 /// each offer should not add another held copy.
 #[test]
-#[ignore = "bug: every re-delivery of a held row stores another copy in meldb_held (unbounded growth while a peer's clock is ahead)"]
 fn re_offered_held_rows_are_held_once() -> TestResult {
     let here = ManualTime::new(T0);
     let ahead = ManualTime::new(T0 + 10 * 60_000);

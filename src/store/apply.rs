@@ -164,12 +164,22 @@ impl Transaction<'_> {
             let state = localize(&layout, &mapping, row).map_err(invalid)?;
             let store = &mut *self.store;
             if let Err(ahead) = store.clock.check(state.hlc) {
+                // Stored in the local column layout, so two deliveries of
+                // the same row from the same sender are the same bytes.
                 let single = Changeset {
                     origin,
                     tables: vec![TableChanges {
-                        table: changes.table.clone(),
-                        columns: changes.columns.clone(),
-                        rows: vec![row.clone()],
+                        table: layout.table.name.clone(),
+                        columns: layout
+                            .value_cols
+                            .iter()
+                            .map(|&i| layout.table.columns[i].name.clone())
+                            .collect(),
+                        rows: vec![RowChange {
+                            key: row.key.clone(),
+                            state: state.clone(),
+                            covers: row.covers.clone(),
+                        }],
                     }],
                 };
                 // The row is not covered while held, so peers offer it again

@@ -5,9 +5,11 @@
 //! order, an entry `seq` whose predecessor entry is `prev` stands for all of
 //! that site's dots in `prev+1..=seq`: each is either this row's, or was
 //! superseded by a later write of the same site to the row it touched (whose
-//! own entry comes later). So a row is sent when one of its entries is a dot
-//! the asker lacks, and it carries those ranges (intersected with what this
-//! replica itself has) as its covers.
+//! own entry comes later). So a row is sent when the asker lacks any dot of
+//! a range it stands for (even if it has the row's own dot: otherwise a
+//! superseded dot below it would never be covered and the asker's version
+//! vector would keep a hole), and it carries those ranges (intersected with
+//! what this replica itself has) as its covers.
 
 use super::rows;
 use super::Store;
@@ -52,7 +54,9 @@ impl Store {
             let mut entries = stmt.query(rusqlite::params![idx, start as i64])?;
             while let Some(entry) = entries.next()? {
                 let seq = entry.get::<_, i64>(0)? as u64;
-                if !asker.contains(seq) {
+                // Sent when the asker lacks this row's dot, or a superseded
+                // dot of the range the row stands for.
+                if !asker.contains_all(prev + 1, seq) {
                     let covers = wanted.entry((entry.get(1)?, entry.get(2)?)).or_default();
                     for (first, last) in mine.intersect(prev + 1, seq) {
                         covers.push(Cover { site, first, last });

@@ -97,7 +97,10 @@ const MAX_DRIFT_MS: u64 = 300_000;
 
 /// A row a replica holds back because its clock is too far ahead: what its
 /// sender knew of the row, and its timestamp's physical time.
-type HeldRow = (RowId, BTreeSet<EventId>, u64);
+/// A held row: what it carries, when it may apply, and what makes meldb
+/// store it once (the same row state from the same sender with the same
+/// covers is one held row, however often it is offered).
+type HeldRow = (RowId, BTreeSet<EventId>, u64, String);
 
 /// A delivered piece, kept for stale re-delivery with what its sender knew.
 struct Batch {
@@ -635,7 +638,10 @@ impl Sim {
                 let events = snapshot.get(&id).cloned().unwrap_or_default();
                 let physical = row.state.hlc.physical_ms();
                 if physical > horizon {
-                    self.held[y].push((id, events, physical));
+                    let identity = format!("{} {:?} {:?}", piece.origin, row.state, row.covers);
+                    if !self.held[y].iter().any(|h| h.0 == id && h.3 == identity) {
+                        self.held[y].push((id, events, physical, identity));
+                    }
                     held += 1;
                 } else {
                     self.model.deliver(y, id, &events);
@@ -663,9 +669,9 @@ impl Sim {
     fn release(&mut self, y: usize, horizon: u64) -> usize {
         let (ready, wait): (Vec<HeldRow>, Vec<HeldRow>) = std::mem::take(&mut self.held[y])
             .into_iter()
-            .partition(|(_, _, physical)| *physical <= horizon);
+            .partition(|(_, _, physical, _)| *physical <= horizon);
         self.held[y] = wait;
-        for (id, events, _) in &ready {
+        for (id, events, _, _) in &ready {
             self.model.deliver(y, *id, events);
         }
         ready.len()
