@@ -168,6 +168,12 @@ impl Clock {
         self.last
     }
 
+    /// Sets the last timestamp back to `last` (a rolled-back transaction's
+    /// ticks and observations never happened).
+    pub(crate) fn reset(&mut self, last: Hlc) {
+        self.last = last;
+    }
+
     /// Checks a remote timestamp against the drift bound without moving the
     /// clock.
     pub fn check(&self, remote: Hlc) -> Result<(), ClockAhead> {

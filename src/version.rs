@@ -12,8 +12,27 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// Disjoint, sorted, non-adjacent inclusive ranges of sequence numbers (≥ 1).
+/// Deserializing normalizes whatever ranges it is given (a version vector
+/// file is user input), so the invariant always holds.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "Vec<(u64, u64)>", into = "Vec<(u64, u64)>")]
 pub struct SeqRanges(Vec<(u64, u64)>);
+
+impl From<Vec<(u64, u64)>> for SeqRanges {
+    fn from(ranges: Vec<(u64, u64)>) -> Self {
+        let mut out = SeqRanges::default();
+        for (first, last) in ranges {
+            out.insert(first, last);
+        }
+        out
+    }
+}
+
+impl From<SeqRanges> for Vec<(u64, u64)> {
+    fn from(ranges: SeqRanges) -> Self {
+        ranges.0
+    }
+}
 
 impl SeqRanges {
     /// The ranges, sorted.
@@ -59,7 +78,7 @@ impl SeqRanges {
     /// The lowest sequence number ≥ 1 not contained.
     pub fn first_missing(&self) -> u64 {
         match self.0.first() {
-            Some(&(1, last)) => last + 1,
+            Some(&(1, last)) => last.saturating_add(1),
             _ => 1,
         }
     }
@@ -139,6 +158,17 @@ impl VersionVector {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn deserialized_ranges_are_normalized() -> Result<(), serde_json::Error> {
+        let r: SeqRanges =
+            serde_json::from_str("[[9,12],[0,3],[5,1],[2,4],[13,13],[1,18446744073709551615]]")?;
+        assert_eq!(r.ranges(), &[(1, u64::MAX)]);
+        assert_eq!(r.first_missing(), u64::MAX);
+        let r: SeqRanges = serde_json::from_str("[[9,12],[2,4],[5,5]]")?;
+        assert_eq!(r.ranges(), &[(2, 5), (9, 12)]);
+        Ok(())
+    }
 
     #[test]
     fn ranges_merge_when_they_touch() {

@@ -102,12 +102,30 @@ impl Store {
 
 impl Transaction<'_> {
     /// Applies a changeset inside this transaction (see [`Store::apply`]).
+    /// All or nothing: if it fails, the transaction is as it was before the
+    /// call, and may still be committed with its other writes.
     pub fn apply(&mut self, changeset: &Changeset) -> Result<ApplyReport> {
-        let mut report = self.release_held()?;
-        for table in &changeset.tables {
-            report.add(self.apply_table(changeset.origin, table)?);
+        self.store.conn.execute_batch("SAVEPOINT meldb_apply")?;
+        let before = self.store.snapshot();
+        let result = self.release_held().and_then(|mut report| {
+            for table in &changeset.tables {
+                report.add(self.apply_table(changeset.origin, table)?);
+            }
+            Ok(report)
+        });
+        match result {
+            Ok(report) => {
+                self.store.conn.execute_batch("RELEASE meldb_apply")?;
+                Ok(report)
+            }
+            Err(e) => {
+                self.store
+                    .conn
+                    .execute_batch("ROLLBACK TO meldb_apply; RELEASE meldb_apply")?;
+                self.store.restore(before);
+                Err(e)
+            }
         }
-        Ok(report)
     }
 
     fn release_held(&mut self) -> Result<ApplyReport> {
@@ -308,7 +326,7 @@ fn localize(layout: &TableLayout, mapping: &[usize], row: &RowChange) -> Result<
     }
     for (value, &i) in row.key.iter().zip(&table.primary_key) {
         let col = &table.columns[i];
-        if !col.sql_type.admits(value) {
+        if matches!(value, Value::Real(r) if r.is_nan()) || !col.sql_type.admits(value) {
             return Err(format!(
                 "key column {:?} expects {}, got {}",
                 col.name,
@@ -334,12 +352,15 @@ fn localize(layout: &TableLayout, mapping: &[usize], row: &RowChange) -> Result<
         ..incoming.clone()
     };
     check_shape(&state, &layout.kinds)?;
-    let too_big = |n: u64| n > i64::MAX as u64;
+    // Far beyond any real history (2^62 deletes, writes or milliseconds), and
+    // far enough below 2^63 that nothing derived from them overflows when
+    // stored as an SQLite integer.
+    let too_big = |n: u64| n >= 1 << 62;
     if too_big(state.cl)
         || state.clock.entries().iter().any(|&(_, seq)| too_big(seq))
         || too_big(state.hlc.0)
     {
-        return Err("a causal length, sequence number or timestamp exceeds 2^63".into());
+        return Err("a causal length, sequence number or timestamp is 2^62 or more".into());
     }
     for cover in &row.covers {
         if cover.first == 0 || cover.first > cover.last || too_big(cover.last) {

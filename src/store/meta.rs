@@ -106,6 +106,19 @@ fn upgrade(conn: &Connection, path: &str, physical: &mut Schema, user: &Schema) 
                 )
             })?;
         conn.execute_batch(&layout::add_column(table_name, &column))?;
+        // Existing live rows read the new column's default, 0 or [] at once,
+        // exactly as a replica created with the new schema shows them.
+        let initial = super::rows::materialize(&column, None);
+        if initial != crate::value::Value::Null {
+            conn.execute(
+                &format!(
+                    "UPDATE {} SET {} = ?1 WHERE _meldb_cl % 2 = 1",
+                    layout::quote(&layout::base_name(table_name)),
+                    layout::quote(&column.name)
+                ),
+                [&initial],
+            )?;
+        }
         if let Some(t) = physical.tables.iter_mut().find(|t| &t.name == table_name) {
             t.columns.push(column);
         }
@@ -124,7 +137,49 @@ fn upgrade(conn: &Connection, path: &str, physical: &mut Schema, user: &Schema) 
     save_schema(conn, physical, user)
 }
 
+fn load_last_seq(conn: &Connection) -> Result<u64> {
+    let last: i64 = conn.query_row(
+        "SELECT coalesce(max(seq), 0) FROM meldb_dots WHERE site = 1",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(last as u64)
+}
+
 impl Store {
+    /// Called with the write lock held: if another connection committed
+    /// since this handle last looked, reload what this handle caches (sites,
+    /// version vector, last sequence number, clock), so two handles on one
+    /// file never reuse a dot or a timestamp.
+    pub(super) fn refresh_if_changed(&mut self) -> Result<()> {
+        let version: i64 = self
+            .conn
+            .query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        if version == self.data_version {
+            return Ok(());
+        }
+        let fingerprint: Vec<u8> = require(
+            &self.path,
+            "fingerprint",
+            get_meta(&self.conn, "fingerprint")?,
+        )?;
+        if fingerprint != self.schema.fingerprint() {
+            return Err(StorageError::NotMeldb {
+                path: self.path.clone(),
+                problem: "another connection changed the schema; reopen the store".into(),
+            }
+            .into());
+        }
+        self.sites = Sites::load(&self.conn)?;
+        self.replica.coverage = load_coverage(&self.conn, &self.sites)?;
+        self.replica.last_seq = load_last_seq(&self.conn)?;
+        let hlc: i64 = require(&self.path, "hlc", get_meta(&self.conn, "hlc")?)?;
+        self.saved_hlc = Hlc(hlc as u64);
+        self.clock.reset(self.clock.last().max(self.saved_hlc));
+        self.data_version = version;
+        Ok(())
+    }
+
     pub(super) fn init(
         conn: Connection,
         path: String,
@@ -139,11 +194,8 @@ impl Store {
                 let (local, physical, hlc) = parts;
                 let sites = Sites::load(&conn)?;
                 let coverage = load_coverage(&conn, &sites)?;
-                let last_seq: i64 = conn.query_row(
-                    "SELECT coalesce(max(seq), 0) FROM meldb_dots WHERE site = 1",
-                    [],
-                    |r| r.get(0),
-                )?;
+                let last_seq = load_last_seq(&conn)?;
+                let data_version = conn.query_row("PRAGMA data_version", [], |r| r.get(0))?;
                 let tables = physical
                     .tables
                     .into_iter()
@@ -160,10 +212,11 @@ impl Store {
                     clock: Clock::new(hlc, options.max_drift, options.time.clone()),
                     saved_hlc: hlc,
                     replica: Replica {
-                        last_seq: last_seq as u64,
+                        last_seq,
                         coverage,
                         coverage_dirty: false,
                     },
+                    data_version,
                 })
             }
             Err(e) => {

@@ -157,6 +157,17 @@ pub struct Store {
     clock: Clock,
     saved_hlc: Hlc,
     replica: Replica,
+    /// `PRAGMA data_version` when this handle last knew the database: it
+    /// changes when another connection commits.
+    data_version: i64,
+}
+
+/// In-memory state a rolled-back transaction or savepoint restores.
+#[derive(Debug, Clone)]
+pub(crate) struct Snapshot {
+    replica: Replica,
+    sites: usize,
+    clock: Hlc,
 }
 
 impl Store {
@@ -231,6 +242,20 @@ impl Store {
             meta::save_coverage(&self.conn, &mut self.sites, &self.replica.coverage)?;
         }
         Ok(())
+    }
+
+    pub(crate) fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            replica: self.replica.clone(),
+            sites: self.sites.len(),
+            clock: self.clock.last(),
+        }
+    }
+
+    pub(crate) fn restore(&mut self, snapshot: Snapshot) {
+        self.replica = snapshot.replica;
+        self.sites.truncate(snapshot.sites);
+        self.clock.reset(snapshot.clock);
     }
 
     /// After a successful commit.

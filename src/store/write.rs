@@ -8,7 +8,7 @@
 
 use super::layout::TableLayout;
 use super::rows::{self, RowWriteError};
-use super::{Replica, Store};
+use super::{Snapshot, Store};
 use crate::crdt::{ColumnState, Dot, GCounter, Lww, OrSet, PnCounter};
 use crate::error::{Error, Result, WriteError};
 use crate::merge::{fresh_state, RowState};
@@ -19,7 +19,7 @@ use crate::value::{Key, Value};
 #[derive(Debug)]
 pub struct Transaction<'s> {
     pub(super) store: &'s mut Store,
-    undo: Option<(Replica, usize)>,
+    undo: Option<Snapshot>,
 }
 
 /// One change to one column, checked against the schema.
@@ -43,7 +43,11 @@ enum Target {
 impl<'s> Transaction<'s> {
     pub(super) fn begin(store: &'s mut Store) -> Result<Self> {
         store.conn.execute_batch("BEGIN IMMEDIATE")?;
-        let undo = Some((store.replica.clone(), store.sites.len()));
+        if let Err(e) = store.refresh_if_changed() {
+            let _ = store.conn.execute_batch("ROLLBACK");
+            return Err(e);
+        }
+        let undo = Some(store.snapshot());
         Ok(Transaction { store, undo })
     }
 
@@ -260,7 +264,7 @@ impl<'s> Transaction<'s> {
                 (Target::Update | Target::Delete, None) => return Err(not_found(table, &key)),
                 (Target::Update | Target::Upsert, Some(row)) => row.state.clone(),
                 (Target::Delete, Some(row)) => RowState {
-                    cl: row.state.cl + 1,
+                    cl: row.state.cl.saturating_add(1),
                     columns: vec![None; width],
                     ..row.state.clone()
                 },
@@ -315,12 +319,11 @@ impl<'s> Transaction<'s> {
 
 impl Drop for Transaction<'_> {
     fn drop(&mut self) {
-        if let Some((replica, sites)) = self.undo.take() {
+        if let Some(snapshot) = self.undo.take() {
             // A failed ROLLBACK means the connection is already outside a
             // transaction (SQLite rolled back on its own); nothing is left.
             let _ = self.store.conn.execute_batch("ROLLBACK");
-            self.store.replica = replica;
-            self.store.sites.truncate(sites);
+            self.store.restore(snapshot);
         }
     }
 }
@@ -574,6 +577,7 @@ fn apply_op(
         .into()
     };
     let slot = &mut state.columns[j];
+    let fits = |v: i128| i64::try_from(v).is_ok();
     match op {
         ColumnOp::Set(_, value) => {
             *slot = Some(ColumnState::Lww(Lww {
@@ -599,6 +603,7 @@ fn apply_op(
                 *slot = Some(ColumnState::PnCounter(c));
             }
         },
+        // Checked below: the sum users read must stay an SQL integer.
         ColumnOp::SetAdd(_, elem) => with_set(slot, |set| set.add(elem, dot)),
         ColumnOp::SetRemove(_, elem) => with_set(slot, |set| {
             set.remove(elem);
@@ -618,6 +623,14 @@ fn apply_op(
                 }
             }
         }),
+    }
+    let total = match &state.columns[j] {
+        Some(ColumnState::GCounter(c)) => c.value(),
+        Some(ColumnState::PnCounter(c)) => c.value(),
+        _ => 0,
+    };
+    if !fits(total) {
+        return Err(overflow());
     }
     Ok(())
 }
