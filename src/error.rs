@@ -203,6 +203,17 @@ pub enum ApplyError {
         /// The column.
         column: String,
     },
+    /// A peer has seen writes of this replica's site that this replica does
+    /// not have: its database was restored from a backup or copied.
+    #[error("a peer has seen write {seen} of this replica (site {site}), but this replica's history ends at write {last}: the database was restored from a backup or copied to another device. Call Store::rotate_site_id (meldb rotate-site-id) to continue under a new site id, then send each peer a full export once")]
+    LostHistory {
+        /// This replica's site id.
+        site: String,
+        /// The last write this replica has.
+        last: u64,
+        /// The write of this site the peer has seen.
+        seen: u64,
+    },
     /// A row that breaks the schema or the CRDT invariants.
     #[error("changeset from {origin}: table {table:?}, key {key}: {problem}")]
     InvalidRow {

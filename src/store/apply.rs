@@ -181,6 +181,23 @@ impl Transaction<'_> {
             };
             let state = localize(&layout, &mapping, row).map_err(invalid)?;
             let store = &mut *self.store;
+            let local = store.local;
+            let seen = row
+                .covers
+                .iter()
+                .filter(|c| c.site == local)
+                .map(|c| c.last)
+                .chain([state.clock.get(&local)])
+                .max()
+                .unwrap_or(0);
+            if seen > store.replica.last_seq {
+                return Err(ApplyError::LostHistory {
+                    site: local.to_string(),
+                    last: store.replica.last_seq,
+                    seen,
+                }
+                .into());
+            }
             if let Err(ahead) = store.clock.check(state.hlc) {
                 // Stored in the local column layout, so two deliveries of
                 // the same row from the same sender are the same bytes.

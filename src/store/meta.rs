@@ -137,10 +137,19 @@ fn upgrade(conn: &Connection, path: &str, physical: &mut Schema, user: &Schema) 
     save_schema(conn, physical, user)
 }
 
-fn load_last_seq(conn: &Connection) -> Result<u64> {
+/// The local site's last sequence number: its greatest dot still in the
+/// index (a site's latest write always is).
+fn load_last_seq(conn: &Connection, sites: &Sites, local: SiteId) -> Result<u64> {
+    let Some(idx) = sites.find(&local) else {
+        return Err(corrupt(
+            "meldb_sites",
+            format!("the local site {local} is not registered"),
+        )
+        .into());
+    };
     let last: i64 = conn.query_row(
-        "SELECT coalesce(max(seq), 0) FROM meldb_dots WHERE site = 1",
-        [],
+        "SELECT coalesce(max(seq), 0) FROM meldb_dots WHERE site = ?1",
+        [idx],
         |r| r.get(0),
     )?;
     Ok(last as u64)
@@ -172,7 +181,11 @@ impl Store {
         }
         self.sites = Sites::load(&self.conn)?;
         self.replica.coverage = load_coverage(&self.conn, &self.sites)?;
-        self.replica.last_seq = load_last_seq(&self.conn)?;
+        let site_bytes: Vec<u8> = require(&self.path, "site_id", get_meta(&self.conn, "site_id")?)?;
+        self.local = <[u8; 16]>::try_from(site_bytes.as_slice())
+            .map(SiteId::from_bytes)
+            .map_err(|_| corrupt("meldb_meta", "site_id is not 16 bytes"))?;
+        self.replica.last_seq = load_last_seq(&self.conn, &self.sites, self.local)?;
         let hlc: i64 = require(&self.path, "hlc", get_meta(&self.conn, "hlc")?)?;
         self.saved_hlc = Hlc(hlc as u64);
         self.clock.reset(self.clock.last().max(self.saved_hlc));
@@ -194,7 +207,7 @@ impl Store {
                 let (local, physical, hlc) = parts;
                 let sites = Sites::load(&conn)?;
                 let coverage = load_coverage(&conn, &sites)?;
-                let last_seq = load_last_seq(&conn)?;
+                let last_seq = load_last_seq(&conn, &sites, local)?;
                 let data_version = conn.query_row("PRAGMA data_version", [], |r| r.get(0))?;
                 let tables = physical
                     .tables
@@ -277,5 +290,33 @@ impl Store {
             upgrade(conn, path, &mut physical, schema)?;
         }
         Ok((local, physical, Hlc(hlc as u64)))
+    }
+}
+
+impl Store {
+    /// Gives this replica a new site id, keeping its data. Its earlier writes
+    /// stay attributed to the old id, which it now treats like any other
+    /// site's. Needed when a database was restored from a backup or copied
+    /// to a second device: both would otherwise reuse the same dots, and
+    /// peers would take new writes for ones they already have
+    /// ([`crate::error::ApplyError::LostHistory`] reports this). After
+    /// rotating, send each peer everything once (`changes_since` of an empty
+    /// version vector), so rows whose newer versions were lost reach them.
+    pub fn rotate_site_id(&mut self) -> Result<SiteId> {
+        let tx = self.transaction()?;
+        let store = &mut *tx.store;
+        let old = store.local;
+        let new = SiteId::random();
+        store
+            .replica
+            .coverage
+            .insert(old, 1, store.replica.last_seq);
+        store.replica.coverage_dirty = true;
+        store.sites.index(&store.conn, new)?;
+        set_meta(&store.conn, "site_id", new.as_bytes().to_vec())?;
+        store.local = new;
+        store.replica.last_seq = 0;
+        tx.commit()?;
+        Ok(new)
     }
 }

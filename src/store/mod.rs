@@ -165,6 +165,7 @@ pub struct Store {
 /// In-memory state a rolled-back transaction or savepoint restores.
 #[derive(Debug, Clone)]
 pub(crate) struct Snapshot {
+    local: SiteId,
     replica: Replica,
     sites: usize,
     clock: Hlc,
@@ -246,6 +247,7 @@ impl Store {
 
     pub(crate) fn snapshot(&self) -> Snapshot {
         Snapshot {
+            local: self.local,
             replica: self.replica.clone(),
             sites: self.sites.len(),
             clock: self.clock.last(),
@@ -253,6 +255,7 @@ impl Store {
     }
 
     pub(crate) fn restore(&mut self, snapshot: Snapshot) {
+        self.local = snapshot.local;
         self.replica = snapshot.replica;
         self.sites.truncate(snapshot.sites);
         self.clock.reset(snapshot.clock);

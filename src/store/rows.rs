@@ -42,7 +42,8 @@ pub fn value_from_ref(v: ValueRef<'_>) -> Value {
 }
 
 /// The mapping between site UUIDs and the small integers stored in rows.
-/// Index 1 is the local site; 0 means "no site".
+/// Indexes start at 1 (the site that created the database); 0 means "no
+/// site".
 #[derive(Debug, Clone, Default)]
 pub struct Sites {
     ids: Vec<SiteId>,
@@ -90,6 +91,11 @@ impl Sites {
         idx.checked_sub(1)
             .and_then(|i| self.ids.get(i as usize))
             .copied()
+    }
+
+    /// The stored index of `site`, if known.
+    pub fn find(&self, site: &SiteId) -> Option<u32> {
+        self.index.get(site).copied()
     }
 
     /// The stored index of `site`, registering it if new.

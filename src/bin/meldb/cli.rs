@@ -106,6 +106,15 @@ earlier hold. A corrupt or foreign file is an error and changes nothing."
     /// Print the state digest in hex: equal digests mean equal replicas.
     Digest(DbArgs),
 
+    /// Give the replica a new site id, keeping its data (after a restore from backup).
+    #[command(
+        long_about = "Give the replica a new site id, keeping its data. Needed when the \
+database file was restored from a backup or copied to another device: `import` then fails \
+with \"a peer has seen write N of this replica\", because new writes would reuse numbers \
+peers already have. After rotating, export everything (no --since) to each peer once."
+    )]
+    RotateSiteId(DbArgs),
+
     /// Run a scripted demo: shop tills sell the same stock offline, then converge.
     #[command(
         long_about = "Run a scripted demo with the built-in inventory schema: N shop \

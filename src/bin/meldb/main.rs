@@ -57,6 +57,7 @@ fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
         Command::Info(a) => sync::info(a, out),
         Command::Vv(a) => sync::vv(a, out),
         Command::Digest(a) => sync::digest(a, out),
+        Command::RotateSiteId(a) => sync::rotate_site_id(a, out),
         Command::Demo(a) => demo::run(a, out),
     }
 }
@@ -78,6 +79,7 @@ fn db_args(command: &Command) -> Option<(&'static str, &DbArgs)> {
         Command::Info(a) => ("info", &a.db),
         Command::Vv(a) => ("vv", a),
         Command::Digest(a) => ("digest", a),
+        Command::RotateSiteId(a) => ("rotate-site-id", a),
         Command::Demo(_) => return None,
     })
 }

@@ -97,6 +97,16 @@ pub fn digest(db: &DbArgs, out: &mut dyn Write) -> Result<()> {
     Ok(())
 }
 
+/// Gives the replica a new site id.
+pub fn rotate_site_id(db: &DbArgs, out: &mut dyn Write) -> Result<()> {
+    let mut store = open(db)?;
+    let old = store.site_id();
+    let new = store.rotate_site_id()?;
+    writeln!(out, "site id {old} -> {new}")?;
+    writeln!(out, "now export everything (no --since) to each peer once")?;
+    Ok(())
+}
+
 /// Live rows per table, in schema order.
 fn row_counts(store: &Store) -> Result<Vec<(String, i64)>> {
     store
