@@ -38,6 +38,9 @@ pub struct ApplyReport {
     pub held: Vec<HeldChange>,
     /// Rows held by an earlier apply and applied now.
     pub released: usize,
+    /// Held rows that could no longer be applied when their time came, and
+    /// were dropped: why, naming the table and key.
+    pub discarded: Vec<String>,
 }
 
 impl ApplyReport {
@@ -51,6 +54,7 @@ impl ApplyReport {
         self.concurrent += other.concurrent;
         self.already_seen += other.already_seen;
         self.held.extend(other.held);
+        self.discarded.extend(other.discarded);
     }
 }
 
@@ -150,10 +154,31 @@ impl Transaction<'_> {
             self.store
                 .conn
                 .execute("DELETE FROM meldb_held WHERE id = ?1", [id])?;
-            for table in &changeset.tables {
-                let r = self.apply_table(changeset.origin, table)?;
-                report.released += r.applied() + r.already_seen;
-                report.held.extend(r.held);
+            // Each held row in its own savepoint: one that no longer applies
+            // (it was checked against the schema, but e.g. claims a dot that
+            // another row has since taken) is dropped and reported, instead
+            // of failing every apply from now on.
+            self.store.conn.execute_batch("SAVEPOINT meldb_held_row")?;
+            let before = self.store.snapshot();
+            let mut released = ApplyReport::default();
+            let result = changeset.tables.iter().try_for_each(|table| {
+                released.add(self.apply_table(changeset.origin, table)?);
+                Ok::<_, crate::Error>(())
+            });
+            match result {
+                Ok(()) => {
+                    self.store.conn.execute_batch("RELEASE meldb_held_row")?;
+                    report.released += released.applied() + released.already_seen;
+                    report.held.extend(released.held);
+                }
+                Err(crate::Error::Apply(e)) => {
+                    self.store
+                        .conn
+                        .execute_batch("ROLLBACK TO meldb_held_row; RELEASE meldb_held_row")?;
+                    self.store.restore(before);
+                    report.discarded.push(e.to_string());
+                }
+                Err(e) => return Err(e),
             }
         }
         Ok(report)

@@ -248,3 +248,49 @@ fn site_index_outside_the_table_is_a_decode_error() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn a_held_row_that_no_longer_applies_is_dropped_not_wedging_apply() -> Result<()> {
+    use crate::changeset::{Changeset, RowChange, TableChanges};
+    use crate::clock::Hlc;
+    use crate::crdt::RowClock;
+    use crate::merge::RowState;
+    let time = ManualTime::new(1_000_000);
+    let mut b = replica(2, &time)?;
+    let mut a = replica(1, &time)?;
+    a.write(|tx| tx.insert("item", &[("sku", "A1".into())]))?;
+    b.apply(&a.changes_since(&b.version_vector())?)?;
+    // A far-future row claiming the dot (site 1, seq 1) that row A1 owns.
+    let hostile = Changeset {
+        origin: SiteId::from_bytes([9; 16]),
+        tables: vec![TableChanges {
+            table: "item".into(),
+            columns: vec!["name".into(), "stock".into(), "likes".into(), "tags".into()],
+            rows: vec![RowChange {
+                key: vec!["H".into()],
+                state: RowState {
+                    cl: 1,
+                    clock: RowClock::from_entries([(a.site_id(), 1)]),
+                    hlc: Hlc::from_physical_ms(1_000_000 + 600_000),
+                    writer: SiteId::from_bytes([9; 16]),
+                    columns: vec![None; 4],
+                },
+                covers: vec![],
+            }],
+        }],
+    };
+    assert_eq!(b.apply(&hostile)?.held.len(), 1);
+    time.advance(Duration::from_secs(600));
+    let report = b.apply(&a.changes_since(&b.version_vector())?)?;
+    assert_eq!(report.discarded.len(), 1, "{report:?}");
+    assert!(
+        report.discarded[0].contains("already belongs"),
+        "{report:?}"
+    );
+    assert_eq!(b.held_count()?, 0);
+    // And applies keep working.
+    a.write(|tx| tx.set("item", "A1", "name", "x"))?;
+    b.apply(&a.changes_since(&b.version_vector())?)?;
+    assert_eq!(a.digest()?, b.digest()?);
+    Ok(())
+}

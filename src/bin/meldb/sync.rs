@@ -76,6 +76,9 @@ pub fn write_report(report: &ApplyReport, out: &mut dyn Write) -> Result<()> {
             held.table, held.key, held.site, held.offset_ms
         )?;
     }
+    for why in &report.discarded {
+        writeln!(out, "  discarded a held row that no longer applies: {why}")?;
+    }
     Ok(())
 }
 
