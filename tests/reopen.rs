@@ -523,6 +523,15 @@ fn old_and_new_schema_replicas_exchange_what_they_can() -> TestResult {
     assert_eq!(column(&new, "item", "apple", "note")?, Some(Value::Null));
     assert_eq!(column(&new, "item", "pear", "name")?, Some("Pear".into()));
 
+    // new -> old with rows that never set the new column: they apply (the
+    // changeset lists only the columns its rows set).
+    new.write(|tx| tx.set("item", "pear", "name", "Pear II"))?;
+    sync(&new, &mut old)?;
+    assert_eq!(
+        column(&old, "item", "pear", "name")?,
+        Some("Pear II".into())
+    );
+
     // new -> old with a row touching the new column: a clear error, nothing changed.
     new.write(|tx| tx.set("item", "apple", "note", "crisp"))?;
     let changes = new.changes_since(&old.version_vector())?;

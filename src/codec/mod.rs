@@ -9,9 +9,8 @@
 //! for a header ([`DecodeError::Truncated`]), the magic, the version (a newer
 //! format is refused, never guessed at), the length against
 //! [`MAX_FRAME_PAYLOAD`] before anything is allocated, the checksum, and only
-//! then decodes the payload with bincode's allocation limit set to the
-//! payload length, so no length field inside it can make us allocate more
-//! than the frame's own size.
+//! then decodes the payload with bincode's byte limit, so no length field
+//! inside it can claim more elements than the frame has bytes.
 
 mod wire;
 
@@ -25,8 +24,12 @@ pub const MAGIC: [u8; 4] = *b"MLDB";
 pub const FORMAT_VERSION: u16 = 1;
 /// Header size: magic, version, length, checksum.
 pub const HEADER_LEN: usize = 4 + 2 + 4 + 32;
-/// The largest payload accepted (256 MiB).
-pub const MAX_FRAME_PAYLOAD: usize = 256 << 20;
+/// The largest payload accepted (64 MiB: about 600,000 rows of a
+/// 3-column table). Decoded structures take more memory than their
+/// encoding (up to tens of times for payloads of tiny fields), so this
+/// bound is also the bound on what a hostile frame can make us allocate;
+/// larger exports are sent as several frames (`Changeset::split`).
+pub const MAX_FRAME_PAYLOAD: usize = 64 << 20;
 /// The largest stored row metadata accepted (64 MiB).
 pub const MAX_ROW_META: usize = 64 << 20;
 

@@ -143,7 +143,7 @@ impl Table {
         self.columns
             .iter()
             .enumerate()
-            .find(|(_, c)| c.name == name)
+            .find(|(_, c)| c.name.eq_ignore_ascii_case(name))
     }
 
     /// Whether column `index` is part of the primary key.
@@ -172,7 +172,9 @@ pub struct Schema {
 impl Schema {
     /// The table named `name`.
     pub fn table(&self, name: &str) -> Option<&Table> {
-        self.tables.iter().find(|t| t.name == name)
+        self.tables
+            .iter()
+            .find(|t| t.name.eq_ignore_ascii_case(name))
     }
 
     /// A blake3 hash of the schema's canonical form: equal for schemas that

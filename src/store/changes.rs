@@ -104,6 +104,37 @@ impl Store {
                 }),
             }
         }
+        for table in &mut changeset.tables {
+            drop_unused_columns(table);
+        }
         Ok(changeset)
     }
+}
+
+/// Lists only the columns some row of the changeset has a state for, so a
+/// replica whose schema lacks a newer, never-set column can still apply it.
+fn drop_unused_columns(table: &mut TableChanges) {
+    let used: Vec<bool> = (0..table.columns.len())
+        .map(|j| {
+            table
+                .rows
+                .iter()
+                .any(|r| r.state.columns.get(j).is_some_and(Option::is_some))
+        })
+        .collect();
+    if used.iter().all(|&u| u) {
+        return;
+    }
+    keep_used(&mut table.columns, &used);
+    for row in &mut table.rows {
+        keep_used(&mut row.state.columns, &used);
+    }
+}
+
+fn keep_used<T>(items: &mut Vec<T>, used: &[bool]) {
+    let mut j = 0;
+    items.retain(|_| {
+        j += 1;
+        used.get(j - 1).copied().unwrap_or(false)
+    });
 }

@@ -162,7 +162,7 @@ impl TableLayout {
     pub fn value_index(&self, name: &str) -> Option<usize> {
         self.value_cols
             .iter()
-            .position(|&i| self.table.columns[i].name == name)
+            .position(|&i| self.table.columns[i].name.eq_ignore_ascii_case(name))
     }
 }
 

@@ -230,7 +230,11 @@ impl Store {
     }
 
     fn table(&self, name: &str) -> Option<&TableLayout> {
-        self.tables.iter().find(|t| t.table.name == name)
+        // SQL names are case-insensitive; the schema forbids names that
+        // differ only in case.
+        self.tables
+            .iter()
+            .find(|t| t.table.name.eq_ignore_ascii_case(name))
     }
 
     /// Saves the clock and the version vector; part of every commit.

@@ -294,3 +294,15 @@ fn a_held_row_that_no_longer_applies_is_dropped_not_wedging_apply() -> Result<()
     assert_eq!(a.digest()?, b.digest()?);
     Ok(())
 }
+
+#[test]
+fn names_are_case_insensitive_and_integers_fit_real_columns() -> Result<()> {
+    let time = ManualTime::new(1_000_000);
+    let mut a = replica(1, &time)?;
+    a.write(|tx| {
+        tx.insert("ITEM", &[("SKU", "A1".into()), ("Stock", 2.into())])?;
+        tx.increment("Item", "A1", "STOCK", 1)
+    })?;
+    assert_eq!(read(&a, "SELECT stock FROM item")?, vec![vec![3.into()]]);
+    Ok(())
+}

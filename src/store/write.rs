@@ -230,7 +230,7 @@ impl<'s> Transaction<'s> {
         let layout = store
             .tables
             .iter()
-            .find(|t| t.table.name == table)
+            .find(|t| t.table.name.eq_ignore_ascii_case(table))
             .ok_or_else(|| WriteError::UnknownTable {
                 table: table.into(),
             })?;
@@ -379,6 +379,8 @@ fn check_value(layout: &TableLayout, index: usize, value: &Value) -> Result<Valu
         Value::Real(r) if col.sql_type == SqlType::Real => {
             Ok(Value::Real(if *r == 0.0 { 0.0 } else { *r }))
         }
+        // As SQLite would: an integer stored in a REAL column is a real.
+        Value::Integer(i) if col.sql_type == SqlType::Real => Ok(Value::Real(*i as f64)),
         v if col.sql_type.admits(v) => Ok(v.clone()),
         v => err(WriteError::TypeMismatch {
             table: layout.name().into(),
@@ -500,7 +502,7 @@ fn split_row(
     for (name, value) in values {
         match pk
             .iter()
-            .position(|&i| layout.table.columns[i].name == *name)
+            .position(|&i| layout.table.columns[i].name.eq_ignore_ascii_case(name))
         {
             Some(k) => {
                 if key[k].replace(value.clone()).is_some() {

@@ -638,7 +638,10 @@ impl Sim {
                 let events = snapshot.get(&id).cloned().unwrap_or_default();
                 let physical = row.state.hlc.physical_ms();
                 if physical > horizon {
-                    let identity = format!("{} {:?} {:?}", piece.origin, row.state, row.covers);
+                    // The row's content is its events; the column list it
+                    // travels with does not matter (meldb stores it in the
+                    // local layout).
+                    let identity = format!("{} {:?} {:?}", piece.origin, events, row.covers);
                     if !self.held[y].iter().any(|h| h.0 == id && h.3 == identity) {
                         self.held[y].push((id, events, physical, identity));
                     }
