@@ -243,6 +243,13 @@ pub enum StorageError {
         /// What is wrong.
         problem: String,
     },
+    /// A write failed part-way through a transaction, which was therefore
+    /// rolled back instead of committed.
+    #[error("a write failed part-way ({reason}); the transaction was rolled back, nothing of it was committed")]
+    Aborted {
+        /// The failed write's error.
+        reason: String,
+    },
     /// The file is not a meldb database, or was made by a newer meldb.
     #[error("{path}: {problem}")]
     NotMeldb {

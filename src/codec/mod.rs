@@ -125,13 +125,60 @@ pub fn encode_changeset(changeset: &Changeset) -> Vec<u8> {
     )))
 }
 
+/// Encodes a changeset as one frame, or, when its payload would exceed
+/// [`MAX_FRAME_PAYLOAD`], as several frames back to back (split by rows),
+/// each decodable on its own. [`decode_changeset_frames`] reads them. A
+/// single row larger than the limit still makes a frame the decoder refuses.
+pub fn encode_changeset_frames(changeset: &Changeset) -> Vec<u8> {
+    let payload = encode_value(&wire::WireChangeset::from_changeset(changeset));
+    if payload.len() <= MAX_FRAME_PAYLOAD || changeset.len() <= 1 {
+        return frame(&payload);
+    }
+    changeset
+        .split(changeset.len().div_ceil(2))
+        .iter()
+        .flat_map(encode_changeset_frames)
+        .collect()
+}
+
+/// Decodes one or more frames written back to back.
+pub fn decode_changeset_frames(mut bytes: &[u8]) -> Result<Vec<Changeset>, DecodeError> {
+    let mut out = Vec::new();
+    loop {
+        let header = bytes.get(..HEADER_LEN).ok_or(DecodeError::Truncated {
+            needed: HEADER_LEN,
+            available: bytes.len(),
+        })?;
+        let declared = u32::from_le_bytes([header[6], header[7], header[8], header[9]]) as usize;
+        let end = HEADER_LEN.saturating_add(declared).min(bytes.len());
+        // A frame longer than what is left fails inside decode_changeset as
+        // truncated; a bad header fails there too, before any allocation.
+        let (this, rest) = bytes.split_at(if declared > MAX_FRAME_PAYLOAD {
+            bytes.len()
+        } else {
+            end
+        });
+        out.push(decode_changeset(this)?);
+        if rest.is_empty() {
+            return Ok(out);
+        }
+        bytes = rest;
+    }
+}
+
 /// Wraps a payload in a frame header. Public so fuzz targets can reach the
 /// payload decoder past the checksum.
 pub fn frame(payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    // Payloads over 4 GiB cannot be expressed; they are far over
+    // MAX_FRAME_PAYLOAD anyway, so a saturated length is refused on decode.
+    out.extend_from_slice(
+        &u32::try_from(payload.len())
+            .unwrap_or(u32::MAX)
+            .to_le_bytes(),
+    );
     out.extend_from_slice(blake3::hash(payload).as_bytes());
     out.extend_from_slice(payload);
     out
@@ -242,6 +289,22 @@ mod tests {
             decode_changeset(&trailing),
             Err(DecodeError::TrailingBytes { .. })
         ));
+        Ok(())
+    }
+
+    #[test]
+    fn several_frames_back_to_back_decode_in_order() -> Result<(), DecodeError> {
+        let a = Changeset::new(SiteId::from_bytes([1; 16]));
+        let b = Changeset::new(SiteId::from_bytes([2; 16]));
+        let mut bytes = encode_changeset(&a);
+        bytes.extend(encode_changeset(&b));
+        assert_eq!(decode_changeset_frames(&bytes)?, vec![a.clone(), b]);
+        assert_eq!(
+            decode_changeset_frames(&encode_changeset_frames(&a))?,
+            vec![a]
+        );
+        assert!(decode_changeset_frames(&bytes[..bytes.len() - 1]).is_err());
+        assert!(decode_changeset_frames(&[]).is_err());
         Ok(())
     }
 

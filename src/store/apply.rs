@@ -54,6 +54,7 @@ impl ApplyReport {
         self.concurrent += other.concurrent;
         self.already_seen += other.already_seen;
         self.held.extend(other.held);
+        self.released += other.released;
         self.discarded.extend(other.discarded);
     }
 }
@@ -81,10 +82,18 @@ impl Store {
         Ok(report)
     }
 
-    /// Decodes a changeset frame and applies it.
+    /// Decodes one or more changeset frames (as
+    /// [`codec::encode_changeset_frames`] writes them) and applies them all
+    /// in one transaction. Nothing is applied unless every frame decodes.
     pub fn apply_bytes(&mut self, bytes: &[u8]) -> Result<ApplyReport> {
-        let changeset = codec::decode_changeset(bytes)?;
-        self.apply(&changeset)
+        let changesets = codec::decode_changeset_frames(bytes)?;
+        let mut tx = self.transaction()?;
+        let mut report = ApplyReport::default();
+        for changeset in &changesets {
+            report.add(tx.apply(changeset)?);
+        }
+        tx.commit()?;
+        Ok(report)
     }
 
     /// Applies held rows whose clock the local clock has caught up with.

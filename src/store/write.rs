@@ -20,6 +20,9 @@ use crate::value::{Key, Value};
 pub struct Transaction<'s> {
     pub(super) store: &'s mut Store,
     undo: Option<Snapshot>,
+    /// Set when a write failed after it had changed SQLite (only a storage
+    /// error can do that): such a transaction can only roll back.
+    poisoned: Option<String>,
 }
 
 /// One change to one column, checked against the schema.
@@ -48,11 +51,18 @@ impl<'s> Transaction<'s> {
             return Err(e);
         }
         let undo = Some(store.snapshot());
-        Ok(Transaction { store, undo })
+        Ok(Transaction {
+            store,
+            undo,
+            poisoned: None,
+        })
     }
 
     /// Makes every write of the transaction durable and visible.
     pub fn commit(mut self) -> Result<()> {
+        if let Some(reason) = self.poisoned.take() {
+            return Err(crate::error::StorageError::Aborted { reason }.into());
+        }
         self.store.save_replica_state()?;
         self.store.conn.execute_batch("COMMIT")?;
         self.undo = None;
@@ -226,6 +236,20 @@ impl<'s> Transaction<'s> {
     }
 
     fn modify(&mut self, table: &str, key: Key, target: Target, ops: Vec<ColumnOp>) -> Result<()> {
+        let result = self.modify_row(table, key, target, ops);
+        if let Err(Error::Storage(e)) = &result {
+            self.poisoned = Some(format!("table {table:?}: {e}"));
+        }
+        result
+    }
+
+    fn modify_row(
+        &mut self,
+        table: &str,
+        key: Key,
+        target: Target,
+        ops: Vec<ColumnOp>,
+    ) -> Result<()> {
         let store = &mut *self.store;
         let layout = store
             .tables

@@ -29,7 +29,7 @@ pub fn export(args: &ExportArgs, out: &mut dyn Write) -> Result<()> {
     };
     let store = open(&args.db)?;
     let changes = store.changes_since(&vv)?;
-    let bytes = codec::encode_changeset(&changes);
+    let bytes = codec::encode_changeset_frames(&changes);
     std::fs::write(&args.out, &bytes).map_err(file_error(&args.out))?;
     writeln!(
         out,
@@ -44,15 +44,20 @@ pub fn export(args: &ExportArgs, out: &mut dyn Write) -> Result<()> {
 /// `meldb import`: decodes, then applies in one transaction.
 pub fn import(args: &ImportArgs, out: &mut dyn Write) -> Result<()> {
     let bytes = std::fs::read(&args.file).map_err(file_error(&args.file))?;
-    let changes = codec::decode_changeset(&bytes).map_err(|e| in_file(&args.file)(e.into()))?;
+    let frames =
+        codec::decode_changeset_frames(&bytes).map_err(|e| in_file(&args.file)(e.into()))?;
     let mut store = open(&args.db)?;
-    let report = store.apply(&changes).map_err(in_file(&args.file))?;
+    let report = store.apply_bytes(&bytes).map_err(in_file(&args.file))?;
+    let rows: usize = frames.iter().map(|c| c.len()).sum();
+    let origin = frames
+        .first()
+        .map_or_else(|| "(none)".to_owned(), |c| c.origin.to_string());
     writeln!(
         out,
         "imported {} ({}) from site {}",
-        count(changes.len(), "row"),
+        count(rows, "row"),
         count(bytes.len(), "byte"),
-        changes.origin
+        origin
     )?;
     write_report(&report, out)
 }
