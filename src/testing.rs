@@ -837,7 +837,15 @@ const WAREHOUSES: [&str; 2] = ["w0", "w1"];
 /// Set elements: three common ones, then rarer ones that test JSON escaping.
 const ELEMENTS: [&str; 6] = ["a", "b", "c", "", "q\"uo\\te", "ü"];
 const SMALL_AMOUNTS: [i64; 10] = [0, 1, 2, 3, 7, -1, -2, -3, -7, 100];
-const BIG_AMOUNTS: [i64; 5] = [i64::MAX, i64::MIN, i64::MAX - 1, -i64::MAX, 1 << 62];
+/// Mostly positive, so that a few in a row overflow a site's 64-bit total.
+const BIG_AMOUNTS: [i64; 6] = [
+    i64::MAX,
+    i64::MAX,
+    i64::MAX - 1,
+    1 << 62,
+    i64::MIN,
+    -i64::MAX,
+];
 
 /// Reads bytes, and zeros once they run out, so every prefix decodes.
 struct Input<'a, 'b>(&'a mut &'b [u8]);
@@ -907,8 +915,8 @@ fn pick_key(table: Option<&Table>, a: u8, b: u8) -> Vec<Value> {
     key
 }
 
-/// A column: usually a non-key column of the wanted kind, rarely a key
-/// column or an unknown name.
+/// A column: usually a non-key column of the wanted kind, sometimes any
+/// non-key column, rarely a key column or an unknown name.
 fn pick_column(
     table: Option<&'static Table>,
     b: u8,
@@ -925,10 +933,18 @@ fn pick_column(
     };
     let all: Vec<&'static Column> = table.value_columns().map(|i| &table.columns[i]).collect();
     let wanted: Vec<&'static Column> = all.iter().copied().filter(|c| fits(c)).collect();
-    let candidates = if wanted.is_empty() { all } else { wanted };
+    let candidates = if wanted.is_empty() {
+        all.clone()
+    } else {
+        wanted
+    };
     match (b, candidates.is_empty()) {
-        (0..=223, false) => {
+        (0..=207, false) => {
             let c = candidates[usize::from(b) % candidates.len()];
+            (c.name.clone(), Some(c))
+        }
+        (208..=223, _) if !all.is_empty() => {
+            let c = all[usize::from(b) % all.len()];
             (c.name.clone(), Some(c))
         }
         (224..=239, _) => {
@@ -941,7 +957,7 @@ fn pick_column(
 
 fn pick_amount(b: u8) -> i64 {
     match b {
-        0..=199 => SMALL_AMOUNTS[usize::from(b) % SMALL_AMOUNTS.len()],
+        0..=179 => SMALL_AMOUNTS[usize::from(b) % SMALL_AMOUNTS.len()],
         _ => BIG_AMOUNTS[usize::from(b) % BIG_AMOUNTS.len()],
     }
 }
