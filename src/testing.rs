@@ -354,13 +354,17 @@ impl Cell {
         }
     }
 
-    /// The value SQL shows: counter sums are clamped to the 64-bit range.
+    /// The value SQL shows (writes keep counter sums within i64).
     fn shown(&self) -> Value {
         match self {
             Cell::Plain(v) => v.clone(),
             Cell::Counter { up, down } => {
                 let sum = i128::from(*up) - i128::from(*down);
-                Value::Integer(sum.clamp(i64::MIN.into(), i64::MAX.into()) as i64)
+                Value::Integer(i64::try_from(sum).unwrap_or(if sum < 0 {
+                    i64::MIN
+                } else {
+                    i64::MAX
+                }))
             }
             Cell::Set(elems) => {
                 let sorted: Vec<&str> = elems.iter().map(String::as_str).collect();
@@ -628,10 +632,14 @@ fn with_assigns(
                 let Cell::Counter { up, down } = &mut row[*i] else {
                     return Err(reject(table, Rejection::WrongKind, name.as_str()));
                 };
-                let total = if *amount >= 0 { up } else { down };
+                let total = if *amount >= 0 { &mut *up } else { &mut *down };
                 *total = total
                     .checked_add(amount.unsigned_abs())
                     .ok_or_else(|| reject(table, Rejection::CounterOverflow, name.as_str()))?;
+                // The sum SQL shows must stay an INTEGER.
+                if i64::try_from(i128::from(*up) - i128::from(*down)).is_err() {
+                    return Err(reject(table, Rejection::CounterOverflow, name.as_str()));
+                }
             }
         }
     }
@@ -726,6 +734,9 @@ fn check_value(table: &Table, col: &Column, value: &Value) -> Result<Value, Mode
         Value::Null if col.nullable => Ok(Value::Null),
         Value::Null => bad(Rejection::NullNotAllowed),
         Value::Real(r) if r.is_nan() => bad(Rejection::NotANumber),
+        Value::Integer(i) if col.sql_type == crate::schema::SqlType::Real => {
+            Ok(Value::Real(*i as f64))
+        }
         v if !col.sql_type.admits(v) => bad(Rejection::TypeMismatch),
         Value::Real(r) if *r == 0.0 => Ok(Value::Real(0.0)),
         v => Ok(v.clone()),

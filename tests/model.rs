@@ -224,9 +224,11 @@ fn documented_rejections_agree() -> Result<(), String> {
                 Some(NotANumber),
             ),
             (
-                update("item", &["k0"], &[("price", 1.into())]),
+                update("item", &["k0"], &[("price", "one".into())]),
                 Some(TypeMismatch),
             ),
+            // An integer in a REAL column is stored as a real, as in SQLite.
+            (update("item", &["k0"], &[("price", 1.into())]), None),
             (update("item", &["k0"], &[("price", (-0.0).into())]), None),
             (
                 update("item", &["k0"], &[("sku", "k5".into())]),
@@ -273,7 +275,7 @@ fn documented_rejections_agree() -> Result<(), String> {
             (update("item", &["k0"], &[]), Some(RowNotFound)),
             (increment("item", &["k0"], "stock", 0), Some(RowNotFound)),
             (insert("item", &["k0"], &[("stock", 5.into())]), None),
-            (increment("item", &["k0"], "stock", i64::MAX), None),
+            (increment("item", &["k0"], "stock", i64::MAX - 5), None),
             (
                 increment("item", &["k0"], "stock", i64::MAX),
                 Some(CounterOverflow),
@@ -282,12 +284,12 @@ fn documented_rejections_agree() -> Result<(), String> {
         ],
     )?;
     // The re-inserted row starts fresh: default name, price and set, only
-    // the new counter amounts. Stock is 5 + (2^63 - 1) - 2^63 = 4.
+    // the new counter amounts. Stock is 5 + (2^63 - 6) - 2^63 = -1.
     let want = vec![
         Value::from("k0"),
         Value::from(""),
         Value::Real(0.0),
-        Value::Integer(4),
+        Value::Integer(-1),
         Value::Integer(0),
         Value::from("[]"),
     ];
@@ -299,24 +301,32 @@ fn documented_rejections_agree() -> Result<(), String> {
 }
 
 #[test]
-fn counter_sums_beyond_64_bits_show_clamped() -> Result<(), String> {
+fn counter_sums_stay_within_64_bits() -> Result<(), String> {
     let mut h = Harness::new()?;
     expect_verdicts(
         &mut h,
         &[
             (insert("item", &["k0"], &[("sold", i64::MAX.into())]), None),
-            (increment("item", &["k0"], "sold", i64::MAX), None),
-            // The site's total is now 2^64 - 2, one below the u64 limit.
-            (increment("item", &["k0"], "sold", 1), None),
+            // The sum SQL shows must stay an INTEGER: one more is refused.
             (
                 increment("item", &["k0"], "sold", 1),
                 Some(Rejection::CounterOverflow),
             ),
+            (insert("item", &["k1"], &[("stock", i64::MIN.into())]), None),
+            (
+                increment("item", &["k1"], "stock", -1),
+                Some(Rejection::CounterOverflow),
+            ),
+            (increment("item", &["k1"], "stock", i64::MAX), None),
         ],
     )?;
     let sold = h.model.row("item", &key(&["k0"])).map(|row| row[4].clone());
     if sold != Some(Value::Integer(i64::MAX)) {
         return Err(format!("sold shows {sold:?}"));
+    }
+    let stock = h.model.row("item", &key(&["k1"])).map(|row| row[3].clone());
+    if stock != Some(Value::Integer(-1)) {
+        return Err(format!("stock shows {stock:?}"));
     }
     Ok(())
 }
