@@ -250,6 +250,13 @@ pub enum StorageError {
         /// The failed write's error.
         reason: String,
     },
+    /// Another connection upgraded the database's schema while this store
+    /// was open; its cached layout no longer matches.
+    #[error("{path}: another connection changed the schema; reopen the store")]
+    SchemaChanged {
+        /// The database file.
+        path: String,
+    },
     /// The file is not a meldb database, or was made by a newer meldb.
     #[error("{path}: {problem}")]
     NotMeldb {

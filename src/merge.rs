@@ -83,14 +83,6 @@ pub fn merge_row(local: Option<&RowState>, remote: &RowState) -> (Causality, Row
     }
 }
 
-/// The column states a merge changed: `(index, before, after)`.
-pub fn changed_columns<'a>(
-    before: &'a RowState,
-    after: &'a RowState,
-) -> impl Iterator<Item = usize> + 'a {
-    (0..after.columns.len()).filter(move |&i| before.columns.get(i) != after.columns.get(i))
-}
-
 /// Whether `state` is a possible merge input for a table whose value columns
 /// have these kinds: right width, right kinds, canonical encodings, and no
 /// column state on a deleted row.

@@ -32,10 +32,10 @@ use crate::clock::{ManualTime, SiteId};
 use crate::codec;
 use crate::error::{Error, WriteError};
 use crate::schema::{Column, Kind, Schema, SqlType, Table};
+use crate::store::layout::quote;
 use crate::store::{Store, StoreOptions, Transaction};
 use crate::value::Value;
 use crate::version::VersionVector;
-use rusqlite::types::ValueRef;
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, OnceLock};
@@ -785,20 +785,6 @@ fn check_required(table: &Table, assigns: &[Assign]) -> Result<(), ModelError> {
 // Reading the store back
 // ---------------------------------------------------------------------------
 
-fn quote(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-fn value_of(v: ValueRef<'_>) -> Value {
-    match v {
-        ValueRef::Null => Value::Null,
-        ValueRef::Integer(i) => Value::Integer(i),
-        ValueRef::Real(r) => Value::Real(r),
-        ValueRef::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
-        ValueRef::Blob(b) => Value::Blob(b.to_vec()),
-    }
-}
-
 /// `SELECT * FROM table ORDER BY <primary key>`: what an app reads, in the
 /// shape of [`Model::rows`].
 pub fn sql_rows(store: &Store, table: &str) -> crate::Result<Vec<Vec<Value>>> {
@@ -822,7 +808,7 @@ pub fn sql_rows(store: &Store, table: &str) -> crate::Result<Vec<Vec<Value>>> {
     let n = stmt.column_count();
     let rows = stmt.query_map([], |r| {
         (0..n)
-            .map(|i| r.get_ref(i).map(value_of))
+            .map(|i| r.get_ref(i).map(Value::from))
             .collect::<rusqlite::Result<Vec<_>>>()
     })?;
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)

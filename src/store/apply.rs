@@ -118,18 +118,23 @@ impl Transaction<'_> {
     /// All or nothing: if it fails, the transaction is as it was before the
     /// call, and may still be committed with its other writes.
     pub fn apply(&mut self, changeset: &Changeset) -> Result<ApplyReport> {
+        self.savepoint(|tx| {
+            let mut report = tx.release_held()?;
+            report.add(tx.apply_tables(changeset)?);
+            Ok(report)
+        })
+    }
+
+    /// Runs `f` in a savepoint: if it fails, SQLite and this store's
+    /// in-memory state are as they were before, and the enclosing
+    /// transaction can go on.
+    fn savepoint<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
         self.store.conn.execute_batch("SAVEPOINT meldb_apply")?;
         let before = self.store.snapshot();
-        let result = self.release_held().and_then(|mut report| {
-            for table in &changeset.tables {
-                report.add(self.apply_table(changeset.origin, table)?);
-            }
-            Ok(report)
-        });
-        match result {
-            Ok(report) => {
+        match f(self) {
+            Ok(value) => {
                 self.store.conn.execute_batch("RELEASE meldb_apply")?;
-                Ok(report)
+                Ok(value)
             }
             Err(e) => {
                 self.store
@@ -139,6 +144,14 @@ impl Transaction<'_> {
                 Err(e)
             }
         }
+    }
+
+    fn apply_tables(&mut self, changeset: &Changeset) -> Result<ApplyReport> {
+        let mut report = ApplyReport::default();
+        for table in &changeset.tables {
+            report.add(self.apply_table(changeset.origin, table)?);
+        }
+        Ok(report)
     }
 
     fn release_held(&mut self) -> Result<ApplyReport> {
@@ -167,26 +180,12 @@ impl Transaction<'_> {
             // (it was checked against the schema, but e.g. claims a dot that
             // another row has since taken) is dropped and reported, instead
             // of failing every apply from now on.
-            self.store.conn.execute_batch("SAVEPOINT meldb_held_row")?;
-            let before = self.store.snapshot();
-            let mut released = ApplyReport::default();
-            let result = changeset.tables.iter().try_for_each(|table| {
-                released.add(self.apply_table(changeset.origin, table)?);
-                Ok::<_, crate::Error>(())
-            });
-            match result {
-                Ok(()) => {
-                    self.store.conn.execute_batch("RELEASE meldb_held_row")?;
+            match self.savepoint(|tx| tx.apply_tables(&changeset)) {
+                Ok(released) => {
                     report.released += released.applied() + released.already_seen;
                     report.held.extend(released.held);
                 }
-                Err(crate::Error::Apply(e)) => {
-                    self.store
-                        .conn
-                        .execute_batch("ROLLBACK TO meldb_held_row; RELEASE meldb_held_row")?;
-                    self.store.restore(before);
-                    report.discarded.push(e.to_string());
-                }
+                Err(crate::Error::Apply(e)) => report.discarded.push(e.to_string()),
                 Err(e) => return Err(e),
             }
         }
@@ -399,8 +398,11 @@ fn localize(layout: &TableLayout, mapping: &[usize], row: &RowChange) -> Result<
         columns[j] = col.clone();
     }
     let state = RowState {
+        cl: incoming.cl,
+        clock: incoming.clock.clone(),
+        hlc: incoming.hlc,
+        writer: incoming.writer,
         columns,
-        ..incoming.clone()
     };
     check_shape(&state, &layout.kinds)?;
     // Far beyond any real history (2^62 deletes, writes or milliseconds), and

@@ -7,7 +7,7 @@
 //! orders still agree). Two replicas with equal digests hold equal states.
 
 use super::layout::quote;
-use super::rows::{self, value_from_ref};
+use super::rows;
 use super::Store;
 use crate::codec;
 use crate::error::{Result, WriteError};
@@ -93,7 +93,7 @@ impl Store {
             .columns
             .iter()
             .enumerate()
-            .map(|(i, c)| Ok((c.name.clone(), value_from_ref(row.get_ref(i)?))))
+            .map(|(i, c)| Ok((c.name.clone(), Value::from(row.get_ref(i)?))))
             .collect::<Result<Vec<_>>>()
             .map(Some)
     }

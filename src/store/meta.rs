@@ -173,9 +173,8 @@ impl Store {
             get_meta(&self.conn, "fingerprint")?,
         )?;
         if fingerprint != self.schema.fingerprint() {
-            return Err(StorageError::NotMeldb {
+            return Err(StorageError::SchemaChanged {
                 path: self.path.clone(),
-                problem: "another connection changed the schema; reopen the store".into(),
             }
             .into());
         }

@@ -15,7 +15,7 @@
 mod apply;
 mod changes;
 mod digest;
-mod layout;
+pub(crate) mod layout;
 mod meta;
 mod rows;
 mod write;

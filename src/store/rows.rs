@@ -13,7 +13,7 @@ use crate::error::StorageError;
 use crate::merge::RowState;
 use crate::schema::Column;
 use crate::value::Value;
-use rusqlite::types::{ToSqlOutput, ValueRef};
+use rusqlite::types::{FromSql, FromSqlResult, ToSqlOutput, ValueRef};
 use rusqlite::{params, Connection, OptionalExtension, ToSql};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -30,14 +30,23 @@ impl ToSql for Value {
     }
 }
 
-/// Converts what SQLite returned into a [`Value`].
-pub fn value_from_ref(v: ValueRef<'_>) -> Value {
-    match v {
-        ValueRef::Null => Value::Null,
-        ValueRef::Integer(i) => Value::Integer(i),
-        ValueRef::Real(r) => Value::Real(r),
-        ValueRef::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
-        ValueRef::Blob(b) => Value::Blob(b.to_vec()),
+impl From<ValueRef<'_>> for Value {
+    /// What SQLite returned, as a [`Value`] (invalid UTF-8 in TEXT is
+    /// replaced, never a panic).
+    fn from(v: ValueRef<'_>) -> Self {
+        match v {
+            ValueRef::Null => Value::Null,
+            ValueRef::Integer(i) => Value::Integer(i),
+            ValueRef::Real(r) => Value::Real(r),
+            ValueRef::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
+            ValueRef::Blob(b) => Value::Blob(b.to_vec()),
+        }
+    }
+}
+
+impl FromSql for Value {
+    fn column_result(v: ValueRef<'_>) -> FromSqlResult<Self> {
+        Ok(Value::from(v))
     }
 }
 
@@ -346,7 +355,7 @@ pub fn load_by_key(
             let cl: i64 = row.get(1)?;
             let blob: Vec<u8> = row.get(2)?;
             let values = (0..layout.value_cols.len())
-                .map(|j| row.get_ref(3 + j).map(value_from_ref))
+                .map(|j| row.get_ref(3 + j).map(Value::from))
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             Ok((rid, cl, blob, values))
         })
@@ -375,7 +384,7 @@ pub fn read_rows(
     let nkeys = layout.table.primary_key.len();
     while let Some(row) = rows.next()? {
         let key = (0..nkeys)
-            .map(|i| row.get_ref(i).map(value_from_ref))
+            .map(|i| row.get_ref(i).map(Value::from))
             .collect::<rusqlite::Result<Vec<_>>>()?;
         let cl: i64 = row.get(nkeys)?;
         let blob = row
@@ -384,7 +393,7 @@ pub fn read_rows(
             .map_err(rusqlite::Error::from)?
             .to_vec();
         let values = (0..layout.value_cols.len())
-            .map(|j| row.get_ref(nkeys + 2 + j).map(value_from_ref))
+            .map(|j| row.get_ref(nkeys + 2 + j).map(Value::from))
             .collect::<rusqlite::Result<Vec<_>>>()?;
         let state = decode_state(layout, sites, cl, &blob, values)?;
         each(key, state)?;

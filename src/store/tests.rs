@@ -49,9 +49,7 @@ fn read(store: &Store, sql: &str) -> Result<Vec<Vec<Value>>> {
     let mut stmt = store.conn().prepare(sql)?;
     let n = stmt.column_count();
     let rows = stmt.query_map([], |r| {
-        (0..n)
-            .map(|i| r.get_ref(i).map(super::rows::value_from_ref))
-            .collect()
+        (0..n).map(|i| r.get_ref(i).map(Value::from)).collect()
     })?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }

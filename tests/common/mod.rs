@@ -8,7 +8,6 @@
 
 use meldb::clock::{ManualTime, SiteId};
 use meldb::{ApplyReport, Schema, Store, StoreOptions, Value, VersionVector};
-use rusqlite::types::ValueRef;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -61,24 +60,13 @@ pub fn replica(schema: &Schema, n: u8, time: &ManualTime) -> meldb::Result<Store
         .open_in_memory(schema)
 }
 
-/// Converts what SQLite returned into a [`Value`].
-pub fn value_from_ref(v: ValueRef<'_>) -> Value {
-    match v {
-        ValueRef::Null => Value::Null,
-        ValueRef::Integer(i) => Value::Integer(i),
-        ValueRef::Real(r) => Value::Real(r),
-        ValueRef::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
-        ValueRef::Blob(b) => Value::Blob(b.to_vec()),
-    }
-}
-
 /// Runs a query with plain SQL and returns every row.
 pub fn query(store: &Store, sql: &str) -> meldb::Result<Vec<Vec<Value>>> {
     let mut stmt = store.conn().prepare(sql)?;
     let n = stmt.column_count();
     let rows = stmt.query_map([], |r| {
         (0..n)
-            .map(|i| r.get_ref(i).map(value_from_ref))
+            .map(|i| r.get_ref(i).map(Value::from))
             .collect::<rusqlite::Result<Vec<_>>>()
     })?;
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)

@@ -3,7 +3,6 @@
 
 use crate::error::Result;
 use meldb::Value;
-use rusqlite::types::ValueRef;
 use rusqlite::Connection;
 use std::io::Write;
 
@@ -22,7 +21,7 @@ impl Rows {
         let mut cursor = stmt.query([])?;
         while let Some(row) = cursor.next()? {
             let values = (0..columns.len())
-                .map(|i| row.get_ref(i).map(value_from_ref))
+                .map(|i| row.get_ref(i).map(Value::from))
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             rows.push(values);
         }
@@ -163,16 +162,6 @@ pub fn count(n: usize, noun: &str) -> String {
         format!("{n} {noun}")
     } else {
         format!("{n} {noun}s")
-    }
-}
-
-pub fn value_from_ref(v: ValueRef<'_>) -> Value {
-    match v {
-        ValueRef::Null => Value::Null,
-        ValueRef::Integer(i) => Value::Integer(i),
-        ValueRef::Real(r) => Value::Real(r),
-        ValueRef::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
-        ValueRef::Blob(b) => Value::Blob(b.to_vec()),
     }
 }
 
