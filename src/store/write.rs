@@ -272,26 +272,28 @@ impl<'s> Transaction<'s> {
             existing = rows::load_by_key(&store.conn, layout, &store.sites, &key)?;
         }
         loop {
-            let live = existing.as_ref().filter(|r| r.state.is_live());
-            let mut state: RowState = match (target, live) {
-                (Target::Insert, Some(_)) => {
+            // Only the old clock is needed after the state is taken: the
+            // write moves the row's dot-index entries from it.
+            let previous = existing.as_ref().map(|r| (r.rid, r.state.clock.clone()));
+            let mut state: RowState = match (target, existing.take()) {
+                (Target::Insert, Some(row)) if row.state.is_live() => {
                     return Err(WriteError::RowExists {
                         table: table.into(),
                         key: Key(key).to_string(),
                     }
                     .into())
                 }
-                (Target::Insert | Target::Upsert, None) => {
-                    check_required(layout, &ops)?;
-                    fresh_state(existing.as_ref().map(|r| &r.state), width)
-                }
-                (Target::Update | Target::Delete, None) => return Err(not_found(table, &key)),
-                (Target::Update | Target::Upsert, Some(row)) => row.state.clone(),
-                (Target::Delete, Some(row)) => RowState {
+                (Target::Update | Target::Upsert, Some(row)) if row.state.is_live() => row.state,
+                (Target::Delete, Some(row)) if row.state.is_live() => RowState {
                     cl: row.state.cl.saturating_add(1),
                     columns: vec![None; width],
-                    ..row.state.clone()
+                    ..row.state
                 },
+                (Target::Insert | Target::Upsert, deleted) => {
+                    check_required(layout, &ops)?;
+                    fresh_state(deleted.as_ref().map(|r| &r.state), width)
+                }
+                (Target::Update | Target::Delete, _) => return Err(not_found(table, &key)),
             };
             for op in &ops {
                 apply_op(layout, &mut state, op, dot, hlc)?;
@@ -299,17 +301,16 @@ impl<'s> Transaction<'s> {
             state.clock.observe(dot);
             state.hlc = hlc;
             state.writer = dot.site;
-            let previous = existing.as_ref().map(|r| (r.rid, &r.state.clock));
             match rows::write_row(
                 &store.conn,
                 layout,
                 &mut store.sites,
                 &key,
-                previous,
+                previous.as_ref().map(|(rid, clock)| (*rid, clock)),
                 &state,
             ) {
                 Ok(_) => break,
-                Err(RowWriteError::KeyExists) if existing.is_none() => {
+                Err(RowWriteError::KeyExists) if previous.is_none() => {
                     existing = rows::load_by_key(&store.conn, layout, &store.sites, &key)?;
                     if existing.is_none() {
                         return Err(crate::error::StorageError::Corrupt {
