@@ -77,3 +77,9 @@ pub use schema::{Kind, Schema};
 pub use store::{ApplyReport, Durability, Store, StoreOptions, Transaction};
 pub use value::{Key, Value};
 pub use version::VersionVector;
+
+/// The README's Rust examples, compiled and run as doc tests so they stay
+/// true to the API.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
