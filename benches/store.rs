@@ -65,10 +65,15 @@ const PLAIN_SCHEMA: &str = "
     CREATE TABLE counter (id TEXT PRIMARY KEY, n INTEGER NOT NULL DEFAULT 0);
 ";
 
-/// The PRAGMAs `Store::open` sets on file databases by default.
-/// Kept in step with `meldb::store::DEFAULT_CACHE_KIB` (32 MiB).
-const PLAIN_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-     PRAGMA busy_timeout = 5000; PRAGMA cache_size = -32768;";
+/// The PRAGMAs `Store::open` sets on file databases by default, cache size
+/// included, so both sides run with the same settings.
+fn plain_pragmas() -> String {
+    format!(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+         PRAGMA busy_timeout = 5000; PRAGMA cache_size = -{};",
+        meldb::store::DEFAULT_CACHE_KIB
+    )
+}
 
 const DB_FILE: &str = "bench.db";
 
@@ -152,7 +157,7 @@ fn open_meldb(path: &Path, schema: &Schema) -> Store {
 
 fn open_plain(path: &Path) -> Connection {
     let conn = Connection::open(path).expect("open sqlite database");
-    conn.execute_batch(PLAIN_PRAGMAS).expect("set pragmas");
+    conn.execute_batch(&plain_pragmas()).expect("set pragmas");
     conn
 }
 
