@@ -66,6 +66,7 @@ pub mod error;
 pub mod merge;
 pub mod schema;
 pub mod store;
+pub mod sync;
 pub mod testing;
 pub mod value;
 pub mod version;

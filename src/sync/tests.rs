@@ -1,0 +1,267 @@
+//! Sessions driven in-process over a perfect channel.
+
+use super::*;
+use crate::clock::SiteId;
+use crate::schema::Schema;
+use crate::store::{Store, StoreOptions};
+use std::sync::Arc;
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+const SCHEMA: &str = r#"
+name = "shop"
+version = 1
+[[table]]
+name = "item"
+primary_key = ["sku"]
+[[table.column]]
+name = "sku"
+type = "text"
+[[table.column]]
+name = "stock"
+type = "integer"
+kind = "pn_counter"
+"#;
+
+fn store(n: u8) -> crate::Result<Store> {
+    let schema = Schema::from_toml_str(SCHEMA, "shop.toml")?;
+    StoreOptions::new()
+        .site_id(SiteId::from_bytes([n; 16]))
+        .open_in_memory(&schema)
+}
+
+fn insert(store: &mut Store, range: std::ops::Range<usize>) -> crate::Result<()> {
+    store.write(|tx| {
+        for i in range {
+            tx.insert(
+                "item",
+                &[("sku", format!("k{i}").into()), ("stock", 1.into())],
+            )?;
+        }
+        Ok(())
+    })
+}
+
+fn allow(access: Access) -> Authorize {
+    Arc::new(move |token| (token == Some("t")).then_some(access))
+}
+
+/// Delivers every message both ways until neither side has anything to
+/// say. Returns the first error either side reported.
+fn pump(a: &mut Session, sa: &mut Store, b: &mut Session, sb: &mut Store) -> Result<(), SyncError> {
+    let mut first_error = None;
+    loop {
+        let mut moved = false;
+        while let Some(m) = a.poll_message() {
+            moved = true;
+            if let Err(e) = b.receive(sb, m) {
+                first_error.get_or_insert(e);
+            }
+        }
+        while let Some(m) = b.poll_message() {
+            moved = true;
+            if let Err(e) = a.receive(sa, m) {
+                first_error.get_or_insert(e);
+            }
+        }
+        if !moved {
+            return first_error.map_or(Ok(()), Err);
+        }
+    }
+}
+
+#[test]
+fn both_directions_in_small_batches() -> TestResult {
+    let (mut sa, mut sb) = (store(1)?, store(2)?);
+    insert(&mut sa, 0..25)?;
+    insert(&mut sb, 100..113)?;
+    let config = SessionConfig::default().batch_rows(4).window(2);
+    let mut a = Session::initiator(&sa, config.clone().token(Some("t".into())));
+    let mut b = Session::responder(&sb, config, allow(Access::ReadWrite));
+    pump(&mut a, &mut sa, &mut b, &mut sb)?;
+    assert!(a.is_caught_up() && b.is_caught_up());
+    assert_eq!(sa.digest()?, sb.digest()?);
+    assert_eq!(a.stats().rows_sent, 25);
+    assert_eq!(a.stats().batches_sent, 7);
+    assert_eq!(a.stats().rows_acked, 25);
+    assert_eq!(b.stats().rows_sent, 13);
+    assert_eq!(
+        a.acknowledged().site(&sa.site_id()).map(|r| r.max()),
+        Some(25)
+    );
+
+    // A second session sends nothing: the version vectors say it all.
+    insert(&mut sa, 25..26)?;
+    let mut a = Session::initiator(&sa, SessionConfig::default().token(Some("t".into())));
+    let mut b = Session::responder(&sb, SessionConfig::default(), allow(Access::ReadWrite));
+    pump(&mut a, &mut sa, &mut b, &mut sb)?;
+    assert_eq!((a.stats().rows_sent, b.stats().rows_sent), (1, 0));
+    assert_eq!(sa.digest()?, sb.digest()?);
+    Ok(())
+}
+
+#[test]
+fn an_interrupted_sync_resumes_with_only_what_is_missing() -> TestResult {
+    let (mut sa, mut sb) = (store(1)?, store(2)?);
+    insert(&mut sa, 0..40)?;
+    let config = SessionConfig::default().batch_rows(5).window(1);
+    let mut a = Session::initiator(&sa, config.clone());
+    let mut b = Session::responder(&sb, config.clone(), Arc::new(|_| Some(Access::ReadWrite)));
+    // Deliver until b has applied three batches, then drop the connection.
+    let mut applied = 0;
+    while applied < 3 {
+        let mut moved = false;
+        while let Some(m) = a.poll_message() {
+            moved = true;
+            applied += u64::from(matches!(m, Message::Changes(_)));
+            b.receive(&mut sb, m)?;
+        }
+        while let Some(m) = b.poll_message() {
+            moved = true;
+            a.receive(&mut sa, m)?;
+        }
+        assert!(moved);
+    }
+    assert_eq!(b.stats().rows_received, 15);
+    let mut a = Session::initiator(&sa, config.clone());
+    let mut b = Session::responder(&sb, config, Arc::new(|_| Some(Access::ReadWrite)));
+    pump(&mut a, &mut sa, &mut b, &mut sb)?;
+    assert_eq!(a.stats().rows_sent, 25);
+    assert_eq!(sa.digest()?, sb.digest()?);
+    Ok(())
+}
+
+#[test]
+fn a_bad_token_is_refused_before_anything_else_is_read() -> TestResult {
+    let (mut sa, mut sb) = (store(1)?, store(2)?);
+    insert(&mut sa, 0..3)?;
+    let mut a = Session::initiator(&sa, SessionConfig::default().token(Some("wrong".into())));
+    let mut b = Session::responder(&sb, SessionConfig::default(), allow(Access::ReadWrite));
+    let hello = a.poll_message().ok_or("no hello")?;
+    assert!(matches!(
+        b.receive(&mut sb, hello),
+        Err(SyncError::Unauthorized { presented: true })
+    ));
+    assert!(b.is_closed());
+    let notice = b.poll_message().ok_or("no notice")?;
+    assert!(matches!(
+        a.receive(&mut sa, notice),
+        Err(SyncError::Refused {
+            code: NoticeCode::Unauthorized,
+            ..
+        })
+    ));
+    // Whatever else arrives is ignored.
+    let changes = sa.changes_since(&sb.version_vector())?;
+    b.receive(
+        &mut sb,
+        Message::Changes(message::Batch { seq: 1, changes }),
+    )?;
+    assert_eq!(sb.version_vector(), crate::VersionVector::new());
+    Ok(())
+}
+
+#[test]
+fn a_read_only_peer_receives_and_its_writes_are_refused() -> TestResult {
+    let (mut sa, mut sb) = (store(1)?, store(2)?);
+    insert(&mut sa, 0..3)?;
+    insert(&mut sb, 10..12)?;
+    let config = SessionConfig::default().token(Some("t".into()));
+    let mut a = Session::initiator(&sa, config.clone());
+    let mut b = Session::responder(&sb, config, allow(Access::ReadOnly));
+    pump(&mut a, &mut sa, &mut b, &mut sb)?;
+    assert!(a.is_caught_up() && b.is_caught_up());
+    assert_eq!(a.stats().rows_received, 2);
+    assert_eq!(a.stats().rows_sent, 0);
+    assert!(!a.peer().ok_or("no peer")?.accepts_changes);
+
+    // A misbehaving read-only client sends a batch anyway.
+    let before = sb.digest()?;
+    let changes = sa.changes_since(&crate::VersionVector::new())?;
+    let result = b.receive(
+        &mut sb,
+        Message::Changes(message::Batch { seq: 1, changes }),
+    );
+    assert!(matches!(result, Err(SyncError::ReadOnly { rows: 5 })));
+    assert_eq!(sb.digest()?, before);
+    assert!(matches!(
+        b.poll_message(),
+        Some(Message::Notice(message::Notice {
+            code: NoticeCode::ReadOnly,
+            ..
+        }))
+    ));
+    Ok(())
+}
+
+#[test]
+fn protocol_violations_close_the_session() -> TestResult {
+    let (mut sa, mut sb) = (store(1)?, store(2)?);
+    let mut b = Session::responder(&sb, SessionConfig::default(), allow(Access::ReadWrite));
+    assert!(matches!(
+        b.receive(&mut sb, Message::Caught(1)),
+        Err(SyncError::Unexpected { .. })
+    ));
+    let other_schema = Schema::from_toml_str(&SCHEMA.replace("shop", "till"), "till.toml")?;
+    let c = StoreOptions::new().open_in_memory(&other_schema)?;
+    let mut hello_from_c = Session::initiator(&c, SessionConfig::default());
+    let mut b = Session::responder(&sb, SessionConfig::default(), allow(Access::ReadWrite));
+    let hello = hello_from_c.poll_message().ok_or("no hello")?;
+    assert!(matches!(
+        b.receive(&mut sb, hello),
+        Err(SyncError::SchemaMismatch { .. })
+    ));
+
+    // Connecting to itself.
+    let mut a = Session::initiator(&sa, SessionConfig::default());
+    let mut a2 = Session::responder(&sa, SessionConfig::default(), allow(Access::ReadWrite));
+    let hello = a.poll_message().ok_or("no hello")?;
+    assert!(matches!(
+        a2.receive(&mut sa, hello),
+        Err(SyncError::SameSite(_))
+    ));
+
+    // An acknowledgement for a batch never sent.
+    let mut a = Session::initiator(&sa, SessionConfig::default());
+    let mut b = Session::responder(
+        &sb,
+        SessionConfig::default(),
+        Arc::new(|_| Some(Access::ReadWrite)),
+    );
+    pump(&mut a, &mut sa, &mut b, &mut sb)?;
+    assert!(matches!(
+        a.receive(
+            &mut sa,
+            Message::Ack(message::Ack {
+                seq: 99,
+                applied: 0
+            })
+        ),
+        Err(SyncError::UnknownAck { seq: 99 })
+    ));
+    Ok(())
+}
+
+#[test]
+fn live_sessions_push_new_writes_and_do_not_echo() -> TestResult {
+    let (mut sa, mut sb) = (store(1)?, store(2)?);
+    let config = SessionConfig::default().live(true);
+    let mut a = Session::initiator(&sa, config.clone());
+    let mut b = Session::responder(&sb, config, Arc::new(|_| Some(Access::ReadWrite)));
+    pump(&mut a, &mut sa, &mut b, &mut sb)?;
+    assert!(a.is_caught_up() && b.is_caught_up());
+
+    insert(&mut sa, 0..2)?;
+    a.local_changed(&sa)?;
+    pump(&mut a, &mut sa, &mut b, &mut sb)?;
+    // b applied a's rows; telling b its store changed sends nothing back.
+    b.local_changed(&sb)?;
+    assert!(b.poll_message().is_none());
+    insert(&mut sb, 10..11)?;
+    b.local_changed(&sb)?;
+    pump(&mut a, &mut sa, &mut b, &mut sb)?;
+    assert_eq!(sa.digest()?, sb.digest()?);
+    assert_eq!((a.stats().rows_sent, b.stats().rows_sent), (2, 1));
+    assert!(a.is_caught_up() && b.is_caught_up());
+    Ok(())
+}
