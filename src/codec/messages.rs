@@ -52,6 +52,12 @@ pub fn encode_message(message: &Message) -> Vec<u8> {
     frame_as(MESSAGE_MAGIC, PROTOCOL_VERSION, &encode_value(&wire))
 }
 
+/// Wraps a payload in a message frame header with a valid checksum. Public
+/// so fuzz targets reach the message decoder past the checksum.
+pub fn frame_message(payload: &[u8]) -> Vec<u8> {
+    frame_as(MESSAGE_MAGIC, PROTOCOL_VERSION, payload)
+}
+
 /// Checks a message frame's header (the first [`super::HEADER_LEN`] bytes):
 /// magic, version and the declared payload length against `limit` (capped
 /// at [`MAX_MESSAGE_PAYLOAD`]). Returns the payload length.

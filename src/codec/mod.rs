@@ -17,8 +17,8 @@ mod messages;
 mod wire;
 
 pub use messages::{
-    decode_message, encode_message, message_payload_len, MAX_MESSAGE_PAYLOAD, MESSAGE_MAGIC,
-    PROTOCOL_VERSION,
+    decode_message, encode_message, frame_message, message_payload_len, MAX_MESSAGE_PAYLOAD,
+    MESSAGE_MAGIC, PROTOCOL_VERSION,
 };
 
 use crate::changeset::Changeset;
