@@ -27,7 +27,7 @@ pub enum SyncError {
     #[error("local store: {0}")]
     Store(#[from] crate::Error),
     /// The peer refused the session or ended it, with its reason.
-    #[error("the peer refused: {code}: {message}")]
+    #[error("refused by the peer ({code}): {message}")]
     Refused {
         /// The kind of refusal.
         code: NoticeCode,
@@ -35,7 +35,7 @@ pub enum SyncError {
         message: String,
     },
     /// The peer's token is missing or unknown.
-    #[error("the peer presented {}", if *.presented { "an unknown token" } else { "no token" })]
+    #[error("{}", if *.presented { "unknown token" } else { "no token presented" })]
     Unauthorized {
         /// Whether a token was presented at all.
         presented: bool,
@@ -74,6 +74,14 @@ pub enum SyncError {
         /// The batch number.
         seq: u64,
     },
+    /// A tokens file that cannot be used.
+    #[error("tokens file {origin}: {message}")]
+    Tokens {
+        /// The file.
+        origin: String,
+        /// What is wrong.
+        message: String,
+    },
     /// No message arrived within the configured idle time.
     #[error("no message from the peer for {seconds} s")]
     Timeout {
@@ -96,6 +104,7 @@ impl SyncError {
             SyncError::Io(_)
             | SyncError::Closed { .. }
             | SyncError::Refused { .. }
+            | SyncError::Tokens { .. }
             | SyncError::Timeout { .. } => return None,
         })
     }

@@ -7,20 +7,45 @@
 //! - [`session`]: the protocol core, a state machine with no I/O that
 //!   brings two replicas up to date in both directions in bounded batches,
 //!   each applied atomically and acknowledged after it committed;
-//! - `batch`: cutting changesets into batches.
+//! - `batch`: cutting changesets into batches;
+//! - [`transport`]: messages over TCP or an in-memory pipe (tokio);
+//! - [`shared`]: a store shared by the app and its sync tasks;
+//! - `driver`: one loop that runs a session over a connection, and the
+//!   client calls [`sync_once`], [`sync_once_tcp`], [`sync_continuously`];
+//! - [`relay`]: the server many clients sync through ([`tokens`] says who
+//!   may connect); `meldb serve` is the same server for one direct peer.
+//!
+//! ```no_run
+//! # async fn example(store: meldb::Store) -> Result<(), meldb::sync::SyncError> {
+//! use meldb::sync::{sync_once_tcp, SessionConfig, SharedStore};
+//! let store = SharedStore::new(store);
+//! let stats = sync_once_tcp(&store, "127.0.0.1:7420", SessionConfig::default().token(Some("s3cret-till-1".into()))).await?;
+//! println!("sent {} rows, received {}", stats.rows_sent, stats.rows_received);
+//! # Ok(()) }
+//! ```
 //!
 //! An interrupted sync loses nothing: every applied batch is committed,
 //! and the next session's version-vector exchange sends only what is still
 //! missing.
 
 mod batch;
+mod driver;
 pub mod error;
 pub mod message;
+pub mod relay;
 pub mod session;
+pub mod shared;
+pub mod tokens;
+pub mod transport;
 
+pub use driver::{sync_continuously, sync_once, sync_once_tcp, Backoff};
 pub use error::SyncError;
 pub use message::{Message, NoticeCode};
+pub use relay::{Relay, RelayConfig};
 pub use session::{Access, Authorize, PeerInfo, Session, SessionConfig, SyncStats};
+pub use shared::SharedStore;
+pub use tokens::Tokens;
+pub use transport::Connection;
 
 #[cfg(test)]
 mod tests;
