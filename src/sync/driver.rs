@@ -183,6 +183,32 @@ pub async fn sync_once(
     .await
 }
 
+/// Syncs once as the side that accepted the connection: checks the peer's
+/// token with `authorize`, then runs until both sides caught up.
+pub async fn accept_once(
+    store: &SharedStore,
+    conn: &mut Connection,
+    config: SessionConfig,
+    authorize: super::session::Authorize,
+) -> Result<SyncStats, SyncError> {
+    let session = {
+        let guard = store.lock();
+        Session::responder(&guard, config.live(false), authorize)
+    };
+    let (_never, mut shutdown) = watch::channel(false);
+    drive(
+        store,
+        session,
+        conn,
+        &DriveOptions {
+            until_caught_up: true,
+            idle: Duration::from_secs(30),
+        },
+        &mut shutdown,
+    )
+    .await
+}
+
 /// Connects to `addr` over TCP and syncs once (see [`sync_once`]).
 pub async fn sync_once_tcp(
     store: &SharedStore,

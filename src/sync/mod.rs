@@ -11,7 +11,8 @@
 //! - [`transport`]: messages over TCP or an in-memory pipe (tokio);
 //! - [`shared`]: a store shared by the app and its sync tasks;
 //! - `driver`: one loop that runs a session over a connection, and the
-//!   client calls [`sync_once`], [`sync_once_tcp`], [`sync_continuously`];
+//!   calls [`sync_once`], [`sync_once_tcp`], [`sync_continuously`] and
+//!   [`accept_once`];
 //! - [`relay`]: the server many clients sync through ([`tokens`] says who
 //!   may connect); `meldb serve` is the same server for one direct peer.
 //!
@@ -38,7 +39,7 @@ pub mod shared;
 pub mod tokens;
 pub mod transport;
 
-pub use driver::{sync_continuously, sync_once, sync_once_tcp, Backoff};
+pub use driver::{accept_once, sync_continuously, sync_once, sync_once_tcp, Backoff};
 pub use error::SyncError;
 pub use message::{Message, NoticeCode};
 pub use relay::{Relay, RelayConfig};
