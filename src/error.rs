@@ -43,6 +43,18 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, Error, PartialEq)]
 #[non_exhaustive]
 pub enum WriteError {
+    /// The column's policy forbids this write.
+    #[error("table {table:?}, column {column:?}: cannot write {value}: {problem}")]
+    Policy {
+        /// The table.
+        table: String,
+        /// The column.
+        column: String,
+        /// The value refused.
+        value: String,
+        /// Why.
+        problem: String,
+    },
     /// No such table in the schema.
     #[error("unknown table {table:?}")]
     UnknownTable {

@@ -286,7 +286,7 @@ impl Transaction<'_> {
             if let Err(RowWriteError::KeyExists) = outcome {
                 let existing = rows::load_by_key(&store.conn, &layout, &store.sites, &row.key)?
                     .ok_or_else(|| invalid("key collides with a row that cannot be read".into()))?;
-                let (kind, merged) = merge_row(Some(&existing.state), &state);
+                let (kind, merged) = merge_row(Some(&existing.state), &state, &layout.rules);
                 causality = kind;
                 outcome = if kind == Causality::Duplicate {
                     Ok(existing.rid)
