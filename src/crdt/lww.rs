@@ -9,10 +9,10 @@
 //! write of the latest state. Each rule is a total order on writes, so each
 //! merge is still a join.
 
+use super::StateOrder;
 use crate::clock::{Hlc, SiteId};
 use crate::value::Value;
 use serde::{Deserialize, Serialize};
-use super::StateOrder;
 use std::cmp::{Ordering, Reverse};
 use std::sync::Arc;
 

@@ -253,9 +253,10 @@ impl Validator<'_> {
 
         let authority = raw.authority.unwrap_or(false);
         if !authority {
-            let needs = columns.iter().map(|(c, _)| c).find(|c| {
-                matches!(c.policy, Policy::AuthorityWins | Policy::Conditional)
-            });
+            let needs = columns
+                .iter()
+                .map(|(c, _)| c)
+                .find(|c| matches!(c.policy, Policy::AuthorityWins | Policy::Conditional));
             if let Some(c) = needs {
                 return Err(SchemaError::BadPolicy {
                     file: self.file.to_owned(),
@@ -353,7 +354,15 @@ impl Validator<'_> {
                 }
             },
         };
-        let policy = self.policy(table, &raw.name, kind, sql_type, raw.policy, raw.order, raw.absorbing)?;
+        let policy = self.policy(
+            table,
+            &raw.name,
+            kind,
+            sql_type,
+            raw.policy,
+            raw.order,
+            raw.absorbing,
+        )?;
         Ok(Column {
             name: raw.name,
             sql_type,

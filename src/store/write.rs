@@ -388,7 +388,7 @@ fn value_column(layout: &TableLayout, column: &str) -> Result<usize> {
 
 /// Checks a value against a column's type and nullability; canonicalizes
 /// -0.0 to 0.0 so every replica stores the same bits.
-fn check_value(layout: &TableLayout, index: usize, value: &Value) -> Result<Value> {
+pub(super) fn check_value(layout: &TableLayout, index: usize, value: &Value) -> Result<Value> {
     let col = &layout.table.columns[index];
     let err = |e: WriteError| Err(e.into());
     match value {
@@ -626,7 +626,9 @@ pub(super) fn apply_op(
             };
             if let crate::schema::Policy::Forward(order) = policy {
                 if *value != Value::Null && !order.is_state(value) {
-                    return Err(refused("it is not one of the column's declared states".into()));
+                    return Err(refused(
+                        "it is not one of the column's declared states".into(),
+                    ));
                 }
             }
             policy.check_write(current, value).map_err(refused)?;
