@@ -9,6 +9,7 @@
 
 mod cli;
 mod commands;
+mod conflicts;
 mod demo;
 mod error;
 mod output;
@@ -58,6 +59,7 @@ fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
         Command::Vv(a) => sync::vv(a, out),
         Command::Digest(a) => sync::digest(a, out),
         Command::RotateSiteId(a) => sync::rotate_site_id(a, out),
+        Command::Conflicts(a) => conflicts::conflicts(a, out),
         Command::Demo(a) => demo::run(a, out),
     }
 }
@@ -80,6 +82,7 @@ fn db_args(command: &Command) -> Option<(&'static str, &DbArgs)> {
         Command::Vv(a) => ("vv", a),
         Command::Digest(a) => ("digest", a),
         Command::RotateSiteId(a) => ("rotate-site-id", a),
+        Command::Conflicts(a) => ("conflicts", &a.db),
         Command::Demo(_) => return None,
     })
 }
