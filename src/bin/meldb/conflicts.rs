@@ -14,9 +14,15 @@ pub fn conflicts(args: &ConflictsArgs, out: &mut dyn Write) -> Result<()> {
     let store = open(&args.db)?;
     let outcome = match &args.outcome {
         None => None,
-        Some(name) => Some(Outcome::from_name(name).ok_or_else(|| CliError::BadOutcome {
-            name: name.clone(),
-            expected: Outcome::ALL.iter().map(|o| o.name()).collect::<Vec<_>>().join(", "),
+        Some(name) => Some(Outcome::from_name(name).ok_or_else(|| {
+            CliError::BadOutcome {
+                name: name.clone(),
+                expected: Outcome::ALL
+                    .iter()
+                    .map(|o| o.name())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }
         })?),
     };
     let rows = if args.deferred {
@@ -59,10 +65,12 @@ pub fn conflicts(args: &ConflictsArgs, out: &mut dyn Write) -> Result<()> {
 }
 
 fn records(entries: &[ConflictRecord], versions: bool) -> Rows {
-    let mut columns: Vec<String> = ["id", "at_ms", "table", "key", "outcome", "resolver", "reason"]
-        .into_iter()
-        .map(String::from)
-        .collect();
+    let mut columns: Vec<String> = [
+        "id", "at_ms", "table", "key", "outcome", "resolver", "reason",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
     if versions {
         columns.extend(["local", "incoming", "merged"].map(String::from));
     }
