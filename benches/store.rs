@@ -853,15 +853,18 @@ enum Resolving {
     Merge,
 }
 
+/// A conflict job's state: the replica, and the changes it will apply.
+type ConflictState<'a> = (Fresh<Store>, &'a Changeset);
+
 fn conflict_side<'a>(
     fixture: &'a OnceCell<Conflicts>,
     schema: &'a Schema,
     data: &'a Data,
     resolving: Resolving,
 ) -> Side<
-    impl Fn() -> (Fresh<Store>, &'a Changeset) + 'a,
-    impl Fn(&mut (Fresh<Store>, &'a Changeset)),
-    impl Fn(&mut (Fresh<Store>, &'a Changeset)) -> i64 + 'a,
+    impl Fn() -> ConflictState<'a> + 'a,
+    impl Fn(&mut ConflictState<'a>),
+    impl Fn(&mut ConflictState<'a>) -> i64 + 'a,
 > {
     side(
         move || {
