@@ -231,6 +231,7 @@ impl Transaction<'_> {
                     table: changes.table.clone(),
                 })?;
         let mapping = column_mapping(&layout, &origin_name, changes)?;
+        let every_change = store.checks_every_change(&layout);
         let mut report = ApplyReport::default();
         for row in &changes.rows {
             let invalid = |problem: String| ApplyError::InvalidRow {
@@ -363,9 +364,7 @@ impl Transaction<'_> {
                 }
             }
             let concurrent = causality == Causality::Concurrent;
-            if concurrent
-                || (causality == Causality::FastForward && store.checks_every_change(&layout))
-            {
+            if concurrent || (causality == Causality::FastForward && every_change) {
                 let change = Incoming {
                     rid,
                     key: &row.key,
