@@ -364,6 +364,8 @@ where
 /// What a job is called and how its throughput is worded.
 struct Job {
     name: &'static str,
+    /// What the two sides are called (`["meldb", "plain"]` for most jobs).
+    sides: [&'static str; 2],
     /// Units of work per run (rows, increments, changes).
     units: usize,
     plain_rate: &'static str,
@@ -403,7 +405,8 @@ fn compare<M, P>(
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(5))
         .throughput(Throughput::Elements(job.units as u64));
-    group.bench_function(BenchmarkId::new("meldb", config.rows), |b| {
+    let [left, right] = job.sides;
+    group.bench_function(BenchmarkId::new(left, config.rows), |b| {
         b.iter_batched_ref(
             || {
                 ran.set(true);
@@ -413,7 +416,7 @@ fn compare<M, P>(
             BatchSize::PerIteration,
         )
     });
-    group.bench_function(BenchmarkId::new("plain", config.rows), |b| {
+    group.bench_function(BenchmarkId::new(right, config.rows), |b| {
         b.iter_batched_ref(
             || {
                 ran.set(true);
@@ -464,7 +467,7 @@ fn compare<M, P>(
         format!("median of {} pairs, range {lo:.2}-{hi:.2}x", config.pairs)
     };
     let line = format!(
-        "{}: meldb/plain = {:.2}x (plain {} {}/s, meldb {} {}/s; N={}, {spread})",
+        "{}: {left}/{right} = {:.2}x ({right} {} {}/s, {left} {} {}/s; N={}, {spread})",
         job.name,
         median(&mut ratios),
         si(rate(&mut plain_times)),
@@ -517,6 +520,7 @@ fn insert(c: &mut Criterion, config: &Config, schema: &Schema, data: &Data) -> O
         c,
         config,
         &Job {
+            sides: ["meldb", "plain"],
             name: "insert",
             units: data.len(),
             plain_rate: "rows",
@@ -553,6 +557,7 @@ fn update(c: &mut Criterion, config: &Config, schema: &Schema, data: &Data) -> O
         c,
         config,
         &Job {
+            sides: ["meldb", "plain"],
             name: "update",
             units: data.len(),
             plain_rate: "rows",
@@ -603,6 +608,7 @@ fn counter_hot(c: &mut Criterion, config: &Config, schema: &Schema, data: &Data)
         c,
         config,
         &Job {
+            sides: ["meldb", "plain"],
             name: "counter_hot",
             units: data.len(),
             plain_rate: "increments",
@@ -643,6 +649,7 @@ fn counter_many(
         c,
         config,
         &Job {
+            sides: ["meldb", "plain"],
             name: "counter_many",
             units: data.len(),
             plain_rate: "increments",
@@ -696,6 +703,7 @@ fn apply(
         c,
         config,
         &Job {
+            sides: ["meldb", "plain"],
             name: "apply",
             units: data.len(),
             plain_rate: "rows inserted",
@@ -742,6 +750,7 @@ fn changes_since(
         c,
         config,
         &Job {
+            sides: ["meldb", "plain"],
             name: "changes_since",
             units: data.len(),
             plain_rate: "rows selected",
@@ -778,6 +787,185 @@ fn changes_since(
     )
 }
 
+/// A replica that updated column `a` of every row while another replica
+/// updated column `b` of the same rows: applying the other's changes gives
+/// one real conflict per row. The template holds the first replica; the
+/// changeset holds the second's updates.
+struct Conflicts {
+    template: Template,
+    changeset: Changeset,
+}
+
+fn conflicts_fixture(schema: &Schema, data: &Data) -> Conflicts {
+    let mut other = Store::open_in_memory(schema).expect("open the other replica");
+    let mut changeset = None;
+    let template = Template::meldb(schema, |store| {
+        meldb_insert(store, &data.rows);
+        other
+            .apply(&store.changes_since(&VersionVector::new()).expect("changes"))
+            .expect("apply base");
+        let mut tx = store.transaction().expect("begin");
+        for (r, a) in data.rows.iter().zip(&data.new_a) {
+            tx.set("t", r.id.as_str(), "a", a.as_str()).expect("set a");
+        }
+        tx.commit().expect("commit");
+        let mut tx = other.transaction().expect("begin");
+        for r in &data.rows {
+            tx.set("t", r.id.as_str(), "b", r.b + 1).expect("set b");
+        }
+        tx.commit().expect("commit");
+        changeset = Some(
+            other
+                .changes_since(&store.version_vector())
+                .expect("changes"),
+        );
+    });
+    let changeset = changeset.expect("the fill ran");
+    assert_eq!(changeset.len(), data.len());
+    Conflicts {
+        template,
+        changeset,
+    }
+}
+
+/// Rows whose `b` the other replica's update reached.
+fn bumped(conn: &Connection, data: &Data) -> i64 {
+    let mut stmt = conn
+        .prepare("SELECT b FROM t WHERE id = ?1")
+        .expect("prepare");
+    data.rows
+        .iter()
+        .map(|r| {
+            let b: i64 = stmt.query_row([&r.id], |row| row.get(0)).expect("read b");
+            i64::from(b == r.b + 1)
+        })
+        .sum()
+}
+
+/// How a conflict job's replica is set up before it applies.
+#[derive(Clone, Copy)]
+enum Resolving {
+    /// No resolver: the CRDT merge stands and is logged.
+    None,
+    /// A resolver that looks at both versions and accepts the merge.
+    Accept,
+    /// A resolver that builds its own row: a correcting write per row.
+    Merge,
+}
+
+/// A conflict job's state: the replica, and the changes it will apply.
+type ConflictState<'a> = (Fresh<Store>, &'a Changeset);
+
+fn conflict_side<'a>(
+    fixture: &'a OnceCell<Conflicts>,
+    schema: &'a Schema,
+    data: &'a Data,
+    resolving: Resolving,
+) -> Side<
+    impl Fn() -> ConflictState<'a> + 'a,
+    impl Fn(&mut ConflictState<'a>),
+    impl Fn(&mut ConflictState<'a>) -> i64 + 'a,
+> {
+    side(
+        move || {
+            let fixture = fixture.get_or_init(|| conflicts_fixture(schema, data));
+            let mut f = fixture.template.open_meldb(schema);
+            let resolver = match resolving {
+                Resolving::None => None,
+                Resolving::Accept => Some(meldb::Resolver::new("accept", |c| {
+                    if c.local().is_some() && c.incoming().is_some() {
+                        meldb::Resolution::Accept
+                    } else {
+                        meldb::Resolution::Pass
+                    }
+                })),
+                Resolving::Merge => Some(meldb::Resolver::new("merge", |c| match c.merged() {
+                    Some(row) => meldb::Resolution::Merge(row.clone().with("c", 1.5)),
+                    None => meldb::Resolution::Pass,
+                })),
+            };
+            if let Some(r) = resolver {
+                f.db.add_resolver("t", r).expect("add resolver");
+            }
+            (f, &fixture.changeset)
+        },
+        |(f, changeset)| {
+            let report = f.db.apply(changeset).expect("apply");
+            assert_eq!(report.concurrent, changeset.len());
+        },
+        move |(f, _)| bumped(f.db.conn(), data),
+    )
+}
+
+fn conflicts(
+    c: &mut Criterion,
+    config: &Config,
+    schema: &Schema,
+    data: &Data,
+    fixture: &OnceCell<Conflicts>,
+) -> Option<String> {
+    let plain_template = OnceCell::new();
+    compare(
+        c,
+        config,
+        &Job {
+            sides: ["meldb", "plain"],
+            name: "conflicts",
+            units: data.len(),
+            plain_rate: "rows updated",
+            meldb_rate: "conflicts merged",
+        },
+        conflict_side(fixture, schema, data, Resolving::None),
+        side(
+            || {
+                plain_template
+                    .get_or_init(|| Template::plain(|conn| plain_insert(conn, &data.rows)))
+                    .open_plain()
+            },
+            |f| {
+                let tx = f.db.unchecked_transaction().expect("begin");
+                {
+                    let mut stmt = tx
+                        .prepare_cached("UPDATE t SET b = ?1 WHERE id = ?2")
+                        .expect("prepare");
+                    for r in &data.rows {
+                        assert_eq!(stmt.execute((r.b + 1, &r.id)).expect("update"), 1);
+                    }
+                }
+                tx.commit().expect("commit");
+            },
+            |f| bumped(&f.db, data),
+        ),
+    )
+}
+
+fn resolver_overhead(
+    c: &mut Criterion,
+    config: &Config,
+    schema: &Schema,
+    data: &Data,
+    fixture: &OnceCell<Conflicts>,
+    resolving: Resolving,
+) -> Option<String> {
+    let (name, left) = match resolving {
+        Resolving::Accept => ("resolver_accept", "accept"),
+        _ => ("resolver_merge", "merge"),
+    };
+    compare(
+        c,
+        config,
+        &Job {
+            sides: [left, "none"],
+            name,
+            units: data.len(),
+            plain_rate: "conflicts",
+            meldb_rate: "conflicts",
+        },
+        conflict_side(fixture, schema, data, resolving),
+        conflict_side(fixture, schema, data, Resolving::None),
+    )
+}
+
 fn main() {
     let config = Config::from_env();
     let schema = Schema::from_toml_str(SCHEMA, "bench.toml").expect("bench schema");
@@ -791,6 +979,7 @@ fn main() {
     }
 
     let replica = OnceCell::new();
+    let fixture = OnceCell::new();
     let lines: Vec<String> = [
         insert(&mut c, &config, &schema, &data),
         update(&mut c, &config, &schema, &data),
@@ -798,6 +987,9 @@ fn main() {
         counter_many(&mut c, &config, &schema, &data),
         apply(&mut c, &config, &schema, &data, &replica),
         changes_since(&mut c, &config, &schema, &data, &replica),
+        conflicts(&mut c, &config, &schema, &data, &fixture),
+        resolver_overhead(&mut c, &config, &schema, &data, &fixture, Resolving::Accept),
+        resolver_overhead(&mut c, &config, &schema, &data, &fixture, Resolving::Merge),
     ]
     .into_iter()
     .flatten()
@@ -808,7 +1000,7 @@ fn main() {
         if config.test_mode {
             println!("ratio summary (smoke test: one pair, not a measurement):");
         } else {
-            println!("ratio summary (time meldb / time plain SQLite, same run):");
+            println!("ratio summary (time of the left side / the right side, same run):");
         }
         for line in &lines {
             println!("  {line}");

@@ -3,7 +3,9 @@
 //! [`WriteError`]: a local write the schema does not allow (nothing was
 //! changed). [`ApplyError`]: a changeset that cannot be merged (nothing of it
 //! was applied). [`StorageError`]: SQLite failed, or the database's own
-//! metadata is corrupt. Schema and decoding errors live with their modules.
+//! metadata is corrupt. [`ResolveError`]: a resolver failed or decided
+//! something that cannot be carried out (the apply changed nothing).
+//! Schema and decoding errors live with their modules.
 
 use crate::codec::DecodeError;
 use crate::schema::{Kind, SchemaError, SqlType};
@@ -28,6 +30,82 @@ pub enum Error {
     /// SQLite or the stored metadata failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// A resolver failed, or its decision cannot be carried out.
+    #[error(transparent)]
+    Resolve(#[from] ResolveError),
+}
+
+/// A conflict that could not be resolved; the apply (or the call) changed
+/// nothing.
+#[derive(Debug, Error, PartialEq)]
+#[non_exhaustive]
+pub enum ResolveError {
+    /// A resolver panicked.
+    #[error("resolver {resolver:?} panicked on table {table:?}, key {key}: {message}")]
+    Panicked {
+        /// The resolver.
+        resolver: String,
+        /// The table.
+        table: String,
+        /// The row's key.
+        key: String,
+        /// The panic message.
+        message: String,
+    },
+    /// A resolver (or a deferred decision) gave a row the table cannot hold.
+    #[error("{resolver} gave an invalid row for table {table:?}, key {key}: {problem}")]
+    InvalidRow {
+        /// The resolver, or "resolve_deferred".
+        resolver: String,
+        /// The table.
+        table: String,
+        /// The row's key.
+        key: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// A leaderless resolver tried to keep one side or reject, which only an
+    /// authority may do: replicas would disagree on which side is local.
+    #[error(
+        "resolver {resolver:?} answered {answer} for table {table:?}, key {key}, but the table \
+         has no authority; without one every replica must reach the same row, so use Merge \
+         with a deterministic row, or declare the table with `authority = true`"
+    )]
+    NeedsAuthority {
+        /// The resolver.
+        resolver: String,
+        /// The table.
+        table: String,
+        /// The row's key.
+        key: String,
+        /// What it answered.
+        answer: &'static str,
+    },
+    /// A leaderless resolution would change a counter: every replica would
+    /// apply its own correction and they would add up.
+    #[error("table {table:?}, key {key}: {problem}")]
+    NotConvergent {
+        /// The table.
+        table: String,
+        /// The row's key.
+        key: String,
+        /// What would diverge.
+        problem: String,
+    },
+    /// No conflict-log entry has this id.
+    #[error("no conflict with id {id} in the conflict log")]
+    UnknownConflict {
+        /// The id asked for.
+        id: i64,
+    },
+    /// The conflict is not waiting for a decision.
+    #[error("conflict {id} is not waiting for a decision (its outcome is {outcome})")]
+    NotDeferred {
+        /// The id asked for.
+        id: i64,
+        /// Its outcome.
+        outcome: String,
+    },
 }
 
 impl From<rusqlite::Error> for Error {
@@ -43,6 +121,18 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, Error, PartialEq)]
 #[non_exhaustive]
 pub enum WriteError {
+    /// The column's policy forbids this write.
+    #[error("table {table:?}, column {column:?}: cannot write {value}: {problem}")]
+    Policy {
+        /// The table.
+        table: String,
+        /// The column.
+        column: String,
+        /// The value refused.
+        value: String,
+        /// Why.
+        problem: String,
+    },
     /// No such table in the schema.
     #[error("unknown table {table:?}")]
     UnknownTable {

@@ -15,7 +15,7 @@
 //! the same key merge column by column.
 
 use crate::clock::{Hlc, SiteId};
-use crate::crdt::{merge_optional, Causality, ColumnState, RowClock};
+use crate::crdt::{merge_optional, Causality, ColumnState, RegisterRule, RowClock};
 use serde::{Deserialize, Serialize};
 
 /// The complete CRDT state of one row.
@@ -43,7 +43,9 @@ impl RowState {
 
 /// Joins two states of the same row. Commutative, associative and
 /// idempotent; `local` and `remote` are named only for readability.
-pub fn merge_crdt_columns(local: &RowState, remote: &RowState) -> RowState {
+/// `rules` says how each register column picks (by value-column position;
+/// missing entries and non-register columns use the default).
+pub fn merge_crdt_columns(local: &RowState, remote: &RowState, rules: &[RegisterRule]) -> RowState {
     let columns = match local.cl.cmp(&remote.cl) {
         std::cmp::Ordering::Greater => local.columns.clone(),
         std::cmp::Ordering::Less => remote.columns.clone(),
@@ -56,6 +58,7 @@ pub fn merge_crdt_columns(local: &RowState, remote: &RowState) -> RowState {
                         &local.clock,
                         remote.columns.get(i).and_then(Option::as_ref),
                         &remote.clock,
+                        rules.get(i).unwrap_or(&RegisterRule::Latest),
                     )
                 })
                 .collect()
@@ -73,12 +76,16 @@ pub fn merge_crdt_columns(local: &RowState, remote: &RowState) -> RowState {
 
 /// Classifies an incoming row state against the local one (none: the row is
 /// new here, a fast-forward) and merges it.
-pub fn merge_row(local: Option<&RowState>, remote: &RowState) -> (Causality, RowState) {
+pub fn merge_row(
+    local: Option<&RowState>,
+    remote: &RowState,
+    rules: &[RegisterRule],
+) -> (Causality, RowState) {
     match local {
         None => (Causality::FastForward, remote.clone()),
         Some(local) => match local.clock.classify(&remote.clock) {
             Causality::Duplicate => (Causality::Duplicate, local.clone()),
-            causality => (causality, merge_crdt_columns(local, remote)),
+            causality => (causality, merge_crdt_columns(local, remote, rules)),
         },
     }
 }
@@ -181,21 +188,21 @@ mod tests {
         let live = counter_row(1, &[(0, 5), (1, 2)], "live", 9);
         let mut deleted = counter_row(2, &[(0, 3)], "x", 4);
         deleted.columns = vec![None, None];
-        let merged = merge_crdt_columns(&live, &deleted);
+        let merged = merge_crdt_columns(&live, &deleted, &[]);
         assert_eq!(merged.cl, 2);
         assert_eq!(merged.columns, vec![None, None]);
         assert_eq!(merged.clock.get(&site(0)), 5);
-        assert_eq!(merged, merge_crdt_columns(&deleted, &live));
+        assert_eq!(merged, merge_crdt_columns(&deleted, &live, &[]));
     }
 
     #[test]
     fn classification_and_merge_agree() {
         let a = counter_row(1, &[(0, 2)], "a", 1);
         let b = counter_row(1, &[(0, 2), (1, 1)], "b", 2);
-        assert_eq!(merge_row(Some(&a), &b).0, Causality::FastForward);
-        assert_eq!(merge_row(Some(&b), &a).0, Causality::Duplicate);
+        assert_eq!(merge_row(Some(&a), &b, &[]).0, Causality::FastForward);
+        assert_eq!(merge_row(Some(&b), &a, &[]).0, Causality::Duplicate);
         let c = counter_row(1, &[(1, 1), (2, 1)], "c", 3);
-        let (kind, merged) = merge_row(Some(&a), &c);
+        let (kind, merged) = merge_row(Some(&a), &c, &[]);
         assert_eq!(kind, Causality::Concurrent);
         assert!(merged.clock.contains(Dot {
             site: site(2),
@@ -207,17 +214,17 @@ mod tests {
         #[test]
         fn row_merge_laws_hold_for_reachable_states(rows in crate::crdt::strategies::row_replicas()) {
             let [a, b, c] = &rows;
-            let ab = merge_crdt_columns(a, b);
-            proptest::prop_assert_eq!(&ab, &merge_crdt_columns(b, a));
+            let ab = merge_crdt_columns(a, b, &[]);
+            proptest::prop_assert_eq!(&ab, &merge_crdt_columns(b, a, &[]));
             proptest::prop_assert_eq!(
-                merge_crdt_columns(&ab, c),
-                merge_crdt_columns(a, &merge_crdt_columns(b, c))
+                merge_crdt_columns(&ab, c, &[]),
+                merge_crdt_columns(a, &merge_crdt_columns(b, c, &[]), &[])
             );
-            proptest::prop_assert_eq!(&merge_crdt_columns(a, a), a);
+            proptest::prop_assert_eq!(&merge_crdt_columns(a, a, &[]), a);
             // Merging is monotone: the result has seen everything either side had.
             proptest::prop_assert!(a.clock.le(&ab.clock) && b.clock.le(&ab.clock));
             // A duplicate changes nothing.
-            proptest::prop_assert_eq!(merge_row(Some(&ab), a).0, Causality::Duplicate);
+            proptest::prop_assert_eq!(merge_row(Some(&ab), a, &[]).0, Causality::Duplicate);
         }
     }
 

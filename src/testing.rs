@@ -286,6 +286,9 @@ pub enum Rejection {
     CounterOverflow,
     /// [`WriteError::BadSetValue`].
     BadSetValue,
+    /// [`WriteError::Policy`] (the model's schemas declare no policies, so
+    /// the model never expects it).
+    Policy,
 }
 
 /// The kind of rejection a store error is, or `None` if it is not a write
@@ -308,6 +311,7 @@ pub fn rejection_of(error: &Error) -> Option<Rejection> {
         WriteError::NegativeIncrement { .. } => Rejection::NegativeIncrement,
         WriteError::CounterOverflow { .. } => Rejection::CounterOverflow,
         WriteError::BadSetValue { .. } => Rejection::BadSetValue,
+        WriteError::Policy { .. } => Rejection::Policy,
     })
 }
 

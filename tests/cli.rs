@@ -258,6 +258,28 @@ fn two_replicas_sync_through_files() -> TestResult {
     assert_ne!(digest(d, "a.db")?, digest(d, "b.db")?);
     let run = sync(d, "a.db", "b.db")?;
     assert!(run.stdout.contains("concurrent    1"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("conflicts     auto_merged 1"),
+        "{}",
+        run.stdout
+    );
+    // The conflict is in b's log: counted, listed, and not deferred.
+    let counts = on(d, "conflicts", "b.db", &[])?.ok().stdout;
+    assert!(counts.contains("item   auto_merged      1"), "{counts}");
+    let list = on(d, "conflicts", "b.db", &["--list", "5", "--json"])?
+        .ok()
+        .stdout;
+    let entry: serde_json::Value = serde_json::from_str(list.trim())?;
+    assert_eq!(entry["table"], "item");
+    assert_eq!(entry["outcome"], "auto_merged");
+    let deferred = on(d, "conflicts", "b.db", &["--deferred"])?.ok().stdout;
+    assert_eq!(deferred.trim(), "no conflicts");
+    let run = on(d, "conflicts", "b.db", &["--outcome", "won"])?.expect_code(1);
+    assert!(
+        run.stderr.contains("unknown outcome \"won\""),
+        "{}",
+        run.stderr
+    );
     sync(d, "b.db", "a.db")?;
     assert_eq!(digest(d, "a.db")?, digest(d, "b.db")?);
     let sql = "SELECT sku, stock, tags FROM item ORDER BY sku";

@@ -3,11 +3,31 @@
 //! The write with the greatest `(hlc, site)` wins. A replica's HLC never
 //! issues the same timestamp twice, so `(hlc, site)` identifies a write; the
 //! value is compared only to stay deterministic if hostile input reuses one.
+//!
+//! Columns with a policy pick differently ([`RegisterRule`]): a first-write
+//! column keeps the earliest non-NULL write, a forward-only state column the
+//! write of the latest state. Each rule is a total order on writes, so each
+//! merge is still a join.
 
+use super::StateOrder;
 use crate::clock::{Hlc, SiteId};
 use crate::value::Value;
 use serde::{Deserialize, Serialize};
-use std::cmp::Ordering;
+use std::cmp::{Ordering, Reverse};
+use std::sync::Arc;
+
+/// How a register column picks between two writes.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum RegisterRule {
+    /// The latest write wins (plain last-writer-wins).
+    #[default]
+    Latest,
+    /// The earliest non-NULL write wins (first-write-wins and immutable
+    /// columns): a NULL never beats a value.
+    Earliest,
+    /// The write of the later state wins; equal ranks fall back to latest.
+    Ranked(Arc<StateOrder>),
+}
 
 /// A register write: its timestamp, its writer and the value written.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -30,10 +50,32 @@ impl Lww {
 
     /// The winner of the two writes.
     pub fn merge(&self, other: &Lww) -> Lww {
-        if self.order(other) == Ordering::Less {
+        self.merge_by(other, &RegisterRule::Latest)
+    }
+
+    /// The winner of the two writes under `rule`.
+    pub fn merge_by(&self, other: &Lww, rule: &RegisterRule) -> Lww {
+        if self.order_by(other, rule) == Ordering::Less {
             other.clone()
         } else {
             self.clone()
+        }
+    }
+
+    /// The total order `rule` picks the greater write by.
+    pub fn order_by(&self, other: &Lww, rule: &RegisterRule) -> Ordering {
+        match rule {
+            RegisterRule::Latest => self.order(other),
+            RegisterRule::Earliest => {
+                let key = |w: &Lww| (w.value != Value::Null, Reverse((w.hlc, w.site)));
+                key(self)
+                    .cmp(&key(other))
+                    .then_with(|| self.value.total_cmp(&other.value))
+            }
+            RegisterRule::Ranked(states) => states
+                .rank(&self.value)
+                .cmp(&states.rank(&other.value))
+                .then_with(|| self.order(other)),
         }
     }
 }
@@ -66,12 +108,68 @@ mod tests {
         assert_eq!(tie.merge(&new).value, Value::from("tie"));
     }
 
+    fn rules() -> Vec<RegisterRule> {
+        let states = StateOrder::new(
+            vec![vec!["1".into(), "2".into(), "3".into()]],
+            vec!["3".into()],
+        )
+        .expect("valid order");
+        vec![
+            RegisterRule::Latest,
+            RegisterRule::Earliest,
+            RegisterRule::Ranked(Arc::new(states)),
+        ]
+    }
+
+    #[test]
+    fn earliest_keeps_the_first_value_and_never_prefers_null() {
+        let first = Lww {
+            hlc: Hlc(5),
+            site: site(2),
+            value: "alice".into(),
+        };
+        let second = Lww {
+            hlc: Hlc(7),
+            site: site(1),
+            value: "bob".into(),
+        };
+        let null = Lww {
+            hlc: Hlc(1),
+            site: site(1),
+            value: Value::Null,
+        };
+        let rule = RegisterRule::Earliest;
+        assert_eq!(second.merge_by(&first, &rule), first);
+        assert_eq!(null.merge_by(&second, &rule), second);
+    }
+
+    #[test]
+    fn ranked_keeps_the_later_state_whatever_the_timestamps() {
+        let rule = rules().pop().expect("three rules");
+        let shipped = Lww {
+            hlc: Hlc(1),
+            site: site(1),
+            value: "3".into(),
+        };
+        let pending = Lww {
+            hlc: Hlc(9),
+            site: site(2),
+            value: "1".into(),
+        };
+        assert_eq!(pending.merge_by(&shipped, &rule), shipped);
+    }
+
     proptest! {
         #[test]
         fn merge_laws(a in lww(), b in lww(), c in lww()) {
-            prop_assert_eq!(a.merge(&b), b.merge(&a));
-            prop_assert_eq!(a.merge(&b).merge(&c), a.merge(&b.merge(&c)));
-            prop_assert_eq!(a.merge(&a), a.clone());
+            for rule in rules() {
+                prop_assert_eq!(a.merge_by(&b, &rule), b.merge_by(&a, &rule));
+                prop_assert_eq!(
+                    a.merge_by(&b, &rule).merge_by(&c, &rule),
+                    a.merge_by(&b.merge_by(&c, &rule), &rule)
+                );
+                prop_assert_eq!(a.merge_by(&a, &rule), a.clone());
+            }
         }
     }
 }

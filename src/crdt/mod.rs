@@ -10,14 +10,16 @@ mod counter;
 mod lww;
 mod or_set;
 mod row_clock;
+mod state_order;
 
 #[cfg(test)]
 pub(crate) mod strategies;
 
 pub use counter::{GCounter, PnCounter};
-pub use lww::Lww;
+pub use lww::{Lww, RegisterRule};
 pub use or_set::OrSet;
 pub use row_clock::{Causality, Dot, RowClock};
+pub use state_order::StateOrder;
 
 use crate::schema::Kind;
 use serde::{Deserialize, Serialize};
@@ -52,8 +54,19 @@ impl ColumnState {
     /// cannot be merged; callers validate kinds against the schema first, and
     /// the left state is kept if they did not.
     pub fn merge(&self, a_seen: &RowClock, other: &ColumnState, b_seen: &RowClock) -> ColumnState {
+        self.merge_by(a_seen, other, b_seen, &RegisterRule::Latest)
+    }
+
+    /// [`ColumnState::merge`], with registers picking by `rule`.
+    pub fn merge_by(
+        &self,
+        a_seen: &RowClock,
+        other: &ColumnState,
+        b_seen: &RowClock,
+        rule: &RegisterRule,
+    ) -> ColumnState {
         match (self, other) {
-            (ColumnState::Lww(a), ColumnState::Lww(b)) => ColumnState::Lww(a.merge(b)),
+            (ColumnState::Lww(a), ColumnState::Lww(b)) => ColumnState::Lww(a.merge_by(b, rule)),
             (ColumnState::GCounter(a), ColumnState::GCounter(b)) => {
                 ColumnState::GCounter(a.merge(b))
             }
@@ -75,9 +88,10 @@ pub fn merge_optional(
     a_seen: &RowClock,
     b: Option<&ColumnState>,
     b_seen: &RowClock,
+    rule: &RegisterRule,
 ) -> Option<ColumnState> {
     match (a, b) {
-        (Some(a), Some(b)) => Some(a.merge(a_seen, b, b_seen)),
+        (Some(a), Some(b)) => Some(a.merge_by(a_seen, b, b_seen, rule)),
         (Some(a), None) => Some(a.clone()),
         (None, Some(b)) => Some(b.clone()),
         (None, None) => None,

@@ -143,7 +143,7 @@ pub fn row_replicas() -> impl Strategy<Value = [crate::merge::RowState; 3]> {
         for op in ops {
             let r = match op {
                 RowOp::Merge(from, to) => {
-                    rows[to] = merge_crdt_columns(&rows[to], &rows[from]);
+                    rows[to] = merge_crdt_columns(&rows[to], &rows[from], &[]);
                     continue;
                 }
                 RowOp::Set(r, _)

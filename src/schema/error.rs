@@ -8,6 +8,18 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum SchemaError {
+    /// A column's `policy` (or its `order` / `absorbing`) is invalid.
+    #[error("{file}: table {table:?}, column {column:?}: {problem}")]
+    BadPolicy {
+        /// The schema file.
+        file: String,
+        /// The table.
+        table: String,
+        /// The column.
+        column: String,
+        /// What is wrong.
+        problem: String,
+    },
     /// The file could not be read.
     #[error("{file}: cannot read schema file: {source}")]
     Io {

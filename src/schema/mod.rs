@@ -16,9 +16,71 @@ mod upgrade;
 pub use error::SchemaError;
 pub use upgrade::Upgrade;
 
+use crate::crdt::{RegisterRule, StateOrder};
 use crate::value::Value;
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::sync::Arc;
+
+/// What an `lww` column adds to last-writer-wins (schema `policy = ...`).
+/// Each is enforced on local writes, in the merge and, on conflicts, by the
+/// same mechanism as application resolvers (see [`crate::resolve`]).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub enum Policy {
+    /// Plain last-writer-wins.
+    #[default]
+    LastWriteWins,
+    /// The first non-NULL value written stays: later local writes are
+    /// refused, and of concurrent first writes the earliest wins.
+    FirstWriteWins,
+    /// Once non-NULL the value never changes: local writes are refused, an
+    /// authority rejects incoming changes to it, and without an authority
+    /// concurrent first writes resolve as first-write-wins.
+    Immutable,
+    /// On a conflict, the authority's current value stays (needs a table
+    /// with an authority).
+    AuthorityWins,
+    /// A write is rejected by the authority when the row changed since the
+    /// version its writer saw (HTTP's 409; needs a table with an authority).
+    Conditional,
+    /// A state column: values are declared states that move only forward
+    /// and never leave absorbing states; merges keep the later state.
+    Forward(StateOrder),
+}
+
+impl Policy {
+    /// The name used in schema files.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Policy::LastWriteWins => "last_write_wins",
+            Policy::FirstWriteWins => "first_write_wins",
+            Policy::Immutable => "immutable",
+            Policy::AuthorityWins => "authority_wins",
+            Policy::Conditional => "conditional",
+            Policy::Forward(_) => "forward",
+        }
+    }
+
+    /// How the register merges under this policy.
+    pub fn register_rule(&self) -> RegisterRule {
+        match self {
+            Policy::FirstWriteWins | Policy::Immutable => RegisterRule::Earliest,
+            Policy::Forward(order) => RegisterRule::Ranked(Arc::new(order.clone())),
+            _ => RegisterRule::Latest,
+        }
+    }
+
+    /// Whether a local write may replace `from` with `to`; if not, why.
+    pub fn check_write(&self, from: &Value, to: &Value) -> Result<(), String> {
+        match self {
+            Policy::FirstWriteWins | Policy::Immutable if *from != Value::Null && from != to => {
+                Err(format!("it already holds {from} and is {}", self.name()))
+            }
+            Policy::Forward(order) => order.check_move(from, to),
+            _ => Ok(()),
+        }
+    }
+}
 
 /// How a column merges concurrent writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -124,6 +186,9 @@ pub struct Column {
     pub nullable: bool,
     /// The value a row gets when an insert leaves the column out.
     pub default: Option<Value>,
+    /// What the column adds to its kind's merge.
+    #[serde(default)]
+    pub policy: Policy,
 }
 
 /// One table.
@@ -135,6 +200,10 @@ pub struct Table {
     pub columns: Vec<Column>,
     /// Indexes into `columns` of the primary-key columns, in key order.
     pub primary_key: Vec<usize>,
+    /// Whether one replica (the authority) decides conflicts for this
+    /// table; see [`crate::resolve`].
+    #[serde(default)]
+    pub authority: bool,
 }
 
 impl Table {
@@ -196,6 +265,12 @@ impl Schema {
                 hasher.update(c.kind.name().as_bytes());
                 hasher.update(&[u8::from(c.nullable)]);
                 hasher.update(format!("{:?}", c.default).as_bytes());
+                if c.policy != Policy::LastWriteWins {
+                    hasher.update(format!("P{:?}", c.policy).as_bytes());
+                }
+            }
+            if table.authority {
+                hasher.update(b"A");
             }
             for &k in &table.primary_key {
                 hasher.update(&(k as u64).to_le_bytes());

@@ -49,10 +49,21 @@
 //!   has no byte strings, so a blob default is an array of integers 0..=255
 //!   (`default = [0xCA, 0xFE]`).
 
-use super::{Column, Kind, Schema, SchemaError, SqlType, Table};
+use super::{Column, Kind, Policy, Schema, SchemaError, SqlType, Table};
 use crate::value::Value;
 use serde::Deserialize;
 use std::path::Path;
+
+/// Parses `"pending < processing < shipped"` into its states.
+fn parse_chain(text: &str) -> Result<Vec<String>, String> {
+    let states: Vec<String> = text.split('<').map(|s| s.trim().to_owned()).collect();
+    if states.iter().any(String::is_empty) {
+        return Err(format!(
+            "order {text:?} has an empty state (write states separated by '<')"
+        ));
+    }
+    Ok(states)
+}
 
 /// The longest table or column name accepted.
 const MAX_NAME_LEN: usize = 64;
@@ -71,6 +82,7 @@ struct RawSchema {
 struct RawTable {
     name: String,
     primary_key: Option<Vec<String>>,
+    authority: Option<bool>,
     #[serde(default)]
     column: Vec<RawColumn>,
 }
@@ -84,6 +96,9 @@ struct RawColumn {
     kind: Option<String>,
     nullable: Option<bool>,
     default: Option<toml::Value>,
+    policy: Option<String>,
+    order: Option<Vec<String>>,
+    absorbing: Option<Vec<String>>,
 }
 
 impl Schema {
@@ -219,6 +234,8 @@ impl Validator<'_> {
                 Some("cannot be nullable".to_owned())
             } else if column.default.is_some() {
                 Some("cannot have a default".to_owned())
+            } else if column.policy != Policy::LastWriteWins {
+                Some("cannot have a policy".to_owned())
             } else {
                 None
             };
@@ -234,10 +251,29 @@ impl Validator<'_> {
             primary_key.push(index);
         }
 
+        let authority = raw.authority.unwrap_or(false);
+        if !authority {
+            let needs = columns
+                .iter()
+                .map(|(c, _)| c)
+                .find(|c| matches!(c.policy, Policy::AuthorityWins | Policy::Conditional));
+            if let Some(c) = needs {
+                return Err(SchemaError::BadPolicy {
+                    file: self.file.to_owned(),
+                    table: raw.name.clone(),
+                    column: c.name.clone(),
+                    problem: format!(
+                        "policy {:?} needs an authority to decide; add `authority = true` to the table",
+                        c.policy.name()
+                    ),
+                });
+            }
+        }
         Ok(Table {
             name: raw.name,
             columns: columns.into_iter().map(|(c, _)| c).collect(),
             primary_key,
+            authority,
         })
     }
 
@@ -318,6 +354,15 @@ impl Validator<'_> {
                 }
             },
         };
+        let policy = self.policy(
+            table,
+            &raw.name,
+            kind,
+            sql_type,
+            raw.policy,
+            raw.order,
+            raw.absorbing,
+        )?;
         Ok(Column {
             name: raw.name,
             sql_type,
@@ -326,7 +371,76 @@ impl Validator<'_> {
             // by the table once the key is known.
             nullable: kind == Kind::Lww && raw.nullable.unwrap_or(true),
             default,
+            policy,
         })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn policy(
+        &self,
+        table: &str,
+        column: &str,
+        kind: Kind,
+        sql_type: SqlType,
+        name: Option<String>,
+        order: Option<Vec<String>>,
+        absorbing: Option<Vec<String>>,
+    ) -> Result<Policy, SchemaError> {
+        let bad = |problem: String| SchemaError::BadPolicy {
+            file: self.file.to_owned(),
+            table: table.to_owned(),
+            column: column.to_owned(),
+            problem,
+        };
+        let states = order.is_some() || absorbing.is_some();
+        let name = match (name, states) {
+            (None, false) => return Ok(Policy::LastWriteWins),
+            (None, true) => "forward".to_owned(),
+            (Some(n), _) => n.to_ascii_lowercase(),
+        };
+        if kind != Kind::Lww {
+            return Err(bad(format!("policies apply to lww columns, not {kind}")));
+        }
+        let policy = match name.as_str() {
+            "last_write_wins" => Policy::LastWriteWins,
+            "first_write_wins" => Policy::FirstWriteWins,
+            "immutable" => Policy::Immutable,
+            "authority_wins" => Policy::AuthorityWins,
+            "conditional" => Policy::Conditional,
+            "forward" => {
+                if sql_type != SqlType::Text {
+                    return Err(bad(format!("a state column must be text, not {sql_type}")));
+                }
+                let chains = order
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|chain| parse_chain(chain))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(bad)?;
+                let absorbing = absorbing.unwrap_or_default();
+                if chains.is_empty() && absorbing.is_empty() {
+                    return Err(bad(
+                        "policy \"forward\" needs `order` (e.g. [\"pending < shipped\"]) or `absorbing`"
+                            .into(),
+                    ));
+                }
+                return crate::crdt::StateOrder::new(chains, absorbing)
+                    .map(Policy::Forward)
+                    .map_err(bad);
+            }
+            other => {
+                return Err(bad(format!(
+                    "unknown policy {other:?} (expected last_write_wins, first_write_wins, \
+                     immutable, authority_wins, conditional or forward)"
+                )))
+            }
+        };
+        if states {
+            return Err(bad(format!(
+                "`order` and `absorbing` belong to policy \"forward\", not {name:?}"
+            )));
+        }
+        Ok(policy)
     }
 
     fn check_name(&self, name: &str, place: &str) -> Result<(), SchemaError> {

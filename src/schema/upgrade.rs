@@ -125,6 +125,13 @@ fn check_table(stored: &Table, new: &Table) -> Result<(), String> {
                 nullability(now.nullable)
             ));
         }
+        if now.policy != old.policy {
+            return Err(format!(
+                "table {t:?}, column {c:?}: policy changed from {} to {}",
+                old.policy.name(),
+                now.policy.name()
+            ));
+        }
         if !same_default(old.default.as_ref(), now.default.as_ref()) {
             return Err(format!(
                 "table {t:?}, column {c:?}: default changed from {} to {}",
@@ -132,6 +139,12 @@ fn check_table(stored: &Table, new: &Table) -> Result<(), String> {
                 describe_default(now.default.as_ref())
             ));
         }
+    }
+    if stored.authority != new.authority {
+        return Err(format!(
+            "table {t:?}: authority changed from {} to {}",
+            stored.authority, new.authority
+        ));
     }
     let old_key = key_names(stored);
     let new_key = key_names(new);
@@ -239,6 +252,7 @@ mod tests {
             kind: Kind::Lww,
             nullable,
             default,
+            policy: Default::default(),
         }
     }
 
@@ -347,6 +361,7 @@ mod tests {
                     lww("name", SqlType::Text, false, None),
                 ],
                 primary_key: vec![0],
+                authority: false,
             },
         );
         let upgrade = stored.check_upgrade(&new, DB)?;
@@ -373,6 +388,7 @@ mod tests {
             kind: Kind::GCounter,
             nullable: false,
             default: None,
+            policy: Default::default(),
         });
         table_mut(&mut new, "location")?.columns.push(Column {
             name: "labels".to_owned(),
@@ -380,6 +396,7 @@ mod tests {
             kind: Kind::OrSet,
             nullable: false,
             default: None,
+            policy: Default::default(),
         });
         let upgrade = stored.check_upgrade(&new, DB)?;
         assert!(upgrade.new_tables.is_empty());

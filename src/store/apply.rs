@@ -13,6 +13,7 @@
 //! apply and by [`Store::release_held`] once the local clock has caught up.
 
 use super::layout::TableLayout;
+use super::resolve::Incoming;
 use super::rows::{self, RowWriteError};
 use super::write::Transaction;
 use super::Store;
@@ -22,8 +23,10 @@ use crate::codec;
 use crate::crdt::{Causality, ColumnState};
 use crate::error::{ApplyError, Result, StorageError};
 use crate::merge::{check_shape, merge_row, RowState};
+use crate::resolve::{Outcome, Writer};
 use crate::value::{Key, Value};
 use rusqlite::params;
+use std::collections::BTreeMap;
 
 /// What an apply did.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -41,6 +44,8 @@ pub struct ApplyReport {
     /// Held rows that could no longer be applied when their time came, and
     /// were dropped: why, naming the table and key.
     pub discarded: Vec<String>,
+    /// Conflicts logged, by outcome (see [`crate::resolve`]).
+    pub outcomes: BTreeMap<Outcome, usize>,
 }
 
 impl ApplyReport {
@@ -56,6 +61,9 @@ impl ApplyReport {
         self.held.extend(other.held);
         self.released += other.released;
         self.discarded.extend(other.discarded);
+        for (outcome, n) in other.outcomes {
+            *self.outcomes.entry(outcome).or_default() += n;
+        }
     }
 }
 
@@ -76,8 +84,14 @@ impl Store {
     /// Merges a changeset into this replica. Invalid input is an error and
     /// changes nothing; rows too far ahead in time are held (see the report).
     pub fn apply(&mut self, changeset: &Changeset) -> Result<ApplyReport> {
+        self.apply_from(changeset, &Writer::default())
+    }
+
+    /// [`Store::apply`], telling resolvers who wrote the changes (for an
+    /// authority: what the connection authenticated).
+    pub fn apply_from(&mut self, changeset: &Changeset, writer: &Writer) -> Result<ApplyReport> {
         let mut tx = self.transaction()?;
-        let report = tx.apply(changeset)?;
+        let report = tx.apply_from(changeset, writer)?;
         tx.commit()?;
         Ok(report)
     }
@@ -90,7 +104,7 @@ impl Store {
         let mut tx = self.transaction()?;
         let mut report = ApplyReport::default();
         for changeset in &changesets {
-            report.add(tx.apply(changeset)?);
+            report.add(tx.apply_from(changeset, &Writer::default())?);
         }
         tx.commit()?;
         Ok(report)
@@ -118,9 +132,15 @@ impl Transaction<'_> {
     /// All or nothing: if it fails, the transaction is as it was before the
     /// call, and may still be committed with its other writes.
     pub fn apply(&mut self, changeset: &Changeset) -> Result<ApplyReport> {
+        self.apply_from(changeset, &Writer::default())
+    }
+
+    /// [`Transaction::apply`] with the changes' writer (see
+    /// [`Store::apply_from`]).
+    pub fn apply_from(&mut self, changeset: &Changeset, writer: &Writer) -> Result<ApplyReport> {
         self.savepoint(|tx| {
             let mut report = tx.release_held()?;
-            report.add(tx.apply_tables(changeset)?);
+            report.add(tx.apply_tables(changeset, writer)?);
             Ok(report)
         })
     }
@@ -146,10 +166,10 @@ impl Transaction<'_> {
         }
     }
 
-    fn apply_tables(&mut self, changeset: &Changeset) -> Result<ApplyReport> {
+    fn apply_tables(&mut self, changeset: &Changeset, writer: &Writer) -> Result<ApplyReport> {
         let mut report = ApplyReport::default();
         for table in &changeset.tables {
-            report.add(self.apply_table(changeset.origin, table)?);
+            report.add(self.apply_table(changeset.origin, table, writer)?);
         }
         Ok(report)
     }
@@ -180,7 +200,9 @@ impl Transaction<'_> {
             // (it was checked against the schema, but e.g. claims a dot that
             // another row has since taken) is dropped and reported, instead
             // of failing every apply from now on.
-            match self.savepoint(|tx| tx.apply_tables(&changeset)) {
+            // The writer of a held row is not kept; resolvers see an
+            // unknown writer.
+            match self.savepoint(|tx| tx.apply_tables(&changeset, &Writer::default())) {
                 Ok(released) => {
                     report.released += released.applied() + released.already_seen;
                     report.held.extend(released.held);
@@ -192,7 +214,12 @@ impl Transaction<'_> {
         Ok(report)
     }
 
-    fn apply_table(&mut self, origin: SiteId, changes: &TableChanges) -> Result<ApplyReport> {
+    fn apply_table(
+        &mut self,
+        origin: SiteId,
+        changes: &TableChanges,
+        writer: &Writer,
+    ) -> Result<ApplyReport> {
         let store = &mut *self.store;
         let origin_name = origin.to_string();
         let layout =
@@ -204,6 +231,7 @@ impl Transaction<'_> {
                     table: changes.table.clone(),
                 })?;
         let mapping = column_mapping(&layout, &origin_name, changes)?;
+        let every_change = store.checks_every_change(&layout);
         let mut report = ApplyReport::default();
         for row in &changes.rows {
             let invalid = |problem: String| ApplyError::InvalidRow {
@@ -275,6 +303,8 @@ impl Transaction<'_> {
             // Try the row as new first: a replica catching up mostly
             // receives rows it lacks, and the insert probes the key anyway.
             let mut causality = Causality::FastForward;
+            let mut local_state = None;
+            let mut merged_state = None;
             let mut outcome = rows::write_row(
                 &store.conn,
                 &layout,
@@ -286,7 +316,7 @@ impl Transaction<'_> {
             if let Err(RowWriteError::KeyExists) = outcome {
                 let existing = rows::load_by_key(&store.conn, &layout, &store.sites, &row.key)?
                     .ok_or_else(|| invalid("key collides with a row that cannot be read".into()))?;
-                let (kind, merged) = merge_row(Some(&existing.state), &state);
+                let (kind, merged) = merge_row(Some(&existing.state), &state, &layout.rules);
                 causality = kind;
                 outcome = if kind == Causality::Duplicate {
                     Ok(existing.rid)
@@ -301,9 +331,11 @@ impl Transaction<'_> {
                         &merged,
                     )
                 };
+                local_state = Some(existing.state);
+                merged_state = Some(merged);
             }
-            match outcome {
-                Ok(_) => {}
+            let rid = match outcome {
+                Ok(rid) => rid,
                 Err(RowWriteError::DotTaken(site, seq)) => {
                     return Err(invalid(format!(
                         "dot ({site}, {seq}) already belongs to another row"
@@ -314,7 +346,7 @@ impl Transaction<'_> {
                     return Err(invalid("key collides with an existing row".into()).into())
                 }
                 Err(RowWriteError::Sqlite(e)) => return Err(e.into()),
-            }
+            };
             match causality {
                 Causality::Duplicate => report.already_seen += 1,
                 Causality::FastForward => report.fast_forward += 1,
@@ -329,6 +361,21 @@ impl Transaction<'_> {
                         .coverage
                         .insert(cover.site, cover.first, cover.last);
                     store.replica.coverage_dirty = true;
+                }
+            }
+            let concurrent = causality == Causality::Concurrent;
+            if concurrent || (causality == Causality::FastForward && every_change) {
+                let change = Incoming {
+                    rid,
+                    key: &row.key,
+                    local: local_state.as_ref(),
+                    incoming: &state,
+                    merged: merged_state.unwrap_or_else(|| state.clone()),
+                    concurrent,
+                    writer,
+                };
+                if let Some(outcome) = self.resolve_incoming(&layout, change)? {
+                    *report.outcomes.entry(outcome).or_default() += 1;
                 }
             }
         }

@@ -58,6 +58,8 @@ pub struct TableLayout {
     pub value_cols: Vec<usize>,
     /// The kind of each value column.
     pub kinds: Vec<Kind>,
+    /// How each value column's register merges (its policy's rule).
+    pub rules: Vec<crate::crdt::RegisterRule>,
     /// SQL statements, built once.
     pub sql: TableSql,
 }
@@ -82,6 +84,10 @@ impl TableLayout {
     pub fn new(id: i64, table: Table) -> Self {
         let value_cols: Vec<usize> = table.value_columns().collect();
         let kinds = value_cols.iter().map(|&i| table.columns[i].kind).collect();
+        let rules = value_cols
+            .iter()
+            .map(|&i| table.columns[i].policy.register_rule())
+            .collect();
         let base = quote(&base_name(&table.name));
         let names = |idx: &[usize]| -> Vec<String> {
             idx.iter().map(|&i| quote(&table.columns[i].name)).collect()
@@ -149,6 +155,7 @@ impl TableLayout {
             table,
             value_cols,
             kinds,
+            rules,
             sql,
         }
     }

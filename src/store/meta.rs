@@ -229,6 +229,8 @@ impl Store {
                         coverage_dirty: false,
                     },
                     data_version,
+                    authority: options.authority,
+                    resolvers: Vec::new(),
                 })
             }
             Err(e) => {
@@ -251,6 +253,7 @@ impl Store {
         )?;
         if !exists {
             conn.execute_batch(layout::INTERNAL_DDL)?;
+            conn.execute_batch(super::conflicts::CONFLICT_DDL)?;
             let local = options.site_id.unwrap_or_else(SiteId::random);
             set_meta(conn, "format", FORMAT)?;
             set_meta(conn, "site_id", local.as_bytes().to_vec())?;
@@ -276,6 +279,7 @@ impl Store {
             }
             .into());
         }
+        conn.execute_batch(super::conflicts::CONFLICT_DDL)?;
         let site_bytes: Vec<u8> = require(path, "site_id", get_meta(conn, "site_id")?)?;
         let local = <[u8; 16]>::try_from(site_bytes.as_slice())
             .map(SiteId::from_bytes)

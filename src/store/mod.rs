@@ -14,9 +14,11 @@
 
 mod apply;
 mod changes;
+mod conflicts;
 mod digest;
 pub(crate) mod layout;
 mod meta;
+mod resolve;
 mod rows;
 mod write;
 
@@ -56,6 +58,7 @@ pub struct StoreOptions {
     time: Arc<dyn TimeSource>,
     site_id: Option<SiteId>,
     cache_kib: u32,
+    authority: bool,
 }
 
 impl Default for StoreOptions {
@@ -66,6 +69,7 @@ impl Default for StoreOptions {
             time: Arc::new(SystemTimeSource),
             site_id: None,
             cache_kib: DEFAULT_CACHE_KIB,
+            authority: false,
         }
     }
 }
@@ -107,6 +111,13 @@ impl StoreOptions {
     /// transactions spill to disk mid-way when it is too small.
     pub fn cache_kib(mut self, kib: u32) -> Self {
         self.cache_kib = kib;
+        self
+    }
+
+    /// Opens the store as the authority for tables declared with
+    /// `authority = true` (see [`Store::set_authority`]).
+    pub fn authority(mut self, authority: bool) -> Self {
+        self.authority = authority;
         self
     }
 
@@ -160,6 +171,10 @@ pub struct Store {
     /// `PRAGMA data_version` when this handle last knew the database: it
     /// changes when another connection commits.
     data_version: i64,
+    /// Whether this replica decides conflicts of tables with an authority.
+    authority: bool,
+    /// `resolve_conflict` closures by table, highest priority first.
+    resolvers: Vec<(String, crate::resolve::Resolver)>,
 }
 
 /// In-memory state a rolled-back transaction or savepoint restores.

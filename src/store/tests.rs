@@ -16,6 +16,7 @@ fn col(name: &str, sql_type: SqlType, kind: Kind, nullable: bool) -> Column {
         kind,
         nullable,
         default: None,
+        policy: Default::default(),
     }
 }
 
@@ -34,6 +35,7 @@ pub(crate) fn test_schema() -> Schema {
                 col("tags", SqlType::Text, Kind::OrSet, false),
             ],
             primary_key: vec![0],
+            authority: false,
         }],
     }
 }

@@ -27,7 +27,7 @@ pub struct Transaction<'s> {
 
 /// One change to one column, checked against the schema.
 #[derive(Debug, Clone)]
-enum ColumnOp {
+pub(super) enum ColumnOp {
     Set(usize, Value),
     Increment(usize, i64),
     SetAdd(usize, String),
@@ -296,7 +296,7 @@ impl<'s> Transaction<'s> {
                 (Target::Update | Target::Delete, _) => return Err(not_found(table, &key)),
             };
             for op in &ops {
-                apply_op(layout, &mut state, op, dot, hlc)?;
+                apply_op(layout, &mut state, op, dot, hlc, true)?;
             }
             state.clock.observe(dot);
             state.hlc = hlc;
@@ -388,7 +388,7 @@ fn value_column(layout: &TableLayout, column: &str) -> Result<usize> {
 
 /// Checks a value against a column's type and nullability; canonicalizes
 /// -0.0 to 0.0 so every replica stores the same bits.
-fn check_value(layout: &TableLayout, index: usize, value: &Value) -> Result<Value> {
+pub(super) fn check_value(layout: &TableLayout, index: usize, value: &Value) -> Result<Value> {
     let col = &layout.table.columns[index];
     let err = |e: WriteError| Err(e.into());
     match value {
@@ -587,12 +587,15 @@ fn check_required(layout: &TableLayout, ops: &[ColumnOp]) -> Result<()> {
     Ok(())
 }
 
-fn apply_op(
+/// Applies one column change to a row state. `enforce` checks the column's
+/// policy (off for resolution writes, which may re-assert any value).
+pub(super) fn apply_op(
     layout: &TableLayout,
     state: &mut RowState,
     op: &ColumnOp,
     dot: Dot,
     hlc: crate::clock::Hlc,
+    enforce: bool,
 ) -> Result<()> {
     let j = op_column(op);
     let name = || layout.table.columns[layout.value_cols[j]].name.clone();
@@ -606,6 +609,35 @@ fn apply_op(
     let slot = &mut state.columns[j];
     let fits = |v: i128| i64::try_from(v).is_ok();
     match op {
+        ColumnOp::Set(_, value) if enforce => {
+            let policy = &layout.table.columns[layout.value_cols[j]].policy;
+            let current = match slot {
+                Some(ColumnState::Lww(cur)) => &cur.value,
+                _ => &Value::Null,
+            };
+            let refused = |problem: String| -> Error {
+                WriteError::Policy {
+                    table: layout.name().into(),
+                    column: name(),
+                    value: value.to_string(),
+                    problem,
+                }
+                .into()
+            };
+            if let crate::schema::Policy::Forward(order) = policy {
+                if *value != Value::Null && !order.is_state(value) {
+                    return Err(refused(
+                        "it is not one of the column's declared states".into(),
+                    ));
+                }
+            }
+            policy.check_write(current, value).map_err(refused)?;
+            *slot = Some(ColumnState::Lww(Lww {
+                hlc,
+                site: dot.site,
+                value: value.clone(),
+            }));
+        }
         ColumnOp::Set(_, value) => {
             *slot = Some(ColumnState::Lww(Lww {
                 hlc,

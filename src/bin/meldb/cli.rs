@@ -143,6 +143,15 @@ print what moved: `sent N rows, received M rows (K changed this replica)`. An in
 loses nothing; the next one moves only what is still missing."
     )]
     Sync(NetSyncArgs),
+    /// Show the conflict log: counts per table and outcome, or the entries.
+    #[command(
+        long_about = "Show the conflict log that every concurrent change leaves. Without \
+options: how many conflicts each table had, per outcome (auto_merged, accepted, merged, \
+kept_local, rejected, deferred). --list N prints the latest N entries with the resolver and \
+reason; --deferred prints the conflicts waiting for a person, with both versions as JSON. \
+--table and --outcome filter. The log is the table meldb_conflicts: `meldb query` reads it too."
+    )]
+    Conflicts(ConflictsArgs),
 
     /// Run a scripted demo: shop tills sell the same stock offline, then converge.
     #[command(
@@ -153,6 +162,32 @@ the digests (and exits non-zero if they differ), and what last-writer-wins would
 Needs no arguments; stores are in memory unless --dir is given."
     )]
     Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ConflictsArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+
+    /// Print the latest N entries instead of counts.
+    #[arg(long, value_name = "N", conflicts_with = "deferred")]
+    pub list: Option<usize>,
+
+    /// Print the conflicts waiting for a person, with both versions.
+    #[arg(long)]
+    pub deferred: bool,
+
+    /// Only this table.
+    #[arg(long, value_name = "TABLE")]
+    pub table: Option<String>,
+
+    /// Only this outcome (auto_merged, accepted, merged, kept_local, rejected, deferred).
+    #[arg(long, value_name = "OUTCOME")]
+    pub outcome: Option<String>,
+
+    /// One JSON object per line.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Where the database is and which schema opens it.

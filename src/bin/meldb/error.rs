@@ -41,6 +41,9 @@ pub enum CliError {
     #[error("no schema file: give --schema SCHEMA.toml or set MELDB_SCHEMA")]
     NoSchema,
 
+    #[error("unknown outcome {name:?} (expected one of: {expected})")]
+    BadOutcome { name: String, expected: String },
+
     #[error("no database at {} (create it with `meldb init`)", path.display())]
     NoDatabase { path: PathBuf },
 

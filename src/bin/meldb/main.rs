@@ -10,6 +10,7 @@
 
 mod cli;
 mod commands;
+mod conflicts;
 mod demo;
 mod error;
 mod net;
@@ -63,6 +64,7 @@ fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
         Command::Relay(a) => net::relay(a, out),
         Command::Serve(a) => net::serve(a, out),
         Command::Sync(a) => net::sync(a, out),
+        Command::Conflicts(a) => conflicts::conflicts(a, out),
         Command::Demo(a) => demo::run(a, out),
     }
 }
@@ -88,6 +90,7 @@ fn db_args(command: &Command) -> Option<(&'static str, &DbArgs)> {
         Command::Relay(a) => ("relay", &a.db),
         Command::Serve(a) => ("serve", &a.db),
         Command::Sync(a) => ("sync", &a.db),
+        Command::Conflicts(a) => ("conflicts", &a.db),
         Command::Demo(_) => return None,
     })
 }

@@ -81,6 +81,14 @@ pub fn write_report(report: &ApplyReport, out: &mut dyn Write) -> Result<()> {
             held.table, held.key, held.site, held.offset_ms
         )?;
     }
+    if !report.outcomes.is_empty() {
+        let outcomes: Vec<String> = report
+            .outcomes
+            .iter()
+            .map(|(outcome, n)| format!("{outcome} {n}"))
+            .collect();
+        writeln!(out, "  conflicts     {}", outcomes.join(", "))?;
+    }
     for why in &report.discarded {
         writeln!(out, "  discarded a held row that no longer applies: {why}")?;
     }

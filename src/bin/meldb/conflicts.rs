@@ -1,0 +1,101 @@
+//! `meldb conflicts`: the conflict log, counted or listed.
+
+use crate::cli::ConflictsArgs;
+use crate::commands::open;
+use crate::error::{CliError, Result};
+use crate::output::Rows;
+use meldb::resolve::{ConflictRecord, Outcome};
+use meldb::Value;
+use std::io::Write;
+
+/// Counts per table and outcome (the default), the latest entries
+/// (`--list N`), or the conflicts waiting for a person (`--deferred`).
+pub fn conflicts(args: &ConflictsArgs, out: &mut dyn Write) -> Result<()> {
+    let store = open(&args.db)?;
+    let outcome = match &args.outcome {
+        None => None,
+        Some(name) => Some(Outcome::from_name(name).ok_or_else(|| {
+            CliError::BadOutcome {
+                name: name.clone(),
+                expected: Outcome::ALL
+                    .iter()
+                    .map(|o| o.name())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }
+        })?),
+    };
+    let rows = if args.deferred {
+        records(&store.deferred_conflicts()?, true)
+    } else if let Some(limit) = args.list {
+        let mut entries = store.conflicts(args.table.as_deref(), outcome, limit)?;
+        entries.reverse();
+        records(&entries, false)
+    } else {
+        let counts = store
+            .conflict_counts()?
+            .into_iter()
+            .filter(|c| {
+                args.table
+                    .as_deref()
+                    .is_none_or(|t| c.table.eq_ignore_ascii_case(t))
+                    && outcome.is_none_or(|o| c.outcome == o)
+            })
+            .map(|c| {
+                vec![
+                    Value::Text(c.table),
+                    Value::Text(c.outcome.name().into()),
+                    Value::Integer(c.count as i64),
+                ]
+            })
+            .collect();
+        Rows {
+            columns: vec!["table".into(), "outcome".into(), "count".into()],
+            rows: counts,
+        }
+    };
+    if args.json {
+        rows.write_json_lines(out)
+    } else if rows.rows.is_empty() {
+        writeln!(out, "no conflicts")?;
+        Ok(())
+    } else {
+        rows.write_table(out, "")
+    }
+}
+
+fn records(entries: &[ConflictRecord], versions: bool) -> Rows {
+    let mut columns: Vec<String> = [
+        "id", "at_ms", "table", "key", "outcome", "resolver", "reason",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    if versions {
+        columns.extend(["local", "incoming", "merged"].map(String::from));
+    }
+    let text = |s: Option<&str>| s.map_or(Value::Null, |s| Value::Text(s.to_owned()));
+    let json = |r: &Option<meldb::Row>| {
+        r.as_ref()
+            .map_or(Value::Null, |r| Value::Text(r.to_json().to_string()))
+    };
+    let rows = entries
+        .iter()
+        .map(|e| {
+            let mut row = vec![
+                Value::Integer(e.id),
+                Value::Integer(e.at_ms as i64),
+                Value::Text(e.table.clone()),
+                Value::Text(e.key.to_string()),
+                Value::Text(e.outcome.name().into()),
+                text(e.resolver.as_deref()),
+                text(e.reason.as_deref()),
+            ];
+            if versions {
+                row.extend([json(&e.local), json(&e.incoming), json(&e.merged)]);
+            }
+            row
+        })
+        .collect();
+    Rows { columns, rows }
+}

@@ -1,0 +1,136 @@
+//! What the conflict log records, and the rejection notices writers receive.
+
+use super::{Row, Writer};
+use crate::clock::SiteId;
+use crate::value::Key;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// How a conflict ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Outcome {
+    /// The CRDT merge stood; no resolver decided.
+    AutoMerged,
+    /// A resolver accepted the merged row.
+    Accepted,
+    /// A resolver replaced the merged row with one it built.
+    Merged,
+    /// The local row was kept.
+    KeptLocal,
+    /// The incoming change was refused; its writer is told why.
+    Rejected,
+    /// Waiting for a person ([`crate::Store::resolve_deferred`]).
+    Deferred,
+}
+
+impl Outcome {
+    /// Every outcome, in order.
+    pub const ALL: [Outcome; 6] = [
+        Outcome::AutoMerged,
+        Outcome::Accepted,
+        Outcome::Merged,
+        Outcome::KeptLocal,
+        Outcome::Rejected,
+        Outcome::Deferred,
+    ];
+
+    /// The name the log stores.
+    pub fn name(self) -> &'static str {
+        match self {
+            Outcome::AutoMerged => "auto_merged",
+            Outcome::Accepted => "accepted",
+            Outcome::Merged => "merged",
+            Outcome::KeptLocal => "kept_local",
+            Outcome::Rejected => "rejected",
+            Outcome::Deferred => "deferred",
+        }
+    }
+
+    /// Parses [`Outcome::name`].
+    pub fn from_name(name: &str) -> Option<Outcome> {
+        Outcome::ALL.into_iter().find(|o| o.name() == name)
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One entry of the conflict log (`meldb_conflicts`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConflictRecord {
+    /// Its id, for [`crate::Store::resolve_deferred`].
+    pub id: i64,
+    /// When (wall-clock milliseconds on this replica).
+    pub at_ms: u64,
+    /// The table.
+    pub table: String,
+    /// The row's key.
+    pub key: Key,
+    /// The local row before (`None`: absent or deleted).
+    pub local: Option<Row>,
+    /// The incoming row (`None`: a delete).
+    pub incoming: Option<Row>,
+    /// What the CRDT merge produced.
+    pub merged: Option<Row>,
+    /// What the row became.
+    pub result: Option<Row>,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// The resolver or policy that decided, if any.
+    pub resolver: Option<String>,
+    /// Why, if the decider said.
+    pub reason: Option<String>,
+    /// Who wrote the incoming change.
+    pub writer: Writer,
+    /// The site that wrote it.
+    pub writer_site: SiteId,
+    /// For a deferred conflict: whether it is still waiting.
+    pub open: bool,
+}
+
+/// Conflicts of one outcome in one table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConflictCount {
+    /// The table.
+    pub table: String,
+    /// The outcome.
+    pub outcome: Outcome,
+    /// How many.
+    pub count: u64,
+}
+
+/// A change of this replica's that an authority refused, and why. Reaches
+/// the writer with the authority's correction, on its next sync.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Rejection {
+    /// The authority that refused it.
+    pub authority: SiteId,
+    /// The sequence number of the authority's correcting write (with
+    /// `authority`, identifies the notice).
+    pub seq: u64,
+    /// The site whose change was refused.
+    pub writer: SiteId,
+    /// The table.
+    pub table: String,
+    /// The row's key.
+    pub key: Key,
+    /// The reason, for the user ("Seat A1 already booked by alice").
+    pub reason: String,
+    /// The refused row as the writer sent it, as a JSON object (`null` for
+    /// a delete); [`Rejection::rejected_row`] reads it.
+    pub rejected: String,
+    /// When the authority refused it (its wall-clock milliseconds).
+    pub at_ms: u64,
+}
+
+impl Rejection {
+    /// The refused row (`None` for a refused delete).
+    pub fn rejected_row(&self) -> Option<Row> {
+        serde_json::from_str(&self.rejected)
+            .ok()
+            .and_then(|json| Row::from_json(&json))
+    }
+}

@@ -1,0 +1,255 @@
+//! Resolvers: what an application registers, what it is shown, and what it
+//! may answer.
+
+use super::Row;
+use crate::clock::{Hlc, SiteId};
+use crate::error::Result;
+use crate::store::Store;
+use crate::value::{Key, Value};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+/// Who wrote a change, as the application describes its users. Attached by
+/// whoever delivers the change ([`Store::apply_from`]): the relay attaches
+/// what a client's token says, so a client cannot claim roles it lacks.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Writer {
+    /// The application's user id.
+    pub user: Option<String>,
+    /// The user's roles ("admin", ...).
+    pub roles: Vec<String>,
+    /// The device the change came from.
+    pub device: Option<String>,
+    /// The app version that wrote it.
+    pub app_version: Option<String>,
+    /// Anything else the application attaches.
+    pub extra: BTreeMap<String, String>,
+}
+
+impl Writer {
+    /// A writer known only by user id.
+    pub fn user(user: &str) -> Writer {
+        Writer {
+            user: Some(user.to_owned()),
+            ..Writer::default()
+        }
+    }
+
+    /// This writer with one more role.
+    #[must_use]
+    pub fn with_role(mut self, role: &str) -> Writer {
+        self.roles.push(role.to_owned());
+        self
+    }
+
+    /// Whether the writer has `role`.
+    pub fn has_role(&self, role: &str) -> bool {
+        self.roles.iter().any(|r| r == role)
+    }
+}
+
+/// Who decides a table's conflicts on this replica.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// The table has an authority and this replica is it: resolvers run and
+    /// their decisions are final.
+    Authority,
+    /// The table has an authority elsewhere: this replica only merges, and
+    /// converges to what the authority decides.
+    Client,
+    /// No authority (peer-to-peer): every replica runs the resolvers, which
+    /// must be deterministic functions of the versions to converge.
+    Leaderless,
+}
+
+/// One side of a conflict.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Version {
+    /// The row, or `None` if this side deleted it (or never had it).
+    pub row: Option<Row>,
+    /// The latest timestamp written into this side's row.
+    pub hlc: Hlc,
+    /// The site that wrote it.
+    pub site: SiteId,
+}
+
+/// What a resolver decides.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Resolution {
+    /// Keep the row the CRDT merge produced.
+    Accept,
+    /// Replace the merged row with this one. Columns it leaves out keep
+    /// their merged values; key columns, if given, must not change.
+    Merge(Row),
+    /// Keep the local row (authority only).
+    KeepLocal,
+    /// Refuse the incoming change, with a reason its writer is told
+    /// (authority only).
+    Reject(String),
+    /// Keep the merged row for now and ask a person: both versions wait in
+    /// the conflict log until [`Store::resolve_deferred`].
+    Defer(String),
+    /// No opinion: the next resolver decides (the merge stands if none does).
+    Pass,
+}
+
+/// When a resolver runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trigger {
+    /// Only on real conflicts: the incoming change is concurrent with the
+    /// local row (the default).
+    Conflicts,
+    /// On every incoming change that is not a duplicate, fast-forwards too:
+    /// for rules (permissions, frozen rows) that must hold whatever the
+    /// writer had seen. Fast-forwards are logged only when the resolver
+    /// does more than accept.
+    EveryChange,
+}
+
+type ResolveFn = dyn Fn(&Conflict<'_>) -> Resolution + Send + Sync;
+
+/// A named `resolve_conflict` closure with a priority.
+#[derive(Clone)]
+pub struct Resolver {
+    pub(crate) name: String,
+    pub(crate) priority: i32,
+    pub(crate) trigger: Trigger,
+    pub(crate) f: Arc<ResolveFn>,
+}
+
+impl Resolver {
+    /// A resolver called `name` (shown in the conflict log), priority 0,
+    /// run on conflicts only.
+    pub fn new(
+        name: &str,
+        f: impl Fn(&Conflict<'_>) -> Resolution + Send + Sync + 'static,
+    ) -> Resolver {
+        Resolver {
+            name: name.to_owned(),
+            priority: 0,
+            trigger: Trigger::Conflicts,
+            f: Arc::new(f),
+        }
+    }
+
+    /// Resolvers with a higher priority run first (ties: registration order).
+    #[must_use]
+    pub fn priority(mut self, priority: i32) -> Resolver {
+        self.priority = priority;
+        self
+    }
+
+    /// Runs this resolver on every incoming change, not only conflicts.
+    #[must_use]
+    pub fn on_every_change(mut self) -> Resolver {
+        self.trigger = Trigger::EveryChange;
+        self
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl fmt::Debug for Resolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Resolver")
+            .field("name", &self.name)
+            .field("priority", &self.priority)
+            .field("trigger", &self.trigger)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a resolver is shown: the conflict, and read access to the store.
+pub struct Conflict<'a> {
+    pub(crate) table: &'a str,
+    pub(crate) key: &'a [Value],
+    pub(crate) local: Version,
+    pub(crate) incoming: Version,
+    pub(crate) merged: Option<Row>,
+    pub(crate) concurrent: bool,
+    pub(crate) mode: Mode,
+    pub(crate) writer: &'a Writer,
+    pub(crate) store: &'a Store,
+}
+
+impl Conflict<'_> {
+    /// The table.
+    pub fn table(&self) -> &str {
+        self.table
+    }
+
+    /// The row's primary key.
+    pub fn key(&self) -> Key {
+        Key(self.key.to_vec())
+    }
+
+    /// The local row (`None`: deleted here, or new here for
+    /// [`Trigger::EveryChange`] resolvers).
+    pub fn local(&self) -> Option<&Row> {
+        self.local.row.as_ref()
+    }
+
+    /// The incoming row (`None`: the change deletes it).
+    pub fn incoming(&self) -> Option<&Row> {
+        self.incoming.row.as_ref()
+    }
+
+    /// The row the CRDT merge produced (after the schema's column policies),
+    /// `None` if the merge deletes it.
+    pub fn merged(&self) -> Option<&Row> {
+        self.merged.as_ref()
+    }
+
+    /// The local side with its timestamp and site.
+    pub fn local_version(&self) -> &Version {
+        &self.local
+    }
+
+    /// The incoming side with its timestamp and site.
+    pub fn incoming_version(&self) -> &Version {
+        &self.incoming
+    }
+
+    /// Both versions in a canonical order (by timestamp, then site) that
+    /// does not depend on which side is local: what a leaderless resolver
+    /// should decide from.
+    pub fn versions(&self) -> [&Version; 2] {
+        if (self.local.hlc, self.local.site) <= (self.incoming.hlc, self.incoming.site) {
+            [&self.local, &self.incoming]
+        } else {
+            [&self.incoming, &self.local]
+        }
+    }
+
+    /// Whether the two sides are concurrent (a real conflict); `false` for a
+    /// fast-forward shown to a [`Trigger::EveryChange`] resolver.
+    pub fn is_concurrent(&self) -> bool {
+        self.concurrent
+    }
+
+    /// Who decides here.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// Who wrote the incoming change, as its deliverer described them.
+    pub fn writer(&self) -> &Writer {
+        self.writer
+    }
+
+    /// Reads another row as it stands in this transaction.
+    pub fn get(&self, table: &str, key: impl Into<Key>) -> Result<Option<Row>> {
+        Ok(self.store.get(table, key)?.map(Row::from))
+    }
+
+    /// The connection, read-only while a resolver runs (writes fail), for
+    /// cross-row rules that need a query (`SELECT sum(...)`).
+    pub fn conn(&self) -> &rusqlite::Connection {
+        self.store.conn()
+    }
+}

@@ -1,0 +1,392 @@
+//! The conflict log (`meldb_conflicts`), deferred conflicts, and rejection
+//! notices: recorded by the authority, handed to their writers with the
+//! authority's correction, kept by writers in `meldb_rejections` until the
+//! app acknowledges them.
+//!
+//! Rows in the log are JSON objects, so apps can query them with SQLite's
+//! JSON functions: `SELECT json_extract(incoming, '$.seat') FROM
+//! meldb_conflicts WHERE outcome = 'rejected'`.
+
+use super::resolve::{row_of, target_values, write_correction};
+use super::Store;
+use crate::clock::SiteId;
+use crate::error::{ResolveError, Result, StorageError, WriteError};
+use crate::resolve::{value_from_json, value_to_json};
+use crate::resolve::{ConflictCount, ConflictRecord, Mode, Outcome, Rejection, Row, Writer};
+use crate::value::{Key, Value};
+use crate::version::VersionVector;
+use rusqlite::{params, OptionalExtension};
+use serde_json::Value as Json;
+
+/// Tables of the conflict machinery. `IF NOT EXISTS`: databases created
+/// before it get them when next opened.
+pub const CONFLICT_DDL: &str = "
+CREATE TABLE IF NOT EXISTS meldb_conflicts (
+    id INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL, tbl TEXT NOT NULL, key TEXT NOT NULL,
+    local TEXT, incoming TEXT, merged TEXT, result TEXT,
+    outcome TEXT NOT NULL, resolver TEXT, reason TEXT,
+    writer TEXT NOT NULL, writer_site BLOB NOT NULL, notice_seq INTEGER,
+    open INTEGER NOT NULL DEFAULT 0) STRICT;
+CREATE INDEX IF NOT EXISTS meldb_conflicts_notices
+    ON meldb_conflicts (writer_site, notice_seq) WHERE notice_seq IS NOT NULL;
+CREATE TABLE IF NOT EXISTS meldb_rejections (
+    authority BLOB NOT NULL, seq INTEGER NOT NULL, writer BLOB NOT NULL,
+    tbl TEXT NOT NULL, key TEXT NOT NULL, reason TEXT NOT NULL, rejected TEXT NOT NULL,
+    at_ms INTEGER NOT NULL, acknowledged INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (authority, seq)) STRICT;
+";
+
+/// One conflict to record.
+pub(super) struct LogEntry<'a> {
+    pub table: &'a str,
+    pub key: &'a [Value],
+    pub local: Option<&'a Row>,
+    pub incoming: Option<&'a Row>,
+    pub merged: Option<&'a Row>,
+    pub result: Option<&'a Row>,
+    pub outcome: Outcome,
+    pub resolver: Option<&'a str>,
+    pub reason: Option<&'a str>,
+    pub writer: &'a Writer,
+    pub writer_site: SiteId,
+    pub notice_seq: Option<u64>,
+}
+
+const SELECT: &str = "SELECT id, at_ms, tbl, key, local, incoming, merged, result, outcome, \
+                      resolver, reason, writer, writer_site, open FROM meldb_conflicts";
+
+impl Store {
+    pub(super) fn log_conflict(&self, e: &LogEntry<'_>) -> Result<()> {
+        let json = |row: Option<&Row>| row.map(|r| r.to_json().to_string());
+        let writer = serde_json::to_string(e.writer).unwrap_or_else(|_| "{}".into());
+        self.conn
+            .prepare_cached(
+                "INSERT INTO meldb_conflicts (at_ms, tbl, key, local, incoming, merged, result, \
+                 outcome, resolver, reason, writer, writer_site, notice_seq, open) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+            )?
+            .execute(params![
+                self.clock.now_ms() as i64,
+                e.table,
+                key_json(e.key),
+                json(e.local),
+                json(e.incoming),
+                json(e.merged),
+                json(e.result),
+                e.outcome.name(),
+                e.resolver,
+                e.reason,
+                writer,
+                e.writer_site.as_bytes().as_slice(),
+                e.notice_seq.map(|s| s as i64),
+                e.outcome == Outcome::Deferred,
+            ])?;
+        Ok(())
+    }
+
+    /// The conflict log, newest first: at most `limit` entries, of `table`
+    /// and `outcome` if given.
+    pub fn conflicts(
+        &self,
+        table: Option<&str>,
+        outcome: Option<Outcome>,
+        limit: usize,
+    ) -> Result<Vec<ConflictRecord>> {
+        let sql = format!(
+            "{SELECT} WHERE (?1 IS NULL OR tbl = ?1 COLLATE NOCASE) AND (?2 IS NULL OR outcome = ?2) \
+             ORDER BY id DESC LIMIT ?3"
+        );
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let rows = stmt.query_map(
+            params![
+                table,
+                outcome.map(Outcome::name),
+                i64::try_from(limit).unwrap_or(i64::MAX)
+            ],
+            read_record,
+        )?;
+        rows.map(|r| r?).collect()
+    }
+
+    /// Conflicts waiting for a person, oldest first.
+    pub fn deferred_conflicts(&self) -> Result<Vec<ConflictRecord>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!("{SELECT} WHERE open = 1 ORDER BY id"))?;
+        let rows = stmt.query_map([], read_record)?;
+        rows.map(|r| r?).collect()
+    }
+
+    /// How many conflicts each table had, per outcome.
+    pub fn conflict_counts(&self) -> Result<Vec<ConflictCount>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT tbl, outcome, count(*) FROM meldb_conflicts GROUP BY tbl, outcome \
+             ORDER BY tbl, outcome",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })?;
+        let mut counts = Vec::new();
+        for row in rows {
+            let (table, outcome, count) = row?;
+            let outcome = Outcome::from_name(&outcome)
+                .ok_or_else(|| corrupt(format!("unknown outcome {outcome:?}")))?;
+            counts.push(ConflictCount {
+                table,
+                outcome,
+                count: count as u64,
+            });
+        }
+        counts.sort_by(|a, b| (&a.table, a.outcome).cmp(&(&b.table, b.outcome)));
+        Ok(counts)
+    }
+
+    /// Settles a deferred conflict: the row becomes `row` (`None` deletes
+    /// it), written as a new change that supersedes both versions, and the
+    /// conflict is closed. Columns `row` leaves out keep their current
+    /// values.
+    pub fn resolve_deferred(&mut self, id: i64, row: Option<Row>) -> Result<()> {
+        let tx = self.transaction()?;
+        let store = &mut *tx.store;
+        let record: Option<(String, String, String, i64)> = store
+            .conn
+            .query_row(
+                "SELECT tbl, key, outcome, open FROM meldb_conflicts WHERE id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()?;
+        let Some((table, key, outcome, open)) = record else {
+            return Err(ResolveError::UnknownConflict { id }.into());
+        };
+        if open == 0 {
+            return Err(ResolveError::NotDeferred { id, outcome }.into());
+        }
+        let layout = store
+            .table(&table)
+            .cloned()
+            .ok_or(WriteError::UnknownTable { table })?;
+        let key = key_from_json(&key).ok_or_else(|| corrupt(format!("conflict {id}: bad key")))?;
+        let current = super::rows::load_by_key(&store.conn, &layout, &store.sites, &key)?
+            .ok_or_else(|| corrupt(format!("conflict {id}: its row is gone")))?;
+        let target = match &row {
+            None => None,
+            Some(row) => {
+                let base = current
+                    .state
+                    .is_live()
+                    .then(|| row_of(&layout, &key, &current.state));
+                let mut full = base.unwrap_or_else(|| Row::new(Vec::new()));
+                for (name, value) in row.columns() {
+                    full.set_value(name, value.clone());
+                }
+                Some(target_values(&layout, &key, &full, "resolve_deferred")?)
+            }
+        };
+        // A person decides once, on one replica: like an authority's
+        // decision, it may move counters.
+        write_correction(
+            store,
+            &layout,
+            current.rid,
+            &key,
+            &current.state,
+            target.as_deref(),
+            Mode::Authority,
+        )?;
+        let stored = super::rows::load_by_key(&store.conn, &layout, &store.sites, &key)?
+            .filter(|r| r.state.is_live())
+            .map(|r| row_of(&layout, &key, &r.state).to_json().to_string());
+        store.conn.execute(
+            "UPDATE meldb_conflicts SET open = 0, result = ?2 WHERE id = ?1",
+            params![id, stored],
+        )?;
+        tx.commit()
+    }
+
+    /// Rejection notices for `peer`'s changes whose correction a replica
+    /// with version vector `vv` has not received yet: send them with the
+    /// changes, and the writer learns of each once.
+    pub fn rejections_for(&self, peer: SiteId, vv: &VersionVector) -> Result<Vec<Rejection>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT notice_seq, tbl, key, reason, incoming, at_ms FROM meldb_conflicts \
+             WHERE writer_site = ?1 AND notice_seq IS NOT NULL ORDER BY notice_seq",
+        )?;
+        let rows = stmt.query_map([peer.as_bytes().as_slice()], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Option<String>>(3)?,
+                r.get::<_, Option<String>>(4)?,
+                r.get::<_, i64>(5)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, table, key, reason, incoming, at_ms) = row?;
+            let seq = seq as u64;
+            if vv.contains(&self.local, seq) {
+                continue;
+            }
+            let key = key_from_json(&key).ok_or_else(|| corrupt("a notice's key".into()))?;
+            out.push(Rejection {
+                authority: self.local,
+                seq,
+                writer: peer,
+                table,
+                key: Key(key),
+                reason: reason.unwrap_or_default(),
+                rejected: incoming.unwrap_or_else(|| "null".into()),
+                at_ms: at_ms as u64,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Keeps the notices addressed to this replica (others are ignored);
+    /// returns how many were new.
+    pub fn receive_rejections(&mut self, notices: &[Rejection]) -> Result<usize> {
+        let tx = self.transaction()?;
+        let mut new = 0;
+        for n in notices.iter().filter(|n| n.writer == tx.store.local) {
+            new += tx.store.conn.execute(
+                "INSERT OR IGNORE INTO meldb_rejections \
+                 (authority, seq, writer, tbl, key, reason, rejected, at_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    n.authority.as_bytes().as_slice(),
+                    n.seq as i64,
+                    n.writer.as_bytes().as_slice(),
+                    n.table,
+                    key_json(&n.key.0),
+                    n.reason,
+                    n.rejected,
+                    n.at_ms as i64,
+                ],
+            )?;
+        }
+        tx.commit()?;
+        Ok(new)
+    }
+
+    /// This replica's changes that an authority refused, not yet
+    /// acknowledged, oldest first.
+    pub fn rejections(&self) -> Result<Vec<Rejection>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT authority, seq, writer, tbl, key, reason, rejected, at_ms \
+             FROM meldb_rejections WHERE acknowledged = 0 ORDER BY at_ms, seq",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, Vec<u8>>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, String>(5)?,
+                r.get::<_, String>(6)?,
+                r.get::<_, i64>(7)?,
+            ))
+        })?;
+        let site = |bytes: Vec<u8>| {
+            <[u8; 16]>::try_from(bytes.as_slice())
+                .map(SiteId::from_bytes)
+                .map_err(|_| corrupt("a site id is not 16 bytes".into()))
+        };
+        let mut out = Vec::new();
+        for row in rows {
+            let (authority, seq, writer, table, key, reason, rejected, at_ms) = row?;
+            out.push(Rejection {
+                authority: site(authority)?,
+                seq: seq as u64,
+                writer: site(writer)?,
+                table,
+                key: Key(key_from_json(&key).ok_or_else(|| corrupt("a notice's key".into()))?),
+                reason,
+                rejected,
+                at_ms: at_ms as u64,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Marks a rejection as seen: [`Store::rejections`] no longer lists it.
+    pub fn acknowledge_rejection(&mut self, notice: &Rejection) -> Result<()> {
+        let tx = self.transaction()?;
+        tx.store.conn.execute(
+            "UPDATE meldb_rejections SET acknowledged = 1 WHERE authority = ?1 AND seq = ?2",
+            params![notice.authority.as_bytes().as_slice(), notice.seq as i64],
+        )?;
+        tx.commit()
+    }
+
+    /// Deletes log entries older than `before_ms` (wall-clock milliseconds),
+    /// except deferred conflicts still waiting; returns how many.
+    pub fn prune_conflicts(&mut self, before_ms: u64) -> Result<usize> {
+        let tx = self.transaction()?;
+        let n = tx.store.conn.execute(
+            "DELETE FROM meldb_conflicts WHERE at_ms < ?1 AND open = 0",
+            [before_ms as i64],
+        )?;
+        tx.commit()?;
+        Ok(n)
+    }
+}
+
+fn corrupt(problem: String) -> crate::Error {
+    StorageError::Corrupt {
+        what: "meldb_conflicts".into(),
+        problem,
+    }
+    .into()
+}
+
+fn key_json(key: &[Value]) -> String {
+    Json::Array(key.iter().map(value_to_json).collect()).to_string()
+}
+
+fn key_from_json(text: &str) -> Option<Vec<Value>> {
+    let json: Json = serde_json::from_str(text).ok()?;
+    json.as_array()?.iter().map(value_from_json).collect()
+}
+
+fn read_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<ConflictRecord>> {
+    let text = |i: usize| r.get::<_, Option<String>>(i);
+    let row = |i: usize| -> rusqlite::Result<Option<Row>> {
+        Ok(text(i)?
+            .and_then(|t| serde_json::from_str::<Json>(&t).ok())
+            .and_then(|j| Row::from_json(&j)))
+    };
+    let id: i64 = r.get(0)?;
+    let key: String = r.get(3)?;
+    let outcome: String = r.get(8)?;
+    let writer: String = r.get(11)?;
+    let site: Vec<u8> = r.get(12)?;
+    let record = (|| {
+        Ok(ConflictRecord {
+            id,
+            at_ms: r.get::<_, i64>(1)? as u64,
+            table: r.get(2)?,
+            key: Key(key_from_json(&key).ok_or_else(|| corrupt(format!("entry {id}: key")))?),
+            local: row(4)?,
+            incoming: row(5)?,
+            merged: row(6)?,
+            result: row(7)?,
+            outcome: Outcome::from_name(&outcome)
+                .ok_or_else(|| corrupt(format!("entry {id}: outcome {outcome:?}")))?,
+            resolver: text(9)?,
+            reason: text(10)?,
+            writer: serde_json::from_str(&writer).unwrap_or_default(),
+            writer_site: <[u8; 16]>::try_from(site.as_slice())
+                .map(SiteId::from_bytes)
+                .map_err(|_| corrupt(format!("entry {id}: writer site")))?,
+            open: r.get::<_, i64>(13)? != 0,
+        })
+    })();
+    Ok(record)
+}

@@ -1,0 +1,636 @@
+//! Running the schema's column policies and the application's resolvers on
+//! incoming changes, and writing what they decide (see [`crate::resolve`]).
+//!
+//! Apply writes the CRDT merge first; then, for a concurrent change (or any
+//! change when the table needs it), [`Transaction::resolve_incoming`] shows
+//! the versions to the policies and resolvers, writes a correcting local
+//! change when the decision differs from the merge, and records the
+//! conflict in the log.
+
+use super::layout::TableLayout;
+use super::rows;
+use super::write::{self, ColumnOp, Transaction};
+use super::Store;
+use crate::clock::SiteId;
+use crate::crdt::{ColumnState, Dot, RegisterRule};
+use crate::error::{ResolveError, Result, StorageError, WriteError};
+use crate::merge::RowState;
+use crate::resolve::{
+    Conflict, Mode, Outcome, Resolution, Resolver, Row, Trigger, Version, Writer,
+};
+use crate::schema::{Kind, Policy};
+use crate::value::{Key, Value};
+
+impl Store {
+    /// Makes this replica the authority (or not) for every table declared
+    /// with `authority = true`. Not stored: the process that embeds the
+    /// authority says so each time it opens the database.
+    pub fn set_authority(&mut self, authority: bool) {
+        self.authority = authority;
+    }
+
+    /// Whether this replica is the authority for tables that have one.
+    pub fn is_authority(&self) -> bool {
+        self.authority
+    }
+
+    /// Registers a `resolve_conflict` closure for `table`. Resolvers live in
+    /// memory: register them each time the store is opened.
+    pub fn add_resolver(&mut self, table: &str, resolver: Resolver) -> Result<()> {
+        let layout = self.table(table).ok_or_else(|| WriteError::UnknownTable {
+            table: table.into(),
+        })?;
+        let name = layout.name().to_owned();
+        self.resolvers.push((name, resolver));
+        // Stable: equal priorities keep registration order.
+        self.resolvers
+            .sort_by_key(|(_, r)| std::cmp::Reverse(r.priority));
+        Ok(())
+    }
+
+    /// Who decides conflicts of `layout`'s table here.
+    pub(super) fn mode(&self, layout: &TableLayout) -> Mode {
+        match (layout.table.authority, self.authority) {
+            (true, true) => Mode::Authority,
+            (true, false) => Mode::Client,
+            (false, _) => Mode::Leaderless,
+        }
+    }
+
+    /// Whether fast-forward changes to this table must be shown to
+    /// resolvers or policies too.
+    pub(super) fn checks_every_change(&self, layout: &TableLayout) -> bool {
+        let mode = self.mode(layout);
+        if mode == Mode::Client {
+            return false;
+        }
+        let guards = mode == Mode::Authority
+            && layout.table.columns.iter().any(|c| {
+                matches!(c.policy, Policy::Immutable)
+                    || matches!(&c.policy, Policy::Forward(o) if !o.absorbing().is_empty())
+            });
+        guards
+            || self
+                .resolvers
+                .iter()
+                .any(|(t, r)| t == layout.name() && r.trigger == Trigger::EveryChange)
+    }
+
+    /// The resolvers for a table, in the order they run.
+    fn resolvers_for(&self, table: &str, concurrent: bool) -> Vec<Resolver> {
+        self.resolvers
+            .iter()
+            .filter(|(t, r)| t == table && (concurrent || r.trigger == Trigger::EveryChange))
+            .map(|(_, r)| r.clone())
+            .collect()
+    }
+}
+
+/// One incoming row, after the CRDT merge was written.
+pub(super) struct Incoming<'a> {
+    pub rid: i64,
+    pub key: &'a [Value],
+    pub local: Option<&'a RowState>,
+    pub incoming: &'a RowState,
+    pub merged: RowState,
+    pub concurrent: bool,
+    pub writer: &'a Writer,
+}
+
+/// What policies and resolvers decided.
+struct Decision {
+    outcome: Outcome,
+    resolver: Option<String>,
+    reason: Option<String>,
+    target: Option<Row>,
+}
+
+impl Transaction<'_> {
+    /// Decides an incoming row (see the module docs); returns the outcome
+    /// if the conflict was logged.
+    pub(super) fn resolve_incoming(
+        &mut self,
+        layout: &TableLayout,
+        change: Incoming<'_>,
+    ) -> Result<Option<Outcome>> {
+        let store = &*self.store;
+        let mode = store.mode(layout);
+        if mode == Mode::Client && !change.concurrent {
+            return Ok(None);
+        }
+        let local_row = change
+            .local
+            .filter(|s| s.is_live())
+            .map(|s| row_of(layout, change.key, s));
+        let incoming_row = live_row(layout, change.key, change.incoming);
+        let merged_row = live_row(layout, change.key, &change.merged);
+        let decision = if mode == Mode::Client {
+            Decision {
+                outcome: Outcome::AutoMerged,
+                resolver: None,
+                reason: None,
+                target: merged_row.clone(),
+            }
+        } else {
+            let (target, note) = apply_policies(
+                layout,
+                mode,
+                change.concurrent,
+                local_row.as_ref(),
+                merged_row.clone(),
+            );
+            let ctx = Conflict {
+                table: layout.name(),
+                key: change.key,
+                local: Version {
+                    row: local_row.clone(),
+                    hlc: change.local.map(|s| s.hlc).unwrap_or_default(),
+                    site: change.local.map_or(SiteId(uuid::Uuid::nil()), |s| s.writer),
+                },
+                incoming: Version {
+                    row: incoming_row.clone(),
+                    hlc: change.incoming.hlc,
+                    site: change.incoming.writer,
+                },
+                merged: target,
+                concurrent: change.concurrent,
+                mode,
+                writer: change.writer,
+                store,
+            };
+            let resolvers = store.resolvers_for(layout.name(), change.concurrent);
+            decide(layout, &ctx, &resolvers, note)?
+        };
+        if !change.concurrent && matches!(decision.outcome, Outcome::AutoMerged | Outcome::Accepted)
+        {
+            return Ok(None);
+        }
+        let rejected = decision.outcome == Outcome::Rejected && mode == Mode::Authority;
+        let mut notice_seq = None;
+        if decision.target != merged_row || rejected {
+            let target = decision
+                .target
+                .as_ref()
+                .map(|row| target_values(layout, change.key, row, "resolver"))
+                .transpose()?;
+            let correction_mode = if rejected { Mode::Authority } else { mode };
+            let seq = write_correction(
+                self.store,
+                layout,
+                change.rid,
+                change.key,
+                &change.merged,
+                target.as_deref(),
+                correction_mode,
+            )?;
+            notice_seq = rejected.then_some(seq);
+        }
+        let store = &*self.store;
+        store.log_conflict(&super::conflicts::LogEntry {
+            table: layout.name(),
+            key: change.key,
+            local: local_row.as_ref(),
+            incoming: incoming_row.as_ref(),
+            merged: merged_row.as_ref(),
+            result: decision.target.as_ref(),
+            outcome: decision.outcome,
+            resolver: decision.resolver.as_deref(),
+            reason: decision.reason.as_deref(),
+            writer: change.writer,
+            writer_site: change.incoming.writer,
+            notice_seq,
+        })?;
+        Ok(Some(decision.outcome))
+    }
+}
+
+/// The schema's column policies that need a decider: each one that acts
+/// puts the local value back, and says so.
+fn apply_policies(
+    layout: &TableLayout,
+    mode: Mode,
+    concurrent: bool,
+    local: Option<&Row>,
+    merged: Option<Row>,
+) -> (Option<Row>, Option<(Outcome, String, String)>) {
+    let Some(local) = local else {
+        return (merged, None);
+    };
+    let Some(mut target) = merged else {
+        return (None, None);
+    };
+    if mode != Mode::Authority {
+        return (Some(target), None);
+    }
+    let mut note: Option<(Outcome, String, String)> = None;
+    for &i in &layout.value_cols {
+        let col = &layout.table.columns[i];
+        let (Some(lv), Some(tv)) = (local.get(&col.name), target.get(&col.name)) else {
+            continue;
+        };
+        if lv == tv {
+            continue;
+        }
+        let verdict = match &col.policy {
+            Policy::AuthorityWins if concurrent => Some((
+                Outcome::KeptLocal,
+                format!("column {:?} keeps the authority's value", col.name),
+            )),
+            Policy::Conditional if concurrent => Some((
+                Outcome::Rejected,
+                format!(
+                    "{:?} was changed by someone else since the version you saw",
+                    col.name
+                ),
+            )),
+            Policy::Immutable if *lv != Value::Null => Some((
+                Outcome::Rejected,
+                format!("{:?} is already set to {lv} and cannot change", col.name),
+            )),
+            Policy::Forward(order) if order.is_absorbing(lv) => Some((
+                Outcome::Rejected,
+                format!("{:?} is {lv}, a final state", col.name),
+            )),
+            _ => None,
+        };
+        if let Some((outcome, reason)) = verdict {
+            let lv = lv.clone();
+            target.set_value(&col.name, lv);
+            let policy = format!("policy {} ({})", col.policy.name(), col.name);
+            note = match note {
+                // A rejection outranks keeping a column; reasons add up.
+                Some((o, p, r)) => Some((o.max(outcome), p, format!("{r}; {reason}"))),
+                None => Some((outcome, policy, reason)),
+            };
+        }
+    }
+    (Some(target), note)
+}
+
+/// Runs the resolvers until one decides.
+fn decide(
+    layout: &TableLayout,
+    ctx: &Conflict<'_>,
+    resolvers: &[Resolver],
+    note: Option<(Outcome, String, String)>,
+) -> Result<Decision> {
+    let key = || Key(ctx.key.to_vec()).to_string();
+    for resolver in resolvers {
+        let answer = call(ctx, resolver).map_err(|message| ResolveError::Panicked {
+            resolver: resolver.name.clone(),
+            table: layout.name().into(),
+            key: key(),
+            message,
+        })?;
+        let named = |outcome, reason: Option<String>, target: Option<Row>| Decision {
+            outcome,
+            resolver: Some(resolver.name.clone()),
+            reason,
+            target,
+        };
+        let needs_authority = |answer: &'static str| ResolveError::NeedsAuthority {
+            resolver: resolver.name.clone(),
+            table: layout.name().into(),
+            key: key(),
+            answer,
+        };
+        return Ok(match answer {
+            Resolution::Pass => continue,
+            Resolution::Accept => named(Outcome::Accepted, None, ctx.merged.clone()),
+            Resolution::Defer(reason) => named(Outcome::Deferred, Some(reason), ctx.merged.clone()),
+            Resolution::Merge(row) => {
+                let base = ctx.merged.as_ref().or(ctx.local()).or(ctx.incoming());
+                let row = complete(layout, ctx.key, base, row, &resolver.name)?;
+                named(Outcome::Merged, None, Some(row))
+            }
+            Resolution::KeepLocal if ctx.mode == Mode::Leaderless => {
+                return Err(needs_authority("KeepLocal").into())
+            }
+            Resolution::Reject(_) if ctx.mode == Mode::Leaderless => {
+                return Err(needs_authority("Reject").into())
+            }
+            Resolution::KeepLocal => named(Outcome::KeptLocal, None, ctx.local().cloned()),
+            Resolution::Reject(reason) => {
+                named(Outcome::Rejected, Some(reason), ctx.local().cloned())
+            }
+        });
+    }
+    Ok(match note {
+        Some((outcome, policy, reason)) => Decision {
+            outcome,
+            resolver: Some(policy),
+            reason: Some(reason),
+            target: ctx.merged.clone(),
+        },
+        None => Decision {
+            outcome: Outcome::AutoMerged,
+            resolver: None,
+            reason: None,
+            target: ctx.merged.clone(),
+        },
+    })
+}
+
+/// Calls a resolver with the connection read-only and panics caught.
+fn call(ctx: &Conflict<'_>, resolver: &Resolver) -> Result<Resolution, String> {
+    let conn = ctx.store.conn();
+    let _ = conn.execute_batch("PRAGMA query_only = 1");
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (resolver.f)(ctx)));
+    let _ = conn.execute_batch("PRAGMA query_only = 0");
+    result.map_err(|payload| {
+        payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".to_owned())
+    })
+}
+
+/// A resolver's row with the columns it left out filled from `base` (or
+/// the schema defaults), checked against the table.
+fn complete(
+    layout: &TableLayout,
+    key: &[Value],
+    base: Option<&Row>,
+    row: Row,
+    resolver: &str,
+) -> Result<Row> {
+    let invalid = |problem: String| ResolveError::InvalidRow {
+        resolver: resolver.into(),
+        table: layout.name().into(),
+        key: Key(key.to_vec()).to_string(),
+        problem,
+    };
+    for (name, _) in row.columns() {
+        if layout.table.column(name).is_none() {
+            return Err(invalid(format!("the table has no column {name:?}")).into());
+        }
+    }
+    let mut out = Vec::with_capacity(layout.table.columns.len());
+    for (i, col) in layout.table.columns.iter().enumerate() {
+        let value = if let Some(n) = layout.table.primary_key.iter().position(|&k| k == i) {
+            if let Some(v) = row.get(&col.name) {
+                if *v != key[n] {
+                    return Err(invalid(format!("key column {:?} cannot change", col.name)).into());
+                }
+            }
+            key[n].clone()
+        } else {
+            row.get(&col.name)
+                .or_else(|| base.and_then(|b| b.get(&col.name)))
+                .cloned()
+                .unwrap_or_else(|| rows::materialize(col, None))
+        };
+        out.push((col.name.clone(), value));
+    }
+    let row = Row::new(out);
+    target_values(layout, key, &row, resolver)?;
+    Ok(row)
+}
+
+/// A full row's value columns in state order, checked against the schema.
+pub(super) fn target_values(
+    layout: &TableLayout,
+    key: &[Value],
+    row: &Row,
+    resolver: &str,
+) -> Result<Vec<Value>> {
+    let invalid = |problem: String| ResolveError::InvalidRow {
+        resolver: resolver.into(),
+        table: layout.name().into(),
+        key: Key(key.to_vec()).to_string(),
+        problem,
+    };
+    let mut values = Vec::with_capacity(layout.value_cols.len());
+    for (j, &i) in layout.value_cols.iter().enumerate() {
+        let col = &layout.table.columns[i];
+        let value = row
+            .get(&col.name)
+            .cloned()
+            .unwrap_or_else(|| rows::materialize(col, None));
+        let value = match layout.kinds[j] {
+            Kind::Lww => {
+                write::check_value(layout, i, &value).map_err(|e| invalid(e.to_string()))?
+            }
+            Kind::GCounter | Kind::PnCounter => match value {
+                Value::Integer(n) if n >= 0 || layout.kinds[j] == Kind::PnCounter => value,
+                other => {
+                    return Err(invalid(format!(
+                        "counter {:?} needs {}, got {other}",
+                        col.name,
+                        if layout.kinds[j] == Kind::GCounter {
+                            "a non-negative integer"
+                        } else {
+                            "an integer"
+                        }
+                    ))
+                    .into())
+                }
+            },
+            Kind::OrSet => {
+                set_elements(&value)
+                    .map_err(|problem| invalid(format!("set {:?}: {problem}", col.name)))?;
+                value
+            }
+        };
+        values.push(value);
+    }
+    Ok(values)
+}
+
+/// The sorted, distinct elements of a set column's JSON text.
+fn set_elements(value: &Value) -> Result<Vec<String>, String> {
+    let Value::Text(text) = value else {
+        return Err(format!("expected a JSON array of strings, got {value}"));
+    };
+    let mut elements: Vec<String> =
+        serde_json::from_str(text).map_err(|e| format!("expected a JSON array of strings: {e}"))?;
+    elements.sort_unstable();
+    elements.dedup();
+    Ok(elements)
+}
+
+/// A state's row as users read it (`None` if deleted).
+fn live_row(layout: &TableLayout, key: &[Value], state: &RowState) -> Option<Row> {
+    state.is_live().then(|| row_of(layout, key, state))
+}
+
+/// A state's row as users read it.
+pub(super) fn row_of(layout: &TableLayout, key: &[Value], state: &RowState) -> Row {
+    let table = &layout.table;
+    let columns = table
+        .columns
+        .iter()
+        .enumerate()
+        .map(|(i, col)| {
+            let value = match table.primary_key.iter().position(|&k| k == i) {
+                Some(n) => key.get(n).cloned().unwrap_or(Value::Null),
+                None => {
+                    let j = layout.value_cols.iter().position(|&v| v == i);
+                    let state = j
+                        .and_then(|j| state.columns.get(j))
+                        .and_then(Option::as_ref);
+                    rows::materialize(col, state)
+                }
+            };
+            (col.name.clone(), value)
+        })
+        .collect();
+    Row::new(columns)
+}
+
+/// Writes the row `target` (value columns in state order; `None`: deleted)
+/// as a new local change on top of `merged`, the state stored at `rid`, so
+/// that it supersedes every version `merged` joined. Returns the change's
+/// sequence number.
+pub(super) fn write_correction(
+    store: &mut Store,
+    layout: &TableLayout,
+    rid: i64,
+    key: &[Value],
+    merged: &RowState,
+    target: Option<&[Value]>,
+    mode: Mode,
+) -> Result<u64> {
+    let not_convergent = |problem: String| ResolveError::NotConvergent {
+        table: layout.name().into(),
+        key: Key(key.to_vec()).to_string(),
+        problem,
+    };
+    let dot = Dot {
+        site: store.local,
+        seq: store.replica.last_seq + 1,
+    };
+    let hlc = store.clock.tick();
+    let width = layout.value_cols.len();
+    let fresh = |cl: u64| RowState {
+        cl,
+        clock: merged.clock.clone(),
+        hlc: merged.hlc,
+        writer: merged.writer,
+        columns: vec![None; width],
+    };
+    let (mut state, ops) = match target {
+        None if merged.is_live() => (fresh(merged.cl + 1), Vec::new()),
+        None => (merged.clone(), Vec::new()),
+        Some(values) if !merged.is_live() => (fresh(merged.cl + 1), all_ops(layout, values)?),
+        Some(values) => match column_ops(layout, merged, values)? {
+            Some(ops) => (merged.clone(), ops),
+            // Some column cannot move there by a write: a new life, which
+            // wins over every version of the old one.
+            None => (fresh(merged.cl + 2), all_ops(layout, values)?),
+        },
+    };
+    if mode == Mode::Leaderless {
+        // Every replica writes its own correction: counter changes would add up.
+        for op in &ops {
+            if let ColumnOp::Increment(j, _) = op {
+                let name = &layout.table.columns[layout.value_cols[*j]].name;
+                return Err(not_convergent(format!(
+                    "a resolution without an authority cannot change counter {name:?}: \
+                     each replica would apply it once"
+                ))
+                .into());
+            }
+        }
+    }
+    for op in &ops {
+        write::apply_op(layout, &mut state, op, dot, hlc, false)?;
+    }
+    state.clock.observe(dot);
+    state.hlc = hlc;
+    state.writer = dot.site;
+    match rows::write_row(
+        &store.conn,
+        layout,
+        &mut store.sites,
+        key,
+        Some((rid, &merged.clock)),
+        &state,
+    ) {
+        Ok(_) => {}
+        Err(rows::RowWriteError::Sqlite(e)) => return Err(e.into()),
+        Err(e) => {
+            return Err(StorageError::Corrupt {
+                what: format!("table {:?}", layout.name()),
+                problem: format!("a resolution write failed: {e:?}"),
+            }
+            .into())
+        }
+    }
+    store.replica.last_seq = dot.seq;
+    Ok(dot.seq)
+}
+
+/// The ops that build `values` from nothing (a fresh life).
+fn all_ops(layout: &TableLayout, values: &[Value]) -> Result<Vec<ColumnOp>> {
+    let mut ops = Vec::new();
+    for (j, value) in values.iter().enumerate() {
+        match (layout.kinds[j], value) {
+            (Kind::Lww, v) => ops.push(ColumnOp::Set(j, v.clone())),
+            (Kind::GCounter | Kind::PnCounter, Value::Integer(0)) => {}
+            (Kind::GCounter | Kind::PnCounter, Value::Integer(n)) => {
+                ops.push(ColumnOp::Increment(j, *n))
+            }
+            (Kind::OrSet, v) => {
+                let elements = set_elements(v).unwrap_or_default();
+                if !elements.is_empty() {
+                    ops.push(ColumnOp::SetAssign(j, elements));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(ops)
+}
+
+/// The ops that move `merged`'s columns to `values` by writes that win the
+/// merge everywhere, or `None` if some column cannot move that way.
+fn column_ops(
+    layout: &TableLayout,
+    merged: &RowState,
+    values: &[Value],
+) -> Result<Option<Vec<ColumnOp>>> {
+    let mut ops = Vec::new();
+    for (j, target) in values.iter().enumerate() {
+        let col = &layout.table.columns[layout.value_cols[j]];
+        let state = merged.columns[j].as_ref();
+        let current = rows::materialize(col, state);
+        if *target == current {
+            continue;
+        }
+        match layout.kinds[j] {
+            Kind::Lww => {
+                let wins = match &layout.rules[j] {
+                    RegisterRule::Latest => true,
+                    RegisterRule::Earliest => current == Value::Null && *target != Value::Null,
+                    RegisterRule::Ranked(order) => order.rank(target) >= order.rank(&current),
+                };
+                if !wins {
+                    return Ok(None);
+                }
+                ops.push(ColumnOp::Set(j, target.clone()));
+            }
+            Kind::GCounter | Kind::PnCounter => {
+                let (Value::Integer(to), Value::Integer(from)) = (target, &current) else {
+                    return Ok(None);
+                };
+                let Some(diff) = to.checked_sub(*from) else {
+                    return Ok(None);
+                };
+                if diff < 0 && layout.kinds[j] == Kind::GCounter {
+                    return Ok(None);
+                }
+                ops.push(ColumnOp::Increment(j, diff));
+            }
+            Kind::OrSet => {
+                if !matches!(state, None | Some(ColumnState::OrSet(_))) {
+                    return Ok(None);
+                }
+                let elements = set_elements(target).unwrap_or_default();
+                ops.push(ColumnOp::SetAssign(j, elements));
+            }
+        }
+    }
+    Ok(Some(ops))
+}
