@@ -387,8 +387,9 @@ fn two_replicas_sync_directly_with_serve_and_sync() -> TestResult {
 fn exchange(addr: &str, bytes: &[u8]) -> Result<Vec<Message>, Box<dyn std::error::Error>> {
     let mut stream = TcpStream::connect(addr)?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    stream.write_all(bytes)?;
-    stream.shutdown(std::net::Shutdown::Write)?;
+    // The relay may refuse (and stop reading) before everything is written.
+    let _ = stream.write_all(bytes);
+    let _ = stream.shutdown(std::net::Shutdown::Write);
     let mut got = Vec::new();
     stream.read_to_end(&mut got)?;
     let mut messages = Vec::new();

@@ -21,7 +21,7 @@ mod common;
 use common::{inventory, replica, Rng, TestResult, T0};
 use meldb::clock::ManualTime;
 use meldb::codec::{decode_message, encode_message, MAX_MESSAGE_PAYLOAD};
-use meldb::sync::{Access, Message, Session, SessionConfig, SyncError};
+use meldb::sync::{Grant, Message, Session, SessionConfig, SyncError};
 use meldb::{Store, Value, VersionVector};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -129,7 +129,7 @@ impl Net {
         let sb = Session::responder(
             &self.stores[b],
             config,
-            Arc::new(|_| Some(Access::ReadWrite)),
+            Arc::new(|_| Some(Grant::read_write())),
         );
         self.links.push(Link {
             a,

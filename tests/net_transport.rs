@@ -7,7 +7,7 @@ mod common;
 use common::{inventory, site, TestResult};
 use meldb::codec::MAX_MESSAGE_PAYLOAD;
 use meldb::sync::{
-    accept_once, sync_continuously, sync_once, Access, Backoff, Connection, Relay, RelayConfig,
+    accept_once, sync_continuously, sync_once, Backoff, Connection, Grant, Relay, RelayConfig,
     SessionConfig, SharedStore,
 };
 use meldb::StoreOptions;
@@ -56,7 +56,7 @@ async fn memory_pair_syncs_both_ways_in_batches() -> TestResult {
             &b2,
             &mut cb,
             SessionConfig::default().batch_rows(50),
-            Arc::new(|_| Some(Access::ReadWrite)),
+            Arc::new(|_| Some(Grant::read_write())),
         )
         .await
     });

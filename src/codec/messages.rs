@@ -11,6 +11,7 @@
 
 use super::wire::WireChangeset;
 use super::{check_header, decode_value, encode_value, frame_as, unframe_as, DecodeError};
+use crate::resolve::Rejection;
 use crate::sync::message::{Ack, Batch, Hello, Message, Notice, Sent, Want};
 use serde::{Deserialize, Serialize};
 
@@ -33,6 +34,7 @@ enum WireMessage {
     Sent(Sent),
     Caught(u64),
     Notice(Notice),
+    Rejections(Vec<Rejection>),
 }
 
 /// Encodes a message as one frame.
@@ -48,6 +50,7 @@ pub fn encode_message(message: &Message) -> Vec<u8> {
         Message::Sent(s) => WireMessage::Sent(*s),
         Message::Caught(id) => WireMessage::Caught(*id),
         Message::Notice(n) => WireMessage::Notice(n.clone()),
+        Message::Rejections(r) => WireMessage::Rejections(r.clone()),
     };
     frame_as(MESSAGE_MAGIC, PROTOCOL_VERSION, &encode_value(&wire))
 }
@@ -90,6 +93,7 @@ pub fn decode_message(frame: &[u8], limit: usize) -> Result<Message, DecodeError
             WireMessage::Sent(s) => Message::Sent(s),
             WireMessage::Caught(id) => Message::Caught(id),
             WireMessage::Notice(n) => Message::Notice(n),
+            WireMessage::Rejections(r) => Message::Rejections(r),
         },
     )
 }
@@ -160,6 +164,16 @@ mod tests {
                 code: NoticeCode::ReadOnly,
                 message: "token is read-only".into(),
             }),
+            Message::Rejections(vec![Rejection {
+                authority: site(9),
+                seq: 4,
+                writer: site(1),
+                table: "item".into(),
+                key: crate::value::Key(vec![Value::Text("A1".into())]),
+                reason: "sold out".into(),
+                rejected: r#"{"sku":"A1"}"#.into(),
+                at_ms: 1_700_000_000_000,
+            }]),
         ]
     }
 

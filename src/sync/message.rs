@@ -11,6 +11,14 @@
 //! vector instead, and gets only what it still lacks. In live mode,
 //! batches also flow unasked whenever the sender has something new.
 //!
+//! An answer starts with the [`Message::Rejections`] an authority has for
+//! the asker (its changes that were refused, and why). They go *before*
+//! the batches carrying the corrections: if the connection drops between
+//! the two, the asker's version vector still lacks the corrections, so the
+//! next answer carries the notices again (receiving one twice is
+//! harmless). Sent after, a cut right after the last batch would lose them
+//! for good.
+//!
 //! [`Message::Notice`] ends a session with a reason (bad token, read-only
 //! access, a protocol violation, a busy server).
 //!
@@ -19,6 +27,7 @@
 
 use crate::changeset::Changeset;
 use crate::clock::SiteId;
+use crate::resolve::Rejection;
 use crate::version::VersionVector;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -41,6 +50,10 @@ pub enum Message {
     Caught(u64),
     /// The session ends, and why.
     Notice(Notice),
+    /// Authority rejections of the receiver's changes (see
+    /// [`crate::resolve::Rejection`]), sent ahead of the batches that carry
+    /// their corrections.
+    Rejections(Vec<Rejection>),
 }
 
 impl Message {
@@ -54,6 +67,7 @@ impl Message {
             Message::Sent(_) => "Sent",
             Message::Caught(_) => "Caught",
             Message::Notice(_) => "Notice",
+            Message::Rejections(_) => "Rejections",
         }
     }
 }

@@ -43,7 +43,7 @@ pub use driver::{accept_once, sync_continuously, sync_once, sync_once_tcp, Backo
 pub use error::SyncError;
 pub use message::{Message, NoticeCode};
 pub use relay::{Relay, RelayConfig};
-pub use session::{Access, Authorize, PeerInfo, Session, SessionConfig, SyncStats};
+pub use session::{Access, Authorize, Grant, PeerInfo, Session, SessionConfig, SyncStats};
 pub use shared::SharedStore;
 pub use tokens::Tokens;
 pub use transport::Connection;

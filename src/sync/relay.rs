@@ -24,7 +24,7 @@
 use super::driver::{drive, DriveOptions};
 use super::error::SyncError;
 use super::message::{Message, Notice, NoticeCode};
-use super::session::{Access, Authorize, Session, SessionConfig};
+use super::session::{Authorize, Grant, Session, SessionConfig};
 use super::shared::SharedStore;
 use super::tokens::Tokens;
 use super::transport::Connection;
@@ -120,7 +120,7 @@ impl Relay {
         let slots = Arc::new(Semaphore::new(self.config.max_connections));
         let authorize: Authorize = match &self.config.tokens {
             Some(tokens) => tokens.authorizer(),
-            None => Arc::new(|_| Some(Access::ReadWrite)),
+            None => Arc::new(|_| Some(Grant::read_write())),
         };
         let mut sessions = JoinSet::new();
         let config = Arc::new(self.config);
@@ -179,17 +179,17 @@ async fn serve_one(
 ) {
     let tokens = config.tokens.clone();
     let named: Authorize = Arc::new(move |token| {
-        let access = authorize(token);
+        let grant = authorize(token);
         let name = tokens
             .as_ref()
             .and_then(|t| t.check(token).map(|(n, _)| n.to_string()));
-        match access {
-            Some(a) => {
-                tracing::info!(%peer, client = name.as_deref().unwrap_or("-"), access = ?a, "client accepted")
+        match &grant {
+            Some(g) => {
+                tracing::info!(%peer, client = name.as_deref().unwrap_or("-"), access = ?g.access, "client accepted")
             }
             None => tracing::warn!(%peer, presented = token.is_some(), "client refused: bad token"),
         }
-        access
+        grant
     });
     let session = {
         let guard = store.lock();

@@ -28,6 +28,7 @@ use super::error::SyncError;
 use super::message::{Ack, Batch, Hello, Message, Notice, NoticeCode, Sent, Want};
 use crate::changeset::Changeset;
 use crate::clock::SiteId;
+use crate::resolve::{Rejection, Writer};
 use crate::store::Store;
 use crate::version::VersionVector;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -43,8 +44,37 @@ pub enum Access {
     ReadOnly,
 }
 
-/// Decides a connecting peer's access from its token (`None`: refused).
-pub type Authorize = Arc<dyn Fn(Option<&str>) -> Option<Access> + Send + Sync>;
+/// What a token grants: read or read-write, and who the changes that
+/// arrive through it are written by (resolvers see this [`Writer`], never
+/// anything the client claims about itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// Read-only or read-write.
+    pub access: Access,
+    /// The writer attached to the peer's changes ([`Store::apply_from`]).
+    pub writer: Writer,
+}
+
+impl Grant {
+    /// Read-write, as an anonymous writer.
+    pub fn read_write() -> Grant {
+        Grant {
+            access: Access::ReadWrite,
+            writer: Writer::default(),
+        }
+    }
+
+    /// Read-only.
+    pub fn read_only() -> Grant {
+        Grant {
+            access: Access::ReadOnly,
+            writer: Writer::default(),
+        }
+    }
+}
+
+/// Decides what a connecting peer's token grants (`None`: refused).
+pub type Authorize = Arc<dyn Fn(Option<&str>) -> Option<Grant> + Send + Sync>;
 
 /// Session settings.
 #[must_use]
@@ -115,6 +145,10 @@ pub struct SyncStats {
     pub rows_received: u64,
     /// Received rows that changed the local state.
     pub rows_applied: u64,
+    /// Rejection notices sent to the peer.
+    pub rejections_sent: u64,
+    /// Rejection notices from the peer that were new here.
+    pub rejections_received: u64,
 }
 
 /// The peer, once its `Hello` arrived.
@@ -143,6 +177,7 @@ enum Phase {
 }
 
 enum Outgoing {
+    Rejections(Vec<Rejection>),
     Batch {
         changes: Changeset,
         want: Option<u64>,
@@ -167,6 +202,7 @@ pub struct Session {
     schema_version: u32,
     peer: Option<PeerInfo>,
     access: Access,
+    writer: Writer,
     out: VecDeque<Message>,
     // Sending: what the peer lacks.
     queue: VecDeque<Outgoing>,
@@ -221,6 +257,7 @@ impl Session {
             schema_version: store.schema().version,
             peer: None,
             access: Access::ReadWrite,
+            writer: Writer::default(),
             out: VecDeque::new(),
             queue: VecDeque::new(),
             next_seq: 1,
@@ -333,6 +370,10 @@ impl Session {
                 self.stats.rows_sent += rows;
                 Some(Message::Changes(Batch { seq, changes }))
             }
+            Outgoing::Rejections(_) => match self.queue.pop_front() {
+                Some(Outgoing::Rejections(list)) => Some(Message::Rejections(list)),
+                _ => None,
+            },
             Outgoing::Sent { want } => {
                 let want = *want;
                 self.queue.pop_front();
@@ -408,6 +449,16 @@ impl Session {
                 self.on_sent(store, sent);
                 Ok(())
             }
+            (_, Message::Rejections(list)) => {
+                if self.access == Access::ReadOnly {
+                    return Err(SyncError::Unexpected {
+                        got: "Rejections",
+                        during: "from a read-only peer",
+                    });
+                }
+                self.stats.rejections_received += store.receive_rejections(&list)? as u64;
+                Ok(())
+            }
             (_, Message::Caught(id)) => {
                 if self.answering.is_some_and(|(want, _)| want == id) {
                     self.peer_caught = true;
@@ -428,9 +479,11 @@ impl Session {
             return Err(SyncError::SameSite(self.site));
         }
         if let Role::Responder(authorize) = &self.role {
-            self.access = authorize(hello.token.as_deref()).ok_or(SyncError::Unauthorized {
+            let grant = authorize(hello.token.as_deref()).ok_or(SyncError::Unauthorized {
                 presented: hello.token.is_some(),
             })?;
+            self.access = grant.access;
+            self.writer = grant.writer;
             let reply = self.hello(false);
             self.out.push_back(Message::Hello(reply));
         }
@@ -462,6 +515,7 @@ impl Session {
         // A newer Want supersedes whatever of an older answer is unsent.
         self.queue.clear();
         let changes = store.changes_since(&want.have)?;
+        self.queue_rejections(store, &want.have)?;
         let mut peer_has = want.have;
         add_covers(&mut peer_has, &changes);
         for changes in batches(changes, self.config.batch_rows, self.config.batch_bytes) {
@@ -483,7 +537,7 @@ impl Session {
                 rows: batch.changes.len(),
             });
         }
-        let report = store.apply(&batch.changes)?;
+        let report = store.apply_from(&batch.changes, &self.writer)?;
         if let Some(peer_has) = &mut self.peer_has {
             add_covers(peer_has, &batch.changes);
         }
@@ -528,6 +582,20 @@ impl Session {
         }
     }
 
+    /// Queues the rejection notices for the peer that a replica with `have`
+    /// has not received (their corrections are not in `have`).
+    fn queue_rejections(&mut self, store: &Store, have: &VersionVector) -> Result<(), SyncError> {
+        let Some(peer) = &self.peer else {
+            return Ok(());
+        };
+        let list = store.rejections_for(peer.site, have)?;
+        if !list.is_empty() {
+            self.stats.rejections_sent += list.len() as u64;
+            self.queue.push_back(Outgoing::Rejections(list));
+        }
+        Ok(())
+    }
+
     /// Asks again for everything still missing, if an answer is
     /// outstanding: for a transport that noticed silence (a lost message).
     pub fn retry(&mut self, store: &Store) {
@@ -550,6 +618,11 @@ impl Session {
         if changes.is_empty() {
             return Ok(());
         }
+        let before = peer_has.clone();
+        self.queue_rejections(store, &before)?;
+        let Some(peer_has) = &mut self.peer_has else {
+            return Ok(());
+        };
         add_covers(peer_has, &changes);
         for changes in batches(changes, self.config.batch_rows, self.config.batch_bytes) {
             self.queue.push_back(Outgoing::Batch {

@@ -43,7 +43,12 @@ fn insert(store: &mut Store, range: std::ops::Range<usize>) -> crate::Result<()>
 }
 
 fn allow(access: Access) -> Authorize {
-    Arc::new(move |token| (token == Some("t")).then_some(access))
+    Arc::new(move |token| {
+        (token == Some("t")).then(|| Grant {
+            access,
+            writer: crate::resolve::Writer::user("t"),
+        })
+    })
 }
 
 /// Delivers every message both ways until neither side has anything to
@@ -106,7 +111,7 @@ fn an_interrupted_sync_resumes_with_only_what_is_missing() -> TestResult {
     insert(&mut sa, 0..40)?;
     let config = SessionConfig::default().batch_rows(5).window(1);
     let mut a = Session::initiator(&sa, config.clone());
-    let mut b = Session::responder(&sb, config.clone(), Arc::new(|_| Some(Access::ReadWrite)));
+    let mut b = Session::responder(&sb, config.clone(), Arc::new(|_| Some(Grant::read_write())));
     // Deliver until b has applied three batches, then drop the connection.
     let mut applied = 0;
     while applied < 3 {
@@ -124,7 +129,7 @@ fn an_interrupted_sync_resumes_with_only_what_is_missing() -> TestResult {
     }
     assert_eq!(b.stats().rows_received, 15);
     let mut a = Session::initiator(&sa, config.clone());
-    let mut b = Session::responder(&sb, config, Arc::new(|_| Some(Access::ReadWrite)));
+    let mut b = Session::responder(&sb, config, Arc::new(|_| Some(Grant::read_write())));
     pump(&mut a, &mut sa, &mut b, &mut sb)?;
     assert_eq!(a.stats().rows_sent, 25);
     assert_eq!(sa.digest()?, sb.digest()?);
@@ -226,7 +231,7 @@ fn protocol_violations_close_the_session() -> TestResult {
     let mut b = Session::responder(
         &sb,
         SessionConfig::default(),
-        Arc::new(|_| Some(Access::ReadWrite)),
+        Arc::new(|_| Some(Grant::read_write())),
     );
     pump(&mut a, &mut sa, &mut b, &mut sb)?;
     assert!(matches!(
@@ -247,7 +252,7 @@ fn live_sessions_push_new_writes_and_do_not_echo() -> TestResult {
     let (mut sa, mut sb) = (store(1)?, store(2)?);
     let config = SessionConfig::default().live(true);
     let mut a = Session::initiator(&sa, config.clone());
-    let mut b = Session::responder(&sb, config, Arc::new(|_| Some(Access::ReadWrite)));
+    let mut b = Session::responder(&sb, config, Arc::new(|_| Some(Grant::read_write())));
     pump(&mut a, &mut sa, &mut b, &mut sb)?;
     assert!(a.is_caught_up() && b.is_caught_up());
 
@@ -263,5 +268,75 @@ fn live_sessions_push_new_writes_and_do_not_echo() -> TestResult {
     assert_eq!(sa.digest()?, sb.digest()?);
     assert_eq!((a.stats().rows_sent, b.stats().rows_sent), (2, 1));
     assert!(a.is_caught_up() && b.is_caught_up());
+    Ok(())
+}
+
+const SEATS: &str = r#"
+name = "seats"
+version = 1
+[[table]]
+name = "seat"
+primary_key = ["seat"]
+authority = true
+[[table.column]]
+name = "seat"
+type = "text"
+[[table.column]]
+name = "booked_by"
+type = "text"
+"#;
+
+#[test]
+fn the_authority_sees_the_tokens_writer_and_its_rejections_reach_the_client() -> TestResult {
+    use crate::resolve::{Resolution, Resolver};
+    let schema = Schema::from_toml_str(SEATS, "seats.toml")?;
+    let open = |n: u8, authority: bool| {
+        StoreOptions::new()
+            .site_id(SiteId::from_bytes([n; 16]))
+            .authority(authority)
+            .open_in_memory(&schema)
+    };
+    let mut server = open(1, true)?;
+    server.add_resolver(
+        "seat",
+        Resolver::new("first booking wins; the writer must be the token's", |c| {
+            if c.writer().user.as_deref() != Some("t") {
+                return Resolution::Reject(format!("unexpected writer {:?}", c.writer()));
+            }
+            match (c.local().and_then(|r| r.text("booked_by")), c.incoming()) {
+                (Some(first), Some(inc)) if inc.text("booked_by") != Some(first) => {
+                    Resolution::Reject(format!("seat {} already booked by {first}", c.key()))
+                }
+                _ => Resolution::Accept,
+            }
+        }),
+    )?;
+    let mut alice = open(2, false)?;
+    let mut bob = open(3, false)?;
+    for (store, name) in [(&mut alice, "alice"), (&mut bob, "bob")] {
+        store
+            .write(|tx| tx.insert("seat", &[("seat", "A1".into()), ("booked_by", name.into())]))?;
+    }
+    for client in [&mut alice, &mut bob] {
+        let mut c = Session::initiator(client, SessionConfig::default().token(Some("t".into())));
+        let mut s = Session::responder(&server, SessionConfig::default(), allow(Access::ReadWrite));
+        pump(&mut c, client, &mut s, &mut server)?;
+        assert!(c.is_caught_up() && s.is_caught_up());
+    }
+    // Bob's booking was refused; he learns why on his next sync, along
+    // with the correction.
+    let mut c = Session::initiator(&bob, SessionConfig::default().token(Some("t".into())));
+    let mut s = Session::responder(&server, SessionConfig::default(), allow(Access::ReadWrite));
+    pump(&mut c, &mut bob, &mut s, &mut server)?;
+    let rejections = bob.rejections()?;
+    assert_eq!(rejections.len(), 1, "{rejections:?}");
+    assert!(
+        rejections[0].reason.contains("already booked by alice"),
+        "{}",
+        rejections[0].reason
+    );
+    assert_eq!(s.stats().rejections_sent + c.stats().rejections_received, 2);
+    assert_eq!(bob.digest()?, server.digest()?);
+    assert!(alice.rejections()?.is_empty());
     Ok(())
 }

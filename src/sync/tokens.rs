@@ -7,13 +7,19 @@
 //! name = "till-1"            # for the logs
 //! token = "s3cret-till-1"
 //! access = "read-write"      # or "read-only"
+//! user = "alice"             # optional: the writer resolvers see (default: name)
+//! roles = ["clerk"]          # optional: the writer's roles
 //! ```
+//!
+//! The user and roles become the [`Writer`] of every change that arrives
+//! through the token, so a client cannot claim roles it was not given.
 //!
 //! Tokens are compared by their blake3 hashes (constant-time equality), and
 //! only the hashes are kept in memory.
 
 use super::error::SyncError;
-use super::session::{Access, Authorize};
+use super::session::{Access, Authorize, Grant};
+use crate::resolve::Writer;
 use serde::Deserialize;
 use std::path::Path;
 use std::sync::Arc;
@@ -28,7 +34,7 @@ pub struct Tokens {
 struct Entry {
     name: String,
     hash: blake3::Hash,
-    access: Access,
+    grant: Grant,
 }
 
 #[derive(Deserialize)]
@@ -44,6 +50,9 @@ struct FileEntry {
     name: String,
     token: String,
     access: FileAccess,
+    user: Option<String>,
+    #[serde(default)]
+    roles: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -59,12 +68,12 @@ impl Tokens {
         Tokens::default()
     }
 
-    /// Adds a client's token.
-    pub fn add(&mut self, name: impl Into<String>, token: &str, access: Access) {
+    /// Adds a client's token; its changes are written by `grant.writer`.
+    pub fn add(&mut self, name: impl Into<String>, token: &str, grant: Grant) {
         self.entries.push(Entry {
             name: name.into(),
             hash: blake3::hash(token.as_bytes()),
-            access,
+            grant,
         });
     }
 
@@ -100,18 +109,20 @@ impl Tokens {
                 FileAccess::ReadWrite => Access::ReadWrite,
                 FileAccess::ReadOnly => Access::ReadOnly,
             };
-            tokens.add(entry.name, &entry.token, access);
+            let mut writer = Writer::user(entry.user.as_deref().unwrap_or(&entry.name));
+            writer.roles = entry.roles;
+            tokens.add(entry.name, &entry.token, Grant { access, writer });
         }
         Ok(tokens)
     }
 
-    /// The client a token belongs to and its access.
-    pub fn check(&self, token: Option<&str>) -> Option<(&str, Access)> {
+    /// The client a token belongs to and what it grants.
+    pub fn check(&self, token: Option<&str>) -> Option<(&str, &Grant)> {
         let hash = blake3::hash(token?.as_bytes());
         self.entries
             .iter()
             .find(|e| e.hash == hash)
-            .map(|e| (e.name.as_str(), e.access))
+            .map(|e| (e.name.as_str(), &e.grant))
     }
 
     /// The number of tokens.
@@ -127,7 +138,7 @@ impl Tokens {
     /// A session authorizer checking against these tokens.
     pub fn authorizer(self: &Arc<Self>) -> Authorize {
         let tokens = Arc::clone(self);
-        Arc::new(move |token| tokens.check(token).map(|(_, access)| access))
+        Arc::new(move |token| tokens.check(token).map(|(_, grant)| grant.clone()))
     }
 }
 
@@ -136,13 +147,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tokens_file_parses_and_checks() -> Result<(), SyncError> {
+    fn tokens_file_parses_and_checks() -> Result<(), Box<dyn std::error::Error>> {
         let tokens = Tokens::from_toml_str(
             r#"
             [[token]]
             name = "till-1"
             token = "secret-one"
             access = "read-write"
+            user = "alice"
+            roles = ["clerk"]
             [[token]]
             name = "dashboard"
             token = "secret-two"
@@ -150,16 +163,14 @@ mod tests {
             "#,
             "tokens.toml",
         )?;
-        assert_eq!(
-            tokens.check(Some("secret-one")),
-            Some(("till-1", Access::ReadWrite))
-        );
-        assert_eq!(
-            tokens.check(Some("secret-two")),
-            Some(("dashboard", Access::ReadOnly))
-        );
-        assert_eq!(tokens.check(Some("secret-thre")), None);
-        assert_eq!(tokens.check(None), None);
+        let (name, grant) = tokens.check(Some("secret-one")).ok_or("no till-1")?;
+        assert_eq!((name, grant.access), ("till-1", Access::ReadWrite));
+        assert_eq!(grant.writer, Writer::user("alice").with_role("clerk"));
+        let (name, grant) = tokens.check(Some("secret-two")).ok_or("no dashboard")?;
+        assert_eq!((name, grant.access), ("dashboard", Access::ReadOnly));
+        assert_eq!(grant.writer, Writer::user("dashboard"));
+        assert!(tokens.check(Some("secret-thre")).is_none());
+        assert!(tokens.check(None).is_none());
         Ok(())
     }
 

@@ -139,18 +139,38 @@ async fn read_frames<R: AsyncRead + Unpin>(
             limit
         };
         first = false;
-        let result = read_frame(&mut reader, frame_limit, &counts).await;
-        let end = !matches!(result, Ok(Some(_)));
+        let result = tokio::select! {
+            result = read_frame(&mut reader, frame_limit, &counts) => result,
+            () = tx.closed() => break,
+        };
         let item = match result {
             Ok(Some(message)) => Ok(message),
             Ok(None) => return,
             Err(e) => Err(e),
         };
-        if tx.send(item).await.is_err() || end {
-            return;
+        let failed = item.is_err();
+        if tx.send(item).await.is_err() || failed {
+            break;
         }
     }
+    drain(reader).await;
 }
+
+/// Reads and discards what the peer still sends, for a moment, before the
+/// socket closes: closing with unread bytes makes TCP reset the connection,
+/// and the peer could lose the notice that says why it was closed.
+async fn drain<R: AsyncRead + Unpin>(reader: R) {
+    let mut limited = reader.take(DRAIN_BYTES);
+    let _ = tokio::time::timeout(
+        DRAIN_TIME,
+        tokio::io::copy(&mut limited, &mut tokio::io::sink()),
+    )
+    .await;
+}
+
+/// How much and how long a closing connection drains.
+const DRAIN_BYTES: u64 = 1 << 20;
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Reads one frame: `Ok(None)` at a clean end of stream.
 async fn read_frame<R: AsyncRead + Unpin>(
