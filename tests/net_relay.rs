@@ -123,17 +123,6 @@ fn config(token: &str) -> SessionConfig {
     SessionConfig::default().token(Some(token.into()))
 }
 
-async fn wait_until(what: &str, mut done: impl FnMut() -> meldb::Result<bool>) -> TestResult {
-    let start = Instant::now();
-    while !done()? {
-        if start.elapsed() > Duration::from_secs(30) {
-            return Err(format!("timed out waiting for {what}").into());
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    Ok(())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_clients_and_a_relay_killed_mid_traffic() -> TestResult {
     let dir = tempfile::tempdir()?;
@@ -165,15 +154,24 @@ async fn three_clients_and_a_relay_killed_mid_traffic() -> TestResult {
         insert(c, &format!("c{}-first", i + 1))?;
     }
     insert(&clients[0], "c1-first")?;
-    sync_once_tcp(&clients[0], &addr, config("rw-token-1")).await?;
-    wait_until("the first writes everywhere", || {
-        Ok(clients
+    // Client 1 syncs until it also has what 2 and 3 pushed after its sync.
+    let start = Instant::now();
+    loop {
+        sync_once_tcp(&clients[0], &addr, config("rw-token-1")).await?;
+        if clients
             .iter()
             .map(count)
             .collect::<meldb::Result<Vec<_>>>()?
-            == [3, 3, 3])
-    })
-    .await?;
+            == [3, 3, 3]
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the first writes never spread"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     // Traffic from every client; the relay dies at a random point of it.
     let mut relay = Some(relay);

@@ -6,10 +6,10 @@
 //! 42-byte header first, so a declared length over the connection's limit
 //! is refused before anything is allocated; [`decode_message`] then checks
 //! the checksum and decodes with bincode's byte limit. Batches of changes
-//! travel in the compact changeset layout of `wire` (site table, register
-//! ages), not as the in-memory structures.
+//! travel in the `compact` layout (a flags byte per row, delta-encoded
+//! clocks and timestamps, a site table), as one byte string.
 
-use super::wire::WireChangeset;
+use super::compact;
 use super::{check_header, decode_value, encode_value, frame_as, unframe_as, DecodeError};
 use crate::resolve::Rejection;
 use crate::sync::message::{Ack, Batch, Hello, Message, Notice, Sent, Want};
@@ -29,12 +29,41 @@ pub const MAX_MESSAGE_PAYLOAD: usize = 64 << 20;
 enum WireMessage {
     Hello(Hello),
     Want(Want),
-    Changes { seq: u64, changes: WireChangeset },
+    Changes { seq: u64, changes: Bytes },
     Ack(Ack),
     Sent(Sent),
     Caught(u64),
     Notice(Notice),
     Rejections(Vec<Rejection>),
+}
+
+/// A byte string that serde hands to bincode whole (a length and the
+/// bytes), not element by element.
+struct Bytes(Vec<u8>);
+
+impl Serialize for Bytes {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Bytes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl serde::de::Visitor<'_> for Visit {
+            type Value = Bytes;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a byte string")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Bytes, E> {
+                Ok(Bytes(v.to_vec()))
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Bytes, E> {
+                Ok(Bytes(v))
+            }
+        }
+        d.deserialize_byte_buf(Visit)
+    }
 }
 
 /// Encodes a message as one frame.
@@ -44,7 +73,7 @@ pub fn encode_message(message: &Message) -> Vec<u8> {
         Message::Want(w) => WireMessage::Want(w.clone()),
         Message::Changes(b) => WireMessage::Changes {
             seq: b.seq,
-            changes: WireChangeset::from_changeset(&b.changes),
+            changes: Bytes(compact::encode(&b.changes)),
         },
         Message::Ack(a) => WireMessage::Ack(*a),
         Message::Sent(s) => WireMessage::Sent(*s),
@@ -87,7 +116,7 @@ pub fn decode_message(frame: &[u8], limit: usize) -> Result<Message, DecodeError
             WireMessage::Want(w) => Message::Want(w),
             WireMessage::Changes { seq, changes } => Message::Changes(Batch {
                 seq,
-                changes: changes.into_changeset()?,
+                changes: compact::decode(&changes.0)?,
             }),
             WireMessage::Ack(a) => Message::Ack(a),
             WireMessage::Sent(s) => Message::Sent(s),

@@ -13,6 +13,7 @@
 //! then decodes the payload with bincode's byte limit, so no length field
 //! inside it can claim more elements than the frame has bytes.
 
+mod compact;
 mod messages;
 mod wire;
 

@@ -95,8 +95,8 @@ pub struct SessionConfig {
 impl Default for SessionConfig {
     fn default() -> Self {
         SessionConfig {
-            batch_rows: 2_000,
-            batch_bytes: 1 << 20,
+            batch_rows: 10_000,
+            batch_bytes: 4 << 20,
             window: 4,
             live: false,
             token: None,
