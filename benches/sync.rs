@@ -181,7 +181,8 @@ impl Setup {
                 .expect("connect");
             let stats = sync_once(&store, &mut conn, SessionConfig::default())
                 .await
-                .expect("sync");
+                .expect("sync")
+                .stats;
             let counts = conn.counts();
             (start.elapsed(), counts.sent() + counts.received(), stats)
         });

@@ -190,8 +190,8 @@ async fn three_clients_and_a_relay_killed_mid_traffic() -> TestResult {
         insert(&clients[1 + written % 2], &format!("live{written}"))?;
         written += 1;
         match sync_once_tcp(&clients[0], &addr, config("rw-token-1")).await {
-            Ok(stats) => {
-                assert_eq!(stats.rows_acked, stats.rows_sent);
+            Ok(report) => {
+                assert_eq!(report.stats.rows_acked, report.stats.rows_sent);
                 acked = written;
             }
             Err(_) => break,

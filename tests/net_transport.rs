@@ -60,8 +60,8 @@ async fn memory_pair_syncs_both_ways_in_batches() -> TestResult {
         )
         .await
     });
-    let stats = sync_once(&a, &mut ca, config).await?;
-    let server_stats = server.await??;
+    let stats = sync_once(&a, &mut ca, config).await?.stats;
+    let server_stats = server.await??.stats;
     assert_eq!((stats.rows_sent, stats.rows_received), (300, 120));
     assert_eq!(stats.batches_sent, 6);
     assert_eq!(server_stats.rows_applied, 300);

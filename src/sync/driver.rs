@@ -9,12 +9,30 @@
 
 use super::error::SyncError;
 use super::message::{Message, NoticeCode};
-use super::session::{Session, SessionConfig, SyncStats};
+use super::session::{PeerInfo, Session, SessionConfig, SyncStats};
 use super::shared::SharedStore;
 use super::transport::Connection;
 use crate::codec::MAX_MESSAGE_PAYLOAD;
 use std::time::Duration;
 use tokio::sync::watch;
+
+/// What a finished session did, and with whom.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncReport {
+    /// What moved.
+    pub stats: SyncStats,
+    /// The peer, if it said hello.
+    pub peer: Option<PeerInfo>,
+}
+
+impl SyncReport {
+    fn of(session: &Session) -> SyncReport {
+        SyncReport {
+            stats: session.stats(),
+            peer: session.peer().cloned(),
+        }
+    }
+}
 
 /// How a session is run.
 #[derive(Debug, Clone)]
@@ -34,7 +52,7 @@ pub(crate) async fn drive(
     conn: &mut Connection,
     options: &DriveOptions,
     shutdown: &mut watch::Receiver<bool>,
-) -> Result<SyncStats, SyncError> {
+) -> Result<SyncReport, SyncError> {
     let mut session = Some(session);
     let mut changes = store.subscribe();
     let mut silent = 0u32;
@@ -53,7 +71,7 @@ pub(crate) async fn drive(
         }
         if options.until_caught_up && s.is_caught_up() {
             conn.shutdown().await.ok();
-            return Ok(s.stats());
+            return Ok(SyncReport::of(s));
         }
         let event = tokio::select! {
             message = conn.recv() => Event::Message(message),
@@ -66,7 +84,7 @@ pub(crate) async fn drive(
         };
         match event {
             // The peer left after both sides caught up: a normal end.
-            Event::Message(None) if s.is_caught_up() => return Ok(s.stats()),
+            Event::Message(None) if s.is_caught_up() => return Ok(SyncReport::of(s)),
             Event::Message(None) => return Err(SyncError::Closed { during: "mid-sync" }),
             Event::Message(Some(Err(e))) => {
                 // A bad frame: tell the peer, then end this connection only.
@@ -116,7 +134,7 @@ pub(crate) async fn drive(
             Event::Shutdown => {
                 s.close(NoticeCode::Shutdown, "shutting down");
                 flush(s, conn).await;
-                return Ok(s.stats());
+                return Ok(SyncReport::of(s));
             }
         }
     }
@@ -164,7 +182,7 @@ pub async fn sync_once(
     store: &SharedStore,
     conn: &mut Connection,
     config: SessionConfig,
-) -> Result<SyncStats, SyncError> {
+) -> Result<SyncReport, SyncError> {
     let session = {
         let guard = store.lock();
         Session::initiator(&guard, config.live(false))
@@ -190,7 +208,7 @@ pub async fn accept_once(
     conn: &mut Connection,
     config: SessionConfig,
     authorize: super::session::Authorize,
-) -> Result<SyncStats, SyncError> {
+) -> Result<SyncReport, SyncError> {
     let session = {
         let guard = store.lock();
         Session::responder(&guard, config.live(false), authorize)
@@ -214,7 +232,7 @@ pub async fn sync_once_tcp(
     store: &SharedStore,
     addr: &str,
     config: SessionConfig,
-) -> Result<SyncStats, SyncError> {
+) -> Result<SyncReport, SyncError> {
     let mut conn = Connection::tcp(addr, MAX_MESSAGE_PAYLOAD).await?;
     sync_once(store, &mut conn, config).await
 }
@@ -240,14 +258,14 @@ impl Default for Backoff {
 
 /// Stays connected to `addr` and syncs continuously (live mode):
 /// reconnects with [`Backoff`] after any failure, until `shutdown` turns
-/// true. Returns the stats of every session.
+/// true. Returns the report of every session that ended cleanly.
 pub async fn sync_continuously(
     store: SharedStore,
     addr: String,
     config: SessionConfig,
     backoff: Backoff,
     mut shutdown: watch::Receiver<bool>,
-) -> Vec<SyncStats> {
+) -> Vec<SyncReport> {
     let mut delay = backoff.initial;
     let mut all = Vec::new();
     let options = DriveOptions {

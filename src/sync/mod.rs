@@ -20,8 +20,9 @@
 //! # async fn example(store: meldb::Store) -> Result<(), meldb::sync::SyncError> {
 //! use meldb::sync::{sync_once_tcp, SessionConfig, SharedStore};
 //! let store = SharedStore::new(store);
-//! let stats = sync_once_tcp(&store, "127.0.0.1:7420", SessionConfig::default().token(Some("s3cret-till-1".into()))).await?;
-//! println!("sent {} rows, received {}", stats.rows_sent, stats.rows_received);
+//! let config = SessionConfig::default().token(Some("s3cret-till-1".into()));
+//! let report = sync_once_tcp(&store, "127.0.0.1:7420", config).await?;
+//! println!("sent {} rows, received {}", report.stats.rows_sent, report.stats.rows_received);
 //! # Ok(()) }
 //! ```
 //!
@@ -39,7 +40,7 @@ pub mod shared;
 pub mod tokens;
 pub mod transport;
 
-pub use driver::{accept_once, sync_continuously, sync_once, sync_once_tcp, Backoff};
+pub use driver::{accept_once, sync_continuously, sync_once, sync_once_tcp, Backoff, SyncReport};
 pub use error::SyncError;
 pub use message::{Message, NoticeCode};
 pub use relay::{Relay, RelayConfig};

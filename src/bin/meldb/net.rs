@@ -104,11 +104,23 @@ pub fn sync(args: &NetSyncArgs, out: &mut dyn Write) -> Result<()> {
     init_logs("warn");
     let store = SharedStore::new(open(&args.db)?);
     let config = SessionConfig::default().token(args.token.clone());
-    let stats = runtime()?.block_on(sync_once_tcp(&store, &args.peer, config))?;
+    let report = runtime()?.block_on(sync_once_tcp(&store, &args.peer, config))?;
+    let stats = report.stats;
     writeln!(
         out,
         "sent {} rows, received {} rows ({} changed this replica)",
         stats.rows_sent, stats.rows_received, stats.rows_applied
     )?;
+    if report.peer.is_some_and(|p| !p.accepts_changes) {
+        writeln!(
+            out,
+            "note: the peer does not accept changes from this token (read-only): local changes were not sent"
+        )?;
+    }
+    if stats.rejections_received > 0 {
+        for r in store.lock().rejections()? {
+            writeln!(out, "rejected: {} {}: {}", r.table, r.key, r.reason)?;
+        }
+    }
     Ok(())
 }
