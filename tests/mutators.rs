@@ -342,3 +342,121 @@ fn subscribers_hear_of_rows_a_rebase_changed() -> TestResult {
     assert_eq!(heard.lock().map(|h| h.clone()).unwrap_or_default(), keys);
     Ok(())
 }
+
+/// What a client did, for the property test.
+#[derive(Debug, Clone)]
+enum Step {
+    Mutate(usize, u8, u8),
+    Push(usize),
+    Pull(usize),
+}
+
+fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+    use proptest::prelude::*;
+    prop_oneof![
+        4 => (0..3usize, 0..4u8, 0..4u8).prop_map(|(c, m, k)| Step::Mutate(c, m, k)),
+        2 => (0..3usize).prop_map(Step::Push),
+        2 => (0..3usize).prop_map(Step::Pull),
+    ]
+}
+
+/// A mutation by kind `m` on key `k`: creates, likes, edits and bookings,
+/// some of which fail at the authority (a second booking, a like of a
+/// todo that does not exist).
+fn mutate(store: &mut Store, m: u8, k: u8) -> meldb::Result<()> {
+    let id = format!("t{k}");
+    let result = match m {
+        0 => store.mutate("create", &(id.as_str(), "walk the dog")),
+        1 => store.mutate("like", &id),
+        2 => store.mutate(
+            "set_text",
+            &SetText {
+                id,
+                column: "title".into(),
+                text: format!("urgent {k}"),
+            },
+        ),
+        _ => store.mutate(
+            "book",
+            &Book {
+                time: format!("{k}:00"),
+                user: store.site_id().to_string(),
+            },
+        ),
+    };
+    match result {
+        Ok(_) | Err(meldb::Error::Mutation(_)) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// The client's view as it must be: the authority's state at the client's
+/// last pull, with the client's pending mutations run on top in order.
+fn expected_view(
+    base: &meldb::Changeset,
+    pending: &[meldb::mutator::PendingMutation],
+    time: &ManualTime,
+) -> meldb::Result<std::collections::BTreeMap<String, Vec<Vec<Value>>>> {
+    let mut scratch = open(9, time, true)?;
+    scratch.apply(base)?;
+    for m in pending {
+        let args: serde_json::Value = serde_json::from_str(&m.args).unwrap_or_default();
+        match scratch.mutate(&m.name, &args) {
+            Ok(_) | Err(meldb::Error::Mutation(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    common::view_rows(&scratch)
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::test_runner::Config::with_cases(common::cases()))]
+
+    #[test]
+    fn clients_see_the_canonical_state_plus_their_pending_mutations(
+        steps in proptest::collection::vec(step(), 1..40)
+    ) {
+        let time = ManualTime::new(T0);
+        let mut server = open(1, &time, true).map_err(|e| proptest::test_runner::TestCaseError::fail(e.to_string()))?;
+        let mut clients: Vec<Store> = Vec::new();
+        for n in 2..5 {
+            clients.push(open(n, &time, false).map_err(|e| proptest::test_runner::TestCaseError::fail(e.to_string()))?);
+        }
+        let mut bases = vec![meldb::Changeset::new(site(1)); clients.len()];
+        let check = |r: meldb::Result<()>| r.map_err(|e| proptest::test_runner::TestCaseError::fail(e.to_string()));
+        for step in &steps {
+            time.advance(std::time::Duration::from_millis(3));
+            let c = match *step {
+                Step::Mutate(c, m, k) => { check(mutate(&mut clients[c], m, k))?; c }
+                Step::Push(c) => { check(push(&mut server, &clients[c]))?; c }
+                Step::Pull(c) => {
+                    check(pull(&server, &mut clients[c]).map(|_| ()))?;
+                    bases[c] = server.changes_since(&meldb::VersionVector::new())
+                        .map_err(|e| proptest::test_runner::TestCaseError::fail(e.to_string()))?;
+                    c
+                }
+            };
+            let pending = clients[c].pending_mutations()
+                .map_err(|e| proptest::test_runner::TestCaseError::fail(e.to_string()))?;
+            let want = expected_view(&bases[c], &pending, &time)
+                .map_err(|e| proptest::test_runner::TestCaseError::fail(e.to_string()))?;
+            let got = common::view_rows(&clients[c])
+                .map_err(|e| proptest::test_runner::TestCaseError::fail(e.to_string()))?;
+            proptest::prop_assert_eq!(got, want, "client {} after {:?}", c, step);
+        }
+        for client in &mut clients {
+            check(push(&mut server, client))?;
+        }
+        for client in &mut clients {
+            check(pull(&server, client).map(|_| ()))?;
+            proptest::prop_assert!(client.pending_mutations().map(|p| p.is_empty()).unwrap_or(false));
+        }
+        let want = common::view_rows(&server)
+            .map_err(|e| proptest::test_runner::TestCaseError::fail(e.to_string()))?;
+        for client in &clients {
+            let got = common::view_rows(client)
+                .map_err(|e| proptest::test_runner::TestCaseError::fail(e.to_string()))?;
+            proptest::prop_assert_eq!(&got, &want);
+        }
+    }
+}
