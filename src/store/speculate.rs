@@ -20,7 +20,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 /// databases when they are opened).
 pub const MUTATOR_DDL: &str = "
 CREATE TABLE IF NOT EXISTS meldb_undo (
-    tbl INTEGER NOT NULL, rid INTEGER NOT NULL, row BLOB, dots BLOB NOT NULL,
+    tbl INTEGER NOT NULL, rid INTEGER NOT NULL, row BLOB,
     PRIMARY KEY (tbl, rid)) STRICT, WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meldb_pending (
     id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, args TEXT NOT NULL,
@@ -37,17 +37,24 @@ CREATE TABLE IF NOT EXISTS meldb_mutation_rejects (
 
 /// Records the before-image of row `rid` of `layout` unless one is kept.
 pub(super) fn capture(conn: &Connection, layout: &TableLayout, rid: i64) -> Result<()> {
-    let kept: bool = conn
-        .prepare_cached("SELECT EXISTS (SELECT 1 FROM meldb_undo WHERE tbl = ?1 AND rid = ?2)")?
-        .query_row(params![layout.id, rid], |r| r.get(0))?;
-    if kept {
+    let sql = format!(
+        "INSERT OR IGNORE INTO meldb_undo (tbl, rid, row) \
+         SELECT ?1, ?2, NULL WHERE NOT EXISTS \
+         (SELECT 1 FROM meldb_undo WHERE tbl = ?1 AND rid = ?2)"
+    );
+    // Claim the slot first: only the first write to a row keeps its image.
+    if conn
+        .prepare_cached(&sql)?
+        .execute(params![layout.id, rid])?
+        == 0
+    {
         return Ok(());
     }
-    let sql = format!(
+    let select = format!(
         "SELECT * FROM {} WHERE _meldb_rid = ?1",
         quote(&base_name(layout.name()))
     );
-    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut stmt = conn.prepare_cached(&select)?;
     let width = stmt.column_count();
     let row: Option<Vec<Value>> = stmt
         .query_row([rid], |r| {
@@ -56,30 +63,19 @@ pub(super) fn capture(conn: &Connection, layout: &TableLayout, rid: i64) -> Resu
                 .collect::<rusqlite::Result<Vec<_>>>()
         })
         .optional()?;
-    let dots: Vec<(i64, i64)> = conn
-        .prepare_cached("SELECT site, seq FROM meldb_dots WHERE tbl = ?1 AND rid = ?2")?
-        .query_map(params![layout.id, rid], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<rusqlite::Result<_>>()?;
-    conn.prepare_cached("INSERT INTO meldb_undo (tbl, rid, row, dots) VALUES (?1, ?2, ?3, ?4)")?
+    conn.prepare_cached("UPDATE meldb_undo SET row = ?3 WHERE tbl = ?1 AND rid = ?2")?
         .execute(params![
             layout.id,
             rid,
-            row.map(|r| codec::encode_stored(&r)),
-            codec::encode_stored(&dots)
+            row.map(|r| codec::encode_stored(&r))
         ])?;
     Ok(())
 }
 
 /// Records that row `rid` was created by a speculative write.
 pub(super) fn capture_new(conn: &Connection, layout: &TableLayout, rid: i64) -> Result<()> {
-    conn.prepare_cached(
-        "INSERT OR IGNORE INTO meldb_undo (tbl, rid, row, dots) VALUES (?1, ?2, NULL, ?3)",
-    )?
-    .execute(params![
-        layout.id,
-        rid,
-        codec::encode_stored(&Vec::<(i64, i64)>::new())
-    ])?;
+    conn.prepare_cached("INSERT OR IGNORE INTO meldb_undo (tbl, rid, row) VALUES (?1, ?2, NULL)")?
+        .execute(params![layout.id, rid])?;
     Ok(())
 }
 
@@ -98,43 +94,77 @@ pub(super) fn touched(conn: &Connection) -> Result<Vec<(i64, i64)>> {
         .collect::<rusqlite::Result<_>>()?)
 }
 
+/// The index of the packed-metadata column in a base row as `SELECT *`
+/// returns it (upgrades append columns after it, so it is looked up).
+fn state_column(conn: &Connection, layout: &TableLayout) -> Result<usize> {
+    let sql = format!("SELECT * FROM {} LIMIT 0", quote(&base_name(layout.name())));
+    Ok(conn.prepare_cached(&sql)?.column_index("_meldb_state")?)
+}
+
+/// Deletes the dot-index entries of a row, as its stored metadata lists them.
+fn drop_dots(conn: &Connection, layout: &TableLayout, rid: i64) -> Result<()> {
+    let sql = format!(
+        "SELECT _meldb_state FROM {} WHERE _meldb_rid = ?1",
+        quote(&base_name(layout.name()))
+    );
+    let blob: Option<Vec<u8>> = conn
+        .prepare_cached(&sql)?
+        .query_row([rid], |r| r.get(0))
+        .optional()?;
+    if let Some(blob) = blob {
+        for (site, seq) in super::rows::stored_dots(&blob)? {
+            conn.prepare_cached("DELETE FROM meldb_dots WHERE site = ?1 AND seq = ?2")?
+                .execute(params![site, seq as i64])?;
+        }
+    }
+    Ok(())
+}
+
 /// Puts every before-image back and forgets them.
 pub(super) fn restore_all(conn: &Connection, tables: &[TableLayout]) -> Result<usize> {
-    type Image = (i64, i64, Option<Vec<u8>>, Vec<u8>);
-    let images: Vec<Image> = conn
-        .prepare_cached("SELECT tbl, rid, row, dots FROM meldb_undo")?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+    let images: Vec<(i64, i64, Option<Vec<u8>>)> = conn
+        .prepare_cached("SELECT tbl, rid, row FROM meldb_undo")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
         .collect::<rusqlite::Result<_>>()?;
-    let corrupt = |problem: String| StorageError::Corrupt {
-        what: "meldb_undo".into(),
-        problem,
+    let layout_of = |tbl: i64| {
+        tables
+            .iter()
+            .find(|t| t.id == tbl)
+            .ok_or_else(|| StorageError::Corrupt {
+                what: "meldb_undo".into(),
+                problem: format!("unknown table id {tbl}"),
+            })
     };
     // First every speculative dot goes, then the images come back: a dot a
     // speculative write moved off one row may be restored on another.
-    for (tbl, rid, _, _) in &images {
-        conn.prepare_cached("DELETE FROM meldb_dots WHERE tbl = ?1 AND rid = ?2")?
-            .execute(params![tbl, rid])?;
+    for (tbl, rid, _) in &images {
+        drop_dots(conn, layout_of(*tbl)?, *rid)?;
     }
-    for (tbl, rid, row, dots) in &images {
-        let layout = tables
-            .iter()
-            .find(|t| t.id == *tbl)
-            .ok_or_else(|| corrupt(format!("unknown table id {tbl}")))?;
+    for (tbl, rid, row) in &images {
+        let layout = layout_of(*tbl)?;
         let base = quote(&base_name(layout.name()));
         conn.prepare_cached(&format!("DELETE FROM {base} WHERE _meldb_rid = ?1"))?
             .execute([rid])?;
-        if let Some(row) = row {
-            let values: Vec<Value> = codec::decode_stored(row, "meldb_undo row")?;
-            let marks = vec!["?"; values.len()].join(", ");
-            conn.prepare_cached(&format!("INSERT INTO {base} VALUES ({marks})"))?
-                .execute(rusqlite::params_from_iter(&values))?;
-        }
-        let dots: Vec<(i64, i64)> = codec::decode_stored(dots, "meldb_undo dots")?;
-        for (site, seq) in dots {
+        let Some(row) = row else { continue };
+        let values: Vec<Value> = codec::decode_stored(row, "meldb_undo row")?;
+        let marks = vec!["?"; values.len()].join(", ");
+        conn.prepare_cached(&format!("INSERT INTO {base} VALUES ({marks})"))?
+            .execute(rusqlite::params_from_iter(&values))?;
+        let Some(Value::Blob(state)) = values.get(state_column(conn, layout)?) else {
+            return Err(StorageError::Corrupt {
+                what: "meldb_undo".into(),
+                problem: format!(
+                    "the image of row {rid} of {:?} has no metadata",
+                    layout.name()
+                ),
+            }
+            .into());
+        };
+        for (site, seq) in super::rows::stored_dots(state)? {
             conn.prepare_cached(
                 "INSERT INTO meldb_dots (site, seq, tbl, rid) VALUES (?1, ?2, ?3, ?4)",
             )?
-            .execute(params![site, seq, tbl, rid])?;
+            .execute(params![site, seq as i64, tbl, rid])?;
         }
     }
     conn.execute("DELETE FROM meldb_undo", [])?;
