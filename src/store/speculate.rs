@@ -37,17 +37,11 @@ CREATE TABLE IF NOT EXISTS meldb_mutation_rejects (
 
 /// Records the before-image of row `rid` of `layout` unless one is kept.
 pub(super) fn capture(conn: &Connection, layout: &TableLayout, rid: i64) -> Result<()> {
-    let sql = format!(
-        "INSERT OR IGNORE INTO meldb_undo (tbl, rid, row) \
-         SELECT ?1, ?2, NULL WHERE NOT EXISTS \
-         (SELECT 1 FROM meldb_undo WHERE tbl = ?1 AND rid = ?2)"
-    );
     // Claim the slot first: only the first write to a row keeps its image.
-    if conn
-        .prepare_cached(&sql)?
-        .execute(params![layout.id, rid])?
-        == 0
-    {
+    let claimed = conn
+        .prepare_cached("INSERT OR IGNORE INTO meldb_undo (tbl, rid, row) VALUES (?1, ?2, NULL)")?
+        .execute(params![layout.id, rid])?;
+    if claimed == 0 {
         return Ok(());
     }
     let select = format!(
