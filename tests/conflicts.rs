@@ -291,7 +291,8 @@ fn hold_confirmation_absorbs_a_concurrent_extension_at_an_authority_either_order
 fn latest_expiry() -> Resolver {
     Resolver::new("latest expiry", |c| {
         let [a, b] = c.versions();
-        let expiry = |v: &meldb::resolve::Version| v.row.as_ref().and_then(|r| r.integer("expires_at"));
+        let expiry =
+            |v: &meldb::resolve::Version| v.row.as_ref().and_then(|r| r.integer("expires_at"));
         match (expiry(a), expiry(b)) {
             (Some(x), Some(y)) => Resolution::Merge(Row::new(vec![]).with("expires_at", x.max(y))),
             _ => Resolution::Pass,
@@ -311,7 +312,12 @@ fn two_concurrent_extensions_keep_the_later_expiry() -> TestResult {
     }
     let [mut a, mut b, mut c] = <[Store; 3]>::try_from(stores).map_err(|_| "three stores")?;
     let expires = T0 as i64 + HOUR;
-    a.write(|tx| tx.insert("hold", &[("id", "H1".into()), ("expires_at", expires.into())]))?;
+    a.write(|tx| {
+        tx.insert(
+            "hold",
+            &[("id", "H1".into()), ("expires_at", expires.into())],
+        )
+    })?;
     sync(&a, &mut b)?;
     sync(&a, &mut c)?;
     // The longer extension is the earlier write: last-writer-wins would
@@ -322,8 +328,15 @@ fn two_concurrent_extensions_keep_the_later_expiry() -> TestResult {
     b.write(|tx| tx.set("hold", "H1", "expires_at", expires + 2 * HOUR))?;
     tick(&time);
     let report = sync(&b, &mut a)?;
-    assert_eq!(report.outcomes.get(&Outcome::Merged), Some(&1), "{report:?}");
-    assert_eq!(int_of(&a, "hold", "H1", "expires_at")?, Some(expires + 5 * HOUR));
+    assert_eq!(
+        report.outcomes.get(&Outcome::Merged),
+        Some(&1),
+        "{report:?}"
+    );
+    assert_eq!(
+        int_of(&a, "hold", "H1", "expires_at")?,
+        Some(expires + 5 * HOUR)
+    );
     // c hears of both extensions, b's first.
     sync(&b, &mut c)?;
     sync(&a, &mut c)?;
@@ -332,7 +345,10 @@ fn two_concurrent_extensions_keep_the_later_expiry() -> TestResult {
     sync_all(&mut stores)?;
     assert_converged(&stores)?;
     for store in &stores {
-        assert_eq!(int_of(store, "hold", "H1", "expires_at")?, Some(expires + 5 * HOUR));
+        assert_eq!(
+            int_of(store, "hold", "H1", "expires_at")?,
+            Some(expires + 5 * HOUR)
+        );
     }
     let log = stores[0].conflicts(Some("hold"), Some(Outcome::Merged), 10)?;
     let first = log.last().expect("a merged conflict on a");
@@ -372,7 +388,12 @@ fn released_against_active_is_deferred_for_review_and_the_choice_syncs() -> Test
     a.add_resolver("hold", review_releases())?;
     b.add_resolver("hold", review_releases())?;
     let expires = T0 as i64 + HOUR;
-    a.write(|tx| tx.insert("hold", &[("id", "H2".into()), ("expires_at", expires.into())]))?;
+    a.write(|tx| {
+        tx.insert(
+            "hold",
+            &[("id", "H2".into()), ("expires_at", expires.into())],
+        )
+    })?;
     sync(&a, &mut b)?;
     tick(&time);
     a.write(|tx| tx.set("hold", "H2", "status", "released"))?;
@@ -399,13 +420,25 @@ fn released_against_active_is_deferred_for_review_and_the_choice_syncs() -> Test
     assert!(record.open);
     assert_eq!(record.resolver.as_deref(), Some("review releases"));
     assert!(
-        record.reason.as_deref().is_some_and(|r| r.contains("released")),
+        record
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("released")),
         "{record:?}"
     );
-    assert_eq!(record.local.as_ref().and_then(|r| r.text("status")), Some("active"));
-    assert_eq!(record.incoming.as_ref().and_then(|r| r.text("status")), Some("released"));
+    assert_eq!(
+        record.local.as_ref().and_then(|r| r.text("status")),
+        Some("active")
+    );
+    assert_eq!(
+        record.incoming.as_ref().and_then(|r| r.text("status")),
+        Some("released")
+    );
     let waiting = b.deferred_conflicts()?;
-    assert_eq!(waiting.iter().map(|r| r.id).collect::<Vec<_>>(), vec![record.id]);
+    assert_eq!(
+        waiting.iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![record.id]
+    );
     assert!(a.deferred_conflicts()?.is_empty());
     // The log's JSON columns are queryable.
     let both = query(
@@ -422,6 +455,14 @@ fn released_against_active_is_deferred_for_review_and_the_choice_syncs() -> Test
         ]]
     );
 
+    // A decision the table cannot hold changes nothing.
+    let before = b.digest()?;
+    assert!(matches!(
+        b.resolve_deferred(record.id, Some(Row::new(vec![]).with("expires_at", "soon"))),
+        Err(Error::Resolve(ResolveError::InvalidRow { .. }))
+    ));
+    assert_eq!(b.digest()?, before);
+    assert_eq!(b.deferred_conflicts()?.len(), 1);
     // A person keeps the release (and the extended expiry the merge kept).
     b.resolve_deferred(record.id, Some(Row::new(vec![]).with("status", "released")))?;
     assert!(b.deferred_conflicts()?.is_empty());
@@ -471,7 +512,11 @@ fn inventory_two_offline_sales_both_count() -> TestResult {
         tx.increment("item", "W1", "sold", 2)
     })?;
     let report = sync(&b, &mut a)?;
-    assert_eq!(report.outcomes.get(&Outcome::AutoMerged), Some(&1), "{report:?}");
+    assert_eq!(
+        report.outcomes.get(&Outcome::AutoMerged),
+        Some(&1),
+        "{report:?}"
+    );
     sync(&a, &mut b)?;
     for store in [&a, &b] {
         assert_eq!(int_of(store, "item", "W1", "stock")?, Some(7));
@@ -492,11 +537,103 @@ fn inventory_two_offline_sales_both_count() -> TestResult {
         "SELECT json_extract(local, '$.stock'), json_extract(incoming, '$.stock'), \
          json_extract(merged, '$.stock'), json_extract(result, '$.stock') FROM meldb_conflicts",
     )?;
-    assert_eq!(
-        stock,
-        vec![vec![9.into(), 8.into(), 7.into(), 7.into()]]
-    );
+    assert_eq!(stock, vec![vec![9.into(), 8.into(), 7.into(), 7.into()]]);
     assert_converged(&[a, b])?;
+    Ok(())
+}
+
+/// Both regions send before either receives, so each finds the conflict
+/// and defers it; a person settles it on one of them.
+#[test]
+#[ignore = "design gap: a deferral found on two leaderless replicas stays open on the \
+            one where nobody settled it, though the settlement has arrived there"]
+fn a_deferral_settled_on_one_replica_is_closed_on_the_others() -> TestResult {
+    let s = holds(false);
+    let time = ManualTime::new(T0);
+    let mut a = open(&s, 1, &time, false)?;
+    let mut b = open(&s, 2, &time, false)?;
+    a.add_resolver("hold", review_releases())?;
+    b.add_resolver("hold", review_releases())?;
+    a.write(|tx| tx.insert("hold", &[("id", "H3".into())]))?;
+    sync(&a, &mut b)?;
+    tick(&time);
+    a.write(|tx| tx.set("hold", "H3", "status", "released"))?;
+    b.write(|tx| tx.set("hold", "H3", "expires_at", T0 as i64 + HOUR))?;
+    let to_b = a.changes_since(&b.version_vector())?;
+    let to_a = b.changes_since(&a.version_vector())?;
+    a.apply(&to_a)?;
+    b.apply(&to_b)?;
+    let open_on_a = a.deferred_conflicts()?;
+    assert_eq!(open_on_a.len(), 1);
+    assert_eq!(b.deferred_conflicts()?.len(), 1);
+    a.resolve_deferred(
+        open_on_a[0].id,
+        Some(Row::new(vec![]).with("status", "released")),
+    )?;
+    exchange(&mut a, &mut b)?;
+    assert_eq!(
+        text_of(&b, "hold", "H3", "status")?.as_deref(),
+        Some("released")
+    );
+    assert!(
+        b.deferred_conflicts()?.is_empty(),
+        "b still asks a person about a conflict a person settled on a"
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// The last item sold twice: the authority refuses the second sale, and its
+// correction moves the counter back.
+
+const STOCK: &str = r#"
+name = "stock"
+version = 1
+[[table]]
+name = "item"
+primary_key = ["sku"]
+authority = true
+[[table.column]]
+name = "sku"
+type = "text"
+[[table.column]]
+name = "stock"
+type = "integer"
+kind = "pn_counter"
+"#;
+
+#[test]
+fn authority_refuses_an_oversell_and_compensates_the_counter() -> TestResult {
+    let s = schema(STOCK);
+    let time = ManualTime::new(T0);
+    let mut server = open(&s, 1, &time, true)?;
+    server.add_resolver(
+        "item",
+        Resolver::new("no oversell", |c| {
+            match c.merged().and_then(|r| r.integer("stock")) {
+                Some(n) if n < 0 => Resolution::Reject(format!("{} is sold out", c.key())),
+                _ => Resolution::Accept,
+            }
+        }),
+    )?;
+    let mut a = open(&s, 2, &time, false)?;
+    let mut b = open(&s, 3, &time, false)?;
+    server.write(|tx| tx.insert("item", &[("sku", "W1".into()), ("stock", 1.into())]))?;
+    sync_with(&mut server, &mut a, &Writer::user("a"))?;
+    sync_with(&mut server, &mut b, &Writer::user("b"))?;
+    tick(&time);
+    a.write(|tx| tx.increment("item", "W1", "stock", -1))?;
+    b.write(|tx| tx.increment("item", "W1", "stock", -1))?;
+    tick(&time);
+    sync_with(&mut server, &mut a, &Writer::user("a"))?;
+    sync_with(&mut server, &mut b, &Writer::user("b"))?;
+    sync_with(&mut server, &mut a, &Writer::user("a"))?;
+    for store in [&server, &a, &b] {
+        assert_eq!(int_of(store, "item", "W1", "stock")?, Some(0));
+    }
+    assert_eq!(b.rejections()?.len(), 1);
+    assert!(a.rejections()?.is_empty());
+    assert_converged(&[server, a, b])?;
     Ok(())
 }
 
@@ -591,11 +728,19 @@ fn shipped_order_rejects_edits_and_non_admin_deletes_but_not_an_admin_delete() -
     expect_shipped(&clerk)?;
     let notices = clerk.rejections()?;
     assert_eq!(notices.len(), 3, "{notices:?}");
-    assert!(notices[..2].iter().all(|n| n.reason.contains("cannot change")), "{notices:?}");
+    assert!(
+        notices[..2]
+            .iter()
+            .all(|n| n.reason.contains("cannot change")),
+        "{notices:?}"
+    );
     assert!(notices[2].reason.contains("only an admin"), "{notices:?}");
     let refused: Vec<Option<String>> = notices
         .iter()
-        .map(|n| n.rejected_row().and_then(|r| r.text("address").map(str::to_owned)))
+        .map(|n| {
+            n.rejected_row()
+                .and_then(|r| r.text("address").map(str::to_owned))
+        })
         .collect();
     assert_eq!(
         refused,
@@ -751,19 +896,31 @@ fn per_field_policies_note_lww_price_conditional_tags_union() -> TestResult {
     server.write(|tx| {
         tx.insert(
             "listing",
-            &[("id", "L1".into()), ("note", "".into()), ("price", 100.into())],
+            &[
+                ("id", "L1".into()),
+                ("note", "".into()),
+                ("price", 100.into()),
+            ],
         )
     })?;
     sync_with(&mut server, &mut ann, &Writer::user("ann"))?;
     sync_with(&mut server, &mut ben, &Writer::user("ben"))?;
     tick(&time);
     ann.write(|tx| {
-        tx.update("listing", "L1", &[("note", "ann".into()), ("price", 120.into())])?;
+        tx.update(
+            "listing",
+            "L1",
+            &[("note", "ann".into()), ("price", 120.into())],
+        )?;
         tx.add_to_set("listing", "L1", "tags", "sale")
     })?;
     tick(&time);
     ben.write(|tx| {
-        tx.update("listing", "L1", &[("note", "ben".into()), ("price", 90.into())])?;
+        tx.update(
+            "listing",
+            "L1",
+            &[("note", "ben".into()), ("price", 90.into())],
+        )?;
         tx.add_to_set("listing", "L1", "tags", "new")
     })?;
     tick(&time);
@@ -772,8 +929,16 @@ fn per_field_policies_note_lww_price_conditional_tags_union() -> TestResult {
     sync_with(&mut server, &mut ann, &Writer::user("ann"))?;
     for store in [&server, &ann, &ben] {
         let row = live(store, "listing", "L1")?;
-        assert_eq!(row.text("note"), Some("ben"), "note is last-writer-wins: {row:?}");
-        assert_eq!(row.integer("price"), Some(120), "ben's price came too late: {row:?}");
+        assert_eq!(
+            row.text("note"),
+            Some("ben"),
+            "note is last-writer-wins: {row:?}"
+        );
+        assert_eq!(
+            row.integer("price"),
+            Some(120),
+            "ben's price came too late: {row:?}"
+        );
         assert_eq!(row.set("tags"), vec!["new", "sale"], "{row:?}");
     }
     let notices = ben.rejections()?;
@@ -784,7 +949,10 @@ fn per_field_policies_note_lww_price_conditional_tags_union() -> TestResult {
     assert_eq!(log.len(), 1, "{log:?}");
     assert_eq!(log[0].outcome, Outcome::Rejected);
     assert_eq!(log[0].writer.user.as_deref(), Some("ben"));
-    assert!(log[0].resolver.as_deref().is_some_and(|r| r.contains("conditional")));
+    assert!(log[0]
+        .resolver
+        .as_deref()
+        .is_some_and(|r| r.contains("conditional")));
 
     // Having seen ann's price, ben's next change is no conflict.
     tick(&time);
@@ -797,6 +965,38 @@ fn per_field_policies_note_lww_price_conditional_tags_union() -> TestResult {
     }
     assert_eq!(ben.rejections()?.len(), 1);
     assert_converged(&[server, ann, ben])?;
+    Ok(())
+}
+
+/// As above, but ben's concurrent price is the *earlier* write: the
+/// register merge keeps ann's price without asking the policy, and ben's
+/// change is lost without a notice.
+#[test]
+#[ignore = "design gap: a conditional (or absorbing-state) write that loses the register \
+            merge is dropped without a notice; registers carry no dot, so the authority \
+            cannot tell it from a stale value its local row already superseded"]
+fn conditional_write_that_loses_the_merge_is_still_rejected_with_a_notice() -> TestResult {
+    let s = schema(LISTINGS);
+    let time = ManualTime::new(T0);
+    let mut server = open(&s, 1, &time, true)?;
+    let mut ann = open(&s, 2, &time, false)?;
+    let mut ben = open(&s, 3, &time, false)?;
+    server.write(|tx| tx.insert("listing", &[("id", "L1".into()), ("price", 100.into())]))?;
+    sync_with(&mut server, &mut ann, &Writer::user("ann"))?;
+    sync_with(&mut server, &mut ben, &Writer::user("ben"))?;
+    tick(&time);
+    ben.write(|tx| tx.set("listing", "L1", "price", 90))?;
+    tick(&time);
+    ann.write(|tx| tx.set("listing", "L1", "price", 120))?;
+    tick(&time);
+    sync_with(&mut server, &mut ann, &Writer::user("ann"))?;
+    sync_with(&mut server, &mut ben, &Writer::user("ben"))?;
+    assert_eq!(int_of(&ben, "listing", "L1", "price")?, Some(120));
+    assert_eq!(
+        ben.rejections()?.len(),
+        1,
+        "ben's 90 was refused: he must be told"
+    );
     Ok(())
 }
 
@@ -902,7 +1102,10 @@ fn budget_resolver_reads_other_rows_to_reject_an_expense() -> TestResult {
     sync_with(&mut server, &mut phone, &alice)?;
     sync_with(&mut server, &mut laptop, &alice)?;
     assert!(server.get("expense", "E2")?.is_none());
-    assert!(laptop.get("expense", "E2")?.is_none(), "the refused expense is undone");
+    assert!(
+        laptop.get("expense", "E2")?.is_none(),
+        "the refused expense is undone"
+    );
     let notices = laptop.rejections()?;
     assert_eq!(notices.len(), 1, "{notices:?}");
     assert_eq!(
@@ -946,7 +1149,12 @@ type = "integer"
 kind = "pn_counter"
 "#;
 
-type Snapshot = ([u8; 32], VersionVector, BTreeMap<String, Vec<Vec<Value>>>, usize);
+type Snapshot = (
+    [u8; 32],
+    VersionVector,
+    BTreeMap<String, Vec<Vec<Value>>>,
+    usize,
+);
 
 fn snapshot(store: &Store) -> meldb::Result<Snapshot> {
     Ok((
@@ -980,8 +1188,15 @@ fn failing_apply(resolver: Resolver) -> meldb::Result<Error> {
         Ok(report) => panic!("the apply must fail, got {report:?}"),
         Err(e) => e,
     };
-    assert_eq!(snapshot(&b)?, before, "a failed resolution changed the store ({err})");
-    assert_eq!(text_of(&b, "doc", "D1", "title")?.as_deref(), Some("from b"));
+    assert_eq!(
+        snapshot(&b)?,
+        before,
+        "a failed resolution changed the store ({err})"
+    );
+    assert_eq!(
+        text_of(&b, "doc", "D1", "title")?.as_deref(),
+        Some("from b")
+    );
     Ok(err)
 }
 
@@ -1098,7 +1313,11 @@ fn first_write_wins_and_immutable_refuse_local_overwrites() -> TestResult {
     a.write(|tx| {
         tx.insert(
             "account",
-            &[("id", "A1".into()), ("handle", "ann".into()), ("ssn", "111".into())],
+            &[
+                ("id", "A1".into()),
+                ("handle", "ann".into()),
+                ("ssn", "111".into()),
+            ],
         )
     })?;
     for (column, value) in [("handle", "bob"), ("ssn", "222")] {
@@ -1139,26 +1358,43 @@ fn concurrent_first_writes_keep_the_earliest_everywhere() -> TestResult {
     tick(&time);
     // Site 2 writes first, site 1 (a smaller site id) later.
     stores[1].write(|tx| {
-        tx.update("account", "A2", &[("handle", "early".into()), ("ssn", "E".into())])
+        tx.update(
+            "account",
+            "A2",
+            &[("handle", "early".into()), ("ssn", "E".into())],
+        )
     })?;
     // A new key inserted on two replicas.
     stores[1].write(|tx| tx.insert("account", &[("id", "A3".into()), ("handle", "x".into())]))?;
     tick(&time);
     stores[0].write(|tx| {
-        tx.update("account", "A2", &[("handle", "late".into()), ("ssn", "L".into())])
+        tx.update(
+            "account",
+            "A2",
+            &[("handle", "late".into()), ("ssn", "L".into())],
+        )
     })?;
     stores[0].write(|tx| tx.insert("account", &[("id", "A3".into()), ("handle", "y".into())]))?;
     tick(&time);
     // The later write reaches replica 3 first.
     deliver(&mut stores, 0, 2)?;
-    assert_eq!(text_of(&stores[2], "account", "A2", "handle")?.as_deref(), Some("late"));
+    assert_eq!(
+        text_of(&stores[2], "account", "A2", "handle")?.as_deref(),
+        Some("late")
+    );
     deliver(&mut stores, 1, 2)?;
     sync_all(&mut stores)?;
     assert_converged(&stores)?;
     for store in &stores {
         let row = live(store, "account", "A2")?;
-        assert_eq!((row.text("handle"), row.text("ssn")), (Some("early"), Some("E")));
-        assert_eq!(text_of(store, "account", "A3", "handle")?.as_deref(), Some("x"));
+        assert_eq!(
+            (row.text("handle"), row.text("ssn")),
+            (Some("early"), Some("E"))
+        );
+        assert_eq!(
+            text_of(store, "account", "A3", "handle")?.as_deref(),
+            Some("x")
+        );
     }
     Ok(())
 }
@@ -1193,10 +1429,17 @@ fn immutable_at_authority(refused_writes_earlier: bool) -> TestResult {
     sync_with(&mut server, &mut second, &Writer::user("second"))?;
     sync_with(&mut server, &mut first, &Writer::user("first"))?;
     for store in [&server, &first, &second] {
-        assert_eq!(text_of(store, "account", "A1", "ssn")?.as_deref(), Some("111"));
+        assert_eq!(
+            text_of(store, "account", "A1", "ssn")?.as_deref(),
+            Some("111")
+        );
     }
     let notices = second.rejections()?;
-    assert_eq!(notices.len(), 1, "the refused writer must be told: {notices:?}");
+    assert_eq!(
+        notices.len(),
+        1,
+        "the refused writer must be told: {notices:?}"
+    );
     assert!(notices[0].reason.contains("ssn"), "{}", notices[0].reason);
     assert!(first.rejections()?.is_empty());
     let log = server.conflicts(Some("account"), None, 10)?;
@@ -1248,7 +1491,11 @@ fn authority_wins_keeps_the_authoritys_value_and_merges_the_rest() -> TestResult
     server.write(|tx| {
         tx.insert(
             "profile",
-            &[("id", "P1".into()), ("plan", "basic".into()), ("nickname", "z".into())],
+            &[
+                ("id", "P1".into()),
+                ("plan", "basic".into()),
+                ("nickname", "z".into()),
+            ],
         )
     })?;
     sync_with(&mut server, &mut client, &user)?;
@@ -1256,25 +1503,41 @@ fn authority_wins_keeps_the_authoritys_value_and_merges_the_rest() -> TestResult
     server.write(|tx| tx.set("profile", "P1", "plan", "pro"))?;
     tick(&time);
     client.write(|tx| {
-        tx.update("profile", "P1", &[("plan", "free".into()), ("nickname", "zed".into())])
+        tx.update(
+            "profile",
+            "P1",
+            &[("plan", "free".into()), ("nickname", "zed".into())],
+        )
     })?;
     tick(&time);
     sync_with(&mut server, &mut client, &user)?;
     for store in [&server, &client] {
         let row = live(store, "profile", "P1")?;
-        assert_eq!((row.text("plan"), row.text("nickname")), (Some("pro"), Some("zed")));
+        assert_eq!(
+            (row.text("plan"), row.text("nickname")),
+            (Some("pro"), Some("zed"))
+        );
     }
     let log = server.conflicts(Some("profile"), None, 10)?;
     assert_eq!(log.len(), 1, "{log:?}");
     assert_eq!(log[0].outcome, Outcome::KeptLocal);
-    assert!(log[0].resolver.as_deref().is_some_and(|r| r.contains("authority_wins")));
-    assert!(client.rejections()?.is_empty(), "keeping a column is not a rejection");
+    assert!(log[0]
+        .resolver
+        .as_deref()
+        .is_some_and(|r| r.contains("authority_wins")));
+    assert!(
+        client.rejections()?.is_empty(),
+        "keeping a column is not a rejection"
+    );
     // A change made after seeing the authority's value is no conflict.
     tick(&time);
     client.write(|tx| tx.set("profile", "P1", "plan", "team"))?;
     tick(&time);
     sync_with(&mut server, &mut client, &user)?;
-    assert_eq!(text_of(&server, "profile", "P1", "plan")?.as_deref(), Some("team"));
+    assert_eq!(
+        text_of(&server, "profile", "P1", "plan")?.as_deref(),
+        Some("team")
+    );
     assert_converged(&[server, client])?;
     Ok(())
 }

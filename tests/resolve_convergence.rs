@@ -114,8 +114,11 @@ fn op(replicas: usize, carts: bool) -> impl Strategy<Value = Op> {
             expires,
         });
     let delete_hold = (at.clone(), key.clone()).prop_map(|(at, key)| Op::DeleteHold { at, key });
-    let add = (at.clone(), key.clone(), 0..ITEMS.len())
-        .prop_map(|(at, key, item)| Op::AddItem { at, key, item });
+    let add = (at.clone(), key.clone(), 0..ITEMS.len()).prop_map(|(at, key, item)| Op::AddItem {
+        at,
+        key,
+        item,
+    });
     let delete_cart = (at.clone(), key).prop_map(|(at, key)| Op::DeleteCart { at, key });
     let sync = (at.clone(), at.clone(), any::<bool>())
         .prop_filter("distinct replicas", |(f, t, _)| f != t)
@@ -205,7 +208,11 @@ impl Promises {
         for key in self.confirmed.difference(&self.deleted_holds) {
             let row = store.get("hold", *key)?.map(Row::from);
             let status = row.as_ref().and_then(|r| r.text("status"));
-            assert_eq!(status, Some("confirmed"), "hold {key} was confirmed: {row:?}");
+            assert_eq!(
+                status,
+                Some("confirmed"),
+                "hold {key} was confirmed: {row:?}"
+            );
         }
         if !resolvers {
             return Ok(());
@@ -224,7 +231,10 @@ impl Promises {
             }
             let row = store.get("cart", *key)?.map(Row::from);
             let got: BTreeSet<String> = row.iter().flat_map(|r| r.set("items")).collect();
-            assert_eq!(&got, items, "cart {key} must hold every item added: {row:?}");
+            assert_eq!(
+                &got, items,
+                "cart {key} must hold every item added: {row:?}"
+            );
         }
         Ok(())
     }
@@ -304,7 +314,8 @@ fn run(replicas: usize, resolvers: bool, ops: &[Op]) -> meldb::Result<()> {
                     .insert(ITEMS[item].to_owned());
                 let row = Row::new(vec![]).with_set("items", &items);
                 let value = row.get("items").cloned().unwrap_or(Value::Null);
-                stores[at].write(|tx| tx.upsert("cart", &[("id", key.into()), ("items", value)]))?;
+                stores[at]
+                    .write(|tx| tx.upsert("cart", &[("id", key.into()), ("items", value)]))?;
             }
             Op::DeleteCart { at, key } => {
                 if delete(&mut stores[at], "cart", key)? {
