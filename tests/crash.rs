@@ -75,6 +75,9 @@ fn killed_writers_lose_no_acknowledged_write() -> Result<(), Box<dyn std::error:
             .spawn()?;
         let stdout = child.stdout.take().ok_or("no stdout")?;
         let mut seen = 0;
+        let mut killed = false;
+        // Read to the end: acknowledgements printed before the kill landed
+        // are acknowledgements too.
         for line in BufReader::new(stdout).lines() {
             let line = line?;
             // The test harness prints its own text, which may share a line
@@ -84,9 +87,9 @@ fn killed_writers_lose_no_acknowledged_write() -> Result<(), Box<dyn std::error:
                 acknowledged.push(round);
                 next = round + 1;
                 seen += 1;
-                if seen == kill_after {
+                if seen == kill_after && !killed {
                     child.kill()?; // SIGKILL: no destructors, no rollback
-                    break;
+                    killed = true;
                 }
             }
         }

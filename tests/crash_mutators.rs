@@ -105,6 +105,9 @@ fn killed_clients_lose_no_acknowledged_mutation() -> Result<(), Box<dyn std::err
             .spawn()?;
         let stdout = child.stdout.take().ok_or("no stdout")?;
         let mut seen = 0;
+        let mut killed = false;
+        // Read to the end: acknowledgements printed before the kill landed
+        // are acknowledgements too.
         for line in BufReader::new(stdout).lines() {
             let line = line?;
             let ack = line.split("ack ").nth(1).map(|r| r.trim().parse::<u64>());
@@ -112,9 +115,9 @@ fn killed_clients_lose_no_acknowledged_mutation() -> Result<(), Box<dyn std::err
                 acknowledged.push(round);
                 next = round + 1;
                 seen += 1;
-                if seen == kill_after {
+                if seen == kill_after && !killed {
                     child.kill()?;
-                    break;
+                    killed = true;
                 }
             }
         }
