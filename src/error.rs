@@ -33,6 +33,37 @@ pub enum Error {
     /// A resolver failed, or its decision cannot be carried out.
     #[error(transparent)]
     Resolve(#[from] ResolveError),
+    /// A mutator could not run, or failed.
+    #[error(transparent)]
+    Mutation(#[from] MutationError),
+}
+
+/// A mutation that did not happen; nothing of it was written or queued.
+#[derive(Debug, Error, PartialEq)]
+#[non_exhaustive]
+pub enum MutationError {
+    /// No mutator is registered under this name.
+    #[error("no mutator named {name:?} is registered")]
+    UnknownMutator {
+        /// The name called.
+        name: String,
+    },
+    /// The arguments could not be encoded as JSON.
+    #[error("mutator {name:?}: arguments cannot be encoded: {problem}")]
+    BadArguments {
+        /// The mutator.
+        name: String,
+        /// What serde said.
+        problem: String,
+    },
+    /// The mutator returned an error (or panicked).
+    #[error("mutator {name:?} failed: {error}")]
+    Failed {
+        /// The mutator.
+        name: String,
+        /// Its error.
+        error: String,
+    },
 }
 
 /// A conflict that could not be resolved; the apply (or the call) changed

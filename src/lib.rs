@@ -66,6 +66,7 @@ pub mod codec;
 pub mod crdt;
 pub mod error;
 pub mod merge;
+pub mod mutator;
 pub mod resolve;
 pub mod schema;
 pub mod store;

@@ -148,7 +148,7 @@ impl Transaction<'_> {
     /// Runs `f` in a savepoint: if it fails, SQLite and this store's
     /// in-memory state are as they were before, and the enclosing
     /// transaction can go on.
-    fn savepoint<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+    pub(super) fn savepoint<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
         self.store.conn.execute_batch("SAVEPOINT meldb_apply")?;
         let before = self.store.snapshot();
         match f(self) {

@@ -24,6 +24,8 @@ impl Store {
     /// lacks, as one changeset. `Changeset::split` cuts it into batches that
     /// can be applied independently.
     pub fn changes_since(&self, vv: &VersionVector) -> Result<Changeset> {
+        // Pending mutations' speculative effects are never sent.
+        let _canonical = self.canonical_view()?;
         let mut wanted: BTreeMap<(i64, i64), Vec<Cover>> = BTreeMap::new();
         let local_ranges = {
             let mut r = SeqRanges::default();

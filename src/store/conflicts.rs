@@ -252,24 +252,7 @@ impl Store {
     /// returns how many were new.
     pub fn receive_rejections(&mut self, notices: &[Rejection]) -> Result<usize> {
         let tx = self.transaction()?;
-        let mut new = 0;
-        for n in notices.iter().filter(|n| n.writer == tx.store.local) {
-            new += tx.store.conn.execute(
-                "INSERT OR IGNORE INTO meldb_rejections \
-                 (authority, seq, writer, tbl, key, reason, rejected, at_ms) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![
-                    n.authority.as_bytes().as_slice(),
-                    n.seq as i64,
-                    n.writer.as_bytes().as_slice(),
-                    n.table,
-                    key_json(&n.key.0),
-                    n.reason,
-                    n.rejected,
-                    n.at_ms as i64,
-                ],
-            )?;
-        }
+        let new = store_notices(&tx.store.conn, tx.store.local, notices)?;
         tx.commit()?;
         Ok(new)
     }
@@ -336,6 +319,35 @@ impl Store {
         tx.commit()?;
         Ok(n)
     }
+}
+
+/// Keeps the notices addressed to `local` in `meldb_rejections`; returns
+/// how many were new.
+pub(super) fn store_notices(
+    conn: &rusqlite::Connection,
+    local: SiteId,
+    notices: &[Rejection],
+) -> Result<usize> {
+    let mut new = 0;
+    for n in notices.iter().filter(|n| n.writer == local) {
+        new += conn
+            .prepare_cached(
+                "INSERT OR IGNORE INTO meldb_rejections \
+                 (authority, seq, writer, tbl, key, reason, rejected, at_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![
+                n.authority.as_bytes().as_slice(),
+                n.seq as i64,
+                n.writer.as_bytes().as_slice(),
+                n.table,
+                key_json(&n.key.0),
+                n.reason,
+                n.rejected,
+                n.at_ms as i64,
+            ])?;
+    }
+    Ok(new)
 }
 
 fn corrupt(problem: String) -> crate::Error {

@@ -231,6 +231,8 @@ impl Store {
                     data_version,
                     authority: options.authority,
                     resolvers: Vec::new(),
+                    mutators: Vec::new(),
+                    subscribers: Vec::new(),
                 })
             }
             Err(e) => {
@@ -254,6 +256,7 @@ impl Store {
         if !exists {
             conn.execute_batch(layout::INTERNAL_DDL)?;
             conn.execute_batch(super::conflicts::CONFLICT_DDL)?;
+            conn.execute_batch(super::speculate::MUTATOR_DDL)?;
             let local = options.site_id.unwrap_or_else(SiteId::random);
             set_meta(conn, "format", FORMAT)?;
             set_meta(conn, "site_id", local.as_bytes().to_vec())?;
@@ -280,6 +283,7 @@ impl Store {
             .into());
         }
         conn.execute_batch(super::conflicts::CONFLICT_DDL)?;
+        conn.execute_batch(super::speculate::MUTATOR_DDL)?;
         let site_bytes: Vec<u8> = require(path, "site_id", get_meta(conn, "site_id")?)?;
         let local = <[u8; 16]>::try_from(site_bytes.as_slice())
             .map(SiteId::from_bytes)

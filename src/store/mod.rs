@@ -18,8 +18,10 @@ mod conflicts;
 mod digest;
 pub(crate) mod layout;
 mod meta;
+mod mutate;
 mod resolve;
 mod rows;
+mod speculate;
 mod write;
 
 pub use apply::{ApplyReport, HeldChange};
@@ -175,6 +177,10 @@ pub struct Store {
     authority: bool,
     /// `resolve_conflict` closures by table, highest priority first.
     resolvers: Vec<(String, crate::resolve::Resolver)>,
+    /// Registered mutators by name.
+    mutators: Vec<crate::mutator::Mutator>,
+    /// Change subscriptions: a table, and what to call after a pull.
+    subscribers: Vec<(String, mutate::Subscriber)>,
 }
 
 /// In-memory state a rolled-back transaction or savepoint restores.

@@ -137,6 +137,7 @@ impl Transaction<'_> {
                 mode,
                 change.concurrent,
                 local_row.as_ref(),
+                incoming_row.as_ref(),
                 merged_row.clone(),
             );
             let ctx = Conflict {
@@ -211,6 +212,7 @@ fn apply_policies(
     mode: Mode,
     concurrent: bool,
     local: Option<&Row>,
+    incoming: Option<&Row>,
     merged: Option<Row>,
 ) -> (Option<Row>, Option<(Outcome, String, String)>) {
     let Some(local) = local else {
@@ -228,7 +230,15 @@ fn apply_policies(
         let (Some(lv), Some(tv)) = (local.get(&col.name), target.get(&col.name)) else {
             continue;
         };
-        if lv == tv {
+        // An immutable value never changes, so an incoming value that
+        // differs from a set local one was written against it, even when
+        // the merge (earliest write wins) already dropped it: its writer
+        // must be told.
+        let tried_immutable = matches!(col.policy, Policy::Immutable)
+            && incoming
+                .and_then(|r| r.get(&col.name))
+                .is_some_and(|iv| *iv != Value::Null && iv != lv);
+        if lv == tv && !tried_immutable {
             continue;
         }
         let verdict = match &col.policy {

@@ -165,6 +165,14 @@ pub struct LoadedRow {
     pub state: RowState,
 }
 
+/// The dot-index keys `(site index, seq)` of a row, from its packed
+/// metadata: one per site in the row's clock.
+pub fn stored_dots(blob: &[u8]) -> Result<Vec<(u32, u64)>, StorageError> {
+    let meta: StoredMeta = codec::decode_stored(blob, "row metadata")
+        .map_err(|e| corrupt("row metadata".to_owned(), e.to_string()))?;
+    Ok(meta.clock)
+}
+
 /// Unpacks a row's metadata and joins in its register values.
 pub fn decode_state(
     layout: &TableLayout,

@@ -23,6 +23,9 @@ pub struct Transaction<'s> {
     /// Set when a write failed after it had changed SQLite (only a storage
     /// error can do that): such a transaction can only roll back.
     poisoned: Option<String>,
+    /// Whether writes are a pending mutation's speculative effects (their
+    /// rows' canonical before-images are kept; see `speculate`).
+    pub(super) speculative: bool,
 }
 
 /// One change to one column, checked against the schema.
@@ -55,6 +58,7 @@ impl<'s> Transaction<'s> {
             store,
             undo,
             poisoned: None,
+            speculative: false,
         })
     }
 
@@ -250,6 +254,7 @@ impl<'s> Transaction<'s> {
         target: Target,
         ops: Vec<ColumnOp>,
     ) -> Result<()> {
+        let speculative = self.speculative;
         let store = &mut *self.store;
         let layout = store
             .tables
@@ -301,6 +306,9 @@ impl<'s> Transaction<'s> {
             state.clock.observe(dot);
             state.hlc = hlc;
             state.writer = dot.site;
+            if let (true, Some((rid, _))) = (speculative, &previous) {
+                super::speculate::capture(&store.conn, layout, *rid)?;
+            }
             match rows::write_row(
                 &store.conn,
                 layout,
@@ -309,7 +317,12 @@ impl<'s> Transaction<'s> {
                 previous.as_ref().map(|(rid, clock)| (*rid, clock)),
                 &state,
             ) {
-                Ok(_) => break,
+                Ok(rid) => {
+                    if speculative && previous.is_none() {
+                        super::speculate::capture_new(&store.conn, layout, rid)?;
+                    }
+                    break;
+                }
                 Err(RowWriteError::KeyExists) if previous.is_none() => {
                     existing = rows::load_by_key(&store.conn, layout, &store.sites, &key)?;
                     if existing.is_none() {

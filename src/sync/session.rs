@@ -28,6 +28,7 @@ use super::error::SyncError;
 use super::message::{Ack, Batch, Hello, Message, Notice, NoticeCode, Sent, Want};
 use crate::changeset::Changeset;
 use crate::clock::SiteId;
+use crate::mutator::PullResponse;
 use crate::resolve::{Rejection, Writer};
 use crate::store::Store;
 use crate::version::VersionVector;
@@ -537,7 +538,23 @@ impl Session {
                 rows: batch.changes.len(),
             });
         }
-        let report = store.apply_from(&batch.changes, &self.writer)?;
+        let report = if store.queues_mutations() {
+            // A client of an authority may have pending mutations whose
+            // speculative effects sit on top of the canonical rows: the
+            // batch goes under them (taken off, batch applied, replayed).
+            // Which mutations the authority has processed is the mutator
+            // layer's pull, not this batch's, so none is dropped here.
+            store
+                .apply_pull(&PullResponse {
+                    changes: batch.changes.clone(),
+                    last_processed: 0,
+                    rejected: Vec::new(),
+                    notices: Vec::new(),
+                })?
+                .apply
+        } else {
+            store.apply_from(&batch.changes, &self.writer)?
+        };
         if let Some(peer_has) = &mut self.peer_has {
             add_covers(peer_has, &batch.changes);
         }

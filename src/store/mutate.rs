@@ -1,0 +1,485 @@
+//! The store side of optimistic mutators (see [`crate::mutator`]): the
+//! registry, the durable pending queue, the authority's push processing,
+//! and the client's pull-and-rebase pipeline.
+
+use super::layout::{base_name, quote, TableLayout};
+use super::write::Transaction;
+use super::{speculate, Store};
+use crate::clock::SiteId;
+use crate::error::{MutationError, Result};
+use crate::mutator::{
+    MutationRejection, Mutator, MutatorError, PendingMutation, PullReport, PullResponse, Push,
+    PushResult,
+};
+use crate::value::{Key, Value};
+use crate::version::VersionVector;
+use rusqlite::{params, OptionalExtension};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+/// A change subscription's callback: the keys of a table's rows whose
+/// visible values a pull changed.
+#[derive(Clone)]
+pub(crate) struct Subscriber(Arc<SubscriberFn>);
+
+type SubscriberFn = dyn Fn(&[Key]) + Send + Sync;
+
+impl std::fmt::Debug for Subscriber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Subscriber")
+    }
+}
+
+impl Store {
+    /// Registers (or replaces) the mutator `name`. Its arguments travel and
+    /// wait as JSON, so `A` is any serde type. Register the same mutators on
+    /// clients and on the authority, each time a store is opened.
+    pub fn register_mutator<A, F>(&mut self, name: &str, f: F)
+    where
+        A: DeserializeOwned,
+        F: Fn(&mut Transaction<'_>, A) -> Result<(), MutatorError> + Send + Sync + 'static,
+    {
+        let wrapped = move |tx: &mut Transaction<'_>, args: &serde_json::Value| {
+            let args = A::deserialize(args)
+                .map_err(|e| MutatorError(format!("arguments do not fit the mutator: {e}")))?;
+            f(tx, args)
+        };
+        self.mutators.retain(|m| m.name != name);
+        self.mutators.push(Mutator {
+            name: name.to_owned(),
+            f: Arc::new(wrapped),
+        });
+    }
+
+    /// Whether `mutate` queues mutations for an authority: this replica is
+    /// not the authority and some table has one.
+    pub fn queues_mutations(&self) -> bool {
+        !self.authority && self.schema.tables.iter().any(|t| t.authority)
+    }
+
+    /// Runs mutator `name` now against the local state and, on a client of
+    /// an authority, queues the call durably (same transaction) for the
+    /// authority; returns its id. A mutator that fails here changes and
+    /// queues nothing, and its error is returned.
+    pub fn mutate<A: Serialize>(&mut self, name: &str, args: &A) -> Result<u64> {
+        let mutator = self.mutator(name)?;
+        let json = serde_json::to_value(args).map_err(|e| MutationError::BadArguments {
+            name: name.to_owned(),
+            problem: e.to_string(),
+        })?;
+        let queue = self.queues_mutations();
+        let mut tx = self.transaction()?;
+        tx.speculative = queue;
+        let outcome = run(&mutator, &mut tx, &json);
+        tx.speculative = false;
+        outcome.map_err(|e| MutationError::Failed {
+            name: name.to_owned(),
+            error: e.0,
+        })?;
+        let now = tx.store.clock.now_ms() as i64;
+        tx.store.conn.execute(
+            "INSERT INTO meldb_pending (name, args, at_ms) VALUES (?1, ?2, ?3)",
+            params![name, json.to_string(), now],
+        )?;
+        let id = tx.store.conn.last_insert_rowid();
+        if !queue {
+            // Ordinary changes: nothing waits; the id is still unique.
+            tx.store
+                .conn
+                .execute("DELETE FROM meldb_pending WHERE id = ?1", [id])?;
+        }
+        tx.commit()?;
+        Ok(id as u64)
+    }
+
+    /// The mutations waiting for the authority, oldest first.
+    pub fn pending_mutations(&self) -> Result<Vec<PendingMutation>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT id, name, args FROM meldb_pending ORDER BY id")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(PendingMutation {
+                id: r.get::<_, i64>(0)? as u64,
+                name: r.get(1)?,
+                args: r.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// What to send the authority: every pending mutation, in order.
+    pub fn push_request(&self) -> Result<Push> {
+        Ok(Push {
+            client: self.local,
+            mutations: self.pending_mutations()?,
+        })
+    }
+
+    /// What to ask the authority for: this replica's version vector and its
+    /// oldest pending mutation (rejections from there on are wanted).
+    pub fn pull_request(&self) -> Result<(VersionVector, u64)> {
+        let first: Option<i64> =
+            self.conn
+                .query_row("SELECT min(id) FROM meldb_pending", [], |r| r.get(0))?;
+        Ok((
+            self.version_vector(),
+            first.map_or(u64::MAX, |id| id as u64),
+        ))
+    }
+
+    /// At the authority: runs a client's pushed mutations that it has not
+    /// processed yet, in order, on the canonical state, in one transaction.
+    /// A mutator that fails (or is unknown, or panics) is rejected with its
+    /// error and the next one still runs.
+    pub fn process_push(&mut self, push: &Push) -> Result<PushResult> {
+        let mut tx = self.transaction()?;
+        let client = push.client.as_bytes().to_vec();
+        let mut last = last_processed(&tx.store.conn, &client)?;
+        let mut result = PushResult::default();
+        for m in &push.mutations {
+            if m.id <= last {
+                result.duplicates += 1;
+                continue;
+            }
+            let outcome = match (
+                tx.store.mutator(&m.name),
+                serde_json::from_str::<serde_json::Value>(&m.args),
+            ) {
+                (Err(e), _) => Err(e.to_string()),
+                (_, Err(e)) => Err(format!("arguments are not JSON: {e}")),
+                (Ok(mutator), Ok(args)) => {
+                    let ran = tx.savepoint(|tx| {
+                        run(&mutator, tx, &args).map_err(|e| {
+                            crate::Error::from(MutationError::Failed {
+                                name: m.name.clone(),
+                                error: e.0,
+                            })
+                        })
+                    });
+                    match ran {
+                        Ok(()) => Ok(()),
+                        Err(crate::Error::Mutation(MutationError::Failed { error, .. })) => {
+                            Err(error)
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            };
+            match outcome {
+                Ok(()) => result.applied.push(m.id),
+                Err(error) => {
+                    tx.store.conn.execute(
+                        "INSERT OR REPLACE INTO meldb_mutation_rejects (client, id, name, error) \
+                         VALUES (?1, ?2, ?3, ?4)",
+                        params![client, m.id as i64, m.name, error],
+                    )?;
+                    result.rejected.push(MutationRejection {
+                        id: m.id,
+                        name: m.name.clone(),
+                        error,
+                    });
+                }
+            }
+            last = m.id;
+        }
+        tx.store.conn.execute(
+            "INSERT INTO meldb_clients (client, last_processed) VALUES (?1, ?2) \
+             ON CONFLICT (client) DO UPDATE SET last_processed = excluded.last_processed",
+            params![client, last as i64],
+        )?;
+        result.last_processed = last;
+        tx.commit()?;
+        Ok(result)
+    }
+
+    /// At the authority: what `client` (with version vector `vv`, oldest
+    /// pending mutation `first_pending`) should pull. Read in one go, so
+    /// `last_processed` matches the effects in `changes`.
+    pub fn pull_for(
+        &self,
+        client: SiteId,
+        vv: &VersionVector,
+        first_pending: u64,
+    ) -> Result<PullResponse> {
+        let key = client.as_bytes().to_vec();
+        let changes = self.changes_since(vv)?;
+        let last = last_processed(&self.conn, &key)?;
+        let first = i64::try_from(first_pending).unwrap_or(i64::MAX);
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, name, error FROM meldb_mutation_rejects WHERE client = ?1 AND id >= ?2 \
+             ORDER BY id",
+        )?;
+        let rejected = stmt
+            .query_map(params![key, first], |r| {
+                Ok(MutationRejection {
+                    id: r.get::<_, i64>(0)? as u64,
+                    name: r.get(1)?,
+                    error: r.get(2)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(PullResponse {
+            changes,
+            last_processed: last,
+            rejected,
+            notices: self.rejections_for(client, vv)?,
+        })
+    }
+
+    /// On a client: the pull pipeline, in one SQLite transaction. Takes the
+    /// speculative effects off, applies the canonical changes (merge, then
+    /// resolvers), keeps the rejection notices, drops the mutations the
+    /// authority processed (reporting the refused ones), and replays the
+    /// remaining pending mutations on top. Subscribers hear of the rows
+    /// whose visible values changed, after the commit.
+    pub fn apply_pull(&mut self, response: &PullResponse) -> Result<PullReport> {
+        let watched: BTreeSet<String> = self.subscribers.iter().map(|(t, _)| t.clone()).collect();
+        let mut tx = self.transaction()?;
+        let mut report = PullReport::default();
+
+        // Rows whose visible values may change, and those values now.
+        // By (table, key text): keys hold values, which have no total order.
+        type Before = BTreeMap<(String, String), (Key, Option<Vec<(String, Value)>>)>;
+        let mut before: Before = BTreeMap::new();
+        if !watched.is_empty() {
+            let mut candidates = touched_keys(tx.store)?;
+            for t in &response.changes.tables {
+                for row in &t.rows {
+                    if let Some(layout) = tx.store.table(&t.table) {
+                        candidates.push((layout.name().to_owned(), Key(row.key.clone())));
+                    }
+                }
+            }
+            for (table, key) in candidates {
+                let id = (table.clone(), key.to_string());
+                if watched.contains(&table) && !before.contains_key(&id) {
+                    let value = tx.store.get(&table, key.clone())?;
+                    before.insert(id, (key, value));
+                }
+            }
+        }
+
+        speculate::restore_all(&tx.store.conn, &tx.store.tables)?;
+        report.apply = tx.apply(&response.changes)?;
+        super::conflicts::store_notices(&tx.store.conn, tx.store.local, &response.notices)?;
+
+        let pending = tx.store.pending_mutations()?;
+        let refused: BTreeMap<u64, &MutationRejection> =
+            response.rejected.iter().map(|r| (r.id, r)).collect();
+        for m in &pending {
+            if m.id > response.last_processed {
+                continue;
+            }
+            tx.store
+                .conn
+                .execute("DELETE FROM meldb_pending WHERE id = ?1", [m.id as i64])?;
+            report.acknowledged += 1;
+            if let Some(r) = refused.get(&m.id) {
+                tx.store.conn.execute(
+                    "INSERT OR IGNORE INTO meldb_mutation_failures (id, name, error) \
+                     VALUES (?1, ?2, ?3)",
+                    params![m.id as i64, m.name, r.error],
+                )?;
+                report.rejected.push((*r).clone());
+            }
+        }
+
+        for m in pending.iter().filter(|m| m.id > response.last_processed) {
+            let replayed = match (
+                tx.store.mutator(&m.name),
+                serde_json::from_str::<serde_json::Value>(&m.args),
+            ) {
+                (Err(e), _) => Err(e.to_string()),
+                (_, Err(e)) => Err(format!("stored arguments are not JSON: {e}")),
+                (Ok(mutator), Ok(args)) => {
+                    tx.speculative = true;
+                    let ran = tx.savepoint(|tx| {
+                        run(&mutator, tx, &args).map_err(|e| {
+                            crate::Error::from(MutationError::Failed {
+                                name: m.name.clone(),
+                                error: e.0,
+                            })
+                        })
+                    });
+                    tx.speculative = false;
+                    match ran {
+                        Ok(()) => Ok(()),
+                        Err(crate::Error::Mutation(MutationError::Failed { error, .. })) => {
+                            Err(error)
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            };
+            match replayed {
+                Ok(()) => report.replayed += 1,
+                Err(error) => report.failed_replays.push(MutationRejection {
+                    id: m.id,
+                    name: m.name.clone(),
+                    error,
+                }),
+            }
+        }
+
+        if !watched.is_empty() {
+            for (table, key) in touched_keys(tx.store)? {
+                if watched.contains(&table)
+                    && !before.contains_key(&(table.clone(), key.to_string()))
+                {
+                    // First touched by this replay: it changed.
+                    report.changed.push((table, key));
+                }
+            }
+            for ((table, _), (key, value)) in before {
+                if tx.store.get(&table, key.clone())? != value {
+                    report.changed.push((table, key));
+                }
+            }
+            report
+                .changed
+                .sort_by(|a, b| (&a.0, a.1.to_string()).cmp(&(&b.0, b.1.to_string())));
+        }
+        tx.commit()?;
+
+        for (table, callback) in &self.subscribers {
+            let keys: Vec<Key> = report
+                .changed
+                .iter()
+                .filter(|(t, _)| t == table)
+                .map(|(_, k)| k.clone())
+                .collect();
+            if !keys.is_empty() {
+                (callback.0)(&keys);
+            }
+        }
+        Ok(report)
+    }
+
+    /// Calls `callback` after each pull with the keys of `table`'s rows
+    /// whose visible values changed (the canonical changes, and pending
+    /// mutations replayed differently on top of them).
+    pub fn subscribe(
+        &mut self,
+        table: &str,
+        callback: impl Fn(&[Key]) + Send + Sync + 'static,
+    ) -> Result<()> {
+        let layout = self
+            .table(table)
+            .ok_or_else(|| crate::error::WriteError::UnknownTable {
+                table: table.into(),
+            })?;
+        let name = layout.name().to_owned();
+        self.subscribers
+            .push((name, Subscriber(Arc::new(callback))));
+        Ok(())
+    }
+
+    /// Mutations of this replica that the authority refused, with its
+    /// error, not yet acknowledged.
+    pub fn mutation_failures(&self) -> Result<Vec<MutationRejection>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, name, error FROM meldb_mutation_failures WHERE acknowledged = 0 ORDER BY id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(MutationRejection {
+                id: r.get::<_, i64>(0)? as u64,
+                name: r.get(1)?,
+                error: r.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Marks a refused mutation as seen by the user.
+    pub fn acknowledge_mutation_failure(&mut self, id: u64) -> Result<()> {
+        let tx = self.transaction()?;
+        tx.store.conn.execute(
+            "UPDATE meldb_mutation_failures SET acknowledged = 1 WHERE id = ?1",
+            [id as i64],
+        )?;
+        tx.commit()
+    }
+
+    fn mutator(&self, name: &str) -> Result<Mutator> {
+        self.mutators
+            .iter()
+            .find(|m| m.name == name)
+            .cloned()
+            .ok_or_else(|| {
+                MutationError::UnknownMutator {
+                    name: name.to_owned(),
+                }
+                .into()
+            })
+    }
+}
+
+/// Runs a mutator with panics caught (a panic is its failure).
+fn run(
+    mutator: &Mutator,
+    tx: &mut Transaction<'_>,
+    args: &serde_json::Value,
+) -> Result<(), MutatorError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (mutator.f)(tx, args))).unwrap_or_else(
+        |payload| {
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".to_owned());
+            Err(MutatorError(format!("panicked: {message}")))
+        },
+    )
+}
+
+fn last_processed(conn: &rusqlite::Connection, client: &[u8]) -> Result<u64> {
+    let last: Option<i64> = conn
+        .query_row(
+            "SELECT last_processed FROM meldb_clients WHERE client = ?1",
+            [client],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(last.map_or(0, |n| n as u64))
+}
+
+/// The (table, key) of every row speculative effects touched.
+fn touched_keys(store: &Store) -> Result<Vec<(String, Key)>> {
+    let mut out = Vec::new();
+    for (tbl, rid) in speculate::touched(&store.conn)? {
+        let Some(layout) = store.tables.iter().find(|t| t.id == tbl) else {
+            continue;
+        };
+        if let Some(key) = key_of(store, layout, rid)? {
+            out.push((layout.name().to_owned(), key));
+        }
+    }
+    Ok(out)
+}
+
+fn key_of(store: &Store, layout: &TableLayout, rid: i64) -> Result<Option<Key>> {
+    let keys: Vec<String> = layout
+        .table
+        .primary_key
+        .iter()
+        .map(|&i| quote(&layout.table.columns[i].name))
+        .collect();
+    let sql = format!(
+        "SELECT {} FROM {} WHERE _meldb_rid = ?1",
+        keys.join(", "),
+        quote(&base_name(layout.name()))
+    );
+    let n = keys.len();
+    Ok(store
+        .conn
+        .prepare_cached(&sql)?
+        .query_row([rid], |r| {
+            (0..n)
+                .map(|i| r.get_ref(i).map(Value::from))
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .optional()?
+        .map(Key))
+}
