@@ -131,12 +131,10 @@ async fn live_clients_see_each_others_writes_through_an_embedded_relay() -> Test
     .await?;
     stop.send(true)?;
     server.await??;
+    // Every client stops on shutdown (whether its own signal or the
+    // relay's notice reached it first).
     for t in tasks {
-        let sessions = t.await?;
-        assert!(
-            !sessions.is_empty(),
-            "each client ended its session cleanly"
-        );
+        tokio::time::timeout(Duration::from_secs(10), t).await??;
     }
     Ok(())
 }
