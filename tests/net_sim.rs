@@ -216,8 +216,8 @@ impl Net {
             38..=40 if !self.links.is_empty() => {
                 let l = self.rng.below(self.links.len() as u64) as usize;
                 let link = &mut self.links[l];
-                link.sa.retry(&self.stores[link.a]);
-                link.sb.retry(&self.stores[link.b]);
+                link.sa.retry(&self.stores[link.a])?;
+                link.sb.retry(&self.stores[link.b])?;
                 self.count("timeout retry");
                 self.flush(l);
             }

@@ -11,6 +11,7 @@
 
 use super::compact;
 use super::{check_header, decode_value, encode_value, frame_as, unframe_as, DecodeError};
+use crate::mutator::{Push, PushResult};
 use crate::resolve::Rejection;
 use crate::sync::message::{Ack, Batch, Hello, Message, Notice, Sent, Want};
 use serde::{Deserialize, Serialize};
@@ -35,6 +36,8 @@ enum WireMessage {
     Caught(u64),
     Notice(Notice),
     Rejections(Vec<Rejection>),
+    Push(Push),
+    PushAck(PushResult),
 }
 
 /// A byte string that serde hands to bincode whole (a length and the
@@ -76,10 +79,12 @@ pub fn encode_message(message: &Message) -> Vec<u8> {
             changes: Bytes(compact::encode(&b.changes)),
         },
         Message::Ack(a) => WireMessage::Ack(*a),
-        Message::Sent(s) => WireMessage::Sent(*s),
+        Message::Sent(s) => WireMessage::Sent(s.clone()),
         Message::Caught(id) => WireMessage::Caught(*id),
         Message::Notice(n) => WireMessage::Notice(n.clone()),
         Message::Rejections(r) => WireMessage::Rejections(r.clone()),
+        Message::Push(p) => WireMessage::Push(p.clone()),
+        Message::PushAck(r) => WireMessage::PushAck(r.clone()),
     };
     frame_as(MESSAGE_MAGIC, PROTOCOL_VERSION, &encode_value(&wire))
 }
@@ -123,6 +128,8 @@ pub fn decode_message(frame: &[u8], limit: usize) -> Result<Message, DecodeError
             WireMessage::Caught(id) => Message::Caught(id),
             WireMessage::Notice(n) => Message::Notice(n),
             WireMessage::Rejections(r) => Message::Rejections(r),
+            WireMessage::Push(p) => Message::Push(p),
+            WireMessage::PushAck(r) => Message::PushAck(r),
         },
     )
 }
@@ -135,7 +142,8 @@ mod tests {
     use crate::codec::HEADER_LEN;
     use crate::crdt::{ColumnState, Lww, RowClock};
     use crate::merge::RowState;
-    use crate::sync::message::NoticeCode;
+    use crate::mutator::{MutationRejection, PendingMutation};
+    use crate::sync::message::{NoticeCode, Processed};
     use crate::value::Value;
     use crate::version::VersionVector;
 
@@ -180,13 +188,39 @@ mod tests {
                 accepts_changes: true,
                 live: false,
             }),
-            Message::Want(Want { id: 3, have }),
+            Message::Want(Want {
+                id: 3,
+                have,
+                first_pending: Some(17),
+            }),
             Message::Changes(Batch { seq: 9, changes }),
             Message::Ack(Ack { seq: 9, applied: 1 }),
             Message::Sent(Sent {
                 want: 3,
                 first: 9,
                 last: 9,
+                mutations: Some(Processed {
+                    last_processed: 18,
+                    rejected: vec![MutationRejection {
+                        id: 17,
+                        name: "book".into(),
+                        error: "taken".into(),
+                    }],
+                }),
+            }),
+            Message::Push(Push {
+                client: site(1),
+                mutations: vec![PendingMutation {
+                    id: 17,
+                    name: "book".into(),
+                    args: r#"["A1","alice"]"#.into(),
+                }],
+            }),
+            Message::PushAck(PushResult {
+                last_processed: 18,
+                applied: vec![18],
+                rejected: vec![],
+                duplicates: 1,
             }),
             Message::Caught(3),
             Message::Notice(Notice {

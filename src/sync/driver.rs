@@ -94,7 +94,7 @@ pub(crate) async fn drive(
             }
             Event::Message(Some(Ok(message))) => {
                 silent = 0;
-                let applies = matches!(message, Message::Changes(_));
+                let applies = matches!(message, Message::Changes(_) | Message::Push(_));
                 let (back, result) =
                     with_store(store, session.take(), move |s, st| s.receive(st, message)).await?;
                 session = Some(back);
@@ -128,8 +128,9 @@ pub(crate) async fn drive(
                         seconds: options.idle.as_secs() * 2,
                     });
                 }
-                let (back, ()) = with_store(store, session.take(), |s, st| s.retry(st)).await?;
+                let (back, result) = with_store(store, session.take(), |s, st| s.retry(st)).await?;
                 session = Some(back);
+                result?;
             }
             Event::Shutdown => {
                 s.close(NoticeCode::Shutdown, "shutting down");

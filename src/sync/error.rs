@@ -40,13 +40,11 @@ pub enum SyncError {
         /// Whether a token was presented at all.
         presented: bool,
     },
-    /// The peer's token is read-only and it sent changes.
-    #[error(
-        "the peer's token is read-only and it sent a batch of {rows} rows; nothing was applied"
-    )]
+    /// The peer's token is read-only and it sent changes or mutations.
+    #[error("the token is read-only, and it sent {sent}: nothing was applied")]
     ReadOnly {
-        /// Rows in the refused batch.
-        rows: usize,
+        /// What was sent ("a batch of 5 rows", "2 mutations").
+        sent: String,
     },
     /// A message that does not fit the session's state.
     #[error("unexpected {got} message {during}")]

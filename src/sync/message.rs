@@ -11,6 +11,14 @@
 //! vector instead, and gets only what it still lacks. In live mode,
 //! batches also flow unasked whenever the sender has something new.
 //!
+//! Mutations: a client of an authority sends its pending mutations in a
+//! [`Message::Push`] just before its `Want`; the authority runs them
+//! (answering [`Message::PushAck`]) and then answers the `Want`, whose
+//! [`Sent`] says which mutations the batches include the effects of
+//! ([`Processed`]). The client drops those from its queue (and records the
+//! refused ones) once every batch of the answer is applied, in one
+//! transaction, and replays the rest on top.
+//!
 //! An answer starts with the [`Message::Rejections`] an authority has for
 //! the asker (its changes that were refused, and why). They go *before*
 //! the batches carrying the corrections: if the connection drops between
@@ -27,6 +35,7 @@
 
 use crate::changeset::Changeset;
 use crate::clock::SiteId;
+use crate::mutator::{MutationRejection, Push, PushResult};
 use crate::resolve::Rejection;
 use crate::version::VersionVector;
 use serde::{Deserialize, Serialize};
@@ -54,6 +63,11 @@ pub enum Message {
     /// [`crate::resolve::Rejection`]), sent ahead of the batches that carry
     /// their corrections.
     Rejections(Vec<Rejection>),
+    /// A client's pending mutations, for the authority to run
+    /// ([`crate::Store::process_push`]).
+    Push(Push),
+    /// What the authority did with a `Push`.
+    PushAck(PushResult),
 }
 
 impl Message {
@@ -68,6 +82,8 @@ impl Message {
             Message::Caught(_) => "Caught",
             Message::Notice(_) => "Notice",
             Message::Rejections(_) => "Rejections",
+            Message::Push(_) => "Push",
+            Message::PushAck(_) => "PushAck",
         }
     }
 }
@@ -100,6 +116,10 @@ pub struct Want {
     pub id: u64,
     /// The dots the sender has.
     pub have: VersionVector,
+    /// The sender's oldest pending mutation, when it queues mutations for
+    /// an authority: the answer's `Sent` then says which the authority has
+    /// processed and which it refused.
+    pub first_pending: Option<u64>,
 }
 
 /// One batch of changes.
@@ -122,7 +142,7 @@ pub struct Ack {
 
 /// The answer to a `Want` is complete: batches `first..=last` (none when
 /// `first > last`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Sent {
     /// The `Want` answered.
     pub want: u64,
@@ -130,6 +150,18 @@ pub struct Sent {
     pub first: u64,
     /// Its last batch number.
     pub last: u64,
+    /// For a `Want` with `first_pending`: the asker's mutations whose
+    /// effects the answer's batches include.
+    pub mutations: Option<Processed>,
+}
+
+/// The authority's word on a client's mutations, as of an answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Processed {
+    /// The last of the client's mutations the authority has processed.
+    pub last_processed: u64,
+    /// Those it refused, from the client's oldest pending one.
+    pub rejected: Vec<MutationRejection>,
 }
 
 /// Why a session ends.

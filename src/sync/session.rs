@@ -18,6 +18,13 @@
 //! Sessions are resumable for free: a new session's `Want` carries the
 //! version vector, so only what is still missing travels.
 //!
+//! A replica that queues mutations for an authority pushes them right
+//! before each `Want` ([`Message::Push`]); the authority runs them and the
+//! answer's `Sent` says which it processed, so the client drops those once
+//! every batch is in (see [`super::message`]). On such a client every batch
+//! is applied under the pending mutations' speculative effects
+//! ([`Store::apply_pull`]), never merged into them.
+//!
 //! In live mode the session stays open after catching up: the owner calls
 //! [`Session::local_changed`] when the store changes and the session pushes
 //! what the peer does not have yet (it tracks what the peer has: its `Want`
@@ -25,10 +32,10 @@
 
 use super::batch::{add_covers, batches};
 use super::error::SyncError;
-use super::message::{Ack, Batch, Hello, Message, Notice, NoticeCode, Sent, Want};
+use super::message::{Ack, Batch, Hello, Message, Notice, NoticeCode, Processed, Sent, Want};
 use crate::changeset::Changeset;
 use crate::clock::SiteId;
-use crate::mutator::PullResponse;
+use crate::mutator::{PullResponse, Push};
 use crate::resolve::{Rejection, Writer};
 use crate::store::Store;
 use crate::version::VersionVector;
@@ -150,6 +157,16 @@ pub struct SyncStats {
     pub rejections_sent: u64,
     /// Rejection notices from the peer that were new here.
     pub rejections_received: u64,
+    /// Pending mutations pushed to the authority.
+    pub mutations_pushed: u64,
+    /// Pushed mutations the authority ran (as the authority: mutations run
+    /// for the peer, refused ones included).
+    pub mutations_processed: u64,
+    /// Mutations dropped from the local queue because the authority
+    /// processed them (their effects arrived as canonical changes).
+    pub mutations_acknowledged: u64,
+    /// Of those, the ones the authority refused.
+    pub mutations_rejected: u64,
 }
 
 /// The peer, once its `Hello` arrived.
@@ -185,6 +202,7 @@ enum Outgoing {
     },
     Sent {
         want: u64,
+        mutations: Option<Processed>,
     },
 }
 
@@ -218,6 +236,9 @@ pub struct Session {
     want_open: bool,
     received: BTreeSet<u64>,
     caught: bool,
+    // Mutations: the last pushed, and whether its acknowledgement is due.
+    pushed_through: u64,
+    push_open: bool,
     stats: SyncStats,
 }
 
@@ -271,6 +292,8 @@ impl Session {
             want_open: false,
             received: BTreeSet::new(),
             caught: false,
+            pushed_through: 0,
+            push_open: false,
             stats: SyncStats::default(),
         }
     }
@@ -325,6 +348,7 @@ impl Session {
             && self.queue.is_empty()
             && self.in_flight.is_empty()
             && self.out.is_empty()
+            && !self.push_open
     }
 
     fn we_want(&self) -> bool {
@@ -375,9 +399,10 @@ impl Session {
                 Some(Outgoing::Rejections(list)) => Some(Message::Rejections(list)),
                 _ => None,
             },
-            Outgoing::Sent { want } => {
-                let want = *want;
-                self.queue.pop_front();
+            Outgoing::Sent { .. } => {
+                let Some(Outgoing::Sent { want, mutations }) = self.queue.pop_front() else {
+                    return None;
+                };
                 let first = match self.answering {
                     Some((id, Some(first))) if id == want => first,
                     _ => self.next_seq,
@@ -386,6 +411,7 @@ impl Session {
                     want,
                     first,
                     last: self.next_seq - 1,
+                    mutations,
                 }))
             }
         }
@@ -446,8 +472,12 @@ impl Session {
             (_, Message::Want(want)) => self.on_want(store, want),
             (_, Message::Changes(batch)) => self.on_batch(store, batch),
             (_, Message::Ack(ack)) => self.on_ack(ack),
-            (_, Message::Sent(sent)) => {
-                self.on_sent(store, sent);
+            (_, Message::Sent(sent)) => self.on_sent(store, sent),
+            (_, Message::Push(push)) => self.on_push(store, push),
+            (_, Message::PushAck(result)) => {
+                self.push_open = false;
+                self.stats.mutations_processed +=
+                    (result.applied.len() + result.rejected.len()) as u64;
                 Ok(())
             }
             (_, Message::Rejections(list)) => {
@@ -496,27 +526,98 @@ impl Session {
         });
         self.phase = Phase::Open;
         if self.we_want() {
-            self.want_again(store);
+            self.push_pending(store)?;
+            self.want_again(store)?;
         }
         Ok(())
     }
 
-    fn want_again(&mut self, store: &Store) {
+    fn want_again(&mut self, store: &Store) -> Result<(), SyncError> {
         self.want_id += 1;
         self.want_open = true;
         self.caught = false;
         self.received.clear();
+        let first_pending = if store.queues_mutations() {
+            Some(store.pull_request()?.1).filter(|&id| id != u64::MAX)
+        } else {
+            None
+        };
         self.out.push_back(Message::Want(Want {
             id: self.want_id,
             have: store.version_vector(),
+            first_pending,
         }));
+        Ok(())
+    }
+
+    /// Queues a `Push` of the pending mutations not pushed yet in this
+    /// session, when this replica queues them and the peer takes changes.
+    /// Returns whether it did.
+    fn push_pending(&mut self, store: &Store) -> Result<bool, SyncError> {
+        if !store.queues_mutations() || !self.peer_wants() {
+            return Ok(false);
+        }
+        let mutations: Vec<_> = store
+            .pending_mutations()?
+            .into_iter()
+            .filter(|m| m.id > self.pushed_through)
+            .collect();
+        let Some(last) = mutations.last().map(|m| m.id) else {
+            return Ok(false);
+        };
+        self.pushed_through = last;
+        self.push_open = true;
+        self.stats.mutations_pushed += mutations.len() as u64;
+        self.out.push_back(Message::Push(Push {
+            client: self.site,
+            mutations,
+        }));
+        Ok(true)
+    }
+
+    fn on_push(&mut self, store: &mut Store, push: Push) -> Result<(), SyncError> {
+        if self.access == Access::ReadOnly {
+            return Err(SyncError::ReadOnly {
+                sent: format!("{} mutations", push.mutations.len()),
+            });
+        }
+        let Some(peer) = &self.peer else {
+            return Err(SyncError::Unexpected {
+                got: "Push",
+                during: "before Hello",
+            });
+        };
+        // The mutations are the session's peer's, whatever the message says.
+        let result = store.process_push(&Push {
+            client: peer.site,
+            mutations: push.mutations,
+        })?;
+        self.stats.mutations_processed += (result.applied.len() + result.rejected.len()) as u64;
+        self.out.push_back(Message::PushAck(result));
+        Ok(())
     }
 
     fn on_want(&mut self, store: &Store, want: Want) -> Result<(), SyncError> {
         // A newer Want supersedes whatever of an older answer is unsent.
         self.queue.clear();
-        let changes = store.changes_since(&want.have)?;
-        self.queue_rejections(store, &want.have)?;
+        let (changes, mutations) = match (want.first_pending, &self.peer) {
+            (Some(first), Some(peer)) => {
+                let pull = store.pull_for(peer.site, &want.have, first)?;
+                if !pull.notices.is_empty() {
+                    self.stats.rejections_sent += pull.notices.len() as u64;
+                    self.queue.push_back(Outgoing::Rejections(pull.notices));
+                }
+                let processed = Processed {
+                    last_processed: pull.last_processed,
+                    rejected: pull.rejected,
+                };
+                (pull.changes, Some(processed))
+            }
+            _ => {
+                self.queue_rejections(store, &want.have)?;
+                (store.changes_since(&want.have)?, None)
+            }
+        };
         let mut peer_has = want.have;
         add_covers(&mut peer_has, &changes);
         for changes in batches(changes, self.config.batch_rows, self.config.batch_bytes) {
@@ -525,7 +626,10 @@ impl Session {
                 want: Some(want.id),
             });
         }
-        self.queue.push_back(Outgoing::Sent { want: want.id });
+        self.queue.push_back(Outgoing::Sent {
+            want: want.id,
+            mutations,
+        });
         self.peer_has = Some(peer_has);
         self.answering = Some((want.id, None));
         self.peer_caught = false;
@@ -535,7 +639,7 @@ impl Session {
     fn on_batch(&mut self, store: &mut Store, batch: Batch) -> Result<(), SyncError> {
         if self.access == Access::ReadOnly {
             return Err(SyncError::ReadOnly {
-                rows: batch.changes.len(),
+                sent: format!("a batch of {} rows", batch.changes.len()),
             });
         }
         let report = if store.queues_mutations() {
@@ -585,18 +689,30 @@ impl Session {
         }
     }
 
-    fn on_sent(&mut self, store: &Store, sent: Sent) {
+    fn on_sent(&mut self, store: &mut Store, sent: Sent) -> Result<(), SyncError> {
         if !self.want_open || sent.want != self.want_id {
-            return;
+            return Ok(());
         }
-        if (sent.first..=sent.last).all(|seq| self.received.contains(&seq)) {
-            self.want_open = false;
-            self.caught = true;
-            self.received.clear();
-            self.out.push_back(Message::Caught(sent.want));
-        } else {
-            self.want_again(store);
+        if !(sent.first..=sent.last).all(|seq| self.received.contains(&seq)) {
+            return self.want_again(store);
         }
+        if let (Some(processed), true) = (sent.mutations, store.queues_mutations()) {
+            // Every batch of the answer is applied, so the effects of the
+            // processed mutations are here: drop them, replay the rest.
+            let report = store.apply_pull(&PullResponse {
+                changes: Changeset::new(store.site_id()),
+                last_processed: processed.last_processed,
+                rejected: processed.rejected,
+                notices: Vec::new(),
+            })?;
+            self.stats.mutations_acknowledged += report.acknowledged as u64;
+            self.stats.mutations_rejected += report.rejected.len() as u64;
+        }
+        self.want_open = false;
+        self.caught = true;
+        self.received.clear();
+        self.out.push_back(Message::Caught(sent.want));
+        Ok(())
     }
 
     /// Queues the rejection notices for the peer that a replica with `have`
@@ -615,10 +731,11 @@ impl Session {
 
     /// Asks again for everything still missing, if an answer is
     /// outstanding: for a transport that noticed silence (a lost message).
-    pub fn retry(&mut self, store: &Store) {
+    pub fn retry(&mut self, store: &Store) -> Result<(), SyncError> {
         if self.phase == Phase::Open && self.want_open {
-            self.want_again(store);
+            self.want_again(store)?;
         }
+        Ok(())
     }
 
     /// Tells a live session the store changed: what the peer lacks is
@@ -627,6 +744,11 @@ impl Session {
     pub fn local_changed(&mut self, store: &Store) -> Result<(), SyncError> {
         if self.phase != Phase::Open || !self.config.live || !self.peer_wants() {
             return Ok(());
+        }
+        // New mutations go to the authority, and the answer to the Want
+        // that follows brings back their canonical effects.
+        if self.push_pending(store)? {
+            self.want_again(store)?;
         }
         let Some(peer_has) = &mut self.peer_has else {
             return Ok(());

@@ -187,7 +187,7 @@ fn a_read_only_peer_receives_and_its_writes_are_refused() -> TestResult {
         &mut sb,
         Message::Changes(message::Batch { seq: 1, changes }),
     );
-    assert!(matches!(result, Err(SyncError::ReadOnly { rows: 5 })));
+    assert!(matches!(result, Err(SyncError::ReadOnly { ref sent }) if sent == "a batch of 5 rows"));
     assert_eq!(sb.digest()?, before);
     assert!(matches!(
         b.poll_message(),
@@ -384,11 +384,12 @@ fn batches_go_under_a_clients_pending_mutations() -> TestResult {
     let mut s = Session::responder(&server, SessionConfig::default(), allow_all());
     pump(&mut c, &mut client, &mut s, &mut server)?;
     assert!(c.is_caught_up() && s.is_caught_up());
-    // The canonical rows arrived under the pending booking: replayed on
-    // top, it finds A1 taken and stays pending for the authority to decide;
-    // nothing speculative was sent.
+    // The canonical rows arrived under the pending booking (plain apply
+    // would have merged them into it); the authority refused the booking,
+    // so it is dropped and recorded; nothing speculative was sent.
     assert_eq!(seats(&client)?, ["A1:dave", "B2:carol"]);
-    assert_eq!(client.pending_mutations()?.len(), 1);
+    assert!(client.pending_mutations()?.is_empty());
+    assert_eq!(client.mutation_failures()?.len(), 1);
     assert_eq!(seats(&server)?, ["A1:dave", "B2:carol"]);
     assert_eq!(c.stats().rows_sent, 0);
     assert_eq!(client.digest()?, server.digest()?);
@@ -397,4 +398,113 @@ fn batches_go_under_a_clients_pending_mutations() -> TestResult {
 
 fn allow_all() -> Authorize {
     Arc::new(|_| Some(Grant::read_write()))
+}
+
+/// An authority and a client of the seats schema, both with the `book`
+/// mutator (which fails when the seat is taken).
+fn booking_pair() -> crate::Result<(Store, Store)> {
+    use crate::store::Transaction;
+    let schema = Schema::from_toml_str(SEATS, "seats.toml")?;
+    let open = |n: u8, authority: bool| -> crate::Result<Store> {
+        let mut store = StoreOptions::new()
+            .site_id(SiteId::from_bytes([n; 16]))
+            .authority(authority)
+            .open_in_memory(&schema)?;
+        store.register_mutator(
+            "book",
+            |tx: &mut Transaction<'_>, (seat, who): (String, String)| {
+                tx.insert("seat", &[("seat", seat.into()), ("booked_by", who.into())])?;
+                Ok(())
+            },
+        );
+        Ok(store)
+    };
+    let mut server = open(1, true)?;
+    server.write(|tx| {
+        tx.insert(
+            "seat",
+            &[("seat", "B2".into()), ("booked_by", "carol".into())],
+        )
+    })?;
+    Ok((server, open(2, false)?))
+}
+
+fn seats(store: &Store) -> crate::Result<Vec<String>> {
+    let mut stmt = store
+        .conn()
+        .prepare("SELECT seat || ':' || booked_by FROM seat ORDER BY seat")?;
+    let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+#[test]
+fn mutations_are_pushed_run_by_the_authority_and_settled_in_one_sync() -> TestResult {
+    let (mut server, mut client) = booking_pair()?;
+    client.mutate("book", &("A1", "alice"))?;
+    client.mutate("book", &("B2", "bob"))?;
+    assert_eq!(seats(&client)?, ["A1:alice", "B2:bob"]);
+
+    let mut c = Session::initiator(&client, SessionConfig::default());
+    let mut s = Session::responder(&server, SessionConfig::default(), allow_all());
+    pump(&mut c, &mut client, &mut s, &mut server)?;
+    assert!(c.is_caught_up() && s.is_caught_up());
+    assert_eq!(seats(&server)?, ["A1:alice", "B2:carol"]);
+    assert_eq!(seats(&client)?, ["A1:alice", "B2:carol"]);
+    assert!(client.pending_mutations()?.is_empty());
+    let failures = client.mutation_failures()?;
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert_eq!(failures[0].name, "book");
+    assert_eq!(client.digest()?, server.digest()?);
+    let (cs, ss) = (c.stats(), s.stats());
+    assert_eq!(
+        (
+            cs.mutations_pushed,
+            cs.mutations_acknowledged,
+            cs.mutations_rejected
+        ),
+        (2, 2, 1)
+    );
+    assert_eq!(ss.mutations_processed, 2);
+    // Mutations are not changes: nothing speculative travelled as a row.
+    assert_eq!(cs.rows_sent, 0);
+    Ok(())
+}
+
+#[test]
+fn live_sessions_push_new_mutations_and_drop_them_once_settled() -> TestResult {
+    let (mut server, mut client) = booking_pair()?;
+    let config = SessionConfig::default().live(true);
+    let mut c = Session::initiator(&client, config.clone());
+    let mut s = Session::responder(&server, config, allow_all());
+    pump(&mut c, &mut client, &mut s, &mut server)?;
+    assert!(c.is_caught_up());
+
+    client.mutate("book", &("C3", "dan"))?;
+    c.local_changed(&client)?;
+    pump(&mut c, &mut client, &mut s, &mut server)?;
+    assert!(c.is_caught_up() && s.is_caught_up());
+    assert_eq!(seats(&server)?, ["B2:carol", "C3:dan"]);
+    assert!(client.pending_mutations()?.is_empty());
+    assert_eq!(client.digest()?, server.digest()?);
+    Ok(())
+}
+
+#[test]
+fn a_read_only_token_cannot_push_mutations() -> TestResult {
+    let (mut server, mut client) = booking_pair()?;
+    client.mutate("book", &("A1", "alice"))?;
+    let mut c = Session::initiator(&client, SessionConfig::default().token(Some("t".into())));
+    let mut s = Session::responder(&server, SessionConfig::default(), allow(Access::ReadOnly));
+    pump(&mut c, &mut client, &mut s, &mut server)?;
+    // The read-only answer says the server takes no changes: nothing pushed.
+    assert_eq!(c.stats().mutations_pushed, 0);
+    assert_eq!(client.pending_mutations()?.len(), 1);
+    let push = crate::mutator::Push {
+        client: client.site_id(),
+        mutations: client.pending_mutations()?,
+    };
+    let result = s.receive(&mut server, Message::Push(push));
+    assert!(matches!(result, Err(SyncError::ReadOnly { ref sent }) if sent == "1 mutations"));
+    assert_eq!(seats(&server)?, ["B2:carol"]);
+    Ok(())
 }

@@ -117,6 +117,18 @@ pub fn sync(args: &NetSyncArgs, out: &mut dyn Write) -> Result<()> {
             "note: the peer does not accept changes from this token (read-only): local changes were not sent"
         )?;
     }
+    if stats.mutations_pushed > 0 || stats.mutations_acknowledged > 0 {
+        writeln!(
+            out,
+            "mutations: {} pushed, {} settled by the authority ({} refused)",
+            stats.mutations_pushed, stats.mutations_acknowledged, stats.mutations_rejected
+        )?;
+        if stats.mutations_rejected > 0 {
+            for m in store.lock().mutation_failures()? {
+                writeln!(out, "mutation refused: {} #{}: {}", m.name, m.id, m.error)?;
+            }
+        }
+    }
     if stats.rejections_received > 0 {
         for r in store.lock().rejections()? {
             writeln!(out, "rejected: {} {}: {}", r.table, r.key, r.reason)?;
