@@ -138,3 +138,91 @@ async fn live_clients_see_each_others_writes_through_an_embedded_relay() -> Test
     }
     Ok(())
 }
+
+const SEATS: &str = r#"
+name = "seats"
+version = 1
+[[table]]
+name = "seat"
+primary_key = ["seat"]
+authority = true
+[[table.column]]
+name = "seat"
+type = "text"
+[[table.column]]
+name = "booked_by"
+type = "text"
+"#;
+
+/// The app opens the relay's store itself, registers its mutators and a
+/// resolver on it, and serves it: the relay is the authority.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embedded_relay_runs_the_apps_mutators_as_the_authority() -> TestResult {
+    use meldb::resolve::{Resolution, Resolver};
+    use meldb::Transaction;
+    let schema = meldb::Schema::from_toml_str(SEATS, "seats.toml")?;
+    let open = |n: u8, authority: bool| -> meldb::Result<meldb::Store> {
+        let mut store = StoreOptions::new()
+            .site_id(site(n))
+            .authority(authority)
+            .open_in_memory(&schema)?;
+        store.register_mutator(
+            "book",
+            |tx: &mut Transaction<'_>, (seat, who): (String, String)| {
+                tx.insert("seat", &[("seat", seat.into()), ("booked_by", who.into())])?;
+                Ok(())
+            },
+        );
+        Ok(store)
+    };
+    let mut authority = open(1, true)?;
+    authority.add_resolver(
+        "seat",
+        Resolver::new("first booking wins", |c| match (c.local(), c.incoming()) {
+            (Some(_), Some(_)) => Resolution::Reject("already booked".into()),
+            _ => Resolution::Accept,
+        }),
+    )?;
+    let relay_store = SharedStore::new(authority);
+    let relay = Relay::bind(relay_store.clone(), "127.0.0.1:0", RelayConfig::default()).await?;
+    let addr = relay.local_addr()?.to_string();
+    let (stop, shutdown) = watch::channel(false);
+    let server = tokio::spawn(relay.run(shutdown));
+
+    let (alice, bob) = (
+        SharedStore::new(open(2, false)?),
+        SharedStore::new(open(3, false)?),
+    );
+    alice.lock().mutate("book", &("A1", "alice"))?;
+    bob.lock().mutate("book", &("A1", "bob"))?;
+    let first = meldb::sync::sync_once_tcp(&alice, &addr, SessionConfig::default()).await?;
+    let second = meldb::sync::sync_once_tcp(&bob, &addr, SessionConfig::default()).await?;
+    assert_eq!(
+        (
+            first.stats.mutations_acknowledged,
+            first.stats.mutations_rejected
+        ),
+        (1, 0)
+    );
+    assert_eq!(
+        (
+            second.stats.mutations_acknowledged,
+            second.stats.mutations_rejected
+        ),
+        (1, 1)
+    );
+    assert!(alice.lock().pending_mutations()?.is_empty());
+    assert_eq!(bob.lock().mutation_failures()?.len(), 1);
+    let booked = |s: &SharedStore| -> meldb::Result<String> {
+        Ok(s.lock()
+            .conn()
+            .query_row("SELECT booked_by FROM seat WHERE seat = 'A1'", [], |r| {
+                r.get(0)
+            })?)
+    };
+    assert_eq!(booked(&bob)?, "alice");
+    assert_eq!(booked(&relay_store)?, "alice");
+    stop.send(true)?;
+    server.await??;
+    Ok(())
+}
