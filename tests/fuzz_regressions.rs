@@ -9,8 +9,10 @@
 //! rewrites `fuzz/seeds/` from `meldb::testing::seed_payloads`.
 
 use meldb::codec;
+use meldb::sync::Message;
 use meldb::testing::{
-    check_apply_bytes, check_decode_bytes, check_ops_bytes, seed_payloads, seeded_store,
+    check_apply_bytes, check_decode_bytes, check_message_bytes, check_ops_bytes, seed_payloads,
+    seeded_store,
 };
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -135,6 +137,31 @@ fn decode_frame_inputs_hold() -> Result<(), String> {
     let mut huge = codec::frame(&[]);
     huge[6..10].copy_from_slice(&u32::MAX.to_le_bytes());
     run_all("hostile header", check_decode_bytes, &[huge])
+}
+
+#[test]
+fn decode_message_inputs_hold() -> Result<(), String> {
+    let n = replay("decode_message", check_message_bytes)?;
+    if n == 0 {
+        return Err("no files under fuzz/regressions/decode_message".into());
+    }
+    // Real messages, whole, cut short and with flipped bytes, and payloads
+    // of changeset seeds framed as messages.
+    let mut inputs = Vec::new();
+    for payload in seed_payloads()? {
+        inputs.push(codec::frame_message(&payload));
+        inputs.push(payload);
+    }
+    let caught = codec::encode_message(&Message::Caught(7));
+    for cut in 0..caught.len() {
+        inputs.push(caught[..cut].to_vec());
+    }
+    for at in 0..caught.len() {
+        let mut bad = caught.clone();
+        bad[at] ^= 0x5a;
+        inputs.push(bad);
+    }
+    run_all("message", check_message_bytes, &inputs)
 }
 
 #[test]

@@ -409,6 +409,7 @@ fn hello(token: Option<&str>, site_byte: u8) -> Vec<u8> {
         token: token.map(str::to_string),
         accepts_changes: true,
         live: false,
+        authority: false,
     }))
 }
 

@@ -187,6 +187,7 @@ mod tests {
                 token: Some("secret".into()),
                 accepts_changes: true,
                 live: false,
+                authority: false,
             }),
             Message::Want(Want {
                 id: 3,

@@ -107,6 +107,8 @@ pub struct Hello {
     /// Whether the sender stays connected after catching up and sends new
     /// changes as they happen.
     pub live: bool,
+    /// Whether the sender is the authority (it runs pushed mutations).
+    pub authority: bool,
 }
 
 /// "Send me everything I lack."

@@ -180,6 +180,8 @@ pub struct PeerInfo {
     pub accepts_changes: bool,
     /// Whether it stays connected.
     pub live: bool,
+    /// Whether it is the authority (runs pushed mutations).
+    pub authority: bool,
 }
 
 enum Role {
@@ -219,6 +221,7 @@ pub struct Session {
     site: SiteId,
     schema: String,
     schema_version: u32,
+    authority: bool,
     peer: Option<PeerInfo>,
     access: Access,
     writer: Writer,
@@ -277,6 +280,7 @@ impl Session {
             site: store.site_id(),
             schema: store.schema().name.clone(),
             schema_version: store.schema().version,
+            authority: store.is_authority(),
             peer: None,
             access: Access::ReadWrite,
             writer: Writer::default(),
@@ -310,6 +314,7 @@ impl Session {
             },
             accepts_changes: self.access == Access::ReadWrite,
             live: self.config.live,
+            authority: self.authority,
         }
     }
 
@@ -523,6 +528,7 @@ impl Session {
             schema_version: hello.schema_version,
             accepts_changes: hello.accepts_changes,
             live: hello.live,
+            authority: hello.authority,
         });
         self.phase = Phase::Open;
         if self.we_want() {
@@ -554,7 +560,8 @@ impl Session {
     /// session, when this replica queues them and the peer takes changes.
     /// Returns whether it did.
     fn push_pending(&mut self, store: &Store) -> Result<bool, SyncError> {
-        if !store.queues_mutations() || !self.peer_wants() {
+        let to_authority = self.peer.as_ref().is_some_and(|p| p.authority);
+        if !store.queues_mutations() || !to_authority || !self.peer_wants() {
             return Ok(false);
         }
         let mutations: Vec<_> = store
@@ -581,10 +588,10 @@ impl Session {
                 sent: format!("{} mutations", push.mutations.len()),
             });
         }
-        let Some(peer) = &self.peer else {
+        let Some(peer) = self.peer.as_ref().filter(|_| self.authority) else {
             return Err(SyncError::Unexpected {
                 got: "Push",
-                during: "before Hello",
+                during: "on a replica that is not the authority",
             });
         };
         // The mutations are the session's peer's, whatever the message says.
@@ -600,8 +607,9 @@ impl Session {
     fn on_want(&mut self, store: &Store, want: Want) -> Result<(), SyncError> {
         // A newer Want supersedes whatever of an older answer is unsent.
         self.queue.clear();
+        let authority = self.authority;
         let (changes, mutations) = match (want.first_pending, &self.peer) {
-            (Some(first), Some(peer)) => {
+            (Some(first), Some(peer)) if authority => {
                 let pull = store.pull_for(peer.site, &want.have, first)?;
                 if !pull.notices.is_empty() {
                     self.stats.rejections_sent += pull.notices.len() as u64;

@@ -508,3 +508,32 @@ fn a_read_only_token_cannot_push_mutations() -> TestResult {
     assert_eq!(seats(&server)?, ["B2:carol"]);
     Ok(())
 }
+
+#[test]
+fn mutations_go_only_to_the_authority() -> TestResult {
+    let (_, mut client) = booking_pair()?;
+    // A second client of the same authority.
+    let mut other = StoreOptions::new()
+        .site_id(SiteId::from_bytes([3; 16]))
+        .open_in_memory(&Schema::from_toml_str(SEATS, "seats.toml")?)?;
+    client.mutate("book", &("A1", "alice"))?;
+    let mut c = Session::initiator(&client, SessionConfig::default());
+    let mut o = Session::responder(&other, SessionConfig::default(), allow_all());
+    pump(&mut c, &mut client, &mut o, &mut other)?;
+    assert!(c.is_caught_up() && o.is_caught_up());
+    assert_eq!(c.stats().mutations_pushed, 0);
+    assert_eq!(client.pending_mutations()?.len(), 1);
+    assert!(seats(&other)?.is_empty());
+
+    let push = crate::mutator::Push {
+        client: client.site_id(),
+        mutations: client.pending_mutations()?,
+    };
+    let result = o.receive(&mut other, Message::Push(push));
+    assert!(matches!(
+        result,
+        Err(SyncError::Unexpected { got: "Push", .. })
+    ));
+    assert!(seats(&other)?.is_empty());
+    Ok(())
+}
