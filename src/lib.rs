@@ -50,9 +50,11 @@
 //! partial batches: replicas that have exchanged everything have equal
 //! [`Store::digest`]s.
 //!
-//! What it is not (yet): a network protocol or relay (changesets are bytes
-//! you move yourself, see [`codec`]), a conflict-resolution hook for
-//! application rules, or an optimistic-mutation layer. Apps must not write
+//! Replicas sync over the network with [`sync`] (one protocol for
+//! peer-to-peer and the relay server), or by moving changeset bytes
+//! themselves ([`codec`]).
+//!
+//! What it is not (yet): an optimistic-mutation layer. Apps must not write
 //! to the tables through SQL directly: such writes are not replicated.
 
 #![forbid(unsafe_code)]
@@ -68,6 +70,7 @@ pub mod mutator;
 pub mod resolve;
 pub mod schema;
 pub mod store;
+pub mod sync;
 pub mod testing;
 pub mod value;
 pub mod version;

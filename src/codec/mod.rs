@@ -1,8 +1,9 @@
 //! Bytes: the one module that knows the encoding (bincode 2, serde mode).
 //!
-//! Two things are encoded here: changeset *frames* (files and, later, the
-//! network; the payload's shape is in [`wire`]) and values stored inside
-//! SQLite (the packed per-row metadata).
+//! Three things are encoded here: changeset *frames* (files; the payload's
+//! shape is in `wire`), sync protocol *messages* (the network, see
+//! [`encode_message`]; same frame layout, their own magic and version) and
+//! values stored inside SQLite (the packed per-row metadata).
 //!
 //! A frame is `MAGIC (4) | format version (u16 LE) | payload length (u32 LE)
 //! | blake3(payload) (32) | payload`. Decoding checks, in order: enough bytes
@@ -12,7 +13,14 @@
 //! then decodes the payload with bincode's byte limit, so no length field
 //! inside it can claim more elements than the frame has bytes.
 
+mod compact;
+mod messages;
 mod wire;
+
+pub use messages::{
+    decode_message, encode_message, frame_message, message_payload_len, MAX_MESSAGE_PAYLOAD,
+    MESSAGE_MAGIC, PROTOCOL_VERSION,
+};
 
 use crate::changeset::Changeset;
 use serde::{de::DeserializeOwned, Serialize};
@@ -169,9 +177,15 @@ pub fn decode_changeset_frames(mut bytes: &[u8]) -> Result<Vec<Changeset>, Decod
 /// Wraps a payload in a frame header. Public so fuzz targets can reach the
 /// payload decoder past the checksum.
 pub fn frame(payload: &[u8]) -> Vec<u8> {
+    frame_as(MAGIC, FORMAT_VERSION, payload)
+}
+
+/// A frame with the given magic and version (changeset files and protocol
+/// messages share the layout, not the magic).
+fn frame_as(magic: [u8; 4], version: u16, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
-    out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&magic);
+    out.extend_from_slice(&version.to_le_bytes());
     // Payloads over 4 GiB cannot be expressed; they are far over
     // MAX_FRAME_PAYLOAD anyway, so a saturated length is refused on decode.
     out.extend_from_slice(
@@ -186,32 +200,48 @@ pub fn frame(payload: &[u8]) -> Vec<u8> {
 
 /// Checks a frame's header and checksum and returns its payload.
 pub fn unframe(bytes: &[u8]) -> Result<&[u8], DecodeError> {
-    let header = bytes.get(..HEADER_LEN).ok_or(DecodeError::Truncated {
+    unframe_as(bytes, MAGIC, FORMAT_VERSION, MAX_FRAME_PAYLOAD)
+}
+
+/// Checks a header's magic, version and declared length (against `limit`)
+/// and returns the payload length. Reads nothing past the header, so a
+/// stream reader can call it before allocating the payload.
+fn check_header(
+    header: &[u8],
+    magic: [u8; 4],
+    supported: u16,
+    limit: usize,
+) -> Result<usize, DecodeError> {
+    let header = header.get(..HEADER_LEN).ok_or(DecodeError::Truncated {
         needed: HEADER_LEN,
-        available: bytes.len(),
+        available: header.len(),
     })?;
-    let (magic, rest) = header.split_at(4);
-    let (version, rest) = rest.split_at(2);
-    let (len, checksum) = rest.split_at(4);
-    if magic != MAGIC {
+    if header[..4] != magic {
         let mut found = [0; 4];
-        found.copy_from_slice(magic);
+        found.copy_from_slice(&header[..4]);
         return Err(DecodeError::BadMagic { found });
     }
-    let version = u16::from_le_bytes([version[0], version[1]]);
-    if version > FORMAT_VERSION || version == 0 {
+    let version = u16::from_le_bytes([header[4], header[5]]);
+    if version > supported || version == 0 {
         return Err(DecodeError::UnsupportedVersion {
             found: version,
-            supported: FORMAT_VERSION,
+            supported,
         });
     }
-    let declared = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
-    if declared > MAX_FRAME_PAYLOAD {
-        return Err(DecodeError::TooLarge {
-            declared,
-            limit: MAX_FRAME_PAYLOAD,
-        });
+    let declared = u32::from_le_bytes([header[6], header[7], header[8], header[9]]) as usize;
+    if declared > limit {
+        return Err(DecodeError::TooLarge { declared, limit });
     }
+    Ok(declared)
+}
+
+fn unframe_as(
+    bytes: &[u8],
+    magic: [u8; 4],
+    supported: u16,
+    limit: usize,
+) -> Result<&[u8], DecodeError> {
+    let declared = check_header(bytes, magic, supported, limit)?;
     let end = HEADER_LEN + declared;
     let payload = bytes.get(HEADER_LEN..end).ok_or(DecodeError::Truncated {
         needed: end,
@@ -223,7 +253,7 @@ pub fn unframe(bytes: &[u8]) -> Result<&[u8], DecodeError> {
             extra: bytes.len() - end,
         });
     }
-    if blake3::hash(payload).as_bytes()[..] != checksum[..] {
+    if blake3::hash(payload).as_bytes()[..] != bytes[10..HEADER_LEN] {
         return Err(DecodeError::Checksum);
     }
     Ok(payload)

@@ -69,32 +69,50 @@ impl Store {
         }
 
         let mut changeset = Changeset::new(self.local);
-        for ((tbl, rid), covers) in wanted {
+        let mut wanted = wanted.into_iter().peekable();
+        while let Some(((tbl, first), covers)) = wanted.next() {
             let layout = self
                 .tables
                 .get(tbl as usize)
                 .ok_or_else(|| rows::corrupt("meldb_dots", format!("unknown table id {tbl}")))?;
-            let mut found = None;
+            // Rows of consecutive rids are read with one range scan: a full
+            // catch-up reads whole tables in rid order, not row by row.
+            let mut run = vec![covers];
+            let mut last = first;
+            while let Some(covers) = wanted.next_if(|((t, rid), _)| *t == tbl && *rid == last + 1) {
+                run.push(covers.1);
+                last += 1;
+            }
+            let mut run = run.into_iter();
+            let mut read = Vec::with_capacity(run.len());
             rows::read_rows(
                 &self.conn,
                 layout,
                 &self.sites,
-                &layout.sql.select_by_rid,
-                [rid],
+                &layout.sql.select_rid_range,
+                [first, last],
                 |key, state| {
-                    found = Some((key, state));
+                    read.push((key, state));
                     Ok(())
                 },
             )?;
-            let (key, state) = found.ok_or_else(|| {
-                rows::corrupt(
+            if read.len() as i64 != last - first + 1 {
+                return Err(rows::corrupt(
                     "meldb_dots",
-                    format!("row {rid} of table {:?} is missing", layout.name()),
+                    format!(
+                        "rows {first}..={last} of table {:?}: {} of them are missing",
+                        layout.name(),
+                        last - first + 1 - read.len() as i64
+                    ),
                 )
-            })?;
-            let row = RowChange { key, state, covers };
+                .into());
+            }
+            let rows = read
+                .into_iter()
+                .zip(run.by_ref())
+                .map(|((key, state), covers)| RowChange { key, state, covers });
             match changeset.tables.last_mut() {
-                Some(t) if t.table == layout.table.name => t.rows.push(row),
+                Some(t) if t.table == layout.table.name => t.rows.extend(rows),
                 _ => changeset.tables.push(TableChanges {
                     table: layout.table.name.clone(),
                     columns: layout
@@ -102,7 +120,7 @@ impl Store {
                         .iter()
                         .map(|&i| layout.table.columns[i].name.clone())
                         .collect(),
-                    rows: vec![row],
+                    rows: rows.collect(),
                 }),
             }
         }

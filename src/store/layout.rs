@@ -71,8 +71,8 @@ pub struct TableSql {
     pub insert: String,
     /// Select rid, cl, state, values by key.
     pub select_by_key: String,
-    /// Select keys, cl, state, values by rid.
-    pub select_by_rid: String,
+    /// Select keys, cl, state, values of rids `?1..=?2`, in rid order.
+    pub select_rid_range: String,
     /// Select keys, cl, state, values of every row in key order.
     pub select_all: String,
     /// Update values, cl, state by rid.
@@ -132,8 +132,9 @@ impl TableLayout {
                 "SELECT _meldb_rid, _meldb_cl, _meldb_state{} FROM {base} WHERE {key_match}",
                 value_list(", ")
             ),
-            select_by_rid: format!(
-                "SELECT {}, _meldb_cl, _meldb_state{} FROM {base} WHERE _meldb_rid = ?1",
+            select_rid_range: format!(
+                "SELECT {}, _meldb_cl, _meldb_state{} FROM {base} \
+                 WHERE _meldb_rid BETWEEN ?1 AND ?2 ORDER BY _meldb_rid",
                 keys.join(", "),
                 value_list(", ")
             ),

@@ -115,6 +115,34 @@ peers already have. After rotating, export everything (no --since) to each peer 
     )]
     RotateSiteId(DbArgs),
 
+    /// Run a relay: a server replica many clients sync through (until ctrl-c).
+    #[command(
+        long_about = "Run a relay: an always-on replica that clients sync with over TCP. It \
+creates the database if needed, prints `listening on ADDR` (use port 0 for any free port), \
+persists every batch a client sends before acknowledging it, and forwards new changes to every \
+connected client. Clients authenticate with a token from the --tokens file (TOML, one \
+[[token]] with name, token and access = \"read-write\" or \"read-only\" per client). Logs go \
+to stderr (filter with MELDB_LOG, e.g. MELDB_LOG=debug). Ctrl-c or SIGTERM shuts it down \
+gracefully."
+    )]
+    Relay(RelayArgs),
+
+    /// Let a replica accept direct peer connections (until ctrl-c).
+    #[command(
+        long_about = "Serve an existing replica to peers over TCP, the same protocol as the \
+relay: a peer runs `meldb sync --peer ADDR` against it. Prints `listening on ADDR`. Without \
+--tokens every peer may read and write: use it on a trusted network only."
+    )]
+    Serve(ServeArgs),
+
+    /// Sync a replica with a peer or a relay over TCP, both ways, once.
+    #[command(
+        long_about = "Connect to a relay (`meldb relay`) or a peer (`meldb serve`), send what \
+it lacks and receive what this replica lacks, in batches each applied in one transaction, then \
+print what moved: `sent N rows, received M rows (K changed this replica)`. An interrupted sync \
+loses nothing; the next one moves only what is still missing."
+    )]
+    Sync(NetSyncArgs),
     /// Show the conflict log: counts per table and outcome, or the entries.
     #[command(
         long_about = "Show the conflict log that every concurrent change leaves. Without \
@@ -183,6 +211,56 @@ impl DbArgs {
                 .map(PathBuf::from)
         })
     }
+}
+
+#[derive(Debug, Args)]
+pub struct RelayArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+
+    /// The address to listen on, e.g. 0.0.0.0:7420 or 127.0.0.1:0.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: String,
+
+    /// The clients' tokens (TOML; see `meldb relay --help`).
+    #[arg(long, value_name = "FILE")]
+    pub tokens: PathBuf,
+
+    /// Concurrent client connections (at most).
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    pub max_connections: usize,
+
+    /// The largest message accepted from a client, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 16 << 20)]
+    pub max_message: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+
+    /// The address to listen on, e.g. 127.0.0.1:7421 (port 0: any free port).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: String,
+
+    /// Require tokens from this file (as for `meldb relay`).
+    #[arg(long, value_name = "FILE")]
+    pub tokens: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct NetSyncArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+
+    /// The relay or peer, HOST:PORT.
+    #[arg(long, value_name = "ADDR")]
+    pub peer: String,
+
+    /// The access token the relay gave this client.
+    #[arg(long, value_name = "TOKEN")]
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Args)]

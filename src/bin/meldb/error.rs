@@ -16,6 +16,10 @@ pub enum CliError {
     #[error(transparent)]
     Schema(Box<SchemaError>),
 
+    /// A network sync, relay or server failure.
+    #[error(transparent)]
+    Sync(Box<meldb::sync::SyncError>),
+
     #[error("sqlite: {0}")]
     Sql(#[from] rusqlite::Error),
 
@@ -77,6 +81,12 @@ pub enum CliError {
 impl From<meldb::Error> for CliError {
     fn from(e: meldb::Error) -> Self {
         CliError::Meldb(Box::new(e))
+    }
+}
+
+impl From<meldb::sync::SyncError> for CliError {
+    fn from(e: meldb::sync::SyncError) -> Self {
+        CliError::Sync(Box::new(e))
     }
 }
 

@@ -1,5 +1,6 @@
 //! The `meldb` command line: create a replica, write and query it, move
-//! changes between replicas as files, and run the demo (`meldb demo`).
+//! changes between replicas as files or over the network (`relay`, `serve`,
+//! `sync`), and run the demo (`meldb demo`).
 //!
 //! Exit status: 0 on success, 1 on a runtime error (`error: ...` on
 //! stderr), 2 on bad arguments (clap's usage message).
@@ -12,6 +13,7 @@ mod commands;
 mod conflicts;
 mod demo;
 mod error;
+mod net;
 mod output;
 mod sync;
 mod values;
@@ -59,6 +61,9 @@ fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
         Command::Vv(a) => sync::vv(a, out),
         Command::Digest(a) => sync::digest(a, out),
         Command::RotateSiteId(a) => sync::rotate_site_id(a, out),
+        Command::Relay(a) => net::relay(a, out),
+        Command::Serve(a) => net::serve(a, out),
+        Command::Sync(a) => net::sync(a, out),
         Command::Conflicts(a) => conflicts::conflicts(a, out),
         Command::Demo(a) => demo::run(a, out),
     }
@@ -82,6 +87,9 @@ fn db_args(command: &Command) -> Option<(&'static str, &DbArgs)> {
         Command::Vv(a) => ("vv", a),
         Command::Digest(a) => ("digest", a),
         Command::RotateSiteId(a) => ("rotate-site-id", a),
+        Command::Relay(a) => ("relay", &a.db),
+        Command::Serve(a) => ("serve", &a.db),
+        Command::Sync(a) => ("sync", &a.db),
         Command::Conflicts(a) => ("conflicts", &a.db),
         Command::Demo(_) => return None,
     })

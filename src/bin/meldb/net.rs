@@ -1,0 +1,138 @@
+//! `meldb relay`, `meldb serve` and `meldb sync`: the network commands.
+//!
+//! Each builds a small tokio runtime, logs with tracing to stderr
+//! (`MELDB_LOG` filters, default `info` for the servers and `warn` for
+//! `sync`), and for the servers prints `listening on ADDR` on stdout once
+//! bound, so scripts and tests can use port 0.
+
+use crate::cli::{NetSyncArgs, RelayArgs, ServeArgs};
+use crate::commands::{load_schema, open};
+use crate::error::{in_file, Result};
+use meldb::sync::{sync_once_tcp, Relay, RelayConfig, SessionConfig, SharedStore, Tokens};
+use meldb::{Durability, StoreOptions};
+use std::io::{IsTerminal, Write};
+use tokio::sync::watch;
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+fn init_logs(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MELDB_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // A second initialization (never in the binary) is harmless.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}
+
+/// `meldb relay`.
+pub fn relay(args: &RelayArgs, out: &mut dyn Write) -> Result<()> {
+    init_logs("info");
+    let schema = load_schema(&args.db)?;
+    let store = StoreOptions::new()
+        .durability(Durability::Full)
+        .open(&args.db.db, &schema)
+        .map_err(in_file(&args.db.db))?;
+    let tokens = Tokens::load(&args.tokens)?;
+    if tokens.is_empty() {
+        tracing::warn!(file = %args.tokens.display(), "no tokens: every client will be refused");
+    }
+    let config = RelayConfig::default()
+        .tokens(tokens)
+        .max_connections(args.max_connections)
+        .max_message(args.max_message);
+    listen(SharedStore::new(store), &args.listen, config, out)
+}
+
+/// `meldb serve`.
+pub fn serve(args: &ServeArgs, out: &mut dyn Write) -> Result<()> {
+    init_logs("info");
+    let store = open(&args.db)?;
+    let mut config = RelayConfig::default();
+    if let Some(path) = &args.tokens {
+        config = config.tokens(Tokens::load(path)?);
+    }
+    listen(SharedStore::new(store), &args.listen, config, out)
+}
+
+fn listen(store: SharedStore, addr: &str, config: RelayConfig, out: &mut dyn Write) -> Result<()> {
+    runtime()?.block_on(async {
+        let relay = Relay::bind(store, addr, config).await?;
+        writeln!(out, "listening on {}", relay.local_addr()?)?;
+        out.flush()?;
+        let (stop, shutdown) = watch::channel(false);
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("signal received, shutting down");
+            let _ = stop.send(true);
+        });
+        relay.run(shutdown).await?;
+        Ok(())
+    })
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// `meldb sync`.
+pub fn sync(args: &NetSyncArgs, out: &mut dyn Write) -> Result<()> {
+    init_logs("warn");
+    let store = SharedStore::new(open(&args.db)?);
+    let config = SessionConfig::default().token(args.token.clone());
+    let report = runtime()?.block_on(sync_once_tcp(&store, &args.peer, config))?;
+    let stats = report.stats;
+    writeln!(
+        out,
+        "sent {} rows, received {} rows ({} changed this replica)",
+        stats.rows_sent, stats.rows_received, stats.rows_applied
+    )?;
+    if report.peer.is_some_and(|p| !p.accepts_changes) {
+        writeln!(
+            out,
+            "note: the peer does not accept changes from this token (read-only): local changes were not sent"
+        )?;
+    }
+    if stats.mutations_pushed > 0 || stats.mutations_acknowledged > 0 {
+        writeln!(
+            out,
+            "mutations: {} pushed, {} settled by the authority ({} refused)",
+            stats.mutations_pushed, stats.mutations_acknowledged, stats.mutations_rejected
+        )?;
+        if stats.mutations_rejected > 0 {
+            for m in store.lock().mutation_failures()? {
+                writeln!(out, "mutation refused: {} #{}: {}", m.name, m.id, m.error)?;
+            }
+        }
+    }
+    if stats.rejections_received > 0 {
+        for r in store.lock().rejections()? {
+            writeln!(out, "rejected: {} {}: {}", r.table, r.key, r.reason)?;
+        }
+    }
+    Ok(())
+}

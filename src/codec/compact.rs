@@ -1,0 +1,894 @@
+//! The compact changeset layout that sync messages carry.
+//!
+//! Changeset files keep the simple serde layout of `wire`; on the network
+//! every byte of metadata is paid per row, so batches use this hand-written
+//! layout instead. Site ids are written once, in a table, and referred to
+//! by position. Rows are written one after another with a *context* of the
+//! previous row of the same table: the writer is omitted when it repeats,
+//! the row timestamp is a zigzag delta from the previous one, and a row
+//! whose clock is its writer's single dot writes only the delta from that
+//! writer's previous sequence number. One flags byte per row says which
+//! shortcuts apply; the common row (one writer, registers all stamped by
+//! that write, covering its own dot) costs the flags byte, two or three
+//! one-byte deltas, and its values.
+//!
+//! Values: a tag byte, then a zigzag varint (integer), 8 little-endian
+//! bytes (real), or a varint length and the bytes (text, blob).
+//!
+//! Decoding checks every read against the bytes left, every count against
+//! what that many elements need at least (so no count allocates more than
+//! the input can fill), every site index against the table, and the flags
+//! against each other; arithmetic on deltas wraps, so hostile deltas give
+//! odd values for `apply` to reject, never a panic.
+
+use super::DecodeError;
+use crate::changeset::{Changeset, Cover, RowChange, TableChanges};
+use crate::clock::{Hlc, SiteId};
+use crate::crdt::{ColumnState, Dot, GCounter, Lww, OrSet, PnCounter, RowClock};
+use crate::merge::RowState;
+use crate::value::Value;
+use std::collections::HashMap;
+
+/// The writer is the previous row's.
+const SAME_WRITER: u8 = 0x01;
+/// Causal length 1 (a row in its first life).
+const CL_ONE: u8 = 0x02;
+/// The clock is exactly the writer's dot.
+const CLOCK_SINGLE: u8 = 0x04;
+/// Every set column is a register stamped at the row's timestamp by the
+/// writer: only values follow.
+const COLS_SIMPLE: u8 = 0x08;
+/// With `COLS_SIMPLE`: every column is set (no presence bytes).
+const ALL_PRESENT: u8 = 0x10;
+/// With `CLOCK_SINGLE`: the only cover is the writer's, ending at its dot.
+const COVER_OWN: u8 = 0x20;
+/// The key's arity differs from the table's (it follows).
+const OTHER_ARITY: u8 = 0x40;
+
+const NIL: SiteId = SiteId(uuid::Uuid::nil());
+
+fn malformed(message: impl Into<String>) -> DecodeError {
+    DecodeError::Malformed {
+        what: "changes",
+        message: message.into(),
+    }
+}
+
+// ------------------------------------------------------------------ encode
+
+struct Out {
+    bytes: Vec<u8>,
+    sites: Vec<SiteId>,
+    index: HashMap<SiteId, u64>,
+}
+
+impl Out {
+    fn u8(&mut self, b: u8) {
+        self.bytes.push(b);
+    }
+
+    fn varint(&mut self, mut n: u64) {
+        while n >= 0x80 {
+            self.bytes.push((n as u8) | 0x80);
+            n >>= 7;
+        }
+        self.bytes.push(n as u8);
+    }
+
+    fn zigzag(&mut self, n: i64) {
+        self.varint(((n << 1) ^ (n >> 63)) as u64);
+    }
+
+    fn raw(&mut self, bytes: &[u8]) {
+        self.varint(bytes.len() as u64);
+        self.bytes.extend_from_slice(bytes);
+    }
+
+    fn site(&mut self, site: SiteId) -> u64 {
+        let next = self.sites.len() as u64;
+        *self.index.entry(site).or_insert_with(|| {
+            self.sites.push(site);
+            next
+        })
+    }
+
+    fn value(&mut self, value: &Value) {
+        match value {
+            Value::Null => self.u8(0),
+            Value::Integer(i) => {
+                self.u8(1);
+                self.zigzag(*i);
+            }
+            Value::Real(r) => {
+                self.u8(2);
+                self.bytes.extend_from_slice(&r.to_le_bytes());
+            }
+            Value::Text(s) => {
+                self.u8(3);
+                self.raw(s.as_bytes());
+            }
+            Value::Blob(b) => {
+                self.u8(4);
+                self.raw(b);
+            }
+        }
+    }
+}
+
+/// Per-table delta context, shared by the encoder and the decoder.
+struct Context {
+    hlc: u64,
+    writer: Option<u64>,
+    last_seq: HashMap<u64, u64>,
+}
+
+impl Context {
+    fn new() -> Context {
+        Context {
+            hlc: 0,
+            writer: None,
+            last_seq: HashMap::new(),
+        }
+    }
+}
+
+/// Encodes a changeset: `origin | site table | tables`, the site table
+/// written after the tables are (it is only known then) but placed first.
+pub(super) fn encode(cs: &Changeset) -> Vec<u8> {
+    let mut out = Out {
+        bytes: Vec::new(),
+        sites: Vec::new(),
+        index: HashMap::new(),
+    };
+    out.varint(cs.tables.len() as u64);
+    for table in &cs.tables {
+        encode_table(&mut out, table);
+    }
+    let mut head = Vec::with_capacity(16 + 17 * out.sites.len() + 4);
+    head.extend_from_slice(cs.origin.as_bytes());
+    let mut sites = Out {
+        bytes: head,
+        sites: Vec::new(),
+        index: HashMap::new(),
+    };
+    sites.varint(out.sites.len() as u64);
+    for site in &out.sites {
+        sites.bytes.extend_from_slice(site.as_bytes());
+    }
+    let mut bytes = sites.bytes;
+    bytes.extend_from_slice(&out.bytes);
+    bytes
+}
+
+fn encode_table(out: &mut Out, table: &TableChanges) {
+    out.raw(table.table.as_bytes());
+    out.varint(table.columns.len() as u64);
+    for c in &table.columns {
+        out.raw(c.as_bytes());
+    }
+    let arity = table.rows.first().map_or(0, |r| r.key.len());
+    out.varint(arity as u64);
+    out.varint(table.rows.len() as u64);
+    let mut ctx = Context::new();
+    for row in &table.rows {
+        encode_row(out, &mut ctx, row, arity);
+    }
+}
+
+fn encode_row(out: &mut Out, ctx: &mut Context, row: &RowChange, arity: usize) {
+    let state = &row.state;
+    let writer = (state.writer != NIL).then(|| out.site(state.writer));
+    let mut flags = 0;
+    if writer == ctx.writer && writer.is_some() {
+        flags |= SAME_WRITER;
+    }
+    if state.cl == 1 {
+        flags |= CL_ONE;
+    }
+    let clock = state.clock.entries();
+    let single = match (clock, writer) {
+        ([(site, seq)], Some(_)) if *site == state.writer => Some(*seq),
+        _ => None,
+    };
+    if single.is_some() {
+        flags |= CLOCK_SINGLE;
+    }
+    let simple = writer.is_some()
+        && state.columns.iter().all(|c| match c {
+            None => true,
+            Some(ColumnState::Lww(l)) => l.hlc == state.hlc && l.site == state.writer,
+            Some(_) => false,
+        });
+    if simple {
+        flags |= COLS_SIMPLE;
+        if state.columns.iter().all(Option::is_some) {
+            flags |= ALL_PRESENT;
+        }
+    }
+    let own_cover = match (single, row.covers.as_slice()) {
+        (Some(seq), [c]) if c.site == state.writer && c.last == seq && c.first <= seq => {
+            Some(seq - c.first)
+        }
+        _ => None,
+    };
+    if own_cover.is_some() {
+        flags |= COVER_OWN;
+    }
+    if row.key.len() != arity {
+        flags |= OTHER_ARITY;
+    }
+    out.u8(flags);
+    if flags & SAME_WRITER == 0 {
+        out.varint(writer.map_or(0, |w| w + 1));
+    }
+    ctx.writer = writer;
+    if flags & CL_ONE == 0 {
+        out.varint(state.cl);
+    }
+    out.zigzag(state.hlc.0.wrapping_sub(ctx.hlc) as i64);
+    ctx.hlc = state.hlc.0;
+    match (single, writer) {
+        (Some(seq), Some(w)) => {
+            let last = ctx.last_seq.entry(w).or_insert(0);
+            out.zigzag(seq.wrapping_sub(*last) as i64);
+            *last = seq;
+        }
+        _ => {
+            out.varint(clock.len() as u64);
+            for &(site, seq) in clock {
+                let idx = out.site(site);
+                out.varint(idx);
+                out.varint(seq);
+            }
+        }
+    }
+    if flags & OTHER_ARITY != 0 {
+        out.varint(row.key.len() as u64);
+    }
+    for v in &row.key {
+        out.value(v);
+    }
+    for column in &state.columns {
+        if simple {
+            match column {
+                Some(ColumnState::Lww(l)) => {
+                    if flags & ALL_PRESENT == 0 {
+                        out.u8(1);
+                    }
+                    out.value(&l.value);
+                }
+                _ => out.u8(0),
+            }
+        } else {
+            encode_column(out, state.hlc, column.as_ref());
+        }
+    }
+    match own_cover {
+        Some(back) => out.varint(back),
+        None => {
+            out.varint(row.covers.len() as u64);
+            for c in &row.covers {
+                let idx = out.site(c.site);
+                out.varint(idx);
+                out.varint(c.first);
+                out.varint(c.last.wrapping_sub(c.first));
+            }
+        }
+    }
+}
+
+fn encode_column(out: &mut Out, row_hlc: Hlc, column: Option<&ColumnState>) {
+    match column {
+        None => out.u8(0),
+        Some(ColumnState::Lww(l)) => {
+            out.u8(1);
+            out.varint(row_hlc.0.wrapping_sub(l.hlc.0));
+            let idx = out.site(l.site);
+            out.varint(idx);
+            out.value(&l.value);
+        }
+        Some(ColumnState::GCounter(g)) => {
+            out.u8(2);
+            out.varint(g.entries().len() as u64);
+            for &(site, n) in g.entries() {
+                let idx = out.site(site);
+                out.varint(idx);
+                out.varint(n);
+            }
+        }
+        Some(ColumnState::PnCounter(p)) => {
+            out.u8(3);
+            out.varint(p.entries().len() as u64);
+            for &(site, a, b) in p.entries() {
+                let idx = out.site(site);
+                out.varint(idx);
+                out.varint(a);
+                out.varint(b);
+            }
+        }
+        Some(ColumnState::OrSet(s)) => {
+            out.u8(4);
+            out.varint(s.entries().len() as u64);
+            for (element, tags) in s.entries() {
+                out.raw(element.as_bytes());
+                out.varint(tags.len() as u64);
+                for d in tags {
+                    let idx = out.site(d.site);
+                    out.varint(idx);
+                    out.varint(d.seq);
+                }
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------------ decode
+
+struct In<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+    sites: Vec<SiteId>,
+}
+
+impl<'a> In<'a> {
+    fn left(&self) -> usize {
+        self.bytes.len() - self.pos
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.bytes.len())
+            .ok_or_else(|| {
+                malformed(format!(
+                    "{n} bytes needed at offset {}, {} left",
+                    self.pos,
+                    self.left()
+                ))
+            })?;
+        let out = &self.bytes[self.pos..end];
+        self.pos = end;
+        Ok(out)
+    }
+
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn varint(&mut self) -> Result<u64, DecodeError> {
+        let mut n: u64 = 0;
+        for shift in (0..64).step_by(7) {
+            let b = self.u8()?;
+            n |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                if shift == 63 && b > 1 {
+                    break;
+                }
+                return Ok(n);
+            }
+        }
+        Err(malformed(format!("varint too long at offset {}", self.pos)))
+    }
+
+    fn zigzag(&mut self) -> Result<i64, DecodeError> {
+        let n = self.varint()?;
+        Ok((n >> 1) as i64 ^ -((n & 1) as i64))
+    }
+
+    /// A count of elements that take at least `min_bytes` each.
+    fn count(&mut self, min_bytes: usize, what: &str) -> Result<usize, DecodeError> {
+        let n = self.varint()?;
+        if n > (self.left() / min_bytes.max(1)) as u64 {
+            return Err(malformed(format!(
+                "{what} count {n} at offset {} exceeds what {} bytes can hold",
+                self.pos,
+                self.left()
+            )));
+        }
+        Ok(n as usize)
+    }
+
+    fn raw(&mut self) -> Result<&'a [u8], DecodeError> {
+        let n = self.count(1, "byte")?;
+        self.take(n)
+    }
+
+    fn string(&mut self) -> Result<String, DecodeError> {
+        let at = self.pos;
+        std::str::from_utf8(self.raw()?)
+            .map(str::to_owned)
+            .map_err(|e| malformed(format!("text at offset {at} is not UTF-8: {e}")))
+    }
+
+    fn site_id(&mut self) -> Result<SiteId, DecodeError> {
+        let mut b = [0u8; 16];
+        b.copy_from_slice(self.take(16)?);
+        Ok(SiteId::from_bytes(b))
+    }
+
+    fn site(&mut self) -> Result<SiteId, DecodeError> {
+        let idx = self.varint()?;
+        self.sites.get(idx as usize).copied().ok_or_else(|| {
+            malformed(format!(
+                "site index {idx} is outside the table of {} sites",
+                self.sites.len()
+            ))
+        })
+    }
+
+    fn value(&mut self) -> Result<Value, DecodeError> {
+        Ok(match self.u8()? {
+            0 => Value::Null,
+            1 => Value::Integer(self.zigzag()?),
+            2 => {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(self.take(8)?);
+                Value::Real(f64::from_le_bytes(b))
+            }
+            3 => Value::Text(self.string()?),
+            4 => Value::Blob(self.raw()?.to_vec()),
+            tag => {
+                return Err(malformed(format!(
+                    "unknown value tag {tag} at offset {}",
+                    self.pos - 1
+                )))
+            }
+        })
+    }
+}
+
+/// Decodes what [`encode`] wrote.
+pub(super) fn decode(bytes: &[u8]) -> Result<Changeset, DecodeError> {
+    let mut input = In {
+        bytes,
+        pos: 0,
+        sites: Vec::new(),
+    };
+    let origin = input.site_id()?;
+    let nsites = input.count(16, "site")?;
+    let mut sites = Vec::with_capacity(nsites);
+    for _ in 0..nsites {
+        sites.push(input.site_id()?);
+    }
+    input.sites = sites;
+    let ntables = input.count(4, "table")?;
+    let mut tables = Vec::with_capacity(ntables);
+    for _ in 0..ntables {
+        tables.push(decode_table(&mut input)?);
+    }
+    if input.left() > 0 {
+        return Err(DecodeError::TrailingBytes {
+            offset: input.pos,
+            extra: input.left(),
+        });
+    }
+    Ok(Changeset { origin, tables })
+}
+
+fn decode_table(input: &mut In<'_>) -> Result<TableChanges, DecodeError> {
+    let table = input.string()?;
+    let ncols = input.count(1, "column")?;
+    let mut columns = Vec::with_capacity(ncols);
+    for _ in 0..ncols {
+        columns.push(input.string()?);
+    }
+    let arity = input.count(1, "key part")?;
+    // A row takes at least its flags, a timestamp, a sequence delta, one
+    // byte per column and a cover.
+    let nrows = input.count(4 + ncols, "row")?;
+    let mut rows = Vec::with_capacity(nrows);
+    let mut ctx = Context::new();
+    for _ in 0..nrows {
+        rows.push(decode_row(input, &mut ctx, arity, ncols)?);
+    }
+    Ok(TableChanges {
+        table,
+        columns,
+        rows,
+    })
+}
+
+fn decode_row(
+    input: &mut In<'_>,
+    ctx: &mut Context,
+    arity: usize,
+    ncols: usize,
+) -> Result<RowChange, DecodeError> {
+    let at = input.pos;
+    let flags = input.u8()?;
+    if flags & 0x80 != 0 {
+        return Err(malformed(format!(
+            "unknown row flags {flags:#04x} at offset {at}"
+        )));
+    }
+    let writer_idx = if flags & SAME_WRITER != 0 {
+        ctx.writer.ok_or_else(|| {
+            malformed(format!(
+                "row at offset {at} repeats a writer it has none of"
+            ))
+        })?
+    } else {
+        match input.varint()? {
+            0 => u64::MAX,
+            n => n - 1,
+        }
+    };
+    let writer = if writer_idx == u64::MAX {
+        ctx.writer = None;
+        None
+    } else {
+        ctx.writer = Some(writer_idx);
+        Some(
+            input
+                .sites
+                .get(writer_idx as usize)
+                .copied()
+                .ok_or_else(|| {
+                    malformed(format!(
+                        "writer index {writer_idx} is outside the table of {} sites",
+                        input.sites.len()
+                    ))
+                })?,
+        )
+    };
+    let needs_writer = flags & (CLOCK_SINGLE | COLS_SIMPLE | COVER_OWN) != 0;
+    if needs_writer && writer.is_none() {
+        return Err(malformed(format!(
+            "row at offset {at}: flags {flags:#04x} need a writer"
+        )));
+    }
+    if (flags & ALL_PRESENT != 0 && flags & COLS_SIMPLE == 0)
+        || (flags & COVER_OWN != 0 && flags & CLOCK_SINGLE == 0)
+    {
+        return Err(malformed(format!(
+            "row at offset {at}: inconsistent flags {flags:#04x}"
+        )));
+    }
+    let writer_site = writer.unwrap_or(NIL);
+    let cl = if flags & CL_ONE != 0 {
+        1
+    } else {
+        input.varint()?
+    };
+    let hlc = ctx.hlc.wrapping_add(input.zigzag()? as u64);
+    ctx.hlc = hlc;
+    let mut single = None;
+    let clock = if flags & CLOCK_SINGLE != 0 {
+        let last = ctx.last_seq.entry(writer_idx).or_insert(0);
+        let seq = last.wrapping_add(input.zigzag()? as u64);
+        *last = seq;
+        single = Some(seq);
+        RowClock::from_entries([(writer_site, seq)])
+    } else {
+        let n = input.count(2, "clock entry")?;
+        let mut entries = Vec::with_capacity(n);
+        for _ in 0..n {
+            entries.push((input.site()?, input.varint()?));
+        }
+        RowClock::from_entries(entries)
+    };
+    let arity = if flags & OTHER_ARITY != 0 {
+        input.count(1, "key part")?
+    } else {
+        arity
+    };
+    let mut key = Vec::with_capacity(arity.min(input.left()));
+    for _ in 0..arity {
+        key.push(input.value()?);
+    }
+    let mut columns = Vec::with_capacity(ncols);
+    for _ in 0..ncols {
+        columns.push(if flags & COLS_SIMPLE != 0 {
+            let present = flags & ALL_PRESENT != 0 || input.u8()? != 0;
+            if present {
+                Some(ColumnState::Lww(Lww {
+                    hlc: Hlc(hlc),
+                    site: writer_site,
+                    value: input.value()?,
+                }))
+            } else {
+                None
+            }
+        } else {
+            decode_column(input, hlc)?
+        });
+    }
+    let covers = match single {
+        Some(seq) if flags & COVER_OWN != 0 => {
+            let back = input.varint()?;
+            vec![Cover {
+                site: writer_site,
+                first: seq.checked_sub(back).ok_or_else(|| {
+                    malformed(format!("row at offset {at}: cover starts before 0"))
+                })?,
+                last: seq,
+            }]
+        }
+        _ => {
+            let n = input.count(3, "cover")?;
+            let mut covers = Vec::with_capacity(n);
+            for _ in 0..n {
+                let site = input.site()?;
+                let first = input.varint()?;
+                let last = first.wrapping_add(input.varint()?);
+                covers.push(Cover { site, first, last });
+            }
+            covers
+        }
+    };
+    Ok(RowChange {
+        key,
+        state: RowState {
+            cl,
+            clock,
+            hlc: Hlc(hlc),
+            writer: writer_site,
+            columns,
+        },
+        covers,
+    })
+}
+
+fn decode_column(input: &mut In<'_>, row_hlc: u64) -> Result<Option<ColumnState>, DecodeError> {
+    let at = input.pos;
+    Ok(match input.u8()? {
+        0 => None,
+        1 => {
+            let age = input.varint()?;
+            let site = input.site()?;
+            let value = input.value()?;
+            Some(ColumnState::Lww(Lww {
+                hlc: Hlc(row_hlc.checked_sub(age).ok_or_else(|| {
+                    malformed(format!(
+                        "register age {age} exceeds the row timestamp {row_hlc}"
+                    ))
+                })?),
+                site,
+                value,
+            }))
+        }
+        2 => {
+            let n = input.count(2, "counter entry")?;
+            let mut entries = Vec::with_capacity(n);
+            for _ in 0..n {
+                entries.push((input.site()?, input.varint()?));
+            }
+            Some(ColumnState::GCounter(GCounter::from_entries(entries)))
+        }
+        3 => {
+            let n = input.count(3, "counter entry")?;
+            let mut entries = Vec::with_capacity(n);
+            for _ in 0..n {
+                entries.push((input.site()?, input.varint()?, input.varint()?));
+            }
+            Some(ColumnState::PnCounter(PnCounter::from_entries(entries)))
+        }
+        4 => {
+            let n = input.count(2, "set element")?;
+            let mut entries = Vec::with_capacity(n);
+            for _ in 0..n {
+                let element = input.string()?;
+                let ntags = input.count(2, "set tag")?;
+                let mut tags = Vec::with_capacity(ntags);
+                for _ in 0..ntags {
+                    tags.push(Dot {
+                        site: input.site()?,
+                        seq: input.varint()?,
+                    });
+                }
+                entries.push((element, tags));
+            }
+            Some(ColumnState::OrSet(OrSet::from_entries(entries)))
+        }
+        tag => {
+            return Err(malformed(format!(
+                "unknown column tag {tag} at offset {at}"
+            )));
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualTime;
+    use crate::schema::Schema;
+    use crate::store::StoreOptions;
+    use crate::version::VersionVector;
+    use std::sync::Arc;
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    const SCHEMA: &str = r#"
+name = "shop"
+version = 1
+[[table]]
+name = "item"
+primary_key = ["sku"]
+[[table.column]]
+name = "sku"
+type = "text"
+[[table.column]]
+name = "name"
+type = "text"
+[[table.column]]
+name = "price"
+type = "real"
+[[table.column]]
+name = "stock"
+type = "integer"
+kind = "pn_counter"
+[[table.column]]
+name = "sold"
+type = "integer"
+kind = "g_counter"
+[[table.column]]
+name = "tags"
+type = "text"
+kind = "or_set"
+[[table]]
+name = "cell"
+primary_key = ["row", "col"]
+[[table.column]]
+name = "row"
+type = "integer"
+[[table.column]]
+name = "col"
+type = "blob"
+[[table.column]]
+name = "v"
+type = "text"
+"#;
+
+    /// A changeset with every shape: fresh rows, several writers on one
+    /// row, counters, sets, deletes and revivals, composite keys, NULLs.
+    fn varied() -> crate::Result<Changeset> {
+        let schema = Schema::from_toml_str(SCHEMA, "shop.toml")?;
+        let time = ManualTime::new(1_700_000_000_000);
+        let open = |n: u8| {
+            StoreOptions::new()
+                .site_id(SiteId::from_bytes([n; 16]))
+                .time_source(Arc::new(time.clone()))
+                .open_in_memory(&schema)
+        };
+        let (mut a, mut b) = (open(1)?, open(2)?);
+        a.write(|tx| {
+            for i in 0..20 {
+                tx.insert(
+                    "item",
+                    &[("sku", format!("k{i}").into()), ("name", "x".into())],
+                )?;
+            }
+            tx.insert(
+                "cell",
+                &[
+                    ("row", 1.into()),
+                    ("col", Value::Blob(vec![0, 255])),
+                    ("v", Value::Null),
+                ],
+            )?;
+            tx.increment("item", "k1", "stock", -3)?;
+            tx.add_to_set("item", "k2", "tags", "red")?;
+            Ok(())
+        })?;
+        b.apply(&a.changes_since(&b.version_vector())?)?;
+        time.advance(std::time::Duration::from_secs(3));
+        b.write(|tx| {
+            tx.set("item", "k1", "price", 2.5)?;
+            tx.increment("item", "k3", "sold", 7)?;
+            tx.delete("item", "k4")?;
+            tx.remove_from_set("item", "k2", "tags", "red")?;
+            tx.add_to_set("item", "k2", "tags", "blue")?;
+            Ok(())
+        })?;
+        a.write(|tx| tx.set("item", "k1", "name", "concurrent"))?;
+        a.apply(&b.changes_since(&a.version_vector())?)?;
+        a.changes_since(&VersionVector::new())
+    }
+
+    #[test]
+    fn every_shape_round_trips() -> TestResult {
+        let cs = varied()?;
+        assert!(cs.len() > 20);
+        assert_eq!(decode(&encode(&cs))?, cs);
+        let empty = Changeset::new(SiteId::from_bytes([3; 16]));
+        assert_eq!(decode(&encode(&empty))?, empty);
+        Ok(())
+    }
+
+    #[test]
+    fn fresh_rows_cost_about_four_bytes_beyond_their_encoded_values() -> TestResult {
+        let schema = Schema::from_toml_str(
+            r#"
+            name = "t"
+            version = 1
+            [[table]]
+            name = "t"
+            primary_key = ["id"]
+            [[table.column]]
+            name = "id"
+            type = "text"
+            [[table.column]]
+            name = "a"
+            type = "text"
+            [[table.column]]
+            name = "b"
+            type = "integer"
+            [[table.column]]
+            name = "c"
+            type = "real"
+            "#,
+            "t.toml",
+        )?;
+        let mut store = StoreOptions::new().open_in_memory(&schema)?;
+        store.write(|tx| {
+            for i in 0..200i64 {
+                tx.insert(
+                    "t",
+                    &[
+                        ("id", format!("key-{i:05}").into()),
+                        ("a", "some text".into()),
+                        ("b", (i * 1000).into()),
+                        ("c", (i as f64 / 3.0).into()),
+                    ],
+                )?;
+            }
+            Ok(())
+        })?;
+        let cs = store.changes_since(&VersionVector::new())?;
+        let bytes = encode(&cs);
+        let mut values = Out {
+            bytes: Vec::new(),
+            sites: Vec::new(),
+            index: HashMap::new(),
+        };
+        for row in &cs.tables[0].rows {
+            values.value(&row.key[0]);
+            for c in row.state.columns.iter().flatten() {
+                if let ColumnState::Lww(l) = c {
+                    values.value(&l.value);
+                }
+            }
+        }
+        // origin, one site, table name and columns, arity, row count.
+        let header = 16 + 1 + 16 + 1 + 2 + 1 + 2 + 2 + 2 + 2 + 1 + 2;
+        let metadata = bytes.len() - values.bytes.len() - header;
+        // Flags, timestamp delta, sequence delta, cover: one byte each (a
+        // timestamp delta across a millisecond boundary takes three).
+        assert!(
+            2 * metadata <= 9 * cs.len(),
+            "{metadata} bytes of metadata for {} rows",
+            cs.len()
+        );
+        assert_eq!(decode(&bytes)?, cs);
+        Ok(())
+    }
+
+    #[test]
+    fn damaged_input_is_an_error_never_a_panic() -> TestResult {
+        let bytes = encode(&varied()?);
+        for cut in 0..bytes.len() {
+            assert!(decode(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut seed = 7u64;
+        for i in 0..bytes.len() {
+            for flip in [0x01u8, 0x80, 0xff] {
+                let mut bad = bytes.clone();
+                bad[i] ^= flip;
+                let _ = decode(&bad);
+            }
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let mut bad = bytes.clone();
+            bad.insert(i, (seed >> 33) as u8);
+            let _ = decode(&bad);
+        }
+        // Counts that claim more than the input holds.
+        let mut huge = vec![0u8; 16];
+        huge.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f]);
+        assert!(matches!(decode(&huge), Err(DecodeError::Malformed { .. })));
+        Ok(())
+    }
+}

@@ -1,0 +1,314 @@
+//! Running a [`Session`] over a [`Connection`]: the loop every transport
+//! and the relay share, plus the client calls built on it.
+//!
+//! The loop sends whatever the session has to say, then waits for the
+//! first of: a message from the peer, a change to the local store (live
+//! sessions push it), silence longer than the idle limit (an outstanding
+//! request is asked again; a second silence ends the session), or
+//! shutdown (the peer gets a notice). Store work runs on the blocking pool.
+
+use super::error::SyncError;
+use super::message::{Message, NoticeCode};
+use super::session::{PeerInfo, Session, SessionConfig, SyncStats};
+use super::shared::SharedStore;
+use super::transport::Connection;
+use crate::codec::MAX_MESSAGE_PAYLOAD;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// What a finished session did, and with whom.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncReport {
+    /// What moved.
+    pub stats: SyncStats,
+    /// The peer, if it said hello.
+    pub peer: Option<PeerInfo>,
+}
+
+impl SyncReport {
+    fn of(session: &Session) -> SyncReport {
+        SyncReport {
+            stats: session.stats(),
+            peer: session.peer().cloned(),
+        }
+    }
+}
+
+/// How a session is run.
+#[derive(Debug, Clone)]
+pub(crate) struct DriveOptions {
+    /// Stop once both sides caught up (one-shot sync).
+    pub until_caught_up: bool,
+    /// Silence after which an outstanding request is repeated, and after
+    /// twice which the session ends.
+    pub idle: Duration,
+}
+
+/// Runs `session` until it is caught up (one-shot), the peer closes, an
+/// error, or `shutdown` turns true.
+pub(crate) async fn drive(
+    store: &SharedStore,
+    session: Session,
+    conn: &mut Connection,
+    options: &DriveOptions,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<SyncReport, SyncError> {
+    let mut session = Some(session);
+    let mut changes = store.subscribe();
+    let mut silent = 0u32;
+    loop {
+        let s = session
+            .as_mut()
+            .ok_or(SyncError::Closed { during: "sync" })?;
+        while let Some(message) = s.poll_message() {
+            conn.send(&message).await?;
+        }
+        if s.is_closed() {
+            conn.shutdown().await.ok();
+            return Err(SyncError::Closed {
+                during: "after a notice",
+            });
+        }
+        if options.until_caught_up && s.is_caught_up() {
+            conn.shutdown().await.ok();
+            return Ok(SyncReport::of(s));
+        }
+        let event = tokio::select! {
+            message = conn.recv() => Event::Message(message),
+            changed = changes.changed() => match changed {
+                Ok(()) => Event::LocalChange,
+                Err(_) => Event::Idle,
+            },
+            () = tokio::time::sleep(options.idle) => Event::Idle,
+            _ = shutdown.wait_for(|stop| *stop) => Event::Shutdown,
+        };
+        match event {
+            // The peer left after both sides caught up: a normal end.
+            Event::Message(None) if s.is_caught_up() => return Ok(SyncReport::of(s)),
+            Event::Message(None) => return Err(SyncError::Closed { during: "mid-sync" }),
+            Event::Message(Some(Err(e))) => {
+                // A bad frame: tell the peer, then end this connection only.
+                s.close(NoticeCode::Protocol, e.to_string());
+                flush(s, conn).await;
+                return Err(e);
+            }
+            Event::Message(Some(Ok(message))) => {
+                silent = 0;
+                let applies = matches!(message, Message::Changes(_) | Message::Push(_));
+                let (back, result) =
+                    with_store(store, session.take(), move |s, st| s.receive(st, message)).await?;
+                session = Some(back);
+                if let Err(e) = result {
+                    if let Some(s) = session.as_mut() {
+                        flush(s, conn).await;
+                    }
+                    return Err(e);
+                }
+                if applies {
+                    store.notify_changed();
+                }
+            }
+            Event::LocalChange => {
+                let (back, result) =
+                    with_store(store, session.take(), |s, st| s.local_changed(st)).await?;
+                session = Some(back);
+                result?;
+            }
+            Event::Idle => {
+                silent += 1;
+                if silent > 1 {
+                    if let Some(s) = session.as_mut() {
+                        let live_and_quiet = s.is_caught_up();
+                        if live_and_quiet && !options.until_caught_up {
+                            silent = 0;
+                            continue;
+                        }
+                    }
+                    return Err(SyncError::Timeout {
+                        seconds: options.idle.as_secs() * 2,
+                    });
+                }
+                let (back, result) = with_store(store, session.take(), |s, st| s.retry(st)).await?;
+                session = Some(back);
+                result?;
+            }
+            Event::Shutdown => {
+                s.close(NoticeCode::Shutdown, "shutting down");
+                flush(s, conn).await;
+                return Ok(SyncReport::of(s));
+            }
+        }
+    }
+}
+
+enum Event {
+    Message(Option<Result<Message, SyncError>>),
+    LocalChange,
+    Idle,
+    Shutdown,
+}
+
+/// Sends what is left (a closing notice), ignoring a peer that is gone.
+async fn flush(session: &mut Session, conn: &mut Connection) {
+    while let Some(message) = session.poll_message() {
+        if conn.send(&message).await.is_err() {
+            return;
+        }
+    }
+    conn.shutdown().await.ok();
+}
+
+async fn with_store<T, F>(
+    store: &SharedStore,
+    session: Option<Session>,
+    f: F,
+) -> Result<(Session, T), SyncError>
+where
+    F: FnOnce(&mut Session, &mut crate::Store) -> T + Send + 'static,
+    T: Send + 'static,
+{
+    let mut session = session.ok_or(SyncError::Closed { during: "sync" })?;
+    store
+        .run(move |st| {
+            let out = f(&mut session, st);
+            (session, out)
+        })
+        .await
+        .map_err(|e| SyncError::Io(std::io::Error::other(e)))
+}
+
+/// Syncs once, both ways, over an open connection as the side that
+/// connected, and returns what moved.
+pub async fn sync_once(
+    store: &SharedStore,
+    conn: &mut Connection,
+    config: SessionConfig,
+) -> Result<SyncReport, SyncError> {
+    let session = {
+        let guard = store.lock();
+        Session::initiator(&guard, config.live(false))
+    };
+    let (_never, mut shutdown) = watch::channel(false);
+    drive(
+        store,
+        session,
+        conn,
+        &DriveOptions {
+            until_caught_up: true,
+            idle: Duration::from_secs(30),
+        },
+        &mut shutdown,
+    )
+    .await
+}
+
+/// Syncs once as the side that accepted the connection: checks the peer's
+/// token with `authorize`, then runs until both sides caught up.
+pub async fn accept_once(
+    store: &SharedStore,
+    conn: &mut Connection,
+    config: SessionConfig,
+    authorize: super::session::Authorize,
+) -> Result<SyncReport, SyncError> {
+    let session = {
+        let guard = store.lock();
+        Session::responder(&guard, config.live(false), authorize)
+    };
+    let (_never, mut shutdown) = watch::channel(false);
+    drive(
+        store,
+        session,
+        conn,
+        &DriveOptions {
+            until_caught_up: true,
+            idle: Duration::from_secs(30),
+        },
+        &mut shutdown,
+    )
+    .await
+}
+
+/// Connects to `addr` over TCP and syncs once (see [`sync_once`]).
+pub async fn sync_once_tcp(
+    store: &SharedStore,
+    addr: &str,
+    config: SessionConfig,
+) -> Result<SyncReport, SyncError> {
+    let mut conn = Connection::tcp(addr, MAX_MESSAGE_PAYLOAD).await?;
+    sync_once(store, &mut conn, config).await
+}
+
+/// Reconnection delays: doubling from `initial` up to `max`, back to
+/// `initial` after a session that caught up.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    /// The first delay.
+    pub initial: Duration,
+    /// The largest delay.
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Stays connected to `addr` and syncs continuously (live mode):
+/// reconnects with [`Backoff`] after any failure, until `shutdown` turns
+/// true. Returns the report of every session that ended cleanly.
+pub async fn sync_continuously(
+    store: SharedStore,
+    addr: String,
+    config: SessionConfig,
+    backoff: Backoff,
+    mut shutdown: watch::Receiver<bool>,
+) -> Vec<SyncReport> {
+    let mut delay = backoff.initial;
+    let mut all = Vec::new();
+    let options = DriveOptions {
+        until_caught_up: false,
+        idle: Duration::from_secs(15),
+    };
+    while !*shutdown.borrow() {
+        match Connection::tcp(addr.as_str(), MAX_MESSAGE_PAYLOAD).await {
+            Ok(mut conn) => {
+                let session = {
+                    let guard = store.lock();
+                    Session::initiator(&guard, config.clone().live(true))
+                };
+                match drive(&store, session, &mut conn, &options, &mut shutdown).await {
+                    Ok(stats) => all.push(stats),
+                    Err(e) => {
+                        tracing::warn!(peer = %addr, error = %e, "sync session ended");
+                        if matches!(
+                            e,
+                            SyncError::Refused {
+                                code: NoticeCode::Unauthorized,
+                                ..
+                            }
+                        ) {
+                            // A refused token stays refused; keep trying
+                            // slowly in case the relay's tokens change.
+                            delay = backoff.max;
+                        } else {
+                            delay = backoff.initial;
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::debug!(peer = %addr, error = %e, "connect failed");
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            _ = shutdown.wait_for(|stop| *stop) => {}
+        }
+        delay = (delay * 2).min(backoff.max);
+    }
+    all
+}

@@ -1,0 +1,109 @@
+//! The sync layer's errors: what ended a session, on which side.
+
+use super::message::NoticeCode;
+use crate::clock::SiteId;
+use crate::codec::DecodeError;
+use thiserror::Error;
+
+/// Why a sync session failed. The database is never left half-changed:
+/// every batch that was applied was applied whole.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum SyncError {
+    /// The peer sent bytes that are not a valid message (truncated,
+    /// corrupt, too large, a newer protocol version).
+    #[error("bad message from the peer: {0}")]
+    Decode(#[from] DecodeError),
+    /// The connection failed.
+    #[error("connection error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The connection closed before the sync was complete.
+    #[error("the peer closed the connection {during}")]
+    Closed {
+        /// What the session was doing.
+        during: &'static str,
+    },
+    /// The local store failed (or refused the peer's changes).
+    #[error("local store: {0}")]
+    Store(#[from] crate::Error),
+    /// The peer refused the session or ended it, with its reason.
+    #[error("refused by the peer ({code}): {message}")]
+    Refused {
+        /// The kind of refusal.
+        code: NoticeCode,
+        /// The peer's explanation.
+        message: String,
+    },
+    /// The peer's token is missing or unknown.
+    #[error("{}", if *.presented { "unknown token" } else { "no token presented" })]
+    Unauthorized {
+        /// Whether a token was presented at all.
+        presented: bool,
+    },
+    /// The peer's token is read-only and it sent changes or mutations.
+    #[error("the token is read-only, and it sent {sent}: nothing was applied")]
+    ReadOnly {
+        /// What was sent ("a batch of 5 rows", "2 mutations").
+        sent: String,
+    },
+    /// A message that does not fit the session's state.
+    #[error("unexpected {got} message {during}")]
+    Unexpected {
+        /// The message received.
+        got: &'static str,
+        /// What the session was doing.
+        during: &'static str,
+    },
+    /// The replicas' schemas have different names.
+    #[error("schema mismatch: this replica has schema {local:?}, the peer {peer:?}")]
+    SchemaMismatch {
+        /// The local schema name.
+        local: String,
+        /// The peer's schema name.
+        peer: String,
+    },
+    /// The peer has this replica's own site id (a copied database file, or a
+    /// connection to itself).
+    #[error("the peer has this replica's site id {0}; see Store::rotate_site_id")]
+    SameSite(SiteId),
+    /// An acknowledgement for a batch that was never sent.
+    #[error("acknowledgement for batch {seq}, which is not awaiting one")]
+    UnknownAck {
+        /// The batch number.
+        seq: u64,
+    },
+    /// A tokens file that cannot be used.
+    #[error("tokens file {origin}: {message}")]
+    Tokens {
+        /// The file.
+        origin: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// No message arrived within the configured idle time.
+    #[error("no message from the peer for {seconds} s")]
+    Timeout {
+        /// The idle limit.
+        seconds: u64,
+    },
+}
+
+impl SyncError {
+    /// The notice to send the peer before closing, if it should get one.
+    pub(crate) fn notice_code(&self) -> Option<NoticeCode> {
+        Some(match self {
+            SyncError::Decode(_) | SyncError::Unexpected { .. } | SyncError::UnknownAck { .. } => {
+                NoticeCode::Protocol
+            }
+            SyncError::Unauthorized { .. } => NoticeCode::Unauthorized,
+            SyncError::ReadOnly { .. } => NoticeCode::ReadOnly,
+            SyncError::SchemaMismatch { .. } | SyncError::SameSite(_) => NoticeCode::Incompatible,
+            SyncError::Store(_) => NoticeCode::Apply,
+            SyncError::Io(_)
+            | SyncError::Closed { .. }
+            | SyncError::Refused { .. }
+            | SyncError::Tokens { .. }
+            | SyncError::Timeout { .. } => return None,
+        })
+    }
+}

@@ -1,0 +1,53 @@
+//! Sync over a network: one protocol for peer-to-peer and the relay.
+//!
+//! Layers, each in its own module:
+//!
+//! - [`message`]: what the two sides say (the bytes are
+//!   [`crate::codec::encode_message`]'s business);
+//! - [`session`]: the protocol core, a state machine with no I/O that
+//!   brings two replicas up to date in both directions in bounded batches,
+//!   each applied atomically and acknowledged after it committed;
+//! - `batch`: cutting changesets into batches;
+//! - [`transport`]: messages over TCP or an in-memory pipe (tokio);
+//! - [`shared`]: a store shared by the app and its sync tasks;
+//! - `driver`: one loop that runs a session over a connection, and the
+//!   calls [`sync_once`], [`sync_once_tcp`], [`sync_continuously`] and
+//!   [`accept_once`];
+//! - [`relay`]: the server many clients sync through ([`tokens`] says who
+//!   may connect); `meldb serve` is the same server for one direct peer.
+//!
+//! ```no_run
+//! # async fn example(store: meldb::Store) -> Result<(), meldb::sync::SyncError> {
+//! use meldb::sync::{sync_once_tcp, SessionConfig, SharedStore};
+//! let store = SharedStore::new(store);
+//! let config = SessionConfig::default().token(Some("s3cret-till-1".into()));
+//! let report = sync_once_tcp(&store, "127.0.0.1:7420", config).await?;
+//! println!("sent {} rows, received {}", report.stats.rows_sent, report.stats.rows_received);
+//! # Ok(()) }
+//! ```
+//!
+//! An interrupted sync loses nothing: every applied batch is committed,
+//! and the next session's version-vector exchange sends only what is still
+//! missing.
+
+mod batch;
+mod driver;
+pub mod error;
+pub mod message;
+pub mod relay;
+pub mod session;
+pub mod shared;
+pub mod tokens;
+pub mod transport;
+
+pub use driver::{accept_once, sync_continuously, sync_once, sync_once_tcp, Backoff, SyncReport};
+pub use error::SyncError;
+pub use message::{Message, NoticeCode};
+pub use relay::{Relay, RelayConfig};
+pub use session::{Access, Authorize, Grant, PeerInfo, Session, SessionConfig, SyncStats};
+pub use shared::SharedStore;
+pub use tokens::Tokens;
+pub use transport::Connection;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,211 @@
+//! The relay: an always-on replica that many clients sync through.
+//!
+//! [`Relay::bind`] listens on TCP; each connection runs a responder
+//! [`Session`] in live mode over the shared store, so a batch one client
+//! sends is applied (one transaction, `synchronous = FULL` for file stores
+//! opened with the default durability) *before* it is acknowledged, and
+//! then pushed to every other connected client. Clients present a token
+//! in their `Hello`; without a valid one the connection is refused before
+//! anything else it sent is read (the first frame is also capped at
+//! [`MAX_HELLO_PAYLOAD`](super::transport::MAX_HELLO_PAYLOAD)). A
+//! read-only token receives changes, and a batch it sends anyway ends its
+//! session with nothing applied.
+//!
+//! Limits: concurrent connections (one over the limit gets a `Busy`
+//! notice), message size, and an idle timeout. Shutdown (the watch turning
+//! true) stops accepting, sends every client a `Shutdown` notice and waits
+//! for the sessions to end.
+//!
+//! Embedding: the relay takes a ready [`SharedStore`], so an application
+//! can open the store itself (and register whatever it registers on a
+//! store) before serving it. `meldb serve` is the same server without
+//! tokens, for one replica to accept a direct peer.
+
+use super::driver::{drive, DriveOptions};
+use super::error::SyncError;
+use super::message::{Message, Notice, NoticeCode};
+use super::session::{Authorize, Grant, Session, SessionConfig};
+use super::shared::SharedStore;
+use super::tokens::Tokens;
+use super::transport::Connection;
+use crate::codec::MAX_MESSAGE_PAYLOAD;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+
+/// Relay settings.
+#[must_use]
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Who may connect; `None` lets everyone read and write (`meldb serve`
+    /// on a trusted network).
+    pub tokens: Option<Arc<Tokens>>,
+    /// Concurrent connections (at most).
+    pub max_connections: usize,
+    /// The largest message payload accepted from a client, in bytes.
+    pub max_message: usize,
+    /// Silence after which a session is probed, and after twice which an
+    /// unfinished one is dropped.
+    pub idle: Duration,
+    /// Batch sizes and window of the sessions.
+    pub session: SessionConfig,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            tokens: None,
+            max_connections: 256,
+            max_message: 16 << 20,
+            idle: Duration::from_secs(30),
+            session: SessionConfig::default(),
+        }
+    }
+}
+
+impl RelayConfig {
+    /// Require these tokens.
+    pub fn tokens(mut self, tokens: Tokens) -> Self {
+        self.tokens = Some(Arc::new(tokens));
+        self
+    }
+
+    /// Concurrent connection limit.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.max_connections = n.max(1);
+        self
+    }
+
+    /// Message size limit in bytes (capped at 64 MiB).
+    pub fn max_message(mut self, bytes: usize) -> Self {
+        self.max_message = bytes.clamp(1024, MAX_MESSAGE_PAYLOAD);
+        self
+    }
+}
+
+/// A listening relay.
+#[derive(Debug)]
+pub struct Relay {
+    store: SharedStore,
+    listener: TcpListener,
+    config: RelayConfig,
+}
+
+impl Relay {
+    /// Listens on `addr` (e.g. `127.0.0.1:0` for any free port).
+    pub async fn bind(
+        store: SharedStore,
+        addr: &str,
+        config: RelayConfig,
+    ) -> Result<Relay, SyncError> {
+        let listener = TcpListener::bind(addr).await?;
+        Ok(Relay {
+            store,
+            listener,
+            config,
+        })
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> Result<SocketAddr, SyncError> {
+        Ok(self.listener.local_addr()?)
+    }
+
+    /// Serves until `shutdown` turns true, then ends every session with a
+    /// notice and returns once they are closed.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), SyncError> {
+        let slots = Arc::new(Semaphore::new(self.config.max_connections));
+        let authorize: Authorize = match &self.config.tokens {
+            Some(tokens) => tokens.authorizer(),
+            None => Arc::new(|_| Some(Grant::read_write())),
+        };
+        let mut sessions = JoinSet::new();
+        let config = Arc::new(self.config);
+        tracing::info!(addr = ?self.listener.local_addr().ok(), "relay listening");
+        loop {
+            let accepted = tokio::select! {
+                accepted = self.listener.accept() => accepted,
+                _ = shutdown.wait_for(|stop| *stop) => break,
+                Some(_) = sessions.join_next(), if !sessions.is_empty() => continue,
+            };
+            let (stream, peer) = match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    continue;
+                }
+            };
+            stream.set_nodelay(true).ok();
+            let conn = Connection::new(stream, config.max_message);
+            let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+                tracing::warn!(%peer, "connection refused: too many connections");
+                sessions.spawn(refuse(conn, config.max_connections));
+                continue;
+            };
+            let store = self.store.clone();
+            let config = Arc::clone(&config);
+            let authorize = Arc::clone(&authorize);
+            let mut shutdown = shutdown.clone();
+            sessions.spawn(async move {
+                serve_one(&store, conn, peer, &config, authorize, &mut shutdown).await;
+                drop(permit);
+            });
+        }
+        tracing::info!(sessions = sessions.len(), "relay shutting down");
+        while sessions.join_next().await.is_some() {}
+        Ok(())
+    }
+}
+
+async fn refuse(mut conn: Connection, limit: usize) {
+    let notice = Message::Notice(Notice {
+        code: NoticeCode::Busy,
+        message: format!("the relay serves at most {limit} connections; try again later"),
+    });
+    conn.send(&notice).await.ok();
+    conn.shutdown().await.ok();
+}
+
+async fn serve_one(
+    store: &SharedStore,
+    mut conn: Connection,
+    peer: SocketAddr,
+    config: &RelayConfig,
+    authorize: Authorize,
+    shutdown: &mut watch::Receiver<bool>,
+) {
+    let tokens = config.tokens.clone();
+    let named: Authorize = Arc::new(move |token| {
+        let grant = authorize(token);
+        let name = tokens
+            .as_ref()
+            .and_then(|t| t.check(token).map(|(n, _)| n.to_string()));
+        match &grant {
+            Some(g) => {
+                tracing::info!(%peer, client = name.as_deref().unwrap_or("-"), access = ?g.access, "client accepted")
+            }
+            None => tracing::warn!(%peer, presented = token.is_some(), "client refused: bad token"),
+        }
+        grant
+    });
+    let session = {
+        let guard = store.lock();
+        Session::responder(&guard, config.session.clone().live(true), named)
+    };
+    let options = DriveOptions {
+        until_caught_up: false,
+        idle: config.idle,
+    };
+    let counts = conn.counts();
+    match drive(store, session, &mut conn, &options, shutdown).await {
+        Ok(stats) => {
+            tracing::info!(%peer, ?stats, bytes_in = counts.received(), bytes_out = counts.sent(), "session closed")
+        }
+        Err(e) => {
+            tracing::info!(%peer, error = %e, bytes_in = counts.received(), bytes_out = counts.sent(), "session ended")
+        }
+    }
+}

@@ -1,0 +1,774 @@
+//! The protocol core: one sync session as a state machine, with no I/O.
+//!
+//! Feed it what the peer sent ([`Session::receive`]) and send what it
+//! produces ([`Session::poll_message`]); it reads and writes the [`Store`]
+//! it is handed but owns no socket and no clock, so tests drive it through
+//! any simulated network, and every transport runs the same logic.
+//!
+//! The exchange (see [`super::message`]): the side that connected sends
+//! [`Hello`] with its token; the other side checks it (a refused token ends
+//! the session before anything else is read) and answers with its own.
+//! Each side that accepts changes from the other sends a [`Want`] with its
+//! version vector; the answer is `changes_since(that vector)` cut into
+//! bounded batches, at most `window` of them unacknowledged at a time, then
+//! [`Sent`]. Each batch is applied in one transaction and acknowledged only
+//! after it committed, so an acknowledged batch is durable. A side with
+//! every batch of its answer says [`Message::Caught`]; one that misses a
+//! batch (a lossy network) asks again with its current version vector.
+//! Sessions are resumable for free: a new session's `Want` carries the
+//! version vector, so only what is still missing travels.
+//!
+//! A replica that queues mutations for an authority pushes them right
+//! before each `Want` ([`Message::Push`]); the authority runs them and the
+//! answer's `Sent` says which it processed, so the client drops those once
+//! every batch is in (see [`super::message`]). On such a client every batch
+//! is applied under the pending mutations' speculative effects
+//! ([`Store::apply_pull`]), never merged into them.
+//!
+//! In live mode the session stays open after catching up: the owner calls
+//! [`Session::local_changed`] when the store changes and the session pushes
+//! what the peer does not have yet (it tracks what the peer has: its `Want`
+//! plus everything sent or received since).
+
+use super::batch::{add_covers, batches};
+use super::error::SyncError;
+use super::message::{Ack, Batch, Hello, Message, Notice, NoticeCode, Processed, Sent, Want};
+use crate::changeset::Changeset;
+use crate::clock::SiteId;
+use crate::mutator::{PullResponse, Push};
+use crate::resolve::{Rejection, Writer};
+use crate::store::Store;
+use crate::version::VersionVector;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt;
+use std::sync::Arc;
+
+/// What a peer may do, decided from its token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Receive changes and send its own.
+    ReadWrite,
+    /// Receive changes only; a batch it sends ends the session.
+    ReadOnly,
+}
+
+/// What a token grants: read or read-write, and who the changes that
+/// arrive through it are written by (resolvers see this [`Writer`], never
+/// anything the client claims about itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// Read-only or read-write.
+    pub access: Access,
+    /// The writer attached to the peer's changes ([`Store::apply_from`]).
+    pub writer: Writer,
+}
+
+impl Grant {
+    /// Read-write, as an anonymous writer.
+    pub fn read_write() -> Grant {
+        Grant {
+            access: Access::ReadWrite,
+            writer: Writer::default(),
+        }
+    }
+
+    /// Read-only.
+    pub fn read_only() -> Grant {
+        Grant {
+            access: Access::ReadOnly,
+            writer: Writer::default(),
+        }
+    }
+}
+
+/// Decides what a connecting peer's token grants (`None`: refused).
+pub type Authorize = Arc<dyn Fn(Option<&str>) -> Option<Grant> + Send + Sync>;
+
+/// Session settings.
+#[must_use]
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Rows per batch (at most).
+    pub batch_rows: usize,
+    /// Estimated encoded bytes per batch (at most, but at least one row).
+    pub batch_bytes: usize,
+    /// Batches sent and not yet acknowledged (at most).
+    pub window: usize,
+    /// Stay open after catching up and push new changes.
+    pub live: bool,
+    /// The token presented when connecting.
+    pub token: Option<String>,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            batch_rows: 10_000,
+            batch_bytes: 4 << 20,
+            window: 4,
+            live: false,
+            token: None,
+        }
+    }
+}
+
+impl SessionConfig {
+    /// Live mode: stay connected and push new changes.
+    pub fn live(mut self, live: bool) -> Self {
+        self.live = live;
+        self
+    }
+
+    /// The token to present.
+    pub fn token(mut self, token: Option<String>) -> Self {
+        self.token = token;
+        self
+    }
+
+    /// Rows per batch.
+    pub fn batch_rows(mut self, rows: usize) -> Self {
+        self.batch_rows = rows.max(1);
+        self
+    }
+
+    /// Unacknowledged batches in flight.
+    pub fn window(mut self, window: usize) -> Self {
+        self.window = window.max(1);
+        self
+    }
+}
+
+/// Counters of what a session moved.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SyncStats {
+    /// Batches sent.
+    pub batches_sent: u64,
+    /// Rows sent.
+    pub rows_sent: u64,
+    /// Rows the peer acknowledged (committed).
+    pub rows_acked: u64,
+    /// Batches received and applied.
+    pub batches_received: u64,
+    /// Rows received.
+    pub rows_received: u64,
+    /// Received rows that changed the local state.
+    pub rows_applied: u64,
+    /// Rejection notices sent to the peer.
+    pub rejections_sent: u64,
+    /// Rejection notices from the peer that were new here.
+    pub rejections_received: u64,
+    /// Pending mutations pushed to the authority.
+    pub mutations_pushed: u64,
+    /// Pushed mutations the authority ran (as the authority: mutations run
+    /// for the peer, refused ones included).
+    pub mutations_processed: u64,
+    /// Mutations dropped from the local queue because the authority
+    /// processed them (their effects arrived as canonical changes).
+    pub mutations_acknowledged: u64,
+    /// Of those, the ones the authority refused.
+    pub mutations_rejected: u64,
+}
+
+/// The peer, once its `Hello` arrived.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// Its site id.
+    pub site: SiteId,
+    /// Its schema version.
+    pub schema_version: u32,
+    /// Whether it applies our changes.
+    pub accepts_changes: bool,
+    /// Whether it stays connected.
+    pub live: bool,
+}
+
+enum Role {
+    Initiator,
+    Responder(Authorize),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Greeting,
+    Open,
+    Closed,
+}
+
+enum Outgoing {
+    Rejections(Vec<Rejection>),
+    Batch {
+        changes: Changeset,
+        want: Option<u64>,
+    },
+    Sent {
+        want: u64,
+        mutations: Option<Processed>,
+    },
+}
+
+struct InFlight {
+    rows: u64,
+    covers: VersionVector,
+}
+
+/// One side of a sync session. See the module docs for the protocol.
+pub struct Session {
+    role: Role,
+    config: SessionConfig,
+    phase: Phase,
+    site: SiteId,
+    schema: String,
+    schema_version: u32,
+    peer: Option<PeerInfo>,
+    access: Access,
+    writer: Writer,
+    out: VecDeque<Message>,
+    // Sending: what the peer lacks.
+    queue: VecDeque<Outgoing>,
+    next_seq: u64,
+    in_flight: BTreeMap<u64, InFlight>,
+    peer_has: Option<VersionVector>,
+    answering: Option<(u64, Option<u64>)>,
+    peer_caught: bool,
+    acknowledged: VersionVector,
+    // Receiving: what we lack.
+    want_id: u64,
+    want_open: bool,
+    received: BTreeSet<u64>,
+    caught: bool,
+    // Mutations: the last pushed, and whether its acknowledgement is due.
+    pushed_through: u64,
+    push_open: bool,
+    stats: SyncStats,
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session")
+            .field("site", &self.site)
+            .field("phase", &self.phase)
+            .field("peer", &self.peer)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    /// The side that connected: its `Hello` (with the token) is the first
+    /// message out.
+    pub fn initiator(store: &Store, config: SessionConfig) -> Session {
+        let mut session = Session::new(store, config, Role::Initiator);
+        let hello = session.hello(true);
+        session.out.push_back(Message::Hello(hello));
+        session
+    }
+
+    /// The side that accepted the connection: it waits for the peer's
+    /// `Hello` and asks `authorize` what the token allows.
+    pub fn responder(store: &Store, config: SessionConfig, authorize: Authorize) -> Session {
+        Session::new(store, config, Role::Responder(authorize))
+    }
+
+    fn new(store: &Store, config: SessionConfig, role: Role) -> Session {
+        Session {
+            role,
+            config,
+            phase: Phase::Greeting,
+            site: store.site_id(),
+            schema: store.schema().name.clone(),
+            schema_version: store.schema().version,
+            peer: None,
+            access: Access::ReadWrite,
+            writer: Writer::default(),
+            out: VecDeque::new(),
+            queue: VecDeque::new(),
+            next_seq: 1,
+            in_flight: BTreeMap::new(),
+            peer_has: None,
+            answering: None,
+            peer_caught: false,
+            acknowledged: VersionVector::new(),
+            want_id: 0,
+            want_open: false,
+            received: BTreeSet::new(),
+            caught: false,
+            pushed_through: 0,
+            push_open: false,
+            stats: SyncStats::default(),
+        }
+    }
+
+    fn hello(&self, initiator: bool) -> Hello {
+        Hello {
+            site: self.site,
+            schema: self.schema.clone(),
+            schema_version: self.schema_version,
+            token: if initiator {
+                self.config.token.clone()
+            } else {
+                None
+            },
+            accepts_changes: self.access == Access::ReadWrite,
+            live: self.config.live,
+        }
+    }
+
+    /// The peer, once it said hello.
+    pub fn peer(&self) -> Option<&PeerInfo> {
+        self.peer.as_ref()
+    }
+
+    /// What the peer's token allows (always read-write on the side that
+    /// connected).
+    pub fn access(&self) -> Access {
+        self.access
+    }
+
+    /// What moved so far.
+    pub fn stats(&self) -> SyncStats {
+        self.stats
+    }
+
+    /// The dots the peer acknowledged having committed in this session.
+    pub fn acknowledged(&self) -> &VersionVector {
+        &self.acknowledged
+    }
+
+    /// Whether the session ended (a refusal, an error, a notice).
+    pub fn is_closed(&self) -> bool {
+        self.phase == Phase::Closed
+    }
+
+    /// Whether both sides have everything the other had when it answered,
+    /// every batch is acknowledged and nothing is waiting to be sent.
+    pub fn is_caught_up(&self) -> bool {
+        self.phase == Phase::Open
+            && (!self.we_want() || self.caught)
+            && (!self.peer_wants() || self.peer_caught)
+            && self.queue.is_empty()
+            && self.in_flight.is_empty()
+            && self.out.is_empty()
+            && !self.push_open
+    }
+
+    fn we_want(&self) -> bool {
+        match self.role {
+            Role::Initiator => true,
+            Role::Responder(_) => self.access == Access::ReadWrite,
+        }
+    }
+
+    fn peer_wants(&self) -> bool {
+        match self.role {
+            Role::Initiator => self.peer.as_ref().is_some_and(|p| p.accepts_changes),
+            Role::Responder(_) => true,
+        }
+    }
+
+    /// The next message to send, if any. Batches beyond the window wait
+    /// for acknowledgements.
+    pub fn poll_message(&mut self) -> Option<Message> {
+        if let Some(m) = self.out.pop_front() {
+            return Some(m);
+        }
+        if self.phase != Phase::Open {
+            return None;
+        }
+        match self.queue.front()? {
+            Outgoing::Batch { .. } if self.in_flight.len() >= self.config.window => None,
+            Outgoing::Batch { .. } => {
+                let Some(Outgoing::Batch { changes, want }) = self.queue.pop_front() else {
+                    return None;
+                };
+                let seq = self.next_seq;
+                self.next_seq += 1;
+                if let Some((id, first @ None)) = &mut self.answering {
+                    if want == Some(*id) {
+                        *first = Some(seq);
+                    }
+                }
+                let mut covers = VersionVector::new();
+                add_covers(&mut covers, &changes);
+                let rows = changes.len() as u64;
+                self.in_flight.insert(seq, InFlight { rows, covers });
+                self.stats.batches_sent += 1;
+                self.stats.rows_sent += rows;
+                Some(Message::Changes(Batch { seq, changes }))
+            }
+            Outgoing::Rejections(_) => match self.queue.pop_front() {
+                Some(Outgoing::Rejections(list)) => Some(Message::Rejections(list)),
+                _ => None,
+            },
+            Outgoing::Sent { .. } => {
+                let Some(Outgoing::Sent { want, mutations }) = self.queue.pop_front() else {
+                    return None;
+                };
+                let first = match self.answering {
+                    Some((id, Some(first))) if id == want => first,
+                    _ => self.next_seq,
+                };
+                Some(Message::Sent(Sent {
+                    want,
+                    first,
+                    last: self.next_seq - 1,
+                    mutations,
+                }))
+            }
+        }
+    }
+
+    /// Handles one message from the peer. An error closes the session; a
+    /// notice for the peer saying why is then the last message out.
+    pub fn receive(&mut self, store: &mut Store, message: Message) -> Result<(), SyncError> {
+        if self.phase == Phase::Closed {
+            return Ok(());
+        }
+        let result = self.handle(store, message);
+        if let Err(e) = &result {
+            self.fail(e);
+        }
+        result
+    }
+
+    /// Ends the session with a notice to the peer (e.g. on shutdown).
+    pub fn close(&mut self, code: NoticeCode, message: impl Into<String>) {
+        if self.phase != Phase::Closed {
+            self.queue.clear();
+            self.out.push_back(Message::Notice(Notice {
+                code,
+                message: message.into(),
+            }));
+            self.phase = Phase::Closed;
+        }
+    }
+
+    fn fail(&mut self, error: &SyncError) {
+        if let Some(code) = error.notice_code() {
+            self.close(code, error.to_string());
+        } else {
+            self.queue.clear();
+            self.phase = Phase::Closed;
+        }
+    }
+
+    fn handle(&mut self, store: &mut Store, message: Message) -> Result<(), SyncError> {
+        match (self.phase, message) {
+            (_, Message::Notice(n)) => {
+                self.phase = Phase::Closed;
+                Err(SyncError::Refused {
+                    code: n.code,
+                    message: n.message,
+                })
+            }
+            (Phase::Greeting, Message::Hello(hello)) => self.on_hello(store, hello),
+            (Phase::Greeting, m) => Err(SyncError::Unexpected {
+                got: m.name(),
+                during: "before Hello",
+            }),
+            (_, Message::Hello(_)) => Err(SyncError::Unexpected {
+                got: "Hello",
+                during: "after the session opened",
+            }),
+            (_, Message::Want(want)) => self.on_want(store, want),
+            (_, Message::Changes(batch)) => self.on_batch(store, batch),
+            (_, Message::Ack(ack)) => self.on_ack(ack),
+            (_, Message::Sent(sent)) => self.on_sent(store, sent),
+            (_, Message::Push(push)) => self.on_push(store, push),
+            (_, Message::PushAck(result)) => {
+                self.push_open = false;
+                self.stats.mutations_processed +=
+                    (result.applied.len() + result.rejected.len()) as u64;
+                Ok(())
+            }
+            (_, Message::Rejections(list)) => {
+                if self.access == Access::ReadOnly {
+                    return Err(SyncError::Unexpected {
+                        got: "Rejections",
+                        during: "from a read-only peer",
+                    });
+                }
+                self.stats.rejections_received += store.receive_rejections(&list)? as u64;
+                Ok(())
+            }
+            (_, Message::Caught(id)) => {
+                if self.answering.is_some_and(|(want, _)| want == id) {
+                    self.peer_caught = true;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn on_hello(&mut self, store: &Store, hello: Hello) -> Result<(), SyncError> {
+        if hello.schema != self.schema {
+            return Err(SyncError::SchemaMismatch {
+                local: self.schema.clone(),
+                peer: hello.schema,
+            });
+        }
+        if hello.site == self.site {
+            return Err(SyncError::SameSite(self.site));
+        }
+        if let Role::Responder(authorize) = &self.role {
+            let grant = authorize(hello.token.as_deref()).ok_or(SyncError::Unauthorized {
+                presented: hello.token.is_some(),
+            })?;
+            self.access = grant.access;
+            self.writer = grant.writer;
+            let reply = self.hello(false);
+            self.out.push_back(Message::Hello(reply));
+        }
+        self.peer = Some(PeerInfo {
+            site: hello.site,
+            schema_version: hello.schema_version,
+            accepts_changes: hello.accepts_changes,
+            live: hello.live,
+        });
+        self.phase = Phase::Open;
+        if self.we_want() {
+            self.push_pending(store)?;
+            self.want_again(store)?;
+        }
+        Ok(())
+    }
+
+    fn want_again(&mut self, store: &Store) -> Result<(), SyncError> {
+        self.want_id += 1;
+        self.want_open = true;
+        self.caught = false;
+        self.received.clear();
+        let first_pending = if store.queues_mutations() {
+            Some(store.pull_request()?.1).filter(|&id| id != u64::MAX)
+        } else {
+            None
+        };
+        self.out.push_back(Message::Want(Want {
+            id: self.want_id,
+            have: store.version_vector(),
+            first_pending,
+        }));
+        Ok(())
+    }
+
+    /// Queues a `Push` of the pending mutations not pushed yet in this
+    /// session, when this replica queues them and the peer takes changes.
+    /// Returns whether it did.
+    fn push_pending(&mut self, store: &Store) -> Result<bool, SyncError> {
+        if !store.queues_mutations() || !self.peer_wants() {
+            return Ok(false);
+        }
+        let mutations: Vec<_> = store
+            .pending_mutations()?
+            .into_iter()
+            .filter(|m| m.id > self.pushed_through)
+            .collect();
+        let Some(last) = mutations.last().map(|m| m.id) else {
+            return Ok(false);
+        };
+        self.pushed_through = last;
+        self.push_open = true;
+        self.stats.mutations_pushed += mutations.len() as u64;
+        self.out.push_back(Message::Push(Push {
+            client: self.site,
+            mutations,
+        }));
+        Ok(true)
+    }
+
+    fn on_push(&mut self, store: &mut Store, push: Push) -> Result<(), SyncError> {
+        if self.access == Access::ReadOnly {
+            return Err(SyncError::ReadOnly {
+                sent: format!("{} mutations", push.mutations.len()),
+            });
+        }
+        let Some(peer) = &self.peer else {
+            return Err(SyncError::Unexpected {
+                got: "Push",
+                during: "before Hello",
+            });
+        };
+        // The mutations are the session's peer's, whatever the message says.
+        let result = store.process_push(&Push {
+            client: peer.site,
+            mutations: push.mutations,
+        })?;
+        self.stats.mutations_processed += (result.applied.len() + result.rejected.len()) as u64;
+        self.out.push_back(Message::PushAck(result));
+        Ok(())
+    }
+
+    fn on_want(&mut self, store: &Store, want: Want) -> Result<(), SyncError> {
+        // A newer Want supersedes whatever of an older answer is unsent.
+        self.queue.clear();
+        let (changes, mutations) = match (want.first_pending, &self.peer) {
+            (Some(first), Some(peer)) => {
+                let pull = store.pull_for(peer.site, &want.have, first)?;
+                if !pull.notices.is_empty() {
+                    self.stats.rejections_sent += pull.notices.len() as u64;
+                    self.queue.push_back(Outgoing::Rejections(pull.notices));
+                }
+                let processed = Processed {
+                    last_processed: pull.last_processed,
+                    rejected: pull.rejected,
+                };
+                (pull.changes, Some(processed))
+            }
+            _ => {
+                self.queue_rejections(store, &want.have)?;
+                (store.changes_since(&want.have)?, None)
+            }
+        };
+        let mut peer_has = want.have;
+        add_covers(&mut peer_has, &changes);
+        for changes in batches(changes, self.config.batch_rows, self.config.batch_bytes) {
+            self.queue.push_back(Outgoing::Batch {
+                changes,
+                want: Some(want.id),
+            });
+        }
+        self.queue.push_back(Outgoing::Sent {
+            want: want.id,
+            mutations,
+        });
+        self.peer_has = Some(peer_has);
+        self.answering = Some((want.id, None));
+        self.peer_caught = false;
+        Ok(())
+    }
+
+    fn on_batch(&mut self, store: &mut Store, batch: Batch) -> Result<(), SyncError> {
+        if self.access == Access::ReadOnly {
+            return Err(SyncError::ReadOnly {
+                sent: format!("a batch of {} rows", batch.changes.len()),
+            });
+        }
+        let report = if store.queues_mutations() {
+            // A client of an authority may have pending mutations whose
+            // speculative effects sit on top of the canonical rows: the
+            // batch goes under them (taken off, batch applied, replayed).
+            // Which mutations the authority has processed is the mutator
+            // layer's pull, not this batch's, so none is dropped here.
+            store
+                .apply_pull(&PullResponse {
+                    changes: batch.changes.clone(),
+                    last_processed: 0,
+                    rejected: Vec::new(),
+                    notices: Vec::new(),
+                })?
+                .apply
+        } else {
+            store.apply_from(&batch.changes, &self.writer)?
+        };
+        if let Some(peer_has) = &mut self.peer_has {
+            add_covers(peer_has, &batch.changes);
+        }
+        if self.want_open {
+            self.received.insert(batch.seq);
+        }
+        let applied = report.applied() as u64;
+        self.stats.batches_received += 1;
+        self.stats.rows_received += batch.changes.len() as u64;
+        self.stats.rows_applied += applied;
+        self.out.push_back(Message::Ack(Ack {
+            seq: batch.seq,
+            applied,
+        }));
+        Ok(())
+    }
+
+    fn on_ack(&mut self, ack: Ack) -> Result<(), SyncError> {
+        match self.in_flight.remove(&ack.seq) {
+            Some(batch) => {
+                self.stats.rows_acked += batch.rows;
+                self.acknowledged.merge(&batch.covers);
+                Ok(())
+            }
+            // A duplicate of an acknowledgement already counted.
+            None if ack.seq < self.next_seq => Ok(()),
+            None => Err(SyncError::UnknownAck { seq: ack.seq }),
+        }
+    }
+
+    fn on_sent(&mut self, store: &mut Store, sent: Sent) -> Result<(), SyncError> {
+        if !self.want_open || sent.want != self.want_id {
+            return Ok(());
+        }
+        if !(sent.first..=sent.last).all(|seq| self.received.contains(&seq)) {
+            return self.want_again(store);
+        }
+        if let (Some(processed), true) = (sent.mutations, store.queues_mutations()) {
+            // Every batch of the answer is applied, so the effects of the
+            // processed mutations are here: drop them, replay the rest.
+            let report = store.apply_pull(&PullResponse {
+                changes: Changeset::new(store.site_id()),
+                last_processed: processed.last_processed,
+                rejected: processed.rejected,
+                notices: Vec::new(),
+            })?;
+            self.stats.mutations_acknowledged += report.acknowledged as u64;
+            self.stats.mutations_rejected += report.rejected.len() as u64;
+        }
+        self.want_open = false;
+        self.caught = true;
+        self.received.clear();
+        self.out.push_back(Message::Caught(sent.want));
+        Ok(())
+    }
+
+    /// Queues the rejection notices for the peer that a replica with `have`
+    /// has not received (their corrections are not in `have`).
+    fn queue_rejections(&mut self, store: &Store, have: &VersionVector) -> Result<(), SyncError> {
+        let Some(peer) = &self.peer else {
+            return Ok(());
+        };
+        let list = store.rejections_for(peer.site, have)?;
+        if !list.is_empty() {
+            self.stats.rejections_sent += list.len() as u64;
+            self.queue.push_back(Outgoing::Rejections(list));
+        }
+        Ok(())
+    }
+
+    /// Asks again for everything still missing, if an answer is
+    /// outstanding: for a transport that noticed silence (a lost message).
+    pub fn retry(&mut self, store: &Store) -> Result<(), SyncError> {
+        if self.phase == Phase::Open && self.want_open {
+            self.want_again(store)?;
+        }
+        Ok(())
+    }
+
+    /// Tells a live session the store changed: what the peer lacks is
+    /// queued for sending. Does nothing before the peer said what it has,
+    /// when the peer does not accept changes, or outside live mode.
+    pub fn local_changed(&mut self, store: &Store) -> Result<(), SyncError> {
+        if self.phase != Phase::Open || !self.config.live || !self.peer_wants() {
+            return Ok(());
+        }
+        // New mutations go to the authority, and the answer to the Want
+        // that follows brings back their canonical effects.
+        if self.push_pending(store)? {
+            self.want_again(store)?;
+        }
+        let Some(peer_has) = &mut self.peer_has else {
+            return Ok(());
+        };
+        let changes = store.changes_since(peer_has)?;
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let before = peer_has.clone();
+        self.queue_rejections(store, &before)?;
+        let Some(peer_has) = &mut self.peer_has else {
+            return Ok(());
+        };
+        add_covers(peer_has, &changes);
+        for changes in batches(changes, self.config.batch_rows, self.config.batch_bytes) {
+            self.queue.push_back(Outgoing::Batch {
+                changes,
+                want: None,
+            });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,510 @@
+//! Sessions driven in-process over a perfect channel.
+
+use super::*;
+use crate::clock::SiteId;
+use crate::schema::Schema;
+use crate::store::{Store, StoreOptions};
+use std::sync::Arc;
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+const SCHEMA: &str = r#"
+name = "shop"
+version = 1
+[[table]]
+name = "item"
+primary_key = ["sku"]
+[[table.column]]
+name = "sku"
+type = "text"
+[[table.column]]
+name = "stock"
+type = "integer"
+kind = "pn_counter"
+"#;
+
+fn store(n: u8) -> crate::Result<Store> {
+    let schema = Schema::from_toml_str(SCHEMA, "shop.toml")?;
+    StoreOptions::new()
+        .site_id(SiteId::from_bytes([n; 16]))
+        .open_in_memory(&schema)
+}
+
+fn insert(store: &mut Store, range: std::ops::Range<usize>) -> crate::Result<()> {
+    store.write(|tx| {
+        for i in range {
+            tx.insert(
+                "item",
+                &[("sku", format!("k{i}").into()), ("stock", 1.into())],
+            )?;
+        }
+        Ok(())
+    })
+}
+
+fn allow(access: Access) -> Authorize {
+    Arc::new(move |token| {
+        (token == Some("t")).then(|| Grant {
+            access,
+            writer: crate::resolve::Writer::user("t"),
+        })
+    })
+}
+
+/// Delivers every message both ways until neither side has anything to
+/// say. Returns the first error either side reported.
+fn pump(a: &mut Session, sa: &mut Store, b: &mut Session, sb: &mut Store) -> Result<(), SyncError> {
+    let mut first_error = None;
+    loop {
+        let mut moved = false;
+        while let Some(m) = a.poll_message() {
+            moved = true;
+            if let Err(e) = b.receive(sb, m) {
+                first_error.get_or_insert(e);
+            }
+        }
+        while let Some(m) = b.poll_message() {
+            moved = true;
+            if let Err(e) = a.receive(sa, m) {
+                first_error.get_or_insert(e);
+            }
+        }
+        if !moved {
+            return first_error.map_or(Ok(()), Err);
+        }
+    }
+}
+
+#[test]
+fn both_directions_in_small_batches() -> TestResult {
+    let (mut sa, mut sb) = (store(1)?, store(2)?);
+    insert(&mut sa, 0..25)?;
+    insert(&mut sb, 100..113)?;
+    let config = SessionConfig::default().batch_rows(4).window(2);
+    let mut a = Session::initiator(&sa, config.clone().token(Some("t".into())));
+    let mut b = Session::responder(&sb, config, allow(Access::ReadWrite));
+    pump(&mut a, &mut sa, &mut b, &mut sb)?;
+    assert!(a.is_caught_up() && b.is_caught_up());
+    assert_eq!(sa.digest()?, sb.digest()?);
+    assert_eq!(a.stats().rows_sent, 25);
+    assert_eq!(a.stats().batches_sent, 7);
+    assert_eq!(a.stats().rows_acked, 25);
+    assert_eq!(b.stats().rows_sent, 13);
+    assert_eq!(
+        a.acknowledged().site(&sa.site_id()).map(|r| r.max()),
+        Some(25)
+    );
+
+    // A second session sends nothing: the version vectors say it all.
+    insert(&mut sa, 25..26)?;
+    let mut a = Session::initiator(&sa, SessionConfig::default().token(Some("t".into())));
+    let mut b = Session::responder(&sb, SessionConfig::default(), allow(Access::ReadWrite));
+    pump(&mut a, &mut sa, &mut b, &mut sb)?;
+    assert_eq!((a.stats().rows_sent, b.stats().rows_sent), (1, 0));
+    assert_eq!(sa.digest()?, sb.digest()?);
+    Ok(())
+}
+
+#[test]
+fn an_interrupted_sync_resumes_with_only_what_is_missing() -> TestResult {
+    let (mut sa, mut sb) = (store(1)?, store(2)?);
+    insert(&mut sa, 0..40)?;
+    let config = SessionConfig::default().batch_rows(5).window(1);
+    let mut a = Session::initiator(&sa, config.clone());
+    let mut b = Session::responder(&sb, config.clone(), Arc::new(|_| Some(Grant::read_write())));
+    // Deliver until b has applied three batches, then drop the connection.
+    let mut applied = 0;
+    while applied < 3 {
+        let mut moved = false;
+        while let Some(m) = a.poll_message() {
+            moved = true;
+            applied += u64::from(matches!(m, Message::Changes(_)));
+            b.receive(&mut sb, m)?;
+        }
+        while let Some(m) = b.poll_message() {
+            moved = true;
+            a.receive(&mut sa, m)?;
+        }
+        assert!(moved);
+    }
+    assert_eq!(b.stats().rows_received, 15);
+    let mut a = Session::initiator(&sa, config.clone());
+    let mut b = Session::responder(&sb, config, Arc::new(|_| Some(Grant::read_write())));
+    pump(&mut a, &mut sa, &mut b, &mut sb)?;
+    assert_eq!(a.stats().rows_sent, 25);
+    assert_eq!(sa.digest()?, sb.digest()?);
+    Ok(())
+}
+
+#[test]
+fn a_bad_token_is_refused_before_anything_else_is_read() -> TestResult {
+    let (mut sa, mut sb) = (store(1)?, store(2)?);
+    insert(&mut sa, 0..3)?;
+    let mut a = Session::initiator(&sa, SessionConfig::default().token(Some("wrong".into())));
+    let mut b = Session::responder(&sb, SessionConfig::default(), allow(Access::ReadWrite));
+    let hello = a.poll_message().ok_or("no hello")?;
+    assert!(matches!(
+        b.receive(&mut sb, hello),
+        Err(SyncError::Unauthorized { presented: true })
+    ));
+    assert!(b.is_closed());
+    let notice = b.poll_message().ok_or("no notice")?;
+    assert!(matches!(
+        a.receive(&mut sa, notice),
+        Err(SyncError::Refused {
+            code: NoticeCode::Unauthorized,
+            ..
+        })
+    ));
+    // Whatever else arrives is ignored.
+    let changes = sa.changes_since(&sb.version_vector())?;
+    b.receive(
+        &mut sb,
+        Message::Changes(message::Batch { seq: 1, changes }),
+    )?;
+    assert_eq!(sb.version_vector(), crate::VersionVector::new());
+    Ok(())
+}
+
+#[test]
+fn a_read_only_peer_receives_and_its_writes_are_refused() -> TestResult {
+    let (mut sa, mut sb) = (store(1)?, store(2)?);
+    insert(&mut sa, 0..3)?;
+    insert(&mut sb, 10..12)?;
+    let config = SessionConfig::default().token(Some("t".into()));
+    let mut a = Session::initiator(&sa, config.clone());
+    let mut b = Session::responder(&sb, config, allow(Access::ReadOnly));
+    pump(&mut a, &mut sa, &mut b, &mut sb)?;
+    assert!(a.is_caught_up() && b.is_caught_up());
+    assert_eq!(a.stats().rows_received, 2);
+    assert_eq!(a.stats().rows_sent, 0);
+    assert!(!a.peer().ok_or("no peer")?.accepts_changes);
+
+    // A misbehaving read-only client sends a batch anyway.
+    let before = sb.digest()?;
+    let changes = sa.changes_since(&crate::VersionVector::new())?;
+    let result = b.receive(
+        &mut sb,
+        Message::Changes(message::Batch { seq: 1, changes }),
+    );
+    assert!(matches!(result, Err(SyncError::ReadOnly { ref sent }) if sent == "a batch of 5 rows"));
+    assert_eq!(sb.digest()?, before);
+    assert!(matches!(
+        b.poll_message(),
+        Some(Message::Notice(message::Notice {
+            code: NoticeCode::ReadOnly,
+            ..
+        }))
+    ));
+    Ok(())
+}
+
+#[test]
+fn protocol_violations_close_the_session() -> TestResult {
+    let (mut sa, mut sb) = (store(1)?, store(2)?);
+    let mut b = Session::responder(&sb, SessionConfig::default(), allow(Access::ReadWrite));
+    assert!(matches!(
+        b.receive(&mut sb, Message::Caught(1)),
+        Err(SyncError::Unexpected { .. })
+    ));
+    let other_schema = Schema::from_toml_str(&SCHEMA.replace("shop", "till"), "till.toml")?;
+    let c = StoreOptions::new().open_in_memory(&other_schema)?;
+    let mut hello_from_c = Session::initiator(&c, SessionConfig::default());
+    let mut b = Session::responder(&sb, SessionConfig::default(), allow(Access::ReadWrite));
+    let hello = hello_from_c.poll_message().ok_or("no hello")?;
+    assert!(matches!(
+        b.receive(&mut sb, hello),
+        Err(SyncError::SchemaMismatch { .. })
+    ));
+
+    // Connecting to itself.
+    let mut a = Session::initiator(&sa, SessionConfig::default());
+    let mut a2 = Session::responder(&sa, SessionConfig::default(), allow(Access::ReadWrite));
+    let hello = a.poll_message().ok_or("no hello")?;
+    assert!(matches!(
+        a2.receive(&mut sa, hello),
+        Err(SyncError::SameSite(_))
+    ));
+
+    // An acknowledgement for a batch never sent.
+    let mut a = Session::initiator(&sa, SessionConfig::default());
+    let mut b = Session::responder(
+        &sb,
+        SessionConfig::default(),
+        Arc::new(|_| Some(Grant::read_write())),
+    );
+    pump(&mut a, &mut sa, &mut b, &mut sb)?;
+    assert!(matches!(
+        a.receive(
+            &mut sa,
+            Message::Ack(message::Ack {
+                seq: 99,
+                applied: 0
+            })
+        ),
+        Err(SyncError::UnknownAck { seq: 99 })
+    ));
+    Ok(())
+}
+
+#[test]
+fn live_sessions_push_new_writes_and_do_not_echo() -> TestResult {
+    let (mut sa, mut sb) = (store(1)?, store(2)?);
+    let config = SessionConfig::default().live(true);
+    let mut a = Session::initiator(&sa, config.clone());
+    let mut b = Session::responder(&sb, config, Arc::new(|_| Some(Grant::read_write())));
+    pump(&mut a, &mut sa, &mut b, &mut sb)?;
+    assert!(a.is_caught_up() && b.is_caught_up());
+
+    insert(&mut sa, 0..2)?;
+    a.local_changed(&sa)?;
+    pump(&mut a, &mut sa, &mut b, &mut sb)?;
+    // b applied a's rows; telling b its store changed sends nothing back.
+    b.local_changed(&sb)?;
+    assert!(b.poll_message().is_none());
+    insert(&mut sb, 10..11)?;
+    b.local_changed(&sb)?;
+    pump(&mut a, &mut sa, &mut b, &mut sb)?;
+    assert_eq!(sa.digest()?, sb.digest()?);
+    assert_eq!((a.stats().rows_sent, b.stats().rows_sent), (2, 1));
+    assert!(a.is_caught_up() && b.is_caught_up());
+    Ok(())
+}
+
+const SEATS: &str = r#"
+name = "seats"
+version = 1
+[[table]]
+name = "seat"
+primary_key = ["seat"]
+authority = true
+[[table.column]]
+name = "seat"
+type = "text"
+[[table.column]]
+name = "booked_by"
+type = "text"
+"#;
+
+#[test]
+fn the_authority_sees_the_tokens_writer_and_its_rejections_reach_the_client() -> TestResult {
+    use crate::resolve::{Resolution, Resolver};
+    let schema = Schema::from_toml_str(SEATS, "seats.toml")?;
+    let open = |n: u8, authority: bool| {
+        StoreOptions::new()
+            .site_id(SiteId::from_bytes([n; 16]))
+            .authority(authority)
+            .open_in_memory(&schema)
+    };
+    let mut server = open(1, true)?;
+    server.add_resolver(
+        "seat",
+        Resolver::new("first booking wins; the writer must be the token's", |c| {
+            if c.writer().user.as_deref() != Some("t") {
+                return Resolution::Reject(format!("unexpected writer {:?}", c.writer()));
+            }
+            match (c.local().and_then(|r| r.text("booked_by")), c.incoming()) {
+                (Some(first), Some(inc)) if inc.text("booked_by") != Some(first) => {
+                    Resolution::Reject(format!("seat {} already booked by {first}", c.key()))
+                }
+                _ => Resolution::Accept,
+            }
+        }),
+    )?;
+    let mut alice = open(2, false)?;
+    let mut bob = open(3, false)?;
+    for (store, name) in [(&mut alice, "alice"), (&mut bob, "bob")] {
+        store
+            .write(|tx| tx.insert("seat", &[("seat", "A1".into()), ("booked_by", name.into())]))?;
+    }
+    for client in [&mut alice, &mut bob] {
+        let mut c = Session::initiator(client, SessionConfig::default().token(Some("t".into())));
+        let mut s = Session::responder(&server, SessionConfig::default(), allow(Access::ReadWrite));
+        pump(&mut c, client, &mut s, &mut server)?;
+        assert!(c.is_caught_up() && s.is_caught_up());
+    }
+    // Bob's booking was refused; he learns why on his next sync, along
+    // with the correction.
+    let mut c = Session::initiator(&bob, SessionConfig::default().token(Some("t".into())));
+    let mut s = Session::responder(&server, SessionConfig::default(), allow(Access::ReadWrite));
+    pump(&mut c, &mut bob, &mut s, &mut server)?;
+    let rejections = bob.rejections()?;
+    assert_eq!(rejections.len(), 1, "{rejections:?}");
+    assert!(
+        rejections[0].reason.contains("already booked by alice"),
+        "{}",
+        rejections[0].reason
+    );
+    assert_eq!(s.stats().rejections_sent + c.stats().rejections_received, 2);
+    assert_eq!(bob.digest()?, server.digest()?);
+    assert!(alice.rejections()?.is_empty());
+    Ok(())
+}
+
+#[test]
+fn batches_go_under_a_clients_pending_mutations() -> TestResult {
+    use crate::store::Transaction;
+    let schema = Schema::from_toml_str(SEATS, "seats.toml")?;
+    let open = |n: u8, authority: bool| {
+        StoreOptions::new()
+            .site_id(SiteId::from_bytes([n; 16]))
+            .authority(authority)
+            .open_in_memory(&schema)
+    };
+    let mut server = open(1, true)?;
+    server.write(|tx| {
+        tx.insert(
+            "seat",
+            &[("seat", "B2".into()), ("booked_by", "carol".into())],
+        )?;
+        tx.insert(
+            "seat",
+            &[("seat", "A1".into()), ("booked_by", "dave".into())],
+        )
+    })?;
+    let mut client = open(2, false)?;
+    client.register_mutator(
+        "book",
+        |tx: &mut Transaction<'_>, (seat, who): (String, String)| {
+            tx.insert("seat", &[("seat", seat.into()), ("booked_by", who.into())])?;
+            Ok(())
+        },
+    );
+    client.mutate("book", &("A1", "alice"))?;
+    let seats = |s: &Store| -> crate::Result<Vec<String>> {
+        let mut stmt = s
+            .conn()
+            .prepare("SELECT seat || ':' || booked_by FROM seat ORDER BY seat")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    };
+    assert_eq!(seats(&client)?, ["A1:alice"]);
+
+    let mut c = Session::initiator(&client, SessionConfig::default());
+    let mut s = Session::responder(&server, SessionConfig::default(), allow_all());
+    pump(&mut c, &mut client, &mut s, &mut server)?;
+    assert!(c.is_caught_up() && s.is_caught_up());
+    // The canonical rows arrived under the pending booking (plain apply
+    // would have merged them into it); the authority refused the booking,
+    // so it is dropped and recorded; nothing speculative was sent.
+    assert_eq!(seats(&client)?, ["A1:dave", "B2:carol"]);
+    assert!(client.pending_mutations()?.is_empty());
+    assert_eq!(client.mutation_failures()?.len(), 1);
+    assert_eq!(seats(&server)?, ["A1:dave", "B2:carol"]);
+    assert_eq!(c.stats().rows_sent, 0);
+    assert_eq!(client.digest()?, server.digest()?);
+    Ok(())
+}
+
+fn allow_all() -> Authorize {
+    Arc::new(|_| Some(Grant::read_write()))
+}
+
+/// An authority and a client of the seats schema, both with the `book`
+/// mutator (which fails when the seat is taken).
+fn booking_pair() -> crate::Result<(Store, Store)> {
+    use crate::store::Transaction;
+    let schema = Schema::from_toml_str(SEATS, "seats.toml")?;
+    let open = |n: u8, authority: bool| -> crate::Result<Store> {
+        let mut store = StoreOptions::new()
+            .site_id(SiteId::from_bytes([n; 16]))
+            .authority(authority)
+            .open_in_memory(&schema)?;
+        store.register_mutator(
+            "book",
+            |tx: &mut Transaction<'_>, (seat, who): (String, String)| {
+                tx.insert("seat", &[("seat", seat.into()), ("booked_by", who.into())])?;
+                Ok(())
+            },
+        );
+        Ok(store)
+    };
+    let mut server = open(1, true)?;
+    server.write(|tx| {
+        tx.insert(
+            "seat",
+            &[("seat", "B2".into()), ("booked_by", "carol".into())],
+        )
+    })?;
+    Ok((server, open(2, false)?))
+}
+
+fn seats(store: &Store) -> crate::Result<Vec<String>> {
+    let mut stmt = store
+        .conn()
+        .prepare("SELECT seat || ':' || booked_by FROM seat ORDER BY seat")?;
+    let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+#[test]
+fn mutations_are_pushed_run_by_the_authority_and_settled_in_one_sync() -> TestResult {
+    let (mut server, mut client) = booking_pair()?;
+    client.mutate("book", &("A1", "alice"))?;
+    client.mutate("book", &("B2", "bob"))?;
+    assert_eq!(seats(&client)?, ["A1:alice", "B2:bob"]);
+
+    let mut c = Session::initiator(&client, SessionConfig::default());
+    let mut s = Session::responder(&server, SessionConfig::default(), allow_all());
+    pump(&mut c, &mut client, &mut s, &mut server)?;
+    assert!(c.is_caught_up() && s.is_caught_up());
+    assert_eq!(seats(&server)?, ["A1:alice", "B2:carol"]);
+    assert_eq!(seats(&client)?, ["A1:alice", "B2:carol"]);
+    assert!(client.pending_mutations()?.is_empty());
+    let failures = client.mutation_failures()?;
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert_eq!(failures[0].name, "book");
+    assert_eq!(client.digest()?, server.digest()?);
+    let (cs, ss) = (c.stats(), s.stats());
+    assert_eq!(
+        (
+            cs.mutations_pushed,
+            cs.mutations_acknowledged,
+            cs.mutations_rejected
+        ),
+        (2, 2, 1)
+    );
+    assert_eq!(ss.mutations_processed, 2);
+    // Mutations are not changes: nothing speculative travelled as a row.
+    assert_eq!(cs.rows_sent, 0);
+    Ok(())
+}
+
+#[test]
+fn live_sessions_push_new_mutations_and_drop_them_once_settled() -> TestResult {
+    let (mut server, mut client) = booking_pair()?;
+    let config = SessionConfig::default().live(true);
+    let mut c = Session::initiator(&client, config.clone());
+    let mut s = Session::responder(&server, config, allow_all());
+    pump(&mut c, &mut client, &mut s, &mut server)?;
+    assert!(c.is_caught_up());
+
+    client.mutate("book", &("C3", "dan"))?;
+    c.local_changed(&client)?;
+    pump(&mut c, &mut client, &mut s, &mut server)?;
+    assert!(c.is_caught_up() && s.is_caught_up());
+    assert_eq!(seats(&server)?, ["B2:carol", "C3:dan"]);
+    assert!(client.pending_mutations()?.is_empty());
+    assert_eq!(client.digest()?, server.digest()?);
+    Ok(())
+}
+
+#[test]
+fn a_read_only_token_cannot_push_mutations() -> TestResult {
+    let (mut server, mut client) = booking_pair()?;
+    client.mutate("book", &("A1", "alice"))?;
+    let mut c = Session::initiator(&client, SessionConfig::default().token(Some("t".into())));
+    let mut s = Session::responder(&server, SessionConfig::default(), allow(Access::ReadOnly));
+    pump(&mut c, &mut client, &mut s, &mut server)?;
+    // The read-only answer says the server takes no changes: nothing pushed.
+    assert_eq!(c.stats().mutations_pushed, 0);
+    assert_eq!(client.pending_mutations()?.len(), 1);
+    let push = crate::mutator::Push {
+        client: client.site_id(),
+        mutations: client.pending_mutations()?,
+    };
+    let result = s.receive(&mut server, Message::Push(push));
+    assert!(matches!(result, Err(SyncError::ReadOnly { ref sent }) if sent == "1 mutations"));
+    assert_eq!(seats(&server)?, ["B2:carol"]);
+    Ok(())
+}
