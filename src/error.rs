@@ -123,6 +123,14 @@ pub enum ResolveError {
         /// What would diverge.
         problem: String,
     },
+    /// A resolver's query could write.
+    #[error("a resolver of table {table:?} ran a statement that could write: {sql}")]
+    NotReadOnly {
+        /// The table whose resolver ran it.
+        table: String,
+        /// The statement.
+        sql: String,
+    },
     /// No conflict-log entry has this id.
     #[error("no conflict with id {id} in the conflict log")]
     UnknownConflict {

@@ -1053,11 +1053,15 @@ fn within_budget() -> Resolver {
             _ => return Resolution::Pass,
         };
         // The merged row is already in the table: count the others.
-        let others: rusqlite::Result<i64> = c.conn().query_row(
-            "SELECT coalesce(sum(amount), 0) FROM expense WHERE owner = ?1 AND id <> ?2",
-            rusqlite::params![owner, id],
-            |r| r.get(0),
-        );
+        let others = c
+            .query(
+                "SELECT coalesce(sum(amount), 0) FROM expense WHERE owner = ?1 AND id <> ?2",
+                &[owner.into(), id.as_str().into()],
+            )
+            .map(|rows| match rows.first().and_then(|r| r.first()) {
+                Some(Value::Integer(n)) => *n,
+                _ => 0,
+            });
         match others {
             Ok(others) if others + amount > cap => Resolution::Reject(format!(
                 "{owner}'s expenses would reach {} of a budget of {cap}",
@@ -1214,6 +1218,26 @@ fn a_panicking_resolver_fails_the_apply_and_changes_nothing() -> TestResult {
             assert!(message.contains("kaboom"), "{message}");
         }
         other => panic!("expected Panicked, got {other:?}"),
+    }
+    Ok(())
+}
+
+#[test]
+fn a_resolver_cannot_write_through_its_queries() -> TestResult {
+    let err = failing_apply(Resolver::new("vandal", |c| {
+        match c.query("DELETE FROM doc__meldb", &[]) {
+            Ok(_) => Resolution::Accept,
+            Err(e) => panic!("{e}"),
+        }
+    }))?;
+    match err {
+        Error::Resolve(ResolveError::Panicked { message, .. }) => {
+            assert!(
+                message.contains("could write: DELETE FROM doc__meldb"),
+                "{message}"
+            );
+        }
+        other => panic!("expected the refused write to surface, got {other:?}"),
     }
     Ok(())
 }

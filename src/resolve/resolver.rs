@@ -113,7 +113,7 @@ type ResolveFn = dyn Fn(&Conflict<'_>) -> Resolution + Send + Sync;
 /// A named `resolve_conflict` closure with a priority.
 #[derive(Clone)]
 pub struct Resolver {
-    pub(crate) name: String,
+    pub(crate) name: Arc<str>,
     pub(crate) priority: i32,
     pub(crate) trigger: Trigger,
     pub(crate) f: Arc<ResolveFn>,
@@ -127,7 +127,7 @@ impl Resolver {
         f: impl Fn(&Conflict<'_>) -> Resolution + Send + Sync + 'static,
     ) -> Resolver {
         Resolver {
-            name: name.to_owned(),
+            name: name.into(),
             priority: 0,
             trigger: Trigger::Conflicts,
             f: Arc::new(f),
@@ -247,9 +247,27 @@ impl Conflict<'_> {
         Ok(self.store.get(table, key)?.map(Row::from))
     }
 
-    /// The connection, read-only while a resolver runs (writes fail), for
-    /// cross-row rules that need a query (`SELECT sum(...)`).
-    pub fn conn(&self) -> &rusqlite::Connection {
-        self.store.conn()
+    /// Runs one read-only SQL statement (`SELECT sum(...)`) against the
+    /// state as it stands in this transaction, for cross-row rules, and
+    /// returns its rows. A statement that could write is refused
+    /// ([`crate::error::ResolveError::NotReadOnly`]): resolvers decide, they
+    /// do not write.
+    pub fn query(&self, sql: &str, params: &[Value]) -> Result<Vec<Vec<Value>>> {
+        let conn = self.store.conn();
+        let mut stmt = conn.prepare(sql)?;
+        if !stmt.readonly() {
+            return Err(crate::error::ResolveError::NotReadOnly {
+                table: self.table.to_owned(),
+                sql: sql.to_owned(),
+            }
+            .into());
+        }
+        let width = stmt.column_count();
+        let rows = stmt.query_map(rusqlite::params_from_iter(params), |r| {
+            (0..width)
+                .map(|i| r.get_ref(i).map(Value::from))
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 }

@@ -287,19 +287,19 @@ fn decide(
     let key = || Key(ctx.key.to_vec()).to_string();
     for resolver in resolvers {
         let answer = call(ctx, resolver).map_err(|message| ResolveError::Panicked {
-            resolver: resolver.name.clone(),
+            resolver: resolver.name.to_string(),
             table: layout.name().into(),
             key: key(),
             message,
         })?;
         let named = |outcome, reason: Option<String>, target: Option<Row>| Decision {
             outcome,
-            resolver: Some(resolver.name.clone()),
+            resolver: Some(resolver.name.to_string()),
             reason,
             target,
         };
         let needs_authority = |answer: &'static str| ResolveError::NeedsAuthority {
-            resolver: resolver.name.clone(),
+            resolver: resolver.name.to_string(),
             table: layout.name().into(),
             key: key(),
             answer,
@@ -341,19 +341,17 @@ fn decide(
     })
 }
 
-/// Calls a resolver with the connection read-only and panics caught.
+/// Calls a resolver with panics caught.
 fn call(ctx: &Conflict<'_>, resolver: &Resolver) -> Result<Resolution, String> {
-    let conn = ctx.store.conn();
-    let _ = conn.execute_batch("PRAGMA query_only = 1");
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (resolver.f)(ctx)));
-    let _ = conn.execute_batch("PRAGMA query_only = 0");
-    result.map_err(|payload| {
-        payload
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "a panic without a message".to_owned())
-    })
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (resolver.f)(ctx))).map_err(
+        |payload| {
+            payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".to_owned())
+        },
+    )
 }
 
 /// A resolver's row with the columns it left out filled from `base` (or
