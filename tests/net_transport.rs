@@ -226,3 +226,47 @@ async fn an_embedded_relay_runs_the_apps_mutators_as_the_authority() -> TestResu
     server.await??;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_over_the_limit_is_told_the_relay_is_busy() -> TestResult {
+    use meldb::sync::{Message, NoticeCode};
+    let relay_store = shared(10)?;
+    insert(&relay_store, "r", 0..3)?;
+    let config = RelayConfig::default().max_connections(1);
+    let relay = Relay::bind(relay_store, "127.0.0.1:0", config).await?;
+    let addr = relay.local_addr()?.to_string();
+    let (stop, shutdown) = watch::channel(false);
+    let server = tokio::spawn(relay.run(shutdown));
+
+    // The only slot is taken by a connection that has not said hello yet.
+    let first = Connection::tcp(addr.as_str(), MAX_MESSAGE_PAYLOAD).await?;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut second = Connection::tcp(addr.as_str(), MAX_MESSAGE_PAYLOAD).await?;
+    match second.recv().await {
+        Some(Ok(Message::Notice(n))) => {
+            assert_eq!(n.code, NoticeCode::Busy);
+            assert!(n.message.contains("at most 1 connections"), "{}", n.message);
+        }
+        other => return Err(format!("expected a busy notice, got {other:?}").into()),
+    }
+    // Once the slot is free, syncing works.
+    drop(first);
+    let client = shared(1)?;
+    let start = Instant::now();
+    loop {
+        match meldb::sync::sync_once_tcp(&client, &addr, SessionConfig::default()).await {
+            Ok(report) => {
+                assert_eq!(report.stats.rows_received, 3);
+                break;
+            }
+            Err(e) if start.elapsed() < Duration::from_secs(10) => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    stop.send(true)?;
+    server.await??;
+    Ok(())
+}

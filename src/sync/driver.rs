@@ -13,7 +13,7 @@ use super::session::{PeerInfo, Session, SessionConfig, SyncStats};
 use super::shared::SharedStore;
 use super::transport::Connection;
 use crate::codec::MAX_MESSAGE_PAYLOAD;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 /// What a finished session did, and with whom.
@@ -238,8 +238,9 @@ pub async fn sync_once_tcp(
     sync_once(store, &mut conn, config).await
 }
 
-/// Reconnection delays: doubling from `initial` up to `max`, back to
-/// `initial` after a session that caught up.
+/// Reconnection delays: doubling from `initial` up to `max` while
+/// connecting or sessions fail, back to `initial` after a session that
+/// lasted at least `max`.
 #[derive(Debug, Clone, Copy)]
 pub struct Backoff {
     /// The first delay.
@@ -280,23 +281,24 @@ pub async fn sync_continuously(
                     let guard = store.lock();
                     Session::initiator(&guard, config.clone().live(true))
                 };
+                let started = Instant::now();
                 match drive(&store, session, &mut conn, &options, &mut shutdown).await {
                     Ok(stats) => all.push(stats),
                     Err(e) => {
                         tracing::warn!(peer = %addr, error = %e, "sync session ended");
-                        if matches!(
-                            e,
+                        delay = match e {
+                            // A refused token stays refused; keep trying
+                            // slowly in case the relay's tokens change.
                             SyncError::Refused {
                                 code: NoticeCode::Unauthorized,
                                 ..
-                            }
-                        ) {
-                            // A refused token stays refused; keep trying
-                            // slowly in case the relay's tokens change.
-                            delay = backoff.max;
-                        } else {
-                            delay = backoff.initial;
-                        }
+                            } => backoff.max,
+                            // A session that lasted was healthy: reconnect
+                            // soon. One that failed at once keeps backing
+                            // off, so a broken peer is not hammered.
+                            _ if started.elapsed() >= backoff.max => backoff.initial,
+                            _ => delay,
+                        };
                     }
                 }
             }
