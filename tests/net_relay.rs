@@ -174,15 +174,13 @@ async fn three_clients_and_a_relay_killed_mid_traffic() -> TestResult {
     }
 
     // Traffic from every client; the relay dies at a random point of it.
-    let mut relay = Some(relay);
-    let killer = {
-        let pid = relay.as_ref().map(|r| r.child.id()).ok_or("no relay")?;
-        std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(300));
-            // SIGKILL: no chance to flush or say goodbye.
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-        })
-    };
+    let killer = std::thread::spawn(move || {
+        let mut relay = relay;
+        std::thread::sleep(Duration::from_millis(300));
+        // Child::kill is SIGKILL on Unix: no chance to flush or say goodbye.
+        let _ = relay.child.kill();
+        let _ = relay.child.wait();
+    });
     let mut acked = 0;
     let mut written = 0;
     loop {
@@ -199,7 +197,6 @@ async fn three_clients_and_a_relay_killed_mid_traffic() -> TestResult {
         assert!(written < 100_000, "the relay was never killed");
     }
     killer.join().map_err(|_| "killer thread panicked")?;
-    drop(relay.take());
     assert!(acked > 0, "no write was acknowledged before the kill");
     println!("relay killed after {acked} acknowledged syncs, {written} writes");
 
