@@ -1397,6 +1397,20 @@ pub fn check_message_bytes(data: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+/// The `apply_message` fuzz target: bytes decoded as a sync protocol
+/// message (raw, and wrapped in a valid header and checksum); a batch of
+/// changes is applied to a seeded store, where a failed apply must change
+/// nothing and a successful one must be idempotent, as for changeset files.
+pub fn check_apply_message_bytes(data: &[u8]) -> Result<(), String> {
+    let limit = codec::MAX_MESSAGE_PAYLOAD;
+    for frame in [data.to_vec(), codec::frame_message(data)] {
+        if let Ok(crate::sync::Message::Changes(batch)) = codec::decode_message(&frame, limit) {
+            check_apply(&batch.changes)?;
+        }
+    }
+    Ok(())
+}
+
 fn check_reencode(changeset: &Changeset) -> Result<(), String> {
     let bytes = codec::encode_changeset(changeset);
     let again = codec::decode_changeset(&bytes)
@@ -1575,6 +1589,21 @@ pub fn seed_changesets() -> Result<Vec<Changeset>, String> {
 
 /// The bincode payloads (frames without their header) of
 /// [`seed_changesets`]: `apply_changeset` frames its input as a payload.
+/// The seed changesets as sync batches (`Changes` messages), framed: the
+/// starting corpus of the `apply_message` fuzz target.
+pub fn seed_messages() -> Result<Vec<Vec<u8>>, String> {
+    Ok(seed_changesets()?
+        .into_iter()
+        .map(|changes| {
+            codec::encode_message(&crate::sync::Message::Changes(
+                crate::sync::message::Batch { seq: 1, changes },
+            ))
+        })
+        .collect())
+}
+
+/// The seed changesets as encoded payloads (no frame header): the starting
+/// corpus of the changeset fuzz targets.
 pub fn seed_payloads() -> Result<Vec<Vec<u8>>, String> {
     Ok(seed_changesets()?
         .iter()

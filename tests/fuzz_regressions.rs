@@ -11,8 +11,8 @@
 use meldb::codec;
 use meldb::sync::Message;
 use meldb::testing::{
-    check_apply_bytes, check_decode_bytes, check_message_bytes, check_ops_bytes, seed_payloads,
-    seeded_store,
+    check_apply_bytes, check_apply_message_bytes, check_decode_bytes, check_message_bytes,
+    check_ops_bytes, seed_messages, seed_payloads, seeded_store,
 };
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -165,6 +165,28 @@ fn decode_message_inputs_hold() -> Result<(), String> {
 }
 
 #[test]
+fn apply_message_inputs_hold() -> Result<(), String> {
+    let n = replay("apply_message", check_apply_message_bytes)?;
+    if n == 0 {
+        return Err("no files under fuzz/seeds/apply_message".into());
+    }
+    // Real batches, whole, cut short and with flipped bytes.
+    let mut inputs = Vec::new();
+    for message in seed_messages()? {
+        for cut in (0..message.len()).step_by(7) {
+            inputs.push(message[..cut].to_vec());
+        }
+        for at in (0..message.len()).step_by(3) {
+            let mut bad = message.clone();
+            bad[at] ^= 0x21;
+            inputs.push(bad);
+        }
+        inputs.push(message);
+    }
+    run_all("apply_message", check_apply_message_bytes, &inputs)
+}
+
+#[test]
 fn committed_seeds_are_replayed() -> Result<(), String> {
     let n = replay("apply_changeset", check_apply_bytes)?;
     if n == 0 {
@@ -190,6 +212,12 @@ fn write_seed_corpus() -> Result<(), String> {
             let file = dir.join(format!("seed-{i:02}"));
             fs::write(&file, data).map_err(|e| format!("writing {}: {e}", file.display()))?;
         }
+    }
+    let dir = fuzz_dir().join("seeds").join("apply_message");
+    fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    for (i, message) in seed_messages()?.iter().enumerate() {
+        let file = dir.join(format!("seed-{i:02}"));
+        fs::write(&file, message).map_err(|e| format!("writing {}: {e}", file.display()))?;
     }
     Ok(())
 }
