@@ -969,12 +969,9 @@ fn per_field_policies_note_lww_price_conditional_tags_union() -> TestResult {
 }
 
 /// As above, but ben's concurrent price is the *earlier* write: the
-/// register merge keeps ann's price without asking the policy, and ben's
-/// change is lost without a notice.
+/// register merge keeps ann's price by itself, and the authority must still
+/// tell ben that his change was refused.
 #[test]
-#[ignore = "design gap: a conditional (or absorbing-state) write that loses the register \
-            merge is dropped without a notice; registers carry no dot, so the authority \
-            cannot tell it from a stale value its local row already superseded"]
 fn conditional_write_that_loses_the_merge_is_still_rejected_with_a_notice() -> TestResult {
     let s = schema(LISTINGS);
     let time = ManualTime::new(T0);

@@ -132,12 +132,14 @@ impl Transaction<'_> {
                 target: merged_row.clone(),
             }
         } else {
+            let fresh = fresh_registers(change.local, change.incoming);
             let (target, note) = apply_policies(
                 layout,
                 mode,
                 change.concurrent,
                 local_row.as_ref(),
                 incoming_row.as_ref(),
+                &fresh,
                 merged_row.clone(),
             );
             let ctx = Conflict {
@@ -207,12 +209,36 @@ impl Transaction<'_> {
 
 /// The schema's column policies that need a decider: each one that acts
 /// puts the local value back, and says so.
+/// For each value column, whether the incoming row's register was written
+/// by a write the local row has not seen: the incoming row's latest write
+/// set it (same timestamp and site), and the local row lacks that write.
+/// Such a write was made against an older version, so a policy that guards
+/// the column must judge it even when the register merge drops it. (A
+/// register written by an earlier unseen write of the same site is not
+/// recognised: registers keep the timestamp and site of their write, not
+/// its dot.)
+fn fresh_registers(local: Option<&RowState>, incoming: &RowState) -> Vec<bool> {
+    let unseen =
+        local.is_none_or(|l| l.clock.get(&incoming.writer) < incoming.clock.get(&incoming.writer));
+    incoming
+        .columns
+        .iter()
+        .map(|col| {
+            unseen
+                && matches!(col, Some(ColumnState::Lww(w))
+                    if (w.hlc, w.site) == (incoming.hlc, incoming.writer))
+        })
+        .collect()
+}
+
+#[allow(clippy::too_many_arguments)]
 fn apply_policies(
     layout: &TableLayout,
     mode: Mode,
     concurrent: bool,
     local: Option<&Row>,
     incoming: Option<&Row>,
+    fresh: &[bool],
     merged: Option<Row>,
 ) -> (Option<Row>, Option<(Outcome, String, String)>) {
     let Some(local) = local else {
@@ -225,11 +251,20 @@ fn apply_policies(
         return (Some(target), None);
     }
     let mut note: Option<(Outcome, String, String)> = None;
-    for &i in &layout.value_cols {
+    for (j, &i) in layout.value_cols.iter().enumerate() {
         let col = &layout.table.columns[i];
         let (Some(lv), Some(tv)) = (local.get(&col.name), target.get(&col.name)) else {
             continue;
         };
+        // A new incoming write of a conditional column that lost the
+        // register merge was still made against an older version: its
+        // writer must be told. (A state column's merge keeping the later
+        // state is the designed outcome, not a refusal.)
+        let lost_fresh_write = matches!(col.policy, Policy::Conditional)
+            && fresh.get(j).copied().unwrap_or(false)
+            && incoming
+                .and_then(|r| r.get(&col.name))
+                .is_some_and(|iv| iv != lv);
         // An immutable value never changes, so an incoming value that
         // differs from a set local one was written against it, even when
         // the merge (earliest write wins) already dropped it: its writer
@@ -238,7 +273,7 @@ fn apply_policies(
             && incoming
                 .and_then(|r| r.get(&col.name))
                 .is_some_and(|iv| *iv != Value::Null && iv != lv);
-        if lv == tv && !tried_immutable {
+        if lv == tv && !tried_immutable && !lost_fresh_write {
             continue;
         }
         let verdict = match &col.policy {
