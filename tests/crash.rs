@@ -8,10 +8,12 @@
 //! set add, a delete of an older row) and prints the round number only after
 //! `commit` returned.
 
+#[path = "common/kill.rs"]
+mod kill;
+
 use meldb::{Schema, Store, VersionVector};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 const SCHEMA: &str = include_str!("../schema/inventory.toml");
 
@@ -61,40 +63,16 @@ fn killed_writers_lose_no_acknowledged_write() -> Result<(), Box<dyn std::error:
     let mut acknowledged: Vec<u64> = Vec::new();
     let mut next = 0u64;
     for kill_after in [1usize, 7, 3, 25, 12, 40] {
-        let mut child = Command::new(std::env::current_exe()?)
-            .args([
-                "--exact",
-                "killed_writers_lose_no_acknowledged_write",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env("MELDB_CRASH_WRITER", &path)
-            .env("MELDB_CRASH_START", next.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()?;
-        let stdout = child.stdout.take().ok_or("no stdout")?;
-        let mut seen = 0;
-        let mut killed = false;
-        // Read to the end: acknowledgements printed before the kill landed
-        // are acknowledgements too.
-        for line in BufReader::new(stdout).lines() {
-            let line = line?;
-            // The test harness prints its own text, which may share a line
-            // with an acknowledgement.
-            let ack = line.split("ack ").nth(1).map(|r| r.trim().parse::<u64>());
-            if let Some(Ok(round)) = ack {
-                acknowledged.push(round);
-                next = round + 1;
-                seen += 1;
-                if seen == kill_after && !killed {
-                    child.kill()?; // SIGKILL: no destructors, no rollback
-                    killed = true;
-                }
-            }
-        }
-        child.wait()?;
-        assert!(seen > 0, "the writer acknowledged nothing");
+        let acks = kill::acks_until_killed(
+            "killed_writers_lose_no_acknowledged_write",
+            &[
+                ("MELDB_CRASH_WRITER", path.display().to_string()),
+                ("MELDB_CRASH_START", next.to_string()),
+            ],
+            kill_after,
+        )?;
+        next = acks.last().map_or(next, |last| last + 1);
+        acknowledged.extend(acks);
 
         // Every acknowledged round is there, in full; the store is consistent.
         let store = Store::open(&path, &schema())?;

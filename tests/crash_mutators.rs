@@ -7,11 +7,13 @@
 //!
 //! The test binary re-runs itself as the worker (`MELDB_CRASH_DIR` set).
 
+#[path = "common/kill.rs"]
+mod kill;
+
 use meldb::mutator::MutatorError;
 use meldb::{Schema, Store, StoreOptions, Transaction};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 const SCHEMA: &str = r#"
 name = "ticks"
@@ -91,38 +93,16 @@ fn killed_clients_lose_no_acknowledged_mutation() -> Result<(), Box<dyn std::err
     let mut acknowledged: Vec<u64> = Vec::new();
     let mut next = 0u64;
     for kill_after in [2usize, 9, 4, 17, 1, 30] {
-        let mut child = Command::new(std::env::current_exe()?)
-            .args([
-                "--exact",
-                "killed_clients_lose_no_acknowledged_mutation",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env("MELDB_CRASH_DIR", dir.path())
-            .env("MELDB_CRASH_START", next.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()?;
-        let stdout = child.stdout.take().ok_or("no stdout")?;
-        let mut seen = 0;
-        let mut killed = false;
-        // Read to the end: acknowledgements printed before the kill landed
-        // are acknowledgements too.
-        for line in BufReader::new(stdout).lines() {
-            let line = line?;
-            let ack = line.split("ack ").nth(1).map(|r| r.trim().parse::<u64>());
-            if let Some(Ok(round)) = ack {
-                acknowledged.push(round);
-                next = round + 1;
-                seen += 1;
-                if seen == kill_after && !killed {
-                    child.kill()?;
-                    killed = true;
-                }
-            }
-        }
-        child.wait()?;
-        assert!(seen > 0, "the worker acknowledged nothing");
+        let acks = kill::acks_until_killed(
+            "killed_clients_lose_no_acknowledged_mutation",
+            &[
+                ("MELDB_CRASH_DIR", dir.path().display().to_string()),
+                ("MELDB_CRASH_START", next.to_string()),
+            ],
+            kill_after,
+        )?;
+        next = acks.last().map_or(next, |last| last + 1);
+        acknowledged.extend(acks);
 
         let server = open(dir.path(), "server.db", true)?;
         let client = open(dir.path(), "client.db", false)?;
