@@ -460,3 +460,70 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn a_storage_failure_under_a_mutator_decides_nothing() -> TestResult {
+    use meldb::error::StorageError;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let time = ManualTime::new(T0);
+    let mut server = open(1, &time, true)?;
+    let mut client = open(2, &time, false)?;
+    let disk_full = Arc::new(AtomicBool::new(true));
+    let failing = disk_full.clone();
+    server.register_mutator("like", move |tx: &mut Transaction<'_>, id: String| {
+        if failing.load(Ordering::SeqCst) {
+            return Err(MutatorError::Storage(StorageError::Aborted {
+                reason: "disk full".into(),
+            }));
+        }
+        tx.increment("todo", id.as_str(), "likes", 1)?;
+        Ok(())
+    });
+    client.mutate("create", &("t1", "call mum"))?;
+    client.mutate("like", &"t1")?;
+    // The push fails as a whole: the like is neither applied nor rejected,
+    // and the create before it is not committed either.
+    assert!(matches!(
+        server.process_push(&client.push_request()?),
+        Err(meldb::Error::Storage(_))
+    ));
+    assert!(server.get("todo", "t1")?.is_none());
+    disk_full.store(false, Ordering::SeqCst);
+    let result = server.process_push(&client.push_request()?)?;
+    assert_eq!(result.applied.len(), 2);
+    assert!(result.rejected.is_empty());
+    pull(&server, &mut client)?;
+    assert_eq!(
+        col(&client, "todo", "t1", "likes")?,
+        Some(Value::Integer(1))
+    );
+    assert!(client.mutation_failures()?.is_empty());
+    Ok(())
+}
+
+#[test]
+fn sequence_numbers_of_undone_speculation_are_never_reused() -> TestResult {
+    let time = ManualTime::new(T0);
+    let server = open(1, &time, true)?;
+    let mut client = open(2, &time, false)?;
+    client.mutate("create", &("t1", "one"))?;
+    client.mutate("create", &("t2", "two"))?;
+    let used = client
+        .version_vector()
+        .site(&client.site_id())
+        .map_or(0, |r| r.max());
+    assert!(used >= 2, "speculative writes used sequence numbers");
+    // The pull takes both speculative writes off (the server never saw
+    // them) and replays them: with new numbers, never the old ones.
+    pull(&server, &mut client)?;
+    let after = client
+        .version_vector()
+        .site(&client.site_id())
+        .map_or(0, |r| r.max());
+    assert!(
+        after >= used + 2,
+        "replayed writes reused numbers: {used} then {after}"
+    );
+    assert!(client.get("todo", "t2")?.is_some());
+    Ok(())
+}

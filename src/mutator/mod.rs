@@ -30,27 +30,41 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::sync::Arc;
 
-/// Why a mutator failed: the application's own error, or a store error
-/// (a write the schema refused, say).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MutatorError(pub String);
+/// Why a mutator did not complete.
+#[derive(Debug)]
+pub enum MutatorError {
+    /// The mutation fails: the application's own error ("slot 9:00 is
+    /// taken"), or a write the schema refused. An authority rejects it and
+    /// goes on with the next.
+    Failed(String),
+    /// SQLite failed under the mutator: nothing is decided about the
+    /// mutation, and the call that ran it fails with this error.
+    Storage(crate::error::StorageError),
+}
 
 impl MutatorError {
-    /// An application error with this message ("slot 9:00 is taken").
+    /// An application error with this message.
     pub fn app(message: impl Into<String>) -> MutatorError {
-        MutatorError(message.into())
+        MutatorError::Failed(message.into())
     }
 }
 
 impl fmt::Display for MutatorError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        match self {
+            MutatorError::Failed(message) => f.write_str(message),
+            MutatorError::Storage(e) => e.fmt(f),
+        }
     }
 }
 
 impl From<crate::Error> for MutatorError {
     fn from(e: crate::Error) -> MutatorError {
-        MutatorError(e.to_string())
+        match e {
+            // A disk error is not a verdict on the mutation.
+            crate::Error::Storage(e) => MutatorError::Storage(e),
+            other => MutatorError::Failed(other.to_string()),
+        }
     }
 }
 

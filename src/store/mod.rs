@@ -293,5 +293,14 @@ impl Store {
     }
 }
 
+/// The message of a caught panic from app code (a resolver or mutator).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
+}
+
 #[cfg(test)]
 pub(crate) mod tests;

@@ -43,7 +43,7 @@ impl Store {
     {
         let wrapped = move |tx: &mut Transaction<'_>, args: &serde_json::Value| {
             let args = A::deserialize(args)
-                .map_err(|e| MutatorError(format!("arguments do not fit the mutator: {e}")))?;
+                .map_err(|e| MutatorError::app(format!("arguments do not fit the mutator: {e}")))?;
             f(tx, args)
         };
         self.mutators.retain(|m| m.name != name);
@@ -74,10 +74,17 @@ impl Store {
         tx.speculative = queue;
         let outcome = run(&mutator, &mut tx, &json);
         tx.speculative = false;
-        outcome.map_err(|e| MutationError::Failed {
-            name: name.to_owned(),
-            error: e.0,
-        })?;
+        match outcome {
+            Ok(()) => {}
+            Err(MutatorError::Failed(error)) => {
+                return Err(MutationError::Failed {
+                    name: name.to_owned(),
+                    error,
+                }
+                .into())
+            }
+            Err(MutatorError::Storage(e)) => return Err(e.into()),
+        }
         let now = tx.store.clock.now_ms() as i64;
         tx.store.conn.execute(
             "INSERT INTO meldb_pending (name, args, at_ms) VALUES (?1, ?2, ?3)",
@@ -143,30 +150,7 @@ impl Store {
                 result.duplicates += 1;
                 continue;
             }
-            let outcome = match (
-                tx.store.mutator(&m.name),
-                serde_json::from_str::<serde_json::Value>(&m.args),
-            ) {
-                (Err(e), _) => Err(e.to_string()),
-                (_, Err(e)) => Err(format!("arguments are not JSON: {e}")),
-                (Ok(mutator), Ok(args)) => {
-                    let ran = tx.savepoint(|tx| {
-                        run(&mutator, tx, &args).map_err(|e| {
-                            crate::Error::from(MutationError::Failed {
-                                name: m.name.clone(),
-                                error: e.0,
-                            })
-                        })
-                    });
-                    match ran {
-                        Ok(()) => Ok(()),
-                        Err(crate::Error::Mutation(MutationError::Failed { error, .. })) => {
-                            Err(error)
-                        }
-                        Err(e) => return Err(e),
-                    }
-                }
-            };
+            let outcome = run_pending(&mut tx, m, false)?;
             match outcome {
                 Ok(()) => result.applied.push(m.id),
                 Err(error) => {
@@ -287,32 +271,7 @@ impl Store {
         }
 
         for m in pending.iter().filter(|m| m.id > response.last_processed) {
-            let replayed = match (
-                tx.store.mutator(&m.name),
-                serde_json::from_str::<serde_json::Value>(&m.args),
-            ) {
-                (Err(e), _) => Err(e.to_string()),
-                (_, Err(e)) => Err(format!("stored arguments are not JSON: {e}")),
-                (Ok(mutator), Ok(args)) => {
-                    tx.speculative = true;
-                    let ran = tx.savepoint(|tx| {
-                        run(&mutator, tx, &args).map_err(|e| {
-                            crate::Error::from(MutationError::Failed {
-                                name: m.name.clone(),
-                                error: e.0,
-                            })
-                        })
-                    });
-                    tx.speculative = false;
-                    match ran {
-                        Ok(()) => Ok(()),
-                        Err(crate::Error::Mutation(MutationError::Failed { error, .. })) => {
-                            Err(error)
-                        }
-                        Err(e) => return Err(e),
-                    }
-                }
-            };
+            let replayed = run_pending(&mut tx, m, true)?;
             match replayed {
                 Ok(()) => report.replayed += 1,
                 Err(error) => report.failed_replays.push(MutationRejection {
@@ -424,14 +383,52 @@ fn run(
 ) -> Result<(), MutatorError> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (mutator.f)(tx, args))).unwrap_or_else(
         |payload| {
-            let message = payload
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a panic without a message".to_owned());
-            Err(MutatorError(format!("panicked: {message}")))
+            Err(MutatorError::Failed(format!(
+                "panicked: {}",
+                super::panic_message(payload.as_ref())
+            )))
         },
     )
+}
+
+/// Runs a queued mutation in a savepoint (speculatively on a client).
+/// `Ok(Err(error))`: it failed (unknown mutator, arguments that do not
+/// parse, its own error, a panic) and left no trace. `Err`: SQLite failed,
+/// and nothing may be decided.
+fn run_pending(
+    tx: &mut Transaction<'_>,
+    m: &PendingMutation,
+    speculative: bool,
+) -> Result<Result<(), String>> {
+    let mutator = match tx.store.mutator(&m.name) {
+        Ok(mutator) => mutator,
+        Err(e) => return Ok(Err(e.to_string())),
+    };
+    let args = match serde_json::from_str::<serde_json::Value>(&m.args) {
+        Ok(args) => args,
+        Err(e) => return Ok(Err(format!("arguments are not JSON: {e}"))),
+    };
+    let mut failure = None;
+    tx.speculative = speculative;
+    let ran = tx.savepoint(|tx| match run(&mutator, tx, &args) {
+        Ok(()) => Ok(()),
+        Err(MutatorError::Failed(error)) => {
+            failure = Some(error.clone());
+            // Any error rolls the savepoint back.
+            Err(MutationError::Failed {
+                name: m.name.clone(),
+                error,
+            }
+            .into())
+        }
+        Err(MutatorError::Storage(e)) => Err(e.into()),
+    });
+    tx.speculative = false;
+    match (ran, failure) {
+        (Ok(()), _) => Ok(Ok(())),
+        (Err(_), Some(error)) => Ok(Err(error)),
+        (Err(e), None) => Err(e),
+    }
 }
 
 fn last_processed(conn: &rusqlite::Connection, client: &[u8]) -> Result<u64> {

@@ -378,15 +378,8 @@ fn decide(
 
 /// Calls a resolver with panics caught.
 fn call(ctx: &Conflict<'_>, resolver: &Resolver) -> Result<Resolution, String> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (resolver.f)(ctx))).map_err(
-        |payload| {
-            payload
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a panic without a message".to_owned())
-        },
-    )
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (resolver.f)(ctx)))
+        .map_err(|payload| super::panic_message(payload.as_ref()))
 }
 
 /// A resolver's row with the columns it left out filled from `base` (or
