@@ -256,24 +256,20 @@ fn apply_policies(
         let (Some(lv), Some(tv)) = (local.get(&col.name), target.get(&col.name)) else {
             continue;
         };
-        // A new incoming write of a conditional column that lost the
-        // register merge was still made against an older version: its
-        // writer must be told. (A state column's merge keeping the later
-        // state is the designed outcome, not a refusal.)
-        let lost_fresh_write = matches!(col.policy, Policy::Conditional)
-            && fresh.get(j).copied().unwrap_or(false)
-            && incoming
-                .and_then(|r| r.get(&col.name))
-                .is_some_and(|iv| iv != lv);
-        // An immutable value never changes, so an incoming value that
-        // differs from a set local one was written against it, even when
-        // the merge (earliest write wins) already dropped it: its writer
-        // must be told.
-        let tried_immutable = matches!(col.policy, Policy::Immutable)
-            && incoming
-                .and_then(|r| r.get(&col.name))
-                .is_some_and(|iv| *iv != Value::Null && iv != lv);
-        if lv == tv && !tried_immutable && !lost_fresh_write {
+        // An incoming value the merge may already have dropped, but that
+        // was still written against the local one, so its writer must be
+        // told: any value for an immutable column that is set here, and a
+        // new write (one the local row has not seen) of a conditional
+        // column. (A state column's merge keeping the later state is the
+        // designed outcome, not a refusal.)
+        let incoming_value = incoming.and_then(|r| r.get(&col.name));
+        let attempted = incoming_value.is_some_and(|iv| iv != lv)
+            && match col.policy {
+                Policy::Immutable => incoming_value != Some(&Value::Null),
+                Policy::Conditional => fresh.get(j).copied().unwrap_or(false),
+                _ => false,
+            };
+        if lv == tv && !attempted {
             continue;
         }
         let verdict = match &col.policy {
@@ -549,12 +545,12 @@ pub(super) fn write_correction(
     let (mut state, ops) = match target {
         None if merged.is_live() => (fresh(merged.cl + 1), Vec::new()),
         None => (merged.clone(), Vec::new()),
-        Some(values) if !merged.is_live() => (fresh(merged.cl + 1), all_ops(layout, values)?),
+        Some(values) if !merged.is_live() => (fresh(merged.cl + 1), all_ops(layout, values)),
         Some(values) => match column_ops(layout, merged, values)? {
             Some(ops) => (merged.clone(), ops),
             // Some column cannot move there by a write: a new life, which
             // wins over every version of the old one.
-            None => (fresh(merged.cl + 2), all_ops(layout, values)?),
+            None => (fresh(merged.cl + 2), all_ops(layout, values)),
         },
     };
     if mode == Mode::Leaderless {
@@ -599,7 +595,7 @@ pub(super) fn write_correction(
 }
 
 /// The ops that build `values` from nothing (a fresh life).
-fn all_ops(layout: &TableLayout, values: &[Value]) -> Result<Vec<ColumnOp>> {
+fn all_ops(layout: &TableLayout, values: &[Value]) -> Vec<ColumnOp> {
     let mut ops = Vec::new();
     for (j, value) in values.iter().enumerate() {
         match (layout.kinds[j], value) {
@@ -617,7 +613,7 @@ fn all_ops(layout: &TableLayout, values: &[Value]) -> Result<Vec<ColumnOp>> {
             _ => {}
         }
     }
-    Ok(ops)
+    ops
 }
 
 /// The ops that move `merged`'s columns to `values` by writes that win the
