@@ -2,19 +2,22 @@
 //!
 //! Each message is one frame with the changeset frame's layout (`MLDP |
 //! protocol version | payload length | blake3(payload) | payload`) and a
-//! bincode payload. A stream reader calls [`message_payload_len`] on the
+//! positional payload written field by field (the layout is below, at
+//! `encode_payload`). A stream reader calls [`message_payload_len`] on the
 //! 42-byte header first, so a declared length over the connection's limit
 //! is refused before anything is allocated; [`decode_message`] then checks
-//! the checksum and decodes with bincode's byte limit. Batches of changes
+//! the checksum and decodes, every count checked against the bytes left. Batches of changes
 //! travel in the `compact` layout (a flags byte per row, delta-encoded
 //! clocks and timestamps, a site table), as one byte string.
 
+use super::bin::{Dec, Enc};
 use super::compact;
-use super::{check_header, decode_value, encode_value, frame_as, unframe_as, DecodeError};
-use crate::mutator::{Push, PushResult};
+use super::{check_header, frame_as, unframe_as, DecodeError};
+use crate::mutator::{MutationRejection, PendingMutation, Push, PushResult};
 use crate::resolve::Rejection;
-use crate::sync::message::{Ack, Batch, Hello, Message, Notice, Sent, Want};
-use serde::{Deserialize, Serialize};
+use crate::sync::message::{Ack, Batch, Hello, Message, Notice, NoticeCode, Processed, Sent, Want};
+use crate::value::Key;
+use crate::version::VersionVector;
 
 /// The first bytes of every protocol message frame.
 pub const MESSAGE_MAGIC: [u8; 4] = *b"MLDP";
@@ -24,69 +27,251 @@ pub const PROTOCOL_VERSION: u16 = 1;
 /// connections may set a lower limit.
 pub const MAX_MESSAGE_PAYLOAD: usize = 64 << 20;
 
-/// The payload layout. Variants keep their positions (bincode writes the
-/// index); new ones go at the end.
-#[derive(Serialize, Deserialize)]
-enum WireMessage {
-    Hello(Hello),
-    Want(Want),
-    Changes { seq: u64, changes: Bytes },
-    Ack(Ack),
-    Sent(Sent),
-    Caught(u64),
-    Notice(Notice),
-    Rejections(Vec<Rejection>),
-    Push(Push),
-    PushAck(PushResult),
-}
-
-/// A byte string that serde hands to bincode whole (a length and the
-/// bytes), not element by element.
-struct Bytes(Vec<u8>);
-
-impl Serialize for Bytes {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(&self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for Bytes {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visit;
-        impl serde::de::Visitor<'_> for Visit {
-            type Value = Bytes;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a byte string")
-            }
-            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Bytes, E> {
-                Ok(Bytes(v.to_vec()))
-            }
-            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Bytes, E> {
-                Ok(Bytes(v))
-            }
-        }
-        d.deserialize_byte_buf(Visit)
-    }
-}
-
 /// Encodes a message as one frame.
 pub fn encode_message(message: &Message) -> Vec<u8> {
-    let wire = match message {
-        Message::Hello(h) => WireMessage::Hello(h.clone()),
-        Message::Want(w) => WireMessage::Want(w.clone()),
-        Message::Changes(b) => WireMessage::Changes {
-            seq: b.seq,
-            changes: Bytes(compact::encode(&b.changes)),
-        },
-        Message::Ack(a) => WireMessage::Ack(*a),
-        Message::Sent(s) => WireMessage::Sent(s.clone()),
-        Message::Caught(id) => WireMessage::Caught(*id),
-        Message::Notice(n) => WireMessage::Notice(n.clone()),
-        Message::Rejections(r) => WireMessage::Rejections(r.clone()),
-        Message::Push(p) => WireMessage::Push(p.clone()),
-        Message::PushAck(r) => WireMessage::PushAck(r.clone()),
+    frame_as(MESSAGE_MAGIC, PROTOCOL_VERSION, &encode_payload(message))
+}
+
+// The payload of protocol version 1: a variant index, then the message's
+// fields in order, in the primitives of `super::bin`:
+//
+//   0 Hello       site:site schema:str schema_version:uint token:option<str>
+//                 accepts_changes:bool live:bool authority:bool
+//   1 Want        id:uint have:vv first_pending:option<uint>
+//   2 Changes     seq:uint changes:bytes (the `compact` layout)
+//   3 Ack         seq:uint applied:uint
+//   4 Sent        want:uint first:uint last:uint mutations:option<processed>
+//   5 Caught      want:uint
+//   6 Notice      code:uint message:str
+//   7 Rejections  seq<authority:site seq:uint writer:site table:str
+//                     key:seq<value> reason:str rejected:str at_ms:uint>
+//   8 Push        client:site seq<id:uint name:str args:str>
+//   9 PushAck     last_processed:uint applied:seq<uint> rejected:seq<failure>
+//                 duplicates:uint
+//
+//   vv        = seq<(site, seq<(first:uint, last:uint)>)>, sites ascending
+//   processed = last_processed:uint rejected:seq<failure>
+//   failure   = id:uint name:str error:str
+//
+// Variants and notice codes keep their numbers; new ones go at the end.
+fn encode_payload(message: &Message) -> Vec<u8> {
+    let mut e = Enc::new();
+    match message {
+        Message::Hello(h) => {
+            e.u8(0);
+            e.site(h.site);
+            e.str(&h.schema);
+            e.uint(h.schema_version.into());
+            e.option(h.token.as_deref(), Enc::str);
+            e.bool(h.accepts_changes);
+            e.bool(h.live);
+            e.bool(h.authority);
+        }
+        Message::Want(w) => {
+            e.u8(1);
+            e.uint(w.id);
+            e.len(w.have.iter().count());
+            for (site, ranges) in w.have.iter() {
+                e.site(*site);
+                e.seq(ranges.ranges(), |e, &(first, last)| {
+                    e.uint(first);
+                    e.uint(last);
+                });
+            }
+            e.option(w.first_pending, Enc::uint);
+        }
+        Message::Changes(b) => {
+            e.u8(2);
+            e.uint(b.seq);
+            e.bytes(&compact::encode(&b.changes));
+        }
+        Message::Ack(a) => {
+            e.u8(3);
+            e.uint(a.seq);
+            e.uint(a.applied);
+        }
+        Message::Sent(s) => {
+            e.u8(4);
+            e.uint(s.want);
+            e.uint(s.first);
+            e.uint(s.last);
+            e.option(s.mutations.as_ref(), |e, p| {
+                e.uint(p.last_processed);
+                e.seq(&p.rejected, failure);
+            });
+        }
+        Message::Caught(want) => {
+            e.u8(5);
+            e.uint(*want);
+        }
+        Message::Notice(n) => {
+            e.u8(6);
+            e.uint(notice_number(n.code));
+            e.str(&n.message);
+        }
+        Message::Rejections(rs) => {
+            e.u8(7);
+            e.seq(rs, |e, r| {
+                e.site(r.authority);
+                e.uint(r.seq);
+                e.site(r.writer);
+                e.str(&r.table);
+                e.values(r.key.values());
+                e.str(&r.reason);
+                e.str(&r.rejected);
+                e.uint(r.at_ms);
+            });
+        }
+        Message::Push(p) => {
+            e.u8(8);
+            e.site(p.client);
+            e.seq(&p.mutations, |e, m| {
+                e.uint(m.id);
+                e.str(&m.name);
+                e.str(&m.args);
+            });
+        }
+        Message::PushAck(r) => {
+            e.u8(9);
+            e.uint(r.last_processed);
+            e.seq(&r.applied, |e, &id| e.uint(id));
+            e.seq(&r.rejected, failure);
+            e.len(r.duplicates);
+        }
+    }
+    e.into_bytes()
+}
+
+fn failure(e: &mut Enc, f: &MutationRejection) {
+    e.uint(f.id);
+    e.str(&f.name);
+    e.str(&f.error);
+}
+
+fn read_failure(d: &mut Dec<'_>) -> Result<MutationRejection, DecodeError> {
+    Ok(MutationRejection {
+        id: d.uint()?,
+        name: d.string()?,
+        error: d.string()?,
+    })
+}
+
+fn notice_number(code: NoticeCode) -> u64 {
+    match code {
+        NoticeCode::Unauthorized => 0,
+        NoticeCode::ReadOnly => 1,
+        NoticeCode::Protocol => 2,
+        NoticeCode::Incompatible => 3,
+        NoticeCode::Apply => 4,
+        NoticeCode::Busy => 5,
+        NoticeCode::Shutdown => 6,
+    }
+}
+
+fn read_notice_code(d: &mut Dec<'_>) -> Result<NoticeCode, DecodeError> {
+    Ok(match d.variant(7, "notice code")? {
+        0 => NoticeCode::Unauthorized,
+        1 => NoticeCode::ReadOnly,
+        2 => NoticeCode::Protocol,
+        3 => NoticeCode::Incompatible,
+        4 => NoticeCode::Apply,
+        5 => NoticeCode::Busy,
+        _ => NoticeCode::Shutdown,
+    })
+}
+
+fn read_version_vector(d: &mut Dec<'_>) -> Result<VersionVector, DecodeError> {
+    let mut have = VersionVector::new();
+    for _ in 0..d.count()? {
+        let site = d.site()?;
+        for _ in 0..d.count()? {
+            let (first, last) = (d.uint()?, d.uint()?);
+            have.insert(site, first, last);
+        }
+    }
+    Ok(have)
+}
+
+fn decode_payload(payload: &[u8]) -> Result<Message, DecodeError> {
+    let mut d = Dec::new(payload, "message");
+    let message = match d.variant(10, "message")? {
+        0 => Message::Hello(Hello {
+            site: d.site()?,
+            schema: d.string()?,
+            schema_version: d.u32()?,
+            token: d.option(Dec::string)?,
+            accepts_changes: d.bool()?,
+            live: d.bool()?,
+            authority: d.bool()?,
+        }),
+        1 => Message::Want(Want {
+            id: d.uint()?,
+            have: read_version_vector(&mut d)?,
+            first_pending: d.option(Dec::uint)?,
+        }),
+        2 => {
+            let seq = d.uint()?;
+            let changes = compact::decode(d.bytes()?)?;
+            Message::Changes(Batch { seq, changes })
+        }
+        3 => Message::Ack(Ack {
+            seq: d.uint()?,
+            applied: d.uint()?,
+        }),
+        4 => Message::Sent(Sent {
+            want: d.uint()?,
+            first: d.uint()?,
+            last: d.uint()?,
+            mutations: d.option(|d| {
+                Ok(Processed {
+                    last_processed: d.uint()?,
+                    rejected: d.seq(read_failure)?,
+                })
+            })?,
+        }),
+        5 => Message::Caught(d.uint()?),
+        6 => Message::Notice(Notice {
+            code: read_notice_code(&mut d)?,
+            message: d.string()?,
+        }),
+        7 => Message::Rejections(d.seq(|d| {
+            Ok(Rejection {
+                authority: d.site()?,
+                seq: d.uint()?,
+                writer: d.site()?,
+                table: d.string()?,
+                key: Key(d.values()?),
+                reason: d.string()?,
+                rejected: d.string()?,
+                at_ms: d.uint()?,
+            })
+        })?),
+        8 => Message::Push(Push {
+            client: d.site()?,
+            mutations: d.seq(|d| {
+                Ok(PendingMutation {
+                    id: d.uint()?,
+                    name: d.string()?,
+                    args: d.string()?,
+                })
+            })?,
+        }),
+        _ => {
+            let last_processed = d.uint()?;
+            let applied = d.seq(Dec::uint)?;
+            let rejected = d.seq(read_failure)?;
+            let duplicates = d.uint()?;
+            Message::PushAck(PushResult {
+                last_processed,
+                applied,
+                rejected,
+                duplicates: usize::try_from(duplicates)
+                    .map_err(|_| d.malformed(format!("{duplicates} duplicates")))?,
+            })
+        }
     };
-    frame_as(MESSAGE_MAGIC, PROTOCOL_VERSION, &encode_value(&wire))
+    d.finish()?;
+    Ok(message)
 }
 
 /// Wraps a payload in a message frame header with a valid checksum. Public
@@ -115,23 +300,7 @@ pub fn decode_message(frame: &[u8], limit: usize) -> Result<Message, DecodeError
         PROTOCOL_VERSION,
         limit.min(MAX_MESSAGE_PAYLOAD),
     )?;
-    Ok(
-        match decode_value::<WireMessage, MAX_MESSAGE_PAYLOAD>(payload, "message")? {
-            WireMessage::Hello(h) => Message::Hello(h),
-            WireMessage::Want(w) => Message::Want(w),
-            WireMessage::Changes { seq, changes } => Message::Changes(Batch {
-                seq,
-                changes: compact::decode(&changes.0)?,
-            }),
-            WireMessage::Ack(a) => Message::Ack(a),
-            WireMessage::Sent(s) => Message::Sent(s),
-            WireMessage::Caught(id) => Message::Caught(id),
-            WireMessage::Notice(n) => Message::Notice(n),
-            WireMessage::Rejections(r) => Message::Rejections(r),
-            WireMessage::Push(p) => Message::Push(p),
-            WireMessage::PushAck(r) => Message::PushAck(r),
-        },
-    )
+    decode_payload(payload)
 }
 
 #[cfg(test)]

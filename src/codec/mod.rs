@@ -1,21 +1,39 @@
-//! Bytes: the one module that knows the encoding (bincode 2, serde mode).
+//! Bytes: the one module that knows how anything meldb writes is laid out.
 //!
-//! Three things are encoded here: changeset *frames* (files; the payload's
-//! shape is in `wire`), sync protocol *messages* (the network, see
-//! [`encode_message`]; same frame layout, their own magic and version) and
-//! values stored inside SQLite (the packed per-row metadata).
+//! Every layout is written by hand, field by field, in the primitives of
+//! `bin`; no derive decides a byte, so changing an API struct cannot change
+//! a format by accident. The formats, each with its version:
+//!
+//! - changeset *frames* (files, held rows): the payload is `wire`'s layout;
+//!   frame format [`FORMAT_VERSION`].
+//! - sync protocol *messages* (the network, see [`encode_message`]): the
+//!   same frame layout with their own magic and [`PROTOCOL_VERSION`];
+//!   batches inside them use the `compact` layout.
+//! - bytes stored inside SQLite (`stored`: packed row metadata and undo
+//!   images) and the digest input (`digest`): versioned with the database
+//!   format (`meldb_meta.format`).
+//!
+//! Golden fixtures in `tests/fixtures/` pin every one of them: a change
+//! that alters bytes fails those tests, and must come with a new version.
 //!
 //! A frame is `MAGIC (4) | format version (u16 LE) | payload length (u32 LE)
 //! | blake3(payload) (32) | payload`. Decoding checks, in order: enough bytes
 //! for a header ([`DecodeError::Truncated`]), the magic, the version (a newer
 //! format is refused, never guessed at), the length against
 //! [`MAX_FRAME_PAYLOAD`] before anything is allocated, the checksum, and only
-//! then decodes the payload with bincode's byte limit, so no length field
-//! inside it can claim more elements than the frame has bytes.
+//! then decodes the payload, every count checked against the bytes left, so
+//! no length field inside it can claim more elements than the frame has.
 
+mod bin;
 mod compact;
+#[cfg(test)]
+mod differential;
+mod digest;
 mod messages;
+pub(crate) mod stored;
 mod wire;
+
+pub(crate) use digest::digest_row;
 
 pub use messages::{
     decode_message, encode_message, frame_message, message_payload_len, MAX_MESSAGE_PAYLOAD,
@@ -23,7 +41,6 @@ pub use messages::{
 };
 
 use crate::changeset::Changeset;
-use serde::{de::DeserializeOwned, Serialize};
 use thiserror::Error;
 
 /// The first bytes of every frame.
@@ -38,8 +55,6 @@ pub const HEADER_LEN: usize = 4 + 2 + 4 + 32;
 /// bound is also the bound on what a hostile frame can make us allocate;
 /// larger exports are sent as several frames (`Changeset::split`).
 pub const MAX_FRAME_PAYLOAD: usize = 64 << 20;
-/// The largest stored row metadata accepted (64 MiB).
-pub const MAX_ROW_META: usize = 64 << 20;
 
 /// Why bytes could not be decoded.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -91,46 +106,14 @@ pub enum DecodeError {
     Malformed {
         /// What was being decoded.
         what: &'static str,
-        /// bincode's description.
+        /// What was wrong, and at which byte of the payload.
         message: String,
     },
 }
 
-fn config<const LIMIT: usize>() -> impl bincode::config::Config {
-    bincode::config::standard().with_limit::<LIMIT>()
-}
-
-fn encode_value<T: Serialize>(value: &T) -> Vec<u8> {
-    // Encoding into a Vec cannot fail for our types: no maps with non-string
-    // keys, no unsupported serde features, and the only limit is on decode.
-    bincode::serde::encode_to_vec(value, bincode::config::standard()).unwrap_or_default()
-}
-
-fn decode_value<T: DeserializeOwned, const LIMIT: usize>(
-    bytes: &[u8],
-    what: &'static str,
-) -> Result<T, DecodeError> {
-    let (value, read) =
-        bincode::serde::decode_from_slice(bytes, config::<LIMIT>()).map_err(|e| {
-            DecodeError::Malformed {
-                what,
-                message: e.to_string(),
-            }
-        })?;
-    if read != bytes.len() {
-        return Err(DecodeError::TrailingBytes {
-            offset: read,
-            extra: bytes.len() - read,
-        });
-    }
-    Ok(value)
-}
-
 /// Encodes a changeset as one frame.
 pub fn encode_changeset(changeset: &Changeset) -> Vec<u8> {
-    frame(&encode_value(&wire::WireChangeset::from_changeset(
-        changeset,
-    )))
+    frame(&wire::WireChangeset::from_changeset(changeset).encode())
 }
 
 /// Encodes a changeset as one frame, or, when its payload would exceed
@@ -138,7 +121,7 @@ pub fn encode_changeset(changeset: &Changeset) -> Vec<u8> {
 /// each decodable on its own. [`decode_changeset_frames`] reads them. A
 /// single row larger than the limit still makes a frame the decoder refuses.
 pub fn encode_changeset_frames(changeset: &Changeset) -> Vec<u8> {
-    let payload = encode_value(&wire::WireChangeset::from_changeset(changeset));
+    let payload = wire::WireChangeset::from_changeset(changeset).encode();
     if payload.len() <= MAX_FRAME_PAYLOAD || changeset.len() <= 1 {
         return frame(&payload);
     }
@@ -261,22 +244,7 @@ fn unframe_as(
 
 /// Decodes one changeset frame.
 pub fn decode_changeset(bytes: &[u8]) -> Result<Changeset, DecodeError> {
-    decode_value::<wire::WireChangeset, MAX_FRAME_PAYLOAD>(unframe(bytes)?, "changeset")?
-        .into_changeset()
-}
-
-/// Encodes a value for storage inside the database (row metadata, held
-/// changes). No frame: SQLite already checks its pages.
-pub fn encode_stored<T: Serialize>(value: &T) -> Vec<u8> {
-    encode_value(value)
-}
-
-/// Decodes a stored value; corrupt bytes are an error, never a panic.
-pub fn decode_stored<T: DeserializeOwned>(
-    bytes: &[u8],
-    what: &'static str,
-) -> Result<T, DecodeError> {
-    decode_value::<T, MAX_ROW_META>(bytes, what)
+    wire::WireChangeset::decode(unframe(bytes)?)?.into_changeset()
 }
 
 #[cfg(test)]

@@ -1,51 +1,119 @@
-//! The changeset payload as it travels: site ids are written once, in a
-//! table at the front of the payload, and referred to by position; register
-//! timestamps are written as their age relative to the row's timestamp (0,
-//! one byte, for registers the row's latest write set). Converting back
-//! checks every site reference and the timestamp arithmetic, so a hostile
-//! payload becomes a [`DecodeError`], never a panic.
+//! The changeset file payload, format version 1: site ids are written
+//! once, in a table at the front of the payload, and referred to by
+//! position; register timestamps are written as their age relative to the
+//! row's timestamp (0, one byte, for registers the row's latest write set).
+//! Converting back checks every site reference and the timestamp
+//! arithmetic, so a hostile payload becomes a [`DecodeError`], never a
+//! panic.
+//!
+//! The layout, in the primitives of [`super::bin`], field by field:
+//!
+//! ```text
+//! changeset = origin:site  sites:seq<site>  tables:seq<table>
+//! table     = name:str  columns:seq<str>  rows:seq<row>
+//! row       = key:seq<value>  cl:uint  clock:seq<(site_ix:uint, seq:uint)>
+//!             hlc:uint  writer:option<site_ix>  columns:seq<column>
+//!             covers:seq<(site_ix, first:uint, last:uint)>
+//! column    = 0 unset
+//!           | 1 lww  age:uint site_ix value
+//!           | 2 g_counter  seq<(site_ix, total:uint)>
+//!           | 3 pn_counter seq<(site_ix, p:uint, n:uint)>
+//!           | 4 or_set     seq<(element:str, tags:seq<(site_ix, seq:uint)>)>
+//! ```
 
+use super::bin::{Dec, Enc};
 use super::DecodeError;
 use crate::changeset::{Changeset, Cover, RowChange, TableChanges};
 use crate::clock::{Hlc, SiteId};
 use crate::crdt::{ColumnState, Dot, GCounter, Lww, OrSet, PnCounter, RowClock};
 use crate::merge::RowState;
 use crate::value::Value;
-use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
-#[derive(Serialize, Deserialize)]
 pub(super) struct WireChangeset {
-    origin: SiteId,
-    sites: Vec<SiteId>,
-    tables: Vec<WireTable>,
+    pub(super) origin: SiteId,
+    pub(super) sites: Vec<SiteId>,
+    pub(super) tables: Vec<WireTable>,
 }
 
-#[derive(Serialize, Deserialize)]
-struct WireTable {
-    table: String,
-    columns: Vec<String>,
-    rows: Vec<WireRow>,
+pub(super) struct WireTable {
+    pub(super) table: String,
+    pub(super) columns: Vec<String>,
+    pub(super) rows: Vec<WireRow>,
 }
 
-#[derive(Serialize, Deserialize)]
-struct WireRow {
-    key: Vec<Value>,
-    cl: u64,
-    clock: Vec<(u32, u64)>,
-    hlc: u64,
-    writer: Option<u32>,
-    columns: Vec<WireColumn>,
-    covers: Vec<(u32, u64, u64)>,
+pub(super) struct WireRow {
+    pub(super) key: Vec<Value>,
+    pub(super) cl: u64,
+    pub(super) clock: Vec<(u32, u64)>,
+    pub(super) hlc: u64,
+    pub(super) writer: Option<u32>,
+    pub(super) columns: Vec<WireColumn>,
+    pub(super) covers: Vec<(u32, u64, u64)>,
 }
 
-#[derive(Serialize, Deserialize)]
-enum WireColumn {
+pub(super) enum WireColumn {
     Unset,
     Lww { age: u64, site: u32, value: Value },
     GCounter(Vec<(u32, u64)>),
     PnCounter(Vec<(u32, u64, u64)>),
     OrSet(Vec<(String, Vec<(u32, u64)>)>),
+}
+
+impl WireRow {
+    fn encode(e: &mut Enc, row: &WireRow) {
+        e.values(&row.key);
+        e.uint(row.cl);
+        e.pairs(&row.clock);
+        e.uint(row.hlc);
+        e.option(row.writer, |e, w| e.uint(w.into()));
+        e.seq(&row.columns, |e, c| match c {
+            WireColumn::Unset => e.u8(0),
+            WireColumn::Lww { age, site, value } => {
+                e.u8(1);
+                e.uint(*age);
+                e.uint((*site).into());
+                e.value(value);
+            }
+            WireColumn::GCounter(entries) => {
+                e.u8(2);
+                e.pairs(entries);
+            }
+            WireColumn::PnCounter(entries) => {
+                e.u8(3);
+                e.triples(entries);
+            }
+            WireColumn::OrSet(entries) => {
+                e.u8(4);
+                e.tagged(entries);
+            }
+        });
+        e.triples(&row.covers);
+    }
+
+    fn decode(d: &mut Dec<'_>) -> Result<WireRow, DecodeError> {
+        Ok(WireRow {
+            key: d.values()?,
+            cl: d.uint()?,
+            clock: d.pairs()?,
+            hlc: d.uint()?,
+            writer: d.option(Dec::u32)?,
+            columns: d.seq(|d| {
+                Ok(match d.variant(5, "column")? {
+                    0 => WireColumn::Unset,
+                    1 => WireColumn::Lww {
+                        age: d.uint()?,
+                        site: d.u32()?,
+                        value: d.value()?,
+                    },
+                    2 => WireColumn::GCounter(d.pairs()?),
+                    3 => WireColumn::PnCounter(d.triples()?),
+                    _ => WireColumn::OrSet(d.tagged()?),
+                })
+            })?,
+            covers: d.triples()?,
+        })
+    }
 }
 
 #[derive(Default)]
@@ -64,6 +132,37 @@ impl SiteTable {
 }
 
 impl WireChangeset {
+    pub(super) fn encode(&self) -> Vec<u8> {
+        let mut e = Enc::new();
+        e.site(self.origin);
+        e.seq(&self.sites, |e, s| e.site(*s));
+        e.seq(&self.tables, |e, t| {
+            e.str(&t.table);
+            e.seq(&t.columns, |e, c| e.str(c));
+            e.seq(&t.rows, WireRow::encode);
+        });
+        e.into_bytes()
+    }
+
+    pub(super) fn decode(bytes: &[u8]) -> Result<WireChangeset, DecodeError> {
+        let mut d = Dec::new(bytes, "changeset");
+        let origin = d.site()?;
+        let sites = d.seq(Dec::site)?;
+        let tables = d.seq(|d| {
+            Ok(WireTable {
+                table: d.string()?,
+                columns: d.seq(Dec::string)?,
+                rows: d.seq(WireRow::decode)?,
+            })
+        })?;
+        d.finish()?;
+        Ok(WireChangeset {
+            origin,
+            sites,
+            tables,
+        })
+    }
+
     pub(super) fn from_changeset(cs: &Changeset) -> Self {
         let mut sites = SiteTable::default();
         let tables = cs

@@ -38,17 +38,9 @@ impl Store {
                 |key, state| {
                     let columns: Vec<_> = names
                         .iter()
-                        .map(|&(name, j)| (name, &state.columns[j]))
+                        .map(|&(name, j)| (name, state.columns[j].as_ref()))
                         .collect();
-                    let canonical = (
-                        &key,
-                        state.cl,
-                        &state.clock,
-                        state.hlc,
-                        state.writer,
-                        columns,
-                    );
-                    let bytes = codec::encode_stored(&canonical);
+                    let bytes = codec::digest_row(&key, &state, &columns);
                     hasher.update(&(bytes.len() as u64).to_le_bytes());
                     hasher.update(&bytes);
                     Ok(())

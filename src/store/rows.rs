@@ -7,7 +7,7 @@
 
 use super::layout::TableLayout;
 use crate::clock::{Hlc, SiteId};
-use crate::codec;
+use crate::codec::stored::{StoredColumn, StoredMeta};
 use crate::crdt::{ColumnState, Dot, GCounter, Lww, OrSet, PnCounter, RowClock};
 use crate::error::StorageError;
 use crate::merge::RowState;
@@ -15,7 +15,6 @@ use crate::schema::Column;
 use crate::value::Value;
 use rusqlite::types::{FromSql, FromSqlResult, ToSqlOutput, ValueRef};
 use rusqlite::{params, Connection, OptionalExtension, ToSql};
-use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
 impl ToSql for Value {
@@ -126,29 +125,6 @@ impl Sites {
     }
 }
 
-/// The packed form of a row's metadata.
-#[derive(Serialize, Deserialize)]
-struct StoredMeta {
-    clock: Vec<(u32, u64)>,
-    hlc: u64,
-    writer: u32,
-    columns: Vec<StoredColumn>,
-}
-
-#[derive(Serialize, Deserialize)]
-enum StoredColumn {
-    Unset,
-    /// `age` is the row's timestamp minus the register's: 0 (one byte) for
-    /// every register the row's latest write set.
-    Lww {
-        age: u64,
-        site: u32,
-    },
-    GCounter(Vec<(u32, u64)>),
-    PnCounter(Vec<(u32, u64, u64)>),
-    OrSet(Vec<(String, Vec<(u32, u64)>)>),
-}
-
 pub(crate) fn corrupt(what: impl Into<String>, problem: impl Into<String>) -> StorageError {
     StorageError::Corrupt {
         what: what.into(),
@@ -168,8 +144,8 @@ pub struct LoadedRow {
 /// The dot-index keys `(site index, seq)` of a row, from its packed
 /// metadata: one per site in the row's clock.
 pub fn stored_dots(blob: &[u8]) -> Result<Vec<(u32, u64)>, StorageError> {
-    let meta: StoredMeta = codec::decode_stored(blob, "row metadata")
-        .map_err(|e| corrupt("row metadata".to_owned(), e.to_string()))?;
+    let meta =
+        StoredMeta::decode(blob).map_err(|e| corrupt("row metadata".to_owned(), e.to_string()))?;
     Ok(meta.clock)
 }
 
@@ -182,8 +158,7 @@ pub fn decode_state(
     values: Vec<Value>,
 ) -> Result<RowState, StorageError> {
     let what = || format!("table {:?}", layout.name());
-    let meta: StoredMeta =
-        codec::decode_stored(blob, "row metadata").map_err(|e| corrupt(what(), e.to_string()))?;
+    let meta = StoredMeta::decode(blob).map_err(|e| corrupt(what(), e.to_string()))?;
     let site = |idx: u32| {
         sites
             .get(idx)
@@ -346,7 +321,7 @@ fn encode_state(
         writer,
         columns,
     };
-    Ok((codec::encode_stored(&meta), values))
+    Ok((meta.encode(), values))
 }
 
 /// Loads the row with `key`, live or deleted.

@@ -61,7 +61,7 @@ pub(super) fn capture(conn: &Connection, layout: &TableLayout, rid: i64) -> Resu
         .execute(params![
             layout.id,
             rid,
-            row.map(|r| codec::encode_stored(&r))
+            row.map(|r| codec::stored::encode_undo(&r))
         ])?;
     Ok(())
 }
@@ -140,7 +140,7 @@ pub(super) fn restore_all(conn: &Connection, tables: &[TableLayout]) -> Result<u
         conn.prepare_cached(&format!("DELETE FROM {base} WHERE _meldb_rid = ?1"))?
             .execute([rid])?;
         let Some(row) = row else { continue };
-        let values: Vec<Value> = codec::decode_stored(row, "meldb_undo row")?;
+        let values: Vec<Value> = codec::stored::decode_undo(row)?;
         let marks = vec!["?"; values.len()].join(", ");
         conn.prepare_cached(&format!("INSERT INTO {base} VALUES ({marks})"))?
             .execute(rusqlite::params_from_iter(&values))?;
