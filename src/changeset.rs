@@ -11,10 +11,9 @@
 use crate::clock::SiteId;
 use crate::merge::RowState;
 use crate::value::Value;
-use serde::{Deserialize, Serialize};
 
 /// Dots `first..=last` of `site`, had by whoever applies the row.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Cover {
     /// The writing site.
     pub site: SiteId,
@@ -25,7 +24,7 @@ pub struct Cover {
 }
 
 /// One row's state and what its delivery covers.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct RowChange {
     /// Primary-key values in key order.
     pub key: Vec<Value>,
@@ -36,7 +35,7 @@ pub struct RowChange {
 }
 
 /// The changes of one table.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct TableChanges {
     /// The table name.
     pub table: String,
@@ -47,7 +46,7 @@ pub struct TableChanges {
 }
 
 /// Changes from one replica, for another.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Changeset {
     /// The replica that produced it.
     pub origin: SiteId,

@@ -46,9 +46,7 @@ impl fmt::Display for SiteId {
 }
 
 /// A hybrid logical clock timestamp: `physical_ms << 16 | logical`.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Hlc(pub u64);
 
 impl Hlc {

@@ -16,10 +16,9 @@
 
 use crate::clock::{Hlc, SiteId};
 use crate::crdt::{merge_optional, Causality, ColumnState, RegisterRule, RowClock};
-use serde::{Deserialize, Serialize};
 
 /// The complete CRDT state of one row.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct RowState {
     /// Causal length: odd while the row exists, even once deleted.
     pub cl: u64,

@@ -13,7 +13,9 @@ use std::collections::BTreeMap;
 
 /// Disjoint, sorted, non-adjacent inclusive ranges of sequence numbers (≥ 1).
 /// Deserializing normalizes whatever ranges it is given (a version vector
-/// file is user input), so the invariant always holds.
+/// file is user input), so the invariant always holds. The serde derives
+/// are for JSON (the command line's version vector files); the sync
+/// protocol's bytes are written by `codec`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(from = "Vec<(u64, u64)>", into = "Vec<(u64, u64)>")]
 pub struct SeqRanges(Vec<(u64, u64)>);

@@ -1,6 +1,6 @@
 //! Hostile changesets: the input is decoded as a frame and, wrapped in a
 //! valid header and checksum, as a payload, so the fuzzer reaches the
-//! bincode decoder and `Store::apply`. A failed apply must change nothing;
+//! payload decoder and `Store::apply`. A failed apply must change nothing;
 //! a successful one must be idempotent. The logic is
 //! `meldb::testing::check_apply_bytes`, which `tests/fuzz_regressions.rs`
 //! replays on committed inputs.

@@ -26,8 +26,6 @@
 
 mod bin;
 mod compact;
-#[cfg(test)]
-mod differential;
 mod digest;
 mod messages;
 pub(crate) mod stored;

@@ -31,28 +31,28 @@ use crate::value::Value;
 use std::collections::HashMap;
 
 pub(super) struct WireChangeset {
-    pub(super) origin: SiteId,
-    pub(super) sites: Vec<SiteId>,
-    pub(super) tables: Vec<WireTable>,
+    origin: SiteId,
+    sites: Vec<SiteId>,
+    tables: Vec<WireTable>,
 }
 
-pub(super) struct WireTable {
-    pub(super) table: String,
-    pub(super) columns: Vec<String>,
-    pub(super) rows: Vec<WireRow>,
+struct WireTable {
+    table: String,
+    columns: Vec<String>,
+    rows: Vec<WireRow>,
 }
 
-pub(super) struct WireRow {
-    pub(super) key: Vec<Value>,
-    pub(super) cl: u64,
-    pub(super) clock: Vec<(u32, u64)>,
-    pub(super) hlc: u64,
-    pub(super) writer: Option<u32>,
-    pub(super) columns: Vec<WireColumn>,
-    pub(super) covers: Vec<(u32, u64, u64)>,
+struct WireRow {
+    key: Vec<Value>,
+    cl: u64,
+    clock: Vec<(u32, u64)>,
+    hlc: u64,
+    writer: Option<u32>,
+    columns: Vec<WireColumn>,
+    covers: Vec<(u32, u64, u64)>,
 }
 
-pub(super) enum WireColumn {
+enum WireColumn {
     Unset,
     Lww { age: u64, site: u32, value: Value },
     GCounter(Vec<(u32, u64)>),

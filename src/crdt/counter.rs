@@ -6,14 +6,13 @@
 //! exactly once, whatever the delivery order. The value is the sum.
 
 use crate::clock::SiteId;
-use serde::{Deserialize, Serialize};
 
 /// Per-site totals, sorted by site.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct GCounter(Vec<(SiteId, u64)>);
 
 /// Per-site increment and decrement totals, sorted by site.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PnCounter(Vec<(SiteId, u64, u64)>);
 
 /// Adding to a counter would overflow its 64-bit per-site total.

@@ -12,7 +12,6 @@
 use super::StateOrder;
 use crate::clock::{Hlc, SiteId};
 use crate::value::Value;
-use serde::{Deserialize, Serialize};
 use std::cmp::{Ordering, Reverse};
 use std::sync::Arc;
 
@@ -30,7 +29,7 @@ pub enum RegisterRule {
 }
 
 /// A register write: its timestamp, its writer and the value written.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Lww {
     /// When it was written.
     pub hlc: Hlc,

@@ -22,10 +22,9 @@ pub use row_clock::{Causality, Dot, RowClock};
 pub use state_order::StateOrder;
 
 use crate::schema::Kind;
-use serde::{Deserialize, Serialize};
 
 /// The CRDT state of one column of one row.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum ColumnState {
     /// A last-writer-wins register.
     Lww(Lww),

@@ -9,10 +9,9 @@
 //! the add wins, because the remover never saw the new tag.
 
 use super::row_clock::{Dot, RowClock};
-use serde::{Deserialize, Serialize};
 
 /// Elements with their live add-tags, sorted by element; tags sorted.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct OrSet(Vec<(String, Vec<Dot>)>);
 
 impl OrSet {

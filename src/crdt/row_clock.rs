@@ -12,10 +12,9 @@
 //! Timestamps play no part in it.
 
 use crate::clock::SiteId;
-use serde::{Deserialize, Serialize};
 
 /// One write: the site that made it and that site's sequence number.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Dot {
     /// The writing replica.
     pub site: SiteId,
@@ -36,7 +35,7 @@ pub enum Causality {
 }
 
 /// Per-site greatest dot seen, sorted by site.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct RowClock(Vec<(SiteId, u64)>);
 
 impl RowClock {

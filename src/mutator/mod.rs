@@ -26,7 +26,6 @@ use crate::resolve::Rejection;
 use crate::store::Transaction;
 use crate::value::Key;
 use crate::Changeset;
-use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::sync::Arc;
 
@@ -87,7 +86,7 @@ impl fmt::Debug for Mutator {
 }
 
 /// A call waiting in a client's queue.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct PendingMutation {
     /// Its id: increasing per client, never reused.
     pub id: u64,
@@ -98,7 +97,7 @@ pub struct PendingMutation {
 }
 
 /// What a client sends upstream: its pending mutations, in order.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Push {
     /// The client (its site id).
     pub client: SiteId,
@@ -107,7 +106,7 @@ pub struct Push {
 }
 
 /// A mutation the authority refused.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct MutationRejection {
     /// The mutation's id.
     pub id: u64,
@@ -118,7 +117,7 @@ pub struct MutationRejection {
 }
 
 /// What the authority did with a push.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct PushResult {
     /// The last mutation of this client it has processed.
     pub last_processed: u64,
@@ -131,7 +130,7 @@ pub struct PushResult {
 }
 
 /// What a client pulls from the authority.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct PullResponse {
     /// The canonical changes the client lacks.
     pub changes: Changeset,

@@ -3,7 +3,6 @@
 use super::{Row, Writer};
 use crate::clock::SiteId;
 use crate::value::Key;
-use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// How a conflict ended.
@@ -104,7 +103,7 @@ pub struct ConflictCount {
 
 /// A change of this replica's that an authority refused, and why. Reaches
 /// the writer with the authority's correction, on its next sync.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Rejection {
     /// The authority that refused it.
     pub authority: SiteId,

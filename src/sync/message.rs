@@ -38,7 +38,6 @@ use crate::clock::SiteId;
 use crate::mutator::{MutationRejection, Push, PushResult};
 use crate::resolve::Rejection;
 use crate::version::VersionVector;
-use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// One protocol message.
@@ -89,7 +88,7 @@ impl Message {
 }
 
 /// Who is talking and what they may do.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hello {
     /// The sender's site id.
     pub site: SiteId,
@@ -112,7 +111,7 @@ pub struct Hello {
 }
 
 /// "Send me everything I lack."
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Want {
     /// Names this request; a later `Want` supersedes it.
     pub id: u64,
@@ -134,7 +133,7 @@ pub struct Batch {
 }
 
 /// A batch applied and committed by the receiver.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ack {
     /// The batch's number.
     pub seq: u64,
@@ -144,7 +143,7 @@ pub struct Ack {
 
 /// The answer to a `Want` is complete: batches `first..=last` (none when
 /// `first > last`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Sent {
     /// The `Want` answered.
     pub want: u64,
@@ -158,7 +157,7 @@ pub struct Sent {
 }
 
 /// The authority's word on a client's mutations, as of an answer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Processed {
     /// The last of the client's mutations the authority has processed.
     pub last_processed: u64,
@@ -167,7 +166,7 @@ pub struct Processed {
 }
 
 /// Why a session ends.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Notice {
     /// What kind of refusal.
     pub code: NoticeCode,
@@ -176,7 +175,7 @@ pub struct Notice {
 }
 
 /// The kinds of [`Notice`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum NoticeCode {
     /// The token is missing or unknown.

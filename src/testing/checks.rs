@@ -277,8 +277,6 @@ pub fn seed_changesets() -> Result<Vec<Changeset>, String> {
     Ok(out)
 }
 
-/// The bincode payloads (frames without their header) of
-/// [`seed_changesets`]: `apply_changeset` frames its input as a payload.
 /// The seed changesets as sync batches (`Changes` messages), framed: the
 /// starting corpus of the `apply_message` fuzz target.
 pub fn seed_messages() -> Result<Vec<Vec<u8>>, String> {
