@@ -386,12 +386,50 @@ pub enum StorageError {
         /// The database file.
         path: String,
     },
-    /// The file is not a meldb database, or was made by a newer meldb.
+    /// The file is not a meldb database.
     #[error("{path}: {problem}")]
     NotMeldb {
         /// The database file.
         path: String,
         /// What is wrong.
+        problem: String,
+    },
+    /// The database was written by a newer meldb, in a format this build
+    /// cannot read. Nothing was changed.
+    #[error("{path}: database format {found} is newer than this meldb reads (up to format {newest}); open it with a meldb that reads format {found}")]
+    FormatTooNew {
+        /// The database file.
+        path: String,
+        /// Its format.
+        found: i64,
+        /// The newest format this build reads.
+        newest: i64,
+    },
+    /// The database's format is older than this build can upgrade. Nothing
+    /// was changed.
+    #[error("{path}: database format {found} is older than this meldb reads (formats {oldest} and up); open it once with a meldb that reads format {found} and writes a newer one, then with this one")]
+    FormatTooOld {
+        /// The database file.
+        path: String,
+        /// Its format.
+        found: i64,
+        /// The oldest format this build reads.
+        oldest: i64,
+    },
+    /// Upgrading an older database format failed; the upgrade was rolled
+    /// back, so the file is as it was, and a copy taken before it began is
+    /// at `backup`.
+    #[error("{path}: upgrading the database from format {from} to {to} failed, nothing was changed (a copy taken before is at {backup}): {problem}")]
+    UpgradeFailed {
+        /// The database file.
+        path: String,
+        /// The step's starting format.
+        from: i64,
+        /// The format it was upgrading to.
+        to: i64,
+        /// Where the copy taken before the upgrade is.
+        backup: String,
+        /// What went wrong.
         problem: String,
     },
 }

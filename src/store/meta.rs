@@ -6,6 +6,7 @@
 //! the base table has them. An upgrade appends new tables and columns to it
 //! and rebuilds the views in the new schema's order.
 
+use super::format::{self, FORMAT};
 use super::layout::{self, TableLayout};
 use super::rows::{corrupt, Sites};
 use super::{Replica, Store, StoreOptions};
@@ -14,9 +15,6 @@ use crate::error::{Result, StorageError};
 use crate::schema::{Schema, Table};
 use crate::version::VersionVector;
 use rusqlite::{params, Connection, OptionalExtension};
-
-/// The on-disk format this build writes.
-const FORMAT: i64 = 1;
 
 fn get_meta<T: rusqlite::types::FromSql>(conn: &Connection, key: &str) -> Result<Option<T>> {
     Ok(conn
@@ -198,8 +196,25 @@ impl Store {
         schema: &Schema,
         options: StoreOptions,
     ) -> Result<Store> {
+        Store::init_with(conn, path, schema, options, &format::CURRENT)
+    }
+
+    /// Opens with the given format rules (tests bring their own upgrade
+    /// steps; everything else uses [`format::CURRENT`]).
+    pub(super) fn init_with(
+        conn: Connection,
+        path: String,
+        schema: &Schema,
+        options: StoreOptions,
+        rules: &format::Rules,
+    ) -> Result<Store> {
+        let upgrade = rules.prepare(&conn, &path)?;
         conn.execute_batch("BEGIN IMMEDIATE")?;
-        let result = Store::init_in_transaction(&conn, &path, schema, &options);
+        let result = match &upgrade {
+            Some(upgrade) => rules.finish(&conn, &path, upgrade),
+            None => Ok(()),
+        }
+        .and_then(|()| Store::init_in_transaction(&conn, &path, schema, &options));
         match result {
             Ok(parts) => {
                 conn.execute_batch("COMMIT")?;
@@ -272,16 +287,10 @@ impl Store {
             save_schema(conn, schema, schema)?;
             return Ok((local, schema.clone(), Hlc(0)));
         }
-        let format: i64 = require(path, "format", get_meta(conn, "format")?)?;
-        if format > FORMAT {
-            return Err(StorageError::NotMeldb {
-                path: path.to_owned(),
-                problem: format!(
-                    "database format {format} is newer than this meldb's ({FORMAT}); upgrade meldb"
-                ),
-            }
-            .into());
-        }
+        // `format::Rules::prepare` checked the version before the
+        // transaction began (and `finish` upgraded an older one); a
+        // database without one is not meldb's.
+        let _: i64 = require(path, "format", get_meta(conn, "format")?)?;
         conn.execute_batch(super::conflicts::CONFLICT_DDL)?;
         conn.execute_batch(super::speculate::MUTATOR_DDL)?;
         let site_bytes: Vec<u8> = require(path, "site_id", get_meta(conn, "site_id")?)?;

@@ -16,6 +16,7 @@ mod apply;
 mod changes;
 mod conflicts;
 mod digest;
+mod format;
 pub(crate) mod layout;
 mod meta;
 mod mutate;
