@@ -1243,3 +1243,105 @@ fn todays_writer_rebuilds_every_fixture_byte_for_byte() -> Res {
     assert!(compared >= 15, "only {compared} fixture files compared");
     Ok(())
 }
+
+/// Reads one whole message frame from a raw stream.
+async fn read_raw_frame<R: tokio::io::AsyncRead + Unpin>(reader: &mut R) -> Res<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut frame = vec![0u8; HEADER_LEN];
+    reader.read_exact(&mut frame).await?;
+    let len = codec::message_payload_len(&frame, MAX_MESSAGE_PAYLOAD)?;
+    frame.resize(HEADER_LEN + len, 0);
+    reader.read_exact(&mut frame[HEADER_LEN..]).await?;
+    Ok(frame)
+}
+
+/// A client that speaks only the fixtures' protocol version (it sends the
+/// recorded version-1 frames, byte for byte, and nothing else) syncs with
+/// today's relay through the real transport and driver: every answer comes
+/// back in version 1 and equals a recorded one, and the relay ends in the
+/// recorded state. The driver may order the messages of one turn (what the
+/// relay says between two of the client's) differently from the recording
+/// (a batch before the acknowledgement of the client's), so each turn is
+/// compared as a set of frames.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_speaking_only_protocol_v1_syncs_with_todays_relay() -> Res {
+    use meldb::sync::{accept_once, Connection, SharedStore};
+    use tokio::io::AsyncWriteExt;
+    let schema = schema_of("box_office")?;
+    let (_dir, copy) = copy_to_temp(&v1().join("relay-before.db"))?;
+    let relay = SharedStore::new(open_relay(&copy, &schema)?);
+    for n in 1..=SESSIONS {
+        let bytes = read_bytes(&v1().join(format!("conversation-{n}.bin")))?;
+        let (client_end, relay_end) = tokio::io::duplex(1 << 20);
+        let served = {
+            let relay = relay.clone();
+            tokio::spawn(async move {
+                let mut conn = Connection::new(relay_end, MAX_MESSAGE_PAYLOAD);
+                let result = accept_once(&relay, &mut conn, session_config(), authorize()).await;
+                (result, conn.protocol_version())
+            })
+        };
+        let (mut from_relay, mut to_relay) = tokio::io::split(client_end);
+        let records = records(&bytes)?;
+        let mut turns: Vec<(u8, Vec<&[u8]>)> = Vec::new();
+        for (dir, frame) in records {
+            match turns.last_mut() {
+                Some((d, frames)) if *d == dir => frames.push(frame),
+                _ => turns.push((dir, vec![frame])),
+            }
+        }
+        for (t, (dir, frames)) in turns.into_iter().enumerate() {
+            if dir == b'C' {
+                for frame in frames {
+                    assert_eq!(
+                        frame[4..6],
+                        1u16.to_le_bytes(),
+                        "the recording is version 1"
+                    );
+                    to_relay.write_all(frame).await?;
+                }
+                continue;
+            }
+            let mut got = Vec::new();
+            for _ in 0..frames.len() {
+                let frame =
+                    tokio::time::timeout(Duration::from_secs(10), read_raw_frame(&mut from_relay))
+                        .await
+                        .map_err(|_| format!("session {n} turn {t}: no answer within 10 s"))??;
+                assert_eq!(
+                    frame[4..6],
+                    1u16.to_le_bytes(),
+                    "session {n} turn {t}: version 1"
+                );
+                got.push(frame);
+            }
+            let mut expected: Vec<Vec<u8>> = frames.iter().map(|f| f.to_vec()).collect();
+            got.sort();
+            expected.sort();
+            let names = |fs: &[Vec<u8>]| -> Res<Vec<&'static str>> {
+                fs.iter()
+                    .map(|f| Ok(codec::decode_message(f, MAX_MESSAGE_PAYLOAD)?.name()))
+                    .collect()
+            };
+            assert!(
+                got == expected,
+                "session {n} turn {t}: the relay said {:?}, the recording has {:?}",
+                names(&got)?,
+                names(&expected)?
+            );
+        }
+        to_relay.shutdown().await?;
+        let (result, version) = served.await?;
+        assert_eq!(version.number(), 1, "session {n} agreed on version 1");
+        if n < SESSIONS {
+            result?;
+        } else {
+            assert!(result.is_err(), "session 3 presents a wrong token");
+        }
+    }
+    assert_eq!(
+        app_dump(&relay.lock())?,
+        read_text(&v1().join("relay-after.expect.txt"))?
+    );
+    Ok(())
+}

@@ -21,15 +21,96 @@ use crate::version::VersionVector;
 
 /// The first bytes of every protocol message frame.
 pub const MESSAGE_MAGIC: [u8; 4] = *b"MLDP";
-/// The protocol version this build speaks and the newest it reads.
+/// The newest protocol version this build speaks (see [`ProtocolVersion`]).
 pub const PROTOCOL_VERSION: u16 = 1;
+/// The oldest protocol version this build speaks: the one before
+/// [`PROTOCOL_VERSION`] (there was none before 1).
+pub const OLDEST_PROTOCOL_VERSION: u16 = 1;
 /// The largest message payload any connection accepts (64 MiB);
 /// connections may set a lower limit.
 pub const MAX_MESSAGE_PAYLOAD: usize = 64 << 20;
 
-/// Encodes a message as one frame.
+/// Encodes a message as one frame, in the newest protocol version.
 pub fn encode_message(message: &Message) -> Vec<u8> {
-    frame_as(MESSAGE_MAGIC, PROTOCOL_VERSION, &encode_payload(message))
+    encode_message_as(message, ProtocolVersion::NEWEST)
+}
+
+/// Encodes a message as one frame in the given protocol version (the one a
+/// session agreed on: see [`ProtocolVersion`]).
+pub fn encode_message_as(message: &Message, version: ProtocolVersion) -> Vec<u8> {
+    // Version 1 is the only layout so far; the next one is chosen here.
+    frame_as(MESSAGE_MAGIC, version.0, &encode_payload(message))
+}
+
+/// A sync protocol version this build speaks; nothing else can be made
+/// into one.
+///
+/// The rule: every message frame carries the version it is written in. A
+/// build speaks [`PROTOCOL_VERSION`] and the version before it
+/// ([`OLDEST_PROTOCOL_VERSION`]). The side that connects opens with its
+/// `Hello` in its newest version; the other side answers in that version
+/// if it speaks it (the highest both speak, since the connecting side
+/// speaks nothing newer) and refuses it otherwise, with a notice in its own
+/// newest version naming both. From the peer's first frame on, each side
+/// speaks the version of that frame ([`ProtocolVersion::agree`]) and
+/// refuses frames in any other. So a relay one version ahead serves the
+/// clients one version behind, in their version; relays are upgraded
+/// before the apps that use them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ProtocolVersion(u16);
+
+impl ProtocolVersion {
+    /// The newest version this build speaks (and opens sessions in).
+    pub const NEWEST: ProtocolVersion = ProtocolVersion(PROTOCOL_VERSION);
+    /// The oldest version this build speaks.
+    pub const OLDEST: ProtocolVersion = ProtocolVersion(OLDEST_PROTOCOL_VERSION);
+    /// The range, for header checks and errors.
+    pub const VERSIONS: super::Versions = super::Versions {
+        format: "sync protocol",
+        oldest: OLDEST_PROTOCOL_VERSION,
+        newest: PROTOCOL_VERSION,
+    };
+
+    /// The version number as it appears in frame headers.
+    pub fn number(self) -> u16 {
+        self.0
+    }
+
+    /// A version number this build speaks, or the error that says why not.
+    pub fn new(number: u16) -> Result<ProtocolVersion, DecodeError> {
+        Self::VERSIONS.check(number).map(ProtocolVersion)
+    }
+
+    /// The version to speak once the peer's first frame arrived in
+    /// `first`, when this side opened in `opened` (`None` on the side that
+    /// accepted the connection). See [`agree_versions`] for the rule.
+    pub fn agree(
+        first: u16,
+        opened: Option<ProtocolVersion>,
+    ) -> Result<ProtocolVersion, DecodeError> {
+        agree_versions(Self::VERSIONS, first, opened.map(|v| v.0)).map(ProtocolVersion)
+    }
+}
+
+/// The session's version once the peer's first frame is in: the version of
+/// that frame, if `ours` includes it and, on the side that opened in
+/// `opened`, it is no newer than what was opened with (an answer may fall
+/// back to an older version, never climb past the one asked for).
+pub fn agree_versions(
+    ours: super::Versions,
+    first: u16,
+    opened: Option<u16>,
+) -> Result<u16, DecodeError> {
+    let version = ours.check(first)?;
+    match opened {
+        Some(opened) if version > opened => Err(DecodeError::Malformed {
+            what: "hello",
+            message: format!(
+                "the peer answered in protocol version {version} to a hello in version {opened}"
+            ),
+        }),
+        _ => Ok(version),
+    }
 }
 
 // The payload of protocol version 1: a variant index, then the message's
@@ -284,23 +365,44 @@ pub fn frame_message(payload: &[u8]) -> Vec<u8> {
 /// magic, version and the declared payload length against `limit` (capped
 /// at [`MAX_MESSAGE_PAYLOAD`]). Returns the payload length.
 pub fn message_payload_len(header: &[u8], limit: usize) -> Result<usize, DecodeError> {
-    check_header(
-        header,
-        MESSAGE_MAGIC,
-        PROTOCOL_VERSION,
-        limit.min(MAX_MESSAGE_PAYLOAD),
-    )
+    message_header(header, limit).map(|(_, len)| len)
 }
 
-/// Decodes one whole message frame whose payload is at most `limit` bytes.
-pub fn decode_message(frame: &[u8], limit: usize) -> Result<Message, DecodeError> {
-    let payload = unframe_as(
-        frame,
+/// Like [`message_payload_len`], and also returns the frame's protocol
+/// version (one this build speaks: others are refused here).
+pub fn message_header(
+    header: &[u8],
+    limit: usize,
+) -> Result<(ProtocolVersion, usize), DecodeError> {
+    let (version, len) = check_header(
+        header,
         MESSAGE_MAGIC,
-        PROTOCOL_VERSION,
+        ProtocolVersion::VERSIONS,
         limit.min(MAX_MESSAGE_PAYLOAD),
     )?;
-    decode_payload(payload)
+    Ok((ProtocolVersion(version), len))
+}
+
+/// Decodes one whole message frame whose payload is at most `limit` bytes,
+/// in any protocol version this build speaks.
+pub fn decode_message(frame: &[u8], limit: usize) -> Result<Message, DecodeError> {
+    decode_message_versioned(frame, limit).map(|(_, message)| message)
+}
+
+/// Decodes one whole message frame and says which protocol version it was
+/// written in.
+pub fn decode_message_versioned(
+    frame: &[u8],
+    limit: usize,
+) -> Result<(ProtocolVersion, Message), DecodeError> {
+    let (version, payload) = unframe_as(
+        frame,
+        MESSAGE_MAGIC,
+        ProtocolVersion::VERSIONS,
+        limit.min(MAX_MESSAGE_PAYLOAD),
+    )?;
+    // Version 1 is the only layout so far; the next one is chosen here.
+    Ok((ProtocolVersion(version), decode_payload(payload)?))
 }
 
 #[cfg(test)]
@@ -448,6 +550,7 @@ mod tests {
         assert_eq!(
             decode_message(&newer, MAX_MESSAGE_PAYLOAD),
             Err(DecodeError::UnsupportedVersion {
+                format: "sync protocol",
                 found: PROTOCOL_VERSION + 1,
                 supported: PROTOCOL_VERSION
             })
@@ -477,5 +580,75 @@ mod tests {
         ));
         let unknown_variant = frame_as(MESSAGE_MAGIC, PROTOCOL_VERSION, &[200]);
         assert!(decode_message(&unknown_variant, MAX_MESSAGE_PAYLOAD).is_err());
+    }
+
+    fn range(oldest: u16, newest: u16) -> crate::codec::Versions {
+        crate::codec::Versions {
+            format: "sync protocol",
+            oldest,
+            newest,
+        }
+    }
+
+    #[test]
+    fn versions_agree_on_the_highest_both_speak() {
+        // A relay one version ahead (speaks 1 and 2) and a client behind
+        // (opened in 1): the relay answers in 1, the client keeps 1.
+        assert_eq!(agree_versions(range(1, 2), 1, None), Ok(1));
+        assert_eq!(agree_versions(range(1, 1), 1, Some(1)), Ok(1));
+        // Same versions: the newest.
+        assert_eq!(agree_versions(range(1, 2), 2, None), Ok(2));
+        assert_eq!(agree_versions(range(1, 2), 2, Some(2)), Ok(2));
+        // A client ahead that opened in 2 accepts an answer in 1 (it reads
+        // the version before its own).
+        assert_eq!(agree_versions(range(1, 2), 1, Some(2)), Ok(1));
+        // An answer may not climb past what the opener asked for.
+        assert!(matches!(
+            agree_versions(range(1, 2), 2, Some(1)),
+            Err(DecodeError::Malformed { .. })
+        ));
+        // Out of range either way: an error that names the versions.
+        let newer = agree_versions(range(1, 2), 3, None).expect_err("newer");
+        assert_eq!(
+            newer,
+            DecodeError::UnsupportedVersion {
+                format: "sync protocol",
+                found: 3,
+                supported: 2
+            }
+        );
+        assert!(newer.to_string().contains("reads version 3"), "{newer}");
+        let older = agree_versions(range(2, 3), 1, None).expect_err("older");
+        assert_eq!(
+            older,
+            DecodeError::ObsoleteVersion {
+                format: "sync protocol",
+                found: 1,
+                oldest: 2
+            }
+        );
+        assert!(older.to_string().contains("version 2 or newer"), "{older}");
+    }
+
+    #[test]
+    fn every_version_this_build_speaks_round_trips_and_no_other_is_made() {
+        for n in OLDEST_PROTOCOL_VERSION..=PROTOCOL_VERSION {
+            let version = ProtocolVersion::new(n).expect("spoken");
+            for message in every_message() {
+                let bytes = encode_message_as(&message, version);
+                assert_eq!(bytes[4..6], n.to_le_bytes());
+                assert_eq!(
+                    decode_message_versioned(&bytes, MAX_MESSAGE_PAYLOAD),
+                    Ok((version, message))
+                );
+            }
+        }
+        assert!(ProtocolVersion::new(0).is_err());
+        assert!(ProtocolVersion::new(PROTOCOL_VERSION + 1).is_err());
+        let frame = frame_as(MESSAGE_MAGIC, 0, &[5, 1]);
+        assert!(matches!(
+            decode_message(&frame, MAX_MESSAGE_PAYLOAD),
+            Err(DecodeError::ObsoleteVersion { found: 0, .. })
+        ));
     }
 }

@@ -34,8 +34,9 @@ mod wire;
 pub(crate) use digest::digest_row;
 
 pub use messages::{
-    decode_message, encode_message, frame_message, message_payload_len, MAX_MESSAGE_PAYLOAD,
-    MESSAGE_MAGIC, PROTOCOL_VERSION,
+    agree_versions, decode_message, decode_message_versioned, encode_message, encode_message_as,
+    frame_message, message_header, message_payload_len, ProtocolVersion, MAX_MESSAGE_PAYLOAD,
+    MESSAGE_MAGIC, OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 
 use crate::changeset::Changeset;
@@ -45,6 +46,54 @@ use thiserror::Error;
 pub const MAGIC: [u8; 4] = *b"MLDB";
 /// The frame format this build writes and the newest it reads.
 pub const FORMAT_VERSION: u16 = 1;
+/// The oldest frame format this build reads: the version before
+/// [`FORMAT_VERSION`] (there was none before 1). See [`Versions`].
+pub const OLDEST_FORMAT_VERSION: u16 = 1;
+
+/// The versions of one format a build reads, and the rule they follow:
+/// every format carries its version; a build writes its newest and reads
+/// that and the one before, so files and peers one version behind keep
+/// working while everyone upgrades; anything outside the range is refused
+/// with an error that names the version needed
+/// ([`DecodeError::UnsupportedVersion`], [`DecodeError::ObsoleteVersion`]),
+/// never guessed at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Versions {
+    /// The format's name, for errors.
+    pub format: &'static str,
+    /// The oldest version read.
+    pub oldest: u16,
+    /// The newest version read, and the one written.
+    pub newest: u16,
+}
+
+impl Versions {
+    /// Changeset frames (files, held rows).
+    pub const CHANGESET: Versions = Versions {
+        format: "changeset frame format",
+        oldest: OLDEST_FORMAT_VERSION,
+        newest: FORMAT_VERSION,
+    };
+
+    /// Checks a version read from a frame header.
+    pub fn check(&self, found: u16) -> Result<u16, DecodeError> {
+        if found > self.newest {
+            Err(DecodeError::UnsupportedVersion {
+                format: self.format,
+                found,
+                supported: self.newest,
+            })
+        } else if found < self.oldest {
+            Err(DecodeError::ObsoleteVersion {
+                format: self.format,
+                found,
+                oldest: self.oldest,
+            })
+        } else {
+            Ok(found)
+        }
+    }
+}
 /// Header size: magic, version, length, checksum.
 pub const HEADER_LEN: usize = 4 + 2 + 4 + 32;
 /// The largest payload accepted (64 MiB: about 600,000 rows of a
@@ -73,12 +122,24 @@ pub enum DecodeError {
         found: [u8; 4],
     },
     /// A frame from a newer meldb.
-    #[error("frame format version {found} is newer than the supported version {supported}; upgrade meldb")]
+    #[error("{format} version {found} is newer than this meldb reads (up to version {supported}); upgrade to a meldb that reads version {found}")]
     UnsupportedVersion {
+        /// Which format: "changeset frame format" or "sync protocol".
+        format: &'static str,
         /// The frame's version.
         found: u16,
         /// The newest this build reads.
         supported: u16,
+    },
+    /// A frame from a meldb older than this build still reads.
+    #[error("{format} version {found} is older than this meldb reads (versions {oldest} and up); the peer or file needs a meldb that speaks version {oldest} or newer")]
+    ObsoleteVersion {
+        /// Which format: "changeset frame format" or "sync protocol".
+        format: &'static str,
+        /// The frame's version.
+        found: u16,
+        /// The oldest this build reads.
+        oldest: u16,
     },
     /// The declared payload is larger than allowed.
     #[error("frame payload of {declared} bytes exceeds the limit of {limit} bytes")]
@@ -181,18 +242,18 @@ fn frame_as(magic: [u8; 4], version: u16, payload: &[u8]) -> Vec<u8> {
 
 /// Checks a frame's header and checksum and returns its payload.
 pub fn unframe(bytes: &[u8]) -> Result<&[u8], DecodeError> {
-    unframe_as(bytes, MAGIC, FORMAT_VERSION, MAX_FRAME_PAYLOAD)
+    unframe_as(bytes, MAGIC, Versions::CHANGESET, MAX_FRAME_PAYLOAD).map(|(_, payload)| payload)
 }
 
 /// Checks a header's magic, version and declared length (against `limit`)
-/// and returns the payload length. Reads nothing past the header, so a
-/// stream reader can call it before allocating the payload.
+/// and returns the version and the payload length. Reads nothing past the
+/// header, so a stream reader can call it before allocating the payload.
 fn check_header(
     header: &[u8],
     magic: [u8; 4],
-    supported: u16,
+    versions: Versions,
     limit: usize,
-) -> Result<usize, DecodeError> {
+) -> Result<(u16, usize), DecodeError> {
     let header = header.get(..HEADER_LEN).ok_or(DecodeError::Truncated {
         needed: HEADER_LEN,
         available: header.len(),
@@ -202,27 +263,21 @@ fn check_header(
         found.copy_from_slice(&header[..4]);
         return Err(DecodeError::BadMagic { found });
     }
-    let version = u16::from_le_bytes([header[4], header[5]]);
-    if version > supported || version == 0 {
-        return Err(DecodeError::UnsupportedVersion {
-            found: version,
-            supported,
-        });
-    }
+    let version = versions.check(u16::from_le_bytes([header[4], header[5]]))?;
     let declared = u32::from_le_bytes([header[6], header[7], header[8], header[9]]) as usize;
     if declared > limit {
         return Err(DecodeError::TooLarge { declared, limit });
     }
-    Ok(declared)
+    Ok((version, declared))
 }
 
 fn unframe_as(
     bytes: &[u8],
     magic: [u8; 4],
-    supported: u16,
+    versions: Versions,
     limit: usize,
-) -> Result<&[u8], DecodeError> {
-    let declared = check_header(bytes, magic, supported, limit)?;
+) -> Result<(u16, &[u8]), DecodeError> {
+    let (version, declared) = check_header(bytes, magic, versions, limit)?;
     let end = HEADER_LEN + declared;
     let payload = bytes.get(HEADER_LEN..end).ok_or(DecodeError::Truncated {
         needed: end,
@@ -237,11 +292,13 @@ fn unframe_as(
     if blake3::hash(payload).as_bytes()[..] != bytes[10..HEADER_LEN] {
         return Err(DecodeError::Checksum);
     }
-    Ok(payload)
+    Ok((version, payload))
 }
 
 /// Decodes one changeset frame.
 pub fn decode_changeset(bytes: &[u8]) -> Result<Changeset, DecodeError> {
+    // Version 1 is the only changeset layout so far; a second one is
+    // chosen here by the version `unframe_as` checked.
     wire::WireChangeset::decode(unframe(bytes)?)?.into_changeset()
 }
 

@@ -8,11 +8,17 @@
 //! for a message, a local change and a timer at once. The first frame has a
 //! small limit of its own: nothing big is read from a peer that has not
 //! presented a token yet.
+//!
+//! The protocol version is the connection's business too
+//! ([`codec::ProtocolVersion`]): a connection writes its newest version
+//! until the peer's first frame arrives, then the version of that frame,
+//! and refuses any later frame in another version.
 
 use super::error::SyncError;
 use super::message::Message;
 use crate::codec::{self, HEADER_LEN};
-use std::sync::atomic::{AtomicU64, Ordering};
+use codec::ProtocolVersion;
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
 use tokio::net::{TcpStream, ToSocketAddrs};
@@ -40,11 +46,52 @@ impl ByteCounts {
     }
 }
 
+/// The protocol version a connection speaks, shared by its writer and its
+/// reader task. 0: not known yet.
+#[derive(Debug, Default)]
+struct Speaking {
+    /// The version of the first frame this side sent.
+    opened: AtomicU16,
+    /// The version agreed when the peer's first frame arrived.
+    agreed: AtomicU16,
+}
+
+impl Speaking {
+    /// The version to write the next frame in.
+    fn version(&self) -> ProtocolVersion {
+        let agreed = self.agreed.load(Ordering::Acquire);
+        ProtocolVersion::new(agreed).unwrap_or(ProtocolVersion::NEWEST)
+    }
+
+    /// Checks the version of a frame from the peer: the first fixes the
+    /// session's version, the rest must be in it.
+    fn receive(&self, found: ProtocolVersion) -> Result<(), codec::DecodeError> {
+        let agreed = self.agreed.load(Ordering::Acquire);
+        if agreed == 0 {
+            let opened = ProtocolVersion::new(self.opened.load(Ordering::Acquire)).ok();
+            let version = ProtocolVersion::agree(found.number(), opened)?;
+            self.agreed.store(version.number(), Ordering::Release);
+            Ok(())
+        } else if agreed == found.number() {
+            Ok(())
+        } else {
+            Err(codec::DecodeError::Malformed {
+                what: "message",
+                message: format!(
+                    "a frame in protocol version {} in a session agreed on version {agreed}",
+                    found.number()
+                ),
+            })
+        }
+    }
+}
+
 /// A message connection over any byte stream.
 pub struct Connection {
     writer: Box<dyn AsyncWrite + Send + Unpin>,
     incoming: mpsc::Receiver<Result<Message, SyncError>>,
     counts: Arc<ByteCounts>,
+    speaking: Arc<Speaking>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -66,12 +113,20 @@ impl Connection {
     {
         let (reader, writer) = tokio::io::split(stream);
         let counts = Arc::new(ByteCounts::default());
+        let speaking = Arc::new(Speaking::default());
         let (tx, incoming) = mpsc::channel(8);
-        tokio::spawn(read_frames(reader, limit, tx, Arc::clone(&counts)));
+        tokio::spawn(read_frames(
+            reader,
+            limit,
+            tx,
+            Arc::clone(&counts),
+            Arc::clone(&speaking),
+        ));
         Connection {
             writer: Box::new(writer),
             incoming,
             counts,
+            speaking,
         }
     }
 
@@ -89,9 +144,16 @@ impl Connection {
         (Connection::new(a, limit), Connection::new(b, limit))
     }
 
-    /// Sends one message.
+    /// Sends one message, in the session's protocol version.
     pub async fn send(&mut self, message: &Message) -> Result<(), SyncError> {
-        let bytes = codec::encode_message(message);
+        let version = self.speaking.version();
+        let _ = self.speaking.opened.compare_exchange(
+            0,
+            version.number(),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+        let bytes = codec::encode_message_as(message, version);
         self.writer.write_all(&bytes).await?;
         self.counts
             .sent
@@ -123,6 +185,12 @@ impl Connection {
     pub fn counts(&self) -> Arc<ByteCounts> {
         Arc::clone(&self.counts)
     }
+
+    /// The protocol version the session speaks: agreed from the peer's
+    /// first frame, or this build's newest before that.
+    pub fn protocol_version(&self) -> ProtocolVersion {
+        self.speaking.version()
+    }
 }
 
 async fn read_frames<R: AsyncRead + Unpin>(
@@ -130,6 +198,7 @@ async fn read_frames<R: AsyncRead + Unpin>(
     limit: usize,
     tx: mpsc::Sender<Result<Message, SyncError>>,
     counts: Arc<ByteCounts>,
+    speaking: Arc<Speaking>,
 ) {
     let mut first = true;
     loop {
@@ -140,7 +209,7 @@ async fn read_frames<R: AsyncRead + Unpin>(
         };
         first = false;
         let result = tokio::select! {
-            result = read_frame(&mut reader, frame_limit, &counts) => result,
+            result = read_frame(&mut reader, frame_limit, &counts, &speaking) => result,
             () = tx.closed() => break,
         };
         let item = match result {
@@ -177,6 +246,7 @@ async fn read_frame<R: AsyncRead + Unpin>(
     reader: &mut R,
     limit: usize,
     counts: &ByteCounts,
+    speaking: &Speaking,
 ) -> Result<Option<Message>, SyncError> {
     let mut header = [0u8; HEADER_LEN];
     let mut filled = 0;
@@ -195,7 +265,8 @@ async fn read_frame<R: AsyncRead + Unpin>(
         }
         filled += n;
     }
-    let len = codec::message_payload_len(&header, limit)?;
+    let (version, len) = codec::message_header(&header, limit)?;
+    speaking.receive(version)?;
     let mut frame = Vec::with_capacity(HEADER_LEN + len);
     frame.extend_from_slice(&header);
     let read = (&mut *reader)
@@ -213,4 +284,30 @@ async fn read_frame<R: AsyncRead + Unpin>(
         .received
         .fetch_add(frame.len() as u64, Ordering::Relaxed);
     Ok(Some(codec::decode_message(&frame, limit)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_frame_fixes_the_version_and_a_switch_is_refused() {
+        let speaking = Speaking::default();
+        assert_eq!(speaking.version(), ProtocolVersion::NEWEST);
+        assert!(speaking.receive(ProtocolVersion::OLDEST).is_ok());
+        assert_eq!(speaking.version(), ProtocolVersion::OLDEST);
+        assert!(speaking.receive(ProtocolVersion::OLDEST).is_ok());
+        // A session agreed on another version (one this build may not
+        // speak, as with a build one version apart) refuses frames in any
+        // version but that one.
+        speaking
+            .agreed
+            .store(PROTOCOL_VERSION_FOR_TEST, Ordering::Release);
+        let err = speaking
+            .receive(ProtocolVersion::NEWEST)
+            .expect_err("switched versions");
+        assert!(err.to_string().contains("agreed on version"), "{err}");
+    }
+
+    const PROTOCOL_VERSION_FOR_TEST: u16 = codec::PROTOCOL_VERSION + 1;
 }
