@@ -6,13 +6,15 @@
 //! frames, and real changesets with flipped bytes.
 //!
 //! `cargo test --test fuzz_regressions -- --ignored write_seed_corpus`
-//! rewrites `fuzz/seeds/` from `meldb::testing::seed_payloads`.
+//! writes the seed corpus (`fuzz/seeds/<target>/fixture-*`) from the golden
+//! fixtures in `tests/fixtures/`, and a test checks the committed seeds are
+//! exactly those.
 
 use meldb::codec;
 use meldb::sync::Message;
 use meldb::testing::{
     check_apply_bytes, check_apply_message_bytes, check_decode_bytes, check_message_bytes,
-    check_ops_bytes, seed_messages, seed_payloads, seeded_store,
+    check_ops_bytes, check_stored_bytes, seed_messages, seed_payloads, seeded_store,
 };
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -195,29 +197,186 @@ fn committed_seeds_are_replayed() -> Result<(), String> {
     Ok(())
 }
 
-/// Rewrites the seed corpus; run by hand after the changeset format changes.
+fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v1")
+}
+
+/// Splits bytes holding frames back to back (changeset files).
+fn frames_of(mut bytes: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let header = bytes.get(..codec::HEADER_LEN).ok_or("a truncated header")?;
+        let len = codec::HEADER_LEN
+            + u32::from_le_bytes([header[6], header[7], header[8], header[9]]) as usize;
+        let frame = bytes.get(..len).ok_or("a truncated frame")?;
+        out.push(frame.to_vec());
+        bytes = &bytes[len..];
+    }
+    Ok(out)
+}
+
+/// Splits a recorded conversation (a direction byte, then a frame) into
+/// its frames.
+fn conversation_frames(mut bytes: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+    let mut out = Vec::new();
+    while let Some((_, rest)) = bytes.split_first() {
+        let header = rest.get(..codec::HEADER_LEN).ok_or("a truncated header")?;
+        let len = codec::HEADER_LEN
+            + codec::message_payload_len(header, codec::MAX_MESSAGE_PAYLOAD)
+                .map_err(|e| e.to_string())?;
+        out.push(rest.get(..len).ok_or("a truncated frame")?.to_vec());
+        bytes = &rest[len..];
+    }
+    Ok(out)
+}
+
+/// Every blob a fixture database keeps in a meldb layout: packed row
+/// metadata (`_meldb_state` of every base table) and undo images.
+fn stored_blobs(db: &Path) -> Result<Vec<Vec<u8>>, String> {
+    // A copy: even a read-only open of a WAL database leaves -wal and -shm
+    // files beside it, and the fixture directory must hold only fixtures.
+    let dir = tempfile::tempdir().map_err(|e| format!("tempdir: {e}"))?;
+    let copy = dir.path().join("copy.db");
+    fs::copy(db, &copy).map_err(|e| format!("copying {}: {e}", db.display()))?;
+    let conn = rusqlite::Connection::open(&copy).map_err(|e| format!("{}: {e}", db.display()))?;
+    let sql_err = |e: rusqlite::Error| format!("{}: {e}", db.display());
+    let mut tables: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE '%\\_\\_meldb' ESCAPE '\\' ORDER BY name")
+        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+        .map_err(sql_err)?;
+    let mut queries: Vec<String> = tables
+        .drain(..)
+        .map(|t| format!("SELECT _meldb_state FROM \"{t}\" ORDER BY _meldb_rid"))
+        .collect();
+    queries.push("SELECT row FROM meldb_undo WHERE row IS NOT NULL ORDER BY tbl, rid".into());
+    let mut out = Vec::new();
+    for sql in queries {
+        let blobs: Vec<Vec<u8>> = conn
+            .prepare(&sql)
+            .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+            .map_err(sql_err)?;
+        for blob in blobs {
+            if !out.contains(&blob) {
+                out.push(blob);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// One seed: the fuzz target, the file name, the bytes.
+type Seed = (&'static str, String, Vec<u8>);
+
+/// The seed corpus, derived from the golden fixtures: `(target, file name,
+/// bytes)`. Real bytes of every format, so each target starts from inputs
+/// that decode (and apply) and the fuzzer mutates from there.
+fn fixture_seeds() -> Result<Vec<Seed>, String> {
+    let read = |name: &str| {
+        let path = fixtures_dir().join(name);
+        fs::read(&path).map_err(|e| format!("reading {}: {e}", path.display()))
+    };
+    let mut out = Vec::new();
+    for file in ["changes-full", "changes-partial", "changes-frames"] {
+        for (i, frame) in frames_of(&read(&format!("{file}.bin"))?)?
+            .into_iter()
+            .enumerate()
+        {
+            let name = format!("fixture-{file}-{i:02}");
+            out.push((
+                "apply_changeset",
+                name.clone(),
+                frame[codec::HEADER_LEN..].to_vec(),
+            ));
+            out.push(("decode_frame", name, frame));
+        }
+    }
+    for n in 1..=3 {
+        let frames = conversation_frames(&read(&format!("conversation-{n}.bin"))?)?;
+        for (i, frame) in frames.into_iter().enumerate() {
+            let name = format!("fixture-conversation-{n}-{i:02}");
+            let message = codec::decode_message(&frame, codec::MAX_MESSAGE_PAYLOAD)
+                .map_err(|e| format!("{name}: {e}"))?;
+            if matches!(message, Message::Changes(_)) {
+                out.push(("apply_message", name.clone(), frame.clone()));
+            }
+            out.push(("decode_message", name, frame));
+        }
+    }
+    for db in ["booking", "inventory", "todo", "relay-before", "client"] {
+        for (i, blob) in stored_blobs(&fixtures_dir().join(format!("{db}.db")))?
+            .into_iter()
+            .enumerate()
+        {
+            out.push(("decode_stored", format!("fixture-{db}-{i:02}"), blob));
+        }
+    }
+    Ok(out)
+}
+
+#[test]
+fn decode_stored_inputs_hold() -> Result<(), String> {
+    let n = replay("decode_stored", check_stored_bytes)?;
+    if n == 0 {
+        return Err("no files under fuzz/seeds/decode_stored".into());
+    }
+    // Real blobs, cut short and with flipped bytes.
+    let mut inputs = vec![Vec::new(), vec![0xff; 9], vec![253; 32]];
+    for (target, _, blob) in fixture_seeds()? {
+        if target != "decode_stored" {
+            continue;
+        }
+        for cut in 0..blob.len() {
+            inputs.push(blob[..cut].to_vec());
+        }
+        for at in 0..blob.len() {
+            let mut bad = blob.clone();
+            bad[at] ^= 0x81;
+            inputs.push(bad);
+        }
+    }
+    run_all("stored", check_stored_bytes, &inputs)
+}
+
+/// The committed seeds are exactly what the fixtures give, so a format
+/// change that breaks the fixtures cannot leave a stale corpus behind.
+#[test]
+fn the_seed_corpus_is_derived_from_the_fixtures() -> Result<(), String> {
+    let seeds = fixture_seeds()?;
+    for target in [
+        "apply_changeset",
+        "decode_frame",
+        "decode_message",
+        "apply_message",
+        "decode_stored",
+    ] {
+        if !seeds.iter().any(|(t, _, _)| *t == target) {
+            return Err(format!("the fixtures give no seed for {target}"));
+        }
+    }
+    for (target, name, bytes) in &seeds {
+        let path = fuzz_dir().join("seeds").join(target).join(name);
+        let committed = fs::read(&path)
+            .map_err(|e| format!("{}: {e} (run write_seed_corpus)", path.display()))?;
+        if &committed != bytes {
+            return Err(format!(
+                "{} differs from the fixtures (run write_seed_corpus)",
+                path.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Writes the seed corpus from the golden fixtures (see `fixture_seeds`);
+/// run after adding fixtures of a new format version.
 #[test]
 #[ignore = "writes files under fuzz/seeds"]
 fn write_seed_corpus() -> Result<(), String> {
-    let payloads = seed_payloads()?;
-    for (target, framed) in [("apply_changeset", false), ("decode_frame", true)] {
+    for (target, name, bytes) in fixture_seeds()? {
         let dir = fuzz_dir().join("seeds").join(target);
         fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-        for (i, payload) in payloads.iter().enumerate() {
-            let data = if framed {
-                codec::frame(payload)
-            } else {
-                payload.clone()
-            };
-            let file = dir.join(format!("seed-{i:02}"));
-            fs::write(&file, data).map_err(|e| format!("writing {}: {e}", file.display()))?;
-        }
-    }
-    let dir = fuzz_dir().join("seeds").join("apply_message");
-    fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    for (i, message) in seed_messages()?.iter().enumerate() {
-        let file = dir.join(format!("seed-{i:02}"));
-        fs::write(&file, message).map_err(|e| format!("writing {}: {e}", file.display()))?;
+        let file = dir.join(name);
+        fs::write(&file, bytes).map_err(|e| format!("writing {}: {e}", file.display()))?;
     }
     Ok(())
 }
