@@ -60,20 +60,16 @@
 #![forbid(unsafe_code)]
 #![deny(clippy::unwrap_used)]
 
-pub mod changeset;
-pub mod clock;
+// The pure core, re-exported at the paths it always had.
+pub use meldb_core::{changeset, clock, crdt, merge, schema, value, version};
+
 pub mod codec;
-pub mod crdt;
 pub mod error;
-pub mod merge;
 pub mod mutator;
 pub mod resolve;
-pub mod schema;
 pub mod store;
 pub mod sync;
 pub mod testing;
-pub mod value;
-pub mod version;
 
 pub use changeset::Changeset;
 pub use clock::SiteId;

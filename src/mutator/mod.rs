@@ -23,11 +23,9 @@
 
 use crate::clock::SiteId;
 use crate::resolve::Rejection;
-use crate::store::Transaction;
 use crate::value::Key;
 use crate::Changeset;
 use std::fmt;
-use std::sync::Arc;
 
 /// Why a mutator did not complete.
 #[derive(Debug)]
@@ -64,24 +62,6 @@ impl From<crate::Error> for MutatorError {
             crate::Error::Storage(e) => MutatorError::Storage(e),
             other => MutatorError::Failed(other.to_string()),
         }
-    }
-}
-
-pub(crate) type MutatorFn =
-    dyn Fn(&mut Transaction<'_>, &serde_json::Value) -> Result<(), MutatorError> + Send + Sync;
-
-/// A registered mutator.
-#[derive(Clone)]
-pub(crate) struct Mutator {
-    pub name: String,
-    pub f: Arc<MutatorFn>,
-}
-
-impl fmt::Debug for Mutator {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Mutator")
-            .field("name", &self.name)
-            .finish_non_exhaustive()
     }
 }
 

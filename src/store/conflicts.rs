@@ -7,7 +7,7 @@
 //! JSON functions: `SELECT json_extract(incoming, '$.seat') FROM
 //! meldb_conflicts WHERE outcome = 'rejected'`.
 
-use super::resolve::{row_of, target_values, write_correction};
+use super::correct::{row_of, target_values, write_correction};
 use super::Store;
 use crate::clock::SiteId;
 use crate::error::{ResolveError, Result, StorageError, WriteError};

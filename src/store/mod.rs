@@ -15,6 +15,7 @@
 mod apply;
 mod changes;
 mod conflicts;
+mod correct;
 mod digest;
 mod format;
 pub(crate) mod layout;
@@ -179,7 +180,7 @@ pub struct Store {
     /// `resolve_conflict` closures by table, highest priority first.
     resolvers: Vec<(String, crate::resolve::Resolver)>,
     /// Registered mutators by name.
-    mutators: Vec<crate::mutator::Mutator>,
+    mutators: Vec<mutate::Mutator>,
     /// Change subscriptions: a table, and what to call after a pull.
     subscribers: Vec<(String, mutate::Subscriber)>,
 }

@@ -8,8 +8,7 @@ use super::{speculate, Store};
 use crate::clock::SiteId;
 use crate::error::{MutationError, Result};
 use crate::mutator::{
-    MutationRejection, Mutator, MutatorError, PendingMutation, PullReport, PullResponse, Push,
-    PushResult,
+    MutationRejection, MutatorError, PendingMutation, PullReport, PullResponse, Push, PushResult,
 };
 use crate::value::{Key, Value};
 use crate::version::VersionVector;
@@ -17,7 +16,27 @@ use rusqlite::{params, OptionalExtension};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 use std::sync::Arc;
+
+/// The closure a registered mutator runs.
+pub(crate) type MutatorFn =
+    dyn Fn(&mut Transaction<'_>, &serde_json::Value) -> Result<(), MutatorError> + Send + Sync;
+
+/// A registered mutator.
+#[derive(Clone)]
+pub(crate) struct Mutator {
+    pub name: String,
+    pub f: Arc<MutatorFn>,
+}
+
+impl fmt::Debug for Mutator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Mutator")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
 
 /// A change subscription's callback: the keys of a table's rows whose
 /// visible values a pull changed.

@@ -13,41 +13,8 @@ use crate::error::StorageError;
 use crate::merge::RowState;
 use crate::schema::Column;
 use crate::value::Value;
-use rusqlite::types::{FromSql, FromSqlResult, ToSqlOutput, ValueRef};
 use rusqlite::{params, Connection, OptionalExtension, ToSql};
 use std::collections::HashMap;
-
-impl ToSql for Value {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(match self {
-            Value::Null => ToSqlOutput::Borrowed(ValueRef::Null),
-            Value::Integer(i) => ToSqlOutput::Borrowed(ValueRef::Integer(*i)),
-            Value::Real(r) => ToSqlOutput::Borrowed(ValueRef::Real(*r)),
-            Value::Text(s) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
-            Value::Blob(b) => ToSqlOutput::Borrowed(ValueRef::Blob(b)),
-        })
-    }
-}
-
-impl From<ValueRef<'_>> for Value {
-    /// What SQLite returned, as a [`Value`] (invalid UTF-8 in TEXT is
-    /// replaced, never a panic).
-    fn from(v: ValueRef<'_>) -> Self {
-        match v {
-            ValueRef::Null => Value::Null,
-            ValueRef::Integer(i) => Value::Integer(i),
-            ValueRef::Real(r) => Value::Real(r),
-            ValueRef::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
-            ValueRef::Blob(b) => Value::Blob(b.to_vec()),
-        }
-    }
-}
-
-impl FromSql for Value {
-    fn column_result(v: ValueRef<'_>) -> FromSqlResult<Self> {
-        Ok(Value::from(v))
-    }
-}
 
 /// The mapping between site UUIDs and the small integers stored in rows.
 /// Indexes start at 1 (the site that created the database); 0 means "no

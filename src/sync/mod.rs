@@ -39,6 +39,7 @@ pub mod session;
 pub mod shared;
 pub mod tokens;
 pub mod transport;
+pub(crate) mod wire;
 
 pub use driver::{accept_once, sync_continuously, sync_once, sync_once_tcp, Backoff, SyncReport};
 pub use error::SyncError;

@@ -24,7 +24,7 @@ use crate::clock::SiteId;
 use crate::value::Value;
 
 /// OR-set entries with site-index tags, as the positional layouts hold them.
-pub(crate) type Tagged = Vec<(String, Vec<(u32, u64)>)>;
+pub type Tagged = Vec<(String, Vec<(u32, u64)>)>;
 
 const U16_MARK: u8 = 251;
 const U32_MARK: u8 = 252;
@@ -32,28 +32,28 @@ const U64_MARK: u8 = 253;
 
 /// Appends primitives to a byte vector. Writing cannot fail.
 #[derive(Default)]
-pub(crate) struct Enc {
-    pub(crate) bytes: Vec<u8>,
+pub struct Enc {
+    pub bytes: Vec<u8>,
 }
 
 impl Enc {
-    pub(crate) fn new() -> Enc {
+    pub fn new() -> Enc {
         Enc::default()
     }
 
-    pub(crate) fn into_bytes(self) -> Vec<u8> {
+    pub fn into_bytes(self) -> Vec<u8> {
         self.bytes
     }
 
-    pub(crate) fn u8(&mut self, b: u8) {
+    pub fn u8(&mut self, b: u8) {
         self.bytes.push(b);
     }
 
-    pub(crate) fn bool(&mut self, b: bool) {
+    pub fn bool(&mut self, b: bool) {
         self.bytes.push(u8::from(b));
     }
 
-    pub(crate) fn uint(&mut self, n: u64) {
+    pub fn uint(&mut self, n: u64) {
         if n < u64::from(U16_MARK) {
             self.bytes.push(n as u8);
         } else if let Ok(n) = u16::try_from(n) {
@@ -68,33 +68,33 @@ impl Enc {
         }
     }
 
-    pub(crate) fn len(&mut self, n: usize) {
+    pub fn len(&mut self, n: usize) {
         self.uint(n as u64);
     }
 
-    pub(crate) fn int(&mut self, n: i64) {
+    pub fn int(&mut self, n: i64) {
         self.uint(((n << 1) ^ (n >> 63)) as u64);
     }
 
-    pub(crate) fn f64(&mut self, x: f64) {
+    pub fn f64(&mut self, x: f64) {
         self.bytes.extend_from_slice(&x.to_le_bytes());
     }
 
-    pub(crate) fn bytes(&mut self, b: &[u8]) {
+    pub fn bytes(&mut self, b: &[u8]) {
         self.len(b.len());
         self.bytes.extend_from_slice(b);
     }
 
-    pub(crate) fn str(&mut self, s: &str) {
+    pub fn str(&mut self, s: &str) {
         self.bytes(s.as_bytes());
     }
 
-    pub(crate) fn site(&mut self, site: SiteId) {
+    pub fn site(&mut self, site: SiteId) {
         self.bytes(site.as_bytes());
     }
 
     /// An option: tag 0, or tag 1 and the value.
-    pub(crate) fn option<T>(&mut self, value: Option<T>, mut each: impl FnMut(&mut Enc, T)) {
+    pub fn option<T>(&mut self, value: Option<T>, mut each: impl FnMut(&mut Enc, T)) {
         match value {
             None => self.u8(0),
             Some(v) => {
@@ -105,7 +105,7 @@ impl Enc {
     }
 
     /// A sequence: its length, then each element.
-    pub(crate) fn seq<I: IntoIterator>(&mut self, items: I, mut each: impl FnMut(&mut Enc, I::Item))
+    pub fn seq<I: IntoIterator>(&mut self, items: I, mut each: impl FnMut(&mut Enc, I::Item))
     where
         I::IntoIter: ExactSizeIterator,
     {
@@ -118,7 +118,7 @@ impl Enc {
 
     /// A value: its variant index (Null 0, Integer 1, Real 2, Text 3,
     /// Blob 4), then its payload.
-    pub(crate) fn value(&mut self, value: &Value) {
+    pub fn value(&mut self, value: &Value) {
         match value {
             Value::Null => self.u8(0),
             Value::Integer(i) => {
@@ -140,12 +140,12 @@ impl Enc {
         }
     }
 
-    pub(crate) fn values(&mut self, values: &[Value]) {
+    pub fn values(&mut self, values: &[Value]) {
         self.seq(values, Enc::value);
     }
 
     /// `(site index, n)` pairs: clocks, counters, tags.
-    pub(crate) fn pairs(&mut self, pairs: &[(u32, u64)]) {
+    pub fn pairs(&mut self, pairs: &[(u32, u64)]) {
         self.seq(pairs, |e, &(i, n)| {
             e.uint(i.into());
             e.uint(n);
@@ -153,7 +153,7 @@ impl Enc {
     }
 
     /// `(site index, a, b)` triples: covers, PN-counter entries.
-    pub(crate) fn triples(&mut self, triples: &[(u32, u64, u64)]) {
+    pub fn triples(&mut self, triples: &[(u32, u64, u64)]) {
         self.seq(triples, |e, &(i, a, b)| {
             e.uint(i.into());
             e.uint(a);
@@ -162,7 +162,7 @@ impl Enc {
     }
 
     /// OR-set entries: element and `(site index, seq)` tags.
-    pub(crate) fn tagged(&mut self, entries: &[(String, Vec<(u32, u64)>)]) {
+    pub fn tagged(&mut self, entries: &[(String, Vec<(u32, u64)>)]) {
         self.seq(entries, |e, (elem, tags)| {
             e.str(elem);
             e.pairs(tags);
@@ -171,7 +171,7 @@ impl Enc {
 }
 
 /// Reads primitives from a byte slice, tracking the offset for errors.
-pub(crate) struct Dec<'a> {
+pub struct Dec<'a> {
     bytes: &'a [u8],
     pos: usize,
     what: &'static str,
@@ -179,7 +179,7 @@ pub(crate) struct Dec<'a> {
 
 impl<'a> Dec<'a> {
     /// A reader over `bytes`; `what` names the format in errors.
-    pub(crate) fn new(bytes: &'a [u8], what: &'static str) -> Dec<'a> {
+    pub fn new(bytes: &'a [u8], what: &'static str) -> Dec<'a> {
         Dec {
             bytes,
             pos: 0,
@@ -188,7 +188,7 @@ impl<'a> Dec<'a> {
     }
 
     /// A structural error at the current offset.
-    pub(crate) fn malformed(&self, message: impl std::fmt::Display) -> DecodeError {
+    pub fn malformed(&self, message: impl std::fmt::Display) -> DecodeError {
         DecodeError::Malformed {
             what: self.what,
             message: format!("{message} (at byte {})", self.pos),
@@ -200,7 +200,7 @@ impl<'a> Dec<'a> {
     }
 
     /// Refuses bytes after the end of the layout.
-    pub(crate) fn finish(self) -> Result<(), DecodeError> {
+    pub fn finish(self) -> Result<(), DecodeError> {
         if self.pos == self.bytes.len() {
             Ok(())
         } else {
@@ -230,11 +230,11 @@ impl<'a> Dec<'a> {
         Ok(out)
     }
 
-    pub(crate) fn u8(&mut self) -> Result<u8, DecodeError> {
+    pub fn u8(&mut self) -> Result<u8, DecodeError> {
         Ok(self.take(1)?[0])
     }
 
-    pub(crate) fn bool(&mut self) -> Result<bool, DecodeError> {
+    pub fn bool(&mut self) -> Result<bool, DecodeError> {
         match self.u8()? {
             0 => Ok(false),
             1 => Ok(true),
@@ -242,7 +242,7 @@ impl<'a> Dec<'a> {
         }
     }
 
-    pub(crate) fn uint(&mut self) -> Result<u64, DecodeError> {
+    pub fn uint(&mut self) -> Result<u64, DecodeError> {
         Ok(match self.u8()? {
             b if b < U16_MARK => u64::from(b),
             U16_MARK => u64::from(u16::from_le_bytes(self.array()?)),
@@ -252,23 +252,23 @@ impl<'a> Dec<'a> {
         })
     }
 
-    pub(crate) fn u32(&mut self) -> Result<u32, DecodeError> {
+    pub fn u32(&mut self) -> Result<u32, DecodeError> {
         let n = self.uint()?;
         u32::try_from(n).map_err(|_| self.malformed(format!("{n} does not fit 32 bits")))
     }
 
-    pub(crate) fn int(&mut self) -> Result<i64, DecodeError> {
+    pub fn int(&mut self) -> Result<i64, DecodeError> {
         let n = self.uint()?;
         Ok(((n >> 1) as i64) ^ -((n & 1) as i64))
     }
 
-    pub(crate) fn f64(&mut self) -> Result<f64, DecodeError> {
+    pub fn f64(&mut self) -> Result<f64, DecodeError> {
         Ok(f64::from_le_bytes(self.array()?))
     }
 
     /// A count of elements, each at least one byte: refused before any
     /// allocation when fewer bytes are left.
-    pub(crate) fn count(&mut self) -> Result<usize, DecodeError> {
+    pub fn count(&mut self) -> Result<usize, DecodeError> {
         let n = self.uint()?;
         match usize::try_from(n) {
             Ok(n) if n <= self.left() => Ok(n),
@@ -279,12 +279,12 @@ impl<'a> Dec<'a> {
         }
     }
 
-    pub(crate) fn bytes(&mut self) -> Result<&'a [u8], DecodeError> {
+    pub fn bytes(&mut self) -> Result<&'a [u8], DecodeError> {
         let n = self.count()?;
         self.take(n)
     }
 
-    pub(crate) fn string(&mut self) -> Result<String, DecodeError> {
+    pub fn string(&mut self) -> Result<String, DecodeError> {
         let start = self.pos;
         let raw = self.bytes()?;
         match std::str::from_utf8(raw) {
@@ -296,7 +296,7 @@ impl<'a> Dec<'a> {
         }
     }
 
-    pub(crate) fn site(&mut self) -> Result<SiteId, DecodeError> {
+    pub fn site(&mut self) -> Result<SiteId, DecodeError> {
         let raw = self.bytes()?;
         let bytes: [u8; 16] = raw
             .try_into()
@@ -304,7 +304,7 @@ impl<'a> Dec<'a> {
         Ok(SiteId::from_bytes(bytes))
     }
 
-    pub(crate) fn option<T>(
+    pub fn option<T>(
         &mut self,
         mut each: impl FnMut(&mut Dec<'a>) -> Result<T, DecodeError>,
     ) -> Result<Option<T>, DecodeError> {
@@ -315,7 +315,7 @@ impl<'a> Dec<'a> {
         }
     }
 
-    pub(crate) fn seq<T>(
+    pub fn seq<T>(
         &mut self,
         mut each: impl FnMut(&mut Dec<'a>) -> Result<T, DecodeError>,
     ) -> Result<Vec<T>, DecodeError> {
@@ -328,7 +328,7 @@ impl<'a> Dec<'a> {
     }
 
     /// A variant index below `variants`.
-    pub(crate) fn variant(&mut self, variants: u32, of: &str) -> Result<u32, DecodeError> {
+    pub fn variant(&mut self, variants: u32, of: &str) -> Result<u32, DecodeError> {
         let i = self.u32()?;
         if i < variants {
             Ok(i)
@@ -337,7 +337,7 @@ impl<'a> Dec<'a> {
         }
     }
 
-    pub(crate) fn value(&mut self) -> Result<Value, DecodeError> {
+    pub fn value(&mut self) -> Result<Value, DecodeError> {
         Ok(match self.variant(5, "value")? {
             0 => Value::Null,
             1 => Value::Integer(self.int()?),
@@ -347,19 +347,19 @@ impl<'a> Dec<'a> {
         })
     }
 
-    pub(crate) fn values(&mut self) -> Result<Vec<Value>, DecodeError> {
+    pub fn values(&mut self) -> Result<Vec<Value>, DecodeError> {
         self.seq(Dec::value)
     }
 
-    pub(crate) fn pairs(&mut self) -> Result<Vec<(u32, u64)>, DecodeError> {
+    pub fn pairs(&mut self) -> Result<Vec<(u32, u64)>, DecodeError> {
         self.seq(|d| Ok((d.u32()?, d.uint()?)))
     }
 
-    pub(crate) fn triples(&mut self) -> Result<Vec<(u32, u64, u64)>, DecodeError> {
+    pub fn triples(&mut self) -> Result<Vec<(u32, u64, u64)>, DecodeError> {
         self.seq(|d| Ok((d.u32()?, d.uint()?, d.uint()?)))
     }
 
-    pub(crate) fn tagged(&mut self) -> Result<Tagged, DecodeError> {
+    pub fn tagged(&mut self) -> Result<Tagged, DecodeError> {
         self.seq(|d| Ok((d.string()?, d.pairs()?)))
     }
 }

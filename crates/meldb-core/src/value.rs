@@ -199,3 +199,42 @@ mod tests {
         assert_eq!(k.to_string(), "(\"A1\", 7)");
     }
 }
+
+/// `Value` as SQLite sees it: how the store binds and reads values.
+#[cfg(feature = "sqlite")]
+mod sqlite {
+    use super::Value;
+    use rusqlite::types::{FromSql, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
+
+    impl ToSql for Value {
+        fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+            Ok(match self {
+                Value::Null => ToSqlOutput::Borrowed(ValueRef::Null),
+                Value::Integer(i) => ToSqlOutput::Borrowed(ValueRef::Integer(*i)),
+                Value::Real(r) => ToSqlOutput::Borrowed(ValueRef::Real(*r)),
+                Value::Text(s) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
+                Value::Blob(b) => ToSqlOutput::Borrowed(ValueRef::Blob(b)),
+            })
+        }
+    }
+
+    impl From<ValueRef<'_>> for Value {
+        /// What SQLite returned, as a [`Value`] (invalid UTF-8 in TEXT is
+        /// replaced, never a panic).
+        fn from(v: ValueRef<'_>) -> Self {
+            match v {
+                ValueRef::Null => Value::Null,
+                ValueRef::Integer(i) => Value::Integer(i),
+                ValueRef::Real(r) => Value::Real(r),
+                ValueRef::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
+                ValueRef::Blob(b) => Value::Blob(b.to_vec()),
+            }
+        }
+    }
+
+    impl FromSql for Value {
+        fn column_result(v: ValueRef<'_>) -> FromSqlResult<Self> {
+            Ok(Value::from(v))
+        }
+    }
+}

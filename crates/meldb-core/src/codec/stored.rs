@@ -24,16 +24,16 @@ use crate::value::Value;
 
 /// The packed form of a row's metadata.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct StoredMeta {
-    pub(crate) clock: Vec<(u32, u64)>,
-    pub(crate) hlc: u64,
-    pub(crate) writer: u32,
-    pub(crate) columns: Vec<StoredColumn>,
+pub struct StoredMeta {
+    pub clock: Vec<(u32, u64)>,
+    pub hlc: u64,
+    pub writer: u32,
+    pub columns: Vec<StoredColumn>,
 }
 
 /// One column's state in [`StoredMeta`].
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) enum StoredColumn {
+pub enum StoredColumn {
     Unset,
     /// `age` is the row's timestamp minus the register's: 0 (one byte) for
     /// every register the row's latest write set.
@@ -47,7 +47,7 @@ pub(crate) enum StoredColumn {
 }
 
 impl StoredMeta {
-    pub(crate) fn encode(&self) -> Vec<u8> {
+    pub fn encode(&self) -> Vec<u8> {
         let mut e = Enc::new();
         e.pairs(&self.clock);
         e.uint(self.hlc);
@@ -75,7 +75,7 @@ impl StoredMeta {
         e.into_bytes()
     }
 
-    pub(crate) fn decode(bytes: &[u8]) -> Result<StoredMeta, DecodeError> {
+    pub fn decode(bytes: &[u8]) -> Result<StoredMeta, DecodeError> {
         let mut d = Dec::new(bytes, "row metadata");
         let meta = StoredMeta {
             clock: d.pairs()?,
@@ -100,14 +100,14 @@ impl StoredMeta {
 }
 
 /// An undo image: the base table's row as it was.
-pub(crate) fn encode_undo(values: &[Value]) -> Vec<u8> {
+pub fn encode_undo(values: &[Value]) -> Vec<u8> {
     let mut e = Enc::new();
     e.values(values);
     e.into_bytes()
 }
 
 /// Reads an undo image back.
-pub(crate) fn decode_undo(bytes: &[u8]) -> Result<Vec<Value>, DecodeError> {
+pub fn decode_undo(bytes: &[u8]) -> Result<Vec<Value>, DecodeError> {
     let mut d = Dec::new(bytes, "meldb_undo row");
     let values = d.values()?;
     d.finish()?;

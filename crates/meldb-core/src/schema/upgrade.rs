@@ -221,7 +221,7 @@ mod tests {
     fn inventory() -> Result<Schema, SchemaError> {
         Schema::load(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/schema/inventory.toml"
+            "/../../schema/inventory.toml"
         ))
     }
 

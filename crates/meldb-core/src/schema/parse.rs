@@ -582,7 +582,10 @@ mod tests {
     }
 
     fn load_shipped(name: &str) -> Result<Schema, SchemaError> {
-        Schema::load(format!("{}/schema/{name}", env!("CARGO_MANIFEST_DIR")))
+        Schema::load(format!(
+            "{}/../../schema/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
     }
 
     /// `(name, type, kind, nullable, default)` for each column of `table`.
@@ -612,7 +615,10 @@ mod tests {
 
     #[test]
     fn todo_schema_loads() -> TestResult {
-        let schema = Schema::load(concat!(env!("CARGO_MANIFEST_DIR"), "/schema/todo.toml"))?;
+        let schema = Schema::load(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../schema/todo.toml"
+        ))?;
         assert_eq!((schema.name.as_str(), schema.version), ("todo", 1));
         let todo = schema.table("todo").ok_or("no table todo")?;
         assert_eq!(key(todo), ["id"]);
@@ -646,7 +652,7 @@ mod tests {
     fn inventory_schema_loads() -> TestResult {
         let schema = Schema::load(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/schema/inventory.toml"
+            "/../../schema/inventory.toml"
         ))?;
         assert_eq!((schema.name.as_str(), schema.version), ("inventory", 1));
         use {Kind::*, SqlType::*};
@@ -679,7 +685,10 @@ mod tests {
 
     #[test]
     fn booking_schema_loads() -> TestResult {
-        let schema = Schema::load(concat!(env!("CARGO_MANIFEST_DIR"), "/schema/booking.toml"))?;
+        let schema = Schema::load(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../schema/booking.toml"
+        ))?;
         assert_eq!((schema.name.as_str(), schema.version), ("booking", 1));
         use {Kind::*, SqlType::*};
         let seat = schema.table("seat").ok_or("no table seat")?;
@@ -808,7 +817,10 @@ mod tests {
 
     #[test]
     fn load_missing_file_is_io_error() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/schema/no-such-file.toml");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../schema/no-such-file.toml"
+        );
         let err = Schema::load(path);
         assert!(
             matches!(&err, Err(SchemaError::Io { file, .. }) if file == path),

@@ -6,9 +6,10 @@
 //!
 //! - changeset *frames* (files, held rows): the payload is `wire`'s layout;
 //!   frame format [`FORMAT_VERSION`].
-//! - sync protocol *messages* (the network, see [`encode_message`]): the
-//!   same frame layout with their own magic and [`PROTOCOL_VERSION`];
-//!   batches inside them use the `compact` layout.
+//! - sync protocol *messages* (the network): the same frame layout with
+//!   their own magic and version, laid out by the sync layer (`meldb`'s
+//!   `sync::wire`) in these primitives; batches inside them use the
+//!   `compact` layout.
 //! - bytes stored inside SQLite (`stored`: packed row metadata and undo
 //!   images) and the digest input (`digest`): versioned with the database
 //!   format (`meldb_meta.format`).
@@ -24,20 +25,17 @@
 //! then decodes the payload, every count checked against the bytes left, so
 //! no length field inside it can claim more elements than the frame has.
 
-mod bin;
-mod compact;
+#[doc(hidden)]
+pub mod bin;
+#[doc(hidden)]
+pub mod compact;
 mod digest;
-mod messages;
-pub(crate) mod stored;
+#[doc(hidden)]
+pub mod stored;
 mod wire;
 
-pub(crate) use digest::digest_row;
-
-pub use messages::{
-    agree_versions, decode_message, decode_message_versioned, encode_message, encode_message_as,
-    frame_message, message_header, message_payload_len, ProtocolVersion, MAX_MESSAGE_PAYLOAD,
-    MESSAGE_MAGIC, OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION,
-};
+#[doc(hidden)]
+pub use digest::digest_row;
 
 use crate::changeset::Changeset;
 use thiserror::Error;
@@ -224,7 +222,8 @@ pub fn frame(payload: &[u8]) -> Vec<u8> {
 
 /// A frame with the given magic and version (changeset files and protocol
 /// messages share the layout, not the magic).
-fn frame_as(magic: [u8; 4], version: u16, payload: &[u8]) -> Vec<u8> {
+#[doc(hidden)]
+pub fn frame_as(magic: [u8; 4], version: u16, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
     out.extend_from_slice(&magic);
     out.extend_from_slice(&version.to_le_bytes());
@@ -248,7 +247,8 @@ pub fn unframe(bytes: &[u8]) -> Result<&[u8], DecodeError> {
 /// Checks a header's magic, version and declared length (against `limit`)
 /// and returns the version and the payload length. Reads nothing past the
 /// header, so a stream reader can call it before allocating the payload.
-fn check_header(
+#[doc(hidden)]
+pub fn check_header(
     header: &[u8],
     magic: [u8; 4],
     versions: Versions,
@@ -271,7 +271,8 @@ fn check_header(
     Ok((version, declared))
 }
 
-fn unframe_as(
+#[doc(hidden)]
+pub fn unframe_as(
     bytes: &[u8],
     magic: [u8; 4],
     versions: Versions,

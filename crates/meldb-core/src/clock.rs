@@ -168,7 +168,8 @@ impl Clock {
 
     /// Sets the last timestamp back to `last` (a rolled-back transaction's
     /// ticks and observations never happened).
-    pub(crate) fn reset(&mut self, last: Hlc) {
+    #[doc(hidden)]
+    pub fn reset(&mut self, last: Hlc) {
         self.last = last;
     }
 

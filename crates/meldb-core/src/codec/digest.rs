@@ -1,4 +1,4 @@
-//! The bytes [`crate::Store::digest`] hashes for each row, version 1.
+//! The bytes `Store::digest` hashes for each row, version 1.
 //!
 //! Two replicas with equal states must produce equal bytes, so only the
 //! canonical state goes in (no site indices, no rowids) and columns are
@@ -22,7 +22,7 @@ use crate::merge::RowState;
 use crate::value::Value;
 
 /// The digest input of one row; `columns` are `(name, state)` in name order.
-pub(crate) fn digest_row<'a>(
+pub fn digest_row<'a>(
     key: &[Value],
     state: &RowState,
     columns: &[(&'a str, Option<&'a ColumnState>)],

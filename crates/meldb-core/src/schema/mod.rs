@@ -16,6 +16,7 @@ mod upgrade;
 pub use error::SchemaError;
 pub use upgrade::Upgrade;
 
+pub use crate::crdt::Kind;
 use crate::crdt::{RegisterRule, StateOrder};
 use crate::value::Value;
 use serde::{Deserialize, Serialize};
@@ -24,7 +25,7 @@ use std::sync::Arc;
 
 /// What an `lww` column adds to last-writer-wins (schema `policy = ...`).
 /// Each is enforced on local writes, in the merge and, on conflicts, by the
-/// same mechanism as application resolvers (see [`crate::resolve`]).
+/// same mechanism as application resolvers (see `meldb::resolve`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub enum Policy {
     /// Plain last-writer-wins.
@@ -79,44 +80,6 @@ impl Policy {
             Policy::Forward(order) => order.check_move(from, to),
             _ => Ok(()),
         }
-    }
-}
-
-/// How a column merges concurrent writes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Kind {
-    /// Last writer wins (the default).
-    Lww,
-    /// Grow-only counter: increments only.
-    GCounter,
-    /// Counter with increments and decrements.
-    PnCounter,
-    /// Observed-remove set of strings, add wins.
-    OrSet,
-}
-
-impl Kind {
-    /// The name used in schema files.
-    pub fn name(self) -> &'static str {
-        match self {
-            Kind::Lww => "lww",
-            Kind::GCounter => "g_counter",
-            Kind::PnCounter => "pn_counter",
-            Kind::OrSet => "or_set",
-        }
-    }
-
-    /// Parses a schema-file name.
-    pub fn from_name(name: &str) -> Option<Kind> {
-        [Kind::Lww, Kind::GCounter, Kind::PnCounter, Kind::OrSet]
-            .into_iter()
-            .find(|k| k.name() == name)
-    }
-}
-
-impl fmt::Display for Kind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
     }
 }
 
@@ -201,7 +164,7 @@ pub struct Table {
     /// Indexes into `columns` of the primary-key columns, in key order.
     pub primary_key: Vec<usize>,
     /// Whether one replica (the authority) decides conflicts for this
-    /// table; see [`crate::resolve`].
+    /// table; see `meldb::resolve`.
     #[serde(default)]
     pub authority: bool,
 }

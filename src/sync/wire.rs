@@ -1,4 +1,5 @@
-//! Sync protocol messages as bytes.
+//! Sync protocol messages as bytes: the protocol's own layout, built on
+//! `codec`'s frames and primitives.
 //!
 //! Each message is one frame with the changeset frame's layout (`MLDP |
 //! protocol version | payload length | blake3(payload) | payload`) and a
@@ -10,9 +11,8 @@
 //! travel in the `compact` layout (a flags byte per row, delta-encoded
 //! clocks and timestamps, a site table), as one byte string.
 
-use super::bin::{Dec, Enc};
-use super::compact;
-use super::{check_header, frame_as, unframe_as, DecodeError};
+use crate::codec::bin::{Dec, Enc};
+use crate::codec::{check_header, compact, frame_as, unframe_as, DecodeError, Versions};
 use crate::mutator::{MutationRejection, PendingMutation, Push, PushResult};
 use crate::resolve::Rejection;
 use crate::sync::message::{Ack, Batch, Hello, Message, Notice, NoticeCode, Processed, Sent, Want};
@@ -65,7 +65,7 @@ impl ProtocolVersion {
     /// The oldest version this build speaks.
     pub const OLDEST: ProtocolVersion = ProtocolVersion(OLDEST_PROTOCOL_VERSION);
     /// The range, for header checks and errors.
-    pub const VERSIONS: super::Versions = super::Versions {
+    pub const VERSIONS: Versions = Versions {
         format: "sync protocol",
         oldest: OLDEST_PROTOCOL_VERSION,
         newest: PROTOCOL_VERSION,
@@ -96,11 +96,7 @@ impl ProtocolVersion {
 /// that frame, if `ours` includes it and, on the side that opened in
 /// `opened`, it is no newer than what was opened with (an answer may fall
 /// back to an older version, never climb past the one asked for).
-pub fn agree_versions(
-    ours: super::Versions,
-    first: u16,
-    opened: Option<u16>,
-) -> Result<u16, DecodeError> {
+pub fn agree_versions(ours: Versions, first: u16, opened: Option<u16>) -> Result<u16, DecodeError> {
     let version = ours.check(first)?;
     match opened {
         Some(opened) if version > opened => Err(DecodeError::Malformed {
@@ -114,7 +110,7 @@ pub fn agree_versions(
 }
 
 // The payload of protocol version 1: a variant index, then the message's
-// fields in order, in the primitives of `super::bin`:
+// fields in order, in the primitives of `codec::bin`:
 //
 //   0 Hello       site:site schema:str schema_version:uint token:option<str>
 //                 accepts_changes:bool live:bool authority:bool
@@ -361,7 +357,7 @@ pub fn frame_message(payload: &[u8]) -> Vec<u8> {
     frame_as(MESSAGE_MAGIC, PROTOCOL_VERSION, payload)
 }
 
-/// Checks a message frame's header (the first [`super::HEADER_LEN`] bytes):
+/// Checks a message frame's header (the first [`crate::codec::HEADER_LEN`] bytes):
 /// magic, version and the declared payload length against `limit` (capped
 /// at [`MAX_MESSAGE_PAYLOAD`]). Returns the payload length.
 pub fn message_payload_len(header: &[u8], limit: usize) -> Result<usize, DecodeError> {

@@ -7,6 +7,7 @@
 //! contains changes nothing, and the order of merges never matters.
 
 mod counter;
+mod kind;
 mod lww;
 mod or_set;
 mod row_clock;
@@ -16,12 +17,11 @@ mod state_order;
 pub(crate) mod strategies;
 
 pub use counter::{GCounter, PnCounter};
+pub use kind::Kind;
 pub use lww::{Lww, RegisterRule};
 pub use or_set::OrSet;
 pub use row_clock::{Causality, Dot, RowClock};
 pub use state_order::StateOrder;
-
-use crate::schema::Kind;
 
 /// The CRDT state of one column of one row.
 #[derive(Clone, Debug, PartialEq)]

@@ -1,0 +1,26 @@
+//! meldb's core: everything the engine knows that needs no SQLite, no
+//! async runtime and no I/O.
+//!
+//! Values and keys ([`value`]), site ids and the hybrid logical clock
+//! ([`clock`]), version vectors ([`version`]), what replicas exchange
+//! ([`changeset`]), the column kinds and their merge rules ([`crdt`],
+//! [`merge`]), schemas ([`schema`]) and every byte layout meldb writes
+//! ([`codec`]). Every function here is a deterministic function of its
+//! arguments (the clock reads time only through a `TimeSource` it is
+//! given), so the laws are property-tested in isolation.
+//!
+//! Applications use the `meldb` crate, which re-exports this one; the
+//! store (SQLite) and sync (network) layers build on it, and nothing here
+//! imports them.
+
+#![forbid(unsafe_code)]
+#![deny(clippy::unwrap_used)]
+
+pub mod changeset;
+pub mod clock;
+pub mod codec;
+pub mod crdt;
+pub mod merge;
+pub mod schema;
+pub mod value;
+pub mod version;
