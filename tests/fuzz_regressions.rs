@@ -353,6 +353,29 @@ fn the_seed_corpus_is_derived_from_the_fixtures() -> Result<(), String> {
             return Err(format!("the fixtures give no seed for {target}"));
         }
     }
+    // No stale fixture seed either: every committed `fixture-*` file is one
+    // the fixtures give.
+    for target in [
+        "apply_changeset",
+        "decode_frame",
+        "decode_message",
+        "apply_message",
+        "decode_stored",
+    ] {
+        let dir = fuzz_dir().join("seeds").join(target);
+        for entry in fs::read_dir(&dir).map_err(|e| format!("listing {}: {e}", dir.display()))? {
+            let name = entry
+                .map_err(|e| format!("listing {}: {e}", dir.display()))?
+                .file_name()
+                .to_string_lossy()
+                .into_owned();
+            if name.starts_with("fixture-")
+                && !seeds.iter().any(|(t, n, _)| *t == target && *n == name)
+            {
+                return Err(format!("{}/{name} is not derived from the fixtures (remove it, or run write_seed_corpus)", dir.display()));
+            }
+        }
+    }
     for (target, name, bytes) in &seeds {
         let path = fuzz_dir().join("seeds").join(target).join(name);
         let committed = fs::read(&path)

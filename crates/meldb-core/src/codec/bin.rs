@@ -16,8 +16,11 @@
 //!
 //! The reader checks every read against the bytes left and every count
 //! against them before allocating: every element of every layout takes at
-//! least one byte, so a count larger than what is left is refused at once,
-//! and no hostile count allocates more than the input could fill.
+//! least one byte, so a count larger than what is left is refused at once.
+//! A count that passes still reserves at most [`MAX_PREALLOC`] bytes up
+//! front ([`capped`]): an element in memory can be a hundred times larger
+//! than its smallest encoding, so memory grows with the elements that
+//! actually arrive, never with what a hostile count claims.
 
 use super::DecodeError;
 use crate::clock::SiteId;
@@ -25,6 +28,16 @@ use crate::value::Value;
 
 /// OR-set entries with site-index tags, as the positional layouts hold them.
 pub type Tagged = Vec<(String, Vec<(u32, u64)>)>;
+
+/// The most memory a decoder reserves for a sequence before its elements
+/// arrive.
+pub const MAX_PREALLOC: usize = 1 << 20;
+
+/// A vector for `n` announced elements, reserving at most
+/// [`MAX_PREALLOC`] bytes.
+pub fn capped<T>(n: usize) -> Vec<T> {
+    Vec::with_capacity(n.min(MAX_PREALLOC / std::mem::size_of::<T>().max(1)))
+}
 
 const U16_MARK: u8 = 251;
 const U32_MARK: u8 = 252;
@@ -252,7 +265,12 @@ impl<'a> Dec<'a> {
         })
     }
 
+    /// A 32-bit field (indices, variant numbers): the 64-bit form is
+    /// refused even when the value would fit, as bincode did.
     pub fn u32(&mut self) -> Result<u32, DecodeError> {
+        if self.bytes.get(self.pos) == Some(&U64_MARK) {
+            return Err(self.malformed("a 64-bit integer where a 32-bit one belongs"));
+        }
         let n = self.uint()?;
         u32::try_from(n).map_err(|_| self.malformed(format!("{n} does not fit 32 bits")))
     }
@@ -320,7 +338,7 @@ impl<'a> Dec<'a> {
         mut each: impl FnMut(&mut Dec<'a>) -> Result<T, DecodeError>,
     ) -> Result<Vec<T>, DecodeError> {
         let n = self.count()?;
-        let mut out = Vec::with_capacity(n);
+        let mut out = capped(n);
         for _ in 0..n {
             out.push(each(self)?);
         }
@@ -399,6 +417,14 @@ mod tests {
             e.into_bytes(),
             [250, 251, 251, 0, 1, 3, b'h', 0xc3, 0xa9, 1, 7, 0]
         );
+    }
+
+    #[test]
+    fn announced_counts_reserve_little() {
+        let v: Vec<[u8; 144]> = capped(usize::MAX);
+        assert!(v.capacity() * 144 <= MAX_PREALLOC);
+        let small: Vec<u64> = capped(3);
+        assert!(small.capacity() >= 3);
     }
 
     #[test]

@@ -21,6 +21,7 @@
 //! against each other; arithmetic on deltas wraps, so hostile deltas give
 //! odd values for `apply` to reject, never a panic.
 
+use super::bin::capped;
 use super::DecodeError;
 use crate::changeset::{Changeset, Cover, RowChange, TableChanges};
 use crate::clock::{Hlc, SiteId};
@@ -462,13 +463,13 @@ pub fn decode(bytes: &[u8]) -> Result<Changeset, DecodeError> {
     };
     let origin = input.site_id()?;
     let nsites = input.count(16, "site")?;
-    let mut sites = Vec::with_capacity(nsites);
+    let mut sites = capped(nsites);
     for _ in 0..nsites {
         sites.push(input.site_id()?);
     }
     input.sites = sites;
     let ntables = input.count(4, "table")?;
-    let mut tables = Vec::with_capacity(ntables);
+    let mut tables = capped(ntables);
     for _ in 0..ntables {
         tables.push(decode_table(&mut input)?);
     }
@@ -484,7 +485,7 @@ pub fn decode(bytes: &[u8]) -> Result<Changeset, DecodeError> {
 fn decode_table(input: &mut In<'_>) -> Result<TableChanges, DecodeError> {
     let table = input.string()?;
     let ncols = input.count(1, "column")?;
-    let mut columns = Vec::with_capacity(ncols);
+    let mut columns = capped(ncols);
     for _ in 0..ncols {
         columns.push(input.string()?);
     }
@@ -492,7 +493,7 @@ fn decode_table(input: &mut In<'_>) -> Result<TableChanges, DecodeError> {
     // A row takes at least its flags, a timestamp, a sequence delta, one
     // byte per column and a cover.
     let nrows = input.count(4 + ncols, "row")?;
-    let mut rows = Vec::with_capacity(nrows);
+    let mut rows = capped(nrows);
     let mut ctx = Context::new();
     for _ in 0..nrows {
         rows.push(decode_row(input, &mut ctx, arity, ncols)?);
@@ -577,7 +578,7 @@ fn decode_row(
         RowClock::from_entries([(writer_site, seq)])
     } else {
         let n = input.count(2, "clock entry")?;
-        let mut entries = Vec::with_capacity(n);
+        let mut entries = capped(n);
         for _ in 0..n {
             entries.push((input.site()?, input.varint()?));
         }
@@ -588,11 +589,11 @@ fn decode_row(
     } else {
         arity
     };
-    let mut key = Vec::with_capacity(arity.min(input.left()));
+    let mut key = capped(arity.min(input.left()));
     for _ in 0..arity {
         key.push(input.value()?);
     }
-    let mut columns = Vec::with_capacity(ncols);
+    let mut columns = capped(ncols);
     for _ in 0..ncols {
         columns.push(if flags & COLS_SIMPLE != 0 {
             let present = flags & ALL_PRESENT != 0 || input.u8()? != 0;
@@ -622,7 +623,7 @@ fn decode_row(
         }
         _ => {
             let n = input.count(3, "cover")?;
-            let mut covers = Vec::with_capacity(n);
+            let mut covers = capped(n);
             for _ in 0..n {
                 let site = input.site()?;
                 let first = input.varint()?;
@@ -665,7 +666,7 @@ fn decode_column(input: &mut In<'_>, row_hlc: u64) -> Result<Option<ColumnState>
         }
         2 => {
             let n = input.count(2, "counter entry")?;
-            let mut entries = Vec::with_capacity(n);
+            let mut entries = capped(n);
             for _ in 0..n {
                 entries.push((input.site()?, input.varint()?));
             }
@@ -673,7 +674,7 @@ fn decode_column(input: &mut In<'_>, row_hlc: u64) -> Result<Option<ColumnState>
         }
         3 => {
             let n = input.count(3, "counter entry")?;
-            let mut entries = Vec::with_capacity(n);
+            let mut entries = capped(n);
             for _ in 0..n {
                 entries.push((input.site()?, input.varint()?, input.varint()?));
             }
@@ -681,11 +682,11 @@ fn decode_column(input: &mut In<'_>, row_hlc: u64) -> Result<Option<ColumnState>
         }
         4 => {
             let n = input.count(2, "set element")?;
-            let mut entries = Vec::with_capacity(n);
+            let mut entries = capped(n);
             for _ in 0..n {
                 let element = input.string()?;
                 let ntags = input.count(2, "set tag")?;
-                let mut tags = Vec::with_capacity(ntags);
+                let mut tags = capped(ntags);
                 for _ in 0..ntags {
                     tags.push(Dot {
                         site: input.site()?,
