@@ -5,9 +5,9 @@
 //! byte format is reachable from one place.
 
 pub use crate::sync::wire::{
-    agree_versions, decode_message, decode_message_versioned, encode_message, encode_message_as,
-    frame_message, message_header, message_payload_len, ProtocolVersion, MAX_MESSAGE_PAYLOAD,
-    MESSAGE_MAGIC, OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION,
+    decode_message, decode_message_versioned, encode_message, encode_message_as, frame_message,
+    message_header, message_payload_len, ProtocolVersion, MAX_MESSAGE_PAYLOAD, MESSAGE_MAGIC,
+    OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 pub use meldb_core::codec::*;
 

@@ -395,7 +395,7 @@ pub enum StorageError {
         problem: String,
     },
     /// The database was written by a newer meldb, in a format this build
-    /// cannot read. Nothing was changed.
+    /// cannot read. Its contents were not touched.
     #[error("{path}: database format {found} is newer than this meldb reads (up to format {newest}); open it with a meldb that reads format {found}")]
     FormatTooNew {
         /// The database file.
@@ -405,8 +405,8 @@ pub enum StorageError {
         /// The newest format this build reads.
         newest: i64,
     },
-    /// The database's format is older than this build can upgrade. Nothing
-    /// was changed.
+    /// The database's format is older than this build can upgrade. Its
+    /// contents were not touched.
     #[error("{path}: database format {found} is older than this meldb reads (formats {oldest} and up); open it once with a meldb that reads format {found} and writes a newer one, then with this one")]
     FormatTooOld {
         /// The database file.

@@ -20,7 +20,7 @@
 
 use crate::error::{Result, StorageError};
 use rusqlite::{Connection, OptionalExtension};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// The database format this build writes.
 pub(super) const FORMAT: i64 = 1;
@@ -45,6 +45,11 @@ pub(super) const CURRENT: Rules = Rules {
     oldest: OLDEST_FORMAT,
     steps: &[],
 };
+
+// Checked when the crate compiles: a step for every format this build
+// upgrades, and at most one format back.
+const _: () = assert!(CURRENT.steps.len() as i64 == CURRENT.newest - CURRENT.oldest);
+const _: () = assert!(CURRENT.oldest == CURRENT.newest || CURRENT.oldest == CURRENT.newest - 1);
 
 /// An upgrade decided before the opening transaction begins.
 #[derive(Debug)]
@@ -74,30 +79,38 @@ fn stored_format(conn: &Connection) -> Result<Option<i64>> {
 }
 
 impl Rules {
+    /// The error for a format this build cannot open, `None` for one it
+    /// can.
+    fn refusal(&self, path: &str, found: i64) -> Option<StorageError> {
+        if found > self.newest {
+            Some(StorageError::FormatTooNew {
+                path: path.to_owned(),
+                found,
+                newest: self.newest,
+            })
+        } else if found < self.oldest {
+            Some(StorageError::FormatTooOld {
+                path: path.to_owned(),
+                found,
+                oldest: self.oldest,
+            })
+        } else {
+            None
+        }
+    }
+
     /// Checks the database's format before it is opened: `Ok(None)` when it
     /// is current (or new), an [`Upgrade`] (with its backup already
     /// written, for a file) when it is the older version, an error when
     /// this build cannot open it. Runs outside any transaction (`VACUUM
-    /// INTO` cannot run inside one).
+    /// INTO` cannot run inside one); [`Rules::finish`] checks again under
+    /// the write lock.
     pub(super) fn prepare(&self, conn: &Connection, path: &str) -> Result<Option<Upgrade>> {
         let Some(found) = stored_format(conn)? else {
             return Ok(None);
         };
-        if found > self.newest {
-            return Err(StorageError::FormatTooNew {
-                path: path.to_owned(),
-                found,
-                newest: self.newest,
-            }
-            .into());
-        }
-        if found < self.oldest {
-            return Err(StorageError::FormatTooOld {
-                path: path.to_owned(),
-                found,
-                oldest: self.oldest,
-            }
-            .into());
+        if let Some(refusal) = self.refusal(path, found) {
+            return Err(refusal.into());
         }
         if found == self.newest {
             return Ok(None);
@@ -113,10 +126,41 @@ impl Rules {
         }))
     }
 
-    /// Runs the steps of `upgrade` and records the new format. Called
-    /// inside the opening transaction: an error rolls everything back.
-    pub(super) fn finish(&self, conn: &Connection, path: &str, upgrade: &Upgrade) -> Result<()> {
-        for from in upgrade.from..self.newest {
+    /// Called first inside the opening transaction, which holds the write
+    /// lock: reads the format again (another process may have upgraded the
+    /// file since [`Rules::prepare`], or a newer build rewritten it), then
+    /// runs the steps still needed and records the new format. An error
+    /// rolls everything back.
+    pub(super) fn finish(
+        &self,
+        conn: &Connection,
+        path: &str,
+        upgrade: Option<&Upgrade>,
+    ) -> Result<()> {
+        let Some(found) = stored_format(conn)? else {
+            return Ok(());
+        };
+        if let Some(refusal) = self.refusal(path, found) {
+            return Err(refusal.into());
+        }
+        if found == self.newest {
+            // Current, or upgraded by another process meanwhile.
+            return Ok(());
+        }
+        let Some(upgrade) = upgrade.filter(|u| u.from == found) else {
+            // Older than current, but not what `prepare` saw (and backed
+            // up): it changed under us; opening again starts over.
+            return Err(StorageError::UpgradeFailed {
+                path: path.to_owned(),
+                from: found,
+                to: self.newest,
+                backup: "none".into(),
+                problem: "the database's format changed while it was being opened; open it again"
+                    .into(),
+            }
+            .into());
+        };
+        for from in found..self.newest {
             let step = usize::try_from(from - self.oldest)
                 .ok()
                 .and_then(|i| self.steps.get(i));
@@ -147,21 +191,41 @@ impl Rules {
     }
 }
 
-/// Copies the database to the first free `<path>.format-<n>.backup[.k]`.
+/// Copies the database to `<path>.format-<n>.backup`, replacing an earlier
+/// copy of the same format (the file has not changed format since, so the
+/// newest copy is the one worth keeping; retries never pile up copies).
+/// The copy is written under a temporary name with the database's own
+/// permissions, then renamed into place, so no reader ever sees half a
+/// copy and a private database never gets a world-readable one.
 fn write_backup(conn: &Connection, path: &str, format: i64) -> Result<PathBuf> {
-    let base = format!("{path}.format-{format}.backup");
-    let target = std::iter::once(PathBuf::from(&base))
-        .chain((1..).map(|k| PathBuf::from(format!("{base}.{k}"))))
-        .find(|p| !Path::new(p).exists())
-        .unwrap_or_else(|| PathBuf::from(&base));
-    conn.execute("VACUUM INTO ?1", [target.to_string_lossy().as_ref()])
-        .map_err(|e| StorageError::UpgradeFailed {
-            path: path.to_owned(),
-            from: format,
-            to: format + 1,
-            backup: target.display().to_string(),
-            problem: format!("could not write the backup copy: {e}"),
-        })?;
+    let target = PathBuf::from(format!("{path}.format-{format}.backup"));
+    let partial = PathBuf::from(format!(
+        "{path}.format-{format}.backup.partial-{}",
+        std::process::id()
+    ));
+    let failed = |problem: String| StorageError::UpgradeFailed {
+        path: path.to_owned(),
+        from: format,
+        to: format + 1,
+        backup: target.display().to_string(),
+        problem: format!("could not write the backup copy: {problem}"),
+    };
+    let result = (|| -> std::result::Result<(), String> {
+        let permissions = std::fs::metadata(path)
+            .map_err(|e| format!("{path}: {e}"))?
+            .permissions();
+        // SQLite writes into an existing empty file, keeping its mode.
+        std::fs::File::create(&partial).map_err(|e| format!("{}: {e}", partial.display()))?;
+        std::fs::set_permissions(&partial, permissions)
+            .map_err(|e| format!("{}: {e}", partial.display()))?;
+        conn.execute("VACUUM INTO ?1", [partial.to_string_lossy().as_ref()])
+            .map_err(|e| e.to_string())?;
+        std::fs::rename(&partial, &target).map_err(|e| format!("{}: {e}", target.display()))
+    })();
+    if let Err(problem) = result {
+        let _ = std::fs::remove_file(&partial);
+        return Err(failed(problem).into());
+    }
     Ok(target)
 }
 
@@ -170,6 +234,7 @@ mod tests {
     use super::*;
     use crate::schema::Schema;
     use crate::store::{Store, StoreOptions};
+    use std::path::Path;
 
     fn schema() -> Schema {
         Schema::from_toml_str(
@@ -282,12 +347,22 @@ mod tests {
             |r| r.get(0),
         )?;
         assert!(!marker, "the failed step's table was rolled back");
-        // A second attempt keeps the first backup and writes another.
+        // A second attempt replaces the backup instead of piling up copies,
+        // and leaves no partial file behind.
         let conn = Connection::open(&path)?;
         assert!(
             Store::init_with(conn, path.clone(), &schema(), StoreOptions::new(), &rules).is_err()
         );
-        assert!(Path::new(&format!("{path}.format-1.backup.1")).exists());
+        let backups: Vec<String> = std::fs::read_dir(dir.path())
+            .map_err(|e| StorageError::Corrupt {
+                what: "listing".into(),
+                problem: e.to_string(),
+            })?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("backup"))
+            .collect();
+        assert_eq!(backups, ["app.db.format-1.backup"]);
         // This build still opens it: format 1 is current.
         assert!(Store::open(&path, &schema()).is_ok());
         Ok(())
@@ -326,6 +401,104 @@ mod tests {
         // Neither refusal wrote anything: no backup, format unchanged.
         assert_eq!(format_of(&path)?, OLDEST_FORMAT - 1);
         assert!(!Path::new(&format!("{path}.format-0.backup")).exists());
+        Ok(())
+    }
+
+    #[test]
+    fn an_upgrade_another_process_finished_first_is_not_run_again() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| StorageError::Corrupt {
+            what: "tempdir".into(),
+            problem: e.to_string(),
+        })?;
+        let path = format_1_file(dir.path())?;
+        const STEPS: &[Step] = &[add_marker];
+        let rules = Rules {
+            newest: 2,
+            oldest: 1,
+            steps: STEPS,
+        };
+        // Process A decides to upgrade...
+        let a = Connection::open(&path)?;
+        let planned = rules.prepare(&a, &path)?;
+        assert!(planned.is_some());
+        // ...process B upgrades first...
+        let b = Connection::open(&path)?;
+        drop(Store::init_with(
+            b,
+            path.clone(),
+            &schema(),
+            StoreOptions::new(),
+            &rules,
+        )?);
+        // ...and A, once it holds the write lock, finds nothing to do: the
+        // step (which cannot run twice) is not run again.
+        a.execute_batch("BEGIN IMMEDIATE")?;
+        rules.finish(&a, &path, planned.as_ref())?;
+        a.execute_batch("COMMIT")?;
+        let markers: i64 = a.query_row("SELECT count(*) FROM upgraded_marker", [], |r| r.get(0))?;
+        assert_eq!(markers, 1);
+        Ok(())
+    }
+
+    #[test]
+    fn a_format_that_moved_past_this_build_meanwhile_is_refused_under_the_lock() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| StorageError::Corrupt {
+            what: "tempdir".into(),
+            problem: e.to_string(),
+        })?;
+        let path = format_1_file(dir.path())?;
+        let conn = Connection::open(&path)?;
+        assert!(CURRENT.prepare(&conn, &path)?.is_none());
+        // A newer build rewrites the file between the check and the lock.
+        Connection::open(&path)?.execute(
+            "UPDATE meldb_meta SET value = ?1 WHERE key = 'format'",
+            [FORMAT + 1],
+        )?;
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        let err = CURRENT.finish(&conn, &path, None).expect_err("newer");
+        assert!(
+            matches!(
+                err,
+                crate::Error::Storage(StorageError::FormatTooNew { .. })
+            ),
+            "{err}"
+        );
+        Ok(())
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_backup_keeps_the_database_private() -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().map_err(|e| StorageError::Corrupt {
+            what: "tempdir".into(),
+            problem: e.to_string(),
+        })?;
+        let path = format_1_file(dir.path())?;
+        let io = |e: std::io::Error| StorageError::Corrupt {
+            what: "permissions".into(),
+            problem: e.to_string(),
+        };
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+        const STEPS: &[Step] = &[add_marker];
+        let rules = Rules {
+            newest: 2,
+            oldest: 1,
+            steps: STEPS,
+        };
+        let conn = Connection::open(&path)?;
+        drop(Store::init_with(
+            conn,
+            path.clone(),
+            &schema(),
+            StoreOptions::new(),
+            &rules,
+        )?);
+        let mode = std::fs::metadata(format!("{path}.format-1.backup"))
+            .map_err(io)?
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
         Ok(())
     }
 }

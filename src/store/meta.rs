@@ -210,11 +210,9 @@ impl Store {
     ) -> Result<Store> {
         let upgrade = rules.prepare(&conn, &path)?;
         conn.execute_batch("BEGIN IMMEDIATE")?;
-        let result = match &upgrade {
-            Some(upgrade) => rules.finish(&conn, &path, upgrade),
-            None => Ok(()),
-        }
-        .and_then(|()| Store::init_in_transaction(&conn, &path, schema, &options));
+        let result = rules
+            .finish(&conn, &path, upgrade.as_ref())
+            .and_then(|()| Store::init_in_transaction(&conn, &path, schema, &options));
         match result {
             Ok(parts) => {
                 conn.execute_batch("COMMIT")?;

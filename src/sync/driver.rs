@@ -88,7 +88,7 @@ pub(crate) async fn drive(
             Event::Message(None) => return Err(SyncError::Closed { during: "mid-sync" }),
             Event::Message(Some(Err(e))) => {
                 // A bad frame: tell the peer, then end this connection only.
-                s.close(NoticeCode::Protocol, e.to_string());
+                s.close(NoticeCode::Protocol, notice_text(&e));
                 flush(s, conn).await;
                 return Err(e);
             }
@@ -210,6 +210,7 @@ pub async fn accept_once(
     config: SessionConfig,
     authorize: super::session::Authorize,
 ) -> Result<SyncReport, SyncError> {
+    conn.set_accepting();
     let session = {
         let guard = store.lock();
         Session::responder(&guard, config.live(false), authorize)
@@ -313,4 +314,25 @@ pub async fn sync_continuously(
         delay = (delay * 2).min(backoff.max);
     }
     all
+}
+
+/// What the peer is told about a frame this side could not read: a
+/// version this build does not speak is put from the peer's side (which
+/// versions to use instead), anything else as the error says.
+fn notice_text(e: &SyncError) -> String {
+    use crate::codec::{DecodeError, ProtocolVersion};
+    let ours = ProtocolVersion::VERSIONS;
+    match e {
+        SyncError::Decode(DecodeError::UnsupportedVersion { found, .. }) => format!(
+            "your sync protocol version {found} is newer than this peer speaks (versions {} to {}); \
+             connect with a meldb that speaks one of those (relays are upgraded before their clients)",
+            ours.oldest, ours.newest
+        ),
+        SyncError::Decode(DecodeError::ObsoleteVersion { found, .. }) => format!(
+            "your sync protocol version {found} is older than this peer speaks (versions {} to {}); \
+             upgrade to a meldb that speaks one of those",
+            ours.oldest, ours.newest
+        ),
+        other => other.to_string(),
+    }
 }

@@ -140,6 +140,7 @@ impl Relay {
             };
             stream.set_nodelay(true).ok();
             let conn = Connection::new(stream, config.max_message);
+            conn.set_accepting();
             let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
                 tracing::warn!(%peer, "connection refused: too many connections");
                 sessions.spawn(refuse(conn, config.max_connections));

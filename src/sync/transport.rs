@@ -17,8 +17,8 @@
 use super::error::SyncError;
 use super::message::Message;
 use crate::codec::{self, HEADER_LEN};
-use codec::ProtocolVersion;
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use codec::{ProtocolVersion, Versions};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
 use tokio::net::{TcpStream, ToSocketAddrs};
@@ -47,41 +47,56 @@ impl ByteCounts {
 }
 
 /// The protocol version a connection speaks, shared by its writer and its
-/// reader task. 0: not known yet.
-#[derive(Debug, Default)]
+/// reader task.
+#[derive(Debug)]
 struct Speaking {
-    /// The version of the first frame this side sent.
-    opened: AtomicU16,
-    /// The version agreed when the peer's first frame arrived.
+    /// The versions this side speaks.
+    versions: Versions,
+    /// Whether this side accepted the connection (it then writes its oldest
+    /// version until it knows the peer's, so a peer one version behind can
+    /// read even a notice sent before its hello).
+    accepting: AtomicBool,
+    /// The version of the peer's first frame, once it arrived (0 before).
     agreed: AtomicU16,
 }
 
 impl Speaking {
-    /// The version to write the next frame in.
-    fn version(&self) -> ProtocolVersion {
-        let agreed = self.agreed.load(Ordering::Acquire);
-        ProtocolVersion::new(agreed).unwrap_or(ProtocolVersion::NEWEST)
+    fn new(versions: Versions) -> Speaking {
+        Speaking {
+            versions,
+            accepting: AtomicBool::new(false),
+            agreed: AtomicU16::new(0),
+        }
+    }
+
+    /// The version to write the next frame in: the agreed one, or before
+    /// agreement the newest (to open with) or, on the accepting side, the
+    /// oldest.
+    fn version(&self) -> u16 {
+        match self.agreed.load(Ordering::Acquire) {
+            0 if self.accepting.load(Ordering::Acquire) => self.versions.oldest,
+            0 => self.versions.newest,
+            agreed => agreed,
+        }
     }
 
     /// Checks the version of a frame from the peer: the first fixes the
-    /// session's version, the rest must be in it.
-    fn receive(&self, found: ProtocolVersion) -> Result<(), codec::DecodeError> {
-        let agreed = self.agreed.load(Ordering::Acquire);
-        if agreed == 0 {
-            let opened = ProtocolVersion::new(self.opened.load(Ordering::Acquire)).ok();
-            let version = ProtocolVersion::agree(found.number(), opened)?;
-            self.agreed.store(version.number(), Ordering::Release);
-            Ok(())
-        } else if agreed == found.number() {
-            Ok(())
-        } else {
-            Err(codec::DecodeError::Malformed {
+    /// session's version (the highest both speak: the opener's newest, if
+    /// this side speaks it), the rest must be in it.
+    fn receive(&self, found: u16) -> Result<(), codec::DecodeError> {
+        let found = self.versions.check(found)?;
+        match self.agreed.load(Ordering::Acquire) {
+            0 => {
+                self.agreed.store(found, Ordering::Release);
+                Ok(())
+            }
+            agreed if agreed == found => Ok(()),
+            agreed => Err(codec::DecodeError::Malformed {
                 what: "message",
                 message: format!(
-                    "a frame in protocol version {} in a session agreed on version {agreed}",
-                    found.number()
+                    "a frame in protocol version {found} in a session agreed on version {agreed}"
                 ),
-            })
+            }),
         }
     }
 }
@@ -113,7 +128,7 @@ impl Connection {
     {
         let (reader, writer) = tokio::io::split(stream);
         let counts = Arc::new(ByteCounts::default());
-        let speaking = Arc::new(Speaking::default());
+        let speaking = Arc::new(Speaking::new(ProtocolVersion::VERSIONS));
         let (tx, incoming) = mpsc::channel(8);
         tokio::spawn(read_frames(
             reader,
@@ -146,14 +161,7 @@ impl Connection {
 
     /// Sends one message, in the session's protocol version.
     pub async fn send(&mut self, message: &Message) -> Result<(), SyncError> {
-        let version = self.speaking.version();
-        let _ = self.speaking.opened.compare_exchange(
-            0,
-            version.number(),
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        );
-        let bytes = codec::encode_message_as(message, version);
+        let bytes = codec::encode_message_as(message, self.protocol_version());
         self.writer.write_all(&bytes).await?;
         self.counts
             .sent
@@ -189,7 +197,15 @@ impl Connection {
     /// The protocol version the session speaks: agreed from the peer's
     /// first frame, or this build's newest before that.
     pub fn protocol_version(&self) -> ProtocolVersion {
-        self.speaking.version()
+        ProtocolVersion::new(self.speaking.version()).unwrap_or(ProtocolVersion::NEWEST)
+    }
+
+    /// Marks this end as the one that accepted the connection: until the
+    /// peer's first frame says its version, it writes its oldest (see
+    /// [`codec::ProtocolVersion`]). The relay and [`super::accept_once`]
+    /// call it.
+    pub fn set_accepting(&self) {
+        self.speaking.accepting.store(true, Ordering::Release);
     }
 }
 
@@ -266,7 +282,7 @@ async fn read_frame<R: AsyncRead + Unpin>(
         filled += n;
     }
     let (version, len) = codec::message_header(&header, limit)?;
-    speaking.receive(version)?;
+    speaking.receive(version.number())?;
     let mut frame = Vec::with_capacity(HEADER_LEN + len);
     frame.extend_from_slice(&header);
     let read = (&mut *reader)
@@ -290,24 +306,54 @@ async fn read_frame<R: AsyncRead + Unpin>(
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_first_frame_fixes_the_version_and_a_switch_is_refused() {
-        let speaking = Speaking::default();
-        assert_eq!(speaking.version(), ProtocolVersion::NEWEST);
-        assert!(speaking.receive(ProtocolVersion::OLDEST).is_ok());
-        assert_eq!(speaking.version(), ProtocolVersion::OLDEST);
-        assert!(speaking.receive(ProtocolVersion::OLDEST).is_ok());
-        // A session agreed on another version (one this build may not
-        // speak, as with a build one version apart) refuses frames in any
-        // version but that one.
-        speaking
-            .agreed
-            .store(PROTOCOL_VERSION_FOR_TEST, Ordering::Release);
-        let err = speaking
-            .receive(ProtocolVersion::NEWEST)
-            .expect_err("switched versions");
-        assert!(err.to_string().contains("agreed on version"), "{err}");
+    /// A build that speaks versions 1 and 2.
+    fn two_versions() -> Speaking {
+        Speaking::new(Versions {
+            format: "sync protocol",
+            oldest: 1,
+            newest: 2,
+        })
     }
 
-    const PROTOCOL_VERSION_FOR_TEST: u16 = codec::PROTOCOL_VERSION + 1;
+    #[test]
+    fn the_opener_writes_its_newest_and_follows_the_answer() {
+        let s = two_versions();
+        assert_eq!(s.version(), 2, "a hello goes out in the newest");
+        // An older relay answered in 1: the session speaks 1 from now on.
+        assert!(s.receive(1).is_ok());
+        assert_eq!(s.version(), 1);
+        assert!(s.receive(1).is_ok());
+        let err = s.receive(2).expect_err("a switch mid-session");
+        assert!(err.to_string().contains("agreed on version 1"), "{err}");
+    }
+
+    #[test]
+    fn the_acceptor_answers_in_the_peers_version_and_writes_its_oldest_before() {
+        let s = two_versions();
+        s.accepting.store(true, Ordering::Release);
+        assert_eq!(s.version(), 1, "a busy notice before any hello: the oldest");
+        assert!(s.receive(2).is_ok(), "a hello in 2");
+        assert_eq!(s.version(), 2, "answered in the peer's version");
+
+        let older_peer = two_versions();
+        older_peer.accepting.store(true, Ordering::Release);
+        assert!(older_peer.receive(1).is_ok());
+        assert_eq!(older_peer.version(), 1);
+    }
+
+    #[test]
+    fn versions_outside_the_range_are_refused_with_the_version_needed() {
+        let s = two_versions();
+        let newer = s.receive(3).expect_err("newer");
+        assert!(newer.to_string().contains("reads version 3"), "{newer}");
+        let older = Speaking::new(Versions {
+            format: "sync protocol",
+            oldest: 2,
+            newest: 3,
+        })
+        .receive(1)
+        .expect_err("older");
+        assert!(older.to_string().contains("version 2 or newer"), "{older}");
+        assert_eq!(s.version(), 2, "a refused frame agrees nothing");
+    }
 }
