@@ -28,6 +28,6 @@ mod resolver;
 mod row;
 
 pub use record::{ConflictCount, ConflictRecord, Outcome, Rejection};
-pub use resolver::{Conflict, Mode, Resolution, Resolver, Trigger, Version, Writer};
+pub use resolver::{Conflict, Mode, ReadView, Resolution, Resolver, Trigger, Version, Writer};
 pub use row::Row;
 pub(crate) use row::{value_from_json, value_to_json};

@@ -4,7 +4,6 @@
 use super::Row;
 use crate::clock::{Hlc, SiteId};
 use crate::error::Result;
-use crate::store::Store;
 use crate::value::{Key, Value};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -12,7 +11,7 @@ use std::fmt;
 use std::sync::Arc;
 
 /// Who wrote a change, as the application describes its users. Attached by
-/// whoever delivers the change ([`Store::apply_from`]): the relay attaches
+/// whoever delivers the change ([`crate::Store::apply_from`]): the relay attaches
 /// what a client's token says, so a client cannot claim roles it lacks.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Writer {
@@ -89,7 +88,7 @@ pub enum Resolution {
     /// (authority only).
     Reject(String),
     /// Keep the merged row for now and ask a person: both versions wait in
-    /// the conflict log until [`Store::resolve_deferred`].
+    /// the conflict log until [`crate::Store::resolve_deferred`].
     Defer(String),
     /// No opinion: the next resolver decides (the merge stands if none does).
     Pass,
@@ -174,7 +173,21 @@ pub struct Conflict<'a> {
     pub(crate) concurrent: bool,
     pub(crate) mode: Mode,
     pub(crate) writer: &'a Writer,
-    pub(crate) store: &'a Store,
+    pub(crate) view: &'a dyn ReadView,
+}
+
+/// What a resolver may read besides the conflict itself: rows and
+/// read-only queries, as the state stands in the deciding transaction.
+/// The store implements it; resolvers see it only through [`Conflict`], so
+/// deciding never depends on how the state is kept.
+pub trait ReadView {
+    /// A live row's columns in schema order, `None` if there is none.
+    fn get_row(&self, table: &str, key: &Key) -> Result<Option<Row>>;
+
+    /// Runs one statement that cannot write (refused with
+    /// [`crate::error::ResolveError::NotReadOnly`] otherwise, naming
+    /// `table`, the table being decided) and returns its rows.
+    fn query_rows(&self, table: &str, sql: &str, params: &[Value]) -> Result<Vec<Vec<Value>>>;
 }
 
 impl Conflict<'_> {
@@ -244,7 +257,7 @@ impl Conflict<'_> {
 
     /// Reads another row as it stands in this transaction.
     pub fn get(&self, table: &str, key: impl Into<Key>) -> Result<Option<Row>> {
-        Ok(self.store.get(table, key)?.map(Row::from))
+        self.view.get_row(table, &key.into())
     }
 
     /// Runs one read-only SQL statement (`SELECT sum(...)`) against the
@@ -253,21 +266,6 @@ impl Conflict<'_> {
     /// ([`crate::error::ResolveError::NotReadOnly`]): resolvers decide, they
     /// do not write.
     pub fn query(&self, sql: &str, params: &[Value]) -> Result<Vec<Vec<Value>>> {
-        let conn = self.store.conn();
-        let mut stmt = conn.prepare(sql)?;
-        if !stmt.readonly() {
-            return Err(crate::error::ResolveError::NotReadOnly {
-                table: self.table.to_owned(),
-                sql: sql.to_owned(),
-            }
-            .into());
-        }
-        let width = stmt.column_count();
-        let rows = stmt.query_map(rusqlite::params_from_iter(params), |r| {
-            (0..width)
-                .map(|i| r.get_ref(i).map(Value::from))
-                .collect::<rusqlite::Result<Vec<_>>>()
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        self.view.query_rows(self.table, sql, params)
     }
 }

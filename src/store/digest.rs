@@ -10,7 +10,8 @@ use super::layout::quote;
 use super::rows;
 use super::Store;
 use crate::codec;
-use crate::error::{Result, WriteError};
+use crate::error::{ResolveError, Result, WriteError};
+use crate::resolve::{ReadView, Row};
 use crate::value::{Key, Value};
 
 impl Store {
@@ -88,5 +89,31 @@ impl Store {
             .map(|(i, c)| Ok((c.name.clone(), Value::from(row.get_ref(i)?))))
             .collect::<Result<Vec<_>>>()
             .map(Some)
+    }
+}
+
+/// Resolvers read the store through this view (see [`ReadView`]): rows as
+/// `get` returns them, and statements SQLite itself deems read-only.
+impl ReadView for Store {
+    fn get_row(&self, table: &str, key: &Key) -> Result<Option<Row>> {
+        Ok(self.get(table, key.clone())?.map(Row::from))
+    }
+
+    fn query_rows(&self, table: &str, sql: &str, params: &[Value]) -> Result<Vec<Vec<Value>>> {
+        let mut stmt = self.conn.prepare(sql)?;
+        if !stmt.readonly() {
+            return Err(ResolveError::NotReadOnly {
+                table: table.to_owned(),
+                sql: sql.to_owned(),
+            }
+            .into());
+        }
+        let width = stmt.column_count();
+        let rows = stmt.query_map(rusqlite::params_from_iter(params), |r| {
+            (0..width)
+                .map(|i| r.get_ref(i).map(Value::from))
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 }

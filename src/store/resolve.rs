@@ -160,7 +160,7 @@ impl Transaction<'_> {
                 concurrent: change.concurrent,
                 mode,
                 writer: change.writer,
-                store,
+                view: store,
             };
             let resolvers = store.resolvers_for(layout.name(), change.concurrent);
             decide(layout, &ctx, &resolvers, note)?

@@ -33,6 +33,7 @@
 mod batch;
 mod driver;
 pub mod error;
+pub mod listener;
 pub mod message;
 pub mod relay;
 pub mod session;
@@ -43,6 +44,7 @@ pub(crate) mod wire;
 
 pub use driver::{accept_once, sync_continuously, sync_once, sync_once_tcp, Backoff, SyncReport};
 pub use error::SyncError;
+pub use listener::{Listener, Peer};
 pub use message::{Message, NoticeCode};
 pub use relay::{Relay, RelayConfig};
 pub use session::{Access, Authorize, Grant, PeerInfo, Session, SessionConfig, SyncStats};

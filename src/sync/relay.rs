@@ -23,6 +23,7 @@
 
 use super::driver::{drive, DriveOptions};
 use super::error::SyncError;
+use super::listener::{Listener, Peer};
 use super::message::{Message, Notice, NoticeCode};
 use super::session::{Authorize, Grant, Session, SessionConfig};
 use super::shared::SharedStore;
@@ -86,32 +87,39 @@ impl RelayConfig {
     }
 }
 
-/// A listening relay.
+/// A relay over a [`Listener`] (TCP unless said otherwise).
 #[derive(Debug)]
-pub struct Relay {
+pub struct Relay<L: Listener = TcpListener> {
     store: SharedStore,
-    listener: TcpListener,
+    listener: L,
     config: RelayConfig,
 }
 
-impl Relay {
-    /// Listens on `addr` (e.g. `127.0.0.1:0` for any free port).
+impl Relay<TcpListener> {
+    /// Listens on TCP `addr` (e.g. `127.0.0.1:0` for any free port).
     pub async fn bind(
         store: SharedStore,
         addr: &str,
         config: RelayConfig,
     ) -> Result<Relay, SyncError> {
         let listener = TcpListener::bind(addr).await?;
-        Ok(Relay {
-            store,
-            listener,
-            config,
-        })
+        Ok(Relay::new(store, listener, config))
     }
 
     /// The address it listens on.
     pub fn local_addr(&self) -> Result<SocketAddr, SyncError> {
         Ok(self.listener.local_addr()?)
+    }
+}
+
+impl<L: Listener> Relay<L> {
+    /// A relay serving `store` to the connections `listener` accepts.
+    pub fn new(store: SharedStore, listener: L, config: RelayConfig) -> Relay<L> {
+        Relay {
+            store,
+            listener,
+            config,
+        }
     }
 
     /// Serves until `shutdown` turns true, then ends every session with a
@@ -124,10 +132,11 @@ impl Relay {
         };
         let mut sessions = JoinSet::new();
         let config = Arc::new(self.config);
-        tracing::info!(addr = ?self.listener.local_addr().ok(), "relay listening");
+        tracing::info!(on = %self.listener.describe(), "relay listening");
+        let mut listener = self.listener;
         loop {
             let accepted = tokio::select! {
-                accepted = self.listener.accept() => accepted,
+                accepted = listener.accept() => accepted,
                 _ = shutdown.wait_for(|stop| *stop) => break,
                 Some(_) = sessions.join_next(), if !sessions.is_empty() => continue,
             };
@@ -138,7 +147,6 @@ impl Relay {
                     continue;
                 }
             };
-            stream.set_nodelay(true).ok();
             let conn = Connection::new(stream, config.max_message);
             conn.set_accepting();
             let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
@@ -173,13 +181,15 @@ async fn refuse(mut conn: Connection, limit: usize) {
 async fn serve_one(
     store: &SharedStore,
     mut conn: Connection,
-    peer: SocketAddr,
+    peer: Peer,
     config: &RelayConfig,
     authorize: Authorize,
     shutdown: &mut watch::Receiver<bool>,
 ) {
     let tokens = config.tokens.clone();
+    let who = peer.clone();
     let named: Authorize = Arc::new(move |token| {
+        let peer = &who;
         let grant = authorize(token);
         let name = tokens
             .as_ref()
