@@ -186,7 +186,7 @@ pub async fn sync_once(
 ) -> Result<SyncReport, SyncError> {
     let session = {
         let guard = store.lock();
-        Session::initiator(&guard, config.live(false))
+        Session::initiator(&*guard, config.live(false))
     };
     let (_never, mut shutdown) = watch::channel(false);
     drive(
@@ -213,7 +213,7 @@ pub async fn accept_once(
     conn.set_accepting();
     let session = {
         let guard = store.lock();
-        Session::responder(&guard, config.live(false), authorize)
+        Session::responder(&*guard, config.live(false), authorize)
     };
     let (_never, mut shutdown) = watch::channel(false);
     drive(
@@ -280,7 +280,7 @@ pub async fn sync_continuously(
             Ok(mut conn) => {
                 let session = {
                     let guard = store.lock();
-                    Session::initiator(&guard, config.clone().live(true))
+                    Session::initiator(&*guard, config.clone().live(true))
                 };
                 let started = Instant::now();
                 match drive(&store, session, &mut conn, &options, &mut shutdown).await {

@@ -204,7 +204,7 @@ async fn serve_one(
     });
     let session = {
         let guard = store.lock();
-        Session::responder(&guard, config.session.clone().live(true), named)
+        Session::responder(&*guard, config.session.clone().live(true), named)
     };
     let options = DriveOptions {
         until_caught_up: false,

@@ -1,7 +1,7 @@
 //! The protocol core: one sync session as a state machine, with no I/O.
 //!
 //! Feed it what the peer sent ([`Session::receive`]) and send what it
-//! produces ([`Session::poll_message`]); it reads and writes the [`Store`]
+//! produces ([`Session::poll_message`]); it reads and writes the [`Replica`] it syncs (a [`crate::Store`])
 //! it is handed but owns no socket and no clock, so tests drive it through
 //! any simulated network, and every transport runs the same logic.
 //!
@@ -23,7 +23,7 @@
 //! answer's `Sent` says which it processed, so the client drops those once
 //! every batch is in (see [`super::message`]). On such a client every batch
 //! is applied under the pending mutations' speculative effects
-//! ([`Store::apply_pull`]), never merged into them.
+//! ([`crate::Store::apply_pull`]), never merged into them.
 //!
 //! In live mode the session stays open after catching up: the owner calls
 //! [`Session::local_changed`] when the store changes and the session pushes
@@ -33,11 +33,11 @@
 use super::batch::{add_covers, batches};
 use super::error::SyncError;
 use super::message::{Ack, Batch, Hello, Message, Notice, NoticeCode, Processed, Sent, Want};
+use super::replica::Replica;
 use crate::changeset::Changeset;
 use crate::clock::SiteId;
 use crate::mutator::{PullResponse, Push};
 use crate::resolve::{Rejection, Writer};
-use crate::store::Store;
 use crate::version::VersionVector;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
@@ -59,7 +59,7 @@ pub enum Access {
 pub struct Grant {
     /// Read-only or read-write.
     pub access: Access,
-    /// The writer attached to the peer's changes ([`Store::apply_from`]).
+    /// The writer attached to the peer's changes ([`crate::Store::apply_from`]).
     pub writer: Writer,
 }
 
@@ -259,7 +259,7 @@ impl fmt::Debug for Session {
 impl Session {
     /// The side that connected: its `Hello` (with the token) is the first
     /// message out.
-    pub fn initiator(store: &Store, config: SessionConfig) -> Session {
+    pub fn initiator(store: &(impl Replica + ?Sized), config: SessionConfig) -> Session {
         let mut session = Session::new(store, config, Role::Initiator);
         let hello = session.hello(true);
         session.out.push_back(Message::Hello(hello));
@@ -268,18 +268,23 @@ impl Session {
 
     /// The side that accepted the connection: it waits for the peer's
     /// `Hello` and asks `authorize` what the token allows.
-    pub fn responder(store: &Store, config: SessionConfig, authorize: Authorize) -> Session {
+    pub fn responder(
+        store: &(impl Replica + ?Sized),
+        config: SessionConfig,
+        authorize: Authorize,
+    ) -> Session {
         Session::new(store, config, Role::Responder(authorize))
     }
 
-    fn new(store: &Store, config: SessionConfig, role: Role) -> Session {
+    fn new(store: &(impl Replica + ?Sized), config: SessionConfig, role: Role) -> Session {
+        let (schema, schema_version) = store.schema_name_and_version();
         Session {
             role,
             config,
             phase: Phase::Greeting,
             site: store.site_id(),
-            schema: store.schema().name.clone(),
-            schema_version: store.schema().version,
+            schema,
+            schema_version,
             authority: store.is_authority(),
             peer: None,
             access: Access::ReadWrite,
@@ -424,7 +429,11 @@ impl Session {
 
     /// Handles one message from the peer. An error closes the session; a
     /// notice for the peer saying why is then the last message out.
-    pub fn receive(&mut self, store: &mut Store, message: Message) -> Result<(), SyncError> {
+    pub fn receive(
+        &mut self,
+        store: &mut (impl Replica + ?Sized),
+        message: Message,
+    ) -> Result<(), SyncError> {
         if self.phase == Phase::Closed {
             return Ok(());
         }
@@ -456,7 +465,11 @@ impl Session {
         }
     }
 
-    fn handle(&mut self, store: &mut Store, message: Message) -> Result<(), SyncError> {
+    fn handle(
+        &mut self,
+        store: &mut (impl Replica + ?Sized),
+        message: Message,
+    ) -> Result<(), SyncError> {
         match (self.phase, message) {
             (_, Message::Notice(n)) => {
                 self.phase = Phase::Closed;
@@ -504,7 +517,7 @@ impl Session {
         }
     }
 
-    fn on_hello(&mut self, store: &Store, hello: Hello) -> Result<(), SyncError> {
+    fn on_hello(&mut self, store: &(impl Replica + ?Sized), hello: Hello) -> Result<(), SyncError> {
         if hello.schema != self.schema {
             return Err(SyncError::SchemaMismatch {
                 local: self.schema.clone(),
@@ -538,7 +551,7 @@ impl Session {
         Ok(())
     }
 
-    fn want_again(&mut self, store: &Store) -> Result<(), SyncError> {
+    fn want_again(&mut self, store: &(impl Replica + ?Sized)) -> Result<(), SyncError> {
         self.want_id += 1;
         self.want_open = true;
         self.caught = false;
@@ -559,7 +572,7 @@ impl Session {
     /// Queues a `Push` of the pending mutations not pushed yet in this
     /// session, when this replica queues them and the peer takes changes.
     /// Returns whether it did.
-    fn push_pending(&mut self, store: &Store) -> Result<bool, SyncError> {
+    fn push_pending(&mut self, store: &(impl Replica + ?Sized)) -> Result<bool, SyncError> {
         let to_authority = self.peer.as_ref().is_some_and(|p| p.authority);
         if !store.queues_mutations() || !to_authority || !self.peer_wants() {
             return Ok(false);
@@ -582,7 +595,11 @@ impl Session {
         Ok(true)
     }
 
-    fn on_push(&mut self, store: &mut Store, push: Push) -> Result<(), SyncError> {
+    fn on_push(
+        &mut self,
+        store: &mut (impl Replica + ?Sized),
+        push: Push,
+    ) -> Result<(), SyncError> {
         if self.access == Access::ReadOnly {
             return Err(SyncError::ReadOnly {
                 sent: format!("{} mutations", push.mutations.len()),
@@ -604,7 +621,7 @@ impl Session {
         Ok(())
     }
 
-    fn on_want(&mut self, store: &Store, want: Want) -> Result<(), SyncError> {
+    fn on_want(&mut self, store: &(impl Replica + ?Sized), want: Want) -> Result<(), SyncError> {
         // A newer Want supersedes whatever of an older answer is unsent.
         self.queue.clear();
         let authority = self.authority;
@@ -644,7 +661,11 @@ impl Session {
         Ok(())
     }
 
-    fn on_batch(&mut self, store: &mut Store, batch: Batch) -> Result<(), SyncError> {
+    fn on_batch(
+        &mut self,
+        store: &mut (impl Replica + ?Sized),
+        batch: Batch,
+    ) -> Result<(), SyncError> {
         if self.access == Access::ReadOnly {
             return Err(SyncError::ReadOnly {
                 sent: format!("a batch of {} rows", batch.changes.len()),
@@ -697,7 +718,11 @@ impl Session {
         }
     }
 
-    fn on_sent(&mut self, store: &mut Store, sent: Sent) -> Result<(), SyncError> {
+    fn on_sent(
+        &mut self,
+        store: &mut (impl Replica + ?Sized),
+        sent: Sent,
+    ) -> Result<(), SyncError> {
         if !self.want_open || sent.want != self.want_id {
             return Ok(());
         }
@@ -725,7 +750,11 @@ impl Session {
 
     /// Queues the rejection notices for the peer that a replica with `have`
     /// has not received (their corrections are not in `have`).
-    fn queue_rejections(&mut self, store: &Store, have: &VersionVector) -> Result<(), SyncError> {
+    fn queue_rejections(
+        &mut self,
+        store: &(impl Replica + ?Sized),
+        have: &VersionVector,
+    ) -> Result<(), SyncError> {
         let Some(peer) = &self.peer else {
             return Ok(());
         };
@@ -739,7 +768,7 @@ impl Session {
 
     /// Asks again for everything still missing, if an answer is
     /// outstanding: for a transport that noticed silence (a lost message).
-    pub fn retry(&mut self, store: &Store) -> Result<(), SyncError> {
+    pub fn retry(&mut self, store: &(impl Replica + ?Sized)) -> Result<(), SyncError> {
         if self.phase == Phase::Open && self.want_open {
             self.want_again(store)?;
         }
@@ -749,7 +778,7 @@ impl Session {
     /// Tells a live session the store changed: what the peer lacks is
     /// queued for sending. Does nothing before the peer said what it has,
     /// when the peer does not accept changes, or outside live mode.
-    pub fn local_changed(&mut self, store: &Store) -> Result<(), SyncError> {
+    pub fn local_changed(&mut self, store: &(impl Replica + ?Sized)) -> Result<(), SyncError> {
         if self.phase != Phase::Open || !self.config.live || !self.peer_wants() {
             return Ok(());
         }

@@ -1,0 +1,123 @@
+//! What the protocol core needs of the replica it syncs: the [`Replica`]
+//! trait. `Session` reads and writes through it alone, so the protocol
+//! does not depend on how a replica keeps its state; [`Store`] (one SQLite
+//! database) is today's implementation, and a relay over another database
+//! is another.
+//!
+//! Every method is one atomic step of the replica's own: an apply commits
+//! or changes nothing, which is what lets the session acknowledge a batch
+//! only after it committed.
+
+use crate::changeset::Changeset;
+use crate::clock::SiteId;
+use crate::error::Result;
+use crate::mutator::{PendingMutation, PullReport, PullResponse, Push, PushResult};
+use crate::resolve::{Rejection, Writer};
+use crate::store::{ApplyReport, Store};
+use crate::version::VersionVector;
+
+/// A replica a session can sync.
+pub trait Replica {
+    /// This replica's site id.
+    fn site_id(&self) -> SiteId;
+    /// Its schema's name and version (sessions between schemas of
+    /// different names are refused).
+    fn schema_name_and_version(&self) -> (String, u32);
+    /// Whether it is the authority (runs pushed mutations).
+    fn is_authority(&self) -> bool;
+    /// The dots it has.
+    fn version_vector(&self) -> VersionVector;
+    /// Everything it has that `vv` lacks.
+    fn changes_since(&self, vv: &VersionVector) -> Result<Changeset>;
+    /// Merges a peer's changes, attributed to `writer`, atomically.
+    fn apply_from(&mut self, changes: &Changeset, writer: &Writer) -> Result<ApplyReport>;
+    /// The authority's rejections of `peer`'s changes that `vv` has not
+    /// seen the corrections of.
+    fn rejections_for(&self, peer: SiteId, vv: &VersionVector) -> Result<Vec<Rejection>>;
+    /// Records rejections of this replica's changes; returns how many were
+    /// new.
+    fn receive_rejections(&mut self, notices: &[Rejection]) -> Result<usize>;
+    /// Whether it queues mutations for an authority.
+    fn queues_mutations(&self) -> bool;
+    /// Its queued mutations, oldest first.
+    fn pending_mutations(&self) -> Result<Vec<PendingMutation>>;
+    /// What it asks an authority for: its version vector and the oldest
+    /// pending mutation (`u64::MAX` when none).
+    fn pull_request(&self) -> Result<(VersionVector, u64)>;
+    /// At the authority: runs a client's pushed mutations.
+    fn process_push(&mut self, push: &Push) -> Result<PushResult>;
+    /// At the authority: what a client lacks, with the word on its
+    /// mutations from `first_pending` on.
+    fn pull_for(
+        &self,
+        client: SiteId,
+        have: &VersionVector,
+        first_pending: u64,
+    ) -> Result<PullResponse>;
+    /// On a client: undo, apply, drop what was processed, replay, in one
+    /// step.
+    fn apply_pull(&mut self, response: &PullResponse) -> Result<PullReport>;
+}
+
+impl Replica for Store {
+    fn site_id(&self) -> SiteId {
+        Store::site_id(self)
+    }
+
+    fn schema_name_and_version(&self) -> (String, u32) {
+        (self.schema().name.clone(), self.schema().version)
+    }
+
+    fn is_authority(&self) -> bool {
+        Store::is_authority(self)
+    }
+
+    fn version_vector(&self) -> VersionVector {
+        Store::version_vector(self)
+    }
+
+    fn changes_since(&self, vv: &VersionVector) -> Result<Changeset> {
+        Store::changes_since(self, vv)
+    }
+
+    fn apply_from(&mut self, changes: &Changeset, writer: &Writer) -> Result<ApplyReport> {
+        Store::apply_from(self, changes, writer)
+    }
+
+    fn rejections_for(&self, peer: SiteId, vv: &VersionVector) -> Result<Vec<Rejection>> {
+        Store::rejections_for(self, peer, vv)
+    }
+
+    fn receive_rejections(&mut self, notices: &[Rejection]) -> Result<usize> {
+        Store::receive_rejections(self, notices)
+    }
+
+    fn queues_mutations(&self) -> bool {
+        Store::queues_mutations(self)
+    }
+
+    fn pending_mutations(&self) -> Result<Vec<PendingMutation>> {
+        Store::pending_mutations(self)
+    }
+
+    fn pull_request(&self) -> Result<(VersionVector, u64)> {
+        Store::pull_request(self)
+    }
+
+    fn process_push(&mut self, push: &Push) -> Result<PushResult> {
+        Store::process_push(self, push)
+    }
+
+    fn pull_for(
+        &self,
+        client: SiteId,
+        have: &VersionVector,
+        first_pending: u64,
+    ) -> Result<PullResponse> {
+        Store::pull_for(self, client, have, first_pending)
+    }
+
+    fn apply_pull(&mut self, response: &PullResponse) -> Result<PullReport> {
+        Store::apply_pull(self, response)
+    }
+}
