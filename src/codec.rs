@@ -1,15 +1,19 @@
-//! Bytes: every layout meldb writes, each with its version. The changeset
-//! frames, stored metadata and digest input are the core's
-//! ([`meldb_core::codec`], re-exported here whole); the sync protocol's
-//! messages are the sync layer's (`sync::wire`), re-exported here so every
-//! byte format is reachable from one place.
+//! Bytes: every format meldb writes, each with its version, reachable
+//! from one place. Changeset frames are the core's
+//! ([`meldb_core::codec`]); the sync protocol's messages are the sync
+//! layer's (`sync::wire`). This module only re-exports, for applications:
+//! nothing inside meldb imports it, so it adds no arrow between layers.
 
 pub use crate::sync::wire::{
     decode_message, decode_message_versioned, encode_message, encode_message_as, frame_message,
     message_header, message_payload_len, ProtocolVersion, MAX_MESSAGE_PAYLOAD, MESSAGE_MAGIC,
     OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
-pub use meldb_core::codec::*;
+pub use meldb_core::codec::{
+    decode_changeset, decode_changeset_frames, encode_changeset, encode_changeset_frames, frame,
+    unframe, DecodeError, Versions, FORMAT_VERSION, HEADER_LEN, MAGIC, MAX_FRAME_PAYLOAD,
+    OLDEST_FORMAT_VERSION,
+};
 
 #[cfg(test)]
 mod compact_tests;

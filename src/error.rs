@@ -7,8 +7,8 @@
 //! something that cannot be carried out (the apply changed nothing).
 //! Schema and decoding errors live with their modules.
 
-use crate::codec::DecodeError;
 use crate::schema::{Kind, SchemaError, SqlType};
+use meldb_core::codec::DecodeError;
 use thiserror::Error;
 
 /// Any meldb error.

@@ -66,6 +66,7 @@ pub use meldb_core::{changeset, clock, crdt, merge, schema, value, version};
 pub mod codec;
 pub mod error;
 pub mod mutator;
+mod report;
 pub mod resolve;
 pub mod store;
 pub mod sync;

@@ -7,13 +7,13 @@
 use crate::changeset::Changeset;
 use crate::clock::ManualTime;
 use crate::clock::SiteId;
-use crate::codec::compact::{decode, encode, values_len};
 use crate::codec::DecodeError;
 use crate::crdt::ColumnState;
 use crate::schema::Schema;
 use crate::store::StoreOptions;
 use crate::value::Value;
 use crate::version::VersionVector;
+use meldb_core::codec::compact::{decode, encode, values_len};
 use std::sync::Arc;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;

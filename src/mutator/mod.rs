@@ -126,7 +126,7 @@ pub struct PullResponse {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PullReport {
     /// How the canonical changes applied.
-    pub apply: crate::ApplyReport,
+    pub apply: crate::report::ApplyReport,
     /// Mutations the authority processed, now dropped from the queue.
     pub acknowledged: usize,
     /// Mutations the authority refused, with its error.

@@ -9,10 +9,10 @@
 use super::layout::quote;
 use super::rows;
 use super::Store;
-use crate::codec;
 use crate::error::{ResolveError, Result, WriteError};
 use crate::resolve::{ReadView, Row};
 use crate::value::{Key, Value};
+use meldb_core::codec;
 
 impl Store {
     /// A blake3 hash of the canonical CRDT state.

@@ -7,12 +7,12 @@
 
 use super::layout::TableLayout;
 use crate::clock::{Hlc, SiteId};
-use crate::codec::stored::{StoredColumn, StoredMeta};
 use crate::crdt::{ColumnState, Dot, GCounter, Lww, OrSet, PnCounter, RowClock};
 use crate::error::StorageError;
 use crate::merge::RowState;
 use crate::schema::Column;
 use crate::value::Value;
+use meldb_core::codec::stored::{StoredColumn, StoredMeta};
 use rusqlite::{params, Connection, OptionalExtension, ToSql};
 use std::collections::HashMap;
 

@@ -11,9 +11,9 @@
 
 use super::layout::{base_name, quote, TableLayout};
 use super::Store;
-use crate::codec;
 use crate::error::{Result, StorageError};
 use crate::value::Value;
+use meldb_core::codec;
 use rusqlite::{params, Connection, OptionalExtension};
 
 /// Tables of the mutator machinery (`IF NOT EXISTS`: added to older

@@ -207,8 +207,8 @@ fn changesets_round_trip_through_frames() -> Result<()> {
     a.write(|tx| tx.set("item", "A1", "name", "y"))?;
     sync(&b, &mut a)?;
     let cs = a.changes_since(&VersionVector::new())?;
-    let bytes = crate::codec::encode_changeset(&cs);
-    assert_eq!(crate::codec::decode_changeset(&bytes)?, cs);
+    let bytes = meldb_core::codec::encode_changeset(&cs);
+    assert_eq!(meldb_core::codec::decode_changeset(&bytes)?, cs);
     let mut c = replica(3, &time)?;
     c.apply_bytes(&bytes)?;
     assert_eq!(c.digest()?, a.digest()?);
@@ -220,8 +220,8 @@ fn site_index_outside_the_table_is_a_decode_error() -> Result<()> {
     let time = ManualTime::new(1_000_000);
     let mut a = replica(1, &time)?;
     a.write(|tx| tx.insert("item", &[("sku", "A1".into())]))?;
-    let bytes = crate::codec::encode_changeset(&a.changes_since(&VersionVector::new())?);
-    let payload = crate::codec::unframe(&bytes)?.to_vec();
+    let bytes = meldb_core::codec::encode_changeset(&a.changes_since(&VersionVector::new())?);
+    let payload = meldb_core::codec::unframe(&bytes)?.to_vec();
     // The payload starts with the origin (1 length byte + 16) and the site
     // table (1 count byte, then 1 length byte + 16 per site): shrink the
     // table to zero sites by rewriting the count and dropping the entry.
@@ -229,9 +229,9 @@ fn site_index_outside_the_table_is_a_decode_error() -> Result<()> {
     let mut hostile = payload[..17].to_vec();
     hostile.push(0);
     hostile.extend_from_slice(&payload[18 + 17..]);
-    let err = crate::codec::decode_changeset(&crate::codec::frame(&hostile));
+    let err = meldb_core::codec::decode_changeset(&meldb_core::codec::frame(&hostile));
     assert!(
-        matches!(err, Err(crate::codec::DecodeError::Malformed { .. })),
+        matches!(err, Err(meldb_core::codec::DecodeError::Malformed { .. })),
         "{err:?}"
     );
     Ok(())

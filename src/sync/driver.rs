@@ -12,7 +12,7 @@ use super::message::{Message, NoticeCode};
 use super::session::{PeerInfo, Session, SessionConfig, SyncStats};
 use super::shared::SharedStore;
 use super::transport::Connection;
-use crate::codec::MAX_MESSAGE_PAYLOAD;
+use super::wire::MAX_MESSAGE_PAYLOAD;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
@@ -320,7 +320,8 @@ pub async fn sync_continuously(
 /// version this build does not speak is put from the peer's side (which
 /// versions to use instead), anything else as the error says.
 fn notice_text(e: &SyncError) -> String {
-    use crate::codec::{DecodeError, ProtocolVersion};
+    use super::wire::ProtocolVersion;
+    use meldb_core::codec::DecodeError;
     let ours = ProtocolVersion::VERSIONS;
     match e {
         SyncError::Decode(DecodeError::UnsupportedVersion { found, .. }) => format!(

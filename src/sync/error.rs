@@ -2,7 +2,7 @@
 
 use super::message::NoticeCode;
 use crate::clock::SiteId;
-use crate::codec::DecodeError;
+use meldb_core::codec::DecodeError;
 use thiserror::Error;
 
 /// Why a sync session failed. The database is never left half-changed:

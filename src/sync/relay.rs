@@ -29,7 +29,7 @@ use super::session::{Authorize, Grant, Session, SessionConfig};
 use super::shared::SharedStore;
 use super::tokens::Tokens;
 use super::transport::Connection;
-use crate::codec::MAX_MESSAGE_PAYLOAD;
+use super::wire::MAX_MESSAGE_PAYLOAD;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -132,7 +132,7 @@ impl<L: Listener> Relay<L> {
         };
         let mut sessions = JoinSet::new();
         let config = Arc::new(self.config);
-        tracing::info!(on = %self.listener.describe(), "relay listening");
+        tracing::info!(addr = %self.listener.describe(), "relay listening");
         let mut listener = self.listener;
         loop {
             let accepted = tokio::select! {

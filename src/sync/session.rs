@@ -1,9 +1,11 @@
 //! The protocol core: one sync session as a state machine, with no I/O.
 //!
 //! Feed it what the peer sent ([`Session::receive`]) and send what it
-//! produces ([`Session::poll_message`]); it reads and writes the [`Replica`] it syncs (a [`crate::Store`])
-//! it is handed but owns no socket and no clock, so tests drive it through
-//! any simulated network, and every transport runs the same logic.
+//! produces ([`Session::poll_message`]). It reads and writes the
+//! [`Replica`] it is handed with each call (a [`crate::Store`], or any
+//! other implementation) and owns no socket and no clock, so tests drive
+//! it through any simulated network, and every transport runs the same
+//! logic.
 //!
 //! The exchange (see [`super::message`]): the side that connected sends
 //! [`Hello`] with its token; the other side checks it (a refused token ends

@@ -10,19 +10,21 @@
 //! presented a token yet.
 //!
 //! The protocol version is the connection's business too
-//! ([`codec::ProtocolVersion`]): a connection writes its newest version
+//! ([`ProtocolVersion`]): a connection writes its newest version
 //! until the peer's first frame arrives, then the version of that frame,
 //! and refuses any later frame in another version.
 
 use super::error::SyncError;
 use super::message::Message;
-use crate::codec::{self, HEADER_LEN};
-use codec::{ProtocolVersion, Versions};
+use super::wire;
+use meldb_core::codec::Versions;
+use meldb_core::codec::{DecodeError, HEADER_LEN};
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
 use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio::sync::mpsc;
+use wire::ProtocolVersion;
 
 /// The largest first message (a `Hello`) read from a peer: 64 KiB.
 pub const MAX_HELLO_PAYLOAD: usize = 64 << 10;
@@ -83,7 +85,7 @@ impl Speaking {
     /// Checks the version of a frame from the peer: the first fixes the
     /// session's version (the highest both speak: the opener's newest, if
     /// this side speaks it), the rest must be in it.
-    fn receive(&self, found: u16) -> Result<(), codec::DecodeError> {
+    fn receive(&self, found: u16) -> Result<(), DecodeError> {
         let found = self.versions.check(found)?;
         match self.agreed.load(Ordering::Acquire) {
             0 => {
@@ -91,7 +93,7 @@ impl Speaking {
                 Ok(())
             }
             agreed if agreed == found => Ok(()),
-            agreed => Err(codec::DecodeError::Malformed {
+            agreed => Err(DecodeError::Malformed {
                 what: "message",
                 message: format!(
                     "a frame in protocol version {found} in a session agreed on version {agreed}"
@@ -161,7 +163,7 @@ impl Connection {
 
     /// Sends one message, in the session's protocol version.
     pub async fn send(&mut self, message: &Message) -> Result<(), SyncError> {
-        let bytes = codec::encode_message_as(message, self.protocol_version());
+        let bytes = wire::encode_message_as(message, self.protocol_version());
         self.writer.write_all(&bytes).await?;
         self.counts
             .sent
@@ -202,7 +204,7 @@ impl Connection {
 
     /// Marks this end as the one that accepted the connection: until the
     /// peer's first frame says its version, it writes its oldest (see
-    /// [`codec::ProtocolVersion`]). The relay and [`super::accept_once`]
+    /// [`ProtocolVersion`]). The relay and [`super::accept_once`]
     /// call it.
     pub fn set_accepting(&self) {
         self.speaking.accepting.store(true, Ordering::Release);
@@ -272,7 +274,7 @@ async fn read_frame<R: AsyncRead + Unpin>(
             return if filled == 0 {
                 Ok(None)
             } else {
-                Err(codec::DecodeError::Truncated {
+                Err(DecodeError::Truncated {
                     needed: HEADER_LEN,
                     available: filled,
                 }
@@ -281,7 +283,7 @@ async fn read_frame<R: AsyncRead + Unpin>(
         }
         filled += n;
     }
-    let (version, len) = codec::message_header(&header, limit)?;
+    let (version, len) = wire::message_header(&header, limit)?;
     speaking.receive(version.number())?;
     let mut frame = Vec::with_capacity(HEADER_LEN + len);
     frame.extend_from_slice(&header);
@@ -290,7 +292,7 @@ async fn read_frame<R: AsyncRead + Unpin>(
         .read_to_end(&mut frame)
         .await?;
     if read < len {
-        return Err(codec::DecodeError::Truncated {
+        return Err(DecodeError::Truncated {
             needed: HEADER_LEN + len,
             available: HEADER_LEN + read,
         }
@@ -299,7 +301,7 @@ async fn read_frame<R: AsyncRead + Unpin>(
     counts
         .received
         .fetch_add(frame.len() as u64, Ordering::Relaxed);
-    Ok(Some(codec::decode_message(&frame, limit)?))
+    Ok(Some(wire::decode_message(&frame, limit)?))
 }
 
 #[cfg(test)]

@@ -11,13 +11,13 @@
 //! travel in the `compact` layout (a flags byte per row, delta-encoded
 //! clocks and timestamps, a site table), as one byte string.
 
-use crate::codec::bin::{Dec, Enc};
-use crate::codec::{check_header, compact, frame_as, unframe_as, DecodeError, Versions};
 use crate::mutator::{MutationRejection, PendingMutation, Push, PushResult};
 use crate::resolve::Rejection;
 use crate::sync::message::{Ack, Batch, Hello, Message, Notice, NoticeCode, Processed, Sent, Want};
 use crate::value::Key;
 use crate::version::VersionVector;
+use meldb_core::codec::bin::{Dec, Enc};
+use meldb_core::codec::{check_header, compact, frame_as, unframe_as, DecodeError, Versions};
 
 /// The first bytes of every protocol message frame.
 pub const MESSAGE_MAGIC: [u8; 4] = *b"MLDP";
@@ -389,13 +389,13 @@ mod tests {
     use super::*;
     use crate::changeset::{Changeset, Cover, RowChange, TableChanges};
     use crate::clock::{Hlc, SiteId};
-    use crate::codec::HEADER_LEN;
     use crate::crdt::{ColumnState, Lww, RowClock};
     use crate::merge::RowState;
     use crate::mutator::{MutationRejection, PendingMutation};
     use crate::sync::message::{NoticeCode, Processed};
     use crate::value::Value;
     use crate::version::VersionVector;
+    use meldb_core::codec::HEADER_LEN;
 
     fn site(n: u8) -> SiteId {
         SiteId::from_bytes([n; 16])
@@ -539,7 +539,7 @@ mod tests {
             message_payload_len(&big[..HEADER_LEN], 8),
             Err(DecodeError::TooLarge { limit: 8, .. })
         ));
-        let changeset_frame = crate::codec::encode_changeset(&Changeset::new(site(1)));
+        let changeset_frame = meldb_core::codec::encode_changeset(&Changeset::new(site(1)));
         assert!(matches!(
             decode_message(&changeset_frame, MAX_MESSAGE_PAYLOAD),
             Err(DecodeError::BadMagic { .. })
@@ -700,7 +700,7 @@ mod tests {
     fn every_field_of_every_message_is_pinned() {
         let got: Vec<String> = distinct_messages()
             .iter()
-            .map(|m| hex(&encode_message(m)[crate::codec::HEADER_LEN..]))
+            .map(|m| hex(&encode_message(m)[HEADER_LEN..]))
             .collect();
         if PINNED_V1.is_empty() {
             panic!(

@@ -93,7 +93,7 @@ pub fn check_message_bytes(data: &[u8]) -> Result<(), String> {
 /// re-encode to themselves (the input itself may use longer integer forms
 /// than the encoder writes).
 pub fn check_stored_bytes(data: &[u8]) -> Result<(), String> {
-    use codec::stored::{decode_undo, encode_undo, StoredMeta};
+    use meldb_core::codec::stored::{decode_undo, encode_undo, StoredMeta};
     if let Ok(meta) = StoredMeta::decode(data) {
         let bytes = meta.encode();
         let again = StoredMeta::decode(&bytes)

@@ -1,13 +1,15 @@
-//! meldb's core: everything the engine knows that needs no SQLite, no
-//! async runtime and no I/O.
+//! meldb's core: everything the engine knows that needs no SQLite and no
+//! async runtime.
 //!
 //! Values and keys ([`value`]), site ids and the hybrid logical clock
 //! ([`clock`]), version vectors ([`version`]), what replicas exchange
 //! ([`changeset`]), the column kinds and their merge rules ([`crdt`],
 //! [`merge`]), schemas ([`schema`]) and every byte layout meldb writes
-//! ([`codec`]). Every function here is a deterministic function of its
-//! arguments (the clock reads time only through a `TimeSource` it is
-//! given), so the laws are property-tested in isolation.
+//! ([`codec`]). The only I/O is `Schema::load` (it reads a file), the
+//! system `TimeSource` (the wall clock) and `SiteId::random` (the OS random
+//! source); the merge rules, decoders and schema checks are deterministic
+//! functions of their arguments, so their laws are property-tested in
+//! isolation.
 //!
 //! Applications use the `meldb` crate, which re-exports this one; the
 //! store (SQLite) and sync (network) layers build on it, and nothing here
