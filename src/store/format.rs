@@ -257,12 +257,31 @@ mod tests {
         .expect("schema")
     }
 
-    /// A format-1 database with one row, closed.
-    fn format_1_file(dir: &Path) -> Result<String> {
-        let path = dir.join("app.db").display().to_string();
+    /// A format-1 database with one row, closed, in a directory of its own.
+    fn format_1_file() -> Result<(tempfile::TempDir, String)> {
+        let dir = tempfile::tempdir().map_err(|e| StorageError::Corrupt {
+            what: "tempdir".into(),
+            problem: e.to_string(),
+        })?;
+        let path = dir.path().join("app.db").display().to_string();
         let mut store = Store::open(&path, &schema())?;
         store.write(|tx| tx.insert("item", &[("sku", "a".into()), ("n", 3.into())]))?;
-        Ok(path)
+        Ok((dir, path))
+    }
+
+    /// Rules of a build one format ahead, upgrading with `steps`.
+    fn one_ahead(steps: &'static [Step]) -> Rules {
+        Rules {
+            newest: 2,
+            oldest: 1,
+            steps,
+        }
+    }
+
+    /// Opens `path` as a build with `rules` would.
+    fn open_with(path: &str, rules: &Rules) -> Result<Store> {
+        let conn = Connection::open(path)?;
+        Store::init_with(conn, path.to_owned(), &schema(), StoreOptions::new(), rules)
     }
 
     fn add_marker(conn: &Connection) -> Result<()> {
@@ -292,20 +311,10 @@ mod tests {
 
     #[test]
     fn an_older_format_is_backed_up_then_upgraded_in_one_transaction() -> Result<()> {
-        let dir = tempfile::tempdir().map_err(|e| StorageError::Corrupt {
-            what: "tempdir".into(),
-            problem: e.to_string(),
-        })?;
-        let path = format_1_file(dir.path())?;
+        let (_dir, path) = format_1_file()?;
         let before = Store::open(&path, &schema())?.digest()?;
-        const STEPS: &[Step] = &[add_marker];
-        let rules = Rules {
-            newest: 2,
-            oldest: 1,
-            steps: STEPS,
-        };
-        let conn = Connection::open(&path)?;
-        let store = Store::init_with(conn, path.clone(), &schema(), StoreOptions::new(), &rules)?;
+        let rules = one_ahead(&[add_marker]);
+        let store = open_with(&path, &rules)?;
         assert_eq!(store.digest()?, before);
         let marker: i64 = store
             .conn()
@@ -322,20 +331,9 @@ mod tests {
 
     #[test]
     fn a_failed_step_leaves_the_file_as_it_was_and_names_the_backup() -> Result<()> {
-        let dir = tempfile::tempdir().map_err(|e| StorageError::Corrupt {
-            what: "tempdir".into(),
-            problem: e.to_string(),
-        })?;
-        let path = format_1_file(dir.path())?;
-        const STEPS: &[Step] = &[fail];
-        let rules = Rules {
-            newest: 2,
-            oldest: 1,
-            steps: STEPS,
-        };
-        let conn = Connection::open(&path)?;
-        let err = Store::init_with(conn, path.clone(), &schema(), StoreOptions::new(), &rules)
-            .expect_err("the step fails");
+        let (dir, path) = format_1_file()?;
+        let rules = one_ahead(&[fail]);
+        let err = open_with(&path, &rules).expect_err("the step fails");
         let text = err.to_string();
         assert!(text.contains("format 1 to 2"), "{text}");
         assert!(text.contains("app.db.format-1.backup"), "{text}");
@@ -349,10 +347,7 @@ mod tests {
         assert!(!marker, "the failed step's table was rolled back");
         // A second attempt replaces the backup instead of piling up copies,
         // and leaves no partial file behind.
-        let conn = Connection::open(&path)?;
-        assert!(
-            Store::init_with(conn, path.clone(), &schema(), StoreOptions::new(), &rules).is_err()
-        );
+        assert!(open_with(&path, &rules).is_err());
         let backups: Vec<String> = std::fs::read_dir(dir.path())
             .map_err(|e| StorageError::Corrupt {
                 what: "listing".into(),
@@ -370,11 +365,7 @@ mod tests {
 
     #[test]
     fn formats_this_build_cannot_read_are_refused_with_the_version_needed() -> Result<()> {
-        let dir = tempfile::tempdir().map_err(|e| StorageError::Corrupt {
-            what: "tempdir".into(),
-            problem: e.to_string(),
-        })?;
-        let path = format_1_file(dir.path())?;
+        let (_dir, path) = format_1_file()?;
         let set = |f: i64| -> Result<()> {
             Connection::open(&path)?
                 .execute("UPDATE meldb_meta SET value = ?1 WHERE key = 'format'", [f])?;
@@ -406,30 +397,14 @@ mod tests {
 
     #[test]
     fn an_upgrade_another_process_finished_first_is_not_run_again() -> Result<()> {
-        let dir = tempfile::tempdir().map_err(|e| StorageError::Corrupt {
-            what: "tempdir".into(),
-            problem: e.to_string(),
-        })?;
-        let path = format_1_file(dir.path())?;
-        const STEPS: &[Step] = &[add_marker];
-        let rules = Rules {
-            newest: 2,
-            oldest: 1,
-            steps: STEPS,
-        };
+        let (_dir, path) = format_1_file()?;
+        let rules = one_ahead(&[add_marker]);
         // Process A decides to upgrade...
         let a = Connection::open(&path)?;
         let planned = rules.prepare(&a, &path)?;
         assert!(planned.is_some());
         // ...process B upgrades first...
-        let b = Connection::open(&path)?;
-        drop(Store::init_with(
-            b,
-            path.clone(),
-            &schema(),
-            StoreOptions::new(),
-            &rules,
-        )?);
+        drop(open_with(&path, &rules)?);
         // ...and A, once it holds the write lock, finds nothing to do: the
         // step (which cannot run twice) is not run again.
         a.execute_batch("BEGIN IMMEDIATE")?;
@@ -442,11 +417,7 @@ mod tests {
 
     #[test]
     fn a_format_that_moved_past_this_build_meanwhile_is_refused_under_the_lock() -> Result<()> {
-        let dir = tempfile::tempdir().map_err(|e| StorageError::Corrupt {
-            what: "tempdir".into(),
-            problem: e.to_string(),
-        })?;
-        let path = format_1_file(dir.path())?;
+        let (_dir, path) = format_1_file()?;
         let conn = Connection::open(&path)?;
         assert!(CURRENT.prepare(&conn, &path)?.is_none());
         // A newer build rewrites the file between the check and the lock.
@@ -470,30 +441,14 @@ mod tests {
     #[test]
     fn the_backup_keeps_the_database_private() -> Result<()> {
         use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().map_err(|e| StorageError::Corrupt {
-            what: "tempdir".into(),
-            problem: e.to_string(),
-        })?;
-        let path = format_1_file(dir.path())?;
+        let (_dir, path) = format_1_file()?;
         let io = |e: std::io::Error| StorageError::Corrupt {
             what: "permissions".into(),
             problem: e.to_string(),
         };
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
-        const STEPS: &[Step] = &[add_marker];
-        let rules = Rules {
-            newest: 2,
-            oldest: 1,
-            steps: STEPS,
-        };
-        let conn = Connection::open(&path)?;
-        drop(Store::init_with(
-            conn,
-            path.clone(),
-            &schema(),
-            StoreOptions::new(),
-            &rules,
-        )?);
+        let rules = one_ahead(&[add_marker]);
+        drop(open_with(&path, &rules)?);
         let mode = std::fs::metadata(format!("{path}.format-1.backup"))
             .map_err(io)?
             .permissions()
