@@ -63,12 +63,10 @@
 // The pure core, re-exported at the paths it always had.
 pub use meldb_core::{changeset, clock, crdt, merge, schema, value, version};
 
+// The SQLite store and the types it speaks, re-exported likewise.
+pub use meldb_store::{error, mutator, resolve, store};
+
 pub mod codec;
-pub mod error;
-pub mod mutator;
-mod report;
-pub mod resolve;
-pub mod store;
 pub mod sync;
 pub mod testing;
 

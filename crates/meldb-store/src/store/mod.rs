@@ -18,7 +18,8 @@ mod conflicts;
 mod correct;
 mod digest;
 mod format;
-pub(crate) mod layout;
+#[doc(hidden)]
+pub mod layout;
 mod meta;
 mod mutate;
 mod resolve;
