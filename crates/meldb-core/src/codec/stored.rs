@@ -31,19 +31,81 @@ pub struct StoredMeta {
     pub columns: Vec<StoredColumn>,
 }
 
-/// One column's state in [`StoredMeta`].
+/// One column's state, sites as indices into a site table: the layout
+/// the changeset payload (`wire`, registers carry their value) and the
+/// stored metadata (registers' values live in their SQL column: `V = ()`)
+/// share.
+///
+/// ```text
+/// column = 0 unset | 1 lww age:uint site_ix [value] | 2 g_counter seq<(site_ix, n)>
+///        | 3 pn_counter seq<(site_ix, p, n)> | 4 or_set seq<(element, seq<(site_ix, seq)>)>
+/// ```
 #[derive(Debug, Clone, PartialEq)]
-pub enum StoredColumn {
+pub enum IndexedColumn<V> {
     Unset,
     /// `age` is the row's timestamp minus the register's: 0 (one byte) for
     /// every register the row's latest write set.
     Lww {
         age: u64,
         site: u32,
+        value: V,
     },
     GCounter(Vec<(u32, u64)>),
     PnCounter(Vec<(u32, u64, u64)>),
     OrSet(Vec<(String, Vec<(u32, u64)>)>),
+}
+
+/// A column of the stored metadata: registers without their values.
+pub type StoredColumn = IndexedColumn<()>;
+
+impl<V> IndexedColumn<V> {
+    /// Writes the column; `value` writes a register's value (nothing for
+    /// `()`).
+    pub fn encode(&self, e: &mut Enc, value: impl Fn(&mut Enc, &V)) {
+        match self {
+            IndexedColumn::Unset => e.u8(0),
+            IndexedColumn::Lww {
+                age,
+                site,
+                value: v,
+            } => {
+                e.u8(1);
+                e.uint(*age);
+                e.uint((*site).into());
+                value(e, v);
+            }
+            IndexedColumn::GCounter(entries) => {
+                e.u8(2);
+                e.pairs(entries);
+            }
+            IndexedColumn::PnCounter(entries) => {
+                e.u8(3);
+                e.triples(entries);
+            }
+            IndexedColumn::OrSet(entries) => {
+                e.u8(4);
+                e.tagged(entries);
+            }
+        }
+    }
+
+    /// Reads a column written by [`IndexedColumn::encode`].
+    pub fn decode<'a>(
+        d: &mut Dec<'a>,
+        value: impl FnOnce(&mut Dec<'a>) -> Result<V, DecodeError>,
+    ) -> Result<Self, DecodeError> {
+        Ok(match d.variant(5, "column")? {
+            0 => IndexedColumn::Unset,
+            1 => IndexedColumn::Lww {
+                age: d.uint()?,
+                site: d.u32()?,
+                value: value(d)?,
+            },
+            2 => IndexedColumn::GCounter(d.pairs()?),
+            3 => IndexedColumn::PnCounter(d.triples()?),
+            _ => IndexedColumn::OrSet(d.tagged()?),
+        })
+    }
 }
 
 impl StoredMeta {
@@ -52,26 +114,7 @@ impl StoredMeta {
         e.pairs(&self.clock);
         e.uint(self.hlc);
         e.uint(self.writer.into());
-        e.seq(&self.columns, |e, c| match c {
-            StoredColumn::Unset => e.u8(0),
-            StoredColumn::Lww { age, site } => {
-                e.u8(1);
-                e.uint(*age);
-                e.uint((*site).into());
-            }
-            StoredColumn::GCounter(entries) => {
-                e.u8(2);
-                e.pairs(entries);
-            }
-            StoredColumn::PnCounter(entries) => {
-                e.u8(3);
-                e.triples(entries);
-            }
-            StoredColumn::OrSet(entries) => {
-                e.u8(4);
-                e.tagged(entries);
-            }
-        });
+        e.seq(&self.columns, |e, c| c.encode(e, |_, ()| {}));
         e.into_bytes()
     }
 
@@ -81,18 +124,7 @@ impl StoredMeta {
             clock: d.pairs()?,
             hlc: d.uint()?,
             writer: d.u32()?,
-            columns: d.seq(|d| {
-                Ok(match d.variant(5, "column")? {
-                    0 => StoredColumn::Unset,
-                    1 => StoredColumn::Lww {
-                        age: d.uint()?,
-                        site: d.u32()?,
-                    },
-                    2 => StoredColumn::GCounter(d.pairs()?),
-                    3 => StoredColumn::PnCounter(d.triples()?),
-                    _ => StoredColumn::OrSet(d.tagged()?),
-                })
-            })?,
+            columns: d.seq(|d| StoredColumn::decode(d, |_| Ok(())))?,
         };
         d.finish()?;
         Ok(meta)

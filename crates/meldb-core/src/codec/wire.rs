@@ -22,6 +22,7 @@
 //! ```
 
 use super::bin::{Dec, Enc};
+use super::stored::IndexedColumn;
 use super::DecodeError;
 use crate::changeset::{Changeset, Cover, RowChange, TableChanges};
 use crate::clock::{Hlc, SiteId};
@@ -52,13 +53,8 @@ struct WireRow {
     covers: Vec<(u32, u64, u64)>,
 }
 
-enum WireColumn {
-    Unset,
-    Lww { age: u64, site: u32, value: Value },
-    GCounter(Vec<(u32, u64)>),
-    PnCounter(Vec<(u32, u64, u64)>),
-    OrSet(Vec<(String, Vec<(u32, u64)>)>),
-}
+/// A column as the changeset payload carries it: registers with values.
+type WireColumn = IndexedColumn<Value>;
 
 impl WireRow {
     fn encode(e: &mut Enc, row: &WireRow) {
@@ -67,27 +63,7 @@ impl WireRow {
         e.pairs(&row.clock);
         e.uint(row.hlc);
         e.option(row.writer, |e, w| e.uint(w.into()));
-        e.seq(&row.columns, |e, c| match c {
-            WireColumn::Unset => e.u8(0),
-            WireColumn::Lww { age, site, value } => {
-                e.u8(1);
-                e.uint(*age);
-                e.uint((*site).into());
-                e.value(value);
-            }
-            WireColumn::GCounter(entries) => {
-                e.u8(2);
-                e.pairs(entries);
-            }
-            WireColumn::PnCounter(entries) => {
-                e.u8(3);
-                e.triples(entries);
-            }
-            WireColumn::OrSet(entries) => {
-                e.u8(4);
-                e.tagged(entries);
-            }
-        });
+        e.seq(&row.columns, |e, c| c.encode(e, Enc::value));
         e.triples(&row.covers);
     }
 
@@ -98,19 +74,7 @@ impl WireRow {
             clock: d.pairs()?,
             hlc: d.uint()?,
             writer: d.option(Dec::u32)?,
-            columns: d.seq(|d| {
-                Ok(match d.variant(5, "column")? {
-                    0 => WireColumn::Unset,
-                    1 => WireColumn::Lww {
-                        age: d.uint()?,
-                        site: d.u32()?,
-                        value: d.value()?,
-                    },
-                    2 => WireColumn::GCounter(d.pairs()?),
-                    3 => WireColumn::PnCounter(d.triples()?),
-                    _ => WireColumn::OrSet(d.tagged()?),
-                })
-            })?,
+            columns: d.seq(|d| WireColumn::decode(d, Dec::value))?,
             covers: d.triples()?,
         })
     }

@@ -152,7 +152,7 @@ pub fn decode_state(
         // Columns added by a schema upgrade are missing from older blobs.
         let col = match stored.next().unwrap_or(StoredColumn::Unset) {
             StoredColumn::Unset => None,
-            StoredColumn::Lww { age, site: idx } => Some(ColumnState::Lww(Lww {
+            StoredColumn::Lww { age, site: idx, .. } => Some(ColumnState::Lww(Lww {
                 hlc: Hlc(meta.hlc.checked_sub(age).ok_or_else(|| {
                     corrupt(what(), format!("register older than time zero (age {age})"))
                 })?),
@@ -254,6 +254,7 @@ fn encode_state(
             Some(ColumnState::Lww(l)) => StoredColumn::Lww {
                 age: state.hlc.0.saturating_sub(l.hlc.0),
                 site: idx(l.site)?,
+                value: (),
             },
             Some(ColumnState::GCounter(c)) => StoredColumn::GCounter(
                 c.entries()
