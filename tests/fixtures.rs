@@ -969,19 +969,7 @@ fn record_conversation(out: &Path, schema: &Schema) -> Res {
 
 /// One recorded session: (direction byte, frame) in order.
 fn records(bytes: &[u8]) -> Res<Vec<(u8, &[u8])>> {
-    let mut out = Vec::new();
-    let mut rest = bytes;
-    while let Some((&dir, after)) = rest.split_first() {
-        if dir != b'C' && dir != b'R' {
-            return Err(format!("bad direction byte {dir:#04x}").into());
-        }
-        let header = after.get(..HEADER_LEN).ok_or("a truncated frame header")?;
-        let len = HEADER_LEN + codec::message_payload_len(header, MAX_MESSAGE_PAYLOAD)?;
-        let frame = after.get(..len).ok_or("a truncated frame")?;
-        out.push((dir, frame));
-        rest = &after[len..];
-    }
-    Ok(out)
+    Ok(common::recorded_frames(bytes)?)
 }
 
 // ---------------------------------------------------------------------------

@@ -10,6 +10,8 @@
 //! fixtures in `tests/fixtures/`, and a test checks the committed seeds are
 //! exactly those.
 
+mod common;
+
 use meldb::codec;
 use meldb::sync::Message;
 use meldb::testing::{
@@ -215,21 +217,6 @@ fn frames_of(mut bytes: &[u8]) -> Result<Vec<Vec<u8>>, String> {
     Ok(out)
 }
 
-/// Splits a recorded conversation (a direction byte, then a frame) into
-/// its frames.
-fn conversation_frames(mut bytes: &[u8]) -> Result<Vec<Vec<u8>>, String> {
-    let mut out = Vec::new();
-    while let Some((_, rest)) = bytes.split_first() {
-        let header = rest.get(..codec::HEADER_LEN).ok_or("a truncated header")?;
-        let len = codec::HEADER_LEN
-            + codec::message_payload_len(header, codec::MAX_MESSAGE_PAYLOAD)
-                .map_err(|e| e.to_string())?;
-        out.push(rest.get(..len).ok_or("a truncated frame")?.to_vec());
-        bytes = &rest[len..];
-    }
-    Ok(out)
-}
-
 /// Every blob a fixture database keeps in a meldb layout: packed row
 /// metadata (`_meldb_state` of every base table) and undo images.
 fn stored_blobs(db: &Path) -> Result<Vec<Vec<u8>>, String> {
@@ -291,8 +278,9 @@ fn fixture_seeds() -> Result<Vec<Seed>, String> {
         }
     }
     for n in 1..=3 {
-        let frames = conversation_frames(&read(&format!("conversation-{n}.bin"))?)?;
-        for (i, frame) in frames.into_iter().enumerate() {
+        let bytes = read(&format!("conversation-{n}.bin"))?;
+        for (i, (_, frame)) in common::recorded_frames(&bytes)?.into_iter().enumerate() {
+            let frame = frame.to_vec();
             let name = format!("fixture-conversation-{n}-{i:02}");
             let message = codec::decode_message(&frame, codec::MAX_MESSAGE_PAYLOAD)
                 .map_err(|e| format!("{name}: {e}"))?;

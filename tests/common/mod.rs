@@ -263,3 +263,24 @@ impl Rng {
         }
     }
 }
+
+/// Splits a recorded sync conversation (`tests/fixtures/*/conversation-*.bin`:
+/// a direction byte, `C` or `R`, then one whole message frame, repeated)
+/// into its records, in order.
+pub fn recorded_frames(bytes: &[u8]) -> Result<Vec<(u8, &[u8])>, String> {
+    use meldb::codec::{message_payload_len, HEADER_LEN, MAX_MESSAGE_PAYLOAD};
+    let mut out = Vec::new();
+    let mut rest = bytes;
+    while let Some((&dir, after)) = rest.split_first() {
+        if dir != b'C' && dir != b'R' {
+            return Err(format!("bad direction byte {dir:#04x}"));
+        }
+        let header = after.get(..HEADER_LEN).ok_or("a truncated frame header")?;
+        let len = HEADER_LEN
+            + message_payload_len(header, MAX_MESSAGE_PAYLOAD).map_err(|e| e.to_string())?;
+        let frame = after.get(..len).ok_or("a truncated frame")?;
+        out.push((dir, frame));
+        rest = &after[len..];
+    }
+    Ok(out)
+}
