@@ -59,29 +59,12 @@ pub(crate) fn add_covers(vv: &mut VersionVector, changes: &Changeset) {
 /// An upper-ish estimate of a row's encoded size: values at their length,
 /// metadata at a fixed allowance per entry.
 fn approx_row_bytes(row: &RowChange) -> usize {
-    let value = |v: &Value| match v {
-        Value::Text(s) => s.len() + 2,
-        Value::Blob(b) => b.len() + 2,
-        _ => 9,
-    };
-    let key: usize = row.key.iter().map(value).sum();
+    let key: usize = row.key.iter().map(Value::size_hint).sum();
     let columns: usize = row
         .state
         .columns
         .iter()
-        .map(|c| match c {
-            None => 1,
-            Some(ColumnState::Lww(l)) => 12 + value(&l.value),
-            Some(ColumnState::GCounter(g)) => 4 + 12 * g.entries().len(),
-            Some(ColumnState::PnCounter(p)) => 4 + 20 * p.entries().len(),
-            Some(ColumnState::OrSet(s)) => {
-                4 + s
-                    .entries()
-                    .iter()
-                    .map(|(e, tags)| e.len() + 2 + 12 * tags.len())
-                    .sum::<usize>()
-            }
-        })
+        .map(|c| c.as_ref().map_or(1, ColumnState::size_hint))
         .sum();
     32 + key + columns + 12 * (row.state.clock.entries().len() + row.covers.len())
 }

@@ -117,18 +117,7 @@ pub fn check_shape(state: &RowState, kinds: &[crate::schema::Kind]) -> Result<()
                 col.kind()
             ));
         }
-        let canonical = match col {
-            ColumnState::Lww(_) => true,
-            ColumnState::GCounter(c) => c.is_canonical(),
-            ColumnState::PnCounter(c) => c.is_canonical(),
-            ColumnState::OrSet(s) => {
-                s.is_canonical()
-                    && s.entries()
-                        .iter()
-                        .flat_map(|(_, tags)| tags)
-                        .all(|&d| state.clock.contains(d))
-            }
-        };
+        let canonical = col.is_canonical(&state.clock);
         if !canonical {
             return Err(format!("column {i} state is not canonical"));
         }

@@ -25,6 +25,16 @@ pub enum Value {
 }
 
 impl Value {
+    /// About how many bytes the value costs in a sync batch: text and
+    /// blobs at their length, everything else at a varint's most.
+    pub fn size_hint(&self) -> usize {
+        match self {
+            Value::Text(s) => s.len() + 2,
+            Value::Blob(b) => b.len() + 2,
+            _ => 9,
+        }
+    }
+
     /// The storage class name SQLite would report for this value.
     pub fn type_name(&self) -> &'static str {
         match self {
@@ -169,6 +179,59 @@ impl From<&[Value]> for Key {
 impl From<&Key> for Key {
     fn from(v: &Key) -> Self {
         v.clone()
+    }
+}
+
+/// A column's SQL type (SQLite STRICT types).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum SqlType {
+    /// 64-bit signed integer.
+    Integer,
+    /// 64-bit float.
+    Real,
+    /// UTF-8 text.
+    Text,
+    /// Bytes.
+    Blob,
+}
+
+impl SqlType {
+    /// The SQL spelling.
+    pub fn sql(self) -> &'static str {
+        match self {
+            SqlType::Integer => "INTEGER",
+            SqlType::Real => "REAL",
+            SqlType::Text => "TEXT",
+            SqlType::Blob => "BLOB",
+        }
+    }
+
+    /// Parses a schema-file name (case-insensitive).
+    pub fn from_name(name: &str) -> Option<SqlType> {
+        match name.to_ascii_lowercase().as_str() {
+            "integer" | "int" => Some(SqlType::Integer),
+            "real" | "float" => Some(SqlType::Real),
+            "text" => Some(SqlType::Text),
+            "blob" => Some(SqlType::Blob),
+            _ => None,
+        }
+    }
+
+    /// Whether a non-NULL value belongs to this type.
+    pub fn admits(self, value: &Value) -> bool {
+        matches!(
+            (self, value),
+            (SqlType::Integer, Value::Integer(_))
+                | (SqlType::Real, Value::Real(_))
+                | (SqlType::Text, Value::Text(_))
+                | (SqlType::Blob, Value::Blob(_))
+        )
+    }
+}
+
+impl fmt::Display for SqlType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.sql().to_ascii_lowercase())
     }
 }
 

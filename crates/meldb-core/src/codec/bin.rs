@@ -29,15 +29,7 @@ use crate::value::Value;
 /// OR-set entries with site-index tags, as the positional layouts hold them.
 pub type Tagged = Vec<(String, Vec<(u32, u64)>)>;
 
-/// The most memory a decoder reserves for a sequence before its elements
-/// arrive.
-pub const MAX_PREALLOC: usize = 1 << 20;
-
-/// A vector for `n` announced elements, reserving at most
-/// [`MAX_PREALLOC`] bytes.
-pub fn capped<T>(n: usize) -> Vec<T> {
-    Vec::with_capacity(n.min(MAX_PREALLOC / std::mem::size_of::<T>().max(1)))
-}
+pub use crate::crdt::{capped, MAX_PREALLOC};
 
 const U16_MARK: u8 = 251;
 const U32_MARK: u8 = 252;

@@ -25,7 +25,7 @@ use super::bin::capped;
 use super::DecodeError;
 use crate::changeset::{Changeset, Cover, RowChange, TableChanges};
 use crate::clock::{Hlc, SiteId};
-use crate::crdt::{ColumnState, Dot, GCounter, Lww, OrSet, PnCounter, RowClock};
+use crate::crdt::{ColumnState, Kind, Lww, RowClock, StateSink, StateSource};
 use crate::merge::RowState;
 use crate::value::Value;
 use std::collections::HashMap;
@@ -296,45 +296,44 @@ fn encode_row(out: &mut Out, ctx: &mut Context, row: &RowChange, arity: usize) {
 fn encode_column(out: &mut Out, row_hlc: Hlc, column: Option<&ColumnState>) {
     match column {
         None => out.u8(0),
-        Some(ColumnState::Lww(l)) => {
-            out.u8(1);
-            out.varint(row_hlc.0.wrapping_sub(l.hlc.0));
-            let idx = out.site(l.site);
-            out.varint(idx);
-            out.value(&l.value);
+        Some(state) => {
+            out.u8(state.kind().tag() + 1);
+            state.encode(&mut ColumnOut { out, row_hlc });
         }
-        Some(ColumnState::GCounter(g)) => {
-            out.u8(2);
-            out.varint(g.entries().len() as u64);
-            for &(site, n) in g.entries() {
-                let idx = out.site(site);
-                out.varint(idx);
-                out.varint(n);
-            }
-        }
-        Some(ColumnState::PnCounter(p)) => {
-            out.u8(3);
-            out.varint(p.entries().len() as u64);
-            for &(site, a, b) in p.entries() {
-                let idx = out.site(site);
-                out.varint(idx);
-                out.varint(a);
-                out.varint(b);
-            }
-        }
-        Some(ColumnState::OrSet(s)) => {
-            out.u8(4);
-            out.varint(s.entries().len() as u64);
-            for (element, tags) in s.entries() {
-                out.raw(element.as_bytes());
-                out.varint(tags.len() as u64);
-                for d in tags {
-                    let idx = out.site(d.site);
-                    out.varint(idx);
-                    out.varint(d.seq);
-                }
-            }
-        }
+    }
+}
+
+/// A column state's fields in this layout: varints, sites by position,
+/// a register's timestamp as its age.
+struct ColumnOut<'o> {
+    out: &'o mut Out,
+    row_hlc: Hlc,
+}
+
+impl StateSink for ColumnOut<'_> {
+    fn len(&mut self, n: usize) {
+        self.out.varint(n as u64);
+    }
+
+    fn uint(&mut self, n: u64) {
+        self.out.varint(n);
+    }
+
+    fn site(&mut self, site: SiteId) {
+        let idx = self.out.site(site);
+        self.out.varint(idx);
+    }
+
+    fn text(&mut self, s: &str) {
+        self.out.raw(s.as_bytes());
+    }
+
+    fn stamp(&mut self, hlc: Hlc) {
+        self.out.varint(self.row_hlc.0.wrapping_sub(hlc.0));
+    }
+
+    fn column_value(&mut self, value: &Value) {
+        self.out.value(value);
     }
 }
 
@@ -648,59 +647,54 @@ fn decode_row(
 
 fn decode_column(input: &mut In<'_>, row_hlc: u64) -> Result<Option<ColumnState>, DecodeError> {
     let at = input.pos;
-    Ok(match input.u8()? {
-        0 => None,
-        1 => {
-            let age = input.varint()?;
-            let site = input.site()?;
-            let value = input.value()?;
-            Some(ColumnState::Lww(Lww {
-                hlc: Hlc(row_hlc.checked_sub(age).ok_or_else(|| {
-                    malformed(format!(
-                        "register age {age} exceeds the row timestamp {row_hlc}"
-                    ))
-                })?),
-                site,
-                value,
-            }))
-        }
-        2 => {
-            let n = input.count(2, "counter entry")?;
-            let mut entries = capped(n);
-            for _ in 0..n {
-                entries.push((input.site()?, input.varint()?));
-            }
-            Some(ColumnState::GCounter(GCounter::from_entries(entries)))
-        }
-        3 => {
-            let n = input.count(3, "counter entry")?;
-            let mut entries = capped(n);
-            for _ in 0..n {
-                entries.push((input.site()?, input.varint()?, input.varint()?));
-            }
-            Some(ColumnState::PnCounter(PnCounter::from_entries(entries)))
-        }
-        4 => {
-            let n = input.count(2, "set element")?;
-            let mut entries = capped(n);
-            for _ in 0..n {
-                let element = input.string()?;
-                let ntags = input.count(2, "set tag")?;
-                let mut tags = capped(ntags);
-                for _ in 0..ntags {
-                    tags.push(Dot {
-                        site: input.site()?,
-                        seq: input.varint()?,
-                    });
-                }
-                entries.push((element, tags));
-            }
-            Some(ColumnState::OrSet(OrSet::from_entries(entries)))
-        }
-        tag => {
-            return Err(malformed(format!(
-                "unknown column tag {tag} at offset {at}"
-            )));
-        }
-    })
+    let tag = input.u8()?;
+    if tag == 0 {
+        return Ok(None);
+    }
+    let Some(kind) = Kind::from_tag(tag - 1) else {
+        return Err(malformed(format!(
+            "unknown column tag {tag} at offset {at}"
+        )));
+    };
+    kind.decode(&mut ColumnIn { input, row_hlc }).map(Some)
+}
+
+/// Reads what [`ColumnOut`] writes.
+struct ColumnIn<'i, 'a> {
+    input: &'i mut In<'a>,
+    row_hlc: u64,
+}
+
+impl StateSource for ColumnIn<'_, '_> {
+    type Error = DecodeError;
+
+    fn len(&mut self, min_bytes: usize, what: &'static str) -> Result<usize, DecodeError> {
+        self.input.count(min_bytes, what)
+    }
+
+    fn uint(&mut self) -> Result<u64, DecodeError> {
+        self.input.varint()
+    }
+
+    fn site(&mut self) -> Result<SiteId, DecodeError> {
+        self.input.site()
+    }
+
+    fn text(&mut self) -> Result<String, DecodeError> {
+        self.input.string()
+    }
+
+    fn stamp(&mut self) -> Result<Hlc, DecodeError> {
+        let age = self.input.varint()?;
+        self.row_hlc.checked_sub(age).map(Hlc).ok_or_else(|| {
+            malformed(format!(
+                "register age {age} exceeds the row timestamp {}",
+                self.row_hlc
+            ))
+        })
+    }
+
+    fn column_value(&mut self) -> Result<Value, DecodeError> {
+        self.input.value()
+    }
 }

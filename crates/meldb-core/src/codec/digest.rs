@@ -7,7 +7,9 @@
 //! ```text
 //! row    = key:seq<value>  cl:uint  clock:seq<(site, seq:uint)>  hlc:uint
 //!          writer:site  columns:seq<(name:str, option<state>)>
-//! state  = 0 lww  hlc:uint site value
+//! state  = kind tag, then the kind's fields as `column` lists them, with
+//!          sites whole and a register's timestamp whole:
+//!          0 lww  hlc:uint site value
 //!        | 1 g_counter  seq<(site, total:uint)>
 //!        | 2 pn_counter seq<(site, p:uint, n:uint)>
 //!        | 3 or_set     seq<(element:str, tags:seq<(site, seq:uint)>)>
@@ -17,7 +19,8 @@
 //! database format, and a change needs a new format version.
 
 use super::bin::Enc;
-use crate::crdt::ColumnState;
+use crate::clock::{Hlc, SiteId};
+use crate::crdt::{ColumnState, StateSink};
 use crate::merge::RowState;
 use crate::value::Value;
 
@@ -44,37 +47,36 @@ pub fn digest_row<'a>(
 }
 
 fn column_state(e: &mut Enc, state: &ColumnState) {
-    match state {
-        ColumnState::Lww(l) => {
-            e.u8(0);
-            e.uint(l.hlc.0);
-            e.site(l.site);
-            e.value(&l.value);
-        }
-        ColumnState::GCounter(c) => {
-            e.u8(1);
-            e.seq(c.entries(), |e, &(site, n)| {
-                e.site(site);
-                e.uint(n);
-            });
-        }
-        ColumnState::PnCounter(c) => {
-            e.u8(2);
-            e.seq(c.entries(), |e, &(site, p, n)| {
-                e.site(site);
-                e.uint(p);
-                e.uint(n);
-            });
-        }
-        ColumnState::OrSet(set) => {
-            e.u8(3);
-            e.seq(set.entries(), |e, (elem, tags)| {
-                e.str(elem);
-                e.seq(tags, |e, dot| {
-                    e.site(dot.site);
-                    e.uint(dot.seq);
-                });
-            });
-        }
+    e.u8(state.kind().tag());
+    state.encode(&mut Canonical(e));
+}
+
+/// A state's fields with nothing replica-local in them: sites as their 16
+/// bytes, a register's timestamp whole.
+struct Canonical<'e>(&'e mut Enc);
+
+impl StateSink for Canonical<'_> {
+    fn len(&mut self, n: usize) {
+        self.0.len(n);
+    }
+
+    fn uint(&mut self, n: u64) {
+        self.0.uint(n);
+    }
+
+    fn site(&mut self, site: SiteId) {
+        self.0.site(site);
+    }
+
+    fn text(&mut self, s: &str) {
+        self.0.str(s);
+    }
+
+    fn stamp(&mut self, hlc: Hlc) {
+        self.0.uint(hlc.0);
+    }
+
+    fn column_value(&mut self, value: &Value) {
+        self.0.value(value);
     }
 }

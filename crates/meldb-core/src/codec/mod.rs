@@ -27,6 +27,7 @@
 
 #[doc(hidden)]
 pub mod bin;
+mod column;
 #[doc(hidden)]
 pub mod compact;
 mod digest;
@@ -170,7 +171,7 @@ pub enum DecodeError {
 
 /// Encodes a changeset as one frame.
 pub fn encode_changeset(changeset: &Changeset) -> Vec<u8> {
-    frame(&wire::WireChangeset::from_changeset(changeset).encode())
+    frame(&wire::encode(changeset))
 }
 
 /// Encodes a changeset as one frame, or, when its payload would exceed
@@ -178,7 +179,7 @@ pub fn encode_changeset(changeset: &Changeset) -> Vec<u8> {
 /// each decodable on its own. [`decode_changeset_frames`] reads them. A
 /// single row larger than the limit still makes a frame the decoder refuses.
 pub fn encode_changeset_frames(changeset: &Changeset) -> Vec<u8> {
-    let payload = wire::WireChangeset::from_changeset(changeset).encode();
+    let payload = wire::encode(changeset);
     if payload.len() <= MAX_FRAME_PAYLOAD || changeset.len() <= 1 {
         return frame(&payload);
     }
@@ -300,7 +301,7 @@ pub fn unframe_as(
 pub fn decode_changeset(bytes: &[u8]) -> Result<Changeset, DecodeError> {
     // Version 1 is the only changeset layout so far; a second one is
     // chosen here by the version `unframe_as` checked.
-    wire::WireChangeset::decode(unframe(bytes)?)?.into_changeset()
+    wire::decode(unframe(bytes)?)
 }
 
 #[cfg(test)]

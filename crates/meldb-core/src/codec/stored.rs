@@ -8,10 +8,8 @@
 //! meta   = clock:seq<(site_ix:uint, seq:uint)>  hlc:uint  writer:site_ix
 //!          columns:seq<column>
 //! column = 0 unset
-//!        | 1 lww  age:uint site_ix          (the value is in its column)
-//!        | 2 g_counter  seq<(site_ix, total:uint)>
-//!        | 3 pn_counter seq<(site_ix, p:uint, n:uint)>
-//!        | 4 or_set     seq<(element:str, tags:seq<(site_ix, seq:uint)>)>
+//!        | 1 + kind tag, the kind's fields    (see `column`: registers leave
+//!                                             their value to its SQL column)
 //! undo   = seq<value>                        (the base table's whole row)
 //! ```
 //!
@@ -19,116 +17,104 @@
 //! timestamp minus the register's.
 
 use super::bin::{Dec, Enc};
-use super::DecodeError;
+use super::{column, DecodeError};
+use crate::clock::{Hlc, SiteId};
+use crate::crdt::{ColumnState, Dot};
+use crate::merge::RowState;
 use crate::value::Value;
 
-/// The packed form of a row's metadata.
+/// A row's metadata as stored, sites resolved.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredMeta {
-    pub clock: Vec<(u32, u64)>,
-    pub hlc: u64,
-    pub writer: u32,
-    pub columns: Vec<StoredColumn>,
+    /// The row clock's entries, in stored order.
+    pub clock: Vec<Dot>,
+    /// The row's timestamp.
+    pub hlc: Hlc,
+    /// The row's last writer (nil: none).
+    pub writer: SiteId,
+    /// The value columns' states; a column added to the schema after the
+    /// row was written is unset.
+    pub columns: Vec<Option<ColumnState>>,
 }
 
-/// One column's state, sites as indices into a site table: the layout
-/// the changeset payload (`wire`, registers carry their value) and the
-/// stored metadata (registers' values live in their SQL column: `V = ()`)
-/// share.
-///
-/// ```text
-/// column = 0 unset | 1 lww age:uint site_ix [value] | 2 g_counter seq<(site_ix, n)>
-///        | 3 pn_counter seq<(site_ix, p, n)> | 4 or_set seq<(element, seq<(site_ix, seq)>)>
-/// ```
-#[derive(Debug, Clone, PartialEq)]
-pub enum IndexedColumn<V> {
-    Unset,
-    /// `age` is the row's timestamp minus the register's: 0 (one byte) for
-    /// every register the row's latest write set.
-    Lww {
-        age: u64,
-        site: u32,
-        value: V,
-    },
-    GCounter(Vec<(u32, u64)>),
-    PnCounter(Vec<(u32, u64, u64)>),
-    OrSet(Vec<(String, Vec<(u32, u64)>)>),
+const NO_SITE: SiteId = SiteId(uuid::Uuid::nil());
+
+/// Packs a row's metadata (everything but its causal length, which has its
+/// own SQL column). `site_ix` gives each site's index, registering new
+/// ones; sites are met in the order clock, writer, columns.
+pub fn encode_meta<E>(
+    state: &RowState,
+    mut site_ix: impl FnMut(SiteId) -> Result<u32, E>,
+) -> Result<Vec<u8>, E> {
+    let mut e = Enc::new();
+    e.len(state.clock.entries().len());
+    for &(site, seq) in state.clock.entries() {
+        e.uint(site_ix(site)?.into());
+        e.uint(seq);
+    }
+    e.uint(state.hlc.0);
+    let writer = if state.writer == NO_SITE {
+        0
+    } else {
+        site_ix(state.writer)?
+    };
+    e.uint(writer.into());
+    e.len(state.columns.len());
+    for col in &state.columns {
+        column::encode(&mut e, col.as_ref(), state.hlc.0, false, &mut site_ix)?;
+    }
+    Ok(e.into_bytes())
 }
 
-/// A column of the stored metadata: registers without their values.
-pub type StoredColumn = IndexedColumn<()>;
-
-impl<V> IndexedColumn<V> {
-    /// Writes the column; `value` writes a register's value (nothing for
-    /// `()`).
-    pub fn encode(&self, e: &mut Enc, value: impl Fn(&mut Enc, &V)) {
-        match self {
-            IndexedColumn::Unset => e.u8(0),
-            IndexedColumn::Lww {
-                age,
-                site,
-                value: v,
-            } => {
-                e.u8(1);
-                e.uint(*age);
-                e.uint((*site).into());
-                value(e, v);
-            }
-            IndexedColumn::GCounter(entries) => {
-                e.u8(2);
-                e.pairs(entries);
-            }
-            IndexedColumn::PnCounter(entries) => {
-                e.u8(3);
-                e.triples(entries);
-            }
-            IndexedColumn::OrSet(entries) => {
-                e.u8(4);
-                e.tagged(entries);
-            }
-        }
+/// Reads metadata written by [`encode_meta`]. `site` resolves a site index
+/// (0 is no writer); `values` are the value columns' SQL values, where
+/// registers keep theirs.
+pub fn decode_meta(
+    bytes: &[u8],
+    site: impl Fn(u32) -> Option<SiteId>,
+    values: Vec<Value>,
+) -> Result<StoredMeta, DecodeError> {
+    let mut d = Dec::new(bytes, "row metadata");
+    let resolve = |d: &Dec<'_>, idx: u32| {
+        site(idx).ok_or_else(|| d.malformed(format!("unknown site index {idx}")))
+    };
+    let n = d.count()?;
+    let mut clock = super::bin::capped(n);
+    for _ in 0..n {
+        let idx = d.u32()?;
+        clock.push(Dot {
+            site: resolve(&d, idx)?,
+            seq: d.uint()?,
+        });
     }
-
-    /// Reads a column written by [`IndexedColumn::encode`].
-    pub fn decode<'a>(
-        d: &mut Dec<'a>,
-        value: impl FnOnce(&mut Dec<'a>) -> Result<V, DecodeError>,
-    ) -> Result<Self, DecodeError> {
-        Ok(match d.variant(5, "column")? {
-            0 => IndexedColumn::Unset,
-            1 => IndexedColumn::Lww {
-                age: d.uint()?,
-                site: d.u32()?,
-                value: value(d)?,
-            },
-            2 => IndexedColumn::GCounter(d.pairs()?),
-            3 => IndexedColumn::PnCounter(d.triples()?),
-            _ => IndexedColumn::OrSet(d.tagged()?),
-        })
+    let hlc = d.uint()?;
+    let writer = match d.u32()? {
+        0 => NO_SITE,
+        idx => resolve(&d, idx)?,
+    };
+    let stored = d.count()?;
+    let mut columns = Vec::with_capacity(values.len().max(stored.min(1024)));
+    let mut values = values.into_iter();
+    for _ in 0..stored {
+        let value = values.next().unwrap_or(Value::Null);
+        columns.push(column::decode(&mut d, hlc, &site, Some(value))?);
     }
+    // Columns added by a schema upgrade are missing from older blobs.
+    columns.extend(values.map(|_| None));
+    d.finish()?;
+    Ok(StoredMeta {
+        clock,
+        hlc: Hlc(hlc),
+        writer,
+        columns,
+    })
 }
 
-impl StoredMeta {
-    pub fn encode(&self) -> Vec<u8> {
-        let mut e = Enc::new();
-        e.pairs(&self.clock);
-        e.uint(self.hlc);
-        e.uint(self.writer.into());
-        e.seq(&self.columns, |e, c| c.encode(e, |_, ()| {}));
-        e.into_bytes()
-    }
-
-    pub fn decode(bytes: &[u8]) -> Result<StoredMeta, DecodeError> {
-        let mut d = Dec::new(bytes, "row metadata");
-        let meta = StoredMeta {
-            clock: d.pairs()?,
-            hlc: d.uint()?,
-            writer: d.u32()?,
-            columns: d.seq(|d| StoredColumn::decode(d, |_| Ok(())))?,
-        };
-        d.finish()?;
-        Ok(meta)
-    }
+/// The row clock's `(site index, seq)` entries alone: the keys of the row's
+/// entries in the dot index.
+pub fn decode_clock(bytes: &[u8]) -> Result<Vec<(u32, u64)>, DecodeError> {
+    let mut d = Dec::new(bytes, "row metadata");
+    d.pairs()
 }
 
 /// An undo image: the base table's row as it was.

@@ -14,72 +14,61 @@
 //! row       = key:seq<value>  cl:uint  clock:seq<(site_ix:uint, seq:uint)>
 //!             hlc:uint  writer:option<site_ix>  columns:seq<column>
 //!             covers:seq<(site_ix, first:uint, last:uint)>
-//! column    = 0 unset
-//!           | 1 lww  age:uint site_ix value
-//!           | 2 g_counter  seq<(site_ix, total:uint)>
-//!           | 3 pn_counter seq<(site_ix, p:uint, n:uint)>
-//!           | 4 or_set     seq<(element:str, tags:seq<(site_ix, seq:uint)>)>
+//! column    = 0 unset | 1 + kind tag, the kind's fields, value included
+//!             (the layout of `column`)
 //! ```
 
-use super::bin::{Dec, Enc};
-use super::stored::IndexedColumn;
-use super::DecodeError;
+use super::bin::{capped, Dec, Enc};
+use super::{column, DecodeError};
 use crate::changeset::{Changeset, Cover, RowChange, TableChanges};
 use crate::clock::{Hlc, SiteId};
-use crate::crdt::{ColumnState, Dot, GCounter, Lww, OrSet, PnCounter, RowClock};
+use crate::crdt::{RowClock, StateSink};
 use crate::merge::RowState;
 use crate::value::Value;
 use std::collections::HashMap;
+use std::convert::Infallible;
 
-pub(super) struct WireChangeset {
-    origin: SiteId,
-    sites: Vec<SiteId>,
-    tables: Vec<WireTable>,
-}
+const NO_SITE: SiteId = SiteId(uuid::Uuid::nil());
 
-struct WireTable {
-    table: String,
-    columns: Vec<String>,
-    rows: Vec<WireRow>,
-}
-
-struct WireRow {
-    key: Vec<Value>,
-    cl: u64,
-    clock: Vec<(u32, u64)>,
-    hlc: u64,
-    writer: Option<u32>,
-    columns: Vec<WireColumn>,
-    covers: Vec<(u32, u64, u64)>,
-}
-
-/// A column as the changeset payload carries it: registers with values.
-type WireColumn = IndexedColumn<Value>;
-
-impl WireRow {
-    fn encode(e: &mut Enc, row: &WireRow) {
-        e.values(&row.key);
-        e.uint(row.cl);
-        e.pairs(&row.clock);
-        e.uint(row.hlc);
-        e.option(row.writer, |e, w| e.uint(w.into()));
-        e.seq(&row.columns, |e, c| c.encode(e, Enc::value));
-        e.triples(&row.covers);
+/// The payload of a changeset.
+pub(super) fn encode(cs: &Changeset) -> Vec<u8> {
+    let mut sites = SiteTable::default();
+    let mut tables = Enc::new();
+    tables.len(cs.tables.len());
+    for t in &cs.tables {
+        tables.str(&t.table);
+        tables.seq(&t.columns, |e, c| e.str(c));
+        tables.len(t.rows.len());
+        for row in &t.rows {
+            sites.register(row);
+            encode_row(&mut tables, row, &mut sites);
+        }
     }
+    let mut e = Enc::new();
+    e.site(cs.origin);
+    e.seq(&sites.sites, |e, s| e.site(*s));
+    e.bytes.extend_from_slice(&tables.into_bytes());
+    e.into_bytes()
+}
 
-    fn decode(d: &mut Dec<'_>) -> Result<WireRow, DecodeError> {
-        Ok(WireRow {
-            key: d.values()?,
-            cl: d.uint()?,
-            clock: d.pairs()?,
-            hlc: d.uint()?,
-            writer: d.option(Dec::u32)?,
-            columns: d.seq(|d| WireColumn::decode(d, Dec::value))?,
-            covers: d.triples()?,
+/// Reads a payload written by [`encode`].
+pub(super) fn decode(bytes: &[u8]) -> Result<Changeset, DecodeError> {
+    let mut d = Dec::new(bytes, "changeset");
+    let origin = d.site()?;
+    let sites = d.seq(Dec::site)?;
+    let tables = d.seq(|d| {
+        Ok(TableChanges {
+            table: d.string()?,
+            columns: d.seq(Dec::string)?,
+            rows: d.seq(|d| decode_row(d, &sites))?,
         })
-    }
+    })?;
+    d.finish()?;
+    Ok(Changeset { origin, tables })
 }
 
+/// Site ids in order of first appearance; a row's are met in the order
+/// clock, columns, writer, covers.
 #[derive(Default)]
 struct SiteTable {
     sites: Vec<SiteId>,
@@ -93,230 +82,106 @@ impl SiteTable {
             self.sites.len() as u32 - 1
         })
     }
-}
 
-impl WireChangeset {
-    pub(super) fn encode(&self) -> Vec<u8> {
-        let mut e = Enc::new();
-        e.site(self.origin);
-        e.seq(&self.sites, |e, s| e.site(*s));
-        e.seq(&self.tables, |e, t| {
-            e.str(&t.table);
-            e.seq(&t.columns, |e, c| e.str(c));
-            e.seq(&t.rows, WireRow::encode);
-        });
-        e.into_bytes()
-    }
-
-    pub(super) fn decode(bytes: &[u8]) -> Result<WireChangeset, DecodeError> {
-        let mut d = Dec::new(bytes, "changeset");
-        let origin = d.site()?;
-        let sites = d.seq(Dec::site)?;
-        let tables = d.seq(|d| {
-            Ok(WireTable {
-                table: d.string()?,
-                columns: d.seq(Dec::string)?,
-                rows: d.seq(WireRow::decode)?,
-            })
-        })?;
-        d.finish()?;
-        Ok(WireChangeset {
-            origin,
-            sites,
-            tables,
-        })
-    }
-
-    pub(super) fn from_changeset(cs: &Changeset) -> Self {
-        let mut sites = SiteTable::default();
-        let tables = cs
-            .tables
-            .iter()
-            .map(|t| WireTable {
-                table: t.table.clone(),
-                columns: t.columns.clone(),
-                rows: t.rows.iter().map(|r| wire_row(r, &mut sites)).collect(),
-            })
-            .collect();
-        WireChangeset {
-            origin: cs.origin,
-            sites: sites.sites,
-            tables,
+    fn register(&mut self, row: &RowChange) {
+        let state = &row.state;
+        for &(site, _) in state.clock.entries() {
+            self.of(site);
+        }
+        for col in state.columns.iter().flatten() {
+            col.encode(&mut Collect(self));
+        }
+        if state.writer != NO_SITE {
+            self.of(state.writer);
+        }
+        for c in &row.covers {
+            self.of(c.site);
         }
     }
-
-    pub(super) fn into_changeset(self) -> Result<Changeset, DecodeError> {
-        let sites = &self.sites;
-        let tables = self
-            .tables
-            .into_iter()
-            .map(|t| {
-                Ok(TableChanges {
-                    table: t.table,
-                    columns: t.columns,
-                    rows: t
-                        .rows
-                        .into_iter()
-                        .map(|r| row_change(r, sites))
-                        .collect::<Result<_, _>>()?,
-                })
-            })
-            .collect::<Result<_, DecodeError>>()?;
-        Ok(Changeset {
-            origin: self.origin,
-            tables,
-        })
-    }
 }
 
-fn wire_row(row: &RowChange, sites: &mut SiteTable) -> WireRow {
+/// A sink that only registers the sites a state names.
+struct Collect<'t>(&'t mut SiteTable);
+
+impl StateSink for Collect<'_> {
+    fn len(&mut self, _: usize) {}
+    fn uint(&mut self, _: u64) {}
+    fn site(&mut self, site: SiteId) {
+        self.0.of(site);
+    }
+    fn text(&mut self, _: &str) {}
+    fn stamp(&mut self, _: Hlc) {}
+    fn column_value(&mut self, _: &Value) {}
+}
+
+fn encode_row(e: &mut Enc, row: &RowChange, sites: &mut SiteTable) {
     let state = &row.state;
-    let mut dots = |entries: &[(SiteId, u64)]| -> Vec<(u32, u64)> {
-        entries.iter().map(|&(s, n)| (sites.of(s), n)).collect()
-    };
-    let clock = dots(state.clock.entries());
-    let columns = state
-        .columns
-        .iter()
-        .map(|c| match c {
-            None => WireColumn::Unset,
-            Some(ColumnState::Lww(l)) => WireColumn::Lww {
-                age: state.hlc.0.saturating_sub(l.hlc.0),
-                site: sites.of(l.site),
-                value: l.value.clone(),
-            },
-            Some(ColumnState::GCounter(g)) => {
-                WireColumn::GCounter(g.entries().iter().map(|&(s, n)| (sites.of(s), n)).collect())
-            }
-            Some(ColumnState::PnCounter(p)) => WireColumn::PnCounter(
-                p.entries()
-                    .iter()
-                    .map(|&(s, a, b)| (sites.of(s), a, b))
-                    .collect(),
-            ),
-            Some(ColumnState::OrSet(set)) => WireColumn::OrSet(
-                set.entries()
-                    .iter()
-                    .map(|(e, tags)| {
-                        (
-                            e.clone(),
-                            tags.iter().map(|d| (sites.of(d.site), d.seq)).collect(),
-                        )
-                    })
-                    .collect(),
-            ),
-        })
-        .collect();
-    WireRow {
-        key: row.key.clone(),
-        cl: state.cl,
-        clock,
-        hlc: state.hlc.0,
-        writer: (!state.writer.0.is_nil()).then(|| sites.of(state.writer)),
-        columns,
-        covers: row
-            .covers
-            .iter()
-            .map(|c| (sites.of(c.site), c.first, c.last))
-            .collect(),
+    e.values(&row.key);
+    e.uint(state.cl);
+    e.len(state.clock.entries().len());
+    for &(site, seq) in state.clock.entries() {
+        e.uint(sites.of(site).into());
+        e.uint(seq);
+    }
+    e.uint(state.hlc.0);
+    let writer = (state.writer != NO_SITE).then(|| sites.of(state.writer));
+    e.option(writer, |e, w| e.uint(w.into()));
+    e.len(state.columns.len());
+    for col in &state.columns {
+        let mut site_ix = |s| Ok::<u32, Infallible>(sites.of(s));
+        if let Err(never) = column::encode(e, col.as_ref(), state.hlc.0, true, &mut site_ix) {
+            match never {}
+        }
+    }
+    e.len(row.covers.len());
+    for c in &row.covers {
+        e.uint(sites.of(c.site).into());
+        e.uint(c.first);
+        e.uint(c.last);
     }
 }
 
-fn row_change(row: WireRow, sites: &[SiteId]) -> Result<RowChange, DecodeError> {
-    let site = |idx: u32| {
-        sites
-            .get(idx as usize)
-            .copied()
-            .ok_or_else(|| DecodeError::Malformed {
-                what: "changeset",
-                message: format!(
-                    "site index {idx} is outside the table of {} sites",
-                    sites.len()
-                ),
-            })
-    };
-    let dot = |(idx, seq): (u32, u64)| {
-        Ok::<_, DecodeError>(Dot {
-            site: site(idx)?,
-            seq,
+fn decode_row(d: &mut Dec<'_>, sites: &[SiteId]) -> Result<RowChange, DecodeError> {
+    let site = |idx: u32| sites.get(idx as usize).copied();
+    let resolve = |d: &Dec<'_>, idx: u32| {
+        site(idx).ok_or_else(|| {
+            d.malformed(format!(
+                "site index {idx} is outside the table of {} sites",
+                sites.len()
+            ))
         })
     };
-    let mut clock = Vec::with_capacity(row.clock.len());
-    for entry in row.clock {
-        let d = dot(entry)?;
-        clock.push((d.site, d.seq));
+    let key = d.values()?;
+    let cl = d.uint()?;
+    let n = d.count()?;
+    let mut clock = capped(n);
+    for _ in 0..n {
+        let idx = d.u32()?;
+        clock.push((resolve(d, idx)?, d.uint()?));
     }
-    let columns =
-        row.columns
-            .into_iter()
-            .map(|c| {
-                Ok(match c {
-                    WireColumn::Unset => None,
-                    WireColumn::Lww {
-                        age,
-                        site: idx,
-                        value,
-                    } => Some(ColumnState::Lww(Lww {
-                        hlc: Hlc(row.hlc.checked_sub(age).ok_or_else(|| {
-                            DecodeError::Malformed {
-                                what: "changeset",
-                                message: format!(
-                                    "register age {age} exceeds the row timestamp {}",
-                                    row.hlc
-                                ),
-                            }
-                        })?),
-                        site: site(idx)?,
-                        value,
-                    })),
-                    WireColumn::GCounter(entries) => {
-                        Some(ColumnState::GCounter(GCounter::from_entries(
-                            entries
-                                .into_iter()
-                                .map(|(i, n)| Ok((site(i)?, n)))
-                                .collect::<Result<Vec<_>, DecodeError>>()?,
-                        )))
-                    }
-                    WireColumn::PnCounter(entries) => {
-                        Some(ColumnState::PnCounter(PnCounter::from_entries(
-                            entries
-                                .into_iter()
-                                .map(|(i, a, b)| Ok((site(i)?, a, b)))
-                                .collect::<Result<Vec<_>, DecodeError>>()?,
-                        )))
-                    }
-                    WireColumn::OrSet(entries) => Some(ColumnState::OrSet(OrSet::from_entries(
-                        entries
-                            .into_iter()
-                            .map(|(e, tags)| {
-                                Ok((e, tags.into_iter().map(dot).collect::<Result<Vec<_>, _>>()?))
-                            })
-                            .collect::<Result<Vec<_>, DecodeError>>()?,
-                    ))),
-                })
-            })
-            .collect::<Result<Vec<_>, DecodeError>>()?;
-    let covers = row
-        .covers
-        .into_iter()
-        .map(|(i, first, last)| {
-            Ok(Cover {
-                site: site(i)?,
-                first,
-                last,
-            })
-        })
-        .collect::<Result<Vec<_>, DecodeError>>()?;
+    let hlc = d.uint()?;
+    let writer = match d.option(Dec::u32)? {
+        Some(idx) => resolve(d, idx)?,
+        None => NO_SITE,
+    };
+    let columns = d.seq(|d| column::decode(d, hlc, &site, None))?;
+    let n = d.count()?;
+    let mut covers = capped(n);
+    for _ in 0..n {
+        let idx = d.u32()?;
+        covers.push(Cover {
+            site: resolve(d, idx)?,
+            first: d.uint()?,
+            last: d.uint()?,
+        });
+    }
     Ok(RowChange {
-        key: row.key,
+        key,
         state: RowState {
-            cl: row.cl,
+            cl,
             clock: RowClock::from_entries(clock),
-            hlc: Hlc(row.hlc),
-            writer: match row.writer {
-                Some(i) => site(i)?,
-                None => SiteId(uuid::Uuid::nil()),
-            },
+            hlc: Hlc(hlc),
+            writer,
             columns,
         },
         covers,

@@ -5,7 +5,10 @@
 //! is the per-site maximum and every increment from every site is counted
 //! exactly once, whatever the delivery order. The value is the sum.
 
+use super::column::{capped, ColumnKind, Op, OpError, Stamp, StateSink, StateSource};
+use super::{Kind, RegisterRule, RowClock};
 use crate::clock::SiteId;
+use crate::value::{SqlType, Value};
 
 /// Per-site totals, sorted by site.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -124,6 +127,219 @@ fn slot_pn(entries: &mut Vec<(SiteId, u64, u64)>, site: SiteId) -> (&mut u64, &m
     };
     let (_, p, n) = &mut entries[i];
     (p, n)
+}
+
+/// What both counters take and do, `grow_only` telling them apart.
+mod rules {
+    use super::*;
+
+    pub fn read(total: i128) -> Value {
+        Value::Integer(total.clamp(i64::MIN.into(), i64::MAX.into()) as i64)
+    }
+
+    pub fn check(op: Op, grow_only: bool) -> Result<Op, OpError> {
+        let amount = match op {
+            Op::Increment(amount) => amount,
+            Op::Assign {
+                initial: true,
+                value,
+            } => match value {
+                Value::Integer(amount) => amount,
+                other => {
+                    return Err(OpError::TypeMismatch {
+                        expected: SqlType::Integer,
+                        found: other.type_name(),
+                    })
+                }
+            },
+            other => return Err(other.unsupported()),
+        };
+        if grow_only && amount < 0 {
+            return Err(OpError::Negative { amount });
+        }
+        Ok(Op::Increment(amount))
+    }
+
+    pub fn amount(op: &Op) -> Result<i64, OpError> {
+        match op {
+            Op::Increment(amount) => Ok(*amount),
+            other => Err(other.unsupported()),
+        }
+    }
+
+    /// The sum users read must stay an SQL integer.
+    pub fn fits(total: i128) -> Result<(), OpError> {
+        i64::try_from(total)
+            .map(drop)
+            .map_err(|_| OpError::Overflow)
+    }
+
+    pub fn rebuild(target: &Value) -> Option<Op> {
+        match target {
+            Value::Integer(0) => None,
+            Value::Integer(n) => Some(Op::Increment(*n)),
+            _ => None,
+        }
+    }
+
+    pub fn reach(current: &Value, target: &Value, grow_only: bool) -> Option<Op> {
+        let (Value::Integer(to), Value::Integer(from)) = (target, current) else {
+            return None;
+        };
+        let diff = to.checked_sub(*from)?;
+        (diff >= 0 || !grow_only).then_some(Op::Increment(diff))
+    }
+
+    pub fn check_target(column: &str, value: &Value, grow_only: bool) -> Result<(), String> {
+        match value {
+            Value::Integer(n) if *n >= 0 || !grow_only => Ok(()),
+            other => Err(format!(
+                "counter {column:?} needs {}, got {other}",
+                if grow_only {
+                    "a non-negative integer"
+                } else {
+                    "an integer"
+                }
+            )),
+        }
+    }
+}
+
+impl ColumnKind for GCounter {
+    const KIND: Kind = Kind::GCounter;
+    const NAME: &'static str = "g_counter";
+    const SQL_TYPE: Option<SqlType> = Some(SqlType::Integer);
+
+    fn unset(_: Option<&Value>) -> Value {
+        Value::Integer(0)
+    }
+
+    fn join(&self, _: &RowClock, other: &GCounter, _: &RowClock, _: &RegisterRule) -> GCounter {
+        self.merge(other)
+    }
+
+    fn is_canonical(&self, _: &RowClock) -> bool {
+        GCounter::is_canonical(self)
+    }
+
+    fn read(&self) -> Value {
+        rules::read(self.value())
+    }
+
+    fn check(op: Op) -> Result<Op, OpError> {
+        rules::check(op, true)
+    }
+
+    fn apply(state: &mut Option<GCounter>, op: &Op, at: Stamp) -> Result<(), OpError> {
+        let amount = rules::amount(op)?;
+        let counter = state.get_or_insert_with(GCounter::default);
+        counter
+            .increment(at.dot.site, amount.unsigned_abs())
+            .map_err(|_| OpError::Overflow)?;
+        rules::fits(counter.value())
+    }
+
+    fn rebuild(target: &Value) -> Option<Op> {
+        rules::rebuild(target)
+    }
+
+    fn reach(current: &Value, target: &Value, _: &RegisterRule) -> Option<Op> {
+        rules::reach(current, target, true)
+    }
+
+    fn check_target(column: &str, value: &Value) -> Result<(), String> {
+        rules::check_target(column, value, true)
+    }
+
+    fn encode(&self, out: &mut impl StateSink) {
+        out.len(self.0.len());
+        for &(site, n) in &self.0 {
+            out.site(site);
+            out.uint(n);
+        }
+    }
+
+    fn decode<S: StateSource>(input: &mut S) -> Result<GCounter, S::Error> {
+        let n = input.len(2, "counter entry")?;
+        let mut entries = capped(n);
+        for _ in 0..n {
+            entries.push((input.site()?, input.uint()?));
+        }
+        Ok(GCounter::from_entries(entries))
+    }
+
+    fn size_hint(&self) -> usize {
+        4 + 12 * self.0.len()
+    }
+}
+
+impl ColumnKind for PnCounter {
+    const KIND: Kind = Kind::PnCounter;
+    const NAME: &'static str = "pn_counter";
+    const SQL_TYPE: Option<SqlType> = Some(SqlType::Integer);
+
+    fn unset(_: Option<&Value>) -> Value {
+        Value::Integer(0)
+    }
+
+    fn join(&self, _: &RowClock, other: &PnCounter, _: &RowClock, _: &RegisterRule) -> PnCounter {
+        self.merge(other)
+    }
+
+    fn is_canonical(&self, _: &RowClock) -> bool {
+        PnCounter::is_canonical(self)
+    }
+
+    fn read(&self) -> Value {
+        rules::read(self.value())
+    }
+
+    fn check(op: Op) -> Result<Op, OpError> {
+        rules::check(op, false)
+    }
+
+    fn apply(state: &mut Option<PnCounter>, op: &Op, at: Stamp) -> Result<(), OpError> {
+        let amount = rules::amount(op)?;
+        let counter = state.get_or_insert_with(PnCounter::default);
+        counter
+            .add(at.dot.site, amount)
+            .map_err(|_| OpError::Overflow)?;
+        rules::fits(counter.value())
+    }
+
+    fn rebuild(target: &Value) -> Option<Op> {
+        rules::rebuild(target)
+    }
+
+    fn reach(current: &Value, target: &Value, _: &RegisterRule) -> Option<Op> {
+        rules::reach(current, target, false)
+    }
+
+    fn check_target(column: &str, value: &Value) -> Result<(), String> {
+        rules::check_target(column, value, false)
+    }
+
+    fn encode(&self, out: &mut impl StateSink) {
+        out.len(self.0.len());
+        for &(site, p, n) in &self.0 {
+            out.site(site);
+            out.uint(p);
+            out.uint(n);
+        }
+    }
+
+    fn decode<S: StateSource>(input: &mut S) -> Result<PnCounter, S::Error> {
+        let n = input.len(3, "counter entry")?;
+        let mut entries = capped(n);
+        for _ in 0..n {
+            entries.push((input.site()?, input.uint()?, input.uint()?));
+        }
+        Ok(PnCounter::from_entries(entries))
+    }
+
+    fn size_hint(&self) -> usize {
+        4 + 20 * self.0.len()
+    }
 }
 
 #[cfg(test)]

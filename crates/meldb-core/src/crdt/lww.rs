@@ -9,9 +9,10 @@
 //! write of the latest state. Each rule is a total order on writes, so each
 //! merge is still a join.
 
-use super::StateOrder;
+use super::column::{ColumnKind, Op, OpError, Stamp, StateSink, StateSource};
+use super::{Kind, RowClock, StateOrder};
 use crate::clock::{Hlc, SiteId};
-use crate::value::Value;
+use crate::value::{SqlType, Value};
 use std::cmp::{Ordering, Reverse};
 use std::sync::Arc;
 
@@ -76,6 +77,89 @@ impl Lww {
                 .cmp(&states.rank(&other.value))
                 .then_with(|| self.order(other)),
         }
+    }
+}
+
+impl ColumnKind for Lww {
+    const KIND: Kind = Kind::Lww;
+    const NAME: &'static str = "lww";
+    const SQL_TYPE: Option<SqlType> = None;
+
+    fn unset(default: Option<&Value>) -> Value {
+        default.cloned().unwrap_or(Value::Null)
+    }
+
+    fn join(&self, _: &RowClock, other: &Lww, _: &RowClock, rule: &RegisterRule) -> Lww {
+        self.merge_by(other, rule)
+    }
+
+    fn is_canonical(&self, _: &RowClock) -> bool {
+        true
+    }
+
+    fn read(&self) -> Value {
+        self.value.clone()
+    }
+
+    fn check(op: Op) -> Result<Op, OpError> {
+        match op {
+            Op::Assign { .. } => Ok(op),
+            other => Err(other.unsupported()),
+        }
+    }
+
+    fn apply(state: &mut Option<Lww>, op: &Op, at: Stamp) -> Result<(), OpError> {
+        let Op::Assign { value, .. } = op else {
+            return Err(op.unsupported());
+        };
+        *state = Some(Lww {
+            hlc: at.hlc,
+            site: at.dot.site,
+            value: value.clone(),
+        });
+        Ok(())
+    }
+
+    fn rebuild(target: &Value) -> Option<Op> {
+        Some(Op::Assign {
+            value: target.clone(),
+            initial: true,
+        })
+    }
+
+    fn reach(current: &Value, target: &Value, rule: &RegisterRule) -> Option<Op> {
+        let wins = match rule {
+            RegisterRule::Latest => true,
+            RegisterRule::Earliest => *current == Value::Null && *target != Value::Null,
+            RegisterRule::Ranked(order) => order.rank(target) >= order.rank(current),
+        };
+        wins.then(|| Op::Assign {
+            value: target.clone(),
+            initial: false,
+        })
+    }
+
+    /// The schema's declared type is checked by the store.
+    fn check_target(_: &str, _: &Value) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn encode(&self, out: &mut impl StateSink) {
+        out.stamp(self.hlc);
+        out.site(self.site);
+        out.column_value(&self.value);
+    }
+
+    fn decode<S: StateSource>(input: &mut S) -> Result<Lww, S::Error> {
+        Ok(Lww {
+            hlc: input.stamp()?,
+            site: input.site()?,
+            value: input.column_value()?,
+        })
+    }
+
+    fn size_hint(&self) -> usize {
+        12 + self.value.size_hint()
     }
 }
 

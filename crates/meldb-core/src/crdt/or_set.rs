@@ -8,7 +8,10 @@
 //! tombstones of its own. A remove and a concurrent add of the same element:
 //! the add wins, because the remover never saw the new tag.
 
+use super::column::{capped, ColumnKind, Op, OpError, Stamp, StateSink, StateSource};
 use super::row_clock::{Dot, RowClock};
+use super::{Kind, RegisterRule};
+use crate::value::{SqlType, Value};
 
 /// Elements with their live add-tags, sorted by element; tags sorted.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -33,6 +36,18 @@ impl OrSet {
                 true
             }
             Err(_) => false,
+        }
+    }
+
+    /// Makes `elements` (sorted, distinct) the set's content: removes the
+    /// others, adds the missing ones with `dot`.
+    pub fn assign(&mut self, elements: &[String], dot: Dot) {
+        self.0
+            .retain(|(e, _)| elements.binary_search_by(|x| x.as_str().cmp(e)).is_ok());
+        for e in elements {
+            if !self.contains(e) {
+                self.add(e, dot);
+            }
         }
     }
 
@@ -106,6 +121,144 @@ impl OrSet {
         }
         OrSet(out)
     }
+}
+
+impl ColumnKind for OrSet {
+    const KIND: Kind = Kind::OrSet;
+    const NAME: &'static str = "or_set";
+    const SQL_TYPE: Option<SqlType> = Some(SqlType::Text);
+
+    fn unset(_: Option<&Value>) -> Value {
+        Value::Text("[]".into())
+    }
+
+    fn join(
+        &self,
+        seen: &RowClock,
+        other: &OrSet,
+        other_seen: &RowClock,
+        _: &RegisterRule,
+    ) -> OrSet {
+        self.merge(seen, other, other_seen)
+    }
+
+    fn is_canonical(&self, clock: &RowClock) -> bool {
+        OrSet::is_canonical(self)
+            && self
+                .0
+                .iter()
+                .flat_map(|(_, tags)| tags)
+                .all(|&d| clock.contains(d))
+    }
+
+    fn read(&self) -> Value {
+        Value::Text(self.to_json())
+    }
+
+    fn check(op: Op) -> Result<Op, OpError> {
+        match op {
+            Op::Assign { value, .. } => match elements(&value) {
+                Ok(elements) => Ok(Op::Elements(elements)),
+                Err(NotElements::Type(found, _)) => Err(OpError::BadSet {
+                    problem: format!("got a {found} value"),
+                }),
+                Err(NotElements::Json(problem)) => Err(OpError::BadSet { problem }),
+            },
+            Op::Add(_) | Op::Remove(_) | Op::Elements(_) => Ok(op),
+            Op::Increment(_) => Err(op.unsupported()),
+        }
+    }
+
+    fn apply(state: &mut Option<OrSet>, op: &Op, at: Stamp) -> Result<(), OpError> {
+        let set = state.get_or_insert_with(OrSet::default);
+        match op {
+            Op::Add(elem) => set.add(elem, at.dot),
+            Op::Remove(elem) => {
+                set.remove(elem);
+            }
+            Op::Elements(elements) => set.assign(elements, at.dot),
+            Op::Assign { .. } => match Self::check(op.clone())? {
+                Op::Elements(elements) => set.assign(&elements, at.dot),
+                other => return Err(other.unsupported()),
+            },
+            Op::Increment(_) => return Err(op.unsupported()),
+        }
+        Ok(())
+    }
+
+    fn rebuild(target: &Value) -> Option<Op> {
+        let elements = elements(target).unwrap_or_default();
+        (!elements.is_empty()).then_some(Op::Elements(elements))
+    }
+
+    fn reach(_: &Value, target: &Value, _: &RegisterRule) -> Option<Op> {
+        Some(Op::Elements(elements(target).unwrap_or_default()))
+    }
+
+    fn check_target(column: &str, value: &Value) -> Result<(), String> {
+        let problem = match elements(value) {
+            Ok(_) => return Ok(()),
+            Err(NotElements::Type(_, shown)) => {
+                format!("expected a JSON array of strings, got {shown}")
+            }
+            Err(NotElements::Json(e)) => format!("expected a JSON array of strings: {e}"),
+        };
+        Err(format!("set {column:?}: {problem}"))
+    }
+
+    fn encode(&self, out: &mut impl StateSink) {
+        out.len(self.0.len());
+        for (element, tags) in &self.0 {
+            out.text(element);
+            out.len(tags.len());
+            for &dot in tags {
+                out.dot(dot);
+            }
+        }
+    }
+
+    fn decode<S: StateSource>(input: &mut S) -> Result<OrSet, S::Error> {
+        let n = input.len(2, "set element")?;
+        let mut entries = capped(n);
+        for _ in 0..n {
+            let element = input.text()?;
+            let ntags = input.len(2, "set tag")?;
+            let mut tags = capped(ntags);
+            for _ in 0..ntags {
+                tags.push(input.dot()?);
+            }
+            entries.push((element, tags));
+        }
+        Ok(OrSet::from_entries(entries))
+    }
+
+    fn size_hint(&self) -> usize {
+        4 + self
+            .0
+            .iter()
+            .map(|(e, tags)| e.len() + 2 + 12 * tags.len())
+            .sum::<usize>()
+    }
+}
+
+/// Why a value is not a set's content.
+enum NotElements {
+    /// Not text: its type name and how it reads.
+    Type(&'static str, String),
+    /// Text, but not a JSON array of strings.
+    Json(String),
+}
+
+/// The sorted, distinct elements of a set column's JSON text.
+fn elements(value: &Value) -> Result<Vec<String>, NotElements> {
+    let Value::Text(text) = value else {
+        return Err(NotElements::Type(value.type_name(), value.to_string()));
+    };
+    let mut elements: Vec<String> =
+        serde_json::from_str(text).map_err(|e| NotElements::Json(e.to_string()))?;
+    elements.sort_unstable();
+    elements.dedup();
+    Ok(elements)
 }
 
 /// Tags of one side that the other side has not seen.

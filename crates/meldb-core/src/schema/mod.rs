@@ -18,9 +18,9 @@ pub use upgrade::Upgrade;
 
 pub use crate::crdt::Kind;
 use crate::crdt::{RegisterRule, StateOrder};
+pub use crate::value::SqlType;
 use crate::value::Value;
 use serde::{Deserialize, Serialize};
-use std::fmt;
 use std::sync::Arc;
 
 /// What an `lww` column adds to last-writer-wins (schema `policy = ...`).
@@ -80,59 +80,6 @@ impl Policy {
             Policy::Forward(order) => order.check_move(from, to),
             _ => Ok(()),
         }
-    }
-}
-
-/// A column's SQL type (SQLite STRICT types).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum SqlType {
-    /// 64-bit signed integer.
-    Integer,
-    /// 64-bit float.
-    Real,
-    /// UTF-8 text.
-    Text,
-    /// Bytes.
-    Blob,
-}
-
-impl SqlType {
-    /// The SQL spelling.
-    pub fn sql(self) -> &'static str {
-        match self {
-            SqlType::Integer => "INTEGER",
-            SqlType::Real => "REAL",
-            SqlType::Text => "TEXT",
-            SqlType::Blob => "BLOB",
-        }
-    }
-
-    /// Parses a schema-file name (case-insensitive).
-    pub fn from_name(name: &str) -> Option<SqlType> {
-        match name.to_ascii_lowercase().as_str() {
-            "integer" | "int" => Some(SqlType::Integer),
-            "real" | "float" => Some(SqlType::Real),
-            "text" => Some(SqlType::Text),
-            "blob" => Some(SqlType::Blob),
-            _ => None,
-        }
-    }
-
-    /// Whether a non-NULL value belongs to this type.
-    pub fn admits(self, value: &Value) -> bool {
-        matches!(
-            (self, value),
-            (SqlType::Integer, Value::Integer(_))
-                | (SqlType::Real, Value::Real(_))
-                | (SqlType::Text, Value::Text(_))
-                | (SqlType::Blob, Value::Blob(_))
-        )
-    }
-}
-
-impl fmt::Display for SqlType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.sql().to_ascii_lowercase())
     }
 }
 

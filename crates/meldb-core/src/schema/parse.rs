@@ -317,24 +317,27 @@ impl Validator<'_> {
             column: raw.name.clone(),
             problem,
         };
-        if let Some(required) = required_type(kind) {
+        if let Some(required) = kind.fixed_type() {
             if sql_type != required {
                 return Err(mismatch(format!(
                     "{} {kind} must be {required}, not {sql_type}",
-                    article(kind)
+                    kind.article()
                 )));
             }
-            let reads = if kind == Kind::OrSet { "[]" } else { "0" };
+            let reads = match kind.unset(None) {
+                Value::Text(text) => text,
+                other => other.to_string(),
+            };
             if raw.nullable == Some(true) {
                 return Err(mismatch(format!(
                     "{} {kind} is never NULL (it reads {reads}), so it cannot be nullable",
-                    article(kind)
+                    kind.article()
                 )));
             }
             if raw.default.is_some() {
                 return Err(mismatch(format!(
                     "{} {kind} takes no default (it reads {reads} until written)",
-                    article(kind)
+                    kind.article()
                 )));
             }
         }
@@ -489,24 +492,6 @@ fn reserved_column_name(name: &str) -> Option<&'static str> {
         Some("rowid, oid and _rowid_ name SQLite's implicit row id")
     } else {
         None
-    }
-}
-
-/// The only SQL type a non-lww kind can have.
-fn required_type(kind: Kind) -> Option<SqlType> {
-    match kind {
-        Kind::Lww => None,
-        Kind::GCounter | Kind::PnCounter => Some(SqlType::Integer),
-        Kind::OrSet => Some(SqlType::Text),
-    }
-}
-
-/// "a g_counter", "an or_set".
-fn article(kind: Kind) -> &'static str {
-    if kind == Kind::OrSet {
-        "an"
-    } else {
-        "a"
     }
 }
 

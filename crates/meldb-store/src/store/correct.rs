@@ -8,11 +8,10 @@ use super::layout::TableLayout;
 use super::rows;
 use super::write::{self, ColumnOp};
 use super::Store;
-use crate::crdt::{ColumnState, Dot, RegisterRule};
+use crate::crdt::{Dot, Op};
 use crate::error::{ResolveError, Result, StorageError};
 use crate::merge::RowState;
 use crate::resolve::{Mode, Row};
-use crate::schema::Kind;
 use crate::value::{Key, Value};
 
 /// A full row's value columns in state order, checked against the schema.
@@ -35,46 +34,17 @@ pub(super) fn target_values(
             .get(&col.name)
             .cloned()
             .unwrap_or_else(|| rows::materialize(col, None));
-        let value = match layout.kinds[j] {
-            Kind::Lww => {
-                write::check_value(layout, i, &value).map_err(|e| invalid(e.to_string()))?
-            }
-            Kind::GCounter | Kind::PnCounter => match value {
-                Value::Integer(n) if n >= 0 || layout.kinds[j] == Kind::PnCounter => value,
-                other => {
-                    return Err(invalid(format!(
-                        "counter {:?} needs {}, got {other}",
-                        col.name,
-                        if layout.kinds[j] == Kind::GCounter {
-                            "a non-negative integer"
-                        } else {
-                            "an integer"
-                        }
-                    ))
-                    .into())
-                }
-            },
-            Kind::OrSet => {
-                set_elements(&value)
-                    .map_err(|problem| invalid(format!("set {:?}: {problem}", col.name)))?;
+        let kind = layout.kinds[j];
+        let value = match kind.fixed_type() {
+            None => write::check_value(layout, i, &value).map_err(|e| invalid(e.to_string()))?,
+            Some(_) => {
+                kind.check_target(&col.name, &value).map_err(invalid)?;
                 value
             }
         };
         values.push(value);
     }
     Ok(values)
-}
-
-/// The sorted, distinct elements of a set column's JSON text.
-fn set_elements(value: &Value) -> Result<Vec<String>, String> {
-    let Value::Text(text) = value else {
-        return Err(format!("expected a JSON array of strings, got {value}"));
-    };
-    let mut elements: Vec<String> =
-        serde_json::from_str(text).map_err(|e| format!("expected a JSON array of strings: {e}"))?;
-    elements.sort_unstable();
-    elements.dedup();
-    Ok(elements)
 }
 
 /// A state's row as users read it (`None` if deleted).
@@ -141,7 +111,7 @@ pub(super) fn write_correction(
         None if merged.is_live() => (fresh(merged.cl + 1), Vec::new()),
         None => (merged.clone(), Vec::new()),
         Some(values) if !merged.is_live() => (fresh(merged.cl + 1), all_ops(layout, values)),
-        Some(values) => match column_ops(layout, merged, values)? {
+        Some(values) => match column_ops(layout, merged, values) {
             Some(ops) => (merged.clone(), ops),
             // Some column cannot move there by a write: a new life, which
             // wins over every version of the old one.
@@ -151,8 +121,8 @@ pub(super) fn write_correction(
     if mode == Mode::Leaderless {
         // Every replica writes its own correction: counter changes would add up.
         for op in &ops {
-            if let ColumnOp::Increment(j, _) = op {
-                let name = &layout.table.columns[layout.value_cols[*j]].name;
+            if let Op::Increment(_) = op.op {
+                let name = &layout.table.columns[layout.value_cols[op.column]].name;
                 return Err(not_convergent(format!(
                     "a resolution without an authority cannot change counter {name:?}: \
                      each replica would apply it once"
@@ -191,73 +161,28 @@ pub(super) fn write_correction(
 
 /// The ops that build `values` from nothing (a fresh life).
 fn all_ops(layout: &TableLayout, values: &[Value]) -> Vec<ColumnOp> {
-    let mut ops = Vec::new();
-    for (j, value) in values.iter().enumerate() {
-        match (layout.kinds[j], value) {
-            (Kind::Lww, v) => ops.push(ColumnOp::Set(j, v.clone())),
-            (Kind::GCounter | Kind::PnCounter, Value::Integer(0)) => {}
-            (Kind::GCounter | Kind::PnCounter, Value::Integer(n)) => {
-                ops.push(ColumnOp::Increment(j, *n))
-            }
-            (Kind::OrSet, v) => {
-                let elements = set_elements(v).unwrap_or_default();
-                if !elements.is_empty() {
-                    ops.push(ColumnOp::SetAssign(j, elements));
-                }
-            }
-            _ => {}
-        }
-    }
-    ops
+    values
+        .iter()
+        .enumerate()
+        .filter_map(|(column, value)| {
+            let op = layout.kinds[column].rebuild(value)?;
+            Some(ColumnOp { column, op })
+        })
+        .collect()
 }
 
 /// The ops that move `merged`'s columns to `values` by writes that win the
 /// merge everywhere, or `None` if some column cannot move that way.
-fn column_ops(
-    layout: &TableLayout,
-    merged: &RowState,
-    values: &[Value],
-) -> Result<Option<Vec<ColumnOp>>> {
+fn column_ops(layout: &TableLayout, merged: &RowState, values: &[Value]) -> Option<Vec<ColumnOp>> {
     let mut ops = Vec::new();
     for (j, target) in values.iter().enumerate() {
         let col = &layout.table.columns[layout.value_cols[j]];
-        let state = merged.columns[j].as_ref();
-        let current = rows::materialize(col, state);
+        let current = rows::materialize(col, merged.columns[j].as_ref());
         if *target == current {
             continue;
         }
-        match layout.kinds[j] {
-            Kind::Lww => {
-                let wins = match &layout.rules[j] {
-                    RegisterRule::Latest => true,
-                    RegisterRule::Earliest => current == Value::Null && *target != Value::Null,
-                    RegisterRule::Ranked(order) => order.rank(target) >= order.rank(&current),
-                };
-                if !wins {
-                    return Ok(None);
-                }
-                ops.push(ColumnOp::Set(j, target.clone()));
-            }
-            Kind::GCounter | Kind::PnCounter => {
-                let (Value::Integer(to), Value::Integer(from)) = (target, &current) else {
-                    return Ok(None);
-                };
-                let Some(diff) = to.checked_sub(*from) else {
-                    return Ok(None);
-                };
-                if diff < 0 && layout.kinds[j] == Kind::GCounter {
-                    return Ok(None);
-                }
-                ops.push(ColumnOp::Increment(j, diff));
-            }
-            Kind::OrSet => {
-                if !matches!(state, None | Some(ColumnState::OrSet(_))) {
-                    return Ok(None);
-                }
-                let elements = set_elements(target).unwrap_or_default();
-                ops.push(ColumnOp::SetAssign(j, elements));
-            }
-        }
+        let op = layout.kinds[j].reach(&current, target, &layout.rules[j])?;
+        ops.push(ColumnOp { column: j, op });
     }
-    Ok(Some(ops))
+    Some(ops)
 }

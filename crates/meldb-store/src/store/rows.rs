@@ -6,13 +6,13 @@
 //! values live only in their column; the blob holds their timestamps.
 
 use super::layout::TableLayout;
-use crate::clock::{Hlc, SiteId};
-use crate::crdt::{ColumnState, Dot, GCounter, Lww, OrSet, PnCounter, RowClock};
+use crate::clock::SiteId;
+use crate::crdt::{ColumnState, RowClock};
 use crate::error::StorageError;
 use crate::merge::RowState;
 use crate::schema::Column;
 use crate::value::Value;
-use meldb_core::codec::stored::{StoredColumn, StoredMeta};
+use meldb_core::codec::stored;
 use rusqlite::{params, Connection, OptionalExtension, ToSql};
 use std::collections::HashMap;
 
@@ -111,9 +111,7 @@ pub struct LoadedRow {
 /// The dot-index keys `(site index, seq)` of a row, from its packed
 /// metadata: one per site in the row's clock.
 pub fn stored_dots(blob: &[u8]) -> Result<Vec<(u32, u64)>, StorageError> {
-    let meta =
-        StoredMeta::decode(blob).map_err(|e| corrupt("row metadata".to_owned(), e.to_string()))?;
-    Ok(meta.clock)
+    stored::decode_clock(blob).map_err(|e| corrupt("row metadata".to_owned(), e.to_string()))
 }
 
 /// Unpacks a row's metadata and joins in its register values.
@@ -125,65 +123,24 @@ pub fn decode_state(
     values: Vec<Value>,
 ) -> Result<RowState, StorageError> {
     let what = || format!("table {:?}", layout.name());
-    let meta = StoredMeta::decode(blob).map_err(|e| corrupt(what(), e.to_string()))?;
-    let site = |idx: u32| {
-        sites
-            .get(idx)
-            .ok_or_else(|| corrupt(what(), format!("unknown site index {idx}")))
-    };
-    let dot = |(idx, seq): (u32, u64)| -> Result<Dot, StorageError> {
-        Ok(Dot {
-            site: site(idx)?,
-            seq,
-        })
-    };
-    let mut clock = RowClock::new();
-    for &entry in &meta.clock {
-        clock.observe(dot(entry)?);
+    let width = values.len();
+    let meta = stored::decode_meta(blob, |idx| sites.get(idx), values)
+        .map_err(|e| corrupt(what(), e.to_string()))?;
+    if meta.columns.len() > width {
+        return Err(corrupt(
+            what(),
+            format!(
+                "row metadata holds {} columns, the table {width}",
+                meta.columns.len()
+            ),
+        ));
     }
-    let writer = if meta.writer == 0 {
-        SiteId(uuid::Uuid::nil())
-    } else {
-        site(meta.writer)?
-    };
-    let mut columns = Vec::with_capacity(layout.value_cols.len());
-    let mut stored = meta.columns.into_iter();
-    for (value, kind) in values.into_iter().zip(&layout.kinds) {
-        // Columns added by a schema upgrade are missing from older blobs.
-        let col = match stored.next().unwrap_or(StoredColumn::Unset) {
-            StoredColumn::Unset => None,
-            StoredColumn::Lww { age, site: idx, .. } => Some(ColumnState::Lww(Lww {
-                hlc: Hlc(meta.hlc.checked_sub(age).ok_or_else(|| {
-                    corrupt(what(), format!("register older than time zero (age {age})"))
-                })?),
-                site: site(idx)?,
-                value,
-            })),
-            StoredColumn::GCounter(entries) => Some(ColumnState::GCounter(GCounter::from_entries(
-                entries
-                    .into_iter()
-                    .map(|(idx, n)| Ok((site(idx)?, n)))
-                    .collect::<Result<Vec<_>, StorageError>>()?,
-            ))),
-            StoredColumn::PnCounter(entries) => {
-                Some(ColumnState::PnCounter(PnCounter::from_entries(
-                    entries
-                        .into_iter()
-                        .map(|(idx, p, n)| Ok((site(idx)?, p, n)))
-                        .collect::<Result<Vec<_>, StorageError>>()?,
-                )))
-            }
-            StoredColumn::OrSet(entries) => {
-                let mut out = Vec::with_capacity(entries.len());
-                for (elem, tags) in entries {
-                    let mut tags = tags.into_iter().map(dot).collect::<Result<Vec<_>, _>>()?;
-                    tags.sort_unstable();
-                    out.push((elem, tags));
-                }
-                Some(ColumnState::OrSet(OrSet::from_entries(out)))
-            }
-        };
-        if let Some(c) = &col {
+    let mut clock = RowClock::new();
+    for &dot in &meta.clock {
+        clock.observe(dot);
+    }
+    for (col, kind) in meta.columns.iter().zip(&layout.kinds) {
+        if let Some(c) = col {
             if c.kind() != *kind {
                 return Err(corrupt(
                     what(),
@@ -191,31 +148,22 @@ pub fn decode_state(
                 ));
             }
         }
-        columns.push(col);
     }
     Ok(RowState {
         cl: u64::try_from(cl)
             .map_err(|_| corrupt(what(), format!("negative causal length {cl}")))?,
         clock,
-        hlc: Hlc(meta.hlc),
-        writer,
-        columns,
+        hlc: meta.hlc,
+        writer: meta.writer,
+        columns: meta.columns,
     })
 }
 
 /// The value users read for a column in a given state.
 pub fn materialize(column: &Column, state: Option<&ColumnState>) -> Value {
-    let clamp = |v: i128| Value::Integer(v.clamp(i64::MIN.into(), i64::MAX.into()) as i64);
     match state {
-        Some(ColumnState::Lww(l)) => l.value.clone(),
-        Some(ColumnState::GCounter(c)) => clamp(c.value()),
-        Some(ColumnState::PnCounter(c)) => clamp(c.value()),
-        Some(ColumnState::OrSet(s)) => Value::Text(s.to_json()),
-        None => match column.kind {
-            crate::schema::Kind::Lww => column.default.clone().unwrap_or(Value::Null),
-            crate::schema::Kind::GCounter | crate::schema::Kind::PnCounter => Value::Integer(0),
-            crate::schema::Kind::OrSet => Value::Text("[]".into()),
-        },
+        Some(state) => state.read(),
+        None => column.kind.unset(column.default.as_ref()),
     }
 }
 
@@ -227,69 +175,18 @@ fn encode_state(
     sites: &mut Sites,
     state: &RowState,
 ) -> rusqlite::Result<(Vec<u8>, Vec<Value>)> {
-    let mut idx = |site: SiteId| sites.index(conn, site);
-    let clock = state
-        .clock
-        .entries()
-        .iter()
-        .map(|&(s, n)| Ok((idx(s)?, n)))
-        .collect::<rusqlite::Result<_>>()?;
-    let writer = if state.writer.0.is_nil() {
-        0
+    let blob = stored::encode_meta(state, |site| sites.index(conn, site))?;
+    let values = if state.is_live() {
+        state
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(j, col)| materialize(&layout.table.columns[layout.value_cols[j]], col.as_ref()))
+            .collect()
     } else {
-        idx(state.writer)?
+        vec![Value::Null; state.columns.len()]
     };
-    let live = state.is_live();
-    let mut columns = Vec::with_capacity(state.columns.len());
-    let mut values = Vec::with_capacity(state.columns.len());
-    for (j, col) in state.columns.iter().enumerate() {
-        let schema_col = &layout.table.columns[layout.value_cols[j]];
-        values.push(if live {
-            materialize(schema_col, col.as_ref())
-        } else {
-            Value::Null
-        });
-        columns.push(match col {
-            None => StoredColumn::Unset,
-            Some(ColumnState::Lww(l)) => StoredColumn::Lww {
-                age: state.hlc.0.saturating_sub(l.hlc.0),
-                site: idx(l.site)?,
-                value: (),
-            },
-            Some(ColumnState::GCounter(c)) => StoredColumn::GCounter(
-                c.entries()
-                    .iter()
-                    .map(|&(s, n)| Ok((idx(s)?, n)))
-                    .collect::<rusqlite::Result<_>>()?,
-            ),
-            Some(ColumnState::PnCounter(c)) => StoredColumn::PnCounter(
-                c.entries()
-                    .iter()
-                    .map(|&(s, p, n)| Ok((idx(s)?, p, n)))
-                    .collect::<rusqlite::Result<_>>()?,
-            ),
-            Some(ColumnState::OrSet(set)) => StoredColumn::OrSet(
-                set.entries()
-                    .iter()
-                    .map(|(e, tags)| {
-                        Ok((
-                            e.clone(),
-                            tags.iter()
-                                .map(|d| Ok((idx(d.site)?, d.seq)))
-                                .collect::<rusqlite::Result<_>>()?,
-                        ))
-                    })
-                    .collect::<rusqlite::Result<_>>()?,
-            ),
-        });
-    }
-    let meta = StoredMeta {
-        clock,
-        hlc: state.hlc.0,
-        writer,
-        columns,
-    };
-    Ok((meta.encode(), values))
+    Ok((blob, values))
 }
 
 /// Loads the row with `key`, live or deleted.

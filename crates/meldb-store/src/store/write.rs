@@ -9,10 +9,10 @@
 use super::layout::TableLayout;
 use super::rows::{self, RowWriteError};
 use super::{Snapshot, Store};
-use crate::crdt::{ColumnState, Dot, GCounter, Lww, OrSet, PnCounter};
+use crate::crdt::{ColumnState, Dot, Op, OpError, Stamp};
 use crate::error::{Error, Result, WriteError};
 use crate::merge::{fresh_state, RowState};
-use crate::schema::{Kind, SqlType};
+use crate::schema::{Kind, Policy, SqlType};
 use crate::value::{Key, Value};
 
 /// A write transaction on a [`Store`].
@@ -28,14 +28,13 @@ pub struct Transaction<'s> {
     pub(super) speculative: bool,
 }
 
-/// One change to one column, checked against the schema.
+/// One change to one value column (`column`, its position among the
+/// table's value columns), checked against the schema and the column's
+/// kind.
 #[derive(Debug, Clone)]
-pub(super) enum ColumnOp {
-    Set(usize, Value),
-    Increment(usize, i64),
-    SetAdd(usize, String),
-    SetRemove(usize, String),
-    SetAssign(usize, Vec<String>),
+pub(super) struct ColumnOp {
+    pub column: usize,
+    pub op: Op,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,32 +134,11 @@ impl<'s> Transaction<'s> {
         amount: i64,
     ) -> Result<()> {
         let layout = self.layout(table)?;
-        let j = value_column(layout, column)?;
-        match layout.kinds[j] {
-            Kind::GCounter if amount < 0 => {
-                return Err(WriteError::NegativeIncrement {
-                    table: table.into(),
-                    column: column.into(),
-                    amount,
-                }
-                .into())
-            }
-            Kind::GCounter | Kind::PnCounter => {}
-            kind => {
-                return Err(
-                    wrong_kind(table, column, kind, "only counters can be incremented").into(),
-                )
-            }
-        }
+        let op = checked(layout, value_column(layout, column)?, Op::Increment(amount))?;
         if amount == 0 {
             return self.require_live(table, key.into());
         }
-        self.modify(
-            table,
-            key.into(),
-            Target::Update,
-            vec![ColumnOp::Increment(j, amount)],
-        )
+        self.modify(table, key.into(), Target::Update, vec![op])
     }
 
     /// Adds `element` to an `or_set` column.
@@ -171,13 +149,13 @@ impl<'s> Transaction<'s> {
         column: &str,
         element: &str,
     ) -> Result<()> {
-        let j = self.set_column(table, column)?;
-        self.modify(
-            table,
-            key.into(),
-            Target::Update,
-            vec![ColumnOp::SetAdd(j, element.into())],
-        )
+        let layout = self.layout(table)?;
+        let op = checked(
+            layout,
+            value_column(layout, column)?,
+            Op::Add(element.into()),
+        )?;
+        self.modify(table, key.into(), Target::Update, vec![op])
     }
 
     /// Removes `element` from an `or_set` column (every add of it this
@@ -189,13 +167,13 @@ impl<'s> Transaction<'s> {
         column: &str,
         element: &str,
     ) -> Result<()> {
-        let j = self.set_column(table, column)?;
-        self.modify(
-            table,
-            key.into(),
-            Target::Update,
-            vec![ColumnOp::SetRemove(j, element.into())],
-        )
+        let layout = self.layout(table)?;
+        let op = checked(
+            layout,
+            value_column(layout, column)?,
+            Op::Remove(element.into()),
+        )?;
+        self.modify(table, key.into(), Target::Update, vec![op])
     }
 
     /// Deletes a row. It stays deleted unless someone who has seen the
@@ -217,17 +195,6 @@ impl<'s> Transaction<'s> {
             }
             .into()
         })
-    }
-
-    fn set_column(&self, table: &str, column: &str) -> Result<usize> {
-        let layout = self.layout(table)?;
-        let j = value_column(layout, column)?;
-        match layout.kinds[j] {
-            Kind::OrSet => Ok(j),
-            kind => {
-                Err(wrong_kind(table, column, kind, "only or_set columns take elements").into())
-            }
-        }
     }
 
     fn require_live(&self, table: &str, key: Key) -> Result<()> {
@@ -374,13 +341,44 @@ fn not_found(table: &str, key: &[Value]) -> Error {
     .into()
 }
 
-fn wrong_kind(table: &str, column: &str, kind: Kind, hint: &'static str) -> WriteError {
-    WriteError::WrongKind {
-        table: table.into(),
-        column: column.into(),
-        kind,
-        hint,
+/// Checks `op` against value column `j`'s kind.
+fn checked(layout: &TableLayout, j: usize, op: Op) -> Result<ColumnOp> {
+    let op = layout.kinds[j]
+        .check(op)
+        .map_err(|e| op_error(layout, j, e))?;
+    Ok(ColumnOp { column: j, op })
+}
+
+/// A kind's refusal, with the table and the column.
+fn op_error(layout: &TableLayout, j: usize, e: OpError) -> Error {
+    let table = layout.name().to_owned();
+    let column = layout.table.columns[layout.value_cols[j]].name.clone();
+    match e {
+        OpError::Unsupported { hint } => WriteError::WrongKind {
+            table,
+            column,
+            kind: layout.kinds[j],
+            hint,
+        },
+        OpError::TypeMismatch { expected, found } => WriteError::TypeMismatch {
+            table,
+            column,
+            expected,
+            found,
+        },
+        OpError::Negative { amount } => WriteError::NegativeIncrement {
+            table,
+            column,
+            amount,
+        },
+        OpError::BadSet { problem } => WriteError::BadSetValue {
+            table,
+            column,
+            problem,
+        },
+        OpError::Overflow => WriteError::CounterOverflow { table, column },
     }
+    .into()
 }
 
 fn value_column(layout: &TableLayout, column: &str) -> Result<usize> {
@@ -446,77 +444,20 @@ fn check_key(layout: &TableLayout, key: Key) -> Result<Vec<Value>> {
         .collect()
 }
 
-fn parse_set(layout: &TableLayout, j: usize, value: &Value) -> Result<Vec<String>> {
-    let column = &layout.table.columns[layout.value_cols[j]].name;
-    let bad = |problem: String| -> Error {
-        WriteError::BadSetValue {
-            table: layout.name().into(),
-            column: column.clone(),
-            problem,
-        }
-        .into()
-    };
-    let Value::Text(text) = value else {
-        return Err(bad(format!("got a {} value", value.type_name())));
-    };
-    let mut elems: Vec<String> = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
-    elems.sort();
-    elems.dedup();
-    Ok(elems)
-}
-
 fn column_op(layout: &TableLayout, name: &str, value: &Value, target: Target) -> Result<ColumnOp> {
     let j = value_column(layout, name)?;
-    let index = layout.value_cols[j];
-    match layout.kinds[j] {
-        Kind::Lww => Ok(ColumnOp::Set(j, check_value(layout, index, value)?)),
-        Kind::OrSet => Ok(ColumnOp::SetAssign(j, parse_set(layout, j, value)?)),
-        kind @ (Kind::GCounter | Kind::PnCounter) => {
-            if target != Target::Insert {
-                return Err(wrong_kind(
-                    layout.name(),
-                    name,
-                    kind,
-                    "counters cannot be assigned; use increment",
-                )
-                .into());
-            }
-            let Value::Integer(amount) = value else {
-                return Err(WriteError::TypeMismatch {
-                    table: layout.name().into(),
-                    column: name.into(),
-                    expected: SqlType::Integer,
-                    found: value.type_name(),
-                }
-                .into());
-            };
-            if kind == Kind::GCounter && *amount < 0 {
-                return Err(WriteError::NegativeIncrement {
-                    table: layout.name().into(),
-                    column: name.into(),
-                    amount: *amount,
-                }
-                .into());
-            }
-            Ok(ColumnOp::Increment(j, *amount))
-        }
-    }
-}
-
-fn op_column(op: &ColumnOp) -> usize {
-    match op {
-        ColumnOp::Set(j, _)
-        | ColumnOp::Increment(j, _)
-        | ColumnOp::SetAdd(j, _)
-        | ColumnOp::SetRemove(j, _)
-        | ColumnOp::SetAssign(j, _) => *j,
-    }
+    let value = match layout.kinds[j].fixed_type() {
+        None => check_value(layout, layout.value_cols[j], value)?,
+        Some(_) => value.clone(),
+    };
+    let initial = target == Target::Insert;
+    checked(layout, j, Op::Assign { value, initial })
 }
 
 fn check_distinct(layout: &TableLayout, ops: &[ColumnOp]) -> Result<()> {
     let mut seen = vec![false; layout.value_cols.len()];
     for op in ops {
-        let j = op_column(op);
+        let j = op.column;
         if std::mem::replace(&mut seen[j], true) {
             return Err(WriteError::DuplicateColumn {
                 table: layout.name().into(),
@@ -588,7 +529,7 @@ fn check_required(layout: &TableLayout, ops: &[ColumnOp]) -> Result<()> {
         if col.kind == Kind::Lww
             && !col.nullable
             && col.default.is_none()
-            && !ops.iter().any(|op| op_column(op) == j)
+            && !ops.iter().any(|op| op.column == j)
         {
             return Err(WriteError::MissingValue {
                 table: layout.name().into(),
@@ -610,108 +551,31 @@ pub(super) fn apply_op(
     hlc: crate::clock::Hlc,
     enforce: bool,
 ) -> Result<()> {
-    let j = op_column(op);
-    let name = || layout.table.columns[layout.value_cols[j]].name.clone();
-    let overflow = || -> Error {
-        WriteError::CounterOverflow {
-            table: layout.name().into(),
-            column: name(),
-        }
-        .into()
-    };
+    let j = op.column;
     let slot = &mut state.columns[j];
-    let fits = |v: i128| i64::try_from(v).is_ok();
-    match op {
-        ColumnOp::Set(_, value) if enforce => {
-            let policy = &layout.table.columns[layout.value_cols[j]].policy;
-            let current = match slot {
-                Some(ColumnState::Lww(cur)) => &cur.value,
-                _ => &Value::Null,
-            };
-            let refused = |problem: String| -> Error {
-                WriteError::Policy {
-                    table: layout.name().into(),
-                    column: name(),
-                    value: value.to_string(),
-                    problem,
-                }
-                .into()
-            };
-            if let crate::schema::Policy::Forward(order) = policy {
-                if *value != Value::Null && !order.is_state(value) {
-                    return Err(refused(
-                        "it is not one of the column's declared states".into(),
-                    ));
-                }
+    let policy = &layout.table.columns[layout.value_cols[j]].policy;
+    if let (true, Op::Assign { value, .. }) = (enforce && *policy != Policy::LastWriteWins, &op.op)
+    {
+        let refused = |problem: String| -> Error {
+            WriteError::Policy {
+                table: layout.name().into(),
+                column: layout.table.columns[layout.value_cols[j]].name.clone(),
+                value: value.to_string(),
+                problem,
             }
-            policy.check_write(current, value).map_err(refused)?;
-            *slot = Some(ColumnState::Lww(Lww {
-                hlc,
-                site: dot.site,
-                value: value.clone(),
-            }));
+            .into()
+        };
+        if let Policy::Forward(order) = policy {
+            if *value != Value::Null && !order.is_state(value) {
+                return Err(refused(
+                    "it is not one of the column's declared states".into(),
+                ));
+            }
         }
-        ColumnOp::Set(_, value) => {
-            *slot = Some(ColumnState::Lww(Lww {
-                hlc,
-                site: dot.site,
-                value: value.clone(),
-            }));
-        }
-        ColumnOp::Increment(_, amount) => match slot {
-            Some(ColumnState::PnCounter(c)) => c.add(dot.site, *amount).map_err(|_| overflow())?,
-            Some(ColumnState::GCounter(c)) => c
-                .increment(dot.site, amount.unsigned_abs())
-                .map_err(|_| overflow())?,
-            _ if layout.kinds[j] == Kind::GCounter => {
-                let mut c = GCounter::default();
-                c.increment(dot.site, amount.unsigned_abs())
-                    .map_err(|_| overflow())?;
-                *slot = Some(ColumnState::GCounter(c));
-            }
-            _ => {
-                let mut c = PnCounter::default();
-                c.add(dot.site, *amount).map_err(|_| overflow())?;
-                *slot = Some(ColumnState::PnCounter(c));
-            }
-        },
-        // Checked below: the sum users read must stay an SQL integer.
-        ColumnOp::SetAdd(_, elem) => with_set(slot, |set| set.add(elem, dot)),
-        ColumnOp::SetRemove(_, elem) => with_set(slot, |set| {
-            set.remove(elem);
-        }),
-        ColumnOp::SetAssign(_, elems) => with_set(slot, |set| {
-            let stale: Vec<String> = set
-                .elements()
-                .filter(|e| elems.binary_search_by(|x| x.as_str().cmp(e)).is_err())
-                .map(str::to_owned)
-                .collect();
-            for e in stale {
-                set.remove(&e);
-            }
-            for e in elems {
-                if !set.contains(e) {
-                    set.add(e, dot);
-                }
-            }
-        }),
+        let current = slot.as_ref().map_or(Value::Null, ColumnState::read);
+        policy.check_write(&current, value).map_err(refused)?;
     }
-    let total = match &state.columns[j] {
-        Some(ColumnState::GCounter(c)) => c.value(),
-        Some(ColumnState::PnCounter(c)) => c.value(),
-        _ => 0,
-    };
-    if !fits(total) {
-        return Err(overflow());
-    }
-    Ok(())
-}
-
-fn with_set(slot: &mut Option<ColumnState>, f: impl FnOnce(&mut OrSet)) {
-    let mut set = match slot.take() {
-        Some(ColumnState::OrSet(set)) => set,
-        _ => OrSet::default(),
-    };
-    f(&mut set);
-    *slot = Some(ColumnState::OrSet(set));
+    layout.kinds[j]
+        .apply(slot, &op.op, Stamp { dot, hlc })
+        .map_err(|e| op_error(layout, j, e))
 }
