@@ -5,10 +5,14 @@
 //! nothing inside meldb imports it, so it adds no arrow between layers.
 
 pub use crate::sync::wire::{
-    decode_message, decode_message_versioned, encode_message, encode_message_as, frame_message,
-    message_header, message_payload_len, ProtocolVersion, MAX_MESSAGE_PAYLOAD, MESSAGE_MAGIC,
+    decode_message, decode_message_versioned, encode_message, encode_message_as, message_header,
+    message_payload_len, ProtocolVersion, MAX_MESSAGE_PAYLOAD, MESSAGE_MAGIC,
     OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
+// The test kit's: a valid header around any payload, for fuzzing.
+#[cfg(any(test, feature = "testkit"))]
+#[doc(hidden)]
+pub use crate::sync::wire::frame_message;
 pub use meldb_core::codec::{
     decode_changeset, decode_changeset_frames, encode_changeset, encode_changeset_frames, frame,
     unframe, DecodeError, Versions, FORMAT_VERSION, HEADER_LEN, MAGIC, MAX_FRAME_PAYLOAD,

@@ -68,6 +68,10 @@ pub use meldb_store::{error, mutator, resolve, store};
 
 pub mod codec;
 pub mod sync;
+// The reference model, harness and fuzz checks; for tests/ and fuzz/ only
+// (the `testkit` feature, which meldb's own dev-dependency turns on).
+#[cfg(any(test, feature = "testkit"))]
+#[doc(hidden)]
 pub mod testing;
 
 pub use changeset::Changeset;

@@ -334,8 +334,11 @@ fn decode_payload(payload: &[u8]) -> Result<Message, DecodeError> {
     Ok(message)
 }
 
-/// Wraps a payload in a message frame header with a valid checksum. Public
-/// so fuzz targets reach the message decoder past the checksum.
+/// Wraps a payload in a message frame header with a valid checksum, so
+/// fuzz targets reach the message decoder past the checksum. Part of the
+/// test kit (the `testkit` feature), not of the library.
+#[cfg(any(test, feature = "testkit"))]
+#[doc(hidden)]
 pub fn frame_message(payload: &[u8]) -> Vec<u8> {
     frame_as(MESSAGE_MAGIC, PROTOCOL_VERSION, payload)
 }

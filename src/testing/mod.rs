@@ -25,7 +25,10 @@
 //! elements) so that writes collide, [`Harness`] drives a store and a model
 //! side by side, and [`check_ops_bytes`], [`check_apply_bytes`] and
 //! [`check_decode_bytes`] are the fuzz targets' bodies, returning the first
-//! disagreement as a message. Applications never need this module.
+//! disagreement as a message. Applications never need this module: it is
+//! compiled only with the `testkit` feature, which meldb's dev-dependency
+//! on itself turns on for its tests, and `fuzz/Cargo.toml` for the fuzz
+//! targets.
 
 use crate::changeset::Changeset;
 use crate::clock::{ManualTime, SiteId};
