@@ -233,3 +233,141 @@ pub fn held_site(origin: SiteId, state: &RowState) -> SiteId {
         state.writer
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::{Hlc, ManualTime};
+    use crate::crdt::strategies::site;
+    use crate::engine::tests::{lww, parts, state, PLAIN};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    const NOW_MS: u64 = 1_000_000;
+
+    fn clock() -> Clock {
+        Clock::new(
+            Hlc(0),
+            Duration::from_secs(1),
+            Arc::new(ManualTime::new(NOW_MS)),
+        )
+    }
+
+    fn at_ms(ms: u64) -> u64 {
+        Hlc::from_physical_ms(ms).0
+    }
+
+    fn change(key: &str, state: RowState, covers: Vec<Cover>) -> RowChange {
+        RowChange {
+            key: vec![key.into()],
+            state,
+            covers,
+        }
+    }
+
+    #[test]
+    fn a_column_list_maps_to_local_positions_once_each() {
+        let parts = parts(PLAIN);
+        let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            column_mapping(parts.shape(), &names(&["note", "Title"])),
+            Ok(vec![2, 0])
+        );
+        assert_eq!(
+            column_mapping(parts.shape(), &names(&["colour"])),
+            Err(MappingError::Unknown("colour".into()))
+        );
+        assert_eq!(
+            column_mapping(parts.shape(), &names(&["note", "NOTE"])),
+            Err(MappingError::Twice("NOTE".into()))
+        );
+    }
+
+    #[test]
+    fn localize_lays_columns_out_in_local_order() -> Result<(), String> {
+        let parts = parts(PLAIN);
+        let incoming = state(&[(1, 1)], 5, 1, vec![lww("n", 5, 1), lww("t", 5, 1)]);
+        let local = localize(parts.shape(), &[2, 0], &change("d", incoming, vec![]))?;
+        assert_eq!(local.columns, vec![lww("t", 5, 1), None, lww("n", 5, 1)]);
+        Ok(())
+    }
+
+    #[test]
+    fn localize_refuses_rows_that_break_the_schema() {
+        let parts = parts(PLAIN);
+        let good = state(&[(1, 1)], 5, 1, vec![lww("t", 5, 1)]);
+        let problem = |row: RowChange| localize(parts.shape(), &[0], &row).err();
+        let mut two_part_key = change("d", good.clone(), vec![]);
+        two_part_key.key.push("e".into());
+        assert!(problem(two_part_key).is_some_and(|p| p.contains("key has 2 parts")));
+        let newer_column = state(&[(1, 1)], 5, 1, vec![lww("t", 6, 1)]);
+        assert!(problem(change("d", newer_column, vec![]))
+            .is_some_and(|p| p.contains("newer than the row's timestamp")));
+        let empty_cover = Cover {
+            site: site(1),
+            first: 2,
+            last: 1,
+        };
+        assert!(problem(change("d", good.clone(), vec![empty_cover]))
+            .is_some_and(|p| p.contains("invalid cover")));
+        assert_eq!(problem(change("d", good, vec![])), None);
+    }
+
+    #[test]
+    fn a_row_within_the_drift_bound_is_applied() {
+        let row = state(&[(1, 3)], at_ms(NOW_MS + 900), 1, vec![None, None, None]);
+        assert_eq!(admit(&row, &[], site(9), 0, &clock()), Ok(Admission::Apply));
+    }
+
+    #[test]
+    fn a_row_ahead_of_the_clock_is_held_with_its_offset() {
+        let row = state(&[(1, 3)], at_ms(NOW_MS + 5_000), 1, vec![None, None, None]);
+        assert_eq!(
+            admit(&row, &[], site(9), 0, &clock()),
+            Ok(Admission::Hold(ClockAhead { offset_ms: 5_000 }))
+        );
+    }
+
+    #[test]
+    fn a_row_that_saw_more_of_this_site_than_it_has_shows_lost_history() {
+        let local = site(9);
+        // Through the row clock...
+        let row = state(&[(1, 3), (9, 5)], at_ms(NOW_MS), 1, vec![None, None, None]);
+        assert_eq!(
+            admit(&row, &[], local, 3, &clock()),
+            Err(LostHistory { last: 3, seen: 5 })
+        );
+        assert_eq!(admit(&row, &[], local, 5, &clock()), Ok(Admission::Apply));
+        // ...or through a cover of this site's writes.
+        let covers = [Cover {
+            site: local,
+            first: 1,
+            last: 7,
+        }];
+        assert_eq!(
+            admit(&row, &covers, local, 5, &clock()),
+            Err(LostHistory { last: 5, seen: 7 })
+        );
+        // Lost history is reported before the clock is looked at.
+        let ahead = state(&[(9, 5)], at_ms(NOW_MS + 5_000), 1, vec![None, None, None]);
+        assert_eq!(
+            admit(&ahead, &[], local, 3, &clock()),
+            Err(LostHistory { last: 3, seen: 5 })
+        );
+    }
+
+    #[test]
+    fn a_held_row_is_kept_in_local_column_order_under_its_writer() {
+        let parts = parts(PLAIN);
+        let row = change("d", state(&[(1, 1)], 5, 1, vec![lww("t", 5, 1)]), vec![]);
+        let local = localize(parts.shape(), &[0], &row).unwrap_or_else(|p| panic!("{p}"));
+        let held = held_changeset(site(7), parts.shape(), &row, &local);
+        assert_eq!(held.origin, site(7));
+        assert_eq!(held.tables[0].columns, ["title", "serial", "note"]);
+        assert_eq!(held.tables[0].rows[0].state, local);
+        assert_eq!(held_site(site(7), &local), site(1));
+        let mut anonymous = local;
+        anonymous.writer = SiteId(uuid::Uuid::nil());
+        assert_eq!(held_site(site(7), &anonymous), site(7));
+    }
+}

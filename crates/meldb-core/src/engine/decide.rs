@@ -338,3 +338,317 @@ pub fn correction(
         notice: rejected,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::tests::{lww, parts, row, state, Parts, GUARDED, PLAIN};
+    use crate::value::Key;
+
+    /// A view with one other row, `("doc", "other")`, and no SQL.
+    struct OneRow;
+
+    impl ReadView for OneRow {
+        type Error = String;
+
+        fn get_row(&self, table: &str, key: &Key) -> Result<Option<Row>, String> {
+            let other = Key::from("other");
+            Ok((table == "doc" && *key == other).then(|| row(&[("id", "other")])))
+        }
+
+        fn query_rows(&self, _: &str, sql: &str, _: &[Value]) -> Result<Vec<Vec<Value>>, String> {
+            Err(format!("no SQL in the core: {sql}"))
+        }
+    }
+
+    struct Fixture {
+        parts: Parts,
+        key: Vec<Value>,
+        local: RowState,
+        incoming: RowState,
+        writer: Writer,
+    }
+
+    fn fixture(toml: &str) -> Fixture {
+        Fixture {
+            parts: parts(toml),
+            key: vec!["d".into()],
+            local: state(&[(1, 1)], 3, 1, vec![lww("mine", 3, 1), None, None]),
+            incoming: state(&[(2, 1)], 4, 2, vec![lww("theirs", 4, 2), None, None]),
+            writer: Writer::user("bob"),
+        }
+    }
+
+    /// A conflict on `doc` "d": the local title "mine", the incoming and
+    /// merged "theirs".
+    fn case(f: &Fixture, mode: Mode) -> Case<'_> {
+        Case {
+            shape: f.parts.shape(),
+            key: &f.key,
+            mode,
+            concurrent: true,
+            local: Some(&f.local),
+            incoming: &f.incoming,
+            writer: &f.writer,
+            local_row: Some(row(&[("id", "d"), ("title", "mine")])),
+            incoming_row: Some(row(&[("id", "d"), ("title", "theirs")])),
+            merged_row: Some(row(&[("id", "d"), ("title", "theirs")])),
+        }
+    }
+
+    fn resolvers(list: Vec<Resolver<String>>) -> Resolvers<String> {
+        let mut all = Resolvers::new();
+        for r in list {
+            all.add("doc", r);
+        }
+        all
+    }
+
+    fn answering(name: &str, answer: Resolution) -> Resolver<String> {
+        Resolver::new(name, move |_| answer.clone())
+    }
+
+    fn decided(case: &Case<'_>, list: Vec<Resolver<String>>) -> Result<Decision, DecideError> {
+        decide(case, &resolvers(list), &OneRow)
+    }
+
+    #[test]
+    fn the_mode_follows_the_table_and_the_replica() {
+        let guarded = parts(GUARDED).table;
+        let plain = parts(PLAIN).table;
+        assert_eq!(mode(&guarded, true), Mode::Authority);
+        assert_eq!(mode(&guarded, false), Mode::Client);
+        assert_eq!(mode(&plain, true), Mode::Leaderless);
+        assert_eq!(mode(&plain, false), Mode::Leaderless);
+    }
+
+    #[test]
+    fn accept_keeps_the_merge_and_names_the_resolver() -> Result<(), DecideError> {
+        let f = fixture(PLAIN);
+        let case = case(&f, Mode::Leaderless);
+        let d = decided(&case, vec![answering("ok", Resolution::Accept)])?;
+        assert_eq!(d.outcome, Outcome::Accepted);
+        assert_eq!(d.decider.as_deref(), Some("ok"));
+        assert_eq!(d.target, Target::Row(case.merged_row.clone()));
+        Ok(())
+    }
+
+    #[test]
+    fn reject_keeps_the_local_row_with_the_reason() -> Result<(), DecideError> {
+        let f = fixture(PLAIN);
+        let case = case(&f, Mode::Authority);
+        let d = decided(
+            &case,
+            vec![answering("no", Resolution::Reject("taken".into()))],
+        )?;
+        assert_eq!(d.outcome, Outcome::Rejected);
+        assert_eq!(d.reason.as_deref(), Some("taken"));
+        assert_eq!(d.target, Target::Row(case.local_row.clone()));
+        Ok(())
+    }
+
+    #[test]
+    fn only_an_authority_may_keep_one_side_or_reject() {
+        let f = fixture(PLAIN);
+        let case = case(&f, Mode::Leaderless);
+        for (answer, name) in [
+            (Resolution::Reject("taken".into()), "Reject"),
+            (Resolution::KeepLocal, "KeepLocal"),
+        ] {
+            assert_eq!(
+                decided(&case, vec![answering("r", answer)]),
+                Err(DecideError::NeedsAuthority {
+                    resolver: "r".into(),
+                    answer: name,
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn pass_hands_on_to_the_next_resolver_by_priority() -> Result<(), DecideError> {
+        let f = fixture(PLAIN);
+        let case = case(&f, Mode::Authority);
+        let list = vec![
+            answering("late", Resolution::KeepLocal),
+            answering("first", Resolution::Pass).priority(5),
+            answering("second", Resolution::Defer("ask".into())).priority(1),
+        ];
+        let d = decided(&case, list)?;
+        assert_eq!(
+            (d.outcome, d.decider.as_deref()),
+            (Outcome::Deferred, Some("second"))
+        );
+        // Nobody decides: the merge stands.
+        let d = decided(&case, vec![answering("quiet", Resolution::Pass)])?;
+        assert_eq!(d.outcome, Outcome::AutoMerged);
+        assert_eq!(d.decider, None);
+        Ok(())
+    }
+
+    #[test]
+    fn a_panicking_resolver_fails_the_decision_with_its_message() {
+        let f = fixture(PLAIN);
+        let case = case(&f, Mode::Authority);
+        let boom = Resolver::new("boom", |_: &Conflict<'_, String>| panic!("kaboom"));
+        let later = answering("never", Resolution::Accept).priority(-1);
+        assert_eq!(
+            decided(&case, vec![boom, later]),
+            Err(DecideError::Panicked {
+                resolver: "boom".into(),
+                message: "kaboom".into(),
+            })
+        );
+    }
+
+    #[test]
+    fn a_merge_row_is_returned_with_the_row_it_amends() -> Result<(), DecideError> {
+        let f = fixture(PLAIN);
+        let case = case(&f, Mode::Leaderless);
+        let given = row(&[("note", "both")]);
+        let d = decided(
+            &case,
+            vec![answering("m", Resolution::Merge(given.clone()))],
+        )?;
+        assert_eq!(d.outcome, Outcome::Merged);
+        assert_eq!(
+            d.target,
+            Target::Merge {
+                row: given,
+                base: case.merged_row.clone(),
+            }
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn resolvers_see_both_versions_and_read_through_the_view() -> Result<(), DecideError> {
+        let f = fixture(PLAIN);
+        let case = case(&f, Mode::Leaderless);
+        let reader = Resolver::new("reader", |c: &Conflict<'_, String>| {
+            let seen = (
+                c.table(),
+                c.local().and_then(|r| r.text("title")),
+                c.incoming().and_then(|r| r.text("title")),
+                c.is_concurrent(),
+                c.writer().user.as_deref(),
+                c.versions()[1].hlc,
+            );
+            let found = c.get("doc", "other").ok().flatten().is_some();
+            let missing = c.get("doc", "gone").ok().flatten().is_none();
+            let refused = c.query("DELETE FROM doc", &[]).is_err();
+            let expected = (
+                "doc",
+                Some("mine"),
+                Some("theirs"),
+                true,
+                Some("bob"),
+                crate::clock::Hlc(4),
+            );
+            if seen == expected && found && missing && refused {
+                Resolution::Accept
+            } else {
+                Resolution::Reject(format!("{seen:?} {found} {missing} {refused}"))
+            }
+        });
+        assert_eq!(decided(&case, vec![reader])?.outcome, Outcome::Accepted);
+        Ok(())
+    }
+
+    #[test]
+    fn a_client_never_asks_its_resolvers() -> Result<(), DecideError> {
+        let f = fixture(GUARDED);
+        let case = case(&f, Mode::Client);
+        let d = decided(&case, vec![answering("boom", Resolution::KeepLocal)])?;
+        assert_eq!(d.outcome, Outcome::AutoMerged);
+        assert_eq!(d.target, Target::Row(case.merged_row.clone()));
+        Ok(())
+    }
+
+    #[test]
+    fn a_policy_note_stands_when_no_resolver_decides() -> Result<(), DecideError> {
+        let f = fixture(GUARDED);
+        let case = case(&f, Mode::Authority);
+        let d = decided(&case, vec![answering("quiet", Resolution::Pass)])?;
+        assert_eq!(d.outcome, Outcome::KeptLocal);
+        assert_eq!(d.decider.as_deref(), Some("policy authority_wins (title)"));
+        // The policies' row is what resolvers see as merged, and what stands.
+        assert_eq!(d.target, Target::Row(case.local_row.clone()));
+        Ok(())
+    }
+
+    #[test]
+    fn fast_forwards_reach_only_resolvers_that_ask_for_every_change() -> Result<(), DecideError> {
+        let f = fixture(PLAIN);
+        let mut case = case(&f, Mode::Leaderless);
+        case.concurrent = false;
+        let all = resolvers(vec![
+            answering("conflicts only", Resolution::Defer("no".into())).priority(9),
+            answering("every change", Resolution::Accept).on_every_change(),
+        ]);
+        let d = decide(&case, &all, &OneRow)?;
+        assert_eq!(d.decider.as_deref(), Some("every change"));
+        assert!(all.any_on_every_change("doc"));
+        assert!(!all.any_on_every_change("other"));
+        let table = &f.parts.table;
+        assert!(checks_every_change(table, Mode::Leaderless, &all));
+        assert!(!checks_every_change(table, Mode::Client, &all));
+        let none: Resolvers<String> = Resolvers::new();
+        assert!(!checks_every_change(table, Mode::Leaderless, &none));
+        Ok(())
+    }
+
+    #[test]
+    fn deciders_see_conflicts_and_fast_forwards_when_asked() {
+        assert!(shows_deciders(Causality::Concurrent, false));
+        assert!(shows_deciders(Causality::FastForward, true));
+        assert!(!shows_deciders(Causality::FastForward, false));
+        assert!(!shows_deciders(Causality::Duplicate, true));
+    }
+
+    #[test]
+    fn a_fast_forward_is_logged_only_when_a_decider_did_more_than_accept() {
+        let decision = |outcome| Decision {
+            outcome,
+            decider: None,
+            reason: None,
+            target: Target::Row(None),
+        };
+        for outcome in Outcome::ALL {
+            assert!(decision(outcome).is_logged(true));
+            let quiet = matches!(outcome, Outcome::AutoMerged | Outcome::Accepted);
+            assert_eq!(decision(outcome).is_logged(false), !quiet, "{outcome}");
+        }
+    }
+
+    #[test]
+    fn a_correction_follows_a_changed_row_and_every_rejection() {
+        let merged = row(&[("id", "d"), ("title", "theirs")]);
+        let local = row(&[("id", "d"), ("title", "mine")]);
+        let c =
+            |mode, outcome, target: &Row| correction(mode, outcome, Some(target), Some(&merged));
+        assert_eq!(c(Mode::Leaderless, Outcome::Accepted, &merged), None);
+        assert_eq!(
+            c(Mode::Leaderless, Outcome::Merged, &local),
+            Some(Correction {
+                mode: Mode::Leaderless,
+                notice: false,
+            })
+        );
+        // The authority's rejection goes out with a notice, even when the
+        // row already is what it decided.
+        let notice = Some(Correction {
+            mode: Mode::Authority,
+            notice: true,
+        });
+        assert_eq!(c(Mode::Authority, Outcome::Rejected, &merged), notice);
+        assert_eq!(c(Mode::Authority, Outcome::Rejected, &local), notice);
+        assert_eq!(
+            correction(Mode::Authority, Outcome::KeptLocal, None, Some(&merged)),
+            Some(Correction {
+                mode: Mode::Authority,
+                notice: false,
+            })
+        );
+    }
+}

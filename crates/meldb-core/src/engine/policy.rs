@@ -152,3 +152,208 @@ pub fn apply_policies(
     }
     (Some(target), note)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::tests::{lww, parts, row, state, GUARDED, PLAIN};
+
+    /// The local row of the guarded table: every column set.
+    fn local() -> Row {
+        row(&[
+            ("id", "d"),
+            ("title", "mine"),
+            ("serial", "S1"),
+            ("note", "old"),
+        ])
+    }
+
+    fn run(
+        toml: &str,
+        mode: Mode,
+        concurrent: bool,
+        incoming: &Row,
+        fresh: &[bool],
+        merged: Row,
+    ) -> (Option<Row>, Option<PolicyNote>) {
+        let parts = parts(toml);
+        apply_policies(
+            parts.shape(),
+            mode,
+            concurrent,
+            Some(&local()),
+            Some(incoming),
+            fresh,
+            Some(merged),
+        )
+    }
+
+    #[test]
+    fn a_register_is_fresh_when_the_local_row_lacks_the_write_that_set_it() {
+        // Site 1's write 2 set the title at 7; the note is older.
+        let incoming = state(&[(1, 2)], 7, 1, vec![lww("t", 7, 1), None, lww("n", 3, 1)]);
+        let behind = state(&[(1, 1)], 3, 1, vec![lww("t", 3, 1), None, lww("n", 3, 1)]);
+        assert_eq!(
+            fresh_registers(Some(&behind), &incoming),
+            [true, false, false]
+        );
+        assert_eq!(fresh_registers(None, &incoming), [true, false, false]);
+        assert_eq!(
+            fresh_registers(Some(&incoming), &incoming),
+            [false, false, false]
+        );
+    }
+
+    #[test]
+    fn only_an_authority_runs_policies() {
+        let incoming = row(&[("id", "d"), ("title", "theirs"), ("serial", "S2")]);
+        let merged = incoming.clone();
+        for mode in [Mode::Leaderless, Mode::Client] {
+            let (target, note) = run(GUARDED, mode, true, &incoming, &[], merged.clone());
+            assert_eq!((target, note), (Some(merged.clone()), None));
+        }
+    }
+
+    #[test]
+    fn nothing_acts_without_both_rows() {
+        let parts = parts(GUARDED);
+        let merged = Some(row(&[("id", "d"), ("title", "theirs")]));
+        let (target, note) = apply_policies(
+            parts.shape(),
+            Mode::Authority,
+            true,
+            None,
+            merged.as_ref(),
+            &[],
+            merged.clone(),
+        );
+        assert_eq!((target, note), (merged, None));
+        let (target, note) = apply_policies(
+            parts.shape(),
+            Mode::Authority,
+            true,
+            Some(&local()),
+            None,
+            &[],
+            None,
+        );
+        assert_eq!((target, note), (None, None));
+    }
+
+    #[test]
+    fn authority_wins_keeps_the_local_value_on_a_conflict() {
+        let incoming = local().with("title", "theirs");
+        let (target, note) = run(
+            GUARDED,
+            Mode::Authority,
+            true,
+            &incoming,
+            &[],
+            incoming.clone(),
+        );
+        assert_eq!(target, Some(local()));
+        assert_eq!(
+            note,
+            Some(PolicyNote {
+                outcome: Outcome::KeptLocal,
+                policy: "policy authority_wins (title)".into(),
+                reason: "column \"title\" keeps the authority's value".into(),
+            })
+        );
+        // A fast-forward is the authority's own history: it stands.
+        let (target, note) = run(
+            GUARDED,
+            Mode::Authority,
+            false,
+            &incoming,
+            &[],
+            incoming.clone(),
+        );
+        assert_eq!((target, note), (Some(incoming), None));
+    }
+
+    #[test]
+    fn immutable_rejects_a_change_even_when_the_merge_dropped_it() {
+        let incoming = local().with("serial", "S2");
+        // First-write-wins already kept S1 in the merge.
+        let (target, note) = run(GUARDED, Mode::Authority, false, &incoming, &[], local());
+        assert_eq!(target, Some(local()));
+        let note = note.unwrap_or_else(|| panic!("no note"));
+        assert_eq!(note.outcome, Outcome::Rejected);
+        assert_eq!(note.policy, "policy immutable (serial)");
+        assert!(
+            note.reason.contains("already set to \"S1\""),
+            "{}",
+            note.reason
+        );
+    }
+
+    #[test]
+    fn conditional_rejects_only_a_fresh_concurrent_write() {
+        let incoming = local().with("note", "new");
+        let fresh = [false, false, true];
+        let (target, note) = run(
+            GUARDED,
+            Mode::Authority,
+            true,
+            &incoming,
+            &fresh,
+            incoming.clone(),
+        );
+        assert_eq!(target, Some(local()));
+        assert_eq!(note.map(|n| n.outcome), Some(Outcome::Rejected));
+        // Not a write against an older version (not fresh) and the merge
+        // kept the local value: nothing to judge.
+        let (_, note) = run(
+            GUARDED,
+            Mode::Authority,
+            true,
+            &incoming,
+            &[false; 3],
+            local(),
+        );
+        assert_eq!(note, None);
+    }
+
+    #[test]
+    fn a_rejection_outranks_keeping_a_column_and_reasons_add_up() {
+        let incoming = local().with("title", "theirs").with("note", "new");
+        let fresh = [true, false, true];
+        let (target, note) = run(
+            GUARDED,
+            Mode::Authority,
+            true,
+            &incoming,
+            &fresh,
+            incoming.clone(),
+        );
+        assert_eq!(target, Some(local()));
+        let note = note.unwrap_or_else(|| panic!("no note"));
+        assert_eq!(note.outcome, Outcome::Rejected);
+        assert_eq!(note.policy, "policy authority_wins (title)");
+        assert_eq!(note.reason.matches("; ").count(), 1, "{}", note.reason);
+    }
+
+    #[test]
+    fn columns_without_a_deciding_policy_keep_the_merge() {
+        let incoming = local().with("title", "theirs").with("serial", "S2");
+        let (target, note) = run(
+            PLAIN,
+            Mode::Authority,
+            true,
+            &incoming,
+            &[true; 3],
+            incoming.clone(),
+        );
+        assert_eq!((target, note), (Some(incoming), None));
+    }
+
+    #[test]
+    fn guarded_columns_make_an_authority_judge_fast_forwards() {
+        let guarded = parts(GUARDED).table;
+        let plain = parts(PLAIN).table;
+        assert!(guards_fast_forwards(&guarded, Mode::Authority));
+        assert!(!guards_fast_forwards(&guarded, Mode::Leaderless));
+        assert!(!guards_fast_forwards(&plain, Mode::Authority));
+    }
+}
