@@ -7,13 +7,13 @@
 //! reads and writes rows, logs conflicts, writes corrections) and asks
 //! these functions what to do, in this order:
 //!
-//! 1. [`admit`]: lay an incoming row out in local column order and check it
+//! 1. [`admit`](mod@admit): lay an incoming row out in local column order and check it
 //!    against the schema ([`localize`]), then decide whether it may be
 //!    applied now, must be held for clock skew, or shows that this replica
 //!    lost history ([`admit()`]).
 //! 2. The store writes the row or merges it with the local one
 //!    (`merge::merge_row` classifies and merges).
-//! 3. [`decide`]: whether the deciders see the row at all
+//! 3. [`decide`](mod@decide): whether the deciders see the row at all
 //!    ([`decide::shows_deciders`]), then the schema's column policies
 //!    ([`policy`]) and the application's resolvers in priority order
 //!    ([`decide()`]), and what follows: whether the conflict is logged and
