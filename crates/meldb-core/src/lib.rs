@@ -4,8 +4,10 @@
 //! Values and keys ([`value`]), site ids and the hybrid logical clock
 //! ([`clock`]), version vectors ([`version`]), what replicas exchange
 //! ([`changeset`]), the column kinds and their merge rules ([`crdt`],
-//! [`merge`]), schemas ([`schema`]) and every byte layout meldb writes
-//! ([`codec`]). The only I/O is `Schema::load` (it reads a file), the
+//! [`merge`]), schemas ([`schema`]), every byte layout meldb writes
+//! ([`codec`]), the types resolvers speak ([`resolve`]) and the engine's
+//! decisions on incoming rows ([`engine`]: admission, policies, resolvers,
+//! corrections). The only I/O is `Schema::load` (it reads a file), the
 //! system `TimeSource` (the wall clock) and `SiteId::random` (the OS random
 //! source); the merge rules, decoders and schema checks are deterministic
 //! functions of their arguments, so their laws are property-tested in
@@ -22,7 +24,9 @@ pub mod changeset;
 pub mod clock;
 pub mod codec;
 pub mod crdt;
+pub mod engine;
 pub mod merge;
+pub mod resolve;
 pub mod schema;
 pub mod value;
 pub mod version;

@@ -5,8 +5,10 @@
 //! with the conflict log, mutators and rebase ([`store`]), with the types
 //! they speak ([`resolve`], [`mutator`], [`error`]). It builds on
 //! `meldb-core` (re-exported at the same paths, so `crate::value` and the
-//! like read as they always did) and knows nothing of the network or of an
-//! async runtime. Applications use the `meldb` crate, which re-exports it.
+//! like read as they always did), whose `engine` decides what happens to an
+//! incoming row; the store carries that out. It knows nothing of the
+//! network or of an async runtime. Applications use the `meldb` crate,
+//! which re-exports it.
 
 #![forbid(unsafe_code)]
 #![deny(clippy::unwrap_used)]

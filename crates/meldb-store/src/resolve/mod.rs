@@ -22,12 +22,22 @@
 //! runs the resolvers, which must be deterministic functions of the two
 //! versions' values (see the README's contract) and may not keep one side,
 //! reject, or change counters.
+//!
+//! The resolver types and the decisions are the core's
+//! (`meldb_core::resolve`, `meldb_core::engine`); this module names them
+//! with the store's [`Error`](crate::Error) as what a [`ReadView`] read
+//! fails with, and holds the records the conflict log keeps.
 
 mod record;
-mod resolver;
-mod row;
 
-pub use record::{ConflictCount, ConflictRecord, Outcome, Rejection};
-pub use resolver::{Conflict, Mode, ReadView, Resolution, Resolver, Trigger, Version, Writer};
-pub use row::Row;
-pub(crate) use row::{value_from_json, value_to_json};
+pub(crate) use meldb_core::resolve::{value_from_json, value_to_json};
+pub use meldb_core::resolve::{Mode, Outcome, ReadView, Resolution, Row, Trigger, Version, Writer};
+pub use record::{ConflictCount, ConflictRecord, Rejection};
+
+/// A named `resolve_conflict` closure with a priority
+/// ([`meldb_core::resolve::Resolver`], reading the store).
+pub type Resolver = meldb_core::resolve::Resolver<crate::Error>;
+
+/// What a resolver is shown: the conflict, and read access to the store
+/// ([`meldb_core::resolve::Conflict`]; its reads fail with [`crate::Error`]).
+pub type Conflict<'a> = meldb_core::resolve::Conflict<'a, crate::Error>;

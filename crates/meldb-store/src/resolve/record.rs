@@ -1,61 +1,11 @@
-//! What the conflict log records, and the rejection notices writers receive.
+//! What the conflict log records, and the rejection notices writers
+//! receive: records the store fills from its tables (`meldb_conflicts`,
+//! `meldb_rejections`), not decisions, so they stay beside the log rather
+//! than in the core.
 
-use super::{Row, Writer};
+use super::{Outcome, Row, Writer};
 use crate::clock::SiteId;
 use crate::value::Key;
-use std::fmt;
-
-/// How a conflict ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Outcome {
-    /// The CRDT merge stood; no resolver decided.
-    AutoMerged,
-    /// A resolver accepted the merged row.
-    Accepted,
-    /// A resolver replaced the merged row with one it built.
-    Merged,
-    /// The local row was kept.
-    KeptLocal,
-    /// The incoming change was refused; its writer is told why.
-    Rejected,
-    /// Waiting for a person ([`crate::Store::resolve_deferred`]).
-    Deferred,
-}
-
-impl Outcome {
-    /// Every outcome, in order.
-    pub const ALL: [Outcome; 6] = [
-        Outcome::AutoMerged,
-        Outcome::Accepted,
-        Outcome::Merged,
-        Outcome::KeptLocal,
-        Outcome::Rejected,
-        Outcome::Deferred,
-    ];
-
-    /// The name the log stores.
-    pub fn name(self) -> &'static str {
-        match self {
-            Outcome::AutoMerged => "auto_merged",
-            Outcome::Accepted => "accepted",
-            Outcome::Merged => "merged",
-            Outcome::KeptLocal => "kept_local",
-            Outcome::Rejected => "rejected",
-            Outcome::Deferred => "deferred",
-        }
-    }
-
-    /// Parses [`Outcome::name`].
-    pub fn from_name(name: &str) -> Option<Outcome> {
-        Outcome::ALL.into_iter().find(|o| o.name() == name)
-    }
-}
-
-impl fmt::Display for Outcome {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
 
 /// One entry of the conflict log (`meldb_conflicts`).
 #[derive(Clone, Debug, PartialEq)]

@@ -19,13 +19,14 @@ use super::write::Transaction;
 use super::Store;
 use crate::changeset::{Changeset, RowChange, TableChanges};
 use crate::clock::SiteId;
-use crate::crdt::{Causality, ColumnState};
+use crate::crdt::Causality;
 use crate::error::{ApplyError, Result, StorageError};
-use crate::merge::{check_shape, merge_row, RowState};
+use crate::merge::{merge_row, RowState};
 pub use crate::report::{ApplyReport, HeldChange};
 use crate::resolve::Writer;
 use crate::value::{Key, Value};
 use meldb_core::codec;
+use meldb_core::engine::{self, admit, decide, Admission, MappingError};
 use rusqlite::params;
 
 impl Store {
@@ -162,6 +163,9 @@ impl Transaction<'_> {
         Ok(report)
     }
 
+    /// One table's rows: localize each, ask the engine whether it may be
+    /// applied now, write or merge it, count how it classified, and show it
+    /// to the deciders when the engine says so.
     fn apply_table(
         &mut self,
         origin: SiteId,
@@ -178,7 +182,20 @@ impl Transaction<'_> {
                     origin: origin_name.clone(),
                     table: changes.table.clone(),
                 })?;
-        let mapping = column_mapping(&layout, &origin_name, changes)?;
+        let mapping =
+            engine::column_mapping(layout.shape(), &changes.columns).map_err(|e| match e {
+                MappingError::Unknown(column) => ApplyError::UnknownColumn {
+                    origin: origin_name.clone(),
+                    table: changes.table.clone(),
+                    column,
+                },
+                MappingError::Twice(column) => ApplyError::InvalidRow {
+                    origin: origin_name.clone(),
+                    table: changes.table.clone(),
+                    key: "(all rows)".into(),
+                    problem: format!("column {column:?} is listed twice"),
+                },
+            })?;
         let every_change = store.checks_every_change(&layout);
         let mut report = ApplyReport::default();
         for row in &changes.rows {
@@ -188,119 +205,37 @@ impl Transaction<'_> {
                 key: Key(row.key.clone()).to_string(),
                 problem,
             };
-            let state = localize(&layout, &mapping, row).map_err(invalid)?;
+            let state = engine::localize(layout.shape(), &mapping, row).map_err(invalid)?;
             let store = &mut *self.store;
-            let local = store.local;
-            let seen = row
-                .covers
-                .iter()
-                .filter(|c| c.site == local)
-                .map(|c| c.last)
-                .chain([state.clock.get(&local)])
-                .max()
-                .unwrap_or(0);
-            if seen > store.replica.last_seq {
-                return Err(ApplyError::LostHistory {
-                    site: local.to_string(),
-                    last: store.replica.last_seq,
-                    seen,
-                }
-                .into());
-            }
-            if let Err(ahead) = store.clock.check(state.hlc) {
-                // Stored in the local column layout, so two deliveries of
-                // the same row from the same sender are the same bytes.
-                let single = Changeset {
-                    origin,
-                    tables: vec![TableChanges {
-                        table: layout.table.name.clone(),
-                        columns: layout
-                            .value_cols
-                            .iter()
-                            .map(|&i| layout.table.columns[i].name.clone())
-                            .collect(),
-                        rows: vec![RowChange {
-                            key: row.key.clone(),
-                            state: state.clone(),
-                            covers: row.covers.clone(),
-                        }],
-                    }],
-                };
-                // The row is not covered while held, so peers offer it again
-                // on every sync; keep one copy.
-                store.conn.execute(
-                    "INSERT INTO meldb_held (physical_ms, frame) SELECT ?1, ?2 \
-                     WHERE NOT EXISTS (SELECT 1 FROM meldb_held WHERE frame = ?2)",
-                    params![
-                        state.hlc.physical_ms() as i64,
-                        codec::encode_changeset(&single)
-                    ],
-                )?;
+            let admission = engine::admit(
+                &state,
+                &row.covers,
+                store.local,
+                store.replica.last_seq,
+                &store.clock,
+            )
+            .map_err(|lost| ApplyError::LostHistory {
+                site: store.local.to_string(),
+                last: lost.last,
+                seen: lost.seen,
+            })?;
+            if let Admission::Hold(ahead) = admission {
+                store.hold(origin, &layout, row, &state)?;
                 report.held.push(HeldChange {
                     table: changes.table.clone(),
                     key: Key(row.key.clone()),
-                    site: if state.writer.0.is_nil() {
-                        origin
-                    } else {
-                        state.writer
-                    },
+                    site: admit::held_site(origin, &state),
                     offset_ms: ahead.offset_ms,
                 });
                 continue;
             }
-            // Try the row as new first: a replica catching up mostly
-            // receives rows it lacks, and the insert probes the key anyway.
-            let mut causality = Causality::FastForward;
-            let mut local_state = None;
-            let mut merged_state = None;
-            let mut outcome = rows::write_row(
-                &store.conn,
-                &layout,
-                &mut store.sites,
-                &row.key,
-                None,
-                &state,
-            );
-            if let Err(RowWriteError::KeyExists) = outcome {
-                let existing = rows::load_by_key(&store.conn, &layout, &store.sites, &row.key)?
-                    .ok_or_else(|| invalid("key collides with a row that cannot be read".into()))?;
-                let (kind, merged) = merge_row(Some(&existing.state), &state, &layout.rules);
-                causality = kind;
-                outcome = if kind == Causality::Duplicate {
-                    Ok(existing.rid)
-                } else {
-                    let previous = Some((existing.rid, &existing.state.clock));
-                    rows::write_row(
-                        &store.conn,
-                        &layout,
-                        &mut store.sites,
-                        &row.key,
-                        previous,
-                        &merged,
-                    )
-                };
-                local_state = Some(existing.state);
-                merged_state = Some(merged);
-            }
-            let rid = match outcome {
-                Ok(rid) => rid,
-                Err(RowWriteError::DotTaken(site, seq)) => {
-                    return Err(invalid(format!(
-                        "dot ({site}, {seq}) already belongs to another row"
-                    ))
-                    .into())
-                }
-                Err(RowWriteError::KeyExists) => {
-                    return Err(invalid("key collides with an existing row".into()).into())
-                }
-                Err(RowWriteError::Sqlite(e)) => return Err(e.into()),
-            };
-            match causality {
+            let merge = store.write_or_merge(&layout, &row.key, &state, invalid)?;
+            match merge.causality {
                 Causality::Duplicate => report.already_seen += 1,
                 Causality::FastForward => report.fast_forward += 1,
                 Causality::Concurrent => report.concurrent += 1,
             }
-            // Checked against the drift bound above, so this cannot fail.
+            // Admitted above, within the drift bound, so this cannot fail.
             let _ = store.clock.observe(state.hlc);
             for cover in &row.covers {
                 if cover.site != store.local {
@@ -311,15 +246,14 @@ impl Transaction<'_> {
                     store.replica.coverage_dirty = true;
                 }
             }
-            let concurrent = causality == Causality::Concurrent;
-            if concurrent || (causality == Causality::FastForward && every_change) {
+            if decide::shows_deciders(merge.causality, every_change) {
                 let change = Incoming {
-                    rid,
+                    rid: merge.rid,
                     key: &row.key,
-                    local: local_state.as_ref(),
+                    local: merge.local.as_ref(),
                     incoming: &state,
-                    merged: merged_state.unwrap_or_else(|| state.clone()),
-                    concurrent,
+                    merged: merge.merged.unwrap_or_else(|| state.clone()),
+                    concurrent: merge.causality == Causality::Concurrent,
                     writer,
                 };
                 if let Some(outcome) = self.resolve_incoming(&layout, change)? {
@@ -331,130 +265,86 @@ impl Transaction<'_> {
     }
 }
 
-/// For each column position in the changeset, the local value column.
-fn column_mapping(
-    layout: &TableLayout,
-    origin: &str,
-    changes: &TableChanges,
-) -> Result<Vec<usize>, ApplyError> {
-    let mut mapping = Vec::with_capacity(changes.columns.len());
-    for name in &changes.columns {
-        let j = layout
-            .value_index(name)
-            .ok_or_else(|| ApplyError::UnknownColumn {
-                origin: origin.to_owned(),
-                table: changes.table.clone(),
-                column: name.clone(),
-            })?;
-        if mapping.contains(&j) {
-            return Err(ApplyError::InvalidRow {
-                origin: origin.to_owned(),
-                table: changes.table.clone(),
-                key: "(all rows)".into(),
-                problem: format!("column {name:?} is listed twice"),
-            });
-        }
-        mapping.push(j);
-    }
-    Ok(mapping)
+/// What writing one admitted row did.
+struct Merged {
+    rid: i64,
+    causality: Causality,
+    /// The local state it met (`None`: the row was new here).
+    local: Option<RowState>,
+    /// The merge of the two (`None`: the row was new here).
+    merged: Option<RowState>,
 }
 
-/// Validates an incoming row and lays its columns out in local order.
-fn localize(layout: &TableLayout, mapping: &[usize], row: &RowChange) -> Result<RowState, String> {
-    let table = &layout.table;
-    if row.key.len() != table.primary_key.len() {
-        return Err(format!(
-            "key has {} parts, the primary key has {}",
-            row.key.len(),
-            table.primary_key.len()
-        ));
+impl Store {
+    /// Keeps a row the engine held for clock skew in `meldb_held`.
+    fn hold(
+        &mut self,
+        origin: SiteId,
+        layout: &TableLayout,
+        row: &RowChange,
+        state: &RowState,
+    ) -> Result<()> {
+        let held = admit::held_changeset(origin, layout.shape(), row, state);
+        // The row is not covered while held, so peers offer it again on
+        // every sync; keep one copy.
+        self.conn.execute(
+            "INSERT INTO meldb_held (physical_ms, frame) SELECT ?1, ?2 \
+             WHERE NOT EXISTS (SELECT 1 FROM meldb_held WHERE frame = ?2)",
+            params![
+                state.hlc.physical_ms() as i64,
+                codec::encode_changeset(&held)
+            ],
+        )?;
+        Ok(())
     }
-    for (value, &i) in row.key.iter().zip(&table.primary_key) {
-        let col = &table.columns[i];
-        if matches!(value, Value::Real(r) if r.is_nan()) || !col.sql_type.admits(value) {
-            return Err(format!(
-                "key column {:?} expects {}, got {}",
-                col.name,
-                col.sql_type,
-                value.type_name()
-            ));
-        }
-    }
-    let incoming = &row.state;
-    if incoming.columns.len() != mapping.len() {
-        return Err(format!(
-            "{} column states for {} listed columns",
-            incoming.columns.len(),
-            mapping.len()
-        ));
-    }
-    let mut columns = vec![None; layout.value_cols.len()];
-    for (col, &j) in incoming.columns.iter().zip(mapping) {
-        columns[j] = col.clone();
-    }
-    let state = RowState {
-        cl: incoming.cl,
-        clock: incoming.clock.clone(),
-        hlc: incoming.hlc,
-        writer: incoming.writer,
-        columns,
-    };
-    check_shape(&state, &layout.kinds)?;
-    // Far beyond any real history (2^62 deletes, writes or milliseconds), and
-    // far enough below 2^63 that nothing derived from them overflows when
-    // stored as an SQLite integer.
-    let too_big = |n: u64| n >= 1 << 62;
-    if too_big(state.cl)
-        || state.clock.entries().iter().any(|&(_, seq)| too_big(seq))
-        || too_big(state.hlc.0)
-    {
-        return Err("a causal length, sequence number or timestamp is 2^62 or more".into());
-    }
-    for cover in &row.covers {
-        if cover.first == 0 || cover.first > cover.last || too_big(cover.last) {
-            return Err(format!(
-                "invalid cover {}..={} for site {}",
-                cover.first, cover.last, cover.site
-            ));
-        }
-    }
-    for (j, col) in state.columns.iter().enumerate() {
-        let schema_col = &table.columns[layout.value_cols[j]];
-        let required = schema_col.kind == crate::schema::Kind::Lww
-            && !schema_col.nullable
-            && schema_col.default.is_none();
-        if state.is_live() && required && col.is_none() {
-            return Err(format!(
-                "no value for NOT NULL column {:?}",
-                schema_col.name
-            ));
-        }
-        if let Some(ColumnState::Lww(lww)) = col {
-            let ok = match &lww.value {
-                Value::Null => schema_col.nullable,
-                Value::Real(r) if r.is_nan() => false,
-                v => schema_col.sql_type.admits(v),
+
+    /// Writes an admitted row: as new if the key is free, else merged with
+    /// the local state (`merge_row` classifies; a duplicate writes nothing).
+    fn write_or_merge(
+        &mut self,
+        layout: &TableLayout,
+        key: &[Value],
+        state: &RowState,
+        invalid: impl Fn(String) -> ApplyError,
+    ) -> Result<Merged> {
+        // Try the row as new first: a replica catching up mostly
+        // receives rows it lacks, and the insert probes the key anyway.
+        let mut causality = Causality::FastForward;
+        let mut local = None;
+        let mut merged = None;
+        let mut outcome = rows::write_row(&self.conn, layout, &mut self.sites, key, None, state);
+        if let Err(RowWriteError::KeyExists) = outcome {
+            let existing = rows::load_by_key(&self.conn, layout, &self.sites, key)?
+                .ok_or_else(|| invalid("key collides with a row that cannot be read".into()))?;
+            let (kind, state) = merge_row(Some(&existing.state), state, &layout.rules);
+            causality = kind;
+            outcome = if kind == Causality::Duplicate {
+                Ok(existing.rid)
+            } else {
+                let previous = Some((existing.rid, &existing.state.clock));
+                rows::write_row(&self.conn, layout, &mut self.sites, key, previous, &state)
             };
-            if !ok {
-                return Err(format!(
-                    "column {:?} ({}{}) cannot hold {}",
-                    schema_col.name,
-                    schema_col.sql_type,
-                    if schema_col.nullable {
-                        ""
-                    } else {
-                        ", NOT NULL"
-                    },
-                    lww.value.type_name()
-                ));
-            }
-            if lww.hlc > state.hlc {
-                return Err(format!(
-                    "column {:?} is newer than the row's timestamp",
-                    schema_col.name
-                ));
-            }
+            local = Some(existing.state);
+            merged = Some(state);
         }
+        let rid = match outcome {
+            Ok(rid) => rid,
+            Err(RowWriteError::DotTaken(site, seq)) => {
+                return Err(invalid(format!(
+                    "dot ({site}, {seq}) already belongs to another row"
+                ))
+                .into())
+            }
+            Err(RowWriteError::KeyExists) => {
+                return Err(invalid("key collides with an existing row".into()).into())
+            }
+            Err(RowWriteError::Sqlite(e)) => return Err(e.into()),
+        };
+        Ok(Merged {
+            rid,
+            causality,
+            local,
+            merged,
+        })
     }
-    Ok(state)
 }

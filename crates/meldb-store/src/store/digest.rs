@@ -95,6 +95,8 @@ impl Store {
 /// Resolvers read the store through this view (see [`ReadView`]): rows as
 /// `get` returns them, and statements SQLite itself deems read-only.
 impl ReadView for Store {
+    type Error = crate::Error;
+
     fn get_row(&self, table: &str, key: &Key) -> Result<Option<Row>> {
         Ok(self.get(table, key.clone())?.map(Row::from))
     }

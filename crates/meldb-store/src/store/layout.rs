@@ -20,6 +20,7 @@
 //! upgrade are appended there, while the view follows the new schema.
 
 use crate::schema::{Kind, Schema, Table};
+use meldb_core::engine::TableShape;
 
 /// Internal tables, created once per database.
 pub const INTERNAL_DDL: &str = "
@@ -168,9 +169,16 @@ impl TableLayout {
 
     /// The value-column position (`j`) of the column named `name`.
     pub fn value_index(&self, name: &str) -> Option<usize> {
-        self.value_cols
-            .iter()
-            .position(|&i| self.table.columns[i].name.eq_ignore_ascii_case(name))
+        self.shape().value_index(name)
+    }
+
+    /// The table as the engine's decisions see it (no SQL).
+    pub fn shape(&self) -> TableShape<'_> {
+        TableShape {
+            table: &self.table,
+            value_cols: &self.value_cols,
+            kinds: &self.kinds,
+        }
     }
 }
 

@@ -243,7 +243,7 @@ impl Store {
                     },
                     data_version,
                     authority: options.authority,
-                    resolvers: Vec::new(),
+                    resolvers: meldb_core::engine::Resolvers::new(),
                     mutators: Vec::new(),
                     subscribers: Vec::new(),
                 })

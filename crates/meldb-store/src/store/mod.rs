@@ -35,6 +35,9 @@ use crate::error::Result;
 use crate::schema::Schema;
 use crate::version::VersionVector;
 use layout::TableLayout;
+use meldb_core::engine::Resolvers;
+// The message of a caught panic from app code (a resolver or mutator).
+use meldb_core::engine::panic_message;
 use rows::Sites;
 use rusqlite::Connection;
 use std::path::Path;
@@ -179,7 +182,7 @@ pub struct Store {
     /// Whether this replica decides conflicts of tables with an authority.
     authority: bool,
     /// `resolve_conflict` closures by table, highest priority first.
-    resolvers: Vec<(String, crate::resolve::Resolver)>,
+    resolvers: Resolvers<crate::Error>,
     /// Registered mutators by name.
     mutators: Vec<mutate::Mutator>,
     /// Change subscriptions: a table, and what to call after a pull.
@@ -294,15 +297,6 @@ impl Store {
         self.saved_hlc = self.clock.last();
         self.replica.coverage_dirty = false;
     }
-}
-
-/// The message of a caught panic from app code (a resolver or mutator).
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic without a message".to_owned())
 }
 
 #[cfg(test)]

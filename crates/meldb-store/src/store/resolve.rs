@@ -2,25 +2,23 @@
 //! incoming changes, and writing what they decide (see [`crate::resolve`]).
 //!
 //! Apply writes the CRDT merge first; then, for a concurrent change (or any
-//! change when the table needs it), [`Transaction::resolve_incoming`] shows
-//! the versions to the policies and resolvers, writes a correcting local
-//! change when the decision differs from the merge, and records the
-//! conflict in the log.
+//! change when the table needs it), [`Transaction::resolve_incoming`] asks
+//! the engine (`meldb_core::engine::decide`) what the policies and
+//! resolvers decide, and carries it out: completes a resolver's row against
+//! the schema, writes a correcting local change when the decision differs
+//! from the merge, and records the conflict in the log. The rules are the
+//! engine's; this file reads rows and writes.
 
 use super::correct::{live_row, row_of, target_values, write_correction};
 use super::layout::TableLayout;
 use super::rows;
 use super::write::Transaction;
 use super::Store;
-use crate::clock::SiteId;
-use crate::crdt::ColumnState;
 use crate::error::{ResolveError, Result, WriteError};
 use crate::merge::RowState;
-use crate::resolve::{
-    Conflict, Mode, Outcome, Resolution, Resolver, Row, Trigger, Version, Writer,
-};
-use crate::schema::Policy;
+use crate::resolve::{Mode, Outcome, Resolver, Row, Writer};
 use crate::value::{Key, Value};
+use meldb_core::engine::{self, decide, Case, DecideError, Target};
 
 impl Store {
     /// Makes this replica the authority (or not) for every table declared
@@ -42,48 +40,19 @@ impl Store {
             table: table.into(),
         })?;
         let name = layout.name().to_owned();
-        self.resolvers.push((name, resolver));
-        // Stable: equal priorities keep registration order.
-        self.resolvers
-            .sort_by_key(|(_, r)| std::cmp::Reverse(r.priority));
+        self.resolvers.add(&name, resolver);
         Ok(())
     }
 
     /// Who decides conflicts of `layout`'s table here.
     pub(super) fn mode(&self, layout: &TableLayout) -> Mode {
-        match (layout.table.authority, self.authority) {
-            (true, true) => Mode::Authority,
-            (true, false) => Mode::Client,
-            (false, _) => Mode::Leaderless,
-        }
+        engine::mode(&layout.table, self.authority)
     }
 
     /// Whether fast-forward changes to this table must be shown to
     /// resolvers or policies too.
     pub(super) fn checks_every_change(&self, layout: &TableLayout) -> bool {
-        let mode = self.mode(layout);
-        if mode == Mode::Client {
-            return false;
-        }
-        let guards = mode == Mode::Authority
-            && layout.table.columns.iter().any(|c| {
-                matches!(c.policy, Policy::Immutable)
-                    || matches!(&c.policy, Policy::Forward(o) if !o.absorbing().is_empty())
-            });
-        guards
-            || self
-                .resolvers
-                .iter()
-                .any(|(t, r)| t == layout.name() && r.trigger == Trigger::EveryChange)
-    }
-
-    /// The resolvers for a table, in the order they run.
-    fn resolvers_for(&self, table: &str, concurrent: bool) -> Vec<Resolver> {
-        self.resolvers
-            .iter()
-            .filter(|(t, r)| t == table && (concurrent || r.trigger == Trigger::EveryChange))
-            .map(|(_, r)| r.clone())
-            .collect()
+        decide::checks_every_change(&layout.table, self.mode(layout), &self.resolvers)
     }
 }
 
@@ -98,14 +67,6 @@ pub(super) struct Incoming<'a> {
     pub writer: &'a Writer,
 }
 
-/// What policies and resolvers decided.
-struct Decision {
-    outcome: Outcome,
-    resolver: Option<String>,
-    reason: Option<String>,
-    target: Option<Row>,
-}
-
 impl Transaction<'_> {
     /// Decides an incoming row (see the module docs); returns the outcome
     /// if the conflict was logged.
@@ -116,89 +77,66 @@ impl Transaction<'_> {
     ) -> Result<Option<Outcome>> {
         let store = &*self.store;
         let mode = store.mode(layout);
-        if mode == Mode::Client && !change.concurrent {
-            return Ok(None);
-        }
-        let local_row = change
-            .local
-            .filter(|s| s.is_live())
-            .map(|s| row_of(layout, change.key, s));
-        let incoming_row = live_row(layout, change.key, change.incoming);
-        let merged_row = live_row(layout, change.key, &change.merged);
-        let decision = if mode == Mode::Client {
-            Decision {
-                outcome: Outcome::AutoMerged,
-                resolver: None,
-                reason: None,
-                target: merged_row.clone(),
-            }
-        } else {
-            let fresh = fresh_registers(change.local, change.incoming);
-            let (target, note) = apply_policies(
-                layout,
-                mode,
-                change.concurrent,
-                local_row.as_ref(),
-                incoming_row.as_ref(),
-                &fresh,
-                merged_row.clone(),
-            );
-            let ctx = Conflict {
-                table: layout.name(),
-                key: change.key,
-                local: Version {
-                    row: local_row.clone(),
-                    hlc: change.local.map(|s| s.hlc).unwrap_or_default(),
-                    site: change.local.map_or(SiteId(uuid::Uuid::nil()), |s| s.writer),
-                },
-                incoming: Version {
-                    row: incoming_row.clone(),
-                    hlc: change.incoming.hlc,
-                    site: change.incoming.writer,
-                },
-                merged: target,
-                concurrent: change.concurrent,
-                mode,
-                writer: change.writer,
-                view: store,
-            };
-            let resolvers = store.resolvers_for(layout.name(), change.concurrent);
-            decide(layout, &ctx, &resolvers, note)?
+        let case = Case {
+            shape: layout.shape(),
+            key: change.key,
+            mode,
+            concurrent: change.concurrent,
+            local: change.local,
+            incoming: change.incoming,
+            writer: change.writer,
+            local_row: change
+                .local
+                .filter(|s| s.is_live())
+                .map(|s| row_of(layout, change.key, s)),
+            incoming_row: live_row(layout, change.key, change.incoming),
+            merged_row: live_row(layout, change.key, &change.merged),
         };
-        if !change.concurrent && matches!(decision.outcome, Outcome::AutoMerged | Outcome::Accepted)
-        {
+        let decision = engine::decide(&case, &store.resolvers, store)
+            .map_err(|e| decide_error(layout, change.key, e))?;
+        if !decision.is_logged(change.concurrent) {
             return Ok(None);
         }
-        let rejected = decision.outcome == Outcome::Rejected && mode == Mode::Authority;
+        let target = match decision.target {
+            Target::Row(row) => row,
+            Target::Merge { row, base } => {
+                let resolver = decision.decider.as_deref().unwrap_or_default();
+                Some(complete(layout, change.key, base.as_ref(), row, resolver)?)
+            }
+        };
+        let correction = decide::correction(
+            mode,
+            decision.outcome,
+            target.as_ref(),
+            case.merged_row.as_ref(),
+        );
         let mut notice_seq = None;
-        if decision.target != merged_row || rejected {
-            let target = decision
-                .target
+        if let Some(correction) = correction {
+            let values = target
                 .as_ref()
                 .map(|row| target_values(layout, change.key, row, "resolver"))
                 .transpose()?;
-            let correction_mode = if rejected { Mode::Authority } else { mode };
             let seq = write_correction(
                 self.store,
                 layout,
                 change.rid,
                 change.key,
                 &change.merged,
-                target.as_deref(),
-                correction_mode,
+                values.as_deref(),
+                correction.mode,
             )?;
-            notice_seq = rejected.then_some(seq);
+            notice_seq = correction.notice.then_some(seq);
         }
         let store = &*self.store;
         store.log_conflict(&super::conflicts::LogEntry {
             table: layout.name(),
             key: change.key,
-            local: local_row.as_ref(),
-            incoming: incoming_row.as_ref(),
-            merged: merged_row.as_ref(),
-            result: decision.target.as_ref(),
+            local: case.local_row.as_ref(),
+            incoming: case.incoming_row.as_ref(),
+            merged: case.merged_row.as_ref(),
+            result: target.as_ref(),
             outcome: decision.outcome,
-            resolver: decision.resolver.as_deref(),
+            resolver: decision.decider.as_deref(),
             reason: decision.reason.as_deref(),
             writer: change.writer,
             writer_site: change.incoming.writer,
@@ -208,175 +146,25 @@ impl Transaction<'_> {
     }
 }
 
-/// The schema's column policies that need a decider: each one that acts
-/// puts the local value back, and says so.
-/// For each value column, whether the incoming row's register was written
-/// by a write the local row has not seen: the incoming row's latest write
-/// set it (same timestamp and site), and the local row lacks that write.
-/// Such a write was made against an older version, so a policy that guards
-/// the column must judge it even when the register merge drops it. (A
-/// register written by an earlier unseen write of the same site is not
-/// recognised: registers keep the timestamp and site of their write, not
-/// its dot.)
-fn fresh_registers(local: Option<&RowState>, incoming: &RowState) -> Vec<bool> {
-    let unseen =
-        local.is_none_or(|l| l.clock.get(&incoming.writer) < incoming.clock.get(&incoming.writer));
-    incoming
-        .columns
-        .iter()
-        .map(|col| {
-            unseen
-                && matches!(col, Some(ColumnState::Lww(w))
-                    if (w.hlc, w.site) == (incoming.hlc, incoming.writer))
-        })
-        .collect()
-}
-
-#[allow(clippy::too_many_arguments)]
-fn apply_policies(
-    layout: &TableLayout,
-    mode: Mode,
-    concurrent: bool,
-    local: Option<&Row>,
-    incoming: Option<&Row>,
-    fresh: &[bool],
-    merged: Option<Row>,
-) -> (Option<Row>, Option<(Outcome, String, String)>) {
-    let Some(local) = local else {
-        return (merged, None);
-    };
-    let Some(mut target) = merged else {
-        return (None, None);
-    };
-    if mode != Mode::Authority {
-        return (Some(target), None);
-    }
-    let mut note: Option<(Outcome, String, String)> = None;
-    for (j, &i) in layout.value_cols.iter().enumerate() {
-        let col = &layout.table.columns[i];
-        let (Some(lv), Some(tv)) = (local.get(&col.name), target.get(&col.name)) else {
-            continue;
-        };
-        // An incoming value the merge may already have dropped, but that
-        // was still written against the local one, so its writer must be
-        // told: any value for an immutable column that is set here, and a
-        // new write (one the local row has not seen) of a conditional
-        // column. (A state column's merge keeping the later state is the
-        // designed outcome, not a refusal.)
-        let incoming_value = incoming.and_then(|r| r.get(&col.name));
-        let attempted = incoming_value.is_some_and(|iv| iv != lv)
-            && match col.policy {
-                Policy::Immutable => incoming_value != Some(&Value::Null),
-                Policy::Conditional => fresh.get(j).copied().unwrap_or(false),
-                _ => false,
-            };
-        if lv == tv && !attempted {
-            continue;
-        }
-        let verdict = match &col.policy {
-            Policy::AuthorityWins if concurrent => Some((
-                Outcome::KeptLocal,
-                format!("column {:?} keeps the authority's value", col.name),
-            )),
-            Policy::Conditional if concurrent => Some((
-                Outcome::Rejected,
-                format!(
-                    "{:?} was changed by someone else since the version you saw",
-                    col.name
-                ),
-            )),
-            Policy::Immutable if *lv != Value::Null => Some((
-                Outcome::Rejected,
-                format!("{:?} is already set to {lv} and cannot change", col.name),
-            )),
-            Policy::Forward(order) if order.is_absorbing(lv) => Some((
-                Outcome::Rejected,
-                format!("{:?} is {lv}, a final state", col.name),
-            )),
-            _ => None,
-        };
-        if let Some((outcome, reason)) = verdict {
-            let lv = lv.clone();
-            target.set_value(&col.name, lv);
-            let policy = format!("policy {} ({})", col.policy.name(), col.name);
-            note = match note {
-                // A rejection outranks keeping a column; reasons add up.
-                Some((o, p, r)) => Some((o.max(outcome), p, format!("{r}; {reason}"))),
-                None => Some((outcome, policy, reason)),
-            };
-        }
-    }
-    (Some(target), note)
-}
-
-/// Runs the resolvers until one decides.
-fn decide(
-    layout: &TableLayout,
-    ctx: &Conflict<'_>,
-    resolvers: &[Resolver],
-    note: Option<(Outcome, String, String)>,
-) -> Result<Decision> {
-    let key = || Key(ctx.key.to_vec()).to_string();
-    for resolver in resolvers {
-        let answer = call(ctx, resolver).map_err(|message| ResolveError::Panicked {
-            resolver: resolver.name.to_string(),
-            table: layout.name().into(),
-            key: key(),
+/// The engine's refusal, with the table and key it was deciding.
+fn decide_error(layout: &TableLayout, key: &[Value], e: DecideError) -> crate::Error {
+    let key = Key(key.to_vec()).to_string();
+    let table = layout.name().to_owned();
+    match e {
+        DecideError::Panicked { resolver, message } => ResolveError::Panicked {
+            resolver,
+            table,
+            key,
             message,
-        })?;
-        let named = |outcome, reason: Option<String>, target: Option<Row>| Decision {
-            outcome,
-            resolver: Some(resolver.name.to_string()),
-            reason,
-            target,
-        };
-        let needs_authority = |answer: &'static str| ResolveError::NeedsAuthority {
-            resolver: resolver.name.to_string(),
-            table: layout.name().into(),
-            key: key(),
+        },
+        DecideError::NeedsAuthority { resolver, answer } => ResolveError::NeedsAuthority {
+            resolver,
+            table,
+            key,
             answer,
-        };
-        return Ok(match answer {
-            Resolution::Pass => continue,
-            Resolution::Accept => named(Outcome::Accepted, None, ctx.merged.clone()),
-            Resolution::Defer(reason) => named(Outcome::Deferred, Some(reason), ctx.merged.clone()),
-            Resolution::Merge(row) => {
-                let base = ctx.merged.as_ref().or(ctx.local()).or(ctx.incoming());
-                let row = complete(layout, ctx.key, base, row, &resolver.name)?;
-                named(Outcome::Merged, None, Some(row))
-            }
-            Resolution::KeepLocal if ctx.mode == Mode::Leaderless => {
-                return Err(needs_authority("KeepLocal").into())
-            }
-            Resolution::Reject(_) if ctx.mode == Mode::Leaderless => {
-                return Err(needs_authority("Reject").into())
-            }
-            Resolution::KeepLocal => named(Outcome::KeptLocal, None, ctx.local().cloned()),
-            Resolution::Reject(reason) => {
-                named(Outcome::Rejected, Some(reason), ctx.local().cloned())
-            }
-        });
+        },
     }
-    Ok(match note {
-        Some((outcome, policy, reason)) => Decision {
-            outcome,
-            resolver: Some(policy),
-            reason: Some(reason),
-            target: ctx.merged.clone(),
-        },
-        None => Decision {
-            outcome: Outcome::AutoMerged,
-            resolver: None,
-            reason: None,
-            target: ctx.merged.clone(),
-        },
-    })
-}
-
-/// Calls a resolver with panics caught.
-fn call(ctx: &Conflict<'_>, resolver: &Resolver) -> Result<Resolution, String> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (resolver.f)(ctx)))
-        .map_err(|payload| super::panic_message(payload.as_ref()))
+    .into()
 }
 
 /// A resolver's row with the columns it left out filled from `base` (or

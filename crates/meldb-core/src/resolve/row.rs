@@ -111,7 +111,7 @@ impl From<Vec<(String, Value)>> for Row {
 }
 
 /// A value as the conflict log writes it.
-pub(crate) fn value_to_json(value: &Value) -> Json {
+pub fn value_to_json(value: &Value) -> Json {
     match value {
         Value::Null => Json::Null,
         Value::Integer(i) => json!(i),
@@ -125,7 +125,7 @@ pub(crate) fn value_to_json(value: &Value) -> Json {
 }
 
 /// Reads [`value_to_json`]'s form back.
-pub(crate) fn value_from_json(json: &Json) -> Option<Value> {
+pub fn value_from_json(json: &Json) -> Option<Value> {
     Some(match json {
         Json::Null => Value::Null,
         Json::Number(n) => match n.as_i64() {

@@ -1,9 +1,14 @@
 //! Resolvers: what an application registers, what it is shown, and what it
 //! may answer.
+//!
+//! A resolver reads the replica only through [`ReadView`], which the store
+//! implements; the view's error type `E` is the store's error, so
+//! [`Conflict::get`] and [`Conflict::query`] return what the store returns
+//! (the store names `Resolver<its Error>` and `Conflict<'_, its Error>`
+//! `Resolver` and `Conflict`).
 
 use super::Row;
 use crate::clock::{Hlc, SiteId};
-use crate::error::Result;
 use crate::value::{Key, Value};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -11,7 +16,7 @@ use std::fmt;
 use std::sync::Arc;
 
 /// Who wrote a change, as the application describes its users. Attached by
-/// whoever delivers the change ([`crate::Store::apply_from`]): the relay attaches
+/// whoever delivers the change (the store's `apply_from`): the relay attaches
 /// what a client's token says, so a client cannot claim roles it lacks.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Writer {
@@ -88,7 +93,7 @@ pub enum Resolution {
     /// (authority only).
     Reject(String),
     /// Keep the merged row for now and ask a person: both versions wait in
-    /// the conflict log until [`crate::Store::resolve_deferred`].
+    /// the conflict log until the store's `resolve_deferred`.
     Defer(String),
     /// No opinion: the next resolver decides (the merge stands if none does).
     Pass,
@@ -107,24 +112,36 @@ pub enum Trigger {
     EveryChange,
 }
 
-type ResolveFn = dyn Fn(&Conflict<'_>) -> Resolution + Send + Sync;
+type ResolveFn<E> = dyn Fn(&Conflict<'_, E>) -> Resolution + Send + Sync;
 
-/// A named `resolve_conflict` closure with a priority.
-#[derive(Clone)]
-pub struct Resolver {
+/// A named `resolve_conflict` closure with a priority; `E` is the error of
+/// the [`ReadView`] it reads through.
+pub struct Resolver<E> {
     pub(crate) name: Arc<str>,
     pub(crate) priority: i32,
     pub(crate) trigger: Trigger,
-    pub(crate) f: Arc<ResolveFn>,
+    pub(crate) f: Arc<ResolveFn<E>>,
 }
 
-impl Resolver {
+// By hand: a derive would ask `E: Clone`, which the shared closure does not need.
+impl<E> Clone for Resolver<E> {
+    fn clone(&self) -> Self {
+        Resolver {
+            name: self.name.clone(),
+            priority: self.priority,
+            trigger: self.trigger,
+            f: self.f.clone(),
+        }
+    }
+}
+
+impl<E> Resolver<E> {
     /// A resolver called `name` (shown in the conflict log), priority 0,
     /// run on conflicts only.
     pub fn new(
         name: &str,
-        f: impl Fn(&Conflict<'_>) -> Resolution + Send + Sync + 'static,
-    ) -> Resolver {
+        f: impl Fn(&Conflict<'_, E>) -> Resolution + Send + Sync + 'static,
+    ) -> Resolver<E> {
         Resolver {
             name: name.into(),
             priority: 0,
@@ -135,14 +152,14 @@ impl Resolver {
 
     /// Resolvers with a higher priority run first (ties: registration order).
     #[must_use]
-    pub fn priority(mut self, priority: i32) -> Resolver {
+    pub fn priority(mut self, priority: i32) -> Resolver<E> {
         self.priority = priority;
         self
     }
 
     /// Runs this resolver on every incoming change, not only conflicts.
     #[must_use]
-    pub fn on_every_change(mut self) -> Resolver {
+    pub fn on_every_change(mut self) -> Resolver<E> {
         self.trigger = Trigger::EveryChange;
         self
     }
@@ -153,7 +170,7 @@ impl Resolver {
     }
 }
 
-impl fmt::Debug for Resolver {
+impl<E> fmt::Debug for Resolver<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Resolver")
             .field("name", &self.name)
@@ -164,7 +181,7 @@ impl fmt::Debug for Resolver {
 }
 
 /// What a resolver is shown: the conflict, and read access to the store.
-pub struct Conflict<'a> {
+pub struct Conflict<'a, E> {
     pub(crate) table: &'a str,
     pub(crate) key: &'a [Value],
     pub(crate) local: Version,
@@ -173,24 +190,33 @@ pub struct Conflict<'a> {
     pub(crate) concurrent: bool,
     pub(crate) mode: Mode,
     pub(crate) writer: &'a Writer,
-    pub(crate) view: &'a dyn ReadView,
+    pub(crate) view: &'a dyn ReadView<Error = E>,
 }
 
 /// What a resolver may read besides the conflict itself: rows and
 /// read-only queries, as the state stands in the deciding transaction.
 /// The store implements it; resolvers see it only through [`Conflict`], so
-/// deciding never depends on how the state is kept.
+/// deciding never depends on how the state is kept, and the core never
+/// runs the queries itself.
 pub trait ReadView {
-    /// A live row's columns in schema order, `None` if there is none.
-    fn get_row(&self, table: &str, key: &Key) -> Result<Option<Row>>;
+    /// What a read fails with (the store's `Error`).
+    type Error;
 
-    /// Runs one statement that cannot write (refused with
-    /// [`crate::error::ResolveError::NotReadOnly`] otherwise, naming
-    /// `table`, the table being decided) and returns its rows.
-    fn query_rows(&self, table: &str, sql: &str, params: &[Value]) -> Result<Vec<Vec<Value>>>;
+    /// A live row's columns in schema order, `None` if there is none.
+    fn get_row(&self, table: &str, key: &Key) -> Result<Option<Row>, Self::Error>;
+
+    /// Runs one statement that cannot write (the store refuses any other
+    /// with `ResolveError::NotReadOnly`, naming `table`, the table being
+    /// decided) and returns its rows.
+    fn query_rows(
+        &self,
+        table: &str,
+        sql: &str,
+        params: &[Value],
+    ) -> Result<Vec<Vec<Value>>, Self::Error>;
 }
 
-impl Conflict<'_> {
+impl<E> Conflict<'_, E> {
     /// The table.
     pub fn table(&self) -> &str {
         self.table
@@ -256,16 +282,16 @@ impl Conflict<'_> {
     }
 
     /// Reads another row as it stands in this transaction.
-    pub fn get(&self, table: &str, key: impl Into<Key>) -> Result<Option<Row>> {
+    pub fn get(&self, table: &str, key: impl Into<Key>) -> Result<Option<Row>, E> {
         self.view.get_row(table, &key.into())
     }
 
     /// Runs one read-only SQL statement (`SELECT sum(...)`) against the
     /// state as it stands in this transaction, for cross-row rules, and
-    /// returns its rows. A statement that could write is refused
-    /// ([`crate::error::ResolveError::NotReadOnly`]): resolvers decide, they
-    /// do not write.
-    pub fn query(&self, sql: &str, params: &[Value]) -> Result<Vec<Vec<Value>>> {
+    /// returns its rows. A statement that could write is refused (the
+    /// store's `ResolveError::NotReadOnly`): resolvers decide, they do not
+    /// write.
+    pub fn query(&self, sql: &str, params: &[Value]) -> Result<Vec<Vec<Value>>, E> {
         self.view.query_rows(self.table, sql, params)
     }
 }
