@@ -1,6 +1,7 @@
 //! The sync layer's errors: what ended a session, on which side.
 
 use super::message::NoticeCode;
+use crate::changeset::ChangeCursor;
 use crate::clock::SiteId;
 use meldb_core::codec::DecodeError;
 use thiserror::Error;
@@ -80,6 +81,13 @@ pub enum SyncError {
         /// What is wrong.
         message: String,
     },
+    /// The replica's paged read of changes handed back a cursor that does
+    /// not move past the one it was given.
+    #[error("the replica's change pages do not advance: cursor {cursor:?} came back")]
+    StalledPages {
+        /// The cursor it returned.
+        cursor: ChangeCursor,
+    },
     /// No message arrived within the configured idle time.
     #[error("no message from the peer for {seconds} s")]
     Timeout {
@@ -103,6 +111,7 @@ impl SyncError {
             | SyncError::Closed { .. }
             | SyncError::Refused { .. }
             | SyncError::Tokens { .. }
+            | SyncError::StalledPages { .. }
             | SyncError::Timeout { .. } => return None,
         })
     }
