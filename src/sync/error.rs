@@ -1,6 +1,7 @@
 //! The sync layer's errors: what ended a session, on which side.
 
 use super::message::NoticeCode;
+use super::provider::Namespace;
 use crate::changeset::ChangeCursor;
 use crate::clock::SiteId;
 use meldb_core::codec::DecodeError;
@@ -88,6 +89,10 @@ pub enum SyncError {
         /// The cursor it returned.
         cursor: ChangeCursor,
     },
+    /// A relay's provider serves no replica for the namespace a token
+    /// granted.
+    #[error("this relay serves no namespace {0:?}")]
+    UnknownNamespace(Namespace),
     /// No message arrived within the configured idle time.
     #[error("no message from the peer for {seconds} s")]
     Timeout {
@@ -103,7 +108,9 @@ impl SyncError {
             SyncError::Decode(_) | SyncError::Unexpected { .. } | SyncError::UnknownAck { .. } => {
                 NoticeCode::Protocol
             }
-            SyncError::Unauthorized { .. } => NoticeCode::Unauthorized,
+            SyncError::Unauthorized { .. } | SyncError::UnknownNamespace(_) => {
+                NoticeCode::Unauthorized
+            }
             SyncError::ReadOnly { .. } => NoticeCode::ReadOnly,
             SyncError::SchemaMismatch { .. } | SyncError::SameSite(_) => NoticeCode::Incompatible,
             SyncError::Store(_) => NoticeCode::Apply,

@@ -35,6 +35,7 @@
 use super::batch::{add_covers, batches, Batcher};
 use super::error::SyncError;
 use super::message::{Ack, Batch, Hello, Message, Notice, NoticeCode, Processed, Sent, Want};
+use super::provider::Namespace;
 use super::replica::Replica;
 use crate::changeset::{ChangeCursor, Changeset};
 use crate::clock::SiteId;
@@ -54,32 +55,44 @@ pub enum Access {
     ReadOnly,
 }
 
-/// What a token grants: read or read-write, and who the changes that
-/// arrive through it are written by (resolvers see this [`Writer`], never
-/// anything the client claims about itself).
+/// What a token grants: read or read-write, who the changes that arrive
+/// through it are written by (resolvers see this [`Writer`], never
+/// anything the client claims about itself), and which namespace's replica
+/// a relay serves it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {
     /// Read-only or read-write.
     pub access: Access,
     /// The writer attached to the peer's changes ([`crate::Store::apply_from`]).
     pub writer: Writer,
+    /// The namespace whose replica the session syncs (a relay asks its
+    /// [`ReplicaProvider`](super::provider::ReplicaProvider) for it).
+    pub namespace: Namespace,
 }
 
 impl Grant {
-    /// Read-write, as an anonymous writer.
+    /// Read-write, as an anonymous writer, in the default namespace.
     pub fn read_write() -> Grant {
         Grant {
             access: Access::ReadWrite,
             writer: Writer::default(),
+            namespace: Namespace::default(),
         }
     }
 
-    /// Read-only.
+    /// Read-only, in the default namespace.
     pub fn read_only() -> Grant {
         Grant {
             access: Access::ReadOnly,
             writer: Writer::default(),
+            namespace: Namespace::default(),
         }
+    }
+
+    /// The same grant in `namespace`.
+    pub fn in_namespace(mut self, namespace: Namespace) -> Grant {
+        self.namespace = namespace;
+        self
     }
 }
 
