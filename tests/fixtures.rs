@@ -818,6 +818,7 @@ fn authorize() -> Authorize {
         (token == Some("carol-token")).then(|| Grant {
             access: Access::ReadWrite,
             writer: Writer::user("carol"),
+            ..Grant::read_write()
         })
     })
 }

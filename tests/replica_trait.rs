@@ -5,7 +5,7 @@
 mod common;
 
 use common::{inventory, site, TestResult};
-use meldb::changeset::Changeset;
+use meldb::changeset::{ChangeCursor, ChangePage, Changeset};
 use meldb::clock::SiteId;
 use meldb::mutator::{PendingMutation, PullReport, PullResponse, Push, PushResult};
 use meldb::sync::{Grant, Replica, Session, SessionConfig};
@@ -34,8 +34,13 @@ impl Replica for Logged {
     fn version_vector(&self) -> VersionVector {
         self.store.version_vector()
     }
-    fn changes_since(&self, vv: &VersionVector) -> meldb::Result<Changeset> {
-        self.store.changes_since(vv)
+    fn changes_since(
+        &self,
+        vv: &VersionVector,
+        from: Option<&ChangeCursor>,
+        limit: usize,
+    ) -> meldb::Result<ChangePage> {
+        self.store.changes_page(vv, from, limit)
     }
     fn apply_from(&mut self, changes: &Changeset, writer: &Writer) -> meldb::Result<ApplyReport> {
         self.log.push("apply_from");

@@ -1,4 +1,5 @@
-//! Cutting a changeset into bounded batches.
+//! Cutting a changeset, or the pages of a paged read, into bounded
+//! batches.
 //!
 //! A batch holds at most `max_rows` rows and, by an estimate of their
 //! encoded size, about `max_bytes` bytes (at least one row, so a single row
@@ -7,6 +8,7 @@
 //! order and a lost one is simply asked for again.
 
 use crate::changeset::{Changeset, RowChange, TableChanges};
+use crate::clock::SiteId;
 use crate::crdt::ColumnState;
 use crate::value::Value;
 use crate::version::VersionVector;
@@ -14,35 +16,106 @@ use crate::version::VersionVector;
 /// Splits `changes` into batches of at most `max_rows` rows and roughly at
 /// most `max_bytes` encoded bytes each.
 pub(crate) fn batches(changes: Changeset, max_rows: usize, max_bytes: usize) -> Vec<Changeset> {
-    let max_rows = max_rows.max(1);
-    let origin = changes.origin;
-    let mut out = Vec::new();
-    let mut current = Changeset::new(origin);
-    let (mut rows, mut bytes) = (0usize, 0usize);
+    let mut cut = Batcher::new(changes.origin, max_rows, max_bytes);
     for table in changes.tables {
+        cut.push_table(table);
+    }
+    cut.finish()
+}
+
+/// Cuts rows into batches as they come: whole tables
+/// ([`Batcher::push_table`]) or the pages of a paged read
+/// ([`Batcher::push_page`]). A batch may hold the end of one table and the
+/// start of the next; where batches end depends only on the rows, not on
+/// how they arrived.
+pub(crate) struct Batcher {
+    max_rows: usize,
+    max_bytes: usize,
+    origin: SiteId,
+    /// The table the last page ended in: more of its rows may follow.
+    open: Option<TableChanges>,
+    current: Changeset,
+    rows: usize,
+    bytes: usize,
+    out: Vec<Changeset>,
+}
+
+impl Batcher {
+    pub(crate) fn new(origin: SiteId, max_rows: usize, max_bytes: usize) -> Batcher {
+        Batcher {
+            max_rows: max_rows.max(1),
+            max_bytes,
+            origin,
+            open: None,
+            current: Changeset::new(origin),
+            rows: 0,
+            bytes: 0,
+            out: Vec::new(),
+        }
+    }
+
+    /// Takes the next page of a paged read (every column listed). A table
+    /// is cut once the next one starts, or at [`Batcher::finish`], when
+    /// the columns none of its rows uses are known and dropped: the
+    /// batches are those of the joined answer.
+    pub(crate) fn push_page(&mut self, page: Changeset) {
+        for table in page.tables {
+            match &mut self.open {
+                Some(open) if open.table == table.table => open.rows.extend(table.rows),
+                _ => {
+                    if let Some(done) = self.open.replace(table) {
+                        self.push_complete(done);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes a whole table, its columns as they are to be sent.
+    pub(crate) fn push_table(&mut self, table: TableChanges) {
+        if let Some(done) = self.open.take() {
+            self.push_complete(done);
+        }
+        self.cut(table);
+    }
+
+    /// The batches, the last one included.
+    pub(crate) fn finish(mut self) -> Vec<Changeset> {
+        if let Some(done) = self.open.take() {
+            self.push_complete(done);
+        }
+        if self.rows > 0 {
+            self.out.push(self.current);
+        }
+        self.out
+    }
+
+    fn push_complete(&mut self, mut table: TableChanges) {
+        table.drop_unused_columns();
+        self.cut(table);
+    }
+
+    fn cut(&mut self, table: TableChanges) {
         for row in table.rows {
             let size = approx_row_bytes(&row);
-            if rows > 0 && (rows == max_rows || bytes + size > max_bytes) {
-                out.push(std::mem::replace(&mut current, Changeset::new(origin)));
-                rows = 0;
-                bytes = 0;
+            if self.rows > 0 && (self.rows == self.max_rows || self.bytes + size > self.max_bytes) {
+                let full = std::mem::replace(&mut self.current, Changeset::new(self.origin));
+                self.out.push(full);
+                self.rows = 0;
+                self.bytes = 0;
             }
-            match current.tables.last_mut() {
+            match self.current.tables.last_mut() {
                 Some(t) if t.table == table.table => t.rows.push(row),
-                _ => current.tables.push(TableChanges {
+                _ => self.current.tables.push(TableChanges {
                     table: table.table.clone(),
                     columns: table.columns.clone(),
                     rows: vec![row],
                 }),
             }
-            rows += 1;
-            bytes += size;
+            self.rows += 1;
+            self.bytes += size;
         }
     }
-    if rows > 0 {
-        out.push(current);
-    }
-    out
 }
 
 /// Adds every dot range the rows of `changes` cover to `vv`.
@@ -128,5 +201,42 @@ mod tests {
         let huge = batches(changes(2, 100_000), 1000, 10_000);
         assert!(huge.iter().all(|b| b.len() == 1));
         assert!(batches(Changeset::new(all.origin), 10, 10).is_empty());
+    }
+
+    #[test]
+    fn pages_cut_into_the_batches_of_the_joined_answer() {
+        // Table "a" lists a second column no row sets: dropped only once
+        // the whole table is in, as the joined answer drops it.
+        let mut all = changes(9, 10);
+        let unused = Some(ColumnState::Lww(Lww {
+            hlc: Hlc(1),
+            site: all.origin,
+            value: Value::Null,
+        }));
+        all.tables[0].columns.push("w".into());
+        for row in &mut all.tables[0].rows {
+            row.state.columns.push(None);
+        }
+        all.tables[1].columns.push("w".into());
+        all.tables[1].rows[4].state.columns.push(unused);
+        for (i, row) in all.tables[1].rows.iter_mut().enumerate() {
+            if i != 4 {
+                row.state.columns.push(None);
+            }
+        }
+        let mut joined = all.clone();
+        for table in &mut joined.tables {
+            table.drop_unused_columns();
+        }
+        assert_eq!(joined.tables[0].columns, ["v"]);
+        assert_eq!(joined.tables[1].columns, ["v", "w"]);
+        let whole = batches(joined, 4, 150);
+        for page_rows in [1, 2, 5, 100] {
+            let mut cut = Batcher::new(all.origin, 4, 150);
+            for page in all.split(page_rows) {
+                cut.push_page(page);
+            }
+            assert_eq!(cut.finish(), whole, "pages of {page_rows}");
+        }
     }
 }

@@ -5,14 +5,21 @@
 //! first of: a message from the peer, a change to the local store (live
 //! sessions push it), silence longer than the idle limit (an outstanding
 //! request is asked again; a second silence ends the session), or
-//! shutdown (the peer gets a notice). Store work runs on the blocking pool.
+//! shutdown (the peer gets a notice). Replica work runs on the blocking
+//! pool.
+//!
+//! It runs against any [`SharedReplica`]. Which one is fixed when the loop
+//! starts, except on a relay: there the peer's `Hello`, before the session
+//! sees it, may hand the loop another replica and a fresh session
+//! ([`Rebind`]), and from then on that one alone is read and written.
 
 use super::error::SyncError;
-use super::message::{Message, NoticeCode};
+use super::message::{Hello, Message, NoticeCode};
 use super::session::{PeerInfo, Session, SessionConfig, SyncStats};
-use super::shared::SharedStore;
+use super::shared::SharedReplica;
 use super::transport::Connection;
 use super::wire::MAX_MESSAGE_PAYLOAD;
+use std::future::Future;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
@@ -44,14 +51,36 @@ pub(crate) struct DriveOptions {
     pub idle: Duration,
 }
 
+/// Picks the replica a session serves once the peer's `Hello` arrives.
+pub(crate) trait Rebind<H>: Send {
+    /// Called with each `Hello` from the peer before the session sees it.
+    /// `Some`: the replica to serve from now on, and a session over it to
+    /// replace the current one (neither has seen a `Hello` yet).
+    /// An error ends the session with the notice it calls for.
+    fn on_hello(
+        &mut self,
+        hello: &Hello,
+    ) -> impl Future<Output = Result<Option<(H, Session)>, SyncError>> + Send;
+}
+
+/// Keeps the replica the loop started with (clients, [`accept_once`]).
+pub(crate) struct Fixed;
+
+impl<H: Send> Rebind<H> for Fixed {
+    async fn on_hello(&mut self, _hello: &Hello) -> Result<Option<(H, Session)>, SyncError> {
+        Ok(None)
+    }
+}
+
 /// Runs `session` until it is caught up (one-shot), the peer closes, an
 /// error, or `shutdown` turns true.
-pub(crate) async fn drive(
-    store: &SharedStore,
+pub(crate) async fn drive<H: SharedReplica>(
+    mut store: H,
     session: Session,
     conn: &mut Connection,
     options: &DriveOptions,
     shutdown: &mut watch::Receiver<bool>,
+    rebind: &mut impl Rebind<H>,
 ) -> Result<SyncReport, SyncError> {
     let mut session = Some(session);
     let mut changes = store.subscribe();
@@ -94,9 +123,33 @@ pub(crate) async fn drive(
             }
             Event::Message(Some(Ok(message))) => {
                 silent = 0;
+                if let Message::Hello(hello) = &message {
+                    match rebind.on_hello(hello).await {
+                        Ok(None) => {}
+                        Ok(Some((replica, fresh))) => {
+                            // The same replica keeps its subscription, so no
+                            // change it signalled is missed.
+                            let signal = replica.subscribe();
+                            if !signal.same_channel(&changes) {
+                                changes = signal;
+                            }
+                            store = replica;
+                            session = Some(fresh);
+                        }
+                        Err(e) => {
+                            if let Some(s) = session.as_mut() {
+                                if let Some(code) = e.notice_code() {
+                                    s.close(code, e.to_string());
+                                }
+                                flush(s, conn).await;
+                            }
+                            return Err(e);
+                        }
+                    }
+                }
                 let applies = matches!(message, Message::Changes(_) | Message::Push(_));
                 let (back, result) =
-                    with_store(store, session.take(), move |s, st| s.receive(st, message)).await?;
+                    with_store(&store, session.take(), move |s, st| s.receive(st, message)).await?;
                 session = Some(back);
                 if let Err(e) = result {
                     if let Some(s) = session.as_mut() {
@@ -110,7 +163,7 @@ pub(crate) async fn drive(
             }
             Event::LocalChange => {
                 let (back, result) =
-                    with_store(store, session.take(), |s, st| s.local_changed(st)).await?;
+                    with_store(&store, session.take(), |s, st| s.local_changed(st)).await?;
                 session = Some(back);
                 result?;
             }
@@ -128,7 +181,8 @@ pub(crate) async fn drive(
                         seconds: options.idle.as_secs() * 2,
                     });
                 }
-                let (back, result) = with_store(store, session.take(), |s, st| s.retry(st)).await?;
+                let (back, result) =
+                    with_store(&store, session.take(), |s, st| s.retry(st)).await?;
                 session = Some(back);
                 result?;
             }
@@ -158,39 +212,40 @@ async fn flush(session: &mut Session, conn: &mut Connection) {
     conn.shutdown().await.ok();
 }
 
-async fn with_store<T, F>(
-    store: &SharedStore,
+/// Runs `f` with the session and the locked replica on the blocking pool.
+async fn with_store<H, T, F>(
+    store: &H,
     session: Option<Session>,
     f: F,
 ) -> Result<(Session, T), SyncError>
 where
-    F: FnOnce(&mut Session, &mut crate::Store) -> T + Send + 'static,
+    H: SharedReplica,
+    F: FnOnce(&mut Session, &mut H::Replica) -> T + Send + 'static,
     T: Send + 'static,
 {
     let mut session = session.ok_or(SyncError::Closed { during: "sync" })?;
-    store
-        .run(move |st| {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || {
+        store.with_replica(|st| {
             let out = f(&mut session, st);
             (session, out)
         })
-        .await
-        .map_err(|e| SyncError::Io(std::io::Error::other(e)))
+    })
+    .await
+    .map_err(|e| SyncError::Io(std::io::Error::other(e)))
 }
 
 /// Syncs once, both ways, over an open connection as the side that
 /// connected, and returns what moved.
-pub async fn sync_once(
-    store: &SharedStore,
+pub async fn sync_once<H: SharedReplica>(
+    store: &H,
     conn: &mut Connection,
     config: SessionConfig,
 ) -> Result<SyncReport, SyncError> {
-    let session = {
-        let guard = store.lock();
-        Session::initiator(&*guard, config.live(false))
-    };
+    let session = store.with_replica(|r| Session::initiator(&*r, config.live(false)));
     let (_never, mut shutdown) = watch::channel(false);
     drive(
-        store,
+        store.clone(),
         session,
         conn,
         &DriveOptions {
@@ -198,26 +253,24 @@ pub async fn sync_once(
             idle: Duration::from_secs(30),
         },
         &mut shutdown,
+        &mut Fixed,
     )
     .await
 }
 
 /// Syncs once as the side that accepted the connection: checks the peer's
 /// token with `authorize`, then runs until both sides caught up.
-pub async fn accept_once(
-    store: &SharedStore,
+pub async fn accept_once<H: SharedReplica>(
+    store: &H,
     conn: &mut Connection,
     config: SessionConfig,
     authorize: super::session::Authorize,
 ) -> Result<SyncReport, SyncError> {
     conn.set_accepting();
-    let session = {
-        let guard = store.lock();
-        Session::responder(&*guard, config.live(false), authorize)
-    };
+    let session = store.with_replica(|r| Session::responder(&*r, config.live(false), authorize));
     let (_never, mut shutdown) = watch::channel(false);
     drive(
-        store,
+        store.clone(),
         session,
         conn,
         &DriveOptions {
@@ -225,13 +278,14 @@ pub async fn accept_once(
             idle: Duration::from_secs(30),
         },
         &mut shutdown,
+        &mut Fixed,
     )
     .await
 }
 
 /// Connects to `addr` over TCP and syncs once (see [`sync_once`]).
-pub async fn sync_once_tcp(
-    store: &SharedStore,
+pub async fn sync_once_tcp<H: SharedReplica>(
+    store: &H,
     addr: &str,
     config: SessionConfig,
 ) -> Result<SyncReport, SyncError> {
@@ -262,8 +316,8 @@ impl Default for Backoff {
 /// Stays connected to `addr` and syncs continuously (live mode):
 /// reconnects with [`Backoff`] after any failure, until `shutdown` turns
 /// true. Returns the report of every session that ended cleanly.
-pub async fn sync_continuously(
-    store: SharedStore,
+pub async fn sync_continuously<H: SharedReplica>(
+    store: H,
     addr: String,
     config: SessionConfig,
     backoff: Backoff,
@@ -278,12 +332,19 @@ pub async fn sync_continuously(
     while !*shutdown.borrow() {
         match Connection::tcp(addr.as_str(), MAX_MESSAGE_PAYLOAD).await {
             Ok(mut conn) => {
-                let session = {
-                    let guard = store.lock();
-                    Session::initiator(&*guard, config.clone().live(true))
-                };
+                let session =
+                    store.with_replica(|r| Session::initiator(&*r, config.clone().live(true)));
                 let started = Instant::now();
-                match drive(&store, session, &mut conn, &options, &mut shutdown).await {
+                let drove = drive(
+                    store.clone(),
+                    session,
+                    &mut conn,
+                    &options,
+                    &mut shutdown,
+                    &mut Fixed,
+                )
+                .await;
+                match drove {
                     Ok(stats) => all.push(stats),
                     Err(e) => {
                         tracing::warn!(peer = %addr, error = %e, "sync session ended");

@@ -1,6 +1,8 @@
 //! The sync layer's errors: what ended a session, on which side.
 
 use super::message::NoticeCode;
+use super::provider::Namespace;
+use crate::changeset::ChangeCursor;
 use crate::clock::SiteId;
 use meldb_core::codec::DecodeError;
 use thiserror::Error;
@@ -80,6 +82,17 @@ pub enum SyncError {
         /// What is wrong.
         message: String,
     },
+    /// The replica's paged read of changes handed back a cursor that does
+    /// not move past the one it was given.
+    #[error("the replica's change pages do not advance: cursor {cursor:?} came back")]
+    StalledPages {
+        /// The cursor it returned.
+        cursor: ChangeCursor,
+    },
+    /// A relay's provider serves no replica for the namespace a token
+    /// granted.
+    #[error("this relay serves no namespace {0:?}")]
+    UnknownNamespace(Namespace),
     /// No message arrived within the configured idle time.
     #[error("no message from the peer for {seconds} s")]
     Timeout {
@@ -95,7 +108,9 @@ impl SyncError {
             SyncError::Decode(_) | SyncError::Unexpected { .. } | SyncError::UnknownAck { .. } => {
                 NoticeCode::Protocol
             }
-            SyncError::Unauthorized { .. } => NoticeCode::Unauthorized,
+            SyncError::Unauthorized { .. } | SyncError::UnknownNamespace(_) => {
+                NoticeCode::Unauthorized
+            }
             SyncError::ReadOnly { .. } => NoticeCode::ReadOnly,
             SyncError::SchemaMismatch { .. } | SyncError::SameSite(_) => NoticeCode::Incompatible,
             SyncError::Store(_) => NoticeCode::Apply,
@@ -103,6 +118,7 @@ impl SyncError {
             | SyncError::Closed { .. }
             | SyncError::Refused { .. }
             | SyncError::Tokens { .. }
+            | SyncError::StalledPages { .. }
             | SyncError::Timeout { .. } => return None,
         })
     }

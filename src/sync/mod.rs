@@ -9,7 +9,10 @@
 //!   each applied atomically and acknowledged after it committed;
 //! - `batch`: cutting changesets into batches;
 //! - [`transport`]: messages over TCP or an in-memory pipe (tokio);
-//! - [`shared`]: a store shared by the app and its sync tasks;
+//! - [`shared`]: a store shared by the app and its sync tasks, and what
+//!   sync needs of any shared replica ([`SharedReplica`]);
+//! - [`provider`]: where a relay session's replica comes from, by
+//!   namespace ([`ReplicaProvider`]);
 //! - `driver`: one loop that runs a session over a connection, and the
 //!   calls [`sync_once`], [`sync_once_tcp`], [`sync_continuously`] and
 //!   [`accept_once`];
@@ -35,6 +38,7 @@ mod driver;
 pub mod error;
 pub mod listener;
 pub mod message;
+pub mod provider;
 pub mod relay;
 pub mod replica;
 pub mod session;
@@ -47,10 +51,11 @@ pub use driver::{accept_once, sync_continuously, sync_once, sync_once_tcp, Backo
 pub use error::SyncError;
 pub use listener::{Listener, Peer};
 pub use message::{Message, NoticeCode};
+pub use provider::{Namespace, ReplicaProvider};
 pub use relay::{Relay, RelayConfig};
 pub use replica::Replica;
 pub use session::{Access, Authorize, Grant, PeerInfo, Session, SessionConfig, SyncStats};
-pub use shared::SharedStore;
+pub use shared::{SharedReplica, SharedStore};
 pub use tokens::Tokens;
 pub use transport::Connection;
 

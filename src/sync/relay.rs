@@ -1,12 +1,13 @@
 //! The relay: an always-on replica that many clients sync through.
 //!
 //! [`Relay::bind`] listens on TCP; each connection runs a responder
-//! [`Session`] in live mode over the shared store, so a batch one client
-//! sends is applied (one transaction, `synchronous = FULL` for file stores
-//! opened with the default durability) *before* it is acknowledged, and
-//! then pushed to every other connected client. Clients present a token
-//! in their `Hello`; without a valid one the connection is refused before
-//! anything else it sent is read (the first frame is also capped at
+//! [`Session`] in live mode over the replica of its namespace, so a batch
+//! one client sends is applied (one transaction, `synchronous = FULL` for
+//! file stores opened with the default durability) *before* it is
+//! acknowledged, and then pushed to every other client connected to that
+//! replica. Clients present a token in their `Hello`; without a valid one
+//! the connection is refused before anything else it sent is read (the
+//! first frame is also capped at
 //! [`MAX_HELLO_PAYLOAD`](super::transport::MAX_HELLO_PAYLOAD)). A
 //! read-only token receives changes, and a batch it sends anyway ends its
 //! session with nothing applied.
@@ -16,17 +17,26 @@
 //! true) stops accepting, sends every client a `Shutdown` notice and waits
 //! for the sessions to end.
 //!
-//! Embedding: the relay takes a ready [`SharedStore`], so an application
+//! A relay is a listener, a replica provider and a config (the shape of
+//! mini-redis's `server::run(listener, shutdown)`): each authorized
+//! connection syncs the replica the [`ReplicaProvider`] returns for the
+//! namespace its token grants. Until its `Hello` is authorized, and when
+//! its token is refused, a connection is served by the default namespace's
+//! replica (see [`super::provider`]).
+//!
+//! Embedding: the relay takes a ready provider, most simply a
+//! [`SharedStore`] (one replica for every namespace), so an application
 //! can open the store itself (and register whatever it registers on a
 //! store) before serving it. `meldb serve` is the same server without
 //! tokens, for one replica to accept a direct peer.
 
-use super::driver::{drive, DriveOptions};
+use super::driver::{drive, DriveOptions, Rebind};
 use super::error::SyncError;
 use super::listener::{Listener, Peer};
-use super::message::{Message, Notice, NoticeCode};
+use super::message::{Hello, Message, Notice, NoticeCode};
+use super::provider::{Namespace, ReplicaProvider};
 use super::session::{Authorize, Grant, Session, SessionConfig};
-use super::shared::SharedStore;
+use super::shared::{SharedReplica, SharedStore};
 use super::tokens::Tokens;
 use super::transport::Connection;
 use super::wire::MAX_MESSAGE_PAYLOAD;
@@ -87,23 +97,25 @@ impl RelayConfig {
     }
 }
 
-/// A relay over a [`Listener`] (TCP unless said otherwise).
+/// A relay over a [`Listener`] (TCP unless said otherwise), serving the
+/// replicas of a [`ReplicaProvider`] (one [`SharedStore`] unless said
+/// otherwise).
 #[derive(Debug)]
-pub struct Relay<L: Listener = TcpListener> {
-    store: SharedStore,
+pub struct Relay<L: Listener = TcpListener, P: ReplicaProvider = SharedStore> {
+    provider: Arc<P>,
     listener: L,
     config: RelayConfig,
 }
 
-impl Relay<TcpListener> {
+impl<P: ReplicaProvider> Relay<TcpListener, P> {
     /// Listens on TCP `addr` (e.g. `127.0.0.1:0` for any free port).
     pub async fn bind(
-        store: SharedStore,
+        provider: P,
         addr: &str,
         config: RelayConfig,
-    ) -> Result<Relay, SyncError> {
+    ) -> Result<Relay<TcpListener, P>, SyncError> {
         let listener = TcpListener::bind(addr).await?;
-        Ok(Relay::new(store, listener, config))
+        Ok(Relay::new(provider, listener, config))
     }
 
     /// The address it listens on.
@@ -112,11 +124,12 @@ impl Relay<TcpListener> {
     }
 }
 
-impl<L: Listener> Relay<L> {
-    /// A relay serving `store` to the connections `listener` accepts.
-    pub fn new(store: SharedStore, listener: L, config: RelayConfig) -> Relay<L> {
+impl<L: Listener, P: ReplicaProvider> Relay<L, P> {
+    /// A relay serving `provider`'s replicas (a [`SharedStore`]: that one
+    /// store) to the connections `listener` accepts.
+    pub fn new(provider: P, listener: L, config: RelayConfig) -> Relay<L, P> {
         Relay {
-            store,
+            provider: Arc::new(provider),
             listener,
             config,
         }
@@ -154,12 +167,12 @@ impl<L: Listener> Relay<L> {
                 sessions.spawn(refuse(conn, config.max_connections));
                 continue;
             };
-            let store = self.store.clone();
+            let provider = Arc::clone(&self.provider);
             let config = Arc::clone(&config);
             let authorize = Arc::clone(&authorize);
             let mut shutdown = shutdown.clone();
             sessions.spawn(async move {
-                serve_one(&store, conn, peer, &config, authorize, &mut shutdown).await;
+                serve_one(provider, conn, peer, &config, authorize, &mut shutdown).await;
                 drop(permit);
             });
         }
@@ -178,8 +191,8 @@ async fn refuse(mut conn: Connection, limit: usize) {
     conn.shutdown().await.ok();
 }
 
-async fn serve_one(
-    store: &SharedStore,
+async fn serve_one<P: ReplicaProvider>(
+    provider: Arc<P>,
     mut conn: Connection,
     peer: Peer,
     config: &RelayConfig,
@@ -196,22 +209,36 @@ async fn serve_one(
             .and_then(|t| t.check(token).map(|(n, _)| n.to_string()));
         match &grant {
             Some(g) => {
-                tracing::info!(%peer, client = name.as_deref().unwrap_or("-"), access = ?g.access, "client accepted")
+                tracing::info!(%peer, client = name.as_deref().unwrap_or("-"), access = ?g.access, namespace = %g.namespace, "client accepted")
             }
             None => tracing::warn!(%peer, presented = token.is_some(), "client refused: bad token"),
         }
         grant
     });
-    let session = {
-        let guard = store.lock();
-        Session::responder(&*guard, config.session.clone().live(true), named)
+    let session_config = config.session.clone().live(true);
+    let greeter = match provide(&provider, Namespace::default()).await {
+        Ok(replica) => replica,
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "connection refused: no replica to greet it");
+            refuse_with(conn, &e).await;
+            return;
+        }
+    };
+    // Never shown a Hello: ByGrant replaces it before the first arrives.
+    let session = greeter
+        .with_replica(|r| Session::responder(&*r, session_config.clone(), Arc::new(|_| None)));
+    let mut rebind = ByGrant {
+        provider,
+        authorize: named,
+        config: session_config,
+        greeter: Some(greeter.clone()),
     };
     let options = DriveOptions {
         until_caught_up: false,
         idle: config.idle,
     };
     let counts = conn.counts();
-    match drive(store, session, &mut conn, &options, shutdown).await {
+    match drive(greeter, session, &mut conn, &options, shutdown, &mut rebind).await {
         Ok(stats) => {
             tracing::info!(%peer, ?stats, bytes_in = counts.received(), bytes_out = counts.sent(), "session closed")
         }
@@ -219,4 +246,62 @@ async fn serve_one(
             tracing::info!(%peer, error = %e, bytes_in = counts.received(), bytes_out = counts.sent(), "session ended")
         }
     }
+}
+
+/// Authorizes a connection's first `Hello` and serves it the replica of
+/// the namespace its grant names; a refused one stays with the greeter,
+/// whose session refuses it as any session would (schema and site are
+/// checked first, then the token).
+struct ByGrant<P: ReplicaProvider> {
+    provider: Arc<P>,
+    authorize: Authorize,
+    config: SessionConfig,
+    /// The default namespace's replica, until the first `Hello`.
+    greeter: Option<P::Replica>,
+}
+
+impl<P: ReplicaProvider> Rebind<P::Replica> for ByGrant<P> {
+    async fn on_hello(
+        &mut self,
+        hello: &Hello,
+    ) -> Result<Option<(P::Replica, Session)>, SyncError> {
+        // A second Hello is the session's to refuse.
+        let Some(greeter) = self.greeter.take() else {
+            return Ok(None);
+        };
+        let grant = (self.authorize)(hello.token.as_deref());
+        let replica = match &grant {
+            Some(grant) => provide(&self.provider, grant.namespace.clone()).await?,
+            None => greeter,
+        };
+        // The token was judged once, here; the session is told the verdict.
+        let decided: Authorize = Arc::new(move |_| grant.clone());
+        let config = self.config.clone();
+        let session = replica.with_replica(|r| Session::responder(&*r, config, decided));
+        Ok(Some((replica, session)))
+    }
+}
+
+/// Asks `provider` for `namespace`'s replica on the blocking pool.
+async fn provide<P: ReplicaProvider>(
+    provider: &Arc<P>,
+    namespace: Namespace,
+) -> Result<P::Replica, SyncError> {
+    let provider = Arc::clone(provider);
+    tokio::task::spawn_blocking(move || provider.replica(&namespace))
+        .await
+        .map_err(|e| SyncError::Io(std::io::Error::other(e)))?
+}
+
+/// Ends a connection no session was started for, with the notice `error`
+/// calls for.
+async fn refuse_with(mut conn: Connection, error: &SyncError) {
+    if let Some(code) = error.notice_code() {
+        let notice = Message::Notice(Notice {
+            code,
+            message: error.to_string(),
+        });
+        conn.send(&notice).await.ok();
+    }
+    conn.shutdown().await.ok();
 }

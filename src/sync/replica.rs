@@ -8,7 +8,7 @@
 //! or changes nothing, which is what lets the session acknowledge a batch
 //! only after it committed.
 
-use crate::changeset::Changeset;
+use crate::changeset::{ChangeCursor, ChangePage, Changeset};
 use crate::clock::SiteId;
 use crate::error::Result;
 use crate::mutator::{PendingMutation, PullReport, PullResponse, Push, PushResult};
@@ -27,8 +27,21 @@ pub trait Replica {
     fn is_authority(&self) -> bool;
     /// The dots it has.
     fn version_vector(&self) -> VersionVector;
-    /// Everything it has that `vv` lacks.
-    fn changes_since(&self, vv: &VersionVector) -> Result<Changeset>;
+    /// A page of what it has that `vv` lacks: at most `limit` rows (at
+    /// least one) after `from` (from the start if `None`), in its own order
+    /// (table, then row), and the cursor to continue after them. A page
+    /// lists every value column of its tables, and a page that is not the
+    /// last has at least one row; the session joins the pages and drops
+    /// unused columns itself (see [`crate::changeset::ChangePage`]). Each
+    /// page is read from the replica's state at the time: a write between
+    /// pages is in a later page or, behind the cursor, in no cover sent,
+    /// so the peer's next `Want` asks for it.
+    fn changes_since(
+        &self,
+        vv: &VersionVector,
+        from: Option<&ChangeCursor>,
+        limit: usize,
+    ) -> Result<ChangePage>;
     /// Merges a peer's changes, attributed to `writer`, atomically.
     fn apply_from(&mut self, changes: &Changeset, writer: &Writer) -> Result<ApplyReport>;
     /// The authority's rejections of `peer`'s changes that `vv` has not
@@ -76,8 +89,13 @@ impl Replica for Store {
         Store::version_vector(self)
     }
 
-    fn changes_since(&self, vv: &VersionVector) -> Result<Changeset> {
-        Store::changes_since(self, vv)
+    fn changes_since(
+        &self,
+        vv: &VersionVector,
+        from: Option<&ChangeCursor>,
+        limit: usize,
+    ) -> Result<ChangePage> {
+        Store::changes_page(self, vv, from, limit)
     }
 
     fn apply_from(&mut self, changes: &Changeset, writer: &Writer) -> Result<ApplyReport> {

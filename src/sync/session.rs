@@ -32,11 +32,12 @@
 //! what the peer does not have yet (it tracks what the peer has: its `Want`
 //! plus everything sent or received since).
 
-use super::batch::{add_covers, batches};
+use super::batch::{add_covers, batches, Batcher};
 use super::error::SyncError;
 use super::message::{Ack, Batch, Hello, Message, Notice, NoticeCode, Processed, Sent, Want};
+use super::provider::Namespace;
 use super::replica::Replica;
-use crate::changeset::Changeset;
+use crate::changeset::{ChangeCursor, Changeset};
 use crate::clock::SiteId;
 use crate::mutator::{PullResponse, Push};
 use crate::resolve::{Rejection, Writer};
@@ -54,32 +55,44 @@ pub enum Access {
     ReadOnly,
 }
 
-/// What a token grants: read or read-write, and who the changes that
-/// arrive through it are written by (resolvers see this [`Writer`], never
-/// anything the client claims about itself).
+/// What a token grants: read or read-write, who the changes that arrive
+/// through it are written by (resolvers see this [`Writer`], never
+/// anything the client claims about itself), and which namespace's replica
+/// a relay serves it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {
     /// Read-only or read-write.
     pub access: Access,
     /// The writer attached to the peer's changes ([`crate::Store::apply_from`]).
     pub writer: Writer,
+    /// The namespace whose replica the session syncs (a relay asks its
+    /// [`ReplicaProvider`](super::provider::ReplicaProvider) for it).
+    pub namespace: Namespace,
 }
 
 impl Grant {
-    /// Read-write, as an anonymous writer.
+    /// Read-write, as an anonymous writer, in the default namespace.
     pub fn read_write() -> Grant {
         Grant {
             access: Access::ReadWrite,
             writer: Writer::default(),
+            namespace: Namespace::default(),
         }
     }
 
-    /// Read-only.
+    /// Read-only, in the default namespace.
     pub fn read_only() -> Grant {
         Grant {
             access: Access::ReadOnly,
             writer: Writer::default(),
+            namespace: Namespace::default(),
         }
+    }
+
+    /// The same grant in `namespace`.
+    pub fn in_namespace(mut self, namespace: Namespace) -> Grant {
+        self.namespace = namespace;
+        self
     }
 }
 
@@ -627,7 +640,7 @@ impl Session {
         // A newer Want supersedes whatever of an older answer is unsent.
         self.queue.clear();
         let authority = self.authority;
-        let (changes, mutations) = match (want.first_pending, &self.peer) {
+        let (answer, mutations) = match (want.first_pending, &self.peer) {
             (Some(first), Some(peer)) if authority => {
                 let pull = store.pull_for(peer.site, &want.have, first)?;
                 if !pull.notices.is_empty() {
@@ -638,16 +651,21 @@ impl Session {
                     last_processed: pull.last_processed,
                     rejected: pull.rejected,
                 };
-                (pull.changes, Some(processed))
+                let answer = batches(
+                    pull.changes,
+                    self.config.batch_rows,
+                    self.config.batch_bytes,
+                );
+                (answer, Some(processed))
             }
             _ => {
                 self.queue_rejections(store, &want.have)?;
-                (store.changes_since(&want.have)?, None)
+                (read_batches(store, &want.have, &self.config)?, None)
             }
         };
         let mut peer_has = want.have;
-        add_covers(&mut peer_has, &changes);
-        for changes in batches(changes, self.config.batch_rows, self.config.batch_bytes) {
+        for changes in answer {
+            add_covers(&mut peer_has, &changes);
             self.queue.push_back(Outgoing::Batch {
                 changes,
                 want: Some(want.id),
@@ -792,8 +810,8 @@ impl Session {
         let Some(peer_has) = &mut self.peer_has else {
             return Ok(());
         };
-        let changes = store.changes_since(peer_has)?;
-        if changes.is_empty() {
+        let answer = read_batches(store, peer_has, &self.config)?;
+        if answer.is_empty() {
             return Ok(());
         }
         let before = peer_has.clone();
@@ -801,13 +819,42 @@ impl Session {
         let Some(peer_has) = &mut self.peer_has else {
             return Ok(());
         };
-        add_covers(peer_has, &changes);
-        for changes in batches(changes, self.config.batch_rows, self.config.batch_bytes) {
+        for changes in answer {
+            add_covers(peer_has, &changes);
             self.queue.push_back(Outgoing::Batch {
                 changes,
                 want: None,
             });
         }
         Ok(())
+    }
+}
+
+/// What a replica with `have` lacks, read a page of `batch_rows` rows at a
+/// time and cut into batches as the pages come: the batches are those of
+/// the whole answer cut at once. All pages are read within one call, so a
+/// session that holds its replica's lock for the call (the driver does)
+/// reads them from one state.
+fn read_batches(
+    store: &(impl Replica + ?Sized),
+    have: &VersionVector,
+    config: &SessionConfig,
+) -> Result<Vec<Changeset>, SyncError> {
+    let limit = config.batch_rows.max(1);
+    let mut page = store.changes_since(have, None, limit)?;
+    let mut cut = Batcher::new(page.changes.origin, config.batch_rows, config.batch_bytes);
+    let mut from: Option<ChangeCursor> = None;
+    loop {
+        let next = page.next;
+        cut.push_page(page.changes);
+        let Some(cursor) = next else {
+            return Ok(cut.finish());
+        };
+        // One that does not move on would read the same pages forever.
+        if from.is_some_and(|from| cursor <= from) {
+            return Err(SyncError::StalledPages { cursor });
+        }
+        page = store.changes_since(have, Some(&cursor), limit)?;
+        from = Some(cursor);
     }
 }

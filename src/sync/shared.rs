@@ -6,7 +6,11 @@
 //! [`SharedStore::write`], and every batch a sync session applies, wakes
 //! the live sessions so they push what their peers lack. Store calls from
 //! async code run on tokio's blocking pool, never on the async workers.
+//!
+//! What the driver and the relay need of such a handle, whatever replica
+//! it holds, is the [`SharedReplica`] trait; `SharedStore` implements it.
 
+use super::replica::Replica;
 use crate::error::Result;
 use crate::store::{Store, Transaction};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -64,5 +68,39 @@ impl SharedStore {
     {
         let shared = self.clone();
         tokio::task::spawn_blocking(move || f(&mut shared.lock())).await
+    }
+}
+
+/// A replica shared by sync tasks: lockable, with a change signal. Clones
+/// share both. What the driver runs a session against, and what a
+/// [`ReplicaProvider`](super::provider::ReplicaProvider) hands out.
+pub trait SharedReplica: Clone + Send + Sync + 'static {
+    /// The replica it holds.
+    type Replica: Replica + ?Sized;
+
+    /// Runs `f` with the replica locked. It blocks: async code calls it on
+    /// tokio's blocking pool (the driver does).
+    fn with_replica<T>(&self, f: impl FnOnce(&mut Self::Replica) -> T) -> T;
+
+    /// A receiver that sees every [`SharedReplica::notify_changed`].
+    fn subscribe(&self) -> watch::Receiver<u64>;
+
+    /// Wakes the live sessions of this replica.
+    fn notify_changed(&self);
+}
+
+impl SharedReplica for SharedStore {
+    type Replica = Store;
+
+    fn with_replica<T>(&self, f: impl FnOnce(&mut Store) -> T) -> T {
+        f(&mut self.lock())
+    }
+
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        SharedStore::subscribe(self)
+    }
+
+    fn notify_changed(&self) {
+        SharedStore::notify_changed(self);
     }
 }

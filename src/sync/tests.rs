@@ -47,6 +47,7 @@ fn allow(access: Access) -> Authorize {
         (token == Some("t")).then(|| Grant {
             access,
             writer: crate::resolve::Writer::user("t"),
+            ..Grant::read_write()
         })
     })
 }

@@ -18,6 +18,7 @@
 //! only the hashes are kept in memory.
 
 use super::error::SyncError;
+use super::provider::Namespace;
 use super::session::{Access, Authorize, Grant};
 use crate::resolve::Writer;
 use serde::Deserialize;
@@ -111,7 +112,15 @@ impl Tokens {
             };
             let mut writer = Writer::user(entry.user.as_deref().unwrap_or(&entry.name));
             writer.roles = entry.roles;
-            tokens.add(entry.name, &entry.token, Grant { access, writer });
+            tokens.add(
+                entry.name,
+                &entry.token,
+                Grant {
+                    access,
+                    writer,
+                    namespace: Namespace::default(),
+                },
+            );
         }
         Ok(tokens)
     }

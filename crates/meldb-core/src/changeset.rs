@@ -7,6 +7,13 @@
 //! lost in transit and every piece that arrives is still sound on its own.
 //! Column states are listed in the order of the table's `columns` names,
 //! so replicas whose schemas added columns in a different order still agree.
+//!
+//! A replica may hand out what another lacks in pages ([`ChangePage`]):
+//! rows in the replica's own order (table, then row), each page ending with
+//! the [`ChangeCursor`] to continue after. A page lists every value column
+//! of its tables; which columns an answer can leave out
+//! ([`TableChanges::drop_unused_columns`]) is known only once a table's
+//! last page is in, so whoever joins the pages drops them.
 
 use crate::clock::SiteId;
 use crate::merge::RowState;
@@ -54,6 +61,71 @@ pub struct Changeset {
     pub tables: Vec<TableChanges>,
 }
 
+impl TableChanges {
+    /// Lists only the columns some row has a state for, so a replica whose
+    /// schema lacks a newer, never-set column can still apply the rows.
+    pub fn drop_unused_columns(&mut self) {
+        let used: Vec<bool> = (0..self.columns.len())
+            .map(|j| {
+                self.rows
+                    .iter()
+                    .any(|r| r.state.columns.get(j).is_some_and(Option::is_some))
+            })
+            .collect();
+        if used.iter().all(|&u| u) {
+            return;
+        }
+        keep_used(&mut self.columns, &used);
+        for row in &mut self.rows {
+            keep_used(&mut row.state.columns, &used);
+        }
+    }
+}
+
+fn keep_used<T>(items: &mut Vec<T>, used: &[bool]) {
+    let mut j = 0;
+    items.retain(|_| {
+        j += 1;
+        used.get(j - 1).copied().unwrap_or(false)
+    });
+}
+
+/// Where a paged read of changes stopped: after row `row` of table
+/// `table`, both positions in the order of the replica that issued it (the
+/// store's: table id, then row id). Only that replica interprets them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ChangeCursor {
+    table: i64,
+    row: i64,
+}
+
+impl ChangeCursor {
+    /// The position right after `row` of `table`.
+    pub fn after(table: i64, row: i64) -> ChangeCursor {
+        ChangeCursor { table, row }
+    }
+
+    /// The table position.
+    pub fn table(&self) -> i64 {
+        self.table
+    }
+
+    /// The row position within the table.
+    pub fn row(&self) -> i64 {
+        self.row
+    }
+}
+
+/// One page of what a replica lacks: up to the asked number of rows, and
+/// where the next page starts (`None`: this was the last).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChangePage {
+    /// The rows, every value column of their tables listed.
+    pub changes: Changeset,
+    /// The cursor to continue after these rows, if any remain.
+    pub next: Option<ChangeCursor>,
+}
+
 impl Changeset {
     /// An empty changeset from `origin`.
     pub fn new(origin: SiteId) -> Self {
@@ -71,6 +143,19 @@ impl Changeset {
     /// Whether it carries no rows.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Adds `page`'s tables after this changeset's; a table continued from
+    /// the last one (the same name) is joined to it, so pages in order
+    /// append to the changeset they were cut from. Both list the same
+    /// columns for a table they share (pages list every column).
+    pub fn append(&mut self, page: Changeset) {
+        for table in page.tables {
+            match self.tables.last_mut() {
+                Some(last) if last.table == table.table => last.rows.extend(table.rows),
+                _ => self.tables.push(table),
+            }
+        }
     }
 
     /// Splits into changesets of at most `max_rows` rows each (at least one

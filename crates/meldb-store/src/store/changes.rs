@@ -10,23 +10,84 @@
 //! superseded dot below it would never be covered and the asker's version
 //! vector would keep a hole), and it carries those ranges (intersected with
 //! what this replica itself has) as its covers.
+//!
+//! Pages: [`Store::changes_page`] returns the wanted rows in (table id, row
+//! id) order, at most `limit` of them after a [`ChangeCursor`]. Each page
+//! is read on its own, from the state at that moment: the walk runs again
+//! and keeps only the first `limit` rows past the cursor (a row is kept
+//! with all its covers or not at all), so no state lives between pages.
+//! The invariant across pages: every cover a page carries is true of the
+//! state the row was read in, and stays true (a dot once superseded stays
+//! superseded), so acknowledging a page never claims a dot whose effect
+//! the receiver lacks. A write between pages to a row after the cursor
+//! arrives in a later page; one to a row before it is in no page of this
+//! read, and its dot in no cover sent, so the asker's version vector still
+//! lacks it and the next read, from that vector, sends it. Each page walks
+//! the asker's missing dot entries again (the cost of a page is that walk
+//! plus its rows); [`Store::changes_since`] is one page without a limit.
 
 use super::rows;
 use super::Store;
-use crate::changeset::{Changeset, Cover, RowChange, TableChanges};
+use crate::changeset::{ChangeCursor, ChangePage, Changeset, Cover, RowChange, TableChanges};
 use crate::error::Result;
 use crate::version::{SeqRanges, VersionVector};
 use rusqlite::OptionalExtension;
 use std::collections::BTreeMap;
+
+/// The rows a read sends, by (table id, row id), with their covers.
+type Wanted = BTreeMap<(i64, i64), Vec<Cover>>;
 
 impl Store {
     /// Everything this replica has that a replica with version vector `vv`
     /// lacks, as one changeset. `Changeset::split` cuts it into batches that
     /// can be applied independently.
     pub fn changes_since(&self, vv: &VersionVector) -> Result<Changeset> {
+        let mut changes = self.changes_page(vv, None, usize::MAX)?.changes;
+        for table in &mut changes.tables {
+            table.drop_unused_columns();
+        }
+        Ok(changes)
+    }
+
+    /// At most `limit` (at least one) of the rows a replica with version
+    /// vector `vv` lacks, after `from` (from the start if `None`), in table
+    /// then row order, with the cursor to continue after them. Pages list
+    /// every value column of their tables; join them with
+    /// `Changeset::append` and drop the unused columns of each table once
+    /// its last page is in (see the module docs for what holds when the
+    /// store changes between pages).
+    pub fn changes_page(
+        &self,
+        vv: &VersionVector,
+        from: Option<&ChangeCursor>,
+        limit: usize,
+    ) -> Result<ChangePage> {
         // Pending mutations' speculative effects are never sent.
         let _canonical = self.canonical_view()?;
-        let mut wanted: BTreeMap<(i64, i64), Vec<Cover>> = BTreeMap::new();
+        let (wanted, more) = self.wanted_rows(vv, from.map(|c| (c.table(), c.row())), limit)?;
+        let next = match (more, wanted.keys().next_back()) {
+            (true, Some(&(tbl, rid))) => Some(ChangeCursor::after(tbl, rid)),
+            _ => None,
+        };
+        Ok(ChangePage {
+            changes: self.read_wanted(wanted)?,
+            next,
+        })
+    }
+
+    /// The first `limit` rows after `after` that the asker with `vv` lacks,
+    /// with their covers, and whether more follow.
+    fn wanted_rows(
+        &self,
+        vv: &VersionVector,
+        after: Option<(i64, i64)>,
+        limit: usize,
+    ) -> Result<(Wanted, bool)> {
+        let limit = limit.max(1);
+        let mut wanted = Wanted::new();
+        // Rows at or past `bound` are left to a later page. It only ever
+        // moves down, so every row kept below it has all its covers.
+        let mut bound: Option<(i64, i64)> = None;
         let local_ranges = {
             let mut r = SeqRanges::default();
             r.insert(1, self.replica.last_seq);
@@ -56,18 +117,27 @@ impl Store {
             let mut entries = stmt.query(rusqlite::params![idx, start as i64])?;
             while let Some(entry) = entries.next()? {
                 let seq = entry.get::<_, i64>(0)? as u64;
+                let row: (i64, i64) = (entry.get(1)?, entry.get(2)?);
+                let in_page = after.is_none_or(|a| row > a) && bound.is_none_or(|b| row < b);
                 // Sent when the asker lacks this row's dot, or a superseded
                 // dot of the range the row stands for.
-                if !asker.contains_all(prev + 1, seq) {
-                    let covers = wanted.entry((entry.get(1)?, entry.get(2)?)).or_default();
+                if in_page && !asker.contains_all(prev + 1, seq) {
+                    let covers = wanted.entry(row).or_default();
                     for (first, last) in mine.intersect(prev + 1, seq) {
                         covers.push(Cover { site, first, last });
+                    }
+                    if wanted.len() > limit {
+                        bound = wanted.pop_last().map(|(row, _)| row);
                     }
                 }
                 prev = seq;
             }
         }
+        Ok((wanted, bound.is_some()))
+    }
 
+    /// Reads the wanted rows, in their order, listing every value column.
+    fn read_wanted(&self, wanted: Wanted) -> Result<Changeset> {
         let mut changeset = Changeset::new(self.local);
         let mut wanted = wanted.into_iter().peekable();
         while let Some(((tbl, first), covers)) = wanted.next() {
@@ -124,37 +194,127 @@ impl Store {
                 }),
             }
         }
-        for table in &mut changeset.tables {
-            drop_unused_columns(table);
-        }
         Ok(changeset)
     }
 }
 
-/// Lists only the columns some row of the changeset has a state for, so a
-/// replica whose schema lacks a newer, never-set column can still apply it.
-fn drop_unused_columns(table: &mut TableChanges) {
-    let used: Vec<bool> = (0..table.columns.len())
-        .map(|j| {
-            table
-                .rows
-                .iter()
-                .any(|r| r.state.columns.get(j).is_some_and(Option::is_some))
-        })
-        .collect();
-    if used.iter().all(|&u| u) {
-        return;
-    }
-    keep_used(&mut table.columns, &used);
-    for row in &mut table.rows {
-        keep_used(&mut row.state.columns, &used);
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::super::tests::test_schema;
+    use crate::changeset::{ChangeCursor, Changeset};
+    use crate::clock::SiteId;
+    use crate::error::Result;
+    use crate::store::{Store, StoreOptions};
+    use crate::version::VersionVector;
 
-fn keep_used<T>(items: &mut Vec<T>, used: &[bool]) {
-    let mut j = 0;
-    items.retain(|_| {
-        j += 1;
-        used.get(j - 1).copied().unwrap_or(false)
-    });
+    fn store(n: u8) -> Result<Store> {
+        StoreOptions::new()
+            .site_id(SiteId::from_bytes([n; 16]))
+            .open_in_memory(&test_schema())
+    }
+
+    fn insert(store: &mut Store, skus: &[&str]) -> Result<()> {
+        store.write(|tx| {
+            for sku in skus {
+                tx.insert("item", &[("sku", (*sku).into())])?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Two sites' rows, some written over by the other site, so rows carry
+    /// covers of both.
+    fn two_sites() -> Result<Store> {
+        let (mut a, mut b) = (store(1)?, store(2)?);
+        insert(&mut a, &["a1", "a2", "a3"])?;
+        insert(&mut b, &["b1", "b2"])?;
+        a.apply(&b.changes_since(&a.version_vector())?)?;
+        a.write(|tx| tx.set("item", "b1", "name", "by a"))?;
+        b.write(|tx| tx.set("item", "b2", "name", "by b"))?;
+        a.apply(&b.changes_since(&a.version_vector())?)?;
+        Ok(a)
+    }
+
+    /// Every page of `limit` rows, in order, and the changeset they join to.
+    fn paged(store: &Store, vv: &VersionVector, limit: usize) -> Result<(usize, Changeset)> {
+        let mut joined = Changeset::new(store.site_id());
+        let (mut pages, mut from): (usize, Option<ChangeCursor>) = (0, None);
+        loop {
+            let page = store.changes_page(vv, from.as_ref(), limit)?;
+            assert!(page.changes.len() <= limit.max(1));
+            pages += 1;
+            joined.append(page.changes);
+            match page.next {
+                Some(next) => from = Some(next),
+                None => break,
+            }
+        }
+        for table in &mut joined.tables {
+            table.drop_unused_columns();
+        }
+        Ok((pages, joined))
+    }
+
+    #[test]
+    fn pages_of_one_row_join_to_the_whole_changeset() -> Result<()> {
+        let a = two_sites()?;
+        let mut partial = store(3)?;
+        insert(&mut partial, &["c1"])?;
+        partial.apply(&a.changes_since(&VersionVector::new())?.split(2)[0])?;
+        for vv in [VersionVector::new(), partial.version_vector()] {
+            let whole = a.changes_since(&vv)?;
+            let (pages, joined) = paged(&a, &vv, 1)?;
+            assert_eq!(joined, whole);
+            assert_eq!(pages, whole.len().max(1));
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_limit_above_the_row_count_is_one_last_page() -> Result<()> {
+        let a = two_sites()?;
+        let whole = a.changes_since(&VersionVector::new())?;
+        let page = a.changes_page(&VersionVector::new(), None, whole.len() + 1)?;
+        assert_eq!(page.next, None);
+        let (pages, joined) = paged(&a, &VersionVector::new(), 1000)?;
+        assert_eq!((pages, joined), (1, whole));
+        let caught_up = a.changes_page(&a.version_vector(), None, 1)?;
+        assert!(caught_up.changes.is_empty() && caught_up.next.is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn a_write_between_pages_is_in_a_later_page_or_the_next_read() -> Result<()> {
+        let mut a = store(1)?;
+        insert(&mut a, &["r1", "r2", "r3"])?;
+        let mut b = store(2)?;
+        let none = VersionVector::new();
+        let first = a.changes_page(&none, None, 1)?;
+        assert!(first.next.is_some(), "more pages expected");
+        b.apply(&first.changes)?;
+        // Behind the cursor (r1, already sent) and ahead of it (a new row).
+        a.write(|tx| tx.set("item", "r1", "name", "changed"))?;
+        let r1_dot = a.version_vector().site(&a.site_id()).map_or(0, |r| r.max());
+        insert(&mut a, &["r4"])?;
+        let mut from = first.next;
+        let mut later = Vec::new();
+        while let Some(cursor) = from {
+            let page = a.changes_page(&none, Some(&cursor), 1)?;
+            for table in &page.changes.tables {
+                later.extend(table.rows.iter().map(|r| r.key.clone()));
+            }
+            b.apply(&page.changes)?;
+            from = page.next;
+        }
+        let keys: Vec<_> = ["r2", "r3", "r4"].map(|k| vec![k.into()]).to_vec();
+        assert_eq!(later, keys);
+        // r1's new dot travelled in no page: b's version vector lacks it,
+        // so the next read from that vector carries it.
+        assert!(!b.version_vector().contains(&a.site_id(), r1_dot));
+        assert_ne!(a.digest()?, b.digest()?);
+        b.apply(&a.changes_since(&b.version_vector())?)?;
+        assert_eq!(a.digest()?, b.digest()?);
+        assert!(a.changes_since(&b.version_vector())?.is_empty());
+        Ok(())
+    }
 }
