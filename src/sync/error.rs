@@ -1,7 +1,7 @@
 //! The sync layer's errors: what ended a session, on which side.
 
 use super::message::NoticeCode;
-use super::provider::Namespace;
+use super::namespace::Namespace;
 use crate::changeset::ChangeCursor;
 use crate::clock::SiteId;
 use meldb_core::codec::DecodeError;

@@ -38,6 +38,7 @@ mod driver;
 pub mod error;
 pub mod listener;
 pub mod message;
+mod namespace;
 pub mod provider;
 pub mod relay;
 pub mod replica;
