@@ -110,11 +110,21 @@ pub fn decode_meta(
     })
 }
 
-/// The row clock's `(site index, seq)` entries alone: the keys of the row's
-/// entries in the dot index.
+/// The row clock's `(site index, seq)` entries: the keys of the row's
+/// entries in the dot index. The whole blob is checked, not the clock
+/// alone.
 pub fn decode_clock(bytes: &[u8]) -> Result<Vec<(u32, u64)>, DecodeError> {
-    let mut d = Dec::new(bytes, "row metadata");
-    d.pairs()
+    // Sites stand for their own index: every index resolves, and maps back.
+    let meta = decode_meta(
+        bytes,
+        |idx| Some(SiteId(uuid::Uuid::from_u128(idx.into()))),
+        Vec::new(),
+    )?;
+    Ok(meta
+        .clock
+        .iter()
+        .map(|d| (d.site.0.as_u128() as u32, d.seq))
+        .collect())
 }
 
 /// An undo image: the base table's row as it was.

@@ -147,6 +147,11 @@ pub fn decode_state(
                     format!("stored {} state for a {kind} column", c.kind()),
                 ));
             }
+            // Every write and merge stores the canonical form; anything
+            // else would merge and digest differently from its peers.
+            if !c.is_canonical(&clock) {
+                return Err(corrupt(what(), format!("a {kind} state is not canonical")));
+            }
         }
     }
     Ok(RowState {

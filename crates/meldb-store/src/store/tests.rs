@@ -294,3 +294,59 @@ fn names_are_case_insensitive_and_integers_fit_real_columns() -> Result<()> {
     assert_eq!(read(&a, "SELECT stock FROM item")?, vec![vec![3.into()]]);
     Ok(())
 }
+
+/// A set tag the row's clock has not seen cannot come from a write or a
+/// merge; such metadata is reported as corrupt, naming the table, rather
+/// than read and merged into something no peer has.
+#[test]
+fn a_stored_state_out_of_canonical_form_is_corrupt() -> Result<()> {
+    use crate::crdt::{ColumnState, Dot, OrSet};
+    use meldb_core::codec::stored;
+    let time = ManualTime::new(1_000_000);
+    let mut a = replica(1, &time)?;
+    a.write(|tx| {
+        tx.insert(
+            "item",
+            &[("sku", "A1".into()), ("tags", r#"["red"]"#.into())],
+        )
+    })?;
+    let blob: Vec<u8> = a
+        .conn()
+        .query_row("SELECT _meldb_state FROM item__meldb", [], |r| r.get(0))?;
+    let site = a.site_id();
+    let meta = stored::decode_meta(&blob, |_| Some(site), Vec::new())
+        .map_err(|e| panic_free(e.to_string()))?;
+    let mut state = crate::merge::RowState {
+        cl: 1,
+        clock: crate::crdt::RowClock::from_entries(meta.clock.iter().map(|d| (d.site, d.seq))),
+        hlc: meta.hlc,
+        writer: meta.writer,
+        columns: meta.columns,
+    };
+    let unseen = Dot { site, seq: 99 };
+    state.columns[3] = Some(ColumnState::OrSet(OrSet::from_entries(vec![(
+        "red".into(),
+        vec![unseen],
+    )])));
+    let Ok(forged) = stored::encode_meta(&state, |_| Ok::<u32, std::convert::Infallible>(1));
+    a.conn()
+        .execute("UPDATE item__meldb SET _meldb_state = ?1", [forged])?;
+    match a.write(|tx| tx.set("item", "A1", "name", "Apple")) {
+        Err(Error::Storage(e)) => {
+            let message = e.to_string();
+            assert!(
+                message.contains("\"item\"") && message.contains("not canonical"),
+                "{message}"
+            );
+        }
+        other => panic!("expected a corruption error, got {other:?}"),
+    }
+    Ok(())
+}
+
+fn panic_free(message: String) -> Error {
+    Error::Storage(crate::error::StorageError::Corrupt {
+        what: "test blob".into(),
+        problem: message,
+    })
+}
