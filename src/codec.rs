@@ -1,16 +1,17 @@
 //! Bytes: every format meldb writes, each with its version, reachable
 //! from one place. Changeset frames are the core's
 //! ([`meldb_core::codec`]); the sync protocol's messages are the sync
-//! layer's (`sync::wire`). This module only re-exports, for applications:
+//! layer's (`sync::wire`, with the `sync` feature). This module only re-exports, for applications:
 //! nothing inside meldb imports it, so it adds no arrow between layers.
 
+#[cfg(feature = "sync")]
 pub use crate::sync::wire::{
     decode_message, decode_message_versioned, encode_message, encode_message_as, message_header,
     message_payload_len, ProtocolVersion, MAX_MESSAGE_PAYLOAD, MESSAGE_MAGIC,
     OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 // The test kit's: a valid header around any payload, for fuzzing.
-#[cfg(any(test, feature = "testkit"))]
+#[cfg(feature = "testkit")]
 #[doc(hidden)]
 pub use crate::sync::wire::frame_message;
 pub use meldb_core::codec::{

@@ -50,9 +50,20 @@
 //! partial batches: replicas that have exchanged everything have equal
 //! [`Store::digest`]s.
 //!
-//! Replicas sync over the network with [`sync`] (one protocol for
+//! Replicas sync over the network with `meldb::sync` (one protocol for
 //! peer-to-peer and the relay server), or by moving changeset bytes
 //! themselves ([`codec`]).
+//!
+//! Cargo features:
+//!
+//! - `sync` (default): `meldb::sync`, the protocol, the driver and the
+//!   relay, on tokio; and the protocol's bytes in [`codec`].
+//! - `cli` (default): the `meldb` command-line tool's own dependencies
+//!   (clap, log output, ctrl-c); the binary requires it.
+//!
+//! An app that only wants the store depends on meldb with
+//! `default-features = false`: SQLite and the engine, no async runtime,
+//! no argument parser.
 //!
 //! What it is not (yet): an optimistic-mutation layer. Apps must not write
 //! to the tables through SQL directly: such writes are not replicated.
@@ -67,7 +78,12 @@ pub use meldb_core::{changeset, clock, crdt, merge, schema, value, version};
 pub use meldb_store::{error, mutator, resolve, store};
 
 pub mod codec;
+#[cfg(feature = "sync")]
 pub mod sync;
+
+/// The SQLite binding meldb is built on: [`Store::conn`] hands out its
+/// connection, for reads (writes through it are not replicated).
+pub use rusqlite;
 // The reference model, harness and fuzz checks; for tests/ and fuzz/ only
 // (the `testkit` feature, which meldb's own dev-dependency turns on).
 #[cfg(any(test, feature = "testkit"))]

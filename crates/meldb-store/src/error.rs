@@ -1,4 +1,4 @@
-//! The crate's errors: one enum per layer, joined in [`Error`].
+//! The crate's errors: one enum per layer, joined in [`Error`](enum@Error).
 //!
 //! [`WriteError`]: a local write the schema does not allow (nothing was
 //! changed). [`ApplyError`]: a changeset that cannot be merged (nothing of it
