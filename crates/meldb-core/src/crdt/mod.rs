@@ -228,8 +228,9 @@ impl ColumnState {
     /// Joins two states of the same column. `a_seen` / `b_seen` are the row
     /// clocks of the rows the states come from (the OR-set needs them to tell
     /// a removed element from one not yet seen). States of different kinds
-    /// cannot be merged; callers validate kinds against the schema first, and
-    /// the left state is kept if they did not.
+    /// cannot be merged; callers validate kinds against the schema first
+    /// (a debug build panics if they did not; a release build keeps the
+    /// left state).
     pub fn merge(&self, a_seen: &RowClock, other: &ColumnState, b_seen: &RowClock) -> ColumnState {
         self.merge_by(a_seen, other, b_seen, &RegisterRule::Latest)
     }
@@ -279,6 +280,14 @@ fn join<K: Registered>(
     b_seen: &RowClock,
     rule: &RegisterRule,
 ) -> ColumnState {
+    // The schema fixes each column's kind, and every state is checked
+    // against it when it arrives (`check_shape`) or is loaded; a mismatch
+    // here is a bug, and release builds keep the local state.
+    debug_assert_eq!(
+        K::KIND,
+        other.kind(),
+        "merging states of different kinds: kinds are checked before any merge"
+    );
     match K::of_state(other) {
         Some(b) => a.join(a_seen, b, b_seen, rule).into_state(),
         None => a.clone().into_state(),
@@ -477,6 +486,16 @@ mod tests {
             Kind::PnCounter.apply(&mut state, &Op::Increment(1), at(2)),
             Err(OpError::Overflow)
         );
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "kinds are checked before any merge")]
+    fn states_of_different_kinds_never_merge() {
+        let clock = RowClock::new();
+        let counter = ColumnState::GCounter(GCounter::default());
+        let set = ColumnState::OrSet(OrSet::default());
+        let _ = counter.merge(&clock, &set, &clock);
     }
 
     proptest! {

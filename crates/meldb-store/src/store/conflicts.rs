@@ -369,12 +369,19 @@ fn key_from_json(text: &str) -> Option<Vec<Value>> {
 
 fn read_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<ConflictRecord>> {
     let text = |i: usize| r.get::<_, Option<String>>(i);
-    let row = |i: usize| -> rusqlite::Result<Option<Row>> {
-        Ok(text(i)?
-            .and_then(|t| serde_json::from_str::<Json>(&t).ok())
-            .and_then(|j| Row::from_json(&j)))
-    };
     let id: i64 = r.get(0)?;
+    // A row image that is there but does not read is corruption, not a
+    // missing row.
+    let row = |i: usize, what: &str| -> Result<Option<Row>> {
+        let Some(t) = text(i)? else {
+            return Ok(None);
+        };
+        serde_json::from_str::<Json>(&t)
+            .ok()
+            .and_then(|j| Row::from_json(&j))
+            .map(Some)
+            .ok_or_else(|| corrupt(format!("entry {id}: {what} row")))
+    };
     let key: String = r.get(3)?;
     let outcome: String = r.get(8)?;
     let writer: String = r.get(11)?;
@@ -385,15 +392,16 @@ fn read_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<ConflictRecord>
             at_ms: r.get::<_, i64>(1)? as u64,
             table: r.get(2)?,
             key: Key(key_from_json(&key).ok_or_else(|| corrupt(format!("entry {id}: key")))?),
-            local: row(4)?,
-            incoming: row(5)?,
-            merged: row(6)?,
-            result: row(7)?,
+            local: row(4, "local")?,
+            incoming: row(5, "incoming")?,
+            merged: row(6, "merged")?,
+            result: row(7, "result")?,
             outcome: Outcome::from_name(&outcome)
                 .ok_or_else(|| corrupt(format!("entry {id}: outcome {outcome:?}")))?,
             resolver: text(9)?,
             reason: text(10)?,
-            writer: serde_json::from_str(&writer).unwrap_or_default(),
+            writer: serde_json::from_str(&writer)
+                .map_err(|e| corrupt(format!("entry {id}: writer: {e}")))?,
             writer_site: <[u8; 16]>::try_from(site.as_slice())
                 .map(SiteId::from_bytes)
                 .map_err(|_| corrupt(format!("entry {id}: writer site")))?,

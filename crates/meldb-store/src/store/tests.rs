@@ -350,3 +350,43 @@ fn panic_free(message: String) -> Error {
         problem: message,
     })
 }
+
+/// Conflict-log entries whose writer or row image does not read are
+/// reported as corrupt, naming the entry, rather than read as the default
+/// writer or as a missing row.
+#[test]
+fn a_corrupt_conflict_log_entry_is_reported() -> Result<()> {
+    let time = ManualTime::new(1_000_000);
+    let a = replica(1, &time)?;
+    let forge = |writer: &str, local: &str| -> Result<()> {
+        a.conn().execute("DELETE FROM meldb_conflicts", [])?;
+        a.conn().execute(
+            "INSERT INTO meldb_conflicts (at_ms, tbl, key, local, outcome, writer, writer_site) \
+             VALUES (1, 'item', '[\"A1\"]', ?1, 'auto_merged', ?2, zeroblob(16))",
+            [local, writer],
+        )?;
+        Ok(())
+    };
+    let sound = serde_json::to_string(&crate::resolve::Writer::default())
+        .map_err(|e| panic_free(e.to_string()))?;
+    forge(&sound, r#"{"sku":"A1"}"#)?;
+    let read = a.conflicts(None, None, 10)?;
+    assert_eq!(read.len(), 1, "the well-formed entry reads");
+    for (writer, local, what) in [
+        ("{not json", r#"{"sku":"A1"}"#, "writer"),
+        (sound.as_str(), "[not a row", "local row"),
+    ] {
+        forge(writer, local)?;
+        match a.conflicts(None, None, 10) {
+            Err(Error::Storage(e)) => {
+                let message = e.to_string();
+                assert!(
+                    message.contains(what) && message.contains("meldb_conflicts"),
+                    "{message}"
+                );
+            }
+            other => panic!("{what}: expected a corruption error, got {other:?}"),
+        }
+    }
+    Ok(())
+}
