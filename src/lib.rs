@@ -42,17 +42,51 @@
 //! # }
 //! ```
 //!
-//! Each column is a CRDT: `lww` (last writer wins, the default),
-//! `g_counter`, `pn_counter` or `or_set` ([`schema::Kind`]). Local writes go
-//! through a [`Transaction`]; [`Store::changes_since`] returns exactly what
-//! another replica lacks and [`Store::apply`] merges it
+//! What meldb is: the database of one app on one device (an embedded
+//! SQLite file that apps read with plain SQL), kept in step with the same
+//! app's other devices without losing a write. What it is not: a server
+//! database, a query engine of its own, or a place to write through SQL
+//! directly (such writes are not replicated; write through a
+//! [`Transaction`]).
+//!
+//! **Column kinds.** Each column is a CRDT: `lww` (last writer wins, the
+//! default), `g_counter`, `pn_counter` or `or_set` ([`schema::Kind`],
+//! [`crdt::ColumnKind`]). [`Store::changes_since`] returns exactly what
+//! another replica lacks and [`Store::apply`] merges it column by column
 //! ([`merge::merge_crdt_columns`]), in any order, with duplicates, in
 //! partial batches: replicas that have exchanged everything have equal
 //! [`Store::digest`]s.
 //!
-//! Replicas sync over the network with `meldb::sync` (one protocol for
-//! peer-to-peer and the relay server), or by moving changeset bytes
-//! themselves ([`codec`]).
+//! **Policies and resolvers.** A register column can say more than "last
+//! writer wins" in the schema: first write wins, immutable, authority
+//! wins, conditional, or a forward-only state order ([`schema::Policy`]).
+//! Application rules run as [`Resolver`]s on real conflicts
+//! ([`Store::add_resolver`]): accept, reject, merge, keep the local row or
+//! defer to a person ([`Resolution`]); every decision is logged
+//! ([`Store::conflicts`]).
+//!
+//! **The authority.** One replica (a relay, usually) can be the authority
+//! ([`Store::set_authority`]): rejections and policies that need a single
+//! decider are decided there, and the writers are told
+//! ([`Store::rejections`]).
+//!
+//! **Mutators and rebase.** Business operations (book a seat, check out a
+//! cart) run as named mutators ([`Store::register_mutator`],
+//! [`Store::mutate`]): at once and speculatively on a client, queued
+//! durably, run again for real at the authority, and the client's pending
+//! ones replayed on top of each canonical state it pulls
+//! ([`Store::apply_pull`]; failures in [`Store::mutation_failures`]).
+//!
+//! **Sync and the relay.** Replicas sync over the network with
+//! `meldb::sync` (the `sync` feature): one protocol for peer-to-peer and
+//! the relay server, over any byte stream, with tokens. Or they move
+//! changeset bytes themselves ([`codec`]). Every format is versioned and
+//! pinned (README, "Formats and versions").
+//!
+//! The layers (`ARCHITECTURE.md`): `meldb-core` (values, clocks, kinds,
+//! schemas, the engine's decisions and every byte layout; no SQLite),
+//! `meldb-store` (SQLite), and this crate (sync, the command line),
+//! re-exporting both at the paths above.
 //!
 //! Cargo features:
 //!
@@ -64,9 +98,6 @@
 //! An app that only wants the store depends on meldb with
 //! `default-features = false`: SQLite and the engine, no async runtime,
 //! no argument parser.
-//!
-//! What it is not (yet): an optimistic-mutation layer. Apps must not write
-//! to the tables through SQL directly: such writes are not replicated.
 
 #![forbid(unsafe_code)]
 #![deny(clippy::unwrap_used)]
