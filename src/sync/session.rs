@@ -48,6 +48,7 @@ use std::sync::Arc;
 
 /// What a peer may do, decided from its token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Access {
     /// Receive changes and send its own.
     ReadWrite,

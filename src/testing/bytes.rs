@@ -199,6 +199,7 @@ fn pick_value(column: Option<&Column>, b: u8) -> Value {
             .to_vec(),
         (Kind::Lww, SqlType::Integer) => [0, 1, -1, i64::MAX].map(Value::Integer).to_vec(),
         (Kind::Lww, SqlType::Blob) => vec![Value::Blob(vec![]), Value::Blob(vec![0, 1])],
+        (other, _) => panic!("the fuzz value picker does not know the {other} column kind"),
     };
     if column.nullable {
         choices.push(Value::Null);

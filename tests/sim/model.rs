@@ -169,6 +169,9 @@ impl Spec {
                                     Kind::Lww => c.default.clone().unwrap_or(Value::Null),
                                     Kind::GCounter | Kind::PnCounter => Value::Integer(0),
                                     Kind::OrSet => Value::Text("[]".into()),
+                                    other => panic!(
+                                        "the simulation does not model the {other} column kind"
+                                    ),
                                 },
                                 required: c.kind == Kind::Lww && !c.nullable && c.default.is_none(),
                             });
@@ -409,6 +412,7 @@ impl Model {
                     let elems: Vec<String> = self.set_view(set, j, life).into_iter().collect();
                     Value::Text(serde_json::to_string(&elems).unwrap_or_default())
                 }
+                other => panic!("the simulation does not model the {other} column kind"),
             })
             .collect();
         let out = table

@@ -100,6 +100,7 @@ pub fn resolve(spec: &Spec, raw: &RawOp) -> (RowId, Op) {
             Kind::OrSet => set_json(&elems_of(v)),
             Kind::GCounter => Value::Integer(i64::from(v % 5)),
             Kind::PnCounter => Value::Integer(i64::from(v % 9) - 4),
+            other => panic!("the simulation does not model the {other} column kind"),
         }
     };
     // Distinct columns, in generated order; counters only where allowed.
@@ -194,6 +195,7 @@ pub fn predict(spec: &Spec, model: &Model, r: usize, row: RowId, op: &Op) -> Exp
                         });
                     }
                 }
+                other => panic!("the simulation does not model the {other} column kind"),
             }
         }
         effects

@@ -84,6 +84,7 @@ pub trait ColumnKind: Sized + Clone + PartialEq + fmt::Debug {
 
 /// A local write to one column, as the API's verbs make it.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum Op {
     /// A value for the column: by an insert (`initial`) or an update.
     Assign {

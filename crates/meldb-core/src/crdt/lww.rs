@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 /// How a register column picks between two writes.
 #[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
 pub enum RegisterRule {
     /// The latest write wins (plain last-writer-wins).
     #[default]

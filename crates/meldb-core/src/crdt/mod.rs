@@ -39,6 +39,7 @@ use std::fmt;
 /// tag in every byte layout: it never changes, and a new kind takes the
 /// next number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum Kind {
     /// Last writer wins (the default).
     Lww = 0,
@@ -52,6 +53,7 @@ pub enum Kind {
 
 /// The CRDT state of one column of one row.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub enum ColumnState {
     /// A last-writer-wins register.
     Lww(Lww),

@@ -5,6 +5,7 @@ use std::fmt;
 
 /// How a conflict ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
 pub enum Outcome {
     /// The CRDT merge stood; no resolver decided.
     AutoMerged,

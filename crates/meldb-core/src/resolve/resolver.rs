@@ -56,6 +56,7 @@ impl Writer {
 
 /// Who decides a table's conflicts on this replica.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Mode {
     /// The table has an authority and this replica is it: resolvers run and
     /// their decisions are final.
@@ -81,6 +82,7 @@ pub struct Version {
 
 /// What a resolver decides.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub enum Resolution {
     /// Keep the row the CRDT merge produced.
     Accept,
@@ -101,6 +103,7 @@ pub enum Resolution {
 
 /// When a resolver runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Trigger {
     /// Only on real conflicts: the incoming change is concurrent with the
     /// local row (the default).

@@ -27,6 +27,7 @@ use std::sync::Arc;
 /// Each is enforced on local writes, in the merge and, on conflicts, by the
 /// same mechanism as application resolvers (see `meldb::resolve`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum Policy {
     /// Plain last-writer-wins.
     #[default]

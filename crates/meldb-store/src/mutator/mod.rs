@@ -29,6 +29,7 @@ use std::fmt;
 
 /// Why a mutator did not complete.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum MutatorError {
     /// The mutation fails: the application's own error ("slot 9:00 is
     /// taken"), or a write the schema refused. An authority rejects it and

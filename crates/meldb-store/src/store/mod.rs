@@ -49,6 +49,7 @@ pub const DEFAULT_CACHE_KIB: u32 = 32 * 1024;
 
 /// How `synchronous` is set for file databases.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Durability {
     /// `synchronous = FULL`: a committed transaction survives power loss.
     Full,
