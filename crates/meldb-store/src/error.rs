@@ -7,7 +7,9 @@
 //! something that cannot be carried out (the apply changed nothing).
 //! Schema and decoding errors live with their modules.
 
+use crate::clock::SiteId;
 use crate::schema::{Kind, SchemaError, SqlType};
+use crate::value::Key;
 use meldb_core::codec::DecodeError;
 use thiserror::Error;
 
@@ -79,7 +81,7 @@ pub enum ResolveError {
         /// The table.
         table: String,
         /// The row's key.
-        key: String,
+        key: Key,
         /// The panic message.
         message: String,
     },
@@ -91,7 +93,7 @@ pub enum ResolveError {
         /// The table.
         table: String,
         /// The row's key.
-        key: String,
+        key: Key,
         /// What is wrong.
         problem: String,
     },
@@ -108,7 +110,7 @@ pub enum ResolveError {
         /// The table.
         table: String,
         /// The row's key.
-        key: String,
+        key: Key,
         /// What it answered.
         answer: &'static str,
     },
@@ -119,7 +121,7 @@ pub enum ResolveError {
         /// The table.
         table: String,
         /// The row's key.
-        key: String,
+        key: Key,
         /// What would diverge.
         problem: String,
     },
@@ -230,7 +232,7 @@ pub enum WriteError {
         /// The table.
         table: String,
         /// The key given.
-        key: String,
+        key: Key,
         /// Key columns.
         expected: usize,
         /// Parts given.
@@ -250,7 +252,7 @@ pub enum WriteError {
         /// The table.
         table: String,
         /// The key.
-        key: String,
+        key: Key,
     },
     /// Update or delete of a key that does not exist (or was deleted).
     #[error("table {table:?}: no row with key {key}")]
@@ -258,7 +260,7 @@ pub enum WriteError {
         /// The table.
         table: String,
         /// The key.
-        key: String,
+        key: Key,
     },
     /// An attempt to change a primary-key column.
     #[error("table {table:?}: column {column:?} is part of the primary key and cannot change")]
@@ -318,7 +320,7 @@ pub enum ApplyError {
     #[error("changeset from {origin} names unknown table {table:?}")]
     UnknownTable {
         /// The sending site.
-        origin: String,
+        origin: SiteId,
         /// The table.
         table: String,
     },
@@ -326,7 +328,7 @@ pub enum ApplyError {
     #[error("changeset from {origin}: table {table:?} has no column {column:?} here (is this replica's schema older?)")]
     UnknownColumn {
         /// The sending site.
-        origin: String,
+        origin: SiteId,
         /// The table.
         table: String,
         /// The column.
@@ -337,21 +339,31 @@ pub enum ApplyError {
     #[error("a peer has seen write {seen} of this replica (site {site}), but this replica's history ends at write {last}: the database was restored from a backup or copied to another device. Call Store::rotate_site_id (meldb rotate-site-id) to continue under a new site id, then send each peer a full export once")]
     LostHistory {
         /// This replica's site id.
-        site: String,
+        site: SiteId,
         /// The last write this replica has.
         last: u64,
         /// The write of this site the peer has seen.
         seen: u64,
     },
+    /// The changeset lists one of a table's columns twice.
+    #[error("changeset from {origin}: table {table:?} lists column {column:?} twice")]
+    DuplicateColumn {
+        /// The sending site.
+        origin: SiteId,
+        /// The table.
+        table: String,
+        /// The column.
+        column: String,
+    },
     /// A row that breaks the schema or the CRDT invariants.
     #[error("changeset from {origin}: table {table:?}, key {key}: {problem}")]
     InvalidRow {
         /// The sending site.
-        origin: String,
+        origin: SiteId,
         /// The table.
         table: String,
         /// The row's key.
-        key: String,
+        key: Key,
         /// What is wrong.
         problem: String,
     },

@@ -43,14 +43,7 @@ pub fn key(table: &Table, parts: &[String]) -> Result<Key> {
     if parts.len() != table.primary_key.len() {
         return Err(meldb::Error::from(WriteError::KeyArity {
             table: table.name.clone(),
-            key: format!(
-                "({})",
-                parts
-                    .iter()
-                    .map(|p| format!("{p:?}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
+            key: Key(parts.iter().map(|p| Value::Text(p.clone())).collect()),
             expected: table.primary_key.len(),
             found: parts.len(),
         })

@@ -173,36 +173,34 @@ impl Transaction<'_> {
         writer: &Writer,
     ) -> Result<ApplyReport> {
         let store = &mut *self.store;
-        let origin_name = origin.to_string();
         let layout =
             store
                 .table(&changes.table)
                 .cloned()
                 .ok_or_else(|| ApplyError::UnknownTable {
-                    origin: origin_name.clone(),
+                    origin,
                     table: changes.table.clone(),
                 })?;
         let mapping =
             engine::column_mapping(layout.shape(), &changes.columns).map_err(|e| match e {
                 MappingError::Unknown(column) => ApplyError::UnknownColumn {
-                    origin: origin_name.clone(),
+                    origin,
                     table: changes.table.clone(),
                     column,
                 },
-                MappingError::Twice(column) => ApplyError::InvalidRow {
-                    origin: origin_name.clone(),
+                MappingError::Twice(column) => ApplyError::DuplicateColumn {
+                    origin,
                     table: changes.table.clone(),
-                    key: "(all rows)".into(),
-                    problem: format!("column {column:?} is listed twice"),
+                    column,
                 },
             })?;
         let every_change = store.checks_every_change(&layout);
         let mut report = ApplyReport::default();
         for row in &changes.rows {
             let invalid = |problem: String| ApplyError::InvalidRow {
-                origin: origin_name.clone(),
+                origin,
                 table: changes.table.clone(),
-                key: Key(row.key.clone()).to_string(),
+                key: Key(row.key.clone()),
                 problem,
             };
             let state = engine::localize(layout.shape(), &mapping, row).map_err(invalid)?;
@@ -215,7 +213,7 @@ impl Transaction<'_> {
                 &store.clock,
             )
             .map_err(|lost| ApplyError::LostHistory {
-                site: store.local.to_string(),
+                site: store.local,
                 last: lost.last,
                 seen: lost.seen,
             })?;

@@ -24,7 +24,7 @@ pub(super) fn target_values(
     let invalid = |problem: String| ResolveError::InvalidRow {
         resolver: resolver.into(),
         table: layout.name().into(),
-        key: Key(key.to_vec()).to_string(),
+        key: Key(key.to_vec()),
         problem,
     };
     let mut values = Vec::with_capacity(layout.value_cols.len());
@@ -91,7 +91,7 @@ pub(super) fn write_correction(
 ) -> Result<u64> {
     let not_convergent = |problem: String| ResolveError::NotConvergent {
         table: layout.name().into(),
-        key: Key(key.to_vec()).to_string(),
+        key: Key(key.to_vec()),
         problem,
     };
     let dot = Dot {

@@ -63,7 +63,7 @@ impl Store {
         if key.0.len() != schema_table.primary_key.len() {
             return Err(WriteError::KeyArity {
                 table: table.into(),
-                key: key.to_string(),
+                key: key.clone(),
                 expected: schema_table.primary_key.len(),
                 found: key.0.len(),
             }

@@ -148,7 +148,7 @@ impl Transaction<'_> {
 
 /// The engine's refusal, with the table and key it was deciding.
 fn decide_error(layout: &TableLayout, key: &[Value], e: DecideError) -> crate::Error {
-    let key = Key(key.to_vec()).to_string();
+    let key = Key(key.to_vec());
     let table = layout.name().to_owned();
     match e {
         DecideError::Panicked { resolver, message } => ResolveError::Panicked {
@@ -179,7 +179,7 @@ fn complete(
     let invalid = |problem: String| ResolveError::InvalidRow {
         resolver: resolver.into(),
         table: layout.name().into(),
-        key: Key(key.to_vec()).to_string(),
+        key: Key(key.to_vec()),
         problem,
     };
     for (name, _) in row.columns() {

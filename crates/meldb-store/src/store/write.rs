@@ -251,7 +251,7 @@ impl<'s> Transaction<'s> {
                 (Target::Insert, Some(row)) if row.state.is_live() => {
                     return Err(WriteError::RowExists {
                         table: table.into(),
-                        key: Key(key).to_string(),
+                        key: Key(key),
                     }
                     .into())
                 }
@@ -336,7 +336,7 @@ impl Drop for Transaction<'_> {
 fn not_found(table: &str, key: &[Value]) -> Error {
     WriteError::RowNotFound {
         table: table.into(),
-        key: Key(key.to_vec()).to_string(),
+        key: Key(key.to_vec()),
     }
     .into()
 }
@@ -432,7 +432,7 @@ fn check_key(layout: &TableLayout, key: Key) -> Result<Vec<Value>> {
     if key.0.len() != pk.len() {
         return Err(WriteError::KeyArity {
             table: layout.name().into(),
-            key: key.to_string(),
+            key: key.clone(),
             expected: pk.len(),
             found: key.0.len(),
         }
