@@ -55,6 +55,56 @@ impl Store {
     /// Registers (or replaces) the mutator `name`. Its arguments travel and
     /// wait as JSON, so `A` is any serde type. Register the same mutators on
     /// clients and on the authority, each time a store is opened.
+    ///
+    /// A mutator is a business operation that may refuse: here, selling
+    /// stock that is not there.
+    ///
+    /// ```
+    /// use meldb_store::mutator::MutatorError;
+    /// use meldb_store::schema::Schema;
+    /// use meldb_store::store::Store;
+    ///
+    /// # fn main() -> meldb_store::error::Result<()> {
+    /// let schema = Schema::from_toml_str(r#"
+    ///     name = "shop"
+    ///     version = 1
+    ///     [[table]]
+    ///     name = "item"
+    ///     primary_key = ["sku"]
+    ///     [[table.column]]
+    ///     name = "sku"
+    ///     type = "text"
+    ///     [[table.column]]
+    ///     name = "stock"
+    ///     type = "integer"
+    ///     kind = "pn_counter"
+    /// "#, "shop.toml")?;
+    /// let mut store = Store::open_in_memory(&schema)?;
+    /// store.register_mutator("sell", |tx, (sku, n): (String, i64)| {
+    ///     let stock = tx
+    ///         .get("item", sku.as_str())?
+    ///         .and_then(|row| row.into_iter().find(|(c, _)| c == "stock"))
+    ///         .and_then(|(_, v)| match v {
+    ///             meldb_store::value::Value::Integer(n) => Some(n),
+    ///             _ => None,
+    ///         })
+    ///         .unwrap_or(0);
+    ///     if stock < n {
+    ///         return Err(MutatorError::app(format!("only {stock} of {sku} left")));
+    ///     }
+    ///     tx.increment("item", sku.as_str(), "stock", -n)?;
+    ///     Ok(())
+    /// });
+    /// store.write(|tx| tx.insert("item", &[("sku", "A1".into()), ("stock", 3.into())]))?;
+    ///
+    /// store.mutate("sell", &("A1", 2))?;
+    /// let refused = store.mutate("sell", &("A1", 2));
+    /// assert!(refused.is_err(), "one left: the second sale changes nothing");
+    /// let stock: i64 = store.conn().query_row("SELECT stock FROM item", [], |r| r.get(0))?;
+    /// assert_eq!(stock, 1);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn register_mutator<A, F>(&mut self, name: &str, f: F)
     where
         A: DeserializeOwned,

@@ -35,6 +35,58 @@ impl Store {
 
     /// Registers a `resolve_conflict` closure for `table`. Resolvers live in
     /// memory: register them each time the store is opened.
+    ///
+    /// Two replicas change an item's price at the same time; a resolver
+    /// keeps the higher price instead of the later write:
+    ///
+    /// ```
+    /// use meldb_store::resolve::{Resolution, Resolver};
+    /// use meldb_store::schema::Schema;
+    /// use meldb_store::store::Store;
+    ///
+    /// # fn main() -> meldb_store::error::Result<()> {
+    /// let schema = Schema::from_toml_str(r#"
+    ///     name = "shop"
+    ///     version = 1
+    ///     [[table]]
+    ///     name = "item"
+    ///     primary_key = ["sku"]
+    ///     [[table.column]]
+    ///     name = "sku"
+    ///     type = "text"
+    ///     [[table.column]]
+    ///     name = "price"
+    ///     type = "integer"
+    /// "#, "shop.toml")?;
+    /// let (mut a, mut b) = (Store::open_in_memory(&schema)?, Store::open_in_memory(&schema)?);
+    /// for store in [&mut a, &mut b] {
+    ///     store.add_resolver("item", Resolver::new("highest price", |c| {
+    ///         let price = |row: Option<&meldb_store::resolve::Row>| {
+    ///             row.and_then(|r| r.integer("price")).unwrap_or(0)
+    ///         };
+    ///         let highest = price(c.local()).max(price(c.incoming()));
+    ///         match c.merged() {
+    ///             Some(merged) => Resolution::Merge(merged.clone().with("price", highest)),
+    ///             None => Resolution::Accept,
+    ///         }
+    ///     }))?;
+    /// }
+    /// a.write(|tx| tx.insert("item", &[("sku", "A1".into()), ("price", 10.into())]))?;
+    /// b.apply(&a.changes_since(&b.version_vector())?)?;
+    ///
+    /// a.write(|tx| tx.set("item", "A1", "price", 30))?; // offline, both
+    /// b.write(|tx| tx.set("item", "A1", "price", 20))?; // write after a
+    /// b.apply(&a.changes_since(&b.version_vector())?)?;
+    /// a.apply(&b.changes_since(&a.version_vector())?)?;
+    ///
+    /// for store in [&a, &b] {
+    ///     let price: i64 = store.conn().query_row("SELECT price FROM item", [], |r| r.get(0))?;
+    ///     assert_eq!(price, 30);
+    /// }
+    /// assert_eq!(a.digest()?, b.digest()?);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn add_resolver(&mut self, table: &str, resolver: Resolver) -> Result<()> {
         let layout = self.table(table).ok_or_else(|| WriteError::UnknownTable {
             table: table.into(),
