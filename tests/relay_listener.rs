@@ -4,32 +4,12 @@
 
 mod common;
 
-use common::{inventory, site, TestResult};
+use common::{inventory, site, Memory, TestResult};
 use meldb::codec::MAX_MESSAGE_PAYLOAD;
 use meldb::sync::SharedStore;
-use meldb::sync::{sync_once, Connection, Listener, Peer, Relay, RelayConfig, SessionConfig};
+use meldb::sync::{sync_once, Connection, Relay, RelayConfig, SessionConfig};
 use meldb::StoreOptions;
-use tokio::io::DuplexStream;
 use tokio::sync::{mpsc, watch};
-
-/// Accepts the server ends of in-memory pipes handed to it.
-struct Memory(mpsc::Receiver<DuplexStream>);
-
-impl Listener for Memory {
-    type Stream = DuplexStream;
-
-    async fn accept(&mut self) -> std::io::Result<(DuplexStream, Peer)> {
-        match self.0.recv().await {
-            Some(stream) => Ok((stream, Peer::at("memory"))),
-            // No more connections will come: wait for shutdown.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn describe(&self) -> String {
-        "in-memory pipes".into()
-    }
-}
 
 fn shared(n: u8) -> meldb::Result<SharedStore> {
     Ok(SharedStore::new(

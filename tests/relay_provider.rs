@@ -6,35 +6,16 @@
 
 mod common;
 
-use common::{inventory, site, TestResult};
+use common::{inventory, site, Memory, TestResult};
 use meldb::codec::MAX_MESSAGE_PAYLOAD;
 use meldb::sync::{
-    sync_once, Connection, Grant, Listener, Namespace, NoticeCode, Peer, Relay, RelayConfig,
-    ReplicaProvider, SessionConfig, SharedStore, SyncError, Tokens,
+    sync_once, Connection, Grant, Namespace, NoticeCode, Relay, RelayConfig, ReplicaProvider,
+    SessionConfig, SharedStore, SyncError, Tokens,
 };
 use meldb::StoreOptions;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use tokio::io::DuplexStream;
 use tokio::sync::{mpsc, watch};
-
-/// Accepts the server ends of in-memory pipes handed to it.
-struct Memory(mpsc::Receiver<DuplexStream>);
-
-impl Listener for Memory {
-    type Stream = DuplexStream;
-
-    async fn accept(&mut self) -> std::io::Result<(DuplexStream, Peer)> {
-        match self.0.recv().await {
-            Some(stream) => Ok((stream, Peer::at("memory"))),
-            None => std::future::pending().await,
-        }
-    }
-
-    fn describe(&self) -> String {
-        "in-memory pipes".into()
-    }
-}
 
 /// One store per namespace it knows, and every namespace it was asked for.
 #[derive(Clone)]

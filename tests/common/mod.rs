@@ -284,3 +284,23 @@ pub fn recorded_frames(bytes: &[u8]) -> Result<Vec<(u8, &[u8])>, String> {
     }
     Ok(out)
 }
+
+/// A relay listener that accepts the server ends of in-memory pipes
+/// handed to it through the channel (the relay tests' transport).
+pub struct Memory(pub tokio::sync::mpsc::Receiver<tokio::io::DuplexStream>);
+
+impl meldb::sync::Listener for Memory {
+    type Stream = tokio::io::DuplexStream;
+
+    async fn accept(&mut self) -> std::io::Result<(Self::Stream, meldb::sync::Peer)> {
+        match self.0.recv().await {
+            Some(stream) => Ok((stream, meldb::sync::Peer::at("memory"))),
+            // No more connections will come: wait for shutdown.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn describe(&self) -> String {
+        "in-memory pipes".into()
+    }
+}

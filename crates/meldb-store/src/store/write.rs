@@ -133,12 +133,13 @@ impl<'s> Transaction<'s> {
         column: &str,
         amount: i64,
     ) -> Result<()> {
-        let layout = self.layout(table)?;
-        let op = checked(layout, value_column(layout, column)?, Op::Increment(amount))?;
         if amount == 0 {
+            // Checked like any increment, but nothing to write.
+            let layout = self.layout(table)?;
+            checked(layout, value_column(layout, column)?, Op::Increment(0))?;
             return self.require_live(table, key.into());
         }
-        self.modify(table, key.into(), Target::Update, vec![op])
+        self.change_column(table, key.into(), column, Op::Increment(amount))
     }
 
     /// Adds `element` to an `or_set` column.
@@ -149,13 +150,7 @@ impl<'s> Transaction<'s> {
         column: &str,
         element: &str,
     ) -> Result<()> {
-        let layout = self.layout(table)?;
-        let op = checked(
-            layout,
-            value_column(layout, column)?,
-            Op::Add(element.into()),
-        )?;
-        self.modify(table, key.into(), Target::Update, vec![op])
+        self.change_column(table, key.into(), column, Op::Add(element.into()))
     }
 
     /// Removes `element` from an `or_set` column (every add of it this
@@ -167,13 +162,7 @@ impl<'s> Transaction<'s> {
         column: &str,
         element: &str,
     ) -> Result<()> {
-        let layout = self.layout(table)?;
-        let op = checked(
-            layout,
-            value_column(layout, column)?,
-            Op::Remove(element.into()),
-        )?;
-        self.modify(table, key.into(), Target::Update, vec![op])
+        self.change_column(table, key.into(), column, Op::Remove(element.into()))
     }
 
     /// Deletes a row. It stays deleted unless someone who has seen the
@@ -195,6 +184,14 @@ impl<'s> Transaction<'s> {
             }
             .into()
         })
+    }
+
+    /// One change to one column of an existing row, checked against the
+    /// column's kind before the row is read.
+    fn change_column(&mut self, table: &str, key: Key, column: &str, op: Op) -> Result<()> {
+        let layout = self.layout(table)?;
+        let op = checked(layout, value_column(layout, column)?, op)?;
+        self.modify(table, key, Target::Update, vec![op])
     }
 
     fn require_live(&self, table: &str, key: Key) -> Result<()> {
