@@ -13,11 +13,12 @@
 //! 9; 1 under `--test`).
 
 use criterion::{BatchSize, BenchmarkId, Criterion};
-use meldb::mutator::{MutatorError, PullResponse};
-use meldb::{Schema, Store, StoreOptions, Transaction};
+use meldb::{MutatorError, PullResponse, Schema, Store, StoreOptions, Transaction};
 use rusqlite::Connection;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
 use tempfile::TempDir;
 
 const SCHEMA: &str = r#"

@@ -16,10 +16,12 @@
 use criterion::{BatchSize, BenchmarkId, Criterion, SamplingMode, Throughput};
 use meldb::{Changeset, Schema, Store, Value, VersionVector};
 use rusqlite::Connection;
-use std::cell::{Cell, OnceCell};
-use std::hint::black_box;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::{
+    cell::{Cell, OnceCell},
+    hint::black_box,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
 use tempfile::TempDir;
 
 const SCHEMA: &str = r#"
@@ -71,7 +73,7 @@ fn plain_pragmas() -> String {
     format!(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
          PRAGMA busy_timeout = 5000; PRAGMA cache_size = -{};",
-        meldb::store::DEFAULT_CACHE_KIB
+        meldb::DEFAULT_CACHE_KIB
     )
 }
 

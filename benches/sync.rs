@@ -18,17 +18,20 @@
 //! defaults are 200 and 10.
 
 use criterion::Criterion;
-use meldb::sync::{
-    sync_continuously, sync_once, Backoff, Connection, Relay, RelayConfig, SessionConfig,
-    SharedStore, SyncStats,
+use meldb::{
+    sync::{
+        sync_continuously, sync_once, Backoff, Connection, Relay, RelayConfig, SessionConfig,
+        SharedStore, SyncStats,
+    },
+    Schema, Store, Value,
 };
-use meldb::{Schema, Store, Value};
 use rusqlite::Connection as Sqlite;
-use std::path::Path;
-use std::time::{Duration, Instant};
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
 use tempfile::TempDir;
-use tokio::runtime::Runtime;
-use tokio::sync::watch;
+use tokio::{runtime::Runtime, sync::watch};
 
 const SCHEMA: &str = r#"
 name = "bench"
@@ -202,7 +205,7 @@ fn plain_insert(dir: &Path, rows: &[Row], run: usize) -> Duration {
     conn.execute_batch(&format!(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA cache_size = -{};
          CREATE TABLE t (id TEXT PRIMARY KEY, a TEXT, b INTEGER, c REAL);",
-        meldb::store::DEFAULT_CACHE_KIB
+        meldb::DEFAULT_CACHE_KIB
     ))
     .expect("plain schema");
     let start = Instant::now();

@@ -10,15 +10,19 @@ pub use crate::sync::wire::{
     message_payload_len, ProtocolVersion, MAX_MESSAGE_PAYLOAD, MESSAGE_MAGIC,
     OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
-// The test kit's: a valid header around any payload, for fuzzing.
+// The test kit's: a valid header around any payload, for tests and
+// fuzzing that craft bad payloads. Not for applications.
 #[cfg(feature = "testkit")]
 #[doc(hidden)]
 pub use crate::sync::wire::frame_message;
 pub use meldb_core::codec::{
-    decode_changeset, decode_changeset_frames, encode_changeset, encode_changeset_frames, frame,
-    unframe, DecodeError, Versions, FORMAT_VERSION, HEADER_LEN, MAGIC, MAX_FRAME_PAYLOAD,
+    decode_changeset, decode_changeset_frames, encode_changeset, encode_changeset_frames,
+    DecodeError, Versions, FORMAT_VERSION, HEADER_LEN, MAGIC, MAX_FRAME_PAYLOAD,
     OLDEST_FORMAT_VERSION,
 };
+#[cfg(any(test, feature = "testkit"))]
+#[doc(hidden)]
+pub use meldb_core::codec::{frame, unframe};
 
 #[cfg(test)]
 mod compact_tests;

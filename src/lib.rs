@@ -50,16 +50,16 @@
 //! [`Transaction`]).
 //!
 //! **Column kinds.** Each column is a CRDT: `lww` (last writer wins, the
-//! default), `g_counter`, `pn_counter` or `or_set` ([`schema::Kind`],
+//! default), `g_counter`, `pn_counter` or `or_set` ([`Kind`],
 //! [`crdt::ColumnKind`]). [`Store::changes_since`] returns exactly what
 //! another replica lacks and [`Store::apply`] merges it column by column
-//! ([`merge::merge_crdt_columns`]), in any order, with duplicates, in
+//! ([`crdt::merge_crdt_columns`]), in any order, with duplicates, in
 //! partial batches: replicas that have exchanged everything have equal
 //! [`Store::digest`]s.
 //!
 //! **Policies and resolvers.** A register column can say more than "last
 //! writer wins" in the schema: first write wins, immutable, authority
-//! wins, conditional, or a forward-only state order ([`schema::Policy`]).
+//! wins, conditional, or a forward-only state order ([`Policy`]).
 //! Application rules run as [`Resolver`]s on real conflicts
 //! ([`Store::add_resolver`]): accept, reject, merge, keep the local row or
 //! defer to a person ([`Resolution`]); every decision is logged
@@ -86,7 +86,8 @@
 //! The layers (`ARCHITECTURE.md`): `meldb-core` (values, clocks, kinds,
 //! schemas, the engine's decisions and every byte layout; no SQLite),
 //! `meldb-store` (SQLite), and this crate (sync, the command line),
-//! re-exporting both at the paths above.
+//! re-exported by the list at the bottom of this file: applications name
+//! items at the crate root, never a layer's path.
 //!
 //! Cargo features:
 //!
@@ -102,13 +103,13 @@
 #![forbid(unsafe_code)]
 #![deny(clippy::unwrap_used)]
 
-// The pure core, re-exported at the paths it always had.
-pub use meldb_core::{changeset, clock, crdt, merge, schema, value, version};
-
-// The SQLite store and the types it speaks, re-exported likewise.
-pub use meldb_store::{error, mutator, resolve, store};
+// The layers' modules, for this crate's own code (sync, codec, the test
+// kit). Applications use the re-export list below, not these paths.
+pub(crate) use meldb_core::{changeset, clock, schema, value, version};
+pub(crate) use meldb_store::{error, mutator, resolve, store};
 
 pub mod codec;
+pub mod crdt;
 #[cfg(feature = "sync")]
 pub mod sync;
 
@@ -121,14 +122,41 @@ pub use rusqlite;
 #[doc(hidden)]
 pub mod testing;
 
-pub use changeset::Changeset;
-pub use clock::SiteId;
-pub use error::{Error, Result};
-pub use resolve::{Conflict, Outcome, Rejection, Resolution, Resolver, Row, Writer};
-pub use schema::{Kind, Schema};
-pub use store::{ApplyReport, Durability, Store, StoreOptions, Transaction};
+// The public API, one list. Everything an application names is here or in
+// `codec`, `crdt` and `sync`; the modules above it are private, so a type
+// moving between layers changes no application's imports.
+
+// Opening a database and writing to it.
+pub use store::{Durability, Store, StoreOptions, Transaction, DEFAULT_CACHE_KIB};
+
+// Schemas.
+pub use schema::{Column, Kind, Policy, Schema, SchemaError, SqlType, Table, Upgrade};
+
+// Values, keys and replicas' identities.
+pub use clock::{Hlc, ManualTime, SiteId, SystemTimeSource, TimeSource};
 pub use value::{Key, Value};
-pub use version::VersionVector;
+
+// Exchanging changes.
+pub use changeset::{ChangeCursor, ChangePage, Changeset, Cover, RowChange, TableChanges};
+pub use store::{ApplyReport, HeldChange};
+pub use version::{SeqRanges, VersionVector};
+
+// Conflicts: resolvers, their decisions and the conflict log.
+pub use resolve::{
+    Conflict, ConflictCount, ConflictRecord, Mode, Outcome, ReadView, Rejection, Resolution,
+    Resolver, Row, Trigger, Version, Writer,
+};
+
+// Mutators and rebase.
+pub use mutator::{
+    MutationRejection, MutatorError, PendingMutation, PullReport, PullResponse, Push, PushResult,
+};
+
+// Errors: one per layer, all convertible into `Error`.
+pub use codec::DecodeError;
+pub use error::{
+    ApplyError, Error, MutationError, OpenError, ResolveError, Result, StorageError, WriteError,
+};
 
 /// The README's Rust examples, compiled and run as doc tests so they stay
 /// true to the API.

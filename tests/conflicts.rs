@@ -5,14 +5,15 @@
 mod common;
 
 use common::{assert_converged, query, query_one, site, sync, sync_all, view_rows, TestResult, T0};
-use meldb::clock::ManualTime;
-use meldb::error::{ResolveError, WriteError};
-use meldb::resolve::{ConflictCount, Outcome, Resolution, Resolver, Row, Writer};
-use meldb::{Changeset, Error, Key, Schema, Store, StoreOptions, Value, VersionVector};
-use std::collections::BTreeMap;
-use std::collections::BTreeSet;
-use std::sync::Arc;
-use std::time::Duration;
+use meldb::{
+    Changeset, ConflictCount, Error, Key, ManualTime, Outcome, Resolution, ResolveError, Resolver,
+    Row, Schema, Store, StoreOptions, Value, VersionVector, WriteError, Writer,
+};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+    time::Duration,
+};
 
 fn schema(text: &str) -> Schema {
     match Schema::from_toml_str(text, "test.toml") {
@@ -22,11 +23,11 @@ fn schema(text: &str) -> Schema {
 }
 
 fn open(schema: &Schema, n: u8, time: &ManualTime, authority: bool) -> meldb::Result<Store> {
-    StoreOptions::new()
+    Ok(StoreOptions::new()
         .site_id(site(n))
         .time_source(Arc::new(time.clone()))
         .authority(authority)
-        .open_in_memory(schema)
+        .open_in_memory(schema)?)
 }
 
 /// A client's sync with the authority: push its changes (as `writer`), then
@@ -291,8 +292,7 @@ fn hold_confirmation_absorbs_a_concurrent_extension_at_an_authority_either_order
 fn latest_expiry() -> Resolver {
     Resolver::new("latest expiry", |c| {
         let [a, b] = c.versions();
-        let expiry =
-            |v: &meldb::resolve::Version| v.row.as_ref().and_then(|r| r.integer("expires_at"));
+        let expiry = |v: &meldb::Version| v.row.as_ref().and_then(|r| r.integer("expires_at"));
         match (expiry(a), expiry(b)) {
             (Some(x), Some(y)) => Resolution::Merge(Row::new(vec![]).with("expires_at", x.max(y))),
             _ => Resolution::Pass,

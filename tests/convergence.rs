@@ -20,11 +20,9 @@ mod sim;
 use common::{
     assert_converged, assert_same_state, cases, inventory, replica, sync, todo, Rng, TestResult, T0,
 };
-use meldb::clock::ManualTime;
-use meldb::{Schema, Value};
+use meldb::{ManualTime, Schema, Value};
 use proptest::prelude::*;
-use sim::model::Stats;
-use sim::{random_steps, step, Sim, Step, Storage, Topology};
+use sim::{model::Stats, random_steps, step, Sim, Step, Storage, Topology};
 
 /// Whether the simulations also require equal version vectors at the end
 /// (and a complete delivery to leave the receiver with every dot the sender

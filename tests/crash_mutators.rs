@@ -10,10 +10,8 @@
 #[path = "common/kill.rs"]
 mod kill;
 
-use meldb::mutator::MutatorError;
-use meldb::{Schema, Store, StoreOptions, Transaction};
-use std::io::Write;
-use std::path::Path;
+use meldb::{MutatorError, Schema, Store, StoreOptions, Transaction};
+use std::{io::Write, path::Path};
 
 const SCHEMA: &str = r#"
 name = "ticks"

@@ -6,13 +6,12 @@
 mod common;
 
 use common::{booking, column, inventory, replica, site, todo, view_rows, TestResult, T0};
-use meldb::changeset::Cover;
-use meldb::clock::ManualTime;
-use meldb::codec::{self, DecodeError};
-use meldb::crdt::{ColumnState, GCounter};
-use meldb::error::{ApplyError, WriteError};
-use meldb::schema::{Kind, SqlType};
-use meldb::{Changeset, Error, Key, Store, Transaction, Value, VersionVector};
+use meldb::{
+    codec::{self, DecodeError},
+    crdt::{ColumnState, GCounter},
+    ApplyError, Changeset, Cover, Error, Key, Kind, ManualTime, SqlType, Store, Transaction, Value,
+    VersionVector, WriteError,
+};
 use std::collections::BTreeMap;
 
 type Snapshot = ([u8; 32], VersionVector, BTreeMap<String, Vec<Vec<Value>>>);
@@ -589,7 +588,7 @@ fn refused(store: &mut Store, changes: &Changeset, needles: &[&str]) -> Error {
     err
 }
 
-fn row_mut<'c>(changes: &'c mut Changeset, sku: &str) -> &'c mut meldb::changeset::RowChange {
+fn row_mut<'c>(changes: &'c mut Changeset, sku: &str) -> &'c mut meldb::RowChange {
     changes.tables[0]
         .rows
         .iter_mut()
@@ -817,5 +816,36 @@ fn bytes_that_are_not_a_frame_are_decode_errors() -> TestResult {
     }
     // The intact frame applies.
     assert_eq!(s.apply_bytes(&good)?.applied(), 3);
+    Ok(())
+}
+
+/// A file that is SQLite but not meldb's is refused on open with an
+/// `OpenError` that names it, and the file is left as it was.
+#[test]
+fn opening_a_database_that_is_not_meldb_is_an_open_error() -> meldb::Result<()> {
+    let dir = tempfile::tempdir().map_err(|e| meldb::StorageError::Corrupt {
+        what: "tempdir".into(),
+        problem: e.to_string(),
+    })?;
+    let path = dir.path().join("other.db");
+    {
+        let conn = meldb::rusqlite::Connection::open(&path)?;
+        conn.execute_batch(
+            "CREATE TABLE meldb_meta (key TEXT PRIMARY KEY, value); \
+             CREATE TABLE notes (body TEXT); INSERT INTO notes VALUES ('keep me');",
+        )?;
+    }
+    let err = Store::open(&path, &common::inventory()).expect_err("not meldb's");
+    assert!(
+        matches!(&err, meldb::OpenError::NotMeldb { path: p, .. } if p.ends_with("other.db")),
+        "{err}"
+    );
+    // The open error converts into the crate's error, so `?` works in a
+    // function returning `meldb::Result`.
+    let as_crate: meldb::Error = err.into();
+    assert!(matches!(as_crate, meldb::Error::Open(_)), "{as_crate}");
+    let conn = meldb::rusqlite::Connection::open(&path)?;
+    let kept: String = conn.query_row("SELECT body FROM notes", [], |r| r.get(0))?;
+    assert_eq!(kept, "keep me");
     Ok(())
 }

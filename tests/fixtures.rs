@@ -26,19 +26,21 @@
 mod common;
 
 use common::{site, T0};
-use meldb::clock::ManualTime;
-use meldb::codec::{self, HEADER_LEN, MAX_MESSAGE_PAYLOAD};
-use meldb::mutator::MutatorError;
-use meldb::sync::{Access, Authorize, Grant, Session, SessionConfig};
-use meldb::{Changeset, Resolution, Resolver, Schema, Store, StoreOptions, Transaction, Value};
-use meldb::{VersionVector, Writer};
+use meldb::{
+    codec::{self, HEADER_LEN, MAX_MESSAGE_PAYLOAD},
+    sync::{Access, Authorize, Grant, Session, SessionConfig},
+    Changeset, ManualTime, MutatorError, Resolution, Resolver, Schema, Store, StoreOptions,
+    Transaction, Value, VersionVector, Writer,
+};
 use serde::{Deserialize, Serialize};
-use std::error::Error;
-use std::fmt::Write as _;
-use std::fs;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+use std::{
+    error::Error,
+    fmt::Write as _,
+    fs,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 type Res<T = ()> = Result<T, Box<dyn Error>>;
 
@@ -280,10 +282,10 @@ fn schema_of(name: &str) -> Res<Schema> {
 }
 
 fn file_replica(path: &Path, schema: &Schema, n: u8, time: &ManualTime) -> meldb::Result<Store> {
-    StoreOptions::new()
+    Ok(StoreOptions::new()
         .site_id(site(n))
         .time_source(Arc::new(time.clone()))
-        .open(path, schema)
+        .open(path, schema)?)
 }
 
 fn tick(time: &ManualTime) {
@@ -621,10 +623,10 @@ const CHANGESET_FILES: [&str; 3] = [
 /// A fresh inventory replica (site 0x77) whose clock is a day past the
 /// scenarios, so nothing it applies is held.
 fn fresh_inventory() -> meldb::Result<Store> {
-    StoreOptions::new()
+    Ok(StoreOptions::new()
         .site_id(site(0x77))
         .time_source(Arc::new(ManualTime::new(T0 + 86_400_000)))
-        .open_in_memory(&common::inventory())
+        .open_in_memory(&common::inventory())?)
 }
 
 /// One line per changeset file: frames, rows, and the digest a fresh store

@@ -4,9 +4,9 @@
 mod common;
 
 use common::{site, TestResult, T0};
-use meldb::clock::ManualTime;
-use meldb::mutator::{MutatorError, PullReport};
-use meldb::{Schema, Store, StoreOptions, Transaction, Value};
+use meldb::{
+    ManualTime, MutatorError, PullReport, Schema, Store, StoreOptions, Transaction, Value,
+};
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
 
@@ -394,7 +394,7 @@ fn mutate(store: &mut Store, m: u8, k: u8) -> meldb::Result<()> {
 /// last pull, with the client's pending mutations run on top in order.
 fn expected_view(
     base: &meldb::Changeset,
-    pending: &[meldb::mutator::PendingMutation],
+    pending: &[meldb::PendingMutation],
     time: &ManualTime,
 ) -> meldb::Result<std::collections::BTreeMap<String, Vec<Vec<Value>>>> {
     let mut scratch = open(9, time, true)?;
@@ -463,7 +463,7 @@ proptest::proptest! {
 
 #[test]
 fn a_storage_failure_under_a_mutator_decides_nothing() -> TestResult {
-    use meldb::error::StorageError;
+    use meldb::StorageError;
     use std::sync::atomic::{AtomicBool, Ordering};
     let time = ManualTime::new(T0);
     let mut server = open(1, &time, true)?;

@@ -19,13 +19,16 @@
 mod common;
 
 use common::{inventory, replica, Rng, TestResult, T0};
-use meldb::clock::ManualTime;
-use meldb::codec::{decode_message, encode_message, MAX_MESSAGE_PAYLOAD};
-use meldb::sync::{Grant, Message, Session, SessionConfig, SyncError};
-use meldb::{Store, Value, VersionVector};
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
-use std::time::Duration;
+use meldb::{
+    codec::{decode_message, encode_message, MAX_MESSAGE_PAYLOAD},
+    sync::{Grant, Message, Session, SessionConfig, SyncError},
+    ManualTime, Store, Value, VersionVector,
+};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+    time::Duration,
+};
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name)

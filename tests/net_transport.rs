@@ -5,14 +5,18 @@
 mod common;
 
 use common::{inventory, site, TestResult};
-use meldb::codec::MAX_MESSAGE_PAYLOAD;
-use meldb::sync::{
-    accept_once, sync_continuously, sync_once, Backoff, Connection, Grant, Relay, RelayConfig,
-    SessionConfig, SharedStore,
+use meldb::{
+    codec::MAX_MESSAGE_PAYLOAD,
+    sync::{
+        accept_once, sync_continuously, sync_once, Backoff, Connection, Grant, Relay, RelayConfig,
+        SessionConfig, SharedStore,
+    },
+    StoreOptions,
 };
-use meldb::StoreOptions;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 use tokio::sync::watch;
 
 fn shared(n: u8) -> meldb::Result<SharedStore> {
@@ -158,8 +162,7 @@ type = "text"
 /// resolver on it, and serves it: the relay is the authority.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_embedded_relay_runs_the_apps_mutators_as_the_authority() -> TestResult {
-    use meldb::resolve::{Resolution, Resolver};
-    use meldb::Transaction;
+    use meldb::{Resolution, Resolver, Transaction};
     let schema = meldb::Schema::from_toml_str(SEATS, "seats.toml")?;
     let open = |n: u8, authority: bool| -> meldb::Result<meldb::Store> {
         let mut store = StoreOptions::new()

@@ -10,19 +10,16 @@ mod common;
 use common::{
     assert_converged, column, inventory, query_one, replica, site, sync, view_rows, TestResult, T0,
 };
-use meldb::clock::{Hlc, ManualTime};
-use meldb::error::ApplyError;
-use meldb::schema::SchemaError;
-use meldb::{Error, Schema, Store, StoreOptions, Value};
-use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
+use meldb::{
+    ApplyError, Error, Hlc, ManualTime, OpenError, Schema, SchemaError, Store, StoreOptions, Value,
+};
+use std::{path::Path, sync::Arc, time::Duration};
 
 fn open_file(path: &Path, schema: &Schema, n: u8, time: &ManualTime) -> meldb::Result<Store> {
-    StoreOptions::new()
+    Ok(StoreOptions::new()
         .site_id(site(n))
         .time_source(Arc::new(time.clone()))
-        .open(path, schema)
+        .open(path, schema)?)
 }
 
 /// A few writes of every kind, one deleted row included.
@@ -469,10 +466,17 @@ fn an_incompatible_schema_is_refused_and_the_old_one_still_opens() -> TestResult
 
     // stock: pn_counter -> g_counter, together with a harmless new table.
     let changed_kind = SHOP_V2.replace("kind = \"pn_counter\"", "kind = \"g_counter\"");
-    match open_file(&path, &shop(&changed_kind), 1, &time) {
-        Err(Error::Schema(SchemaError::Incompatible {
-            database, reason, ..
-        })) => {
+    // The open says why (`OpenError::Schema`), and `?` carries it into the
+    // crate's `Error` as `Error::Open`.
+    let err = open_file(&path, &shop(&changed_kind), 1, &time).map(|_| ());
+    match err {
+        Err(Error::Open(open)) if matches!(*open, OpenError::Schema(_)) => {
+            let OpenError::Schema(SchemaError::Incompatible {
+                database, reason, ..
+            }) = *open
+            else {
+                panic!("expected an incompatible-schema error, got {open:?}");
+            };
             assert!(database.contains("shop.db"), "{database}");
             assert!(
                 reason.contains("item") && reason.contains("stock"),
@@ -639,7 +643,7 @@ fn a_replica_restored_from_backup_does_not_reuse_seq_numbers() -> TestResult {
     assert!(
         matches!(
             &refused,
-            Err(meldb::Error::Apply(meldb::error::ApplyError::LostHistory {
+            Err(meldb::Error::Apply(meldb::ApplyError::LostHistory {
                 last: 1,
                 seen: 3,
                 ..

@@ -5,11 +5,11 @@
 mod common;
 
 use common::{inventory, site, TestResult};
-use meldb::changeset::{ChangeCursor, ChangePage, Changeset};
-use meldb::clock::SiteId;
-use meldb::mutator::{PendingMutation, PullReport, PullResponse, Push, PushResult};
-use meldb::sync::{Grant, Replica, Session, SessionConfig};
-use meldb::{ApplyReport, Rejection, Store, StoreOptions, VersionVector, Writer};
+use meldb::{
+    sync::{Grant, Replica, Session, SessionConfig},
+    ApplyReport, ChangeCursor, ChangePage, Changeset, PendingMutation, PullReport, PullResponse,
+    Push, PushResult, Rejection, SiteId, Store, StoreOptions, VersionVector, Writer,
+};
 use std::sync::Arc;
 
 /// A store that records which replica operations the session used.

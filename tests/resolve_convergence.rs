@@ -11,14 +11,16 @@
 mod common;
 
 use common::{assert_converged, cases, site, sync_all, T0};
-use meldb::clock::ManualTime;
-use meldb::error::WriteError;
-use meldb::resolve::{Resolution, Resolver, Row, Version};
-use meldb::{Changeset, Error, Schema, Store, StoreOptions, Value};
+use meldb::{
+    Changeset, Error, ManualTime, Resolution, Resolver, Row, Schema, Store, StoreOptions, Value,
+    Version, WriteError,
+};
 use proptest::prelude::*;
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
-use std::time::Duration;
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+    time::Duration,
+};
 
 const SCHEMA: &str = r#"
 name = "holds"

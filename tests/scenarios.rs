@@ -7,8 +7,7 @@ use common::{
     assert_converged, column, inventory, replica, row_values, site, sync, sync_all, todo,
     TestResult, T0,
 };
-use meldb::clock::ManualTime;
-use meldb::{Schema, Value};
+use meldb::{ManualTime, Schema, Value};
 use std::time::Duration;
 
 /// Stock kept twice: as a last-writer-wins integer (what a naive app does)

@@ -146,8 +146,8 @@ fn approx_row_bytes(row: &RowChange) -> usize {
 mod tests {
     use super::*;
     use crate::clock::{Hlc, SiteId};
+    use crate::crdt::RowState;
     use crate::crdt::{Lww, RowClock};
-    use crate::merge::RowState;
 
     fn changes(rows: usize, value_len: usize) -> Changeset {
         let site = SiteId::from_bytes([1; 16]);

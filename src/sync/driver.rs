@@ -25,6 +25,7 @@ use tokio::sync::watch;
 
 /// What a finished session did, and with whom.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SyncReport {
     /// What moved.
     pub stats: SyncStats,

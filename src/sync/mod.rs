@@ -1,23 +1,27 @@
 //! Sync over a network: one protocol for peer-to-peer and the relay.
 //!
-//! Layers, each in its own module:
+//! Layers, each in its own (private) module; their types are re-exported
+//! here:
 //!
 //! - [`message`]: what the two sides say (the bytes are
 //!   [`crate::codec::encode_message`]'s business);
-//! - [`session`]: the protocol core, a state machine with no I/O that
-//!   brings two replicas up to date in both directions in bounded batches,
-//!   each applied atomically and acknowledged after it committed;
+//! - `session`: the protocol core ([`Session`]), a state machine with no
+//!   I/O that brings two replicas up to date in both directions in bounded
+//!   batches, each applied atomically and acknowledged after it committed;
 //! - `batch`: cutting changesets into batches;
-//! - [`transport`]: messages over TCP or an in-memory pipe (tokio);
-//! - [`shared`]: a store shared by the app and its sync tasks, and what
-//!   sync needs of any shared replica ([`SharedReplica`]);
-//! - [`provider`]: where a relay session's replica comes from, by
+//! - `transport`: messages over TCP or an in-memory pipe ([`Connection`],
+//!   tokio);
+//! - `shared`: a store shared by the app and its sync tasks
+//!   ([`SharedStore`]), and what sync needs of any shared replica
+//!   ([`SharedReplica`]);
+//! - `provider`: where a relay session's replica comes from, by
 //!   namespace ([`ReplicaProvider`]);
 //! - `driver`: one loop that runs a session over a connection, and the
 //!   calls [`sync_once`], [`sync_once_tcp`], [`sync_continuously`] and
 //!   [`accept_once`];
-//! - [`relay`]: the server many clients sync through ([`tokens`] says who
-//!   may connect); `meldb serve` is the same server for one direct peer.
+//! - `relay`: the server many clients sync through ([`Relay`]; [`Tokens`]
+//!   says who may connect); `meldb serve` is the same server for one
+//!   direct peer.
 //!
 //! ```no_run
 //! # async fn example(store: meldb::Store) -> Result<(), meldb::sync::SyncError> {
@@ -35,17 +39,17 @@
 
 mod batch;
 mod driver;
-pub mod error;
-pub mod listener;
+mod error;
+mod listener;
 pub mod message;
 mod namespace;
-pub mod provider;
-pub mod relay;
-pub mod replica;
-pub mod session;
-pub mod shared;
-pub mod tokens;
-pub mod transport;
+mod provider;
+mod relay;
+mod replica;
+mod session;
+mod shared;
+mod tokens;
+mod transport;
 pub(crate) mod wire;
 
 pub use driver::{accept_once, sync_continuously, sync_once, sync_once_tcp, Backoff, SyncReport};
@@ -58,7 +62,7 @@ pub use replica::Replica;
 pub use session::{Access, Authorize, Grant, PeerInfo, Session, SessionConfig, SyncStats};
 pub use shared::{SharedReplica, SharedStore};
 pub use tokens::Tokens;
-pub use transport::Connection;
+pub use transport::{ByteCounts, Connection, MAX_HELLO_PAYLOAD};
 
 #[cfg(test)]
 mod tests;

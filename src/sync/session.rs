@@ -156,6 +156,7 @@ impl SessionConfig {
 
 /// Counters of what a session moved.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SyncStats {
     /// Batches sent.
     pub batches_sent: u64,
@@ -187,6 +188,7 @@ pub struct SyncStats {
 
 /// The peer, once its `Hello` arrived.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PeerInfo {
     /// Its site id.
     pub site: SiteId,

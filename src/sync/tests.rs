@@ -25,9 +25,9 @@ kind = "pn_counter"
 
 fn store(n: u8) -> crate::Result<Store> {
     let schema = Schema::from_toml_str(SCHEMA, "shop.toml")?;
-    StoreOptions::new()
+    Ok(StoreOptions::new()
         .site_id(SiteId::from_bytes([n; 16]))
-        .open_in_memory(&schema)
+        .open_in_memory(&schema)?)
 }
 
 fn insert(store: &mut Store, range: std::ops::Range<usize>) -> crate::Result<()> {

@@ -392,8 +392,8 @@ mod tests {
     use super::*;
     use crate::changeset::{Changeset, Cover, RowChange, TableChanges};
     use crate::clock::{Hlc, SiteId};
+    use crate::crdt::RowState;
     use crate::crdt::{ColumnState, Lww, RowClock};
-    use crate::merge::RowState;
     use crate::mutator::{MutationRejection, PendingMutation};
     use crate::sync::message::{NoticeCode, Processed};
     use crate::value::Value;

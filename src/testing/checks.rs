@@ -94,7 +94,7 @@ pub fn check_message_bytes(data: &[u8]) -> Result<(), String> {
 /// than the encoder writes).
 pub fn check_stored_bytes(data: &[u8]) -> Result<(), String> {
     use crate::crdt::RowClock;
-    use crate::merge::RowState;
+    use crate::crdt::RowState;
     use meldb_core::codec::stored::{decode_meta, decode_undo, encode_meta, encode_undo};
     use std::convert::Infallible;
     // Sites stand for their own index, so every index resolves and

@@ -85,10 +85,10 @@ fn inventory() -> &'static Schema {
 /// An in-memory store for the inventory schema with site id `[site; 16]`
 /// and a manual clock at [`START_MS`].
 pub fn fixed_store(site: u8) -> crate::Result<Store> {
-    StoreOptions::new()
+    Ok(StoreOptions::new()
         .site_id(SiteId::from_bytes([site; 16]))
         .time_source(Arc::new(ManualTime::new(START_MS)))
-        .open_in_memory(inventory())
+        .open_in_memory(inventory())?)
 }
 
 // ---------------------------------------------------------------------------

@@ -6,10 +6,8 @@
 //! Each test binary uses a different subset, hence the `dead_code` allowance.
 #![allow(dead_code)]
 
-use meldb::clock::{ManualTime, SiteId};
-use meldb::{ApplyReport, Schema, Store, StoreOptions, Value, VersionVector};
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use meldb::{ApplyReport, ManualTime, Schema, SiteId, Store, StoreOptions, Value, VersionVector};
+use std::{collections::BTreeMap, sync::Arc};
 
 /// What tests return.
 pub type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -54,10 +52,10 @@ pub fn site(n: u8) -> SiteId {
 
 /// An in-memory replica with site id `site(n)` reading time from `time`.
 pub fn replica(schema: &Schema, n: u8, time: &ManualTime) -> meldb::Result<Store> {
-    StoreOptions::new()
+    Ok(StoreOptions::new()
         .site_id(site(n))
         .time_source(Arc::new(time.clone()))
-        .open_in_memory(schema)
+        .open_in_memory(schema)?)
 }
 
 /// Runs a query with plain SQL and returns every row.

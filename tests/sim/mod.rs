@@ -18,16 +18,17 @@ pub use ops::RawOp;
 use crate::common::{
     assert_same_state, assert_same_version_vectors, row_values, site, view_rows, Rng, T0,
 };
-use meldb::clock::{Hlc, ManualTime, TimeSource};
-use meldb::crdt::ColumnState;
-use meldb::error::WriteError;
-use meldb::schema::Kind;
-use meldb::{Changeset, Error, Schema, Store, StoreOptions, Value, VersionVector};
+use meldb::{
+    crdt::ColumnState, Changeset, Error, Hlc, Kind, ManualTime, Schema, Store, StoreOptions,
+    TimeSource, Value, VersionVector, WriteError,
+};
 use model::{Effect, EventId, Model, RowId, Spec, Stats};
 use ops::{execute, predict, resolve, Expect};
-use std::collections::{BTreeMap, BTreeSet};
-use std::rc::Rc;
-use std::sync::Arc;
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    rc::Rc,
+    sync::Arc,
+};
 
 /// Boxed errors, so meldb errors and model mismatches both fit.
 pub type SimResult<T> = Result<T, Box<dyn std::error::Error>>;
@@ -195,10 +196,10 @@ fn open_replica(
     let options = StoreOptions::new()
         .site_id(site(r as u8 + 1))
         .time_source(Arc::new(time.clone()))
-        .durability(meldb::store::Durability::Normal);
+        .durability(meldb::Durability::Normal);
     match dir {
-        Some(dir) => options.open(dir.path().join(format!("replica{r}.db")), schema),
-        None => options.open_in_memory(schema),
+        Some(dir) => Ok(options.open(dir.path().join(format!("replica{r}.db")), schema)?),
+        None => Ok(options.open_in_memory(schema)?),
     }
 }
 

@@ -19,9 +19,7 @@
 //! So "no acknowledged write is lost" is checked exactly: after full sync,
 //! every replica must show the function of *all* events.
 
-use meldb::clock::{Hlc, SiteId};
-use meldb::schema::Kind;
-use meldb::{Schema, Value};
+use meldb::{Hlc, Kind, Schema, SiteId, Value};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Index of an event in [`Model::events`].
@@ -105,8 +103,8 @@ pub struct Spec {
     pub tables: Vec<TableSpec>,
 }
 
-fn candidates(column: &meldb::schema::Column) -> Vec<Value> {
-    use meldb::schema::SqlType;
+fn candidates(column: &meldb::Column) -> Vec<Value> {
+    use meldb::SqlType;
     let mut values = match column.sql_type {
         SqlType::Integer => vec![0.into(), 1.into(), 7.into(), (-3).into()],
         SqlType::Real => vec![0.0.into(), 1.5.into(), (-2.25).into()],
@@ -119,8 +117,8 @@ fn candidates(column: &meldb::schema::Column) -> Vec<Value> {
     values
 }
 
-fn key_space(table: &meldb::schema::Table) -> Vec<Vec<Value>> {
-    use meldb::schema::SqlType;
+fn key_space(table: &meldb::Table) -> Vec<Vec<Value>> {
+    use meldb::SqlType;
     let parts: Vec<Vec<Value>> = table
         .primary_key
         .iter()

@@ -2,8 +2,7 @@
 //! a table, what the reference model predicts for it, and running it.
 
 use super::model::{Effect, Model, RowId, Spec, TableSpec, ELEMS};
-use meldb::schema::Kind;
-use meldb::Value;
+use meldb::{Kind, Value};
 use std::collections::BTreeSet;
 
 /// The kind of a generated local write.

@@ -8,6 +8,14 @@
 //! Column states are listed in the order of the table's `columns` names,
 //! so replicas whose schemas added columns in a different order still agree.
 //!
+//! The types here are plain data with public fields, on purpose: a
+//! changeset is input from another device, so `Store::apply` checks every
+//! part of it (tables, columns, keys, each state's shape and canonical
+//! form, covers) exactly as it checks decoded bytes, and no invariant of
+//! the receiving store depends on who built the value. A changeset built
+//! by hand that breaks a rule is refused as a whole, like bytes from the
+//! network.
+//!
 //! A replica may hand out what another lacks in pages ([`ChangePage`]):
 //! rows in the replica's own order (table, then row), each page ending with
 //! the [`ChangeCursor`] to continue after. A page lists every value column

@@ -1,6 +1,8 @@
 //! The crate's errors: one enum per layer, joined in [`Error`](enum@Error).
 //!
-//! [`WriteError`]: a local write the schema does not allow (nothing was
+//! [`OpenError`]: a database that cannot be opened (not meldb's, a format
+//! this build does not read, a failed upgrade, a schema that does not
+//! fit). [`WriteError`]: a local write the schema does not allow (nothing was
 //! changed). [`ApplyError`]: a changeset that cannot be merged (nothing of it
 //! was applied). [`StorageError`]: SQLite failed, or the database's own
 //! metadata is corrupt. [`ResolveError`]: a resolver failed or decided
@@ -17,6 +19,10 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// A database that could not be opened (boxed: its payload is the
+    /// largest, and every `Result` would carry its size).
+    #[error(transparent)]
+    Open(Box<OpenError>),
     /// A schema file or schema upgrade problem.
     #[error(transparent)]
     Schema(#[from] SchemaError),
@@ -398,6 +404,17 @@ pub enum StorageError {
         /// The database file.
         path: String,
     },
+}
+
+/// Why [`Store::open`](crate::Store::open) (or
+/// [`StoreOptions::open`](crate::StoreOptions::open)) could not open a
+/// database. Nothing in the file was changed: an upgrade that failed was
+/// rolled back. Each variant asks something different of the app: another
+/// file, a newer or an older meldb, a copy from the backup, a schema that
+/// fits, or a look at the disk.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum OpenError {
     /// The file is not a meldb database.
     #[error("{path}: {problem}")]
     NotMeldb {
@@ -444,4 +461,44 @@ pub enum StorageError {
         /// What went wrong.
         problem: String,
     },
+    /// The schema does not fit the database: an upgrade it cannot make
+    /// (a changed column type, a removed table), or a schema that is
+    /// itself invalid.
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
+    /// SQLite failed, or the database's own metadata is corrupt.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+impl From<OpenError> for Error {
+    fn from(e: OpenError) -> Self {
+        Error::Open(Box::new(e))
+    }
+}
+
+impl From<rusqlite::Error> for OpenError {
+    fn from(e: rusqlite::Error) -> Self {
+        OpenError::Storage(StorageError::Sqlite(e))
+    }
+}
+
+impl OpenError {
+    /// The open path's internal error, as what the open reports. Only the
+    /// schema, storage and open errors arise while opening; any other is
+    /// reported as the database being unusable, with its message.
+    pub(crate) fn from_error(path: &str, error: Error) -> OpenError {
+        match error {
+            Error::Open(e) => *e,
+            Error::Schema(e) => OpenError::Schema(e),
+            Error::Storage(e) => OpenError::Storage(e),
+            other => {
+                debug_assert!(false, "open failed with a non-open error: {other}");
+                OpenError::Storage(StorageError::Corrupt {
+                    what: path.to_owned(),
+                    problem: other.to_string(),
+                })
+            }
+        }
+    }
 }

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 
 /// What an apply did.
 #[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
 pub struct ApplyReport {
     /// Rows that descended from the local row (or were new here).
     pub fast_forward: usize,
@@ -49,6 +50,7 @@ impl ApplyReport {
 
 /// A row held back because its writer's clock is ahead of ours.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct HeldChange {
     /// The table.
     pub table: String,

@@ -4,16 +4,14 @@
 //! is opened, runs as one transaction, and prints nothing unless
 //! `--verbose` asks for the row as it is afterwards.
 
-use crate::cli::{
-    DbArgs, IncrementArgs, InitArgs, KeyArgs, QueryArgs, RowArgs, SetArgs, UpdateArgs,
+use crate::{
+    cli::{DbArgs, IncrementArgs, InitArgs, KeyArgs, QueryArgs, RowArgs, SetArgs, UpdateArgs},
+    error::{in_file, CliError, Result},
+    output::{cell, count, Rows},
+    values,
 };
-use crate::error::{in_file, CliError, Result};
-use crate::output::{cell, count, Rows};
-use crate::values;
-use meldb::clock::SiteId;
-use meldb::{Key, Schema, Store, StoreOptions, Transaction, Value};
-use std::io::Write;
-use std::path::Path;
+use meldb::{Key, Schema, SiteId, Store, StoreOptions, Transaction, Value};
+use std::{io::Write, path::Path};
 
 /// Loads the schema named by `--schema` or `MELDB_SCHEMA`.
 pub fn load_schema(db: &DbArgs) -> Result<Schema> {
@@ -108,7 +106,7 @@ impl RowOp {
         }
     }
 
-    fn key(&self, table: &meldb::schema::Table) -> Option<Key> {
+    fn key(&self, table: &meldb::Table) -> Option<Key> {
         match self {
             RowOp::Insert(values) | RowOp::Upsert(values) => values::key_of(table, values),
             RowOp::Update(key, _)

@@ -1,11 +1,12 @@
 //! `meldb conflicts`: the conflict log, counted or listed.
 
-use crate::cli::ConflictsArgs;
-use crate::commands::open;
-use crate::error::{CliError, Result};
-use crate::output::Rows;
-use meldb::resolve::{ConflictRecord, Outcome};
-use meldb::Value;
+use crate::{
+    cli::ConflictsArgs,
+    commands::open,
+    error::{CliError, Result},
+    output::Rows,
+};
+use meldb::{ConflictRecord, Outcome, Value};
 use std::io::Write;
 
 /// Counts per table and outcome (the default), the latest entries

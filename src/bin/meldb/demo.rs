@@ -14,17 +14,15 @@
 mod compare;
 mod shop;
 
-use crate::cli::DemoArgs;
-use crate::error::{file_error, in_file, CliError, Result};
-use crate::output::{count, hex, Rows};
-use crate::sync::write_report;
-use meldb::clock::{ManualTime, SiteId};
-use meldb::store::Durability;
-use meldb::{codec, Schema, Store, StoreOptions};
+use crate::{
+    cli::DemoArgs,
+    error::{file_error, in_file, CliError, Result},
+    output::{count, hex, Rows},
+    sync::write_report,
+};
+use meldb::{codec, Durability, ManualTime, Schema, SiteId, Store, StoreOptions};
 use shop::ITEMS;
-use std::io::Write;
-use std::path::Path;
-use std::sync::Arc;
+use std::{io::Write, path::Path, sync::Arc};
 
 const SCHEMA: &str = include_str!("../../../schema/inventory.toml");
 /// 2026-01-01 09:00 UTC: a fixed clock makes every run print the same.

@@ -2,9 +2,11 @@
 //! exits with status 1; meldb's own errors pass through unchanged, since they
 //! already name the table, column, key or file.
 
-use meldb::schema::SchemaError;
-use std::io;
-use std::path::{Path, PathBuf};
+use meldb::SchemaError;
+use std::{
+    io,
+    path::{Path, PathBuf},
+};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -84,6 +86,12 @@ impl From<meldb::Error> for CliError {
     }
 }
 
+impl From<meldb::OpenError> for CliError {
+    fn from(e: meldb::OpenError) -> Self {
+        CliError::Meldb(Box::new(e.into()))
+    }
+}
+
 impl From<meldb::sync::SyncError> for CliError {
     fn from(e: meldb::sync::SyncError) -> Self {
         CliError::Sync(Box::new(e))
@@ -97,10 +105,10 @@ impl From<SchemaError> for CliError {
 }
 
 /// Attaches a path to a meldb error.
-pub fn in_file(path: &Path) -> impl FnOnce(meldb::Error) -> CliError + '_ {
+pub fn in_file<E: Into<meldb::Error>>(path: &Path) -> impl FnOnce(E) -> CliError + '_ {
     move |source| CliError::InFile {
         path: path.to_owned(),
-        source: Box::new(source),
+        source: Box::new(source.into()),
     }
 }
 

@@ -5,12 +5,13 @@
 //! receiver lacks); the receiver runs `meldb import changes.mldb`. Equal
 //! `meldb digest` output means equal state.
 
-use crate::cli::{DbArgs, ExportArgs, ImportArgs, InfoArgs};
-use crate::commands::open;
-use crate::error::{file_error, in_file, CliError, Result};
-use crate::output::{count, hex};
-use meldb::store::ApplyReport;
-use meldb::{codec, Store, VersionVector};
+use crate::{
+    cli::{DbArgs, ExportArgs, ImportArgs, InfoArgs},
+    commands::open,
+    error::{file_error, in_file, CliError, Result},
+    output::{count, hex},
+};
+use meldb::{codec, ApplyReport, Store, VersionVector};
 use std::io::Write;
 
 /// `meldb export`.
@@ -44,8 +45,7 @@ pub fn export(args: &ExportArgs, out: &mut dyn Write) -> Result<()> {
 /// `meldb import`: decodes, then applies in one transaction.
 pub fn import(args: &ImportArgs, out: &mut dyn Write) -> Result<()> {
     let bytes = std::fs::read(&args.file).map_err(file_error(&args.file))?;
-    let frames =
-        codec::decode_changeset_frames(&bytes).map_err(|e| in_file(&args.file)(e.into()))?;
+    let frames = codec::decode_changeset_frames(&bytes).map_err(in_file(&args.file))?;
     let mut store = open(&args.db)?;
     let report = store.apply_bytes(&bytes).map_err(in_file(&args.file))?;
     let rows: usize = frames.iter().map(|c| c.len()).sum();

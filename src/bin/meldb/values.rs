@@ -5,9 +5,7 @@
 //! text column cannot be given the four letters NULL from the command line).
 
 use crate::error::{CliError, Result};
-use meldb::error::WriteError;
-use meldb::schema::{Column, SqlType, Table};
-use meldb::{Key, Schema, Value};
+use meldb::{Column, Key, Schema, SqlType, Table, Value, WriteError};
 
 /// The table named `name`, or meldb's own "unknown table" error.
 pub fn table<'s>(schema: &'s Schema, name: &str) -> Result<&'s Table> {

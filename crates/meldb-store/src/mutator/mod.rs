@@ -125,6 +125,7 @@ pub struct PullResponse {
 
 /// What a pull did on the client.
 #[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
 pub struct PullReport {
     /// How the canonical changes applied.
     pub apply: crate::report::ApplyReport,

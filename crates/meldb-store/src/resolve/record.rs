@@ -9,6 +9,7 @@ use crate::value::Key;
 
 /// One entry of the conflict log (`meldb_conflicts`).
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct ConflictRecord {
     /// Its id, for [`crate::Store::resolve_deferred`].
     pub id: i64,

@@ -32,6 +32,45 @@ use rusqlite::params;
 impl Store {
     /// Merges a changeset into this replica. Invalid input is an error and
     /// changes nothing; rows too far ahead in time are held (see the report).
+    ///
+    /// Changesets may arrive in any order, twice, or in pieces: replicas
+    /// that have applied each other's changes hold the same rows.
+    ///
+    /// ```
+    /// use meldb_store::store::Store;
+    /// # fn main() -> Result<(), meldb_store::error::Error> {
+    /// # let schema = meldb_store::schema::Schema::from_toml_str(r#"
+    /// #     name = "todo"
+    /// #     version = 1
+    /// #     [[table]]
+    /// #     name = "task"
+    /// #     primary_key = ["id"]
+    /// #     [[table.column]]
+    /// #     name = "id"
+    /// #     type = "text"
+    /// #     [[table.column]]
+    /// #     name = "title"
+    /// #     type = "text"
+    /// #     [[table.column]]
+    /// #     name = "tags"
+    /// #     type = "text"
+    /// #     kind = "or_set"
+    /// # "#, "todo.toml")?;
+    /// let mut phone = Store::open_in_memory(&schema)?;
+    /// let mut laptop = Store::open_in_memory(&schema)?;
+    /// phone.write(|tx| tx.insert("task", &[("id", "t1".into()), ("title", "Call".into())]))?;
+    /// laptop.write(|tx| tx.insert("task", &[("id", "t2".into()), ("title", "Pay".into())]))?;
+    ///
+    /// // Each sends what the other lacks; applying twice changes nothing.
+    /// let to_laptop = phone.changes_since(&laptop.version_vector())?;
+    /// let to_phone = laptop.changes_since(&phone.version_vector())?;
+    /// laptop.apply(&to_laptop)?;
+    /// laptop.apply(&to_laptop)?;
+    /// let report = phone.apply(&to_phone)?;
+    /// assert_eq!(report.applied(), 1);
+    /// assert_eq!(phone.digest()?, laptop.digest()?);
+    /// # Ok(()) }
+    /// ```
     pub fn apply(&mut self, changeset: &Changeset) -> Result<ApplyReport> {
         self.apply_from(changeset, &Writer::default())
     }

@@ -208,9 +208,9 @@ mod tests {
     use crate::version::VersionVector;
 
     fn store(n: u8) -> Result<Store> {
-        StoreOptions::new()
+        Ok(StoreOptions::new()
             .site_id(SiteId::from_bytes([n; 16]))
-            .open_in_memory(&test_schema())
+            .open_in_memory(&test_schema())?)
     }
 
     fn insert(store: &mut Store, skus: &[&str]) -> Result<()> {

@@ -18,7 +18,7 @@
 //! Format 1 is the first, so today there is no step to run; the machinery
 //! is tested with steps of its own (see the tests below).
 
-use crate::error::{Result, StorageError};
+use crate::error::{OpenError, Result, StorageError};
 use rusqlite::{Connection, OptionalExtension};
 use std::path::PathBuf;
 
@@ -81,15 +81,15 @@ fn stored_format(conn: &Connection) -> Result<Option<i64>> {
 impl Rules {
     /// The error for a format this build cannot open, `None` for one it
     /// can.
-    fn refusal(&self, path: &str, found: i64) -> Option<StorageError> {
+    fn refusal(&self, path: &str, found: i64) -> Option<OpenError> {
         if found > self.newest {
-            Some(StorageError::FormatTooNew {
+            Some(OpenError::FormatTooNew {
                 path: path.to_owned(),
                 found,
                 newest: self.newest,
             })
         } else if found < self.oldest {
-            Some(StorageError::FormatTooOld {
+            Some(OpenError::FormatTooOld {
                 path: path.to_owned(),
                 found,
                 oldest: self.oldest,
@@ -150,7 +150,7 @@ impl Rules {
         let Some(upgrade) = upgrade.filter(|u| u.from == found) else {
             // Older than current, but not what `prepare` saw (and backed
             // up): it changed under us; opening again starts over.
-            return Err(StorageError::UpgradeFailed {
+            return Err(OpenError::UpgradeFailed {
                 path: path.to_owned(),
                 from: found,
                 to: self.newest,
@@ -172,7 +172,7 @@ impl Rules {
                 }
                 .into()),
             };
-            result.map_err(|e| StorageError::UpgradeFailed {
+            result.map_err(|e| OpenError::UpgradeFailed {
                 path: path.to_owned(),
                 from,
                 to: from + 1,
@@ -203,7 +203,7 @@ fn write_backup(conn: &Connection, path: &str, format: i64) -> Result<PathBuf> {
         "{path}.format-{format}.backup.partial-{}",
         std::process::id()
     ));
-    let failed = |problem: String| StorageError::UpgradeFailed {
+    let failed = |problem: String| OpenError::UpgradeFailed {
         path: path.to_owned(),
         from: format,
         to: format + 1,
@@ -374,7 +374,7 @@ mod tests {
         set(FORMAT + 1)?;
         let err = Store::open(&path, &schema()).expect_err("newer");
         assert!(
-            matches!(err, crate::Error::Storage(StorageError::FormatTooNew { found, newest, .. })
+            matches!(err, OpenError::FormatTooNew { found, newest, .. }
                 if found == FORMAT + 1 && newest == FORMAT),
             "{err}"
         );
@@ -385,7 +385,7 @@ mod tests {
         set(OLDEST_FORMAT - 1)?;
         let err = Store::open(&path, &schema()).expect_err("older");
         assert!(
-            matches!(err, crate::Error::Storage(StorageError::FormatTooOld { found, oldest, .. })
+            matches!(err, OpenError::FormatTooOld { found, oldest, .. }
                 if found == OLDEST_FORMAT - 1 && oldest == OLDEST_FORMAT),
             "{err}"
         );
@@ -428,10 +428,7 @@ mod tests {
         conn.execute_batch("BEGIN IMMEDIATE")?;
         let err = CURRENT.finish(&conn, &path, None).expect_err("newer");
         assert!(
-            matches!(
-                err,
-                crate::Error::Storage(StorageError::FormatTooNew { .. })
-            ),
+            matches!(&err, crate::Error::Open(e) if matches!(**e, OpenError::FormatTooNew { .. })),
             "{err}"
         );
         Ok(())

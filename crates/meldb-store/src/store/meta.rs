@@ -11,7 +11,7 @@ use super::layout::{self, TableLayout};
 use super::rows::{corrupt, Sites};
 use super::{Replica, Store, StoreOptions};
 use crate::clock::{Clock, Hlc, SiteId};
-use crate::error::{Result, StorageError};
+use crate::error::{OpenError, Result, StorageError};
 use crate::schema::{Schema, Table};
 use crate::version::VersionVector;
 use rusqlite::{params, Connection, OptionalExtension};
@@ -30,14 +30,21 @@ fn set_meta(conn: &Connection, key: &str, value: impl rusqlite::ToSql) -> Result
     Ok(())
 }
 
+/// A `meldb_meta` entry that a database must have to be meldb's, on open.
 fn require<T>(path: &str, key: &str, value: Option<T>) -> Result<T> {
     value.ok_or_else(|| {
-        StorageError::NotMeldb {
+        OpenError::NotMeldb {
             path: path.to_owned(),
             problem: format!("meldb_meta has no {key:?} entry"),
         }
         .into()
     })
+}
+
+/// A `meldb_meta` entry that was there when the store opened: gone now,
+/// the metadata is corrupt.
+fn still_there<T>(key: &str, value: Option<T>) -> Result<T> {
+    value.ok_or_else(|| corrupt("meldb_meta", format!("the {key:?} entry is gone")).into())
 }
 
 /// Saves the clock's last timestamp.
@@ -165,11 +172,8 @@ impl Store {
         if version == self.data_version {
             return Ok(());
         }
-        let fingerprint: Vec<u8> = require(
-            &self.path,
-            "fingerprint",
-            get_meta(&self.conn, "fingerprint")?,
-        )?;
+        let fingerprint: Vec<u8> =
+            still_there("fingerprint", get_meta(&self.conn, "fingerprint")?)?;
         if fingerprint != self.schema.fingerprint() {
             return Err(StorageError::SchemaChanged {
                 path: self.path.clone(),
@@ -178,12 +182,12 @@ impl Store {
         }
         self.sites = Sites::load(&self.conn)?;
         self.replica.coverage = load_coverage(&self.conn, &self.sites)?;
-        let site_bytes: Vec<u8> = require(&self.path, "site_id", get_meta(&self.conn, "site_id")?)?;
+        let site_bytes: Vec<u8> = still_there("site_id", get_meta(&self.conn, "site_id")?)?;
         self.local = <[u8; 16]>::try_from(site_bytes.as_slice())
             .map(SiteId::from_bytes)
             .map_err(|_| corrupt("meldb_meta", "site_id is not 16 bytes"))?;
         self.replica.last_seq = load_last_seq(&self.conn, &self.sites, self.local)?;
-        let hlc: i64 = require(&self.path, "hlc", get_meta(&self.conn, "hlc")?)?;
+        let hlc: i64 = still_there("hlc", get_meta(&self.conn, "hlc")?)?;
         self.saved_hlc = Hlc(hlc as u64);
         self.clock.reset(self.clock.last().max(self.saved_hlc));
         self.data_version = version;

@@ -31,7 +31,7 @@ pub use apply::{ApplyReport, HeldChange};
 pub use write::Transaction;
 
 use crate::clock::{Clock, Hlc, SiteId, SystemTimeSource, TimeSource};
-use crate::error::Result;
+use crate::error::{OpenError, Result};
 use crate::schema::Schema;
 use crate::version::VersionVector;
 use layout::TableLayout;
@@ -131,8 +131,40 @@ impl StoreOptions {
     }
 
     /// Opens (or creates) a file database.
-    pub fn open(self, path: impl AsRef<Path>, schema: &Schema) -> Result<Store> {
+    ///
+    /// ```
+    /// use meldb_store::schema::Schema;
+    /// use meldb_store::store::{Durability, StoreOptions};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let path = dir.path().join("notes.db");
+    /// let schema = Schema::from_toml_str(r#"
+    ///     name = "notes"
+    ///     version = 1
+    ///     [[table]]
+    ///     name = "note"
+    ///     primary_key = ["id"]
+    ///     [[table.column]]
+    ///     name = "id"
+    ///     type = "text"
+    ///     [[table.column]]
+    ///     name = "body"
+    ///     type = "text"
+    /// "#, "notes.toml")?;
+    /// let store = StoreOptions::new()
+    ///     .durability(Durability::Full)
+    ///     .open(&path, &schema)?;
+    /// assert_eq!(store.schema().name, "notes");
+    /// # Ok(()) }
+    /// ```
+    pub fn open(self, path: impl AsRef<Path>, schema: &Schema) -> Result<Store, OpenError> {
         let path = path.as_ref();
+        let shown = path.display().to_string();
+        self.open_file(path, schema)
+            .map_err(|e| OpenError::from_error(&shown, e))
+    }
+
+    fn open_file(self, path: &Path, schema: &Schema) -> Result<Store> {
         let conn = Connection::open(path)?;
         let sync = match self.durability {
             Durability::Full => "FULL",
@@ -147,10 +179,13 @@ impl StoreOptions {
     }
 
     /// Creates an in-memory database.
-    pub fn open_in_memory(self, schema: &Schema) -> Result<Store> {
-        let conn = Connection::open_in_memory()?;
-        conn.execute_batch(&format!("PRAGMA cache_size = -{};", self.cache_kib))?;
-        Store::init(conn, ":memory:".into(), schema, self)
+    pub fn open_in_memory(self, schema: &Schema) -> Result<Store, OpenError> {
+        let open = || -> Result<Store> {
+            let conn = Connection::open_in_memory()?;
+            conn.execute_batch(&format!("PRAGMA cache_size = -{};", self.cache_kib))?;
+            Store::init(conn, ":memory:".into(), schema, self)
+        };
+        open().map_err(|e| OpenError::from_error(":memory:", e))
     }
 }
 
@@ -200,13 +235,16 @@ pub(crate) struct Snapshot {
 }
 
 impl Store {
-    /// Opens (or creates) a file database with default options.
-    pub fn open(path: impl AsRef<Path>, schema: &Schema) -> Result<Store> {
+    /// Opens (or creates) a file database with default options
+    /// ([`StoreOptions::open`] to choose them). An older database format
+    /// is upgraded on the way, after a copy of the file is taken; what
+    /// cannot be opened is an [`OpenError`] that says why.
+    pub fn open(path: impl AsRef<Path>, schema: &Schema) -> Result<Store, OpenError> {
         StoreOptions::new().open(path, schema)
     }
 
     /// Creates an in-memory database with default options.
-    pub fn open_in_memory(schema: &Schema) -> Result<Store> {
+    pub fn open_in_memory(schema: &Schema) -> Result<Store, OpenError> {
         StoreOptions::new().open_in_memory(schema)
     }
 
@@ -249,7 +287,50 @@ impl Store {
         Transaction::begin(self)
     }
 
-    /// Runs `f` in a transaction and commits if it returns `Ok`.
+    /// Runs `f` in a transaction and commits if it returns `Ok`; if it
+    /// returns an error (a write the schema refuses, say), nothing of it
+    /// is kept.
+    ///
+    /// ```
+    /// use meldb_store::error::{Error, WriteError};
+    /// use meldb_store::store::Store;
+    /// # fn main() -> Result<(), Error> {
+    /// # let schema = meldb_store::schema::Schema::from_toml_str(r#"
+    /// #     name = "todo"
+    /// #     version = 1
+    /// #     [[table]]
+    /// #     name = "task"
+    /// #     primary_key = ["id"]
+    /// #     [[table.column]]
+    /// #     name = "id"
+    /// #     type = "text"
+    /// #     [[table.column]]
+    /// #     name = "title"
+    /// #     type = "text"
+    /// #     [[table.column]]
+    /// #     name = "tags"
+    /// #     type = "text"
+    /// #     kind = "or_set"
+    /// # "#, "todo.toml")?;
+    /// let mut store = Store::open_in_memory(&schema)?;
+    /// store.write(|tx| {
+    ///     tx.insert("task", &[("id", "t1".into()), ("title", "Buy milk".into())])?;
+    ///     tx.add_to_set("task", "t1", "tags", "shopping")
+    /// })?;
+    ///
+    /// // A write the schema refuses rolls back the whole closure.
+    /// let err = store
+    ///     .write(|tx| {
+    ///         tx.update("task", "t1", &[("title", "Buy oat milk".into())])?;
+    ///         tx.update("task", "t1", &[("colour", "red".into())])
+    ///     })
+    ///     .unwrap_err();
+    /// assert!(matches!(err, Error::Write(WriteError::UnknownColumn { .. })));
+    /// let title: String =
+    ///     store.conn().query_row("SELECT title FROM task", [], |r| r.get(0))?;
+    /// assert_eq!(title, "Buy milk");
+    /// # Ok(()) }
+    /// ```
     pub fn write<T>(&mut self, f: impl FnOnce(&mut Transaction<'_>) -> Result<T>) -> Result<T> {
         let mut tx = self.transaction()?;
         let out = f(&mut tx)?;

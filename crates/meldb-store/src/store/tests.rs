@@ -41,10 +41,10 @@ pub(crate) fn test_schema() -> Schema {
 }
 
 fn replica(n: u8, time: &ManualTime) -> Result<Store> {
-    StoreOptions::new()
+    Ok(StoreOptions::new()
         .site_id(SiteId::from_bytes([n; 16]))
         .time_source(Arc::new(time.clone()))
-        .open_in_memory(&test_schema())
+        .open_in_memory(&test_schema())?)
 }
 
 fn read(store: &Store, sql: &str) -> Result<Vec<Vec<Value>>> {

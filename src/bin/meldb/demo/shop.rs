@@ -1,12 +1,9 @@
 //! The shop: its items and what each till does while offline.
 
 use super::Till;
-use crate::error::Result;
-use crate::output::cell;
-use meldb::clock::ManualTime;
-use meldb::{Store, Value};
-use std::io::Write;
-use std::time::Duration;
+use crate::{error::Result, output::cell};
+use meldb::{ManualTime, Store, Value};
+use std::{io::Write, time::Duration};
 
 /// One item on the shelf, as till 1 enters it.
 pub(super) struct Item {
