@@ -406,8 +406,8 @@ pub enum StorageError {
     },
 }
 
-/// Why [`Store::open`](crate::Store::open) (or
-/// [`StoreOptions::open`](crate::StoreOptions::open)) could not open a
+/// Why [`Store::open`](crate::store::Store::open) (or
+/// [`StoreOptions::open`](crate::store::StoreOptions::open)) could not open a
 /// database. Nothing in the file was changed: an upgrade that failed was
 /// rolled back. Each variant asks something different of the app: another
 /// file, a newer or an older meldb, a copy from the backup, a schema that
