@@ -71,6 +71,19 @@ impl Store {
     /// assert_eq!(phone.digest()?, laptop.digest()?);
     /// # Ok(()) }
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// Nothing of the changeset is applied on any error.
+    /// [`Error::Apply`](crate::Error::Apply): it does not fit this schema
+    /// or breaks a CRDT invariant (a bad peer, drop it), or a peer has seen
+    /// writes of this replica that it lacks
+    /// ([`ApplyError::LostHistory`]:
+    /// rotate the site id). [`Error::Resolve`](crate::Error::Resolve): a
+    /// resolver panicked or decided something that cannot be carried out
+    /// (fix the resolver; the same changes fail the same way until then).
+    /// [`Error::Storage`](crate::Error::Storage): SQLite failed, or stored
+    /// metadata is corrupt.
     pub fn apply(&mut self, changeset: &Changeset) -> Result<ApplyReport> {
         self.apply_from(changeset, &Writer::default())
     }

@@ -41,6 +41,11 @@ impl Store {
     /// Everything this replica has that a replica with version vector `vv`
     /// lacks, as one changeset. `Changeset::split` cuts it into batches that
     /// can be applied independently.
+    ///
+    /// # Errors
+    ///
+    /// Only [`Error::Storage`](crate::Error::Storage): SQLite failed, or a
+    /// stored row's metadata is corrupt (the error names the table).
     pub fn changes_since(&self, vv: &VersionVector) -> Result<Changeset> {
         let mut changes = self.changes_page(vv, None, usize::MAX)?.changes;
         for table in &mut changes.tables {

@@ -16,6 +16,11 @@ use meldb_core::codec;
 
 impl Store {
     /// A blake3 hash of the canonical CRDT state.
+    ///
+    /// # Errors
+    ///
+    /// Only [`Error::Storage`](crate::Error::Storage), as for
+    /// [`Store::changes_since`].
     pub fn digest(&self) -> Result<[u8; 32]> {
         let mut hasher = blake3::Hasher::new();
         let mut tables: Vec<_> = self.tables.iter().collect();

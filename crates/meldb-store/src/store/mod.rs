@@ -157,6 +157,13 @@ impl StoreOptions {
     /// assert_eq!(store.schema().name, "notes");
     /// # Ok(()) }
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`OpenError`]: the file is not meldb's, its format is newer or
+    /// older than this build reads, an upgrade failed (nothing changed; the
+    /// error names the copy taken before), the schema does not fit the
+    /// stored one, or SQLite failed.
     pub fn open(self, path: impl AsRef<Path>, schema: &Schema) -> Result<Store, OpenError> {
         let path = path.as_ref();
         let shown = path.display().to_string();
@@ -331,6 +338,12 @@ impl Store {
     /// assert_eq!(title, "Buy milk");
     /// # Ok(()) }
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// What `f` returned, or [`Error::Write`](crate::Error::Write) for a
+    /// write the schema refuses, or [`Error::Storage`](crate::Error::Storage)
+    /// when SQLite failed (the transaction is rolled back either way).
     pub fn write<T>(&mut self, f: impl FnOnce(&mut Transaction<'_>) -> Result<T>) -> Result<T> {
         let mut tx = self.transaction()?;
         let out = f(&mut tx)?;

@@ -132,6 +132,14 @@ impl Store {
     /// an authority, queues the call durably (same transaction) for the
     /// authority; returns its id. A mutator that fails here changes and
     /// queues nothing, and its error is returned.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Mutation`](crate::Error::Mutation): no mutator of that
+    /// name, arguments that do not encode, or the mutator failed or
+    /// panicked; [`Error::Write`](crate::Error::Write) from a write it
+    /// made; [`Error::Storage`](crate::Error::Storage). Nothing is written
+    /// or queued on any of them.
     pub fn mutate<A: Serialize>(&mut self, name: &str, args: &A) -> Result<u64> {
         let mutator = self.mutator(name)?;
         let json = serde_json::to_value(args).map_err(|e| MutationError::BadArguments {
@@ -287,6 +295,14 @@ impl Store {
     /// authority processed (reporting the refused ones), and replays the
     /// remaining pending mutations on top. Subscribers hear of the rows
     /// whose visible values changed, after the commit.
+    ///
+    /// # Errors
+    ///
+    /// As [`Store::apply`] for the canonical changes; the whole pull
+    /// (merge, rejections, acknowledgements, replay) is rolled back on any
+    /// error. A pending mutation that fails on replay is not an error: it
+    /// stays pending (the authority decides) and is reported in the
+    /// [`PullReport`].
     pub fn apply_pull(&mut self, response: &PullResponse) -> Result<PullReport> {
         let watched: BTreeSet<String> = self.subscribers.iter().map(|(t, _)| t.clone()).collect();
         let mut tx = self.transaction()?;
