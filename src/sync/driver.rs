@@ -238,6 +238,50 @@ where
 
 /// Syncs once, both ways, over an open connection as the side that
 /// connected, and returns what moved.
+///
+/// The connection can be anything that carries bytes; here it is an
+/// in-memory pipe to a peer that runs [`accept_once`]:
+///
+/// ```
+/// use meldb::sync::{accept_once, sync_once, Connection, Grant, SessionConfig, SharedStore};
+/// use meldb::{codec::MAX_MESSAGE_PAYLOAD, Schema, Store};
+/// use std::sync::Arc;
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let schema = Schema::from_toml_str(r#"
+///     name = "notes"
+///     version = 1
+///     [[table]]
+///     name = "note"
+///     primary_key = ["id"]
+///     [[table.column]]
+///     name = "id"
+///     type = "text"
+///     [[table.column]]
+///     name = "body"
+///     type = "text"
+/// "#, "notes.toml")?;
+/// let phone = SharedStore::new(Store::open_in_memory(&schema)?);
+/// let laptop = SharedStore::new(Store::open_in_memory(&schema)?);
+/// phone.write(|tx| tx.insert("note", &[("id", "n1".into()), ("body", "hi".into())]))?;
+///
+/// // The accepting side decides what a token may do.
+/// let authorize = Arc::new(|token: Option<&str>| {
+///     (token == Some("s3cret")).then(Grant::read_write)
+/// });
+/// let runtime = tokio::runtime::Runtime::new()?;
+/// let (sent, accepted) = runtime.block_on(async {
+///     let (mut here, mut there) = Connection::pair(MAX_MESSAGE_PAYLOAD);
+///     tokio::join!(
+///         sync_once(&phone, &mut here, SessionConfig::default().token(Some("s3cret".into()))),
+///         accept_once(&laptop, &mut there, SessionConfig::default(), authorize),
+///     )
+/// });
+/// assert_eq!(sent?.stats.rows_sent, 1);
+/// accepted?;
+/// assert_eq!(phone.lock().digest()?, laptop.lock().digest()?);
+/// # Ok(()) }
+/// ```
 pub async fn sync_once<H: SharedReplica>(
     store: &H,
     conn: &mut Connection,

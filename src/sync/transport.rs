@@ -156,6 +156,7 @@ impl Connection {
     }
 
     /// Two connected ends in memory, for tests and in-process replicas.
+    /// Must be called inside a tokio runtime, like [`Connection::new`].
     pub fn pair(limit: usize) -> (Connection, Connection) {
         let (a, b): (DuplexStream, DuplexStream) = tokio::io::duplex(1 << 16);
         (Connection::new(a, limit), Connection::new(b, limit))
