@@ -186,13 +186,16 @@ impl ColumnKind for OrSet {
         Ok(())
     }
 
+    // `rebuild` and `reach` take values `check_target` accepted (the engine
+    // checks a resolver's row before it corrects anything), so an
+    // unparsable target cannot reach them.
     fn rebuild(target: &Value) -> Option<Op> {
-        let elements = elements(target).unwrap_or_default();
+        let elements = checked_elements(target);
         (!elements.is_empty()).then_some(Op::Elements(elements))
     }
 
     fn reach(_: &Value, target: &Value, _: &RegisterRule) -> Option<Op> {
-        Some(Op::Elements(elements(target).unwrap_or_default()))
+        Some(Op::Elements(checked_elements(target)))
     }
 
     fn check_target(column: &str, value: &Value) -> Result<(), String> {
@@ -250,6 +253,16 @@ enum NotElements {
 }
 
 /// The sorted, distinct elements of a set column's JSON text.
+/// The elements of a value `check_target` accepted.
+fn checked_elements(target: &Value) -> Vec<String> {
+    let parsed = elements(target);
+    debug_assert!(
+        parsed.is_ok(),
+        "an or_set target that check_target refuses: {target:?}"
+    );
+    parsed.unwrap_or_default()
+}
+
 fn elements(value: &Value) -> Result<Vec<String>, NotElements> {
     let Value::Text(text) = value else {
         return Err(NotElements::Type(value.type_name(), value.to_string()));
