@@ -15,7 +15,8 @@
 //!   ([`SharedStore`]), and what sync needs of any shared replica
 //!   ([`SharedReplica`]);
 //! - `provider`: where a relay session's replica comes from, by
-//!   namespace ([`ReplicaProvider`]);
+//!   namespace ([`ReplicaProvider`]); `directory`: one database per
+//!   namespace under a data directory ([`DirectoryProvider`]);
 //! - `driver`: one loop that runs a session over a connection, and the
 //!   calls [`sync_once`], [`sync_once_tcp`], [`sync_continuously`] and
 //!   [`accept_once`];
@@ -38,6 +39,7 @@
 //! missing.
 
 mod batch;
+mod directory;
 mod driver;
 mod error;
 mod listener;
@@ -52,6 +54,7 @@ mod tokens;
 mod transport;
 pub(crate) mod wire;
 
+pub use directory::{Creation, DirectoryProvider, Setup};
 pub use driver::{accept_once, sync_continuously, sync_once, sync_once_tcp, Backoff, SyncReport};
 pub use error::SyncError;
 pub use listener::{Listener, Peer};

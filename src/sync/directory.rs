@@ -1,0 +1,239 @@
+//! Namespaces on disk: a [`DirectoryProvider`] keeps each namespace's
+//! replica in a database file of its own under one data directory,
+//! `<dir>/<namespace>.db`, so a relay serves many isolated namespaces (a
+//! team, a user, a document set) and a client of one never reads, writes
+//! or learns of another's data.
+//!
+//! Invariants:
+//!
+//! - A namespace's name maps to exactly one file, inside the directory:
+//!   names are 1 to 64 ASCII letters, digits, `_` and `-`, starting with
+//!   a letter or a digit, so no name is a path, a hidden file or an option.
+//!   Any other name is refused as unknown, and nothing is created.
+//! - One [`SharedStore`] per namespace for the provider's life: every
+//!   session of a namespace syncs the same handle (so one clock, one
+//!   change signal), opened on first use.
+//! - A namespace whose file does not exist is created only if the
+//!   [`Creation`] policy allows it; otherwise it is
+//!   [`SyncError::UnknownNamespace`] and the directory is unchanged. The
+//!   default namespace is always served (the relay greets connections
+//!   with it before their token is checked).
+//! - Each store is opened with the provider's schema and options, then
+//!   handed to its setup function (resolvers, mutators) before any
+//!   session sees it; a setup that fails serves nothing for that
+//!   namespace.
+
+use super::error::SyncError;
+use super::provider::{Namespace, ReplicaProvider};
+use super::shared::SharedStore;
+use crate::schema::Schema;
+use crate::store::{Store, StoreOptions};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// Which namespaces a [`DirectoryProvider`] may create a database for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Creation {
+    /// Only namespaces whose database already exists (and the default).
+    Existing,
+    /// Those, and the ones listed (the relay's config names them).
+    Listed(BTreeSet<Namespace>),
+    /// Any valid name a token grants (a token's grant decides).
+    Any,
+}
+
+/// What runs on each namespace's store once it is open and before any
+/// session syncs it: register resolvers and mutators, set the authority.
+pub type Setup = Arc<dyn Fn(&Namespace, &mut Store) -> crate::Result<()> + Send + Sync>;
+
+/// One database per namespace under a directory.
+#[derive(Clone)]
+pub struct DirectoryProvider {
+    dir: PathBuf,
+    schema: Schema,
+    options: StoreOptions,
+    creation: Creation,
+    setup: Option<Setup>,
+    open: Arc<Mutex<BTreeMap<Namespace, SharedStore>>>,
+}
+
+impl fmt::Debug for DirectoryProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DirectoryProvider")
+            .field("dir", &self.dir)
+            .field("creation", &self.creation)
+            .field("setup", &self.setup.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl DirectoryProvider {
+    /// Namespaces under `dir` (created if missing), each a store of
+    /// `schema` opened with `options`; only existing ones are served
+    /// until [`DirectoryProvider::creation`] says otherwise. The default
+    /// namespace's database is opened (or created) now, so a bad
+    /// directory or schema is an error at start, not at the first client.
+    pub fn open(
+        dir: impl AsRef<Path>,
+        schema: &Schema,
+        options: StoreOptions,
+    ) -> Result<DirectoryProvider, SyncError> {
+        let dir = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&dir)?;
+        let provider = DirectoryProvider {
+            dir,
+            schema: schema.clone(),
+            options,
+            creation: Creation::Existing,
+            setup: None,
+            open: Arc::default(),
+        };
+        provider.replica(&Namespace::default())?;
+        Ok(provider)
+    }
+
+    /// Which namespaces may be created.
+    pub fn creation(mut self, creation: Creation) -> DirectoryProvider {
+        self.creation = creation;
+        self
+    }
+
+    /// Runs `setup` on every namespace's store when it opens (the default
+    /// namespace's, already open, runs it now).
+    pub fn setup(
+        mut self,
+        setup: impl Fn(&Namespace, &mut Store) -> crate::Result<()> + Send + Sync + 'static,
+    ) -> Result<DirectoryProvider, SyncError> {
+        let setup: Setup = Arc::new(setup);
+        for (namespace, store) in self.lock().iter() {
+            setup(namespace, &mut store.lock())?;
+        }
+        self.setup = Some(setup);
+        Ok(self)
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The database file of `namespace`, `None` for a name that is not a
+    /// valid namespace name.
+    pub fn path_of(&self, namespace: &Namespace) -> Option<PathBuf> {
+        valid_name(namespace.as_str()).then(|| self.dir.join(format!("{namespace}.db")))
+    }
+
+    /// The namespaces with a database in the directory, in name order.
+    pub fn namespaces(&self) -> Result<Vec<Namespace>, SyncError> {
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(&self.dir)? {
+            let name = entry?.file_name();
+            let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".db")) else {
+                continue;
+            };
+            if valid_name(stem) {
+                found.push(Namespace::new(stem));
+            }
+        }
+        found.sort();
+        Ok(found)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<Namespace, SharedStore>> {
+        self.open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn may_create(&self, namespace: &Namespace) -> bool {
+        *namespace == Namespace::default()
+            || match &self.creation {
+                Creation::Existing => false,
+                Creation::Listed(names) => names.contains(namespace),
+                Creation::Any => true,
+            }
+    }
+}
+
+impl ReplicaProvider for DirectoryProvider {
+    type Replica = SharedStore;
+
+    fn replica(&self, namespace: &Namespace) -> Result<SharedStore, SyncError> {
+        let unknown = || SyncError::UnknownNamespace(namespace.clone());
+        let path = self.path_of(namespace).ok_or_else(unknown)?;
+        // Held while opening, so two first sessions of a namespace open it
+        // once.
+        let mut open = self.lock();
+        if let Some(store) = open.get(namespace) {
+            return Ok(store.clone());
+        }
+        if !path.exists() && !self.may_create(namespace) {
+            return Err(unknown());
+        }
+        let mut store = self
+            .options
+            .clone()
+            .open(&path, &self.schema)
+            .map_err(crate::Error::from)?;
+        if let Some(setup) = &self.setup {
+            setup(namespace, &mut store)?;
+        }
+        let shared = SharedStore::new(store);
+        open.insert(namespace.clone(), shared.clone());
+        tracing::info!(%namespace, path = %path.display(), "namespace opened");
+        Ok(shared)
+    }
+}
+
+/// Whether `name` may name a namespace (see the module's invariants).
+fn valid_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    (1..=64).contains(&bytes.len())
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_names_name_a_namespace() {
+        for good in ["default", "team-7", "a", "User_42", &"x".repeat(64)] {
+            assert!(valid_name(good), "{good:?}");
+        }
+        for bad in [
+            "",
+            "..",
+            "../etc",
+            "a/b",
+            "a\\b",
+            ".hidden",
+            "-rf",
+            "_x",
+            "a b",
+            "naïve",
+            "a\0b",
+            &"x".repeat(65),
+        ] {
+            assert!(!valid_name(bad), "{bad:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_valid_name_stays_inside_the_directory(name in "\\PC{0,70}") {
+            if valid_name(&name) {
+                let dir = Path::new("/data");
+                let path = dir.join(format!("{name}.db"));
+                proptest::prop_assert_eq!(path.parent(), Some(dir));
+                proptest::prop_assert!(!name.contains('/') && !name.contains(".."));
+            }
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! One relay, many namespaces on disk: a `DirectoryProvider` keeps each
+//! namespace in its own database under a data directory. Over real TCP
+//! on 127.0.0.1, clients of namespaces `a` and `b` sync through one relay
+//! and each namespace's file holds only its own rows; the attacker holds
+//! a valid token and tries to reach a namespace it was not given, one
+//! that does not exist, or a file outside the directory.
+
+mod common;
+
+use common::{inventory, site, TestResult};
+use meldb::sync::{
+    sync_once_tcp, Creation, DirectoryProvider, Grant, Namespace, NoticeCode, Relay, RelayConfig,
+    ReplicaProvider, SessionConfig, SharedStore, SyncError, Tokens,
+};
+use meldb::{Store, StoreOptions};
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use tokio::sync::watch;
+
+type Outcome<T> = Result<T, Box<dyn std::error::Error>>;
+
+fn client(n: u8) -> meldb::Result<SharedStore> {
+    Ok(SharedStore::new(
+        StoreOptions::new()
+            .site_id(site(n))
+            .open_in_memory(&inventory())?,
+    ))
+}
+
+fn skus_of(store: &Store) -> meldb::Result<Vec<String>> {
+    let mut stmt = store.conn().prepare("SELECT sku FROM item ORDER BY sku")?;
+    let rows = stmt.query_map([], |r| r.get(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The rows in a namespace's database file, read from a copy so the
+/// relay's open handle is not disturbed.
+fn skus_on_disk(path: &Path) -> Outcome<Vec<String>> {
+    let copy = tempfile::tempdir()?;
+    let target = copy.path().join("copy.db");
+    let conn = meldb::rusqlite::Connection::open(path)?;
+    conn.execute("VACUUM INTO ?1", [target.to_string_lossy()])?;
+    Ok(skus_of(&Store::open(&target, &inventory())?)?)
+}
+
+fn tokens(grants: &[(&str, &str)]) -> Tokens {
+    let mut tokens = Tokens::new();
+    for (name, namespace) in grants {
+        let grant = Grant::read_write().in_namespace(Namespace::new(*namespace));
+        tokens.add(*name, &format!("token-of-{name}"), grant);
+    }
+    tokens
+}
+
+fn as_client(name: &str) -> SessionConfig {
+    SessionConfig::default().token(Some(format!("token-of-{name}")))
+}
+
+struct Running {
+    addr: String,
+    stop: watch::Sender<bool>,
+    server: tokio::task::JoinHandle<Result<(), SyncError>>,
+}
+
+async fn start(provider: DirectoryProvider, tokens: Tokens) -> Outcome<Running> {
+    let relay = Relay::bind(
+        provider,
+        "127.0.0.1:0",
+        RelayConfig::default().tokens(tokens),
+    )
+    .await?;
+    let addr = relay.local_addr()?.to_string();
+    let (stop, shutdown) = watch::channel(false);
+    let server = tokio::spawn(relay.run(shutdown));
+    Ok(Running { addr, stop, server })
+}
+
+impl Running {
+    async fn stop(self) -> TestResult {
+        self.stop.send(true)?;
+        self.server.await??;
+        Ok(())
+    }
+}
+
+fn refused_as_unauthorized(result: &Result<meldb::sync::SyncReport, SyncError>) -> bool {
+    matches!(
+        result,
+        Err(SyncError::Refused {
+            code: NoticeCode::Unauthorized,
+            ..
+        })
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_namespace_is_its_own_database_and_clients_never_cross() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let provider =
+        DirectoryProvider::open(dir.path(), &inventory(), StoreOptions::new())?.creation(
+            Creation::Listed(BTreeSet::from([Namespace::new("a"), Namespace::new("b")])),
+        );
+    let relay = start(
+        provider.clone(),
+        tokens(&[("alice", "a"), ("bob", "b"), ("eve", "../outside")]),
+    )
+    .await?;
+
+    let (alice, bob) = (client(1)?, client(2)?);
+    alice.write(|tx| tx.insert("item", &[("sku", "a-secret".into())]))?;
+    bob.write(|tx| tx.insert("item", &[("sku", "b-secret".into())]))?;
+    sync_once_tcp(&alice, &relay.addr, as_client("alice")).await?;
+    sync_once_tcp(&bob, &relay.addr, as_client("bob")).await?;
+    // A second round: each receives only its own namespace's rows.
+    sync_once_tcp(&alice, &relay.addr, as_client("alice")).await?;
+    sync_once_tcp(&bob, &relay.addr, as_client("bob")).await?;
+    assert_eq!(skus_of(&alice.lock())?, ["a-secret"]);
+    assert_eq!(skus_of(&bob.lock())?, ["b-secret"]);
+
+    let path = |n: &str| {
+        provider
+            .path_of(&Namespace::new(n))
+            .ok_or("a valid namespace name")
+    };
+    assert_eq!(skus_on_disk(&path("a")?)?, ["a-secret"]);
+    assert_eq!(skus_on_disk(&path("b")?)?, ["b-secret"]);
+    assert!(skus_on_disk(&path(Namespace::DEFAULT_NAME)?)?.is_empty());
+    let names: Vec<String> = provider
+        .namespaces()?
+        .iter()
+        .map(Namespace::to_string)
+        .collect();
+    assert_eq!(names, ["a", "b", "default"]);
+
+    // Eve's token grants a namespace whose name is a path: refused, and no
+    // file appears outside (or inside) the data directory.
+    let eve = client(3)?;
+    eve.write(|tx| tx.insert("item", &[("sku", "eve-was-here".into())]))?;
+    let refused = sync_once_tcp(&eve, &relay.addr, as_client("eve")).await;
+    assert!(refused_as_unauthorized(&refused), "{refused:?}");
+    let parent = dir.path().parent().ok_or("the data dir has a parent")?;
+    assert!(!parent.join("outside.db").exists());
+    assert_eq!(provider.namespaces()?.len(), 3);
+    relay.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_is_created_only_when_the_policy_allows_it() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let grants = [("carol", "c"), ("dave", "d")];
+    let provider = DirectoryProvider::open(dir.path(), &inventory(), StoreOptions::new())?;
+    let relay = start(provider.clone(), tokens(&grants)).await?;
+
+    // Carol's token names namespace c, which does not exist, and the relay
+    // creates none: refused with nothing written.
+    let carol = client(4)?;
+    carol.write(|tx| tx.insert("item", &[("sku", "c-1".into())]))?;
+    let refused = sync_once_tcp(&carol, &relay.addr, as_client("carol")).await;
+    assert!(refused_as_unauthorized(&refused), "{refused:?}");
+    assert!(!dir.path().join("c.db").exists());
+    relay.stop().await?;
+
+    // Listed in the config: created on first use, and served from the same
+    // file after a restart; d is still not.
+    let listed = Creation::Listed(BTreeSet::from([Namespace::new("c")]));
+    let provider = DirectoryProvider::open(dir.path(), &inventory(), StoreOptions::new())?
+        .creation(listed.clone());
+    let relay = start(provider, tokens(&grants)).await?;
+    sync_once_tcp(&carol, &relay.addr, as_client("carol")).await?;
+    let dave = client(5)?;
+    let refused = sync_once_tcp(&dave, &relay.addr, as_client("dave")).await;
+    assert!(refused_as_unauthorized(&refused), "{refused:?}");
+    relay.stop().await?;
+    assert!(dir.path().join("c.db").exists());
+    assert!(!dir.path().join("d.db").exists());
+
+    // A relay that creates nothing still serves the namespace that exists.
+    let provider = DirectoryProvider::open(dir.path(), &inventory(), StoreOptions::new())?;
+    let relay = start(provider, tokens(&grants)).await?;
+    let carol_again = client(6)?;
+    sync_once_tcp(&carol_again, &relay.addr, as_client("carol")).await?;
+    assert_eq!(skus_of(&carol_again.lock())?, ["c-1"]);
+    relay.stop().await
+}
+
+#[test]
+fn setup_runs_once_on_each_namespace_before_it_is_served() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let opened = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&opened);
+    let provider = DirectoryProvider::open(dir.path(), &inventory(), StoreOptions::new())?
+        .creation(Creation::Any)
+        .setup(move |_namespace, store| {
+            seen.fetch_add(1, Ordering::SeqCst);
+            store.set_authority(true);
+            Ok(())
+        })?;
+    // The default namespace was open already: set up at once.
+    assert_eq!(opened.load(Ordering::SeqCst), 1);
+    let first = provider.replica(&Namespace::new("team-1"))?;
+    let again = provider.replica(&Namespace::new("team-1"))?;
+    assert_eq!(opened.load(Ordering::SeqCst), 2);
+    // Both sessions of a namespace share one handle (one lock at a time:
+    // they are the same mutex).
+    let first_site = first.lock().site_id();
+    let again_site = again.lock().site_id();
+    assert_eq!(first_site, again_site);
+    let default_site = provider.replica(&Namespace::default())?.lock().site_id();
+    assert_ne!(first_site, default_site);
+    assert!(first.lock().is_authority());
+    // Names that are paths are unknown even when anything may be created.
+    for bad in ["../up", "a/b", ".hidden", ""] {
+        let err = provider.replica(&Namespace::new(bad)).map(|_| ());
+        assert!(
+            matches!(err, Err(SyncError::UnknownNamespace(_))),
+            "{bad:?}: {err:?}"
+        );
+    }
+    Ok(())
+}
