@@ -16,6 +16,7 @@
 //! - `driver`: one loop that runs a session over a connection, and the
 //!   calls [`sync_once`], [`sync_once_tcp`], [`sync_continuously`] and
 //!   [`accept_once`];
+//! - [`limits`]: the relay's connection slots, write rates and quotas;
 //! - [`relay`]: the server many clients sync through ([`tokens`] says who
 //!   may connect); `meldb serve` is the same server for one direct peer.
 //!
@@ -36,6 +37,7 @@
 mod batch;
 mod driver;
 pub mod error;
+pub mod limits;
 pub mod listener;
 pub mod message;
 mod namespace;
