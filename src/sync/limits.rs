@@ -1,13 +1,13 @@
 //! Limits that hold under attack: which connections may take a slot, and
 //! how fast and how much a token may write.
 //!
-//! Slots. A relay connection holds exactly one slot at a time:
+//! Slots. A relay connection holds one slot at a time:
 //!
-//! - a *pending* slot ([`Pending`]) from accept until its `Hello` is
+//! - a *pending* slot (`Pending`) from accept until its `Hello` is
 //!   authorized, counted against the cap on unauthenticated connections
 //!   and, when the peer has an IP address, against that address's own cap;
-//! - then a *client* slot ([`ClientSlot`]), counted against the cap on
-//!   connections. [`Pending::authenticate`] takes the client slot and gives
+//! - then a *client* slot (`ClientSlot`), counted against the cap on
+//!   connections. `Pending::authenticate` takes the client slot and gives
 //!   the pending one back in the same step.
 //!
 //! So an unauthenticated socket never holds a client slot: however many
@@ -18,9 +18,9 @@
 //! them back.
 //!
 //! Writes. A batch or push that would write is checked before anything of
-//! it is applied ([`WriteGate::check`]): first the namespace's storage
+//! it is applied (`WriteGate::check`): first the namespace's storage
 //! quota (the replica's size plus an estimate of the batch), then the
-//! token's write rate (a [`TokenBucket`] of rows). A refusal writes
+//! token's write rate (a token bucket of rows). A refusal writes
 //! nothing and, for the rate, takes nothing from the bucket.
 
 use super::batch::approx_changeset_bytes;

@@ -122,8 +122,11 @@ peers already have. After rotating, export everything (no --since) to each peer 
 creates the database if needed, prints `listening on ADDR` (use port 0 for any free port), \
 persists every batch a client sends before acknowledging it, and forwards new changes to every \
 connected client. Clients authenticate with a token from the --tokens file (TOML, one \
-[[token]] with name, token and access = \"read-write\" or \"read-only\" per client). Logs go \
-to stderr (filter with MELDB_LOG, e.g. MELDB_LOG=debug). Ctrl-c or SIGTERM shuts it down \
+[[token]] with name, token and access = \"read-write\" or \"read-only\" per client). Sockets \
+that have not said hello with a valid token count against --max-unauthenticated (and per \
+address), never against --max-connections, and are dropped at --handshake-timeout; each token's \
+writes are held to --write-rate and the database to --namespace-quota (a refused batch is not \
+written, and the client is told why). Logs go to stderr (filter with MELDB_LOG, e.g. MELDB_LOG=debug). Ctrl-c or SIGTERM shuts it down \
 gracefully."
     )]
     Relay(RelayArgs),

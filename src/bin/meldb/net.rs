@@ -74,7 +74,10 @@ pub fn relay(args: &RelayArgs, out: &mut dyn Write) -> Result<()> {
 pub fn serve(args: &ServeArgs, out: &mut dyn Write) -> Result<()> {
     init_logs("info");
     let store = open(&args.db)?;
-    let mut config = RelayConfig::default();
+    // One direct peer, often the user's own: no write rate, no quota.
+    let mut config = RelayConfig::default()
+        .write_rate(None)
+        .namespace_quota(None);
     if let Some(path) = &args.tokens {
         config = config.tokens(Tokens::load(path)?);
     }
