@@ -154,12 +154,11 @@ pub(crate) async fn drive<H: SharedReplica>(
         }
         let greeting = s.peer().is_none();
         let live_and_quiet = !options.until_caught_up && s.is_caught_up();
+        let idle = later(quiet_since, options.idle.saturating_mul(silent + 1));
         let deadline = match (options.handshake, options.quiet) {
-            (Some(limit), _) if greeting => started + limit,
-            (_, Some(quiet)) if live_and_quiet => {
-                (quiet_since + options.idle * (silent + 1)).min(heard + quiet)
-            }
-            _ => quiet_since + options.idle * (silent + 1),
+            (Some(limit), _) if greeting => later(started, limit),
+            (_, Some(quiet)) if live_and_quiet => idle.min(later(heard, quiet)),
+            _ => idle,
         };
         let event = tokio::select! {
             message = conn.recv() => Event::Message(message),
@@ -257,14 +256,14 @@ pub(crate) async fn drive<H: SharedReplica>(
                 }
                 let now = Instant::now();
                 if let Some(quiet) = options.quiet {
-                    if live_and_quiet && now >= heard + quiet {
+                    if live_and_quiet && now >= later(heard, quiet) {
                         // Nothing owed either way: end without a notice,
                         // and the peer reconnects when it wants to.
                         shut(conn, options).await;
                         return Ok(SyncReport::of(s));
                     }
                 }
-                if now < quiet_since + options.idle * (silent + 1) {
+                if now < idle {
                     continue;
                 }
                 silent += 1;
@@ -275,7 +274,7 @@ pub(crate) async fn drive<H: SharedReplica>(
                         continue;
                     }
                     return Err(SyncError::Timeout {
-                        seconds: options.idle.as_secs() * 2,
+                        seconds: options.idle.as_secs().saturating_mul(2),
                     });
                 }
                 let (back, result) =
@@ -290,6 +289,14 @@ pub(crate) async fn drive<H: SharedReplica>(
             }
         }
     }
+}
+
+/// `at + limit`, or a time decades away for a limit too large to add.
+fn later(at: Instant, limit: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
+    at.checked_add(limit)
+        .or_else(|| at.checked_add(FAR))
+        .unwrap_or(at)
 }
 
 enum Event {
