@@ -327,6 +327,32 @@ fn bad_arguments_exit_2_with_usage() -> TestResult {
             "not-a-uuid",
         ],
         &["demo", "--replicas", "1"],
+        &[
+            "relay",
+            "--db",
+            "x.db",
+            "--schema",
+            SCHEMA,
+            "--listen",
+            "127.0.0.1:0",
+            "--tokens",
+            "t.toml",
+            "--handshake-timeout",
+            "ten",
+        ],
+        &[
+            "relay",
+            "--db",
+            "x.db",
+            "--schema",
+            SCHEMA,
+            "--listen",
+            "127.0.0.1:0",
+            "--tokens",
+            "t.toml",
+            "--namespace-quota",
+            "5PB",
+        ],
     ] {
         let run = meldb(d, args)?.expect_code(2);
         assert!(

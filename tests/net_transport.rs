@@ -241,10 +241,27 @@ async fn a_connection_over_the_limit_is_told_the_relay_is_busy() -> TestResult {
     let (stop, shutdown) = watch::channel(false);
     let server = tokio::spawn(relay.run(shutdown));
 
-    // The only slot is taken by a connection that has not said hello yet.
-    let first = Connection::tcp(addr.as_str(), MAX_MESSAGE_PAYLOAD).await?;
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The only slot is taken by a client that said hello; one that has
+    // not said hello yet takes none (tests/relay_limits.rs).
+    let hello = |n: u8| {
+        Message::Hello(meldb::sync::message::Hello {
+            site: site(n),
+            schema: "inventory".into(),
+            schema_version: 1,
+            token: None,
+            accepts_changes: true,
+            live: true,
+            authority: false,
+        })
+    };
+    let mut first = Connection::tcp(addr.as_str(), MAX_MESSAGE_PAYLOAD).await?;
+    first.send(&hello(7)).await?;
+    match first.recv().await {
+        Some(Ok(Message::Hello(_))) => {}
+        other => return Err(format!("expected the relay's hello, got {other:?}").into()),
+    }
     let mut second = Connection::tcp(addr.as_str(), MAX_MESSAGE_PAYLOAD).await?;
+    second.send(&hello(8)).await?;
     match second.recv().await {
         Some(Ok(Message::Notice(n))) => {
             assert_eq!(n.code, NoticeCode::Busy);

@@ -129,6 +129,17 @@ pub(crate) fn add_covers(vv: &mut VersionVector, changes: &Changeset) {
     }
 }
 
+/// An upper-ish estimate of a changeset's encoded size (the sum of its
+/// rows' estimates).
+pub(crate) fn approx_changeset_bytes(changes: &Changeset) -> usize {
+    changes
+        .tables
+        .iter()
+        .flat_map(|t| &t.rows)
+        .map(approx_row_bytes)
+        .sum()
+}
+
 /// An upper-ish estimate of a row's encoded size: values at their length,
 /// metadata at a fixed allowance per entry.
 fn approx_row_bytes(row: &RowChange) -> usize {

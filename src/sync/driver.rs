@@ -14,8 +14,9 @@
 //! ([`Rebind`]), and from then on that one alone is read and written.
 
 use super::error::SyncError;
+use super::limits::{LimitExceeded, WriteGate};
 use super::message::{Hello, Message, NoticeCode};
-use super::session::{PeerInfo, Session, SessionConfig, SyncStats};
+use super::session::{Access, PeerInfo, Session, SessionConfig, SyncStats};
 use super::shared::SharedReplica;
 use super::transport::Connection;
 use super::wire::MAX_MESSAGE_PAYLOAD;
@@ -50,6 +51,27 @@ pub(crate) struct DriveOptions {
     /// Silence after which an outstanding request is repeated, and after
     /// twice which the session ends.
     pub idle: Duration,
+    /// The peer's `Hello` must have arrived this long after the loop
+    /// started (a relay's handshake deadline); `None`: only `idle` applies.
+    pub handshake: Option<Duration>,
+    /// A live session that is caught up and has heard nothing from its
+    /// peer this long ends quietly (the peer reconnects); `None`: never.
+    pub quiet: Option<Duration>,
+    /// A write the peer does not take within this long ends the session.
+    pub write_timeout: Duration,
+}
+
+impl DriveOptions {
+    /// A client's: no handshake deadline, writes given 30 s.
+    pub(crate) fn client(until_caught_up: bool, idle: Duration) -> DriveOptions {
+        DriveOptions {
+            until_caught_up,
+            idle,
+            handshake: None,
+            quiet: None,
+            write_timeout: Duration::from_secs(30),
+        }
+    }
 }
 
 /// Picks the replica a session serves once the peer's `Hello` arrives.
@@ -62,6 +84,13 @@ pub(crate) trait Rebind<H>: Send {
         &mut self,
         hello: &Hello,
     ) -> impl Future<Output = Result<Option<(H, Session)>, SyncError>> + Send;
+
+    /// What a batch or push from the peer is checked against before it is
+    /// applied (on the blocking pool, the replica locked); a refusal ends
+    /// the session with nothing of it written. `None`: nothing.
+    fn write_gate(&self) -> Option<WriteGate> {
+        None
+    }
 }
 
 /// Keeps the replica the loop started with (clients, [`accept_once`]).
@@ -75,6 +104,11 @@ impl<H: Send> Rebind<H> for Fixed {
 
 /// Runs `session` until it is caught up (one-shot), the peer closes, an
 /// error, or `shutdown` turns true.
+///
+/// Deadlines are the connection's own: measured from when the loop
+/// started (the handshake) and from the last frame this peer sent (idle,
+/// quiet), never re-armed by anything else, so other clients' traffic on
+/// the same replica cannot keep a silent connection alive.
 pub(crate) async fn drive<H: SharedReplica>(
     mut store: H,
     session: Session,
@@ -85,31 +119,56 @@ pub(crate) async fn drive<H: SharedReplica>(
 ) -> Result<SyncReport, SyncError> {
     let mut session = Some(session);
     let mut changes = store.subscribe();
+    let started = Instant::now();
+    // The last frame from the peer, and the start of the current silence
+    // (moved on when a live, caught-up session is found healthy).
+    let mut heard = started;
+    let mut quiet_since = started;
     let mut silent = 0u32;
+    let mut watching = true;
     loop {
         let s = session
             .as_mut()
             .ok_or(SyncError::Closed { during: "sync" })?;
         while let Some(message) = s.poll_message() {
-            conn.send(&message).await?;
+            send(conn, &message, options).await?;
         }
         if s.is_closed() {
-            conn.shutdown().await.ok();
+            shut(conn, options).await;
             return Err(SyncError::Closed {
                 during: "after a notice",
             });
         }
+        if s.has_deferred_changes() {
+            let (back, result) =
+                with_store(&store, session.take(), |s, st| s.local_changed(st)).await?;
+            session = Some(back);
+            if let (Err(e), Some(s)) = (result, session.as_mut()) {
+                flush(s, conn, options).await;
+                return Err(e);
+            }
+            continue;
+        }
         if options.until_caught_up && s.is_caught_up() {
-            conn.shutdown().await.ok();
+            shut(conn, options).await;
             return Ok(SyncReport::of(s));
         }
+        let greeting = s.peer().is_none();
+        let live_and_quiet = !options.until_caught_up && s.is_caught_up();
+        let idle = later(quiet_since, options.idle.saturating_mul(silent + 1));
+        let deadline = match (options.handshake, options.quiet) {
+            (Some(limit), _) if greeting => later(started, limit),
+            (_, Some(quiet)) if live_and_quiet => idle.min(later(heard, quiet)),
+            _ => idle,
+        };
         let event = tokio::select! {
             message = conn.recv() => Event::Message(message),
-            changed = changes.changed() => match changed {
+            // Nothing to push before the peer said hello.
+            changed = changes.changed(), if watching && !greeting => match changed {
                 Ok(()) => Event::LocalChange,
-                Err(_) => Event::Idle,
+                Err(_) => Event::Unwatched,
             },
-            () = tokio::time::sleep(options.idle) => Event::Idle,
+            () = tokio::time::sleep_until(deadline.into()) => Event::Idle,
             _ = shutdown.wait_for(|stop| *stop) => Event::Shutdown,
         };
         match event {
@@ -119,11 +178,13 @@ pub(crate) async fn drive<H: SharedReplica>(
             Event::Message(Some(Err(e))) => {
                 // A bad frame: tell the peer, then end this connection only.
                 s.close(NoticeCode::Protocol, notice_text(&e));
-                flush(s, conn).await;
+                flush(s, conn, options).await;
                 return Err(e);
             }
             Event::Message(Some(Ok(message))) => {
                 silent = 0;
+                heard = Instant::now();
+                quiet_since = heard;
                 if let Message::Hello(hello) = &message {
                     match rebind.on_hello(hello).await {
                         Ok(None) => {}
@@ -133,6 +194,7 @@ pub(crate) async fn drive<H: SharedReplica>(
                             let signal = replica.subscribe();
                             if !signal.same_channel(&changes) {
                                 changes = signal;
+                                watching = true;
                             }
                             store = replica;
                             session = Some(fresh);
@@ -142,19 +204,30 @@ pub(crate) async fn drive<H: SharedReplica>(
                                 if let Some(code) = e.notice_code() {
                                     s.close(code, e.to_string());
                                 }
-                                flush(s, conn).await;
+                                flush(s, conn, options).await;
                             }
                             return Err(e);
                         }
                     }
                 }
                 let applies = matches!(message, Message::Changes(_) | Message::Push(_));
-                let (back, result) =
-                    with_store(&store, session.take(), move |s, st| s.receive(st, message)).await?;
+                let gate = if applies { rebind.write_gate() } else { None };
+                let (back, result) = with_store(&store, session.take(), move |s, st| {
+                    if let Some(gate) = gate.filter(|_| s.access() == Access::ReadWrite) {
+                        if let Err(e) = gate.check(&message, &*st) {
+                            if let Some(code) = e.notice_code() {
+                                s.close(code, e.to_string());
+                            }
+                            return Err(e);
+                        }
+                    }
+                    s.receive(st, message)
+                })
+                .await?;
                 session = Some(back);
                 if let Err(e) = result {
                     if let Some(s) = session.as_mut() {
-                        flush(s, conn).await;
+                        flush(s, conn, options).await;
                     }
                     return Err(e);
                 }
@@ -166,20 +239,43 @@ pub(crate) async fn drive<H: SharedReplica>(
                 let (back, result) =
                     with_store(&store, session.take(), |s, st| s.local_changed(st)).await?;
                 session = Some(back);
-                result?;
+                if let (Err(e), Some(s)) = (result, session.as_mut()) {
+                    flush(s, conn, options).await;
+                    return Err(e);
+                }
             }
+            // The replica is gone: nothing more will change.
+            Event::Unwatched => watching = false,
             Event::Idle => {
+                if let (true, Some(after)) = (greeting, options.handshake) {
+                    let e = SyncError::from(LimitExceeded::Handshake { after });
+                    if let Some(code) = e.notice_code() {
+                        s.close(code, e.to_string());
+                    }
+                    flush(s, conn, options).await;
+                    return Err(e);
+                }
+                let now = Instant::now();
+                if let Some(quiet) = options.quiet {
+                    if live_and_quiet && now >= later(heard, quiet) {
+                        // Nothing owed either way: end without a notice,
+                        // and the peer reconnects when it wants to.
+                        shut(conn, options).await;
+                        return Ok(SyncReport::of(s));
+                    }
+                }
+                if now < idle {
+                    continue;
+                }
                 silent += 1;
                 if silent > 1 {
-                    if let Some(s) = session.as_mut() {
-                        let live_and_quiet = s.is_caught_up();
-                        if live_and_quiet && !options.until_caught_up {
-                            silent = 0;
-                            continue;
-                        }
+                    if live_and_quiet {
+                        silent = 0;
+                        quiet_since = now;
+                        continue;
                     }
                     return Err(SyncError::Timeout {
-                        seconds: options.idle.as_secs() * 2,
+                        seconds: options.idle.as_secs().saturating_mul(2),
                     });
                 }
                 let (back, result) =
@@ -189,28 +285,54 @@ pub(crate) async fn drive<H: SharedReplica>(
             }
             Event::Shutdown => {
                 s.close(NoticeCode::Shutdown, "shutting down");
-                flush(s, conn).await;
+                flush(s, conn, options).await;
                 return Ok(SyncReport::of(s));
             }
         }
     }
 }
 
+/// `at + limit`, or a time decades away for a limit too large to add.
+fn later(at: Instant, limit: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
+    at.checked_add(limit)
+        .or_else(|| at.checked_add(FAR))
+        .unwrap_or(at)
+}
+
 enum Event {
     Message(Option<Result<Message, SyncError>>),
     LocalChange,
+    Unwatched,
     Idle,
     Shutdown,
 }
 
+/// Sends one message, giving the peer `write_timeout` to take it.
+async fn send(
+    conn: &mut Connection,
+    message: &Message,
+    options: &DriveOptions,
+) -> Result<(), SyncError> {
+    let after = options.write_timeout;
+    tokio::time::timeout(after, conn.send(message))
+        .await
+        .map_err(|_| LimitExceeded::WriteStalled { after })?
+}
+
+/// Flushes and closes the sending side, giving up after `write_timeout`.
+async fn shut(conn: &mut Connection, options: &DriveOptions) {
+    let _ = tokio::time::timeout(options.write_timeout, conn.shutdown()).await;
+}
+
 /// Sends what is left (a closing notice), ignoring a peer that is gone.
-async fn flush(session: &mut Session, conn: &mut Connection) {
+async fn flush(session: &mut Session, conn: &mut Connection, options: &DriveOptions) {
     while let Some(message) = session.poll_message() {
-        if conn.send(&message).await.is_err() {
+        if send(conn, &message, options).await.is_err() {
             return;
         }
     }
-    conn.shutdown().await.ok();
+    shut(conn, options).await;
 }
 
 /// Runs `f` with the session and the locked replica on the blocking pool.
@@ -293,10 +415,7 @@ pub async fn sync_once<H: SharedReplica>(
         store.clone(),
         session,
         conn,
-        &DriveOptions {
-            until_caught_up: true,
-            idle: Duration::from_secs(30),
-        },
+        &DriveOptions::client(true, Duration::from_secs(30)),
         &mut shutdown,
         &mut Fixed,
     )
@@ -318,10 +437,7 @@ pub async fn accept_once<H: SharedReplica>(
         store.clone(),
         session,
         conn,
-        &DriveOptions {
-            until_caught_up: true,
-            idle: Duration::from_secs(30),
-        },
+        &DriveOptions::client(true, Duration::from_secs(30)),
         &mut shutdown,
         &mut Fixed,
     )
@@ -370,10 +486,7 @@ pub async fn sync_continuously<H: SharedReplica>(
 ) -> Vec<SyncReport> {
     let mut delay = backoff.initial;
     let mut all = Vec::new();
-    let options = DriveOptions {
-        until_caught_up: false,
-        idle: Duration::from_secs(15),
-    };
+    let options = DriveOptions::client(false, Duration::from_secs(15));
     while !*shutdown.borrow() {
         match Connection::tcp(addr.as_str(), MAX_MESSAGE_PAYLOAD).await {
             Ok(mut conn) => {

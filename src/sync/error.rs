@@ -1,5 +1,6 @@
 //! The sync layer's errors: what ended a session, on which side.
 
+use super::limits::LimitExceeded;
 use super::message::NoticeCode;
 use super::namespace::Namespace;
 use crate::changeset::ChangeCursor;
@@ -93,6 +94,10 @@ pub enum SyncError {
     /// granted.
     #[error("this relay serves no namespace {0:?}")]
     UnknownNamespace(Namespace),
+    /// A relay limit: a connection cap, a deadline, a write rate or a
+    /// storage quota (nothing of a refused write was written).
+    #[error("{0}")]
+    Limit(#[from] LimitExceeded),
     /// No message arrived within the configured idle time.
     #[error("no message from the peer for {seconds} s")]
     Timeout {
@@ -105,6 +110,7 @@ impl SyncError {
     /// The notice to send the peer before closing, if it should get one.
     pub(crate) fn notice_code(&self) -> Option<NoticeCode> {
         Some(match self {
+            SyncError::Limit(limit) => return limit.notice_code(),
             SyncError::Decode(_) | SyncError::Unexpected { .. } | SyncError::UnknownAck { .. } => {
                 NoticeCode::Protocol
             }

@@ -20,6 +20,8 @@
 //! - `driver`: one loop that runs a session over a connection, and the
 //!   calls [`sync_once`], [`sync_once_tcp`], [`sync_continuously`] and
 //!   [`accept_once`];
+//! - `limits`: the relay's connection slots, write rates and quotas
+//!   ([`WriteRate`], [`LimitExceeded`]);
 //! - `relay`: the server many clients sync through ([`Relay`]; [`Tokens`]
 //!   says who may connect); `meldb serve` is the same server for one
 //!   direct peer.
@@ -42,6 +44,7 @@ mod batch;
 mod directory;
 mod driver;
 mod error;
+mod limits;
 mod listener;
 pub mod message;
 mod namespace;
@@ -57,6 +60,7 @@ pub(crate) mod wire;
 pub use directory::{Creation, DirectoryProvider, Setup};
 pub use driver::{accept_once, sync_continuously, sync_once, sync_once_tcp, Backoff, SyncReport};
 pub use error::SyncError;
+pub use limits::{LimitExceeded, WriteRate};
 pub use listener::{Listener, Peer};
 pub use message::{Message, NoticeCode};
 pub use provider::{Namespace, ReplicaProvider};

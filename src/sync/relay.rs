@@ -12,10 +12,24 @@
 //! read-only token receives changes, and a batch it sends anyway ends its
 //! session with nothing applied.
 //!
-//! Limits: concurrent connections (one over the limit gets a `Busy`
-//! notice), message size, and an idle timeout. Shutdown (the watch turning
-//! true) stops accepting, sends every client a `Shutdown` notice and waits
-//! for the sessions to end.
+//! Limits (see [`super::limits`] for the accounting, [`RelayConfig`] for
+//! the defaults): a connection holds a *pending* slot until its `Hello` is
+//! authorized (a cap on unauthenticated connections, and one per source
+//! address) and only then a *client* slot (`max_connections`), so sockets
+//! without a token never lock clients out; one over a cap gets a `Busy`
+//! notice. Every connection has its own deadlines, measured from its own
+//! frames and never re-armed by other clients' traffic: the hello within
+//! the handshake deadline, a frame within the idle timeout while a request
+//! is outstanding, any frame within the quiet timeout while live and
+//! caught up; a peer that does not read what it is sent within the write
+//! timeout is dropped, and a live one that acknowledges slowly gets its
+//! changes coalesced (then, past a bound, a notice; see
+//! [`SessionConfig::max_lag_batches`]). Writes are checked before they are
+//! applied against the token's write rate and the namespace's storage
+//! quota; a refusal is a notice to that connection, with nothing written.
+//! Message size is capped per frame. Shutdown (the watch turning true)
+//! stops accepting, sends every client a `Shutdown` notice and waits for
+//! the sessions to end.
 //!
 //! A relay is a listener, a replica provider and a config (the shape of
 //! mini-redis's `server::run(listener, shutdown)`): each authorized
@@ -32,6 +46,9 @@
 
 use super::driver::{drive, DriveOptions, Rebind};
 use super::error::SyncError;
+use super::limits::{
+    Admission, ClientSlot, LimitExceeded, Pending, WriteGate, WriteRate, WriteRates,
+};
 use super::listener::{Listener, Peer};
 use super::message::{Hello, Message, Notice, NoticeCode};
 use super::provider::{Namespace, ReplicaProvider};
@@ -44,24 +61,49 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-/// Relay settings.
+/// Relay settings. The defaults suit a relay for a few thousand devices
+/// (raise the process's open-file limit above `max_connections +
+/// max_unauthenticated`).
 #[must_use]
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
     /// Who may connect; `None` lets everyone read and write (`meldb serve`
     /// on a trusted network).
     pub tokens: Option<Arc<Tokens>>,
-    /// Concurrent connections (at most).
+    /// Authorized connections at once (at most; default 4096).
     pub max_connections: usize,
+    /// Connections that have not completed their hello, at once (at most;
+    /// default 256). They never take the slots of authorized ones.
+    pub max_unauthenticated: usize,
+    /// Of those, from one IP address (at most; default 16).
+    pub max_unauthenticated_per_address: usize,
+    /// A connection's hello must be authorized this long after it was
+    /// accepted (default 10 s).
+    pub handshake_timeout: Duration,
     /// The largest message payload accepted from a client, in bytes.
     pub max_message: usize,
     /// Silence after which a session is probed, and after twice which an
-    /// unfinished one is dropped.
+    /// unfinished one is dropped (default 30 s).
     pub idle: Duration,
-    /// Batch sizes and window of the sessions.
+    /// A live session that is caught up and hears nothing from its client
+    /// this long is closed, freeing the slot of a device that vanished;
+    /// the client reconnects (default 30 min; `None`: never).
+    pub quiet_timeout: Option<Duration>,
+    /// A client that does not read what it is sent for this long is
+    /// dropped (default 30 s).
+    pub write_timeout: Duration,
+    /// Rows (or mutations) each token may write per second, and in a
+    /// burst; `None`: no limit (default 1,000 per second, bursts of
+    /// 50,000). Without tokens, each source address has its own.
+    pub write_rate: Option<WriteRate>,
+    /// The size a namespace's database may grow to, in bytes; a batch
+    /// that would take it past is refused (default 8 GiB; `None`: no
+    /// quota).
+    pub namespace_quota: Option<u64>,
+    /// Batch sizes, window and lag bound of the sessions.
     pub session: SessionConfig,
 }
 
@@ -69,9 +111,19 @@ impl Default for RelayConfig {
     fn default() -> Self {
         RelayConfig {
             tokens: None,
-            max_connections: 256,
+            max_connections: 4096,
+            max_unauthenticated: 256,
+            max_unauthenticated_per_address: 16,
+            handshake_timeout: Duration::from_secs(10),
             max_message: 16 << 20,
             idle: Duration::from_secs(30),
+            quiet_timeout: Some(Duration::from_secs(30 * 60)),
+            write_timeout: Duration::from_secs(30),
+            write_rate: Some(WriteRate {
+                per_second: 1_000,
+                burst: 50_000,
+            }),
+            namespace_quota: Some(8 << 30),
             session: SessionConfig::default(),
         }
     }
@@ -84,9 +136,23 @@ impl RelayConfig {
         self
     }
 
-    /// Concurrent connection limit.
+    /// Authorized connection limit (at least 1).
     pub fn max_connections(mut self, n: usize) -> Self {
         self.max_connections = n.max(1);
+        self
+    }
+
+    /// Limits on connections that have not completed their hello: in all
+    /// and per source address (each at least 1).
+    pub fn max_unauthenticated(mut self, total: usize, per_address: usize) -> Self {
+        self.max_unauthenticated = total.max(1);
+        self.max_unauthenticated_per_address = per_address.max(1);
+        self
+    }
+
+    /// The handshake deadline.
+    pub fn handshake_timeout(mut self, limit: Duration) -> Self {
+        self.handshake_timeout = limit;
         self
     }
 
@@ -94,6 +160,52 @@ impl RelayConfig {
     pub fn max_message(mut self, bytes: usize) -> Self {
         self.max_message = bytes.clamp(1024, MAX_MESSAGE_PAYLOAD);
         self
+    }
+
+    /// The idle timeout.
+    pub fn idle(mut self, limit: Duration) -> Self {
+        self.idle = limit;
+        self
+    }
+
+    /// The quiet timeout of live sessions (`None`: never).
+    pub fn quiet_timeout(mut self, limit: Option<Duration>) -> Self {
+        self.quiet_timeout = limit;
+        self
+    }
+
+    /// The write timeout.
+    pub fn write_timeout(mut self, limit: Duration) -> Self {
+        self.write_timeout = limit;
+        self
+    }
+
+    /// Each token's write rate (`None`: no limit).
+    pub fn write_rate(mut self, rate: Option<WriteRate>) -> Self {
+        self.write_rate = rate;
+        self
+    }
+
+    /// Each namespace's storage quota in bytes (`None`: no quota).
+    pub fn namespace_quota(mut self, bytes: Option<u64>) -> Self {
+        self.namespace_quota = bytes;
+        self
+    }
+
+    /// The sessions' settings (live mode is the relay's to set).
+    pub fn session(mut self, session: SessionConfig) -> Self {
+        self.session = session;
+        self
+    }
+
+    fn drive_options(&self) -> DriveOptions {
+        DriveOptions {
+            until_caught_up: false,
+            idle: self.idle,
+            handshake: Some(self.handshake_timeout),
+            quiet: self.quiet_timeout,
+            write_timeout: self.write_timeout,
+        }
     }
 }
 
@@ -138,13 +250,22 @@ impl<L: Listener, P: ReplicaProvider> Relay<L, P> {
     /// Serves until `shutdown` turns true, then ends every session with a
     /// notice and returns once they are closed.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), SyncError> {
-        let slots = Arc::new(Semaphore::new(self.config.max_connections));
-        let authorize: Authorize = match &self.config.tokens {
-            Some(tokens) => tokens.authorizer(),
-            None => Arc::new(|_| Some(Grant::read_write())),
-        };
-        let mut sessions = JoinSet::new();
         let config = Arc::new(self.config);
+        let admission = Admission::new(
+            config.max_connections,
+            config.max_unauthenticated,
+            config.max_unauthenticated_per_address,
+        );
+        let common = Arc::new(Common {
+            authorize: match &config.tokens {
+                Some(tokens) => tokens.authorizer(),
+                None => Arc::new(|_| Some(Grant::read_write())),
+            },
+            rates: Arc::new(WriteRates::new(config.write_rate)),
+            options: config.drive_options(),
+            config: Arc::clone(&config),
+        });
+        let mut sessions = JoinSet::new();
         tracing::info!(addr = %self.listener.describe(), "relay listening");
         let mut listener = self.listener;
         loop {
@@ -156,24 +277,27 @@ impl<L: Listener, P: ReplicaProvider> Relay<L, P> {
             let (stream, peer) = match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
+                    // Out of file descriptors, say: pause rather than spin.
                     tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(ACCEPT_PAUSE).await;
                     continue;
                 }
             };
             let conn = Connection::new(stream, config.max_message);
             conn.set_accepting();
-            let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
-                tracing::warn!(%peer, "connection refused: too many connections");
-                sessions.spawn(refuse(conn, config.max_connections));
-                continue;
+            let pending = match admission.admit(&peer) {
+                Ok(pending) => pending,
+                Err(limit) => {
+                    tracing::warn!(%peer, reason = %limit, "connection refused");
+                    sessions.spawn(refuse(conn, limit, config.write_timeout));
+                    continue;
+                }
             };
             let provider = Arc::clone(&self.provider);
-            let config = Arc::clone(&config);
-            let authorize = Arc::clone(&authorize);
+            let common = Arc::clone(&common);
             let mut shutdown = shutdown.clone();
             sessions.spawn(async move {
-                serve_one(provider, conn, peer, &config, authorize, &mut shutdown).await;
-                drop(permit);
+                serve_one(provider, conn, peer, &common, pending, &mut shutdown).await;
             });
         }
         tracing::info!(sessions = sessions.len(), "relay shutting down");
@@ -182,45 +306,44 @@ impl<L: Listener, P: ReplicaProvider> Relay<L, P> {
     }
 }
 
-async fn refuse(mut conn: Connection, limit: usize) {
+/// How long the relay waits after a failed accept.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
+
+/// What every session of a relay shares.
+struct Common {
+    config: Arc<RelayConfig>,
+    authorize: Authorize,
+    rates: Arc<WriteRates>,
+    options: DriveOptions,
+}
+
+async fn refuse(mut conn: Connection, limit: LimitExceeded, write_timeout: Duration) {
     let notice = Message::Notice(Notice {
-        code: NoticeCode::Busy,
-        message: format!("the relay serves at most {limit} connections; try again later"),
+        code: limit.notice_code().unwrap_or(NoticeCode::Busy),
+        message: limit.to_string(),
     });
-    conn.send(&notice).await.ok();
-    conn.shutdown().await.ok();
+    let _ = tokio::time::timeout(write_timeout, async {
+        conn.send(&notice).await.ok();
+        conn.shutdown().await.ok();
+    })
+    .await;
 }
 
 async fn serve_one<P: ReplicaProvider>(
     provider: Arc<P>,
     mut conn: Connection,
     peer: Peer,
-    config: &RelayConfig,
-    authorize: Authorize,
+    common: &Common,
+    pending: Pending,
     shutdown: &mut watch::Receiver<bool>,
 ) {
-    let tokens = config.tokens.clone();
-    let who = peer.clone();
-    let named: Authorize = Arc::new(move |token| {
-        let peer = &who;
-        let grant = authorize(token);
-        let name = tokens
-            .as_ref()
-            .and_then(|t| t.check(token).map(|(n, _)| n.to_string()));
-        match &grant {
-            Some(g) => {
-                tracing::info!(%peer, client = name.as_deref().unwrap_or("-"), access = ?g.access, namespace = %g.namespace, "client accepted")
-            }
-            None => tracing::warn!(%peer, presented = token.is_some(), "client refused: bad token"),
-        }
-        grant
-    });
+    let config = &common.config;
     let session_config = config.session.clone().live(true);
     let greeter = match provide(&provider, Namespace::default()).await {
         Ok(replica) => replica,
         Err(e) => {
             tracing::warn!(%peer, error = %e, "connection refused: no replica to greet it");
-            refuse_with(conn, &e).await;
+            refuse_with(conn, &e, config.write_timeout).await;
             return;
         }
     };
@@ -229,16 +352,27 @@ async fn serve_one<P: ReplicaProvider>(
         .with_replica(|r| Session::responder(&*r, session_config.clone(), Arc::new(|_| None)));
     let mut rebind = ByGrant {
         provider,
-        authorize: named,
+        authorize: Arc::clone(&common.authorize),
+        tokens: config.tokens.clone(),
+        peer: peer.clone(),
         config: session_config,
         greeter: Some(greeter.clone()),
-    };
-    let options = DriveOptions {
-        until_caught_up: false,
-        idle: config.idle,
+        slot: Slot::Pending(pending),
+        rates: Arc::clone(&common.rates),
+        quota: config.namespace_quota,
+        gate: None,
     };
     let counts = conn.counts();
-    match drive(greeter, session, &mut conn, &options, shutdown, &mut rebind).await {
+    match drive(
+        greeter,
+        session,
+        &mut conn,
+        &common.options,
+        shutdown,
+        &mut rebind,
+    )
+    .await
+    {
         Ok(stats) => {
             tracing::info!(%peer, ?stats, bytes_in = counts.received(), bytes_out = counts.sent(), "session closed")
         }
@@ -248,16 +382,47 @@ async fn serve_one<P: ReplicaProvider>(
     }
 }
 
+/// The slot a connection holds (see [`super::limits`]).
+enum Slot {
+    Pending(Pending),
+    Client { _slot: ClientSlot },
+    None,
+}
+
 /// Authorizes a connection's first `Hello` and serves it the replica of
 /// the namespace its grant names; a refused one stays with the greeter,
 /// whose session refuses it as any session would (schema and site are
-/// checked first, then the token).
+/// checked first, then the token). An authorized one trades its pending
+/// slot for a client slot, or is told the relay is busy.
 struct ByGrant<P: ReplicaProvider> {
     provider: Arc<P>,
     authorize: Authorize,
+    tokens: Option<Arc<Tokens>>,
+    peer: Peer,
     config: SessionConfig,
     /// The default namespace's replica, until the first `Hello`.
     greeter: Option<P::Replica>,
+    slot: Slot,
+    rates: Arc<WriteRates>,
+    quota: Option<u64>,
+    /// What the authorized session's writes are checked against.
+    gate: Option<WriteGate>,
+}
+
+impl<P: ReplicaProvider> ByGrant<P> {
+    /// Whose write-rate bucket a token's writes take from: its name, or
+    /// without tokens the peer's IP address.
+    fn client_name(&self, token: Option<&str>) -> Option<String> {
+        match &self.tokens {
+            Some(tokens) => tokens.check(token).map(|(name, _)| name.to_string()),
+            None => Some(
+                self.peer
+                    .addr
+                    .parse::<std::net::SocketAddr>()
+                    .map_or_else(|_| self.peer.addr.clone(), |a| a.ip().to_string()),
+            ),
+        }
+    }
 }
 
 impl<P: ReplicaProvider> Rebind<P::Replica> for ByGrant<P> {
@@ -269,16 +434,40 @@ impl<P: ReplicaProvider> Rebind<P::Replica> for ByGrant<P> {
         let Some(greeter) = self.greeter.take() else {
             return Ok(None);
         };
+        let peer = &self.peer;
         let grant = (self.authorize)(hello.token.as_deref());
+        let name = self.client_name(hello.token.as_deref());
         let replica = match &grant {
-            Some(grant) => provide(&self.provider, grant.namespace.clone()).await?,
-            None => greeter,
+            Some(g) => {
+                tracing::info!(%peer, client = name.as_deref().unwrap_or("-"), access = ?g.access, namespace = %g.namespace, "client accepted");
+                if let Slot::Pending(pending) = std::mem::replace(&mut self.slot, Slot::None) {
+                    let client = pending.authenticate().inspect_err(|limit| {
+                        tracing::warn!(%peer, reason = %limit, "client refused");
+                    })?;
+                    self.slot = Slot::Client { _slot: client };
+                }
+                self.gate = Some(WriteGate {
+                    rates: Arc::clone(&self.rates),
+                    client: name.unwrap_or_else(|| "-".into()),
+                    namespace: g.namespace.clone(),
+                    quota: self.quota,
+                });
+                provide(&self.provider, g.namespace.clone()).await?
+            }
+            None => {
+                tracing::warn!(%peer, presented = hello.token.is_some(), "client refused: bad token");
+                greeter
+            }
         };
         // The token was judged once, here; the session is told the verdict.
         let decided: Authorize = Arc::new(move |_| grant.clone());
         let config = self.config.clone();
         let session = replica.with_replica(|r| Session::responder(&*r, config, decided));
         Ok(Some((replica, session)))
+    }
+
+    fn write_gate(&self) -> Option<WriteGate> {
+        self.gate.clone()
     }
 }
 
@@ -295,13 +484,16 @@ async fn provide<P: ReplicaProvider>(
 
 /// Ends a connection no session was started for, with the notice `error`
 /// calls for.
-async fn refuse_with(mut conn: Connection, error: &SyncError) {
-    if let Some(code) = error.notice_code() {
-        let notice = Message::Notice(Notice {
-            code,
-            message: error.to_string(),
-        });
-        conn.send(&notice).await.ok();
-    }
-    conn.shutdown().await.ok();
+async fn refuse_with(mut conn: Connection, error: &SyncError, write_timeout: Duration) {
+    let _ = tokio::time::timeout(write_timeout, async {
+        if let Some(code) = error.notice_code() {
+            let notice = Message::Notice(Notice {
+                code,
+                message: error.to_string(),
+            });
+            conn.send(&notice).await.ok();
+        }
+        conn.shutdown().await.ok();
+    })
+    .await;
 }

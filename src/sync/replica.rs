@@ -70,6 +70,11 @@ pub trait Replica {
     /// On a client: undo, apply, drop what was processed, replay, in one
     /// step.
     fn apply_pull(&mut self, response: &PullResponse) -> Result<PullReport>;
+    /// The bytes its state takes in storage, if it knows: what a relay's
+    /// storage quota is checked against. `None` (the default) exempts it.
+    fn stored_bytes(&self) -> Result<Option<u64>> {
+        Ok(None)
+    }
 }
 
 impl Replica for Store {
@@ -137,5 +142,16 @@ impl Replica for Store {
 
     fn apply_pull(&mut self, response: &PullResponse) -> Result<PullReport> {
         Store::apply_pull(self, response)
+    }
+
+    /// The database's pages times their size (WAL frames included, the
+    /// free pages too: what the file takes once checkpointed).
+    fn stored_bytes(&self) -> Result<Option<u64>> {
+        let bytes: i64 = self.conn().query_row(
+            "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(Some(u64::try_from(bytes).unwrap_or(0)))
     }
 }

@@ -32,8 +32,9 @@
 //! what the peer does not have yet (it tracks what the peer has: its `Want`
 //! plus everything sent or received since).
 
-use super::batch::{add_covers, batches, Batcher};
+use super::batch::{add_covers, approx_changeset_bytes, batches, Batcher};
 use super::error::SyncError;
+use super::limits::LimitExceeded;
 use super::message::{Ack, Batch, Hello, Message, Notice, NoticeCode, Processed, Sent, Want};
 use super::provider::Namespace;
 use super::replica::Replica;
@@ -114,6 +115,13 @@ pub struct SessionConfig {
     pub live: bool,
     /// The token presented when connecting.
     pub token: Option<String>,
+    /// Live batches waiting to be sent to the peer (at most): one that
+    /// acknowledges so slowly that more would wait is told it fell behind
+    /// and disconnected; its next session resyncs. Bounds what a slow
+    /// reader makes its side hold.
+    pub max_lag_batches: usize,
+    /// The same bound in estimated bytes.
+    pub max_lag_bytes: usize,
 }
 
 impl Default for SessionConfig {
@@ -124,6 +132,8 @@ impl Default for SessionConfig {
             window: 4,
             live: false,
             token: None,
+            max_lag_batches: 64,
+            max_lag_bytes: 64 << 20,
         }
     }
 }
@@ -150,6 +160,14 @@ impl SessionConfig {
     /// Unacknowledged batches in flight.
     pub fn window(mut self, window: usize) -> Self {
         self.window = window.max(1);
+        self
+    }
+
+    /// The bound on live batches waiting for a slow peer: `batches` and
+    /// estimated `bytes` (each at least 1).
+    pub fn max_lag(mut self, batches: usize, bytes: usize) -> Self {
+        self.max_lag_batches = batches.max(1);
+        self.max_lag_bytes = bytes.max(1);
         self
     }
 }
@@ -260,6 +278,10 @@ pub struct Session {
     // Mutations: the last pushed, and whether its acknowledgement is due.
     pushed_through: u64,
     push_open: bool,
+    // Local changes not read yet because batches still wait to be sent:
+    // read once they are out (coalesced, and nothing piles up for a peer
+    // that does not acknowledge).
+    deferred: bool,
     stats: SyncStats,
 }
 
@@ -321,6 +343,7 @@ impl Session {
             caught: false,
             pushed_through: 0,
             push_open: false,
+            deferred: false,
             stats: SyncStats::default(),
         }
     }
@@ -377,6 +400,20 @@ impl Session {
             && self.in_flight.is_empty()
             && self.out.is_empty()
             && !self.push_open
+            && !self.deferred
+    }
+
+    /// Whether local changes were put off while batches waited to be
+    /// sent, and none waits now: the owner calls
+    /// [`Session::local_changed`] again.
+    pub fn has_deferred_changes(&self) -> bool {
+        self.deferred && self.phase == Phase::Open && !self.batch_waiting()
+    }
+
+    fn batch_waiting(&self) -> bool {
+        self.queue
+            .iter()
+            .any(|queued| matches!(queued, Outgoing::Batch { .. }))
     }
 
     fn we_want(&self) -> bool {
@@ -798,8 +835,32 @@ impl Session {
         Ok(())
     }
 
+    /// Refuses to queue `more` live batches beyond the lag bound: the
+    /// session closes with a notice (the caller sends it) instead.
+    fn check_lag(&mut self, more: &[Changeset]) -> Result<(), SyncError> {
+        let batches = more.len();
+        let bytes = more.iter().map(approx_changeset_bytes).sum::<usize>();
+        let (max_batches, max_bytes) = (self.config.max_lag_batches, self.config.max_lag_bytes);
+        if batches <= max_batches && bytes <= max_bytes {
+            return Ok(());
+        }
+        let error = SyncError::from(LimitExceeded::Lagging {
+            batches,
+            bytes,
+            max_batches,
+            max_bytes,
+        });
+        self.fail(&error);
+        Err(error)
+    }
+
     /// Tells a live session the store changed: what the peer lacks is
-    /// queued for sending. Does nothing before the peer said what it has,
+    /// queued for sending. While batches still wait to be sent (the peer
+    /// has not acknowledged enough of them), it is put off and read later
+    /// in one go ([`Session::has_deferred_changes`]); one read of more
+    /// than [`SessionConfig::max_lag_batches`] batches or
+    /// [`SessionConfig::max_lag_bytes`] closes the session with a notice
+    /// to send, and an error. Does nothing before the peer said what it has,
     /// when the peer does not accept changes, or outside live mode.
     pub fn local_changed(&mut self, store: &(impl Replica + ?Sized)) -> Result<(), SyncError> {
         if self.phase != Phase::Open || !self.config.live || !self.peer_wants() {
@@ -810,14 +871,20 @@ impl Session {
         if self.push_pending(store)? {
             self.want_again(store)?;
         }
+        if self.batch_waiting() {
+            self.deferred = true;
+            return Ok(());
+        }
         let Some(peer_has) = &mut self.peer_has else {
             return Ok(());
         };
         let answer = read_batches(store, peer_has, &self.config)?;
+        self.deferred = false;
         if answer.is_empty() {
             return Ok(());
         }
         let before = peer_has.clone();
+        self.check_lag(&answer)?;
         self.queue_rejections(store, &before)?;
         let Some(peer_has) = &mut self.peer_has else {
             return Ok(());

@@ -538,3 +538,87 @@ fn mutations_go_only_to_the_authority() -> TestResult {
     assert!(seats(&other)?.is_empty());
     Ok(())
 }
+
+/// Delivers what `from` has to say to `to`, and holds back `to`'s
+/// answers (a peer that reads but does not acknowledge yet). Returns the
+/// batches delivered.
+fn deliver_one_way(
+    from: &mut Session,
+    to: &mut Session,
+    store: &mut Store,
+    held: &mut Vec<Message>,
+) -> Result<usize, SyncError> {
+    let mut batches = 0;
+    while let Some(m) = from.poll_message() {
+        batches += usize::from(matches!(m, Message::Changes(_)));
+        to.receive(store, m)?;
+    }
+    held.extend(std::iter::from_fn(|| to.poll_message()));
+    Ok(batches)
+}
+
+#[test]
+fn a_peer_that_does_not_acknowledge_gets_changes_coalesced_not_queued() -> TestResult {
+    let (mut sa, mut sb) = (store(1)?, store(2)?);
+    let config = SessionConfig::default().live(true).window(4);
+    let mut a = Session::initiator(&sa, config.clone());
+    let mut b = Session::responder(&sb, config, Arc::new(|_| Some(Grant::read_write())));
+    pump(&mut a, &mut sa, &mut b, &mut sb)?;
+    // b writes 20 times; a reads every batch and acknowledges none.
+    let (mut delivered, mut held) = (0, Vec::new());
+    for i in 0..20 {
+        insert(&mut sb, i..i + 1)?;
+        b.local_changed(&sb)?;
+        delivered += deliver_one_way(&mut b, &mut a, &mut sa, &mut held)?;
+        assert!(!b.has_deferred_changes(), "a batch waits for the window");
+    }
+    // The window's four went out, one read waits behind them, the other
+    // fifteen writes were not even read.
+    assert_eq!(delivered, 4);
+    assert_eq!(b.stats().batches_sent, 4);
+    assert!(!b.is_caught_up());
+    // Once a acknowledges, the waiting batch goes and the rest is read in
+    // one go.
+    for m in held {
+        b.receive(&mut sb, m)?;
+    }
+    pump(&mut a, &mut sa, &mut b, &mut sb)?;
+    assert!(b.has_deferred_changes());
+    b.local_changed(&sb)?;
+    pump(&mut a, &mut sa, &mut b, &mut sb)?;
+    assert!(!b.has_deferred_changes() && b.is_caught_up() && a.is_caught_up());
+    assert_eq!(b.stats().batches_sent, 6, "20 writes in 6 batches");
+    assert_eq!(sa.digest()?, sb.digest()?);
+    Ok(())
+}
+
+#[test]
+fn a_read_over_the_lag_bound_closes_with_a_notice_to_resync() -> TestResult {
+    let (mut sa, mut sb) = (store(1)?, store(2)?);
+    let config = SessionConfig::default()
+        .live(true)
+        .batch_rows(2)
+        .max_lag(2, usize::MAX);
+    let mut a = Session::initiator(&sa, config.clone());
+    let mut b = Session::responder(&sb, config, Arc::new(|_| Some(Grant::read_write())));
+    pump(&mut a, &mut sa, &mut b, &mut sb)?;
+    insert(&mut sb, 0..5)?;
+    let err = b
+        .local_changed(&sb)
+        .expect_err("3 batches over a bound of 2");
+    assert!(err.to_string().contains("fell behind: 3 batches"), "{err}");
+    assert!(b.is_closed());
+    match b.poll_message() {
+        Some(Message::Notice(n)) => {
+            assert_eq!(n.code, NoticeCode::Busy);
+            assert!(n.message.contains("reconnect to resync"), "{}", n.message);
+        }
+        other => return Err(format!("expected a notice, got {other:?}").into()),
+    }
+    // A new session resyncs everything (an answer is not a live read).
+    let mut a = Session::initiator(&sa, SessionConfig::default());
+    let mut b = Session::responder(&sb, SessionConfig::default(), allow_all());
+    pump(&mut a, &mut sa, &mut b, &mut sb)?;
+    assert_eq!(sa.digest()?, sb.digest()?);
+    Ok(())
+}

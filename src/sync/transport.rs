@@ -7,7 +7,9 @@
 //! hands decoded messages over a channel, so the session driver can wait
 //! for a message, a local change and a timer at once. The first frame has a
 //! small limit of its own: nothing big is read from a peer that has not
-//! presented a token yet.
+//! presented a token yet. What a connection holds of its peer's messages is
+//! bounded: at most two decoded ones waiting for the owner and one being
+//! read, each within the limit, so about three times the limit at worst.
 //!
 //! The protocol version is the connection's business too
 //! ([`ProtocolVersion`]): a connection writes its newest version
@@ -25,6 +27,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream
 use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio::sync::mpsc;
 use wire::ProtocolVersion;
+
+/// Decoded messages a connection holds for its owner before it stops
+/// reading the stream (TCP then slows the peer down).
+const INCOMING_QUEUE: usize = 2;
 
 /// The largest first message (a `Hello`) read from a peer: 64 KiB.
 pub const MAX_HELLO_PAYLOAD: usize = 64 << 10;
@@ -131,7 +137,7 @@ impl Connection {
         let (reader, writer) = tokio::io::split(stream);
         let counts = Arc::new(ByteCounts::default());
         let speaking = Arc::new(Speaking::new(ProtocolVersion::VERSIONS));
-        let (tx, incoming) = mpsc::channel(8);
+        let (tx, incoming) = mpsc::channel(INCOMING_QUEUE);
         tokio::spawn(read_frames(
             reader,
             limit,

@@ -4,6 +4,7 @@
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// The environment variable read when `--schema` is not given.
 pub const SCHEMA_ENV: &str = "MELDB_SCHEMA";
@@ -121,8 +122,11 @@ peers already have. After rotating, export everything (no --since) to each peer 
 creates the database if needed, prints `listening on ADDR` (use port 0 for any free port), \
 persists every batch a client sends before acknowledging it, and forwards new changes to every \
 connected client. Clients authenticate with a token from the --tokens file (TOML, one \
-[[token]] with name, token and access = \"read-write\" or \"read-only\" per client). Logs go \
-to stderr (filter with MELDB_LOG, e.g. MELDB_LOG=debug). Ctrl-c or SIGTERM shuts it down \
+[[token]] with name, token and access = \"read-write\" or \"read-only\" per client). Sockets \
+that have not said hello with a valid token count against --max-unauthenticated (and per \
+address), never against --max-connections, and are dropped at --handshake-timeout; each token's \
+writes are held to --write-rate and the database to --namespace-quota (a refused batch is not \
+written, and the client is told why). Logs go to stderr (filter with MELDB_LOG, e.g. MELDB_LOG=debug). Ctrl-c or SIGTERM shuts it down \
 gracefully."
     )]
     Relay(RelayArgs),
@@ -226,13 +230,117 @@ pub struct RelayArgs {
     #[arg(long, value_name = "FILE")]
     pub tokens: PathBuf,
 
-    /// Concurrent client connections (at most).
-    #[arg(long, value_name = "N", default_value_t = 256)]
+    /// Authorized client connections at once (at most).
+    #[arg(long, value_name = "N", default_value_t = 4096)]
     pub max_connections: usize,
+
+    /// Connections that have not completed their hello yet, at once (at
+    /// most); they never take the slots of authorized clients.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    pub max_unauthenticated: usize,
+
+    /// Of those, from one IP address (at most).
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    pub max_unauthenticated_per_address: usize,
+
+    /// How long a connection has to say hello with a valid token.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
+
+    /// Silence after which a request is repeated, and after twice which an
+    /// unfinished session is dropped.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// A live client that is up to date and silent this long is
+    /// disconnected (it reconnects); 0: never.
+    #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = parse_duration)]
+    pub quiet_timeout: Duration,
+
+    /// A client that reads nothing of what it is sent for this long is
+    /// dropped.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub write_timeout: Duration,
+
+    /// Rows (or mutations) per second each token may write, sustained; 0:
+    /// no limit.
+    #[arg(long, value_name = "ROWS", default_value_t = 1_000)]
+    pub write_rate: u32,
+
+    /// Rows each token may write at once above the rate.
+    #[arg(long, value_name = "ROWS", default_value_t = 50_000)]
+    pub write_burst: u32,
+
+    /// The size the database may grow to (e.g. 8GiB, 500MB, 1048576); a
+    /// batch that would take it past is refused; 0: no quota.
+    #[arg(long, value_name = "BYTES", default_value = "8GiB", value_parser = parse_bytes)]
+    pub namespace_quota: u64,
+
+    /// Changes waiting for a slow client, in batches (at most); past it
+    /// the client is told it fell behind and disconnected (it resyncs).
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub max_lag_batches: usize,
+
+    /// The same bound in bytes.
+    #[arg(long, value_name = "BYTES", default_value = "64MiB", value_parser = parse_bytes)]
+    pub max_lag_bytes: u64,
 
     /// The largest message accepted from a client, in bytes.
     #[arg(long, value_name = "BYTES", default_value_t = 16 << 20)]
     pub max_message: usize,
+}
+
+/// A duration: a number with `ms`, `s`, `m` or `h` (`s` if none).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration (e.g. 10s, 500ms, 30m, 1h)"))?;
+    let seconds = match unit.trim() {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" | "min" => value * 60.0,
+        "h" => value * 3600.0,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {text:?} (ms, s, m or h)"
+            ))
+        }
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
+}
+
+/// A size in bytes: a number with an optional `k`/`K`, `M`, `G` or `T`
+/// (powers of 1024, with or without `B`/`iB`).
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (e.g. 8GiB, 64MiB, 1048576)"))?;
+    let unit = unit.trim();
+    let unit = unit
+        .strip_suffix("iB")
+        .or_else(|| unit.strip_suffix('B'))
+        .unwrap_or(unit);
+    let shift = match unit {
+        "" => 0,
+        "k" | "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        other => return Err(format!("unknown unit {other:?} in {text:?} (K, M, G or T)")),
+    };
+    value
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("{text:?} is too large"))
 }
 
 #[derive(Debug, Args)]
@@ -402,4 +510,35 @@ pub struct DemoArgs {
     /// How many tills (replicas) take part.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(2..=9))]
     pub replicas: u8,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_a_unit() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_duration("1.5h"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("5 days").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn sizes_take_binary_units() {
+        assert_eq!(parse_bytes("1048576"), Ok(1 << 20));
+        assert_eq!(parse_bytes("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_bytes("8G"), Ok(8 << 30));
+        assert_eq!(parse_bytes("8GB"), Ok(8 << 30));
+        assert_eq!(parse_bytes("16k"), Ok(16 << 10));
+        assert_eq!(parse_bytes("0"), Ok(0));
+        assert!(parse_bytes("lots").is_err());
+        assert!(parse_bytes("5PB").is_err());
+        assert!(parse_bytes("99999999999T").is_err());
+    }
 }

@@ -8,9 +8,11 @@
 use crate::cli::{NetSyncArgs, RelayArgs, ServeArgs};
 use crate::commands::{load_schema, open};
 use crate::error::{in_file, Result};
+use meldb::sync::WriteRate;
 use meldb::sync::{sync_once_tcp, Relay, RelayConfig, SessionConfig, SharedStore, Tokens};
 use meldb::{Durability, StoreOptions};
 use std::io::{IsTerminal, Write};
+use std::time::Duration;
 use tokio::sync::watch;
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -43,9 +45,27 @@ pub fn relay(args: &RelayArgs, out: &mut dyn Write) -> Result<()> {
     if tokens.is_empty() {
         tracing::warn!(file = %args.tokens.display(), "no tokens: every client will be refused");
     }
+    let nonzero = |d: Duration| Some(d).filter(|d| !d.is_zero());
     let config = RelayConfig::default()
         .tokens(tokens)
         .max_connections(args.max_connections)
+        .max_unauthenticated(
+            args.max_unauthenticated,
+            args.max_unauthenticated_per_address,
+        )
+        .handshake_timeout(args.handshake_timeout)
+        .idle(args.idle_timeout)
+        .quiet_timeout(nonzero(args.quiet_timeout))
+        .write_timeout(args.write_timeout)
+        .write_rate((args.write_rate > 0).then_some(WriteRate {
+            per_second: args.write_rate,
+            burst: args.write_burst.max(1),
+        }))
+        .namespace_quota(Some(args.namespace_quota).filter(|&q| q > 0))
+        .session(SessionConfig::default().max_lag(
+            args.max_lag_batches,
+            usize::try_from(args.max_lag_bytes).unwrap_or(usize::MAX),
+        ))
         .max_message(args.max_message);
     listen(SharedStore::new(store), &args.listen, config, out)
 }
@@ -54,7 +74,10 @@ pub fn relay(args: &RelayArgs, out: &mut dyn Write) -> Result<()> {
 pub fn serve(args: &ServeArgs, out: &mut dyn Write) -> Result<()> {
     init_logs("info");
     let store = open(&args.db)?;
-    let mut config = RelayConfig::default();
+    // One direct peer, often the user's own: no write rate, no quota.
+    let mut config = RelayConfig::default()
+        .write_rate(None)
+        .namespace_quota(None);
     if let Some(path) = &args.tokens {
         config = config.tokens(Tokens::load(path)?);
     }
