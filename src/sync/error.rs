@@ -1,5 +1,6 @@
 //! The sync layer's errors: what ended a session, on which side.
 
+use super::identity::IdentityRefusal;
 use super::message::NoticeCode;
 use super::namespace::Namespace;
 use crate::changeset::ChangeCursor;
@@ -93,12 +94,22 @@ pub enum SyncError {
     /// granted.
     #[error("this relay serves no namespace {0:?}")]
     UnknownNamespace(Namespace),
+    /// The peer's token may not write as a site it claimed (see
+    /// [`super::identity`]): nothing it sent with the claim was applied.
+    #[error("{0}")]
+    Identity(IdentityRefusal),
     /// No message arrived within the configured idle time.
     #[error("no message from the peer for {seconds} s")]
     Timeout {
         /// The idle limit.
         seconds: u64,
     },
+}
+
+impl From<IdentityRefusal> for SyncError {
+    fn from(refusal: IdentityRefusal) -> SyncError {
+        SyncError::Identity(refusal)
+    }
 }
 
 impl SyncError {
@@ -108,9 +119,9 @@ impl SyncError {
             SyncError::Decode(_) | SyncError::Unexpected { .. } | SyncError::UnknownAck { .. } => {
                 NoticeCode::Protocol
             }
-            SyncError::Unauthorized { .. } | SyncError::UnknownNamespace(_) => {
-                NoticeCode::Unauthorized
-            }
+            SyncError::Unauthorized { .. }
+            | SyncError::UnknownNamespace(_)
+            | SyncError::Identity(_) => NoticeCode::Unauthorized,
             SyncError::ReadOnly { .. } => NoticeCode::ReadOnly,
             SyncError::SchemaMismatch { .. } | SyncError::SameSite(_) => NoticeCode::Incompatible,
             SyncError::Store(_) => NoticeCode::Apply,

@@ -17,7 +17,8 @@
 //!   calls [`sync_once`], [`sync_once_tcp`], [`sync_continuously`] and
 //!   [`accept_once`];
 //! - [`relay`]: the server many clients sync through ([`tokens`] says who
-//!   may connect); `meldb serve` is the same server for one direct peer.
+//!   may connect, [`identity`] which sites each may write as); `meldb
+//!   serve` is the same server for one direct peer.
 //!
 //! ```no_run
 //! # async fn example(store: meldb::Store) -> Result<(), meldb::sync::SyncError> {
@@ -36,6 +37,7 @@
 mod batch;
 mod driver;
 pub mod error;
+pub mod identity;
 pub mod listener;
 pub mod message;
 mod namespace;
@@ -50,6 +52,7 @@ pub(crate) mod wire;
 
 pub use driver::{accept_once, sync_continuously, sync_once, sync_once_tcp, Backoff, SyncReport};
 pub use error::SyncError;
+pub use identity::{Identity, IdentityRefusal};
 pub use listener::{Listener, Peer};
 pub use message::{Message, NoticeCode};
 pub use provider::{Namespace, ReplicaProvider};

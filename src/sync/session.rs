@@ -34,6 +34,7 @@
 
 use super::batch::{add_covers, batches, Batcher};
 use super::error::SyncError;
+use super::identity::{Identity, IdentityRefusal};
 use super::message::{Ack, Batch, Hello, Message, Notice, NoticeCode, Processed, Sent, Want};
 use super::provider::Namespace;
 use super::replica::Replica;
@@ -58,8 +59,8 @@ pub enum Access {
 
 /// What a token grants: read or read-write, who the changes that arrive
 /// through it are written by (resolvers see this [`Writer`], never
-/// anything the client claims about itself), and which namespace's replica
-/// a relay serves it.
+/// anything the client claims about itself), which namespace's replica
+/// a relay serves it, and which sites it may write as.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {
     /// Read-only or read-write.
@@ -69,6 +70,11 @@ pub struct Grant {
     /// The namespace whose replica the session syncs (a relay asks its
     /// [`ReplicaProvider`](super::provider::ReplicaProvider) for it).
     pub namespace: Namespace,
+    /// The token's identity: the sites it may write as, and the name its
+    /// mutation state is kept under (see [`super::identity`]). `None`
+    /// trusts the peer's word on its site (a trusted network, no tokens);
+    /// every token of a [`Tokens`](super::tokens::Tokens) has one.
+    pub identity: Option<Identity>,
 }
 
 impl Grant {
@@ -78,6 +84,7 @@ impl Grant {
             access: Access::ReadWrite,
             writer: Writer::default(),
             namespace: Namespace::default(),
+            identity: None,
         }
     }
 
@@ -87,7 +94,14 @@ impl Grant {
             access: Access::ReadOnly,
             writer: Writer::default(),
             namespace: Namespace::default(),
+            identity: None,
         }
+    }
+
+    /// The same grant with `identity`.
+    pub fn with_identity(mut self, identity: Identity) -> Grant {
+        self.identity = Some(identity);
+        self
     }
 
     /// The same grant in `namespace`.
@@ -241,6 +255,10 @@ pub struct Session {
     peer: Option<PeerInfo>,
     access: Access,
     writer: Writer,
+    /// The peer's token's identity (responders with tokens), and the
+    /// sites found to be its so far.
+    identity: Option<Identity>,
+    own_sites: BTreeSet<SiteId>,
     out: VecDeque<Message>,
     // Sending: what the peer lacks.
     queue: VecDeque<Outgoing>,
@@ -305,6 +323,8 @@ impl Session {
             peer: None,
             access: Access::ReadWrite,
             writer: Writer::default(),
+            identity: None,
+            own_sites: BTreeSet::new(),
             out: VecDeque::new(),
             queue: VecDeque::new(),
             next_seq: 1,
@@ -533,7 +553,11 @@ impl Session {
         }
     }
 
-    fn on_hello(&mut self, store: &(impl Replica + ?Sized), hello: Hello) -> Result<(), SyncError> {
+    fn on_hello(
+        &mut self,
+        store: &mut (impl Replica + ?Sized),
+        hello: Hello,
+    ) -> Result<(), SyncError> {
         if hello.schema != self.schema {
             return Err(SyncError::SchemaMismatch {
                 local: self.schema.clone(),
@@ -549,6 +573,13 @@ impl Session {
             })?;
             self.access = grant.access;
             self.writer = grant.writer;
+            self.identity = grant.identity;
+            // A writer's site is bound to its token before anything else it
+            // sent is read; a reader writes nothing, so binds nothing.
+            if let (Some(identity), Access::ReadWrite) = (&self.identity, self.access) {
+                identity.bind_hello(store, hello.site)?;
+                self.own_sites.insert(hello.site);
+            }
             let reply = self.hello(false);
             self.out.push_back(Message::Hello(reply));
         }
@@ -627,11 +658,26 @@ impl Session {
                 during: "on a replica that is not the authority",
             });
         };
-        // The mutations are the session's peer's, whatever the message says.
-        let result = store.process_push(&Push {
-            client: peer.site,
-            mutations: push.mutations,
-        })?;
+        if let Some(identity) = &self.identity {
+            if push.client != peer.site {
+                return Err(IdentityRefusal::OtherSite {
+                    token: identity.token().to_owned(),
+                    claimed: push.client,
+                    session: peer.site,
+                }
+                .into());
+            }
+        }
+        // The mutations are the session's peer's, whatever the message says,
+        // and their state is kept under the peer's token.
+        let token = self.identity.as_ref().map_or("", Identity::token);
+        let result = store.process_push(
+            token,
+            &Push {
+                client: peer.site,
+                mutations: push.mutations,
+            },
+        )?;
         self.stats.mutations_processed += (result.applied.len() + result.rejected.len()) as u64;
         self.out.push_back(Message::PushAck(result));
         Ok(())
@@ -641,9 +687,10 @@ impl Session {
         // A newer Want supersedes whatever of an older answer is unsent.
         self.queue.clear();
         let authority = self.authority;
+        let token = self.identity.as_ref().map_or("", Identity::token);
         let (answer, mutations) = match (want.first_pending, &self.peer) {
             (Some(first), Some(peer)) if authority => {
-                let pull = store.pull_for(peer.site, &want.have, first)?;
+                let pull = store.pull_for(token, peer.site, &want.have, first)?;
                 if !pull.notices.is_empty() {
                     self.stats.rejections_sent += pull.notices.len() as u64;
                     self.queue.push_back(Outgoing::Rejections(pull.notices));
@@ -691,6 +738,9 @@ impl Session {
             return Err(SyncError::ReadOnly {
                 sent: format!("a batch of {} rows", batch.changes.len()),
             });
+        }
+        if let Some(identity) = &self.identity {
+            identity.check_batch(store, &mut self.own_sites, &batch.changes)?;
         }
         let report = if store.queues_mutations() {
             // A client of an authority may have pending mutations whose
