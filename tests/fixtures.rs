@@ -1074,7 +1074,8 @@ fn write_fixtures() -> Res {
 #[test]
 fn changeset_files_decode_and_reencode_to_identical_bytes() -> Res {
     for dir in fixture_dirs() {
-        changeset_files_decode_and_reencode_to_identical_bytes_in(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        changeset_files_decode_and_reencode_to_identical_bytes_in(&dir)
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
     }
     Ok(())
 }
@@ -1098,7 +1099,8 @@ fn changeset_files_decode_and_reencode_to_identical_bytes_in(dir: &Path) -> Res 
 #[test]
 fn changeset_files_bring_a_fresh_store_to_the_recorded_digest() -> Res {
     for dir in fixture_dirs() {
-        changeset_files_bring_a_fresh_store_to_the_recorded_digest_in(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        changeset_files_bring_a_fresh_store_to_the_recorded_digest_in(&dir)
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
     }
     Ok(())
 }
@@ -1112,7 +1114,8 @@ fn changeset_files_bring_a_fresh_store_to_the_recorded_digest_in(dir: &Path) -> 
 #[test]
 fn every_recorded_frame_decodes_and_reencodes_to_identical_bytes() -> Res {
     for dir in fixture_dirs() {
-        every_recorded_frame_decodes_and_reencodes_to_identical_bytes_in(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        every_recorded_frame_decodes_and_reencodes_to_identical_bytes_in(&dir)
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
     }
     Ok(())
 }
@@ -1140,7 +1143,8 @@ fn every_recorded_frame_decodes_and_reencodes_to_identical_bytes_in(dir: &Path) 
 #[test]
 fn the_conversation_covers_every_message_kind() -> Res {
     for dir in fixture_dirs() {
-        the_conversation_covers_every_message_kind_in(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        the_conversation_covers_every_message_kind_in(&dir)
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
     }
     Ok(())
 }
@@ -1170,7 +1174,8 @@ fn the_conversation_covers_every_message_kind_in(dir: &Path) -> Res {
 #[test]
 fn the_client_side_replays_against_a_relay_opened_from_the_fixture() -> Res {
     for dir in fixture_dirs() {
-        the_client_side_replays_against_a_relay_opened_from_the_fixture_in(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        the_client_side_replays_against_a_relay_opened_from_the_fixture_in(&dir)
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
     }
     Ok(())
 }
@@ -1228,7 +1233,8 @@ fn database_fixtures() -> Res<Vec<(String, Schema)>> {
 #[test]
 fn databases_open_and_read_back_the_recorded_state() -> Res {
     for dir in fixture_dirs() {
-        databases_open_and_read_back_the_recorded_state_in(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        databases_open_and_read_back_the_recorded_state_in(&dir)
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
     }
     Ok(())
 }
@@ -1246,7 +1252,8 @@ fn databases_open_and_read_back_the_recorded_state_in(dir: &Path) -> Res {
 #[test]
 fn database_files_hold_the_recorded_stored_bytes() -> Res {
     for dir in fixture_dirs() {
-        database_files_hold_the_recorded_stored_bytes_in(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        database_files_hold_the_recorded_stored_bytes_in(&dir)
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
     }
     Ok(())
 }
@@ -1264,7 +1271,8 @@ fn database_files_hold_the_recorded_stored_bytes_in(dir: &Path) -> Res {
 #[test]
 fn the_digest_of_fixed_rows_is_the_recorded_one() -> Res {
     for dir in fixture_dirs() {
-        the_digest_of_fixed_rows_is_the_recorded_one_in(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        the_digest_of_fixed_rows_is_the_recorded_one_in(&dir)
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
     }
     Ok(())
 }
@@ -1319,7 +1327,9 @@ fn todays_writer_rebuilds_every_fixture_byte_for_byte() -> Res {
 #[test]
 fn v1_databases_upgrade_to_the_v2_layout() -> Res {
     fn master(stored: &str) -> Res<&str> {
-        let end = stored.find("\ntable ").ok_or("no table after sqlite_master")?;
+        let end = stored
+            .find("\ntable ")
+            .ok_or("no table after sqlite_master")?;
         Ok(&stored[..end])
     }
     for (name, schema) in database_fixtures()? {
