@@ -76,6 +76,13 @@ impl Replica for Logged {
     ) -> meldb::Result<PullResponse> {
         self.store.pull_for_as(token, client, have, first_pending)
     }
+    fn row_clock(
+        &self,
+        table: &str,
+        key: &[meldb::Value],
+    ) -> meldb::Result<Option<meldb::crdt::RowClock>> {
+        self.store.row_clock(table, key)
+    }
     fn site_owner(&self, site: SiteId) -> meldb::Result<Option<String>> {
         self.store.site_owner(site)
     }

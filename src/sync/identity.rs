@@ -16,11 +16,14 @@
 //!   bound to one, is refused to every other. A new site after
 //!   `Store::rotate_site_id` binds the same way.
 //! - **A token sends only writes of its bound sites.** A batch is refused,
-//!   before anything of it is applied, if a row carries a *new* dot of a
-//!   site not bound to the token: one the serving replica does not have
-//!   yet, named by the row's clock or by its covers. Dots the replica
-//!   already has are not new (a client re-sending rows it received is
-//!   fine; they change nothing). Forwarding other replicas' new writes (a
+//!   before anything of it is applied, if a row carries a *new* write of
+//!   a site not bound to the token: a row-clock entry `(site, n)` beyond
+//!   what the serving replica's own clock of that same row has of `site`,
+//!   or a cover of that site's dots the replica lacks. So a client may
+//!   send back rows it received (and its own edits of them: their other
+//!   sites' entries are what the replica already has of the row), but
+//!   neither a dot the replica lacks nor a known dot of another site
+//!   reused on a different row. Forwarding other replicas' new writes (a
 //!   replica that relays for others, another relay) needs the token's
 //!   `forward` grant.
 //! - **A push is the session's site's.** A push naming another site is
@@ -176,9 +179,11 @@ impl Identity {
         .into()
     }
 
-    /// Refuses `changes` if a row carries a new dot (one `replica` does not
-    /// have) of a site that is not this token's. `own` caches the sites
-    /// found to be the token's during the session.
+    /// Refuses `changes` if a row carries a write `replica` does not have
+    /// of a site that is not this token's: a row-clock entry beyond the
+    /// replica's own clock of that row (a dot it lacks, or one it has only
+    /// for another row: a forged reuse), or a cover of dots it lacks. `own`
+    /// caches the sites found to be the token's during the session.
     pub(crate) fn check_batch(
         &self,
         replica: &(impl Replica + ?Sized),
@@ -189,35 +194,54 @@ impl Identity {
             return Ok(());
         }
         let have = replica.version_vector();
-        let mut new_sites = BTreeSet::new();
+        let mut is_own = |site: SiteId| -> Result<bool, SyncError> {
+            if own.contains(&site) {
+                return Ok(true);
+            }
+            let owned = self.owns(replica, site)?;
+            if owned {
+                own.insert(site);
+            }
+            Ok(owned)
+        };
         for table in &changes.tables {
             for row in &table.rows {
-                for &(site, seq) in row.state.clock.entries() {
-                    if seq > 0 && !own.contains(&site) && !have.contains(&site, seq) {
-                        new_sites.insert(site);
-                    }
-                }
                 for c in &row.covers {
                     let had = have
                         .site(&c.site)
                         .is_some_and(|r| r.contains_all(c.first, c.last));
-                    if !had && !own.contains(&c.site) {
-                        new_sites.insert(c.site);
+                    if !had && !is_own(c.site)? {
+                        return Err(self.foreign(c.site));
+                    }
+                }
+                let mut local = None;
+                for &(site, seq) in row.state.clock.entries() {
+                    if seq == 0 || is_own(site)? {
+                        continue;
+                    }
+                    let clock = match &local {
+                        Some(clock) => clock,
+                        None => local.insert(
+                            replica
+                                .row_clock(&table.table, &row.key)?
+                                .unwrap_or_default(),
+                        ),
+                    };
+                    if clock.get(&site) < seq {
+                        return Err(self.foreign(site));
                     }
                 }
             }
         }
-        for site in new_sites {
-            if !self.owns(replica, site)? {
-                return Err(IdentityRefusal::ForeignWrite {
-                    token: self.token.clone(),
-                    site,
-                }
-                .into());
-            }
-            own.insert(site);
-        }
         Ok(())
+    }
+
+    fn foreign(&self, site: SiteId) -> SyncError {
+        IdentityRefusal::ForeignWrite {
+            token: self.token.clone(),
+            site,
+        }
+        .into()
     }
 }
 

@@ -10,10 +10,12 @@
 
 use crate::changeset::{ChangeCursor, ChangePage, Changeset};
 use crate::clock::SiteId;
+use crate::crdt::RowClock;
 use crate::error::Result;
 use crate::mutator::{PendingMutation, PullReport, PullResponse, Push, PushResult};
 use crate::resolve::{Rejection, Writer};
 use crate::store::{ApplyReport, SiteBinding, Store};
+use crate::value::Value;
 use crate::version::VersionVector;
 
 /// A replica a session can sync.
@@ -72,6 +74,9 @@ pub trait Replica {
         have: &VersionVector,
         first_pending: u64,
     ) -> Result<PullResponse>;
+    /// The clock of its row of `table` with `key`, live or deleted (`None`:
+    /// no such row): which writes of that row it has.
+    fn row_clock(&self, table: &str, key: &[Value]) -> Result<Option<RowClock>>;
     /// The token `site` is bound to (see [`Replica::bind_site`]).
     fn site_owner(&self, site: SiteId) -> Result<Option<String>>;
     /// Binds `site` to the token named `token`, durably, unless another
@@ -146,6 +151,10 @@ impl Replica for Store {
         first_pending: u64,
     ) -> Result<PullResponse> {
         Store::pull_for_as(self, token, client, have, first_pending)
+    }
+
+    fn row_clock(&self, table: &str, key: &[Value]) -> Result<Option<RowClock>> {
+        Store::row_clock(self, table, key)
     }
 
     fn site_owner(&self, site: SiteId) -> Result<Option<String>> {

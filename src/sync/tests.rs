@@ -652,6 +652,19 @@ fn new_writes_of_a_site_not_bound_to_the_token_are_refused_unless_it_forwards() 
     );
     assert!(err.to_string().contains("forward = true"), "{err}");
     assert_eq!(relay.digest()?, before);
+    // A dot the relay has, reused by a forger on a row it never touched.
+    let mut forged = store(1)?;
+    insert(&mut forged, 50..51)?;
+    let reuse = forged.changes_since(&crate::version::VersionVector::new())?;
+    let err = send_batch(&mut relay, "tb", 2, &auth, reuse).expect_err("a reused dot");
+    assert!(
+        matches!(
+            err,
+            SyncError::Identity(IdentityRefusal::ForeignWrite { .. })
+        ),
+        "{err:?}"
+    );
+    assert_eq!(relay.digest()?, before);
     // A token that may forward carries them.
     send_batch(&mut relay, "tf", 3, &auth, fresh)?;
     assert_eq!(relay.digest()?, a.digest()?);

@@ -20,7 +20,9 @@
 
 use super::Store;
 use crate::clock::SiteId;
+use crate::crdt::RowClock;
 use crate::error::Result;
+use crate::value::Value;
 use rusqlite::{params, OptionalExtension};
 
 /// The bindings table (`IF NOT EXISTS`: added to older databases when they
@@ -60,6 +62,17 @@ impl SiteBinding {
 }
 
 impl Store {
+    /// The clock of the row of `table` with `key` (live or deleted): what
+    /// this replica has seen of it. `None` if it has no such row (or no
+    /// such table). A relay compares a peer's row with it to tell a write
+    /// it already has from a new one.
+    pub fn row_clock(&self, table: &str, key: &[Value]) -> Result<Option<RowClock>> {
+        let Some(layout) = self.table(table) else {
+            return Ok(None);
+        };
+        Ok(super::rows::load_by_key(&self.conn, layout, &self.sites, key)?.map(|r| r.state.clock))
+    }
+
     /// The token `site` is bound to, if any.
     pub fn site_owner(&self, site: SiteId) -> Result<Option<String>> {
         Ok(self
