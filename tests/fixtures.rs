@@ -1107,7 +1107,7 @@ fn changeset_files_bring_a_fresh_store_to_the_recorded_digest() -> Res {
 
 fn changeset_files_bring_a_fresh_store_to_the_recorded_digest_in(dir: &Path) -> Res {
     let expected = read_text(&dir.join("changes.expect.txt"))?;
-    assert_eq!(changes_summary(&dir)?, expected);
+    assert_eq!(changes_summary(dir)?, expected);
     Ok(())
 }
 

@@ -283,9 +283,10 @@ async fn a_token_cannot_push_or_acknowledge_another_sites_mutations() -> TestRes
     let (code, _) = refusal(sync_once_tcp(&forged, &relay.addr, with("bob-secret")).await);
     assert_eq!(code, NoticeCode::Unauthorized);
 
+    let alice_site = alice.lock().site_id();
     let mut conn = raw_session(&relay.addr, "bob-secret", site(2)).await?;
     conn.send(&Message::Push(Push {
-        client: alice.lock().site_id(),
+        client: alice_site,
         mutations: vec![PendingMutation {
             id: 1000,
             name: "add".into(),
