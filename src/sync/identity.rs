@@ -25,7 +25,8 @@
 //!   neither a dot the replica lacks nor a known dot of another site
 //!   reused on a different row. Forwarding other replicas' new writes (a
 //!   replica that relays for others, another relay) needs the token's
-//!   `forward` grant.
+//!   `forward` grant, which trusts the token with every site's writes
+//!   (its own hello's site still binds as any other).
 //! - **A push is the session's site's.** A push naming another site is
 //!   refused; the authority keeps mutation state under (token, site), so
 //!   no token reads or changes another's (`Replica::process_push`).

@@ -27,6 +27,12 @@
 //! is applied under the pending mutations' speculative effects
 //! ([`crate::Store::apply_pull`]), never merged into them.
 //!
+//! On the side that accepted, a token's [`Grant::identity`] decides which
+//! sites the peer may write as (see [`super::identity`]): its hello's site
+//! is bound to the token before the session opens, a batch with another
+//! site's new writes and a push for another site are refused before
+//! anything is applied, and mutation state is kept under the token.
+//!
 //! In live mode the session stays open after catching up: the owner calls
 //! [`Session::local_changed`] when the store changes and the session pushes
 //! what the peer does not have yet (it tracks what the peer has: its `Want`
