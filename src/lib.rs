@@ -138,7 +138,7 @@ pub use value::{Key, Value};
 
 // Exchanging changes.
 pub use changeset::{ChangeCursor, ChangePage, Changeset, Cover, RowChange, TableChanges};
-pub use store::{ApplyReport, HeldChange};
+pub use store::{ApplyReport, HeldChange, SiteBinding};
 pub use version::{SeqRanges, VersionVector};
 
 // Conflicts: resolvers, their decisions and the conflict log.

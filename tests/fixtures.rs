@@ -1,6 +1,9 @@
-//! Golden fixtures of meldb's byte formats, version 1 (changeset frames
-//! format 1, protocol 1, the stored layout of today), captured before the
-//! codec rewrite (issue 9). See `tests/fixtures/README.md` for what each
+//! Golden fixtures of meldb's byte formats: `v1/` (changeset frames
+//! format 1, protocol 1, database format 1), captured before the codec
+//! rewrite (issue 9), and `v2/` (database format 2: site bindings and
+//! mutation state by token and site; the same changeset and protocol
+//! bytes). Every check runs on both, so today's build reads both; the
+//! writer is compared with the newest. See `tests/fixtures/README.md` for what each
 //! file is and the rule: fixtures of an existing format version are never
 //! regenerated; a new format version adds new fixture files.
 //!
@@ -18,10 +21,12 @@
 //!   leaves the relay in the recorded state;
 //! - the digest of a fixed set of rows is the recorded one;
 //! - today's writer, run through the same generator, writes every fixture
-//!   byte for byte (the databases compared through their dumps).
+//!   of the newest version byte for byte (the databases compared through
+//!   their dumps);
+//! - a format-1 database opened today gets format 2's layout.
 //!
 //! Regenerate only into an empty directory (a new format version):
-//! `MELDB_FIXTURES_DIR=tests/fixtures/v2 cargo test --test fixtures -- --ignored write_fixtures`.
+//! `MELDB_FIXTURES_DIR=tests/fixtures/v3 cargo test --test fixtures -- --ignored write_fixtures`.
 
 mod common;
 
@@ -47,6 +52,23 @@ type Res<T = ()> = Result<T, Box<dyn Error>>;
 /// The fixtures of format version 1.
 fn v1() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v1")
+}
+
+/// The fixtures of database format 2 (site bindings, mutation state by
+/// token and site); its changeset and protocol files are format 1's and
+/// protocol 1's, byte for byte.
+fn v2() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v2")
+}
+
+/// What today's writer writes.
+fn newest() -> PathBuf {
+    v2()
+}
+
+/// Every fixture version this build reads: each is checked.
+fn fixture_dirs() -> [PathBuf; 2] {
+    [v1(), v2()]
 }
 
 /// The example schemas with a database fixture each.
@@ -1053,8 +1075,16 @@ fn write_fixtures() -> Res {
 
 #[test]
 fn changeset_files_decode_and_reencode_to_identical_bytes() -> Res {
+    for dir in fixture_dirs() {
+        changeset_files_decode_and_reencode_to_identical_bytes_in(&dir)
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    Ok(())
+}
+
+fn changeset_files_decode_and_reencode_to_identical_bytes_in(dir: &Path) -> Res {
     for name in CHANGESET_FILES {
-        let bytes = read_bytes(&v1().join(name))?;
+        let bytes = read_bytes(&dir.join(name))?;
         let frames = codec::decode_changeset_frames(&bytes)?;
         let again: Vec<u8> = frames.iter().flat_map(codec::encode_changeset).collect();
         assert!(again == bytes, "{name}: re-encoding changed the bytes");
@@ -1070,16 +1100,32 @@ fn changeset_files_decode_and_reencode_to_identical_bytes() -> Res {
 
 #[test]
 fn changeset_files_bring_a_fresh_store_to_the_recorded_digest() -> Res {
-    let expected = read_text(&v1().join("changes.expect.txt"))?;
-    assert_eq!(changes_summary(&v1())?, expected);
+    for dir in fixture_dirs() {
+        changeset_files_bring_a_fresh_store_to_the_recorded_digest_in(&dir)
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    Ok(())
+}
+
+fn changeset_files_bring_a_fresh_store_to_the_recorded_digest_in(dir: &Path) -> Res {
+    let expected = read_text(&dir.join("changes.expect.txt"))?;
+    assert_eq!(changes_summary(dir)?, expected);
     Ok(())
 }
 
 #[test]
 fn every_recorded_frame_decodes_and_reencodes_to_identical_bytes() -> Res {
+    for dir in fixture_dirs() {
+        every_recorded_frame_decodes_and_reencodes_to_identical_bytes_in(&dir)
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    Ok(())
+}
+
+fn every_recorded_frame_decodes_and_reencodes_to_identical_bytes_in(dir: &Path) -> Res {
     let mut names = String::new();
     for n in 1..=SESSIONS {
-        let bytes = read_bytes(&v1().join(format!("conversation-{n}.bin")))?;
+        let bytes = read_bytes(&dir.join(format!("conversation-{n}.bin")))?;
         let _ = writeln!(names, "session {n}");
         for (i, (dir, frame)) in records(&bytes)?.into_iter().enumerate() {
             let message = codec::decode_message(frame, MAX_MESSAGE_PAYLOAD)
@@ -1092,13 +1138,21 @@ fn every_recorded_frame_decodes_and_reencodes_to_identical_bytes() -> Res {
             let _ = writeln!(names, "{} {}", dir as char, message.name());
         }
     }
-    assert_eq!(names, read_text(&v1().join("conversation.txt"))?);
+    assert_eq!(names, read_text(&dir.join("conversation.txt"))?);
     Ok(())
 }
 
 #[test]
 fn the_conversation_covers_every_message_kind() -> Res {
-    let log = read_text(&v1().join("conversation.txt"))?;
+    for dir in fixture_dirs() {
+        the_conversation_covers_every_message_kind_in(&dir)
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    Ok(())
+}
+
+fn the_conversation_covers_every_message_kind_in(dir: &Path) -> Res {
+    let log = read_text(&dir.join("conversation.txt"))?;
     for kind in [
         "Hello",
         "Want",
@@ -1121,11 +1175,19 @@ fn the_conversation_covers_every_message_kind() -> Res {
 
 #[test]
 fn the_client_side_replays_against_a_relay_opened_from_the_fixture() -> Res {
+    for dir in fixture_dirs() {
+        the_client_side_replays_against_a_relay_opened_from_the_fixture_in(&dir)
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    Ok(())
+}
+
+fn the_client_side_replays_against_a_relay_opened_from_the_fixture_in(dir: &Path) -> Res {
     let schema = schema_of("box_office")?;
-    let (_dir, copy) = copy_to_temp(&v1().join("relay-before.db"))?;
+    let (_dir, copy) = copy_to_temp(&dir.join("relay-before.db"))?;
     let mut rs = open_relay(&copy, &schema)?;
     for n in 1..=SESSIONS {
-        let bytes = read_bytes(&v1().join(format!("conversation-{n}.bin")))?;
+        let bytes = read_bytes(&dir.join(format!("conversation-{n}.bin")))?;
         let mut relay = Session::responder(&rs, session_config(), authorize());
         for (i, (dir, frame)) in records(&bytes)?.into_iter().enumerate() {
             if dir == b'C' {
@@ -1154,7 +1216,7 @@ fn the_client_side_replays_against_a_relay_opened_from_the_fixture() -> Res {
     }
     assert_eq!(
         app_dump(&rs)?,
-        read_text(&v1().join("relay-after.expect.txt"))?
+        read_text(&dir.join("relay-after.expect.txt"))?
     );
     Ok(())
 }
@@ -1172,10 +1234,18 @@ fn database_fixtures() -> Res<Vec<(String, Schema)>> {
 
 #[test]
 fn databases_open_and_read_back_the_recorded_state() -> Res {
+    for dir in fixture_dirs() {
+        databases_open_and_read_back_the_recorded_state_in(&dir)
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    Ok(())
+}
+
+fn databases_open_and_read_back_the_recorded_state_in(dir: &Path) -> Res {
     for (name, schema) in database_fixtures()? {
-        let expected = read_text(&v1().join(format!("{name}.expect.txt")))?;
+        let expected = read_text(&dir.join(format!("{name}.expect.txt")))?;
         let (app, _) = split_expect(&expected)?;
-        let got = app_dump_of_file(&v1().join(format!("{name}.db")), &schema)?;
+        let got = app_dump_of_file(&dir.join(format!("{name}.db")), &schema)?;
         assert_eq!(got, app, "{name}.db reads back differently");
     }
     Ok(())
@@ -1183,10 +1253,18 @@ fn databases_open_and_read_back_the_recorded_state() -> Res {
 
 #[test]
 fn database_files_hold_the_recorded_stored_bytes() -> Res {
+    for dir in fixture_dirs() {
+        database_files_hold_the_recorded_stored_bytes_in(&dir)
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    Ok(())
+}
+
+fn database_files_hold_the_recorded_stored_bytes_in(dir: &Path) -> Res {
     for (name, _) in database_fixtures()? {
-        let expected = read_text(&v1().join(format!("{name}.expect.txt")))?;
+        let expected = read_text(&dir.join(format!("{name}.expect.txt")))?;
         let (_, stored) = split_expect(&expected)?;
-        let got = stored_dump_of_file(&v1().join(format!("{name}.db")))?;
+        let got = stored_dump_of_file(&dir.join(format!("{name}.db")))?;
         assert_eq!(got, stored, "{name}.db");
     }
     Ok(())
@@ -1194,7 +1272,15 @@ fn database_files_hold_the_recorded_stored_bytes() -> Res {
 
 #[test]
 fn the_digest_of_fixed_rows_is_the_recorded_one() -> Res {
-    assert_eq!(fixed_digests()?, read_text(&v1().join("digest.txt"))?);
+    for dir in fixture_dirs() {
+        the_digest_of_fixed_rows_is_the_recorded_one_in(&dir)
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    Ok(())
+}
+
+fn the_digest_of_fixed_rows_is_the_recorded_one_in(dir: &Path) -> Res {
+    assert_eq!(fixed_digests()?, read_text(&dir.join("digest.txt"))?);
     Ok(())
 }
 
@@ -1205,13 +1291,14 @@ fn the_digest_of_fixed_rows_is_the_recorded_one() -> Res {
 #[test]
 fn todays_writer_rebuilds_every_fixture_byte_for_byte() -> Res {
     let dir = tempfile::tempdir()?;
+    // The schema lives in v1/ (every version's generator reads it there).
     fs::copy(
         v1().join("box_office.toml"),
         dir.path().join("box_office.toml"),
     )?;
     generate(dir.path())?;
     let mut compared = 0;
-    for entry in fs::read_dir(v1())? {
+    for entry in fs::read_dir(newest())? {
         let path = entry?.path();
         let name = path
             .file_name()
@@ -1232,6 +1319,34 @@ fn todays_writer_rebuilds_every_fixture_byte_for_byte() -> Res {
         compared += 1;
     }
     assert!(compared >= 15, "only {compared} fixture files compared");
+    Ok(())
+}
+
+/// Format 1's databases, opened by today's build, are upgraded to
+/// format 2's layout: the same tables and indexes as the format-2
+/// fixture of the same name (mutation state keyed by token and site,
+/// site bindings), with the rows they held.
+#[test]
+fn v1_databases_upgrade_to_the_v2_layout() -> Res {
+    fn master(stored: &str) -> Res<&str> {
+        let end = stored
+            .find("\ntable ")
+            .ok_or("no table after sqlite_master")?;
+        Ok(&stored[..end])
+    }
+    for (name, schema) in database_fixtures()? {
+        let (_dir, copy) = copy_to_temp(&v1().join(format!("{name}.db")))?;
+        drop(
+            StoreOptions::new()
+                .time_source(Arc::new(ManualTime::new(T0)))
+                .open(&copy, &schema)?,
+        );
+        let upgraded = stored_dump(&rusqlite::Connection::open(&copy)?)?;
+        let expected = read_text(&v2().join(format!("{name}.expect.txt")))?;
+        let (_, v2_stored) = split_expect(&expected)?;
+        assert_eq!(master(&upgraded)?, master(v2_stored)?, "{name}.db");
+        assert!(upgraded.contains("\"format\" | 2"), "{name}.db: {upgraded}");
+    }
     Ok(())
 }
 

@@ -8,7 +8,7 @@ use common::{inventory, site, TestResult};
 use meldb::{
     sync::{Grant, Replica, Session, SessionConfig},
     ApplyReport, ChangeCursor, ChangePage, Changeset, PendingMutation, PullReport, PullResponse,
-    Push, PushResult, Rejection, SiteId, Store, StoreOptions, VersionVector, Writer,
+    Push, PushResult, Rejection, SiteBinding, SiteId, Store, StoreOptions, VersionVector, Writer,
 };
 use std::sync::Arc;
 
@@ -62,17 +62,32 @@ impl Replica for Logged {
     fn pull_request(&self) -> meldb::Result<(VersionVector, u64)> {
         self.store.pull_request()
     }
-    fn process_push(&mut self, push: &Push) -> meldb::Result<PushResult> {
+    fn process_push(&mut self, token: &str, push: &Push) -> meldb::Result<PushResult> {
         self.log.push("process_push");
-        self.store.process_push(push)
+        self.store.process_push_as(token, push)
     }
     fn pull_for(
         &self,
+        token: &str,
         client: SiteId,
         have: &VersionVector,
         first_pending: u64,
     ) -> meldb::Result<PullResponse> {
-        self.store.pull_for(client, have, first_pending)
+        self.store.pull_for_as(token, client, have, first_pending)
+    }
+    fn row_clock(
+        &self,
+        table: &str,
+        key: &[meldb::Value],
+    ) -> meldb::Result<Option<meldb::crdt::RowClock>> {
+        self.store.row_clock(table, key)
+    }
+    fn site_owner(&self, site: SiteId) -> meldb::Result<Option<String>> {
+        self.store.site_owner(site)
+    }
+    fn bind_site(&mut self, token: &str, site: SiteId, limit: usize) -> meldb::Result<SiteBinding> {
+        self.log.push("bind_site");
+        self.store.bind_site(token, site, limit)
     }
     fn apply_pull(&mut self, response: &PullResponse) -> meldb::Result<PullReport> {
         self.log.push("apply_pull");

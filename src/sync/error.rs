@@ -1,5 +1,6 @@
 //! The sync layer's errors: what ended a session, on which side.
 
+use super::identity::IdentityRefusal;
 use super::limits::LimitExceeded;
 use super::message::NoticeCode;
 use super::namespace::Namespace;
@@ -98,12 +99,23 @@ pub enum SyncError {
     /// storage quota (nothing of a refused write was written).
     #[error("{0}")]
     Limit(#[from] LimitExceeded),
+    /// The peer's token may not write as a site it claimed (see
+    /// [`Identity`](super::Identity)): nothing it sent with the claim was
+    /// applied.
+    #[error("{0}")]
+    Identity(IdentityRefusal),
     /// No message arrived within the configured idle time.
     #[error("no message from the peer for {seconds} s")]
     Timeout {
         /// The idle limit.
         seconds: u64,
     },
+}
+
+impl From<IdentityRefusal> for SyncError {
+    fn from(refusal: IdentityRefusal) -> SyncError {
+        SyncError::Identity(refusal)
+    }
 }
 
 impl SyncError {
@@ -114,9 +126,9 @@ impl SyncError {
             SyncError::Decode(_) | SyncError::Unexpected { .. } | SyncError::UnknownAck { .. } => {
                 NoticeCode::Protocol
             }
-            SyncError::Unauthorized { .. } | SyncError::UnknownNamespace(_) => {
-                NoticeCode::Unauthorized
-            }
+            SyncError::Unauthorized { .. }
+            | SyncError::UnknownNamespace(_)
+            | SyncError::Identity(_) => NoticeCode::Unauthorized,
             SyncError::ReadOnly { .. } => NoticeCode::ReadOnly,
             SyncError::SchemaMismatch { .. } | SyncError::SameSite(_) => NoticeCode::Incompatible,
             SyncError::Store(_) => NoticeCode::Apply,

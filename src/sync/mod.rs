@@ -23,8 +23,8 @@
 //! - `limits`: the relay's connection slots, write rates and quotas
 //!   ([`WriteRate`], [`LimitExceeded`]);
 //! - `relay`: the server many clients sync through ([`Relay`]; [`Tokens`]
-//!   says who may connect); `meldb serve` is the same server for one
-//!   direct peer.
+//!   says who may connect, `identity` which sites each may write as,
+//!   [`Identity`]); `meldb serve` is the same server for one direct peer.
 //!
 //! ```no_run
 //! # async fn example(store: meldb::Store) -> Result<(), meldb::sync::SyncError> {
@@ -44,6 +44,7 @@ mod batch;
 mod directory;
 mod driver;
 mod error;
+mod identity;
 mod limits;
 mod listener;
 pub mod message;
@@ -60,6 +61,7 @@ pub(crate) mod wire;
 pub use directory::{Creation, DirectoryProvider, Setup};
 pub use driver::{accept_once, sync_continuously, sync_once, sync_once_tcp, Backoff, SyncReport};
 pub use error::SyncError;
+pub use identity::{Identity, IdentityRefusal, DEFAULT_MAX_SITES};
 pub use limits::{LimitExceeded, WriteRate};
 pub use listener::{Listener, Peer};
 pub use message::{Message, NoticeCode};

@@ -10,10 +10,12 @@
 
 use crate::changeset::{ChangeCursor, ChangePage, Changeset};
 use crate::clock::SiteId;
+use crate::crdt::RowClock;
 use crate::error::Result;
 use crate::mutator::{PendingMutation, PullReport, PullResponse, Push, PushResult};
 use crate::resolve::{Rejection, Writer};
-use crate::store::{ApplyReport, Store};
+use crate::store::{ApplyReport, SiteBinding, Store};
+use crate::value::Value;
 use crate::version::VersionVector;
 
 /// A replica a session can sync.
@@ -57,16 +59,31 @@ pub trait Replica {
     /// What it asks an authority for: its version vector and the oldest
     /// pending mutation (`u64::MAX` when none).
     fn pull_request(&self) -> Result<(VersionVector, u64)>;
-    /// At the authority: runs a client's pushed mutations.
-    fn process_push(&mut self, push: &Push) -> Result<PushResult>;
+    /// At the authority: runs a client's pushed mutations. Their state is
+    /// kept under (`token`, `push.client`), `token` being the name of the
+    /// token the client connected with (`""` without tokens): no token
+    /// reads or changes another's.
+    fn process_push(&mut self, token: &str, push: &Push) -> Result<PushResult>;
     /// At the authority: what a client lacks, with the word on its
-    /// mutations from `first_pending` on.
+    /// mutations from `first_pending` on (the state of (`token`,
+    /// `client`) only).
     fn pull_for(
         &self,
+        token: &str,
         client: SiteId,
         have: &VersionVector,
         first_pending: u64,
     ) -> Result<PullResponse>;
+    /// The clock of its row of `table` with `key`, live or deleted (`None`:
+    /// no such row): which writes of that row it has.
+    fn row_clock(&self, table: &str, key: &[Value]) -> Result<Option<RowClock>>;
+    /// The token `site` is bound to (see [`Replica::bind_site`]).
+    fn site_owner(&self, site: SiteId) -> Result<Option<String>>;
+    /// Binds `site` to the token named `token`, durably, unless another
+    /// token has it or `token` holds `limit` sites already
+    /// ([`crate::store::SiteBinding`]). A replica that serves peers with
+    /// tokens keeps these; one binding per site.
+    fn bind_site(&mut self, token: &str, site: SiteId, limit: usize) -> Result<SiteBinding>;
     /// On a client: undo, apply, drop what was processed, replay, in one
     /// step.
     fn apply_pull(&mut self, response: &PullResponse) -> Result<PullReport>;
@@ -127,17 +144,30 @@ impl Replica for Store {
         Store::pull_request(self)
     }
 
-    fn process_push(&mut self, push: &Push) -> Result<PushResult> {
-        Store::process_push(self, push)
+    fn process_push(&mut self, token: &str, push: &Push) -> Result<PushResult> {
+        Store::process_push_as(self, token, push)
     }
 
     fn pull_for(
         &self,
+        token: &str,
         client: SiteId,
         have: &VersionVector,
         first_pending: u64,
     ) -> Result<PullResponse> {
-        Store::pull_for(self, client, have, first_pending)
+        Store::pull_for_as(self, token, client, have, first_pending)
+    }
+
+    fn row_clock(&self, table: &str, key: &[Value]) -> Result<Option<RowClock>> {
+        Store::row_clock(self, table, key)
+    }
+
+    fn site_owner(&self, site: SiteId) -> Result<Option<String>> {
+        Store::site_owner(self, site)
+    }
+
+    fn bind_site(&mut self, token: &str, site: SiteId, limit: usize) -> Result<SiteBinding> {
+        Store::bind_site(self, token, site, limit)
     }
 
     fn apply_pull(&mut self, response: &PullResponse) -> Result<PullReport> {

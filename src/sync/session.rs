@@ -27,6 +27,12 @@
 //! is applied under the pending mutations' speculative effects
 //! ([`crate::Store::apply_pull`]), never merged into them.
 //!
+//! On the side that accepted, a token's [`Grant::identity`] decides which
+//! sites the peer may write as (see [`super::identity`]): its hello's site
+//! is bound to the token before the session opens, a batch with another
+//! site's new writes and a push for another site are refused before
+//! anything is applied, and mutation state is kept under the token.
+//!
 //! In live mode the session stays open after catching up: the owner calls
 //! [`Session::local_changed`] when the store changes and the session pushes
 //! what the peer does not have yet (it tracks what the peer has: its `Want`
@@ -34,6 +40,7 @@
 
 use super::batch::{add_covers, approx_changeset_bytes, batches, Batcher};
 use super::error::SyncError;
+use super::identity::{Identity, IdentityRefusal};
 use super::limits::LimitExceeded;
 use super::message::{Ack, Batch, Hello, Message, Notice, NoticeCode, Processed, Sent, Want};
 use super::provider::Namespace;
@@ -59,8 +66,8 @@ pub enum Access {
 
 /// What a token grants: read or read-write, who the changes that arrive
 /// through it are written by (resolvers see this [`Writer`], never
-/// anything the client claims about itself), and which namespace's replica
-/// a relay serves it.
+/// anything the client claims about itself), which namespace's replica
+/// a relay serves it, and which sites it may write as.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {
     /// Read-only or read-write.
@@ -70,6 +77,11 @@ pub struct Grant {
     /// The namespace whose replica the session syncs (a relay asks its
     /// [`ReplicaProvider`](super::provider::ReplicaProvider) for it).
     pub namespace: Namespace,
+    /// The token's identity: the sites it may write as, and the name its
+    /// mutation state is kept under (see [`Identity`](super::Identity)). `None`
+    /// trusts the peer's word on its site (a trusted network, no tokens);
+    /// every token of a [`Tokens`](super::tokens::Tokens) has one.
+    pub identity: Option<Identity>,
 }
 
 impl Grant {
@@ -79,6 +91,7 @@ impl Grant {
             access: Access::ReadWrite,
             writer: Writer::default(),
             namespace: Namespace::default(),
+            identity: None,
         }
     }
 
@@ -88,7 +101,14 @@ impl Grant {
             access: Access::ReadOnly,
             writer: Writer::default(),
             namespace: Namespace::default(),
+            identity: None,
         }
+    }
+
+    /// The same grant with `identity`.
+    pub fn with_identity(mut self, identity: Identity) -> Grant {
+        self.identity = Some(identity);
+        self
     }
 
     /// The same grant in `namespace`.
@@ -261,6 +281,10 @@ pub struct Session {
     peer: Option<PeerInfo>,
     access: Access,
     writer: Writer,
+    /// The peer's token's identity (responders with tokens), and the
+    /// sites found to be its so far.
+    identity: Option<Identity>,
+    own_sites: BTreeSet<SiteId>,
     out: VecDeque<Message>,
     // Sending: what the peer lacks.
     queue: VecDeque<Outgoing>,
@@ -329,6 +353,8 @@ impl Session {
             peer: None,
             access: Access::ReadWrite,
             writer: Writer::default(),
+            identity: None,
+            own_sites: BTreeSet::new(),
             out: VecDeque::new(),
             queue: VecDeque::new(),
             next_seq: 1,
@@ -572,7 +598,11 @@ impl Session {
         }
     }
 
-    fn on_hello(&mut self, store: &(impl Replica + ?Sized), hello: Hello) -> Result<(), SyncError> {
+    fn on_hello(
+        &mut self,
+        store: &mut (impl Replica + ?Sized),
+        hello: Hello,
+    ) -> Result<(), SyncError> {
         if hello.schema != self.schema {
             return Err(SyncError::SchemaMismatch {
                 local: self.schema.clone(),
@@ -588,6 +618,13 @@ impl Session {
             })?;
             self.access = grant.access;
             self.writer = grant.writer;
+            self.identity = grant.identity;
+            // A writer's site is bound to its token before anything else it
+            // sent is read; a reader writes nothing, so binds nothing.
+            if let (Some(identity), Access::ReadWrite) = (&self.identity, self.access) {
+                identity.bind_hello(store, hello.site)?;
+                self.own_sites.insert(hello.site);
+            }
             let reply = self.hello(false);
             self.out.push_back(Message::Hello(reply));
         }
@@ -666,11 +703,26 @@ impl Session {
                 during: "on a replica that is not the authority",
             });
         };
-        // The mutations are the session's peer's, whatever the message says.
-        let result = store.process_push(&Push {
-            client: peer.site,
-            mutations: push.mutations,
-        })?;
+        if let Some(identity) = &self.identity {
+            if push.client != peer.site {
+                return Err(IdentityRefusal::OtherSite {
+                    token: identity.token().to_owned(),
+                    claimed: push.client,
+                    session: peer.site,
+                }
+                .into());
+            }
+        }
+        // The mutations are the session's peer's, whatever the message says,
+        // and their state is kept under the peer's token.
+        let token = self.identity.as_ref().map_or("", Identity::token);
+        let result = store.process_push(
+            token,
+            &Push {
+                client: peer.site,
+                mutations: push.mutations,
+            },
+        )?;
         self.stats.mutations_processed += (result.applied.len() + result.rejected.len()) as u64;
         self.out.push_back(Message::PushAck(result));
         Ok(())
@@ -680,9 +732,10 @@ impl Session {
         // A newer Want supersedes whatever of an older answer is unsent.
         self.queue.clear();
         let authority = self.authority;
+        let token = self.identity.as_ref().map_or("", Identity::token);
         let (answer, mutations) = match (want.first_pending, &self.peer) {
             (Some(first), Some(peer)) if authority => {
-                let pull = store.pull_for(peer.site, &want.have, first)?;
+                let pull = store.pull_for(token, peer.site, &want.have, first)?;
                 if !pull.notices.is_empty() {
                     self.stats.rejections_sent += pull.notices.len() as u64;
                     self.queue.push_back(Outgoing::Rejections(pull.notices));
@@ -730,6 +783,9 @@ impl Session {
             return Err(SyncError::ReadOnly {
                 sent: format!("a batch of {} rows", batch.changes.len()),
             });
+        }
+        if let Some(identity) = &self.identity {
+            identity.check_batch(store, &mut self.own_sites, &batch.changes)?;
         }
         let report = if store.queues_mutations() {
             // A client of an authority may have pending mutations whose

@@ -592,6 +592,138 @@ fn a_peer_that_does_not_acknowledge_gets_changes_coalesced_not_queued() -> TestR
     Ok(())
 }
 
+/// Tokens `ta` and `tb` of clients "a" and "b"; `tf`, "f", may forward.
+/// Each identity may bind `max` sites.
+fn identities(max: usize) -> Authorize {
+    Arc::new(move |token| {
+        let (name, forward) = match token? {
+            "ta" => ("a", false),
+            "tb" => ("b", false),
+            "tf" => ("f", true),
+            _ => return None,
+        };
+        Some(
+            Grant::read_write().with_identity(
+                identity::Identity::new(name)
+                    .max_sites(max)
+                    .forward(forward),
+            ),
+        )
+    })
+}
+
+fn session_as(
+    client: &mut Store,
+    relay: &mut Store,
+    token: &str,
+    authorize: &Authorize,
+) -> Result<(Session, Session), SyncError> {
+    let mut c = Session::initiator(&*client, SessionConfig::default().token(Some(token.into())));
+    let mut r = Session::responder(&*relay, SessionConfig::default(), Arc::clone(authorize));
+    pump(&mut c, client, &mut r, relay)?;
+    Ok((c, r))
+}
+
+#[test]
+fn a_hello_as_another_tokens_site_is_refused_before_anything_is_applied() -> TestResult {
+    let auth = identities(4);
+    let mut relay = store(9)?;
+    let mut a = store(1)?;
+    insert(&mut a, 0..2)?;
+    session_as(&mut a, &mut relay, "ta", &auth)?;
+    assert_eq!(relay.site_owner(a.site_id())?.as_deref(), Some("a"));
+    let before = relay.digest()?;
+    // b opens a database with a's site id and writes "as a".
+    let mut forged = store(1)?;
+    insert(&mut forged, 10..12)?;
+    let err = session_as(&mut forged, &mut relay, "tb", &auth)
+        .map(|_| ())
+        .expect_err("refused");
+    let text = err.to_string();
+    assert!(
+        matches!(&err, SyncError::Identity(IdentityRefusal::Taken { owner, .. }) if owner == "a"),
+        "{err:?}"
+    );
+    assert_eq!(err.notice_code(), Some(NoticeCode::Unauthorized));
+    assert!(text.contains("belongs to another token"), "{text}");
+    assert!(
+        !text.contains("\"a\""),
+        "the owner's name is not told: {text}"
+    );
+    assert_eq!(relay.digest()?, before);
+    // a itself still syncs.
+    insert(&mut a, 2..3)?;
+    session_as(&mut a, &mut relay, "ta", &auth)?;
+    assert_eq!(a.digest()?, relay.digest()?);
+    Ok(())
+}
+
+/// A batch with `changes`, sent by `token`'s client at site `site` after
+/// its hello (the relay's answer drained first).
+fn send_batch(
+    relay: &mut Store,
+    token: &str,
+    site: u8,
+    auth: &Authorize,
+    changes: crate::changeset::Changeset,
+) -> Result<(), SyncError> {
+    let mut r = Session::responder(&*relay, SessionConfig::default(), Arc::clone(auth));
+    r.receive(
+        relay,
+        Message::Hello(message::Hello {
+            site: SiteId::from_bytes([site; 16]),
+            schema: "shop".into(),
+            schema_version: 1,
+            token: Some(token.into()),
+            accepts_changes: true,
+            live: false,
+            authority: false,
+        }),
+    )?;
+    while r.poll_message().is_some() {}
+    r.receive(relay, Message::Changes(message::Batch { seq: 1, changes }))
+}
+
+#[test]
+fn new_writes_of_a_site_not_bound_to_the_token_are_refused_unless_it_forwards() -> TestResult {
+    let auth = identities(4);
+    let mut relay = store(9)?;
+    let mut a = store(1)?;
+    insert(&mut a, 0..2)?;
+    session_as(&mut a, &mut relay, "ta", &auth)?;
+    // Rows the relay already has, sent again by another token: not new.
+    let had = a.changes_since(&crate::version::VersionVector::new())?;
+    send_batch(&mut relay, "tb", 2, &auth, had)?;
+    // a's new writes, carried by b: refused, nothing applied.
+    insert(&mut a, 2..4)?;
+    let fresh = a.changes_since(&relay.version_vector())?;
+    let before = relay.digest()?;
+    let err = send_batch(&mut relay, "tb", 2, &auth, fresh.clone()).expect_err("refused");
+    assert!(
+        matches!(err, SyncError::Identity(IdentityRefusal::ForeignWrite { site, .. }) if site == a.site_id()),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("forward = true"), "{err}");
+    assert_eq!(relay.digest()?, before);
+    // A dot the relay has, reused by a forger on a row it never touched.
+    let mut forged = store(1)?;
+    insert(&mut forged, 50..51)?;
+    let reuse = forged.changes_since(&crate::version::VersionVector::new())?;
+    let err = send_batch(&mut relay, "tb", 2, &auth, reuse).expect_err("a reused dot");
+    assert!(
+        matches!(
+            err,
+            SyncError::Identity(IdentityRefusal::ForeignWrite { .. })
+        ),
+        "{err:?}"
+    );
+    assert_eq!(relay.digest()?, before);
+    // A token that may forward carries them.
+    send_batch(&mut relay, "tf", 3, &auth, fresh)?;
+    assert_eq!(relay.digest()?, a.digest()?);
+    Ok(())
+}
+
 #[test]
 fn a_read_over_the_lag_bound_closes_with_a_notice_to_resync() -> TestResult {
     let (mut sa, mut sb) = (store(1)?, store(2)?);
@@ -620,5 +752,44 @@ fn a_read_over_the_lag_bound_closes_with_a_notice_to_resync() -> TestResult {
     let mut b = Session::responder(&sb, SessionConfig::default(), allow_all());
     pump(&mut a, &mut sa, &mut b, &mut sb)?;
     assert_eq!(sa.digest()?, sb.digest()?);
+    Ok(())
+}
+
+#[test]
+fn a_token_binds_sites_up_to_its_limit_and_a_push_must_be_its_sessions() -> TestResult {
+    let auth = identities(2);
+    let mut relay = StoreOptions::new()
+        .site_id(SiteId::from_bytes([9; 16]))
+        .authority(true)
+        .open_in_memory(&Schema::from_toml_str(SCHEMA, "shop.toml")?)?;
+    for n in [1, 2] {
+        session_as(&mut store(n)?, &mut relay, "ta", &auth)?;
+    }
+    let err = session_as(&mut store(3)?, &mut relay, "ta", &auth)
+        .map(|_| ())
+        .expect_err("over the limit");
+    assert!(err.to_string().contains("its limit"), "{err}");
+    assert_eq!(
+        relay.sites_bound_to("a")?,
+        [SiteId::from_bytes([1; 16]), SiteId::from_bytes([2; 16])]
+    );
+    // b's own site binds; a push for a's site in b's session is refused.
+    let mut r = Session::responder(&relay, SessionConfig::default(), Arc::clone(&auth));
+    let mut b = store(4)?;
+    let mut c = Session::initiator(&b, SessionConfig::default().token(Some("tb".into())));
+    pump(&mut c, &mut b, &mut r, &mut relay)?;
+    let err = r
+        .receive(
+            &mut relay,
+            Message::Push(crate::mutator::Push {
+                client: SiteId::from_bytes([1; 16]),
+                mutations: Vec::new(),
+            }),
+        )
+        .expect_err("another site's push");
+    assert!(
+        matches!(err, SyncError::Identity(IdentityRefusal::OtherSite { .. })),
+        "{err:?}"
+    );
     Ok(())
 }

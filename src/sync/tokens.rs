@@ -9,19 +9,33 @@
 //! access = "read-write"      # or "read-only"
 //! user = "alice"             # optional: the writer resolvers see (default: name)
 //! roles = ["clerk"]          # optional: the writer's roles
+//! max_sites = 16             # optional: site ids it binds on first use (default 16)
+//! sites = ["4f1c…"]          # optional: site ids it writes as without binding them
+//! forward = false            # optional: may send other replicas' new writes
 //! ```
 //!
 //! The user and roles become the [`Writer`] of every change that arrives
 //! through the token, so a client cannot claim roles it was not given.
+//! Every token has an [`Identity`] named by its `name`: the site ids it may
+//! write as (see [`super::identity`]); renaming a token therefore gives it
+//! new bindings and new mutation state.
+//!
+//! A file is refused as a whole, naming the entries, if a name appears
+//! twice, if two entries share a secret (the first would win, silently
+//! giving the second client the first one's access and sites), or if a
+//! site is listed for two tokens.
 //!
 //! Tokens are compared by their blake3 hashes (constant-time equality), and
 //! only the hashes are kept in memory.
 
 use super::error::SyncError;
+use super::identity::{Identity, DEFAULT_MAX_SITES};
 use super::provider::Namespace;
 use super::session::{Access, Authorize, Grant};
+use crate::clock::SiteId;
 use crate::resolve::Writer;
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -29,6 +43,8 @@ use std::sync::Arc;
 #[derive(Debug, Clone, Default)]
 pub struct Tokens {
     entries: Vec<Entry>,
+    /// Every listed site and the token it is listed for.
+    listed: Arc<BTreeMap<SiteId, String>>,
 }
 
 #[derive(Debug, Clone)]
@@ -54,6 +70,11 @@ struct FileEntry {
     user: Option<String>,
     #[serde(default)]
     roles: Vec<String>,
+    max_sites: Option<usize>,
+    #[serde(default)]
+    sites: Vec<SiteId>,
+    #[serde(default)]
+    forward: bool,
 }
 
 #[derive(Deserialize)]
@@ -70,9 +91,22 @@ impl Tokens {
     }
 
     /// Adds a client's token; its changes are written by `grant.writer`.
-    pub fn add(&mut self, name: impl Into<String>, token: &str, grant: Grant) {
+    /// A grant without an identity gets [`Identity::new`]`(name)`: the
+    /// token writes only as the sites it binds. A site already listed for
+    /// another token stays that token's.
+    pub fn add(&mut self, name: impl Into<String>, token: &str, mut grant: Grant) {
+        let name = name.into();
+        let identity = grant
+            .identity
+            .get_or_insert_with(|| Identity::new(name.clone()));
+        let listed = Arc::make_mut(&mut self.listed);
+        for site in identity.listed_sites() {
+            listed
+                .entry(*site)
+                .or_insert_with(|| identity.token().to_owned());
+        }
         self.entries.push(Entry {
-            name: name.into(),
+            name,
             hash: blake3::hash(token.as_bytes()),
             grant,
         });
@@ -103,15 +137,48 @@ impl Tokens {
                     entry.name
                 )));
             }
+            if entry.name.is_empty() {
+                return Err(error("a token has an empty name".into()));
+            }
             if tokens.entries.iter().any(|e| e.name == entry.name) {
                 return Err(error(format!("client name {:?} appears twice", entry.name)));
+            }
+            let hash = blake3::hash(entry.token.as_bytes());
+            if let Some(first) = tokens.entries.iter().find(|e| e.hash == hash) {
+                return Err(error(format!(
+                    "the same secret is given to {:?} ({}) and {:?} ({}): each client needs \
+                     its own (the first would win, silently)",
+                    first.name,
+                    access_word(first.grant.access),
+                    entry.name,
+                    entry.access.word(),
+                )));
+            }
+            for site in &entry.sites {
+                if let Some(other) = tokens.listed.get(site) {
+                    return Err(error(format!(
+                        "site {site} is listed for both {other:?} and {:?}",
+                        entry.name
+                    )));
+                }
             }
             let access = match entry.access {
                 FileAccess::ReadWrite => Access::ReadWrite,
                 FileAccess::ReadOnly => Access::ReadOnly,
             };
+            if entry.forward && access == Access::ReadOnly {
+                return Err(error(format!(
+                    "token {:?} is read-only, so `forward` means nothing: remove it or make \
+                     the token read-write",
+                    entry.name
+                )));
+            }
             let mut writer = Writer::user(entry.user.as_deref().unwrap_or(&entry.name));
             writer.roles = entry.roles;
+            let identity = Identity::new(entry.name.clone())
+                .sites(entry.sites)
+                .max_sites(entry.max_sites.unwrap_or(DEFAULT_MAX_SITES))
+                .forward(entry.forward);
             tokens.add(
                 entry.name,
                 &entry.token,
@@ -119,6 +186,7 @@ impl Tokens {
                     access,
                     writer,
                     namespace: Namespace::default(),
+                    identity: Some(identity),
                 },
             );
         }
@@ -144,10 +212,36 @@ impl Tokens {
         self.entries.is_empty()
     }
 
-    /// A session authorizer checking against these tokens.
+    /// A session authorizer checking against these tokens. Each grant's
+    /// identity knows every token's listed sites, so no token binds a site
+    /// listed for another.
     pub fn authorizer(self: &Arc<Self>) -> Authorize {
         let tokens = Arc::clone(self);
-        Arc::new(move |token| tokens.check(token).map(|(_, grant)| grant.clone()))
+        Arc::new(move |token| {
+            tokens.check(token).map(|(_, grant)| {
+                let mut grant = grant.clone();
+                grant.identity = grant
+                    .identity
+                    .map(|i| i.with_listed(Arc::clone(&tokens.listed)));
+                grant
+            })
+        })
+    }
+}
+
+fn access_word(access: Access) -> &'static str {
+    match access {
+        Access::ReadWrite => "read-write",
+        Access::ReadOnly => "read-only",
+    }
+}
+
+impl FileAccess {
+    fn word(&self) -> &'static str {
+        match self {
+            FileAccess::ReadWrite => "read-write",
+            FileAccess::ReadOnly => "read-only",
+        }
     }
 }
 
@@ -199,13 +293,81 @@ mod tests {
                  [[token]]\nname = \"a\"\ntoken = \"longenough2\"\naccess = \"read-only\"",
                 "twice",
             ),
+            (
+                "[[token]]\nname = \"a\"\ntoken = \"longenough\"\naccess = \"read-only\"\n\
+                 [[token]]\nname = \"b\"\ntoken = \"longenough\"\naccess = \"read-write\"",
+                "the same secret is given to \"a\" (read-only) and \"b\" (read-write)",
+            ),
+            (
+                "[[token]]\nname = \"a\"\ntoken = \"longenough\"\naccess = \"read-write\"\n\
+                 sites = [\"01010101-0101-0101-0101-010101010101\"]\n\
+                 [[token]]\nname = \"b\"\ntoken = \"longenough2\"\naccess = \"read-write\"\n\
+                 sites = [\"01010101-0101-0101-0101-010101010101\"]",
+                "listed for both \"a\" and \"b\"",
+            ),
+            (
+                "[[token]]\nname = \"a\"\ntoken = \"longenough\"\naccess = \"read-only\"\n\
+                 forward = true",
+                "read-only",
+            ),
+            (
+                "[[token]]\nname = \"a\"\ntoken = \"longenough\"\naccess = \"read-write\"\n\
+                 sites = [\"not-a-uuid\"]",
+                "sites",
+            ),
         ] {
-            let err = Tokens::from_toml_str(text, "t.toml").map(|_| ());
-            let message = format!("{err:?}");
+            let message = match Tokens::from_toml_str(text, "t.toml") {
+                Ok(_) => "accepted".to_string(),
+                Err(e) => e.to_string(),
+            };
             assert!(
                 message.contains(needle) && message.contains("t.toml"),
                 "{message}"
             );
         }
+    }
+
+    #[test]
+    fn every_token_has_an_identity_and_listed_sites_are_known_to_all(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let tokens = Arc::new(Tokens::from_toml_str(
+            r#"
+            [[token]]
+            name = "till-1"
+            token = "secret-one"
+            access = "read-write"
+            max_sites = 2
+            sites = ["01010101-0101-0101-0101-010101010101"]
+            [[token]]
+            name = "relay-b"
+            token = "secret-two"
+            access = "read-write"
+            forward = true
+            "#,
+            "tokens.toml",
+        )?);
+        let authorize = tokens.authorizer();
+        let till = authorize(Some("secret-one")).ok_or("till-1")?;
+        let identity = till.identity.ok_or("an identity")?;
+        assert_eq!(identity.token(), "till-1");
+        assert_eq!(identity.listed_sites(), [SiteId::from_bytes([1; 16])]);
+        assert!(!identity.forwards());
+        let relay = authorize(Some("secret-two")).ok_or("relay-b")?;
+        let identity = relay.identity.ok_or("an identity")?;
+        assert!(identity.forwards());
+        // relay-b's identity knows that site 1 is till-1's.
+        assert_eq!(
+            identity
+                .listed
+                .get(&SiteId::from_bytes([1; 16]))
+                .map(String::as_str),
+            Some("till-1")
+        );
+        // A token added in code gets an identity named after it.
+        let mut added = Tokens::new();
+        added.add("app", "secret-app", Grant::read_write());
+        let (_, grant) = added.check(Some("secret-app")).ok_or("app")?;
+        assert_eq!(grant.identity.as_ref().map(Identity::token), Some("app"));
+        Ok(())
     }
 }

@@ -15,15 +15,25 @@
 //! - a database older than that, or newer than [`FORMAT`], is refused with
 //!   an error that names the version it needs.
 //!
-//! Format 1 is the first, so today there is no step to run; the machinery
-//! is tested with steps of its own (see the tests below).
+//! Formats:
+//!
+//! - 1: the first.
+//! - 2: the authority's mutation state (`meldb_clients`,
+//!   `meldb_mutation_rejects`) is keyed by (token, site) instead of site
+//!   alone, and `meldb_site_bindings` records which token each site id
+//!   belongs to. The step from 1 keeps every old row, with a NULL token
+//!   (claimed by the first token that pushes as that site), so no
+//!   mutation already run runs again.
+//!
+//! The machinery is also tested with synthetic steps of its own (see the
+//! tests below).
 
 use crate::error::{OpenError, Result, StorageError};
 use rusqlite::{Connection, OptionalExtension};
 use std::path::PathBuf;
 
 /// The database format this build writes.
-pub(super) const FORMAT: i64 = 1;
+pub(super) const FORMAT: i64 = 2;
 /// The oldest database format this build opens (and upgrades).
 pub(super) const OLDEST_FORMAT: i64 = 1;
 
@@ -43,8 +53,15 @@ pub(super) struct Rules {
 pub(super) const CURRENT: Rules = Rules {
     newest: FORMAT,
     oldest: OLDEST_FORMAT,
-    steps: &[],
+    steps: &[upgrade_1_to_2],
 };
+
+/// Format 1 to 2: mutation state by (token, site), and site bindings.
+fn upgrade_1_to_2(conn: &Connection) -> Result<()> {
+    super::speculate::upgrade_mutation_clients(conn)?;
+    conn.execute_batch(super::bindings::BINDING_DDL)?;
+    Ok(())
+}
 
 // Checked when the crate compiles: a step for every format this build
 // upgrades, and at most one format back.
@@ -257,8 +274,9 @@ mod tests {
         .expect("schema")
     }
 
-    /// A format-1 database with one row, closed, in a directory of its own.
-    fn format_1_file() -> Result<(tempfile::TempDir, String)> {
+    /// A database of this build's format with one row, closed, in a
+    /// directory of its own.
+    fn current_format_file() -> Result<(tempfile::TempDir, String)> {
         let dir = tempfile::tempdir().map_err(|e| StorageError::Corrupt {
             what: "tempdir".into(),
             problem: e.to_string(),
@@ -272,8 +290,8 @@ mod tests {
     /// Rules of a build one format ahead, upgrading with `steps`.
     fn one_ahead(steps: &'static [Step]) -> Rules {
         Rules {
-            newest: 2,
-            oldest: 1,
+            newest: FORMAT + 1,
+            oldest: FORMAT,
             steps,
         }
     }
@@ -311,7 +329,7 @@ mod tests {
 
     #[test]
     fn an_older_format_is_backed_up_then_upgraded_in_one_transaction() -> Result<()> {
-        let (_dir, path) = format_1_file()?;
+        let (_dir, path) = current_format_file()?;
         let before = Store::open(&path, &schema())?.digest()?;
         let rules = one_ahead(&[add_marker]);
         let store = open_with(&path, &rules)?;
@@ -321,23 +339,29 @@ mod tests {
             .query_row("SELECT x FROM upgraded_marker", [], |r| r.get(0))?;
         assert_eq!(marker, 1);
         drop(store);
-        assert_eq!(format_of(&path)?, 2);
-        // The backup is the database as it was: format 1, same rows.
-        let backup = format!("{path}.format-1.backup");
-        assert_eq!(format_of(&backup)?, 1);
+        assert_eq!(format_of(&path)?, FORMAT + 1);
+        // The backup is the database as it was: same format, same rows.
+        let backup = format!("{path}.format-{FORMAT}.backup");
+        assert_eq!(format_of(&backup)?, FORMAT);
         assert_eq!(Store::open(&backup, &schema())?.digest()?, before);
         Ok(())
     }
 
     #[test]
     fn a_failed_step_leaves_the_file_as_it_was_and_names_the_backup() -> Result<()> {
-        let (dir, path) = format_1_file()?;
+        let (dir, path) = current_format_file()?;
         let rules = one_ahead(&[fail]);
         let err = open_with(&path, &rules).expect_err("the step fails");
         let text = err.to_string();
-        assert!(text.contains("format 1 to 2"), "{text}");
-        assert!(text.contains("app.db.format-1.backup"), "{text}");
-        assert_eq!(format_of(&path)?, 1);
+        assert!(
+            text.contains(&format!("format {FORMAT} to {}", FORMAT + 1)),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("app.db.format-{FORMAT}.backup")),
+            "{text}"
+        );
+        assert_eq!(format_of(&path)?, FORMAT);
         let conn = Connection::open(&path)?;
         let marker: bool = conn.query_row(
             "SELECT count(*) > 0 FROM sqlite_master WHERE name = 'upgraded_marker'",
@@ -357,15 +381,15 @@ mod tests {
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .filter(|n| n.contains("backup"))
             .collect();
-        assert_eq!(backups, ["app.db.format-1.backup"]);
-        // This build still opens it: format 1 is current.
+        assert_eq!(backups, [format!("app.db.format-{FORMAT}.backup")]);
+        // This build still opens it: its format is current.
         assert!(Store::open(&path, &schema()).is_ok());
         Ok(())
     }
 
     #[test]
     fn formats_this_build_cannot_read_are_refused_with_the_version_needed() -> Result<()> {
-        let (_dir, path) = format_1_file()?;
+        let (_dir, path) = current_format_file()?;
         let set = |f: i64| -> Result<()> {
             Connection::open(&path)?
                 .execute("UPDATE meldb_meta SET value = ?1 WHERE key = 'format'", [f])?;
@@ -397,7 +421,7 @@ mod tests {
 
     #[test]
     fn an_upgrade_another_process_finished_first_is_not_run_again() -> Result<()> {
-        let (_dir, path) = format_1_file()?;
+        let (_dir, path) = current_format_file()?;
         let rules = one_ahead(&[add_marker]);
         // Process A decides to upgrade...
         let a = Connection::open(&path)?;
@@ -417,7 +441,7 @@ mod tests {
 
     #[test]
     fn a_format_that_moved_past_this_build_meanwhile_is_refused_under_the_lock() -> Result<()> {
-        let (_dir, path) = format_1_file()?;
+        let (_dir, path) = current_format_file()?;
         let conn = Connection::open(&path)?;
         assert!(CURRENT.prepare(&conn, &path)?.is_none());
         // A newer build rewrites the file between the check and the lock.
@@ -438,7 +462,7 @@ mod tests {
     #[test]
     fn the_backup_keeps_the_database_private() -> Result<()> {
         use std::os::unix::fs::PermissionsExt;
-        let (_dir, path) = format_1_file()?;
+        let (_dir, path) = current_format_file()?;
         let io = |e: std::io::Error| StorageError::Corrupt {
             what: "permissions".into(),
             problem: e.to_string(),
@@ -446,11 +470,96 @@ mod tests {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
         let rules = one_ahead(&[add_marker]);
         drop(open_with(&path, &rules)?);
-        let mode = std::fs::metadata(format!("{path}.format-1.backup"))
+        let mode = std::fs::metadata(format!("{path}.format-{FORMAT}.backup"))
             .map_err(io)?
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+        Ok(())
+    }
+
+    /// Turns a database of this build into one of format 1 as format 1
+    /// wrote it: mutation state keyed by site alone, no bindings table;
+    /// one client's state (`last_processed` 7, mutation 5 refused).
+    fn make_format_1(path: &str, client: crate::clock::SiteId) -> Result<()> {
+        let conn = Connection::open(path)?;
+        conn.execute_batch(
+            "DROP TABLE meldb_clients; DROP TABLE meldb_mutation_rejects;
+             DROP TABLE meldb_site_bindings;
+             CREATE TABLE meldb_clients (
+                 client BLOB PRIMARY KEY, last_processed INTEGER NOT NULL) STRICT;
+             CREATE TABLE meldb_mutation_rejects (
+                 client BLOB NOT NULL, id INTEGER NOT NULL, name TEXT NOT NULL,
+                 error TEXT NOT NULL, PRIMARY KEY (client, id)) STRICT, WITHOUT ROWID;
+             UPDATE meldb_meta SET value = 1 WHERE key = 'format';",
+        )?;
+        let key = client.as_bytes().as_slice();
+        conn.execute("INSERT INTO meldb_clients VALUES (?1, 7)", [key])?;
+        conn.execute(
+            "INSERT INTO meldb_mutation_rejects VALUES (?1, 5, 'book', 'taken')",
+            [key],
+        )?;
+        Ok(())
+    }
+
+    #[test]
+    fn format_1_mutation_state_is_kept_and_claimed_by_the_first_token_to_push() -> Result<()> {
+        use crate::mutator::{PendingMutation, Push};
+        let client = crate::clock::SiteId::from_bytes([9; 16]);
+        let (_dir, path) = current_format_file()?;
+        make_format_1(&path, client)?;
+        let mut store = Store::open(&path, &schema())?;
+        assert_eq!(format_of(&path)?, FORMAT);
+        assert_eq!(format_of(&format!("{path}.format-1.backup"))?, 1);
+        let token: Option<String> =
+            store
+                .conn()
+                .query_row("SELECT token FROM meldb_clients", [], |r| r.get(0))?;
+        assert_eq!(token, None, "an old row is unclaimed");
+        // Until claimed, any token's pull of the site reads it...
+        let pull = store.pull_for_as("till-1", client, &Default::default(), 1)?;
+        assert_eq!(pull.last_processed, 7);
+        assert_eq!(pull.rejected.len(), 1);
+        // ...and the first push claims it: mutations 1..=7 ran before the
+        // upgrade and do not run again.
+        let push = Push {
+            client,
+            mutations: (6..=8)
+                .map(|id| PendingMutation {
+                    id,
+                    name: "unknown".into(),
+                    args: "null".into(),
+                })
+                .collect(),
+        };
+        let result = store.process_push_as("till-1", &push)?;
+        assert_eq!((result.duplicates, result.last_processed), (2, 8));
+        // Claimed: another token now starts from nothing, and sees none of it.
+        let other = store.pull_for_as("till-2", client, &Default::default(), 1)?;
+        assert_eq!((other.last_processed, other.rejected.len()), (0, 0));
+        let mine = store.pull_for_as("till-1", client, &Default::default(), 1)?;
+        assert_eq!(mine.last_processed, 8);
+        assert_eq!(
+            mine.rejected.iter().map(|r| r.id).collect::<Vec<_>>(),
+            [5, 8],
+            "the old refusal and the new one (unknown mutator)"
+        );
+        // The upgraded tables are exactly those a new database gets.
+        let fresh_dir = tempfile::tempdir().map_err(|e| StorageError::Corrupt {
+            what: "tempdir".into(),
+            problem: e.to_string(),
+        })?;
+        let fresh_path = fresh_dir.path().join("fresh.db");
+        let fresh = Store::open(&fresh_path, &schema())?;
+        let ddl = |conn: &Connection| -> Result<Vec<String>> {
+            let mut stmt = conn.prepare(
+                "SELECT sql FROM sqlite_master WHERE name LIKE 'meldb_%' AND sql IS NOT NULL \
+                 ORDER BY name",
+            )?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        };
+        assert_eq!(ddl(store.conn())?, ddl(fresh.conn())?);
         Ok(())
     }
 }

@@ -274,6 +274,8 @@ impl Store {
             conn.execute_batch(layout::INTERNAL_DDL)?;
             conn.execute_batch(super::conflicts::CONFLICT_DDL)?;
             conn.execute_batch(super::speculate::MUTATOR_DDL)?;
+            conn.execute_batch(super::speculate::MUTATION_CLIENT_DDL)?;
+            conn.execute_batch(super::bindings::BINDING_DDL)?;
             let local = options.site_id.unwrap_or_else(SiteId::random);
             set_meta(conn, "format", FORMAT)?;
             set_meta(conn, "site_id", local.as_bytes().to_vec())?;
@@ -295,6 +297,8 @@ impl Store {
         let _: i64 = require(path, "format", get_meta(conn, "format")?)?;
         conn.execute_batch(super::conflicts::CONFLICT_DDL)?;
         conn.execute_batch(super::speculate::MUTATOR_DDL)?;
+        conn.execute_batch(super::speculate::MUTATION_CLIENT_DDL)?;
+        conn.execute_batch(super::bindings::BINDING_DDL)?;
         let site_bytes: Vec<u8> = require(path, "site_id", get_meta(conn, "site_id")?)?;
         let local = <[u8; 16]>::try_from(site_bytes.as_slice())
             .map(SiteId::from_bytes)

@@ -13,6 +13,7 @@
 //! transaction, so a crash leaves the old state or the new one.
 
 mod apply;
+mod bindings;
 mod changes;
 mod conflicts;
 mod correct;
@@ -28,6 +29,7 @@ mod speculate;
 mod write;
 
 pub use apply::{ApplyReport, HeldChange};
+pub use bindings::SiteBinding;
 pub use write::Transaction;
 
 use crate::clock::{Clock, Hlc, SiteId, SystemTimeSource, TimeSource};

@@ -1,6 +1,17 @@
 //! The store side of optimistic mutators (see [`crate::mutator`]): the
 //! registry, the durable pending queue, the authority's push processing,
 //! and the client's pull-and-rebase pipeline.
+//!
+//! The authority keeps each client's mutation state (the last mutation it
+//! processed, the ones it refused) under (token, site): the name of the
+//! token the client connected with (`""` for a replica served without
+//! tokens) and its site id. No push or pull through one token reads or
+//! changes another token's state, so a token that claims another's site
+//! id can neither advance its `last_processed` (which would make the real
+//! client drop mutations that never ran) nor read its refusals. A row
+//! carried over from format 1 has no token; the first token that pushes
+//! as its site takes it over (and a pull reads it until then), so an
+//! upgrade never runs a processed mutation again.
 
 use super::layout::{base_name, quote, TableLayout};
 use super::write::Transaction;
@@ -216,11 +227,20 @@ impl Store {
     /// At the authority: runs a client's pushed mutations that it has not
     /// processed yet, in order, on the canonical state, in one transaction.
     /// A mutator that fails (or is unknown, or panics) is rejected with its
-    /// error and the next one still runs.
+    /// error and the next one still runs. The client is anonymous (a
+    /// replica served without tokens); see [`Store::process_push_as`].
     pub fn process_push(&mut self, push: &Push) -> Result<PushResult> {
+        self.process_push_as("", push)
+    }
+
+    /// [`Store::process_push`] for a client that connected with the token
+    /// named `token`: its state is kept under (`token`, `push.client`),
+    /// apart from every other token's.
+    pub fn process_push_as(&mut self, token: &str, push: &Push) -> Result<PushResult> {
         let mut tx = self.transaction()?;
         let client = push.client.as_bytes().to_vec();
-        let mut last = last_processed(&tx.store.conn, &client)?;
+        claim_format_1_state(&tx.store.conn, token, &client)?;
+        let mut last = last_processed(&tx.store.conn, token, &client)?;
         let mut result = PushResult::default();
         for m in &push.mutations {
             if m.id <= last {
@@ -232,9 +252,9 @@ impl Store {
                 Ok(()) => result.applied.push(m.id),
                 Err(error) => {
                     tx.store.conn.execute(
-                        "INSERT OR REPLACE INTO meldb_mutation_rejects (client, id, name, error) \
-                         VALUES (?1, ?2, ?3, ?4)",
-                        params![client, m.id as i64, m.name, error],
+                        "INSERT OR REPLACE INTO meldb_mutation_rejects \
+                         (token, client, id, name, error) VALUES (?1, ?2, ?3, ?4, ?5)",
+                        params![token, client, m.id as i64, m.name, error],
                     )?;
                     result.rejected.push(MutationRejection {
                         id: m.id,
@@ -246,9 +266,9 @@ impl Store {
             last = m.id;
         }
         tx.store.conn.execute(
-            "INSERT INTO meldb_clients (client, last_processed) VALUES (?1, ?2) \
-             ON CONFLICT (client) DO UPDATE SET last_processed = excluded.last_processed",
-            params![client, last as i64],
+            "INSERT INTO meldb_clients (token, client, last_processed) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (token, client) DO UPDATE SET last_processed = excluded.last_processed",
+            params![token, client, last as i64],
         )?;
         result.last_processed = last;
         tx.commit()?;
@@ -257,23 +277,39 @@ impl Store {
 
     /// At the authority: what `client` (with version vector `vv`, oldest
     /// pending mutation `first_pending`) should pull. Read in one go, so
-    /// `last_processed` matches the effects in `changes`.
+    /// `last_processed` matches the effects in `changes`. The client is
+    /// anonymous; see [`Store::pull_for_as`].
     pub fn pull_for(
         &self,
         client: SiteId,
         vv: &VersionVector,
         first_pending: u64,
     ) -> Result<PullResponse> {
+        self.pull_for_as("", client, vv, first_pending)
+    }
+
+    /// [`Store::pull_for`] for a client that connected with the token named
+    /// `token`: only the state kept under (`token`, `client`) is read.
+    pub fn pull_for_as(
+        &self,
+        token: &str,
+        client: SiteId,
+        vv: &VersionVector,
+        first_pending: u64,
+    ) -> Result<PullResponse> {
         let key = client.as_bytes().to_vec();
         let changes = self.changes_since(vv)?;
-        let last = last_processed(&self.conn, &key)?;
+        let last = last_processed(&self.conn, token, &key)?;
         let first = i64::try_from(first_pending).unwrap_or(i64::MAX);
+        // A format-1 row nobody has claimed yet is this client's too.
+        let unclaimed = !has_state(&self.conn, token, &key)?;
         let mut stmt = self.conn.prepare_cached(
-            "SELECT id, name, error FROM meldb_mutation_rejects WHERE client = ?1 AND id >= ?2 \
+            "SELECT id, name, error FROM meldb_mutation_rejects \
+             WHERE (token = ?1 OR (?4 AND token IS NULL)) AND client = ?2 AND id >= ?3 \
              ORDER BY id",
         )?;
         let rejected = stmt
-            .query_map(params![key, first], |r| {
+            .query_map(params![token, key, first, unclaimed], |r| {
                 Ok(MutationRejection {
                     id: r.get::<_, i64>(0)? as u64,
                     name: r.get(1)?,
@@ -516,15 +552,42 @@ fn run_pending(
     }
 }
 
-fn last_processed(conn: &rusqlite::Connection, client: &[u8]) -> Result<u64> {
+/// The last mutation processed for (`token`, `client`): its own row, or
+/// else a format-1 row of the site that no token has claimed yet.
+fn last_processed(conn: &rusqlite::Connection, token: &str, client: &[u8]) -> Result<u64> {
     let last: Option<i64> = conn
-        .query_row(
-            "SELECT last_processed FROM meldb_clients WHERE client = ?1",
-            [client],
-            |r| r.get(0),
-        )
+        .prepare_cached(
+            "SELECT last_processed FROM meldb_clients WHERE client = ?2 \
+             AND (token = ?1 OR token IS NULL) ORDER BY token IS NULL LIMIT 1",
+        )?
+        .query_row(params![token, client], |r| r.get(0))
         .optional()?;
     Ok(last.map_or(0, |n| n as u64))
+}
+
+/// Whether (`token`, `client`) has a state row of its own.
+fn has_state(conn: &rusqlite::Connection, token: &str, client: &[u8]) -> Result<bool> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM meldb_clients WHERE token = ?1 AND client = ?2)",
+        )?
+        .query_row(params![token, client], |r| r.get(0))?)
+}
+
+/// Gives (`token`, `client`) the format-1 state of the site, if it has
+/// none of its own and no token claimed that state yet (inside the push's
+/// transaction).
+fn claim_format_1_state(conn: &rusqlite::Connection, token: &str, client: &[u8]) -> Result<()> {
+    if has_state(conn, token, client)? {
+        return Ok(());
+    }
+    conn.prepare_cached("UPDATE meldb_clients SET token = ?1 WHERE token IS NULL AND client = ?2")?
+        .execute(params![token, client])?;
+    conn.prepare_cached(
+        "UPDATE meldb_mutation_rejects SET token = ?1 WHERE token IS NULL AND client = ?2",
+    )?
+    .execute(params![token, client])?;
+    Ok(())
 }
 
 /// The (table, key) of every row speculative effects touched.

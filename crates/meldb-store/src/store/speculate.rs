@@ -28,12 +28,47 @@ CREATE TABLE IF NOT EXISTS meldb_pending (
 CREATE TABLE IF NOT EXISTS meldb_mutation_failures (
     id INTEGER PRIMARY KEY, name TEXT NOT NULL, error TEXT NOT NULL,
     acknowledged INTEGER NOT NULL DEFAULT 0) STRICT;
-CREATE TABLE IF NOT EXISTS meldb_clients (
-    client BLOB PRIMARY KEY, last_processed INTEGER NOT NULL) STRICT;
-CREATE TABLE IF NOT EXISTS meldb_mutation_rejects (
-    client BLOB NOT NULL, id INTEGER NOT NULL, name TEXT NOT NULL, error TEXT NOT NULL,
-    PRIMARY KEY (client, id)) STRICT, WITHOUT ROWID;
 ";
+
+/// The authority's per-client mutation state, keyed by (token, site): the
+/// name of the token the client connected with (`''` without tokens) and
+/// its site id. `token` is NULL only in rows carried over from format 1,
+/// which kept no token: such a row belongs to the first token that pushes
+/// as its site (see `mutate.rs`). Format 2; format 1 had `client` alone.
+pub const MUTATION_CLIENT_DDL: &str = "
+CREATE TABLE IF NOT EXISTS meldb_clients (
+    token TEXT, client BLOB NOT NULL, last_processed INTEGER NOT NULL,
+    UNIQUE (token, client)) STRICT;
+CREATE TABLE IF NOT EXISTS meldb_mutation_rejects (
+    token TEXT, client BLOB NOT NULL, id INTEGER NOT NULL, name TEXT NOT NULL,
+    error TEXT NOT NULL, UNIQUE (token, client, id)) STRICT;
+";
+
+/// Format 1 to 2: the mutation state gains its token column. Old rows are
+/// kept with a NULL token (unclaimed), so no mutation an authority ran
+/// runs again after the upgrade.
+pub(super) fn upgrade_mutation_clients(conn: &Connection) -> Result<()> {
+    // Format 1's shape, in case a database of it never had them.
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS meldb_clients (
+             client BLOB PRIMARY KEY, last_processed INTEGER NOT NULL) STRICT;
+         CREATE TABLE IF NOT EXISTS meldb_mutation_rejects (
+             client BLOB NOT NULL, id INTEGER NOT NULL, name TEXT NOT NULL, error TEXT NOT NULL,
+             PRIMARY KEY (client, id)) STRICT, WITHOUT ROWID;
+         ALTER TABLE meldb_clients RENAME TO meldb_clients_format_1;
+         ALTER TABLE meldb_mutation_rejects RENAME TO meldb_mutation_rejects_format_1;",
+    )?;
+    conn.execute_batch(MUTATION_CLIENT_DDL)?;
+    conn.execute_batch(
+        "INSERT INTO meldb_clients (token, client, last_processed)
+             SELECT NULL, client, last_processed FROM meldb_clients_format_1;
+         INSERT INTO meldb_mutation_rejects (token, client, id, name, error)
+             SELECT NULL, client, id, name, error FROM meldb_mutation_rejects_format_1;
+         DROP TABLE meldb_clients_format_1;
+         DROP TABLE meldb_mutation_rejects_format_1;",
+    )?;
+    Ok(())
+}
 
 /// Records the before-image of row `rid` of `layout` unless one is kept.
 pub(super) fn capture(conn: &Connection, layout: &TableLayout, rid: i64) -> Result<()> {
