@@ -93,6 +93,10 @@ pub enum SyncError {
     /// granted.
     #[error("this relay serves no namespace {0:?}")]
     UnknownNamespace(Namespace),
+    /// The transport failed: a peer URL, a certificate, a TLS or WebSocket
+    /// handshake.
+    #[error(transparent)]
+    Transport(#[from] super::net::TransportError),
     /// No message arrived within the configured idle time.
     #[error("no message from the peer for {seconds} s")]
     Timeout {
@@ -119,7 +123,8 @@ impl SyncError {
             | SyncError::Refused { .. }
             | SyncError::Tokens { .. }
             | SyncError::StalledPages { .. }
-            | SyncError::Timeout { .. } => return None,
+            | SyncError::Timeout { .. }
+            | SyncError::Transport(_) => return None,
         })
     }
 }

@@ -160,11 +160,16 @@ impl<L: Listener, P: ReplicaProvider> Relay<L, P> {
                     continue;
                 }
             };
-            let conn = Connection::new(stream, config.max_message);
-            conn.set_accepting();
+            // TLS and WebSocket handshakes run in the connection's task.
+            let upgrade = listener.upgrade(stream, &peer);
             let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
                 tracing::warn!(%peer, "connection refused: too many connections");
-                sessions.spawn(refuse(conn, config.max_connections));
+                let (limit, max_message) = (config.max_connections, config.max_message);
+                sessions.spawn(async move {
+                    if let Some(conn) = upgraded(upgrade, &peer, max_message).await {
+                        refuse(conn, limit).await;
+                    }
+                });
                 continue;
             };
             let provider = Arc::clone(&self.provider);
@@ -172,13 +177,35 @@ impl<L: Listener, P: ReplicaProvider> Relay<L, P> {
             let authorize = Arc::clone(&authorize);
             let mut shutdown = shutdown.clone();
             sessions.spawn(async move {
-                serve_one(provider, conn, peer, &config, authorize, &mut shutdown).await;
+                if let Some(conn) = upgraded(upgrade, &peer, config.max_message).await {
+                    serve_one(provider, conn, peer, &config, authorize, &mut shutdown).await;
+                }
                 drop(permit);
             });
         }
         tracing::info!(sessions = sessions.len(), "relay shutting down");
         while sessions.join_next().await.is_some() {}
         Ok(())
+    }
+}
+
+/// Awaits an accepted stream's upgrade ([`Listener::upgrade`]) and frames
+/// it; a failed handshake is logged and ends that connection only.
+async fn upgraded<S, F>(upgrade: F, peer: &Peer, max_message: usize) -> Option<Connection>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+    F: std::future::Future<Output = Result<S, SyncError>>,
+{
+    match upgrade.await {
+        Ok(stream) => {
+            let conn = Connection::new(stream, max_message);
+            conn.set_accepting();
+            Some(conn)
+        }
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "connection refused: handshake failed");
+            None
+        }
     }
 }
 
