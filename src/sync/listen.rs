@@ -116,7 +116,7 @@ impl UrlListener {
     ///
     /// # Errors
     ///
-    /// No URLs; a `tls://` or `wss://` URL without [`ListenOptions::tls`];
+    /// No URLs; a `tls://` or `wss://` URL without `ListenOptions::tls`;
     /// a scheme this build lacks; a port that cannot be bound (named).
     pub async fn bind(urls: &[PeerUrl], options: &ListenOptions) -> Result<UrlListener, SyncError> {
         if urls.is_empty() {

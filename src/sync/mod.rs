@@ -16,7 +16,7 @@
 //!   listening on them ([`UrlListener`], whose TLS and WebSocket
 //!   handshakes run in each connection's task), with their errors
 //!   ([`TransportError`]);
-//! - `tls` (feature `tls`): rustls configs ([`ServerTls`], [`ClientTls`]);
+//! - `tls` (feature `tls`): rustls configs (`ServerTls`, `ClientTls`);
 //!   `websocket` (feature `websocket`): a WebSocket as a byte stream;
 //! - `shared`: a store shared by the app and its sync tasks
 //!   ([`SharedStore`]), and what sync needs of any shared replica
