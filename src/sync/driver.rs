@@ -482,13 +482,32 @@ pub async fn sync_continuously<H: SharedReplica>(
     addr: String,
     config: SessionConfig,
     backoff: Backoff,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> Vec<SyncReport> {
+    let connect = || Connection::tcp(addr.clone(), MAX_MESSAGE_PAYLOAD);
+    reconnecting(store, &addr, connect, config, backoff, shutdown).await
+}
+
+/// [`sync_continuously`] over whatever `connect` opens (a TCP address, a
+/// peer URL).
+pub(crate) async fn reconnecting<H, F, C>(
+    store: H,
+    addr: &str,
+    mut connect: F,
+    config: SessionConfig,
+    backoff: Backoff,
+    mut shutdown: watch::Receiver<bool>,
+) -> Vec<SyncReport>
+where
+    H: SharedReplica,
+    F: FnMut() -> C,
+    C: Future<Output = Result<Connection, SyncError>>,
+{
     let mut delay = backoff.initial;
     let mut all = Vec::new();
     let options = DriveOptions::client(false, Duration::from_secs(15));
     while !*shutdown.borrow() {
-        match Connection::tcp(addr.as_str(), MAX_MESSAGE_PAYLOAD).await {
+        match connect().await {
             Ok(mut conn) => {
                 let session =
                     store.with_replica(|r| Session::initiator(&*r, config.clone().live(true)));

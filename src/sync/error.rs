@@ -104,6 +104,10 @@ pub enum SyncError {
     /// applied.
     #[error("{0}")]
     Identity(IdentityRefusal),
+    /// The transport failed: a peer URL, a certificate, a TLS or WebSocket
+    /// handshake.
+    #[error(transparent)]
+    Transport(#[from] super::net::TransportError),
     /// No message arrived within the configured idle time.
     #[error("no message from the peer for {seconds} s")]
     Timeout {
@@ -137,7 +141,8 @@ impl SyncError {
             | SyncError::Refused { .. }
             | SyncError::Tokens { .. }
             | SyncError::StalledPages { .. }
-            | SyncError::Timeout { .. } => return None,
+            | SyncError::Timeout { .. }
+            | SyncError::Transport(_) => return None,
         })
     }
 }

@@ -1,9 +1,17 @@
 //! Where a relay's connections come from. A [`Listener`] hands over each
 //! accepted byte stream with what the transport knows of the other end
 //! ([`Peer`]); the relay frames, authenticates and serves it, and never
-//! binds a socket itself. TCP is one listener; TLS, WebSocket and Unix
-//! sockets are each another implementation of this one trait.
+//! binds a socket itself. TCP is one listener; TLS and WebSocket come
+//! with [`UrlListener`](super::UrlListener), Unix sockets would be another
+//! implementation of this one trait.
+//!
+//! Accepting is two steps so that one slow client cannot stall the others:
+//! [`Listener::accept`] returns as soon as the transport has a connection
+//! (for TCP: the socket), and [`Listener::upgrade`] (TLS and WebSocket
+//! handshakes, by default nothing) runs in the connection's own task,
+//! where the relay awaits it before any frame is read.
 
+use super::error::SyncError;
 use std::fmt;
 use std::future::Future;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -20,6 +28,19 @@ pub trait Listener: Send + 'static {
 
     /// Where it listens, for logs.
     fn describe(&self) -> String;
+
+    /// Makes an accepted stream ready for frames (a TLS or WebSocket
+    /// handshake), in the connection's own task: it must hold nothing of
+    /// the listener, and should bound its own wait. By default the stream
+    /// is ready as accepted. An error ends that connection only.
+    fn upgrade(
+        &self,
+        stream: Self::Stream,
+        peer: &Peer,
+    ) -> impl Future<Output = Result<Self::Stream, SyncError>> + Send + 'static {
+        let _ = peer;
+        std::future::ready(Ok(stream))
+    }
 }
 
 /// The other end of a connection, as its transport knows it: an address

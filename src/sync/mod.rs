@@ -9,8 +9,15 @@
 //!   I/O that brings two replicas up to date in both directions in bounded
 //!   batches, each applied atomically and acknowledged after it committed;
 //! - `batch`: cutting changesets into batches;
-//! - `transport`: messages over TCP or an in-memory pipe ([`Connection`],
-//!   tokio);
+//! - `transport`: messages over any byte stream ([`Connection`], tokio);
+//! - `url`, `connect`, `listen`, `net`: peers by URL ([`PeerUrl`]:
+//!   `tcp://`, `tls://`, `ws://`, `wss://`), connecting to them
+//!   ([`Connector`], [`sync_once_url`], [`sync_continuously_url`]) and
+//!   listening on them ([`UrlListener`], whose TLS and WebSocket
+//!   handshakes run in each connection's task), with their errors
+//!   ([`TransportError`]);
+//! - `tls` (feature `tls`): rustls configs (`ServerTls`, `ClientTls`);
+//!   `websocket` (feature `websocket`): a WebSocket as a byte stream;
 //! - `shared`: a store shared by the app and its sync tasks
 //!   ([`SharedStore`]), and what sync needs of any shared replica
 //!   ([`SharedReplica`]);
@@ -41,37 +48,55 @@
 //! missing.
 
 mod batch;
+mod connect;
 mod directory;
 mod driver;
 mod error;
 mod identity;
 mod limits;
+mod listen;
 mod listener;
 pub mod message;
 mod namespace;
+mod net;
 mod provider;
 mod relay;
 mod replica;
 mod session;
 mod shared;
+#[cfg(feature = "tls")]
+mod tls;
 mod tokens;
 mod transport;
+mod url;
+#[cfg(feature = "websocket")]
+mod websocket;
 pub(crate) mod wire;
 
+pub use connect::{sync_continuously_url, sync_once_url, Connector};
 pub use directory::{Creation, DirectoryProvider, Setup};
 pub use driver::{accept_once, sync_continuously, sync_once, sync_once_tcp, Backoff, SyncReport};
 pub use error::SyncError;
 pub use identity::{Identity, IdentityRefusal, DEFAULT_MAX_SITES};
 pub use limits::{LimitExceeded, WriteRate};
+pub use listen::{ListenOptions, UrlListener};
 pub use listener::{Listener, Peer};
 pub use message::{Message, NoticeCode};
+pub use net::{NetStream, TransportError};
 pub use provider::{Namespace, ReplicaProvider};
 pub use relay::{Relay, RelayConfig};
 pub use replica::Replica;
+/// The rustls this crate's TLS is built on, for [`ServerTls::from_config`]
+/// and [`ClientTls::from_config`].
+#[cfg(feature = "tls")]
+pub use rustls;
 pub use session::{Access, Authorize, Grant, PeerInfo, Session, SessionConfig, SyncStats};
 pub use shared::{SharedReplica, SharedStore};
+#[cfg(feature = "tls")]
+pub use tls::{ClientTls, ServerTls};
 pub use tokens::Tokens;
 pub use transport::{ByteCounts, Connection, MAX_HELLO_PAYLOAD};
+pub use url::{PeerUrl, Scheme, UrlError};
 
 #[cfg(test)]
 mod tests;

@@ -283,13 +283,20 @@ impl<L: Listener, P: ReplicaProvider> Relay<L, P> {
                     continue;
                 }
             };
-            let conn = Connection::new(stream, config.max_message);
-            conn.set_accepting();
+            // TLS and WebSocket handshakes run in the connection's own task,
+            // under a pending slot and the handshake deadline: accepting
+            // never waits for a client.
+            let upgrade = listener.upgrade(stream, &peer);
             let pending = match admission.admit(&peer) {
                 Ok(pending) => pending,
                 Err(limit) => {
                     tracing::warn!(%peer, reason = %limit, "connection refused");
-                    sessions.spawn(refuse(conn, limit, config.write_timeout));
+                    let (max_message, deadline) = (config.max_message, config.write_timeout);
+                    sessions.spawn(async move {
+                        if let Some(conn) = upgraded(upgrade, &peer, max_message, deadline).await {
+                            refuse(conn, limit, deadline).await;
+                        }
+                    });
                     continue;
                 }
             };
@@ -297,7 +304,11 @@ impl<L: Listener, P: ReplicaProvider> Relay<L, P> {
             let common = Arc::clone(&common);
             let mut shutdown = shutdown.clone();
             sessions.spawn(async move {
-                serve_one(provider, conn, peer, &common, pending, &mut shutdown).await;
+                let (max_message, deadline) =
+                    (common.config.max_message, common.config.handshake_timeout);
+                if let Some(conn) = upgraded(upgrade, &peer, max_message, deadline).await {
+                    serve_one(provider, conn, peer, &common, pending, &mut shutdown).await;
+                }
             });
         }
         tracing::info!(sessions = sessions.len(), "relay shutting down");
@@ -315,6 +326,36 @@ struct Common {
     authorize: Authorize,
     rates: Arc<WriteRates>,
     options: DriveOptions,
+}
+
+/// Awaits an accepted stream's upgrade ([`Listener::upgrade`]) within
+/// `deadline` and frames it; a failed or slow handshake is logged and ends
+/// that connection only.
+async fn upgraded<S, F>(
+    upgrade: F,
+    peer: &Peer,
+    max_message: usize,
+    deadline: Duration,
+) -> Option<Connection>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+    F: std::future::Future<Output = Result<S, SyncError>>,
+{
+    match tokio::time::timeout(deadline, upgrade).await {
+        Ok(Ok(stream)) => {
+            let conn = Connection::new(stream, max_message);
+            conn.set_accepting();
+            Some(conn)
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(%peer, error = %e, "connection refused: handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(%peer, seconds = deadline.as_secs_f64(), "connection dropped: no handshake in time");
+            None
+        }
+    }
 }
 
 async fn refuse(mut conn: Connection, limit: LimitExceeded, write_timeout: Duration) {

@@ -1,4 +1,6 @@
-//! Moving messages over a byte stream: TCP or an in-memory pipe.
+//! Moving messages over a byte stream: TCP, TLS, WebSocket (see
+//! [`super::Connector`]) or an in-memory pipe. Every message sent is
+//! flushed, so buffering streams (TLS, WebSocket) never hold a frame back.
 //!
 //! Each message is one frame (see [`crate::codec::encode_message`]); the
 //! frame header carries the payload length, so the stream needs no other
@@ -172,6 +174,9 @@ impl Connection {
     pub async fn send(&mut self, message: &Message) -> Result<(), SyncError> {
         let bytes = wire::encode_message_as(message, self.protocol_version());
         self.writer.write_all(&bytes).await?;
+        // TLS and WebSocket streams buffer: a frame must leave now, since
+        // the peer may answer nothing until it has it.
+        self.writer.flush().await?;
         self.counts
             .sent
             .fetch_add(bytes.len() as u64, Ordering::Relaxed);
@@ -182,6 +187,7 @@ impl Connection {
     /// peer can do.
     pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), SyncError> {
         self.writer.write_all(bytes).await?;
+        self.writer.flush().await?;
         Ok(())
     }
 

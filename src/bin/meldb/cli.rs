@@ -118,8 +118,10 @@ peers already have. After rotating, export everything (no --since) to each peer 
 
     /// Run a relay: a server replica many clients sync through (until ctrl-c).
     #[command(
-        long_about = "Run a relay: an always-on replica that clients sync with over TCP. It \
-creates the database if needed, prints `listening on ADDR` (use port 0 for any free port), \
+        long_about = "Run a relay: an always-on replica that clients sync with over TCP, TLS or \
+WebSocket (--listen HOST:PORT, tls://HOST:PORT with --tls-cert and --tls-key, ws:// or \
+wss://HOST:PORT/PATH; repeat --listen for several). It creates the database if needed, prints \
+`listening on ADDR` for each (use port 0 for any free port), \
 persists every batch a client sends before acknowledging it, and forwards new changes to every \
 connected client. Clients authenticate with a token from the --tokens file (TOML, one \
 [[token]] with name, token and access = \"read-write\" or \"read-only\" per client). Sockets \
@@ -133,18 +135,22 @@ gracefully."
 
     /// Let a replica accept direct peer connections (until ctrl-c).
     #[command(
-        long_about = "Serve an existing replica to peers over TCP, the same protocol as the \
-relay: a peer runs `meldb sync --peer ADDR` against it. Prints `listening on ADDR`. Without \
+        long_about = "Serve an existing replica to peers over TCP, TLS or WebSocket (--listen as \
+for the relay), the same protocol as the relay: a peer runs `meldb sync --peer URL` against it. \
+Prints `listening on ADDR`. Without \
 --tokens every peer may read and write: use it on a trusted network only."
     )]
     Serve(ServeArgs),
 
-    /// Sync a replica with a peer or a relay over TCP, both ways, once.
+    /// Sync a replica with a peer or a relay (TCP, TLS or WebSocket), both ways, once.
     #[command(
         long_about = "Connect to a relay (`meldb relay`) or a peer (`meldb serve`), send what \
 it lacks and receive what this replica lacks, in batches each applied in one transaction, then \
 print what moved: `sent N rows, received M rows (K changed this replica)`. An interrupted sync \
-loses nothing; the next one moves only what is still missing."
+loses nothing; the next one moves only what is still missing. --peer is HOST:PORT for TCP or a \
+URL: tls://HOST:PORT, ws://HOST:PORT/PATH, wss://HOST:PORT/PATH; TLS trusts the system's roots, \
+or only --ca FILE. Give the token with --token-file or --token-env rather than --token, which \
+other users can read in `ps`."
     )]
     Sync(NetSyncArgs),
     /// Show the conflict log: counts per table and outcome, or the entries.
@@ -222,9 +228,13 @@ pub struct RelayArgs {
     #[command(flatten)]
     pub db: DbArgs,
 
-    /// The address to listen on, e.g. 0.0.0.0:7420 or 127.0.0.1:0.
-    #[arg(long, value_name = "ADDR")]
-    pub listen: String,
+    /// Where to listen: HOST:PORT (TCP), or a URL tcp://, tls://, ws://HOST:PORT/PATH or
+    /// wss://HOST:PORT/PATH; repeat for several (port 0: any free port).
+    #[arg(long, value_name = "URL", required = true)]
+    pub listen: Vec<String>,
+
+    #[command(flatten)]
+    pub tls: ServerTlsArgs,
 
     /// The clients' tokens (TOML; see `meldb relay --help`).
     #[arg(long, value_name = "FILE")]
@@ -348,9 +358,12 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub db: DbArgs,
 
-    /// The address to listen on, e.g. 127.0.0.1:7421 (port 0: any free port).
-    #[arg(long, value_name = "ADDR")]
-    pub listen: String,
+    /// Where to listen, as for `meldb relay` (HOST:PORT or tcp://, tls://, ws://, wss:// URLs).
+    #[arg(long, value_name = "URL", required = true)]
+    pub listen: Vec<String>,
+
+    #[command(flatten)]
+    pub tls: ServerTlsArgs,
 
     /// Require tokens from this file (as for `meldb relay`).
     #[arg(long, value_name = "FILE")]
@@ -362,13 +375,39 @@ pub struct NetSyncArgs {
     #[command(flatten)]
     pub db: DbArgs,
 
-    /// The relay or peer, HOST:PORT.
-    #[arg(long, value_name = "ADDR")]
+    /// The relay or peer: HOST:PORT (TCP), or tcp://, tls://HOST:PORT, ws://, wss://HOST:PORT/PATH.
+    #[arg(long, value_name = "URL")]
     pub peer: String,
 
-    /// The access token the relay gave this client.
-    #[arg(long, value_name = "TOKEN")]
+    /// Trust only the CA certificate(s) in this PEM file for tls:// and wss:// (default: the
+    /// system's trusted roots).
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+
+    /// The access token the relay gave this client. Other users of the machine can read it
+    /// in `ps`: prefer --token-file or --token-env.
+    #[arg(long, value_name = "TOKEN", group = "token_source")]
     pub token: Option<String>,
+
+    /// Read the access token from this file (surrounding whitespace is ignored).
+    #[arg(long, value_name = "FILE", group = "token_source")]
+    pub token_file: Option<PathBuf>,
+
+    /// Read the access token from this environment variable.
+    #[arg(long, value_name = "VAR", group = "token_source")]
+    pub token_env: Option<String>,
+}
+
+/// A TLS listener's certificate and key.
+#[derive(Debug, Args)]
+pub struct ServerTlsArgs {
+    /// The certificate chain (PEM, leaf first) tls:// and wss:// listeners present.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -40,6 +40,12 @@ pub enum CliError {
         source: Box<meldb::Error>,
     },
 
+    #[error("--token-env {var}: the variable is {problem}")]
+    TokenEnv { var: String, problem: String },
+
+    #[error("{origin} holds no token (it is empty)")]
+    EmptyToken { origin: String },
+
     #[error("no schema file: give --schema SCHEMA.toml or set MELDB_SCHEMA")]
     NoSchema,
 

@@ -3,13 +3,16 @@
 //! Each builds a small tokio runtime, logs with tracing to stderr
 //! (`MELDB_LOG` filters, default `info` for the servers and `warn` for
 //! `sync`), and for the servers prints `listening on ADDR` on stdout once
-//! bound, so scripts and tests can use port 0.
+//! bound, one line per `--listen`, so scripts and tests can use port 0
+//! (a bare `HOST:PORT` prints as `HOST:PORT`, a URL as a URL).
 
-use crate::cli::{NetSyncArgs, RelayArgs, ServeArgs};
+use crate::cli::{NetSyncArgs, RelayArgs, ServeArgs, ServerTlsArgs};
 use crate::commands::{load_schema, open};
-use crate::error::{in_file, Result};
-use meldb::sync::WriteRate;
-use meldb::sync::{sync_once_tcp, Relay, RelayConfig, SessionConfig, SharedStore, Tokens};
+use crate::error::{file_error, in_file, CliError, Result};
+use meldb::sync::{
+    sync_once_url, ClientTls, Connector, ListenOptions, PeerUrl, Relay, RelayConfig, ServerTls,
+    SessionConfig, SharedStore, Tokens, UrlListener, WriteRate,
+};
 use meldb::{Durability, StoreOptions};
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
@@ -67,7 +70,10 @@ pub fn relay(args: &RelayArgs, out: &mut dyn Write) -> Result<()> {
             usize::try_from(args.max_lag_bytes).unwrap_or(usize::MAX),
         ))
         .max_message(args.max_message);
-    listen(SharedStore::new(store), &args.listen, config, out)
+    let options = listen_options(&args.tls)?
+        .max_message(config.max_message)
+        .handshake_timeout(config.handshake_timeout);
+    listen(SharedStore::new(store), &args.listen, options, config, out)
 }
 
 /// `meldb serve`.
@@ -81,14 +87,44 @@ pub fn serve(args: &ServeArgs, out: &mut dyn Write) -> Result<()> {
     if let Some(path) = &args.tokens {
         config = config.tokens(Tokens::load(path)?);
     }
-    listen(SharedStore::new(store), &args.listen, config, out)
+    let options = listen_options(&args.tls)?.max_message(config.max_message);
+    listen(SharedStore::new(store), &args.listen, options, config, out)
 }
 
-fn listen(store: SharedStore, addr: &str, config: RelayConfig, out: &mut dyn Write) -> Result<()> {
+/// The certificate and key, read (and checked) before anything listens.
+fn listen_options(tls: &ServerTlsArgs) -> Result<ListenOptions> {
+    let options = ListenOptions::new();
+    Ok(match (&tls.tls_cert, &tls.tls_key) {
+        (Some(cert), Some(key)) => {
+            options.tls(ServerTls::from_pem_files(cert, key).map_err(meldb::sync::SyncError::from)?)
+        }
+        _ => options,
+    })
+}
+
+fn listen(
+    store: SharedStore,
+    addrs: &[String],
+    options: ListenOptions,
+    config: RelayConfig,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let urls = addrs
+        .iter()
+        .map(|a| a.parse::<PeerUrl>())
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(meldb::sync::SyncError::from)?;
     runtime()?.block_on(async {
-        let relay = Relay::bind(store, addr, config).await?;
-        writeln!(out, "listening on {}", relay.local_addr()?)?;
+        let listener = UrlListener::bind(&urls, &options).await?;
+        for (given, url) in addrs.iter().zip(listener.local_urls()) {
+            if given.contains("://") {
+                writeln!(out, "listening on {url}")?;
+            } else {
+                writeln!(out, "listening on {}", url.authority())?;
+            }
+        }
         out.flush()?;
+        let relay = Relay::new(store, listener, config);
         let (stop, shutdown) = watch::channel(false);
         tokio::spawn(async move {
             wait_for_signal().await;
@@ -126,8 +162,14 @@ async fn wait_for_signal() {
 pub fn sync(args: &NetSyncArgs, out: &mut dyn Write) -> Result<()> {
     init_logs("warn");
     let store = SharedStore::new(open(&args.db)?);
-    let config = SessionConfig::default().token(args.token.clone());
-    let report = runtime()?.block_on(sync_once_tcp(&store, &args.peer, config))?;
+    let url: PeerUrl = args.peer.parse().map_err(meldb::sync::SyncError::from)?;
+    let mut connector = Connector::new();
+    if let Some(ca) = &args.ca {
+        connector =
+            connector.tls(ClientTls::with_ca_file(ca).map_err(meldb::sync::SyncError::from)?);
+    }
+    let config = SessionConfig::default().token(token(args)?);
+    let report = runtime()?.block_on(sync_once_url(&store, &url, config, &connector))?;
     let stats = report.stats;
     writeln!(
         out,
@@ -158,4 +200,28 @@ pub fn sync(args: &NetSyncArgs, out: &mut dyn Write) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The token from `--token`, `--token-file` or `--token-env` (at most one).
+fn token(args: &NetSyncArgs) -> Result<Option<String>> {
+    let (token, origin) = if let Some(path) = &args.token_file {
+        let text = std::fs::read_to_string(path).map_err(file_error(path))?;
+        (text, format!("token file {}", path.display()))
+    } else if let Some(var) = &args.token_env {
+        let value = std::env::var(var).map_err(|e| CliError::TokenEnv {
+            var: var.clone(),
+            problem: match e {
+                std::env::VarError::NotPresent => "not set".into(),
+                std::env::VarError::NotUnicode(_) => "not valid UTF-8".into(),
+            },
+        })?;
+        (value, format!("environment variable {var}"))
+    } else {
+        return Ok(args.token.clone());
+    };
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(CliError::EmptyToken { origin });
+    }
+    Ok(Some(token.to_string()))
 }
