@@ -220,3 +220,80 @@ fn setup_runs_once_on_each_namespace_before_it_is_served() -> TestResult {
     }
     Ok(())
 }
+
+/// `meldb relay --data-dir DIR --namespace a`: the tokens file names each
+/// token's namespace; a's client syncs into `DIR/a.db`, b's token is
+/// refused because namespace b was neither listed nor there, and no
+/// `b.db` appears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_command_serves_namespaces_from_a_data_directory() -> TestResult {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let tokens = dir.path().join("tokens.toml");
+    std::fs::write(
+        &tokens,
+        "[[token]]\nname = \"alice\"\ntoken = \"token-of-alice\"\naccess = \"read-write\"\n\
+         namespace = \"a\"\n\
+         [[token]]\nname = \"bob\"\ntoken = \"token-of-bob\"\naccess = \"read-write\"\n\
+         namespace = \"b\"\n",
+    )?;
+    let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("schema/inventory.toml");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_meldb"))
+        .env_remove("MELDB_LOG")
+        .args(["relay", "--listen", "127.0.0.1:0", "--namespace", "a"])
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--schema")
+        .arg(&schema)
+        .arg("--tokens")
+        .arg(&tokens)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let result = async {
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let mut line = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut line)?;
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .ok_or_else(|| format!("unexpected first line {line:?}"))?
+            .to_string();
+        let alice = client(7)?;
+        alice.write(|tx| tx.insert("item", &[("sku", "a-1".into())]))?;
+        sync_once_tcp(&alice, &addr, as_client("alice")).await?;
+        let bob = client(8)?;
+        bob.write(|tx| tx.insert("item", &[("sku", "b-1".into())]))?;
+        let refused = sync_once_tcp(&bob, &addr, as_client("bob")).await;
+        assert!(refused_as_unauthorized(&refused), "{refused:?}");
+        Ok::<_, Box<dyn std::error::Error>>(())
+    }
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    result?;
+    assert_eq!(skus_on_disk(&data.join("a.db"))?, ["a-1"]);
+    assert!(!data.join("b.db").exists());
+
+    // A namespace that is a path is a usage error before anything listens.
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_meldb"))
+        .env_remove("MELDB_LOG")
+        .args(["relay", "--listen", "127.0.0.1:0", "--namespace", "../up"])
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--schema")
+        .arg(&schema)
+        .arg("--tokens")
+        .arg(&tokens)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .output()?;
+    assert!(!status.status.success());
+    let stderr = String::from_utf8_lossy(&status.stderr);
+    assert!(
+        stderr.contains("../up") && stderr.contains("namespace"),
+        "{stderr}"
+    );
+    Ok(())
+}

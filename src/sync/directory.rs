@@ -190,12 +190,7 @@ impl ReplicaProvider for DirectoryProvider {
 
 /// Whether `name` may name a namespace (see the module's invariants).
 fn valid_name(name: &str) -> bool {
-    let bytes = name.as_bytes();
-    (1..=64).contains(&bytes.len())
-        && bytes[0].is_ascii_alphanumeric()
-        && bytes
-            .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    super::namespace::is_plain_name(name)
 }
 
 #[cfg(test)]

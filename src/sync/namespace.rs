@@ -24,6 +24,18 @@ impl Namespace {
     }
 }
 
+/// Whether `name` may name a namespace kept on disk: 1 to 64 ASCII
+/// letters, digits, `_` and `-`, starting with a letter or a digit, so no
+/// name is a path, a hidden file or a command-line option.
+pub(crate) fn is_plain_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    (1..=64).contains(&bytes.len())
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
 impl Default for Namespace {
     /// The default namespace, which every relay serves.
     fn default() -> Namespace {

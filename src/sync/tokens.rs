@@ -12,6 +12,7 @@
 //! max_sites = 16             # optional: site ids it binds on first use (default 16)
 //! sites = ["4f1c…"]          # optional: site ids it writes as without binding them
 //! forward = false            # optional: may send other replicas' new writes
+//! namespace = "team-7"       # optional: the namespace it syncs (default "default")
 //! ```
 //!
 //! The user and roles become the [`Writer`] of every change that arrives
@@ -75,6 +76,7 @@ struct FileEntry {
     sites: Vec<SiteId>,
     #[serde(default)]
     forward: bool,
+    namespace: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -162,6 +164,17 @@ impl Tokens {
                     )));
                 }
             }
+            let namespace = match &entry.namespace {
+                None => Namespace::default(),
+                Some(name) if super::namespace::is_plain_name(name) => Namespace::new(name),
+                Some(name) => {
+                    return Err(error(format!(
+                        "token {:?}: namespace {name:?} is not a plain name (1 to 64 letters, \
+                         digits, '_' and '-', starting with a letter or digit)",
+                        entry.name
+                    )))
+                }
+            };
             let access = match entry.access {
                 FileAccess::ReadWrite => Access::ReadWrite,
                 FileAccess::ReadOnly => Access::ReadOnly,
@@ -185,7 +198,7 @@ impl Tokens {
                 Grant {
                     access,
                     writer,
-                    namespace: Namespace::default(),
+                    namespace,
                     identity: Some(identity),
                 },
             );
@@ -274,6 +287,34 @@ mod tests {
         assert_eq!(grant.writer, Writer::user("dashboard"));
         assert!(tokens.check(Some("secret-thre")).is_none());
         assert!(tokens.check(None).is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn a_token_names_its_namespace_and_only_a_plain_one() -> Result<(), Box<dyn std::error::Error>>
+    {
+        let tokens = Tokens::from_toml_str(
+            "[[token]]\nname = \"a\"\ntoken = \"secret-one\"\naccess = \"read-write\"\n\
+             namespace = \"team-7\"\n\
+             [[token]]\nname = \"b\"\ntoken = \"secret-two\"\naccess = \"read-only\"",
+            "t.toml",
+        )?;
+        let (_, grant) = tokens.check(Some("secret-one")).ok_or("no a")?;
+        assert_eq!(grant.namespace, Namespace::new("team-7"));
+        let (_, grant) = tokens.check(Some("secret-two")).ok_or("no b")?;
+        assert_eq!(grant.namespace, Namespace::default());
+        for bad in ["../up", "", ".x", "a/b"] {
+            let text = format!(
+                "[[token]]\nname = \"a\"\ntoken = \"secret-one\"\naccess = \"read-write\"\n\
+                 namespace = {bad:?}"
+            );
+            let err = Tokens::from_toml_str(&text, "t.toml").map(|_| ());
+            let message = format!("{err:?}");
+            assert!(
+                message.contains("plain name") && message.contains("t.toml"),
+                "{message}"
+            );
+        }
         Ok(())
     }
 

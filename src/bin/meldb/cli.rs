@@ -225,8 +225,29 @@ impl DbArgs {
 
 #[derive(Debug, Args)]
 pub struct RelayArgs {
-    #[command(flatten)]
-    pub db: DbArgs,
+    /// The database file: one namespace, the default.
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "data_dir",
+        conflicts_with = "data_dir"
+    )]
+    pub db: Option<PathBuf>,
+
+    /// A directory holding one database per namespace (`NAME.db`), for
+    /// tokens that name their namespace; only existing namespaces, the
+    /// default and those given with --namespace are served.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// With --data-dir: a namespace the relay may create on first use
+    /// (repeat for several).
+    #[arg(long = "namespace", value_name = "NAME", requires = "data_dir")]
+    pub namespaces: Vec<String>,
+
+    /// The schema file (TOML) the databases use [default: $MELDB_SCHEMA].
+    #[arg(long, value_name = "SCHEMA.toml")]
+    pub schema: Option<PathBuf>,
 
     /// Where to listen: HOST:PORT (TCP), or a URL tcp://, tls://, ws://HOST:PORT/PATH or
     /// wss://HOST:PORT/PATH; repeat for several (port 0: any free port).

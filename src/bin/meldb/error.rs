@@ -49,6 +49,9 @@ pub enum CliError {
     #[error("no schema file: give --schema SCHEMA.toml or set MELDB_SCHEMA")]
     NoSchema,
 
+    #[error("--namespace {name:?}: a namespace is 1 to 64 letters, digits, '_' and '-', starting with a letter or digit")]
+    BadNamespace { name: String },
+
     #[error("unknown outcome {name:?} (expected one of: {expected})")]
     BadOutcome { name: String, expected: String },
 

@@ -69,7 +69,22 @@ fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
     }
 }
 
-/// The database arguments of a command, if it opens one.
+/// The schema file a command that opens a database names (or the
+/// environment does), if it opens one.
+fn schema_of(command: &Command) -> Option<(&'static str, Option<std::path::PathBuf>)> {
+    if let Command::Relay(a) = command {
+        let db = DbArgs {
+            db: std::path::PathBuf::new(),
+            schema: a.schema.clone(),
+        };
+        return Some(("relay", db.schema_path()));
+    }
+    let (name, db) = db_args(command)?;
+    Some((name, db.schema_path()))
+}
+
+/// The database arguments of a command, if it opens one (the relay's are
+/// its own: one file or a directory).
 fn db_args(command: &Command) -> Option<(&'static str, &DbArgs)> {
     Some(match command {
         Command::Init(a) => ("init", &a.db),
@@ -87,7 +102,7 @@ fn db_args(command: &Command) -> Option<(&'static str, &DbArgs)> {
         Command::Vv(a) => ("vv", a),
         Command::Digest(a) => ("digest", a),
         Command::RotateSiteId(a) => ("rotate-site-id", a),
-        Command::Relay(a) => ("relay", &a.db),
+        Command::Relay(_) => return None,
         Command::Serve(a) => ("serve", &a.db),
         Command::Sync(a) => ("sync", &a.db),
         Command::Conflicts(a) => ("conflicts", &a.db),
@@ -98,10 +113,10 @@ fn db_args(command: &Command) -> Option<(&'static str, &DbArgs)> {
 /// A missing schema is a usage error (exit 2), like any missing argument;
 /// it can only be checked after parsing because `MELDB_SCHEMA` may supply it.
 fn require_schema(command: &Command) {
-    let Some((name, db)) = db_args(command) else {
+    let Some((name, schema)) = schema_of(command) else {
         return;
     };
-    if db.schema_path().is_some() {
+    if schema.is_some() {
         return;
     }
     let mut cmd = Cli::command();

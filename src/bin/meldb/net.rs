@@ -6,14 +6,17 @@
 //! bound, one line per `--listen`, so scripts and tests can use port 0
 //! (a bare `HOST:PORT` prints as `HOST:PORT`, a URL as a URL).
 
+use crate::cli::DbArgs;
 use crate::cli::{NetSyncArgs, RelayArgs, ServeArgs, ServerTlsArgs};
 use crate::commands::{load_schema, open};
 use crate::error::{file_error, in_file, CliError, Result};
 use meldb::sync::{
-    sync_once_url, ClientTls, Connector, ListenOptions, PeerUrl, Relay, RelayConfig, ServerTls,
-    SessionConfig, SharedStore, Tokens, UrlListener, WriteRate,
+    sync_once_url, ClientTls, Connector, Creation, DirectoryProvider, ListenOptions, Namespace,
+    PeerUrl, Relay, RelayConfig, ReplicaProvider, ServerTls, SessionConfig, SharedStore, Tokens,
+    UrlListener, WriteRate,
 };
 use meldb::{Durability, StoreOptions};
+use std::collections::BTreeSet;
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -39,11 +42,15 @@ fn init_logs(default: &str) {
 /// `meldb relay`.
 pub fn relay(args: &RelayArgs, out: &mut dyn Write) -> Result<()> {
     init_logs("info");
-    let schema = load_schema(&args.db)?;
-    let store = StoreOptions::new()
-        .durability(Durability::Full)
-        .open(&args.db.db, &schema)
-        .map_err(in_file(&args.db.db))?;
+    let schema = load_schema(&DbArgs {
+        db: args
+            .db
+            .clone()
+            .or_else(|| args.data_dir.clone())
+            .unwrap_or_default(),
+        schema: args.schema.clone(),
+    })?;
+    let options = StoreOptions::new().durability(Durability::Full);
     let tokens = Tokens::load(&args.tokens)?;
     if tokens.is_empty() {
         tracing::warn!(file = %args.tokens.display(), "no tokens: every client will be refused");
@@ -70,10 +77,38 @@ pub fn relay(args: &RelayArgs, out: &mut dyn Write) -> Result<()> {
             usize::try_from(args.max_lag_bytes).unwrap_or(usize::MAX),
         ))
         .max_message(args.max_message);
-    let options = listen_options(&args.tls)?
+    let listen_options = listen_options(&args.tls)?
         .max_message(config.max_message)
         .handshake_timeout(config.handshake_timeout);
-    listen(SharedStore::new(store), &args.listen, options, config, out)
+    match (&args.db, &args.data_dir) {
+        (Some(db), _) => {
+            let store = options.open(db, &schema).map_err(in_file(db))?;
+            listen(
+                SharedStore::new(store),
+                &args.listen,
+                listen_options,
+                config,
+                out,
+            )
+        }
+        (None, Some(dir)) => {
+            let provider = DirectoryProvider::open(dir, &schema, options)?;
+            let mut listed = BTreeSet::new();
+            for name in &args.namespaces {
+                let namespace = Namespace::new(name);
+                if provider.path_of(&namespace).is_none() {
+                    return Err(CliError::BadNamespace { name: name.clone() });
+                }
+                listed.insert(namespace);
+            }
+            let provider = provider.creation(Creation::Listed(listed));
+            listen(provider, &args.listen, listen_options, config, out)
+        }
+        // clap requires one of the two.
+        (None, None) => Err(CliError::NoDatabase {
+            path: std::path::PathBuf::from("(give --db FILE or --data-dir DIR)"),
+        }),
+    }
 }
 
 /// `meldb serve`.
@@ -102,8 +137,8 @@ fn listen_options(tls: &ServerTlsArgs) -> Result<ListenOptions> {
     })
 }
 
-fn listen(
-    store: SharedStore,
+fn listen<P: ReplicaProvider>(
+    store: P,
     addrs: &[String],
     options: ListenOptions,
     config: RelayConfig,
