@@ -27,7 +27,10 @@
 //! site is listed for two tokens.
 //!
 //! Tokens are compared by their blake3 hashes (constant-time equality), and
-//! only the hashes are kept in memory.
+//! only the hashes are kept in memory. A file may hold the hash instead of
+//! the secret (`token_hash = "blake3:<hex>"`, what `meldb token add`
+//! writes), so the file no longer gives the secrets away; such secrets
+//! must be random and long, as that command makes them.
 
 use super::error::SyncError;
 use super::identity::{Identity, DEFAULT_MAX_SITES};
@@ -66,7 +69,11 @@ struct File {
 #[serde(deny_unknown_fields)]
 struct FileEntry {
     name: String,
-    token: String,
+    /// The secret in clear (at least 8 characters)...
+    token: Option<String>,
+    /// ...or its hash, `blake3:` and 64 hex digits (`meldb token add`
+    /// writes these).
+    token_hash: Option<String>,
     access: FileAccess,
     user: Option<String>,
     #[serde(default)]
@@ -96,7 +103,18 @@ impl Tokens {
     /// A grant without an identity gets [`Identity::new`]`(name)`: the
     /// token writes only as the sites it binds. A site already listed for
     /// another token stays that token's.
-    pub fn add(&mut self, name: impl Into<String>, token: &str, mut grant: Grant) {
+    pub fn add(&mut self, name: impl Into<String>, token: &str, grant: Grant) {
+        self.add_hashed(name, blake3::hash(token.as_bytes()), grant);
+    }
+
+    /// Adds a client's token by the hash of its secret (what a tokens file
+    /// with `token_hash` holds), as [`Tokens::add`] does.
+    pub(crate) fn add_hashed(
+        &mut self,
+        name: impl Into<String>,
+        hash: blake3::Hash,
+        mut grant: Grant,
+    ) {
         let name = name.into();
         let identity = grant
             .identity
@@ -107,11 +125,15 @@ impl Tokens {
                 .entry(*site)
                 .or_insert_with(|| identity.token().to_owned());
         }
-        self.entries.push(Entry {
-            name,
-            hash: blake3::hash(token.as_bytes()),
-            grant,
-        });
+        self.entries.push(Entry { name, hash, grant });
+    }
+
+    /// What a tokens file's `token_hash` holds for `secret`: `blake3:` and
+    /// its hash in hex. The hash stands in for the secret, so the secret
+    /// must be random and long (`meldb token add` makes 256-bit ones): an
+    /// unsalted hash of a guessable secret could be guessed back.
+    pub fn hash_line(secret: &str) -> String {
+        format!("blake3:{}", blake3::hash(secret.as_bytes()).to_hex())
     }
 
     /// Reads a tokens file.
@@ -133,19 +155,39 @@ impl Tokens {
         let file: File = toml::from_str(text).map_err(|e| error(e.to_string()))?;
         let mut tokens = Tokens::new();
         for entry in file.token {
-            if entry.token.len() < 8 {
-                return Err(error(format!(
-                    "token of {:?} is shorter than 8 characters",
-                    entry.name
-                )));
-            }
+            let hash = match (&entry.token, &entry.token_hash) {
+                (Some(token), None) if token.len() < 8 => {
+                    return Err(error(format!(
+                        "token of {:?} is shorter than 8 characters",
+                        entry.name
+                    )));
+                }
+                (Some(token), None) => blake3::hash(token.as_bytes()),
+                (None, Some(hashed)) => parse_hash(hashed).ok_or_else(|| {
+                    error(format!(
+                        "token_hash of {:?} is not \"blake3:\" and 64 hex digits",
+                        entry.name
+                    ))
+                })?,
+                (Some(_), Some(_)) => {
+                    return Err(error(format!(
+                        "token {:?} gives both token and token_hash: keep one (the hash)",
+                        entry.name
+                    )));
+                }
+                (None, None) => {
+                    return Err(error(format!(
+                        "token {:?} has neither token nor token_hash",
+                        entry.name
+                    )));
+                }
+            };
             if entry.name.is_empty() {
                 return Err(error("a token has an empty name".into()));
             }
             if tokens.entries.iter().any(|e| e.name == entry.name) {
                 return Err(error(format!("client name {:?} appears twice", entry.name)));
             }
-            let hash = blake3::hash(entry.token.as_bytes());
             if let Some(first) = tokens.entries.iter().find(|e| e.hash == hash) {
                 return Err(error(format!(
                     "the same secret is given to {:?} ({}) and {:?} ({}): each client needs \
@@ -192,9 +234,9 @@ impl Tokens {
                 .sites(entry.sites)
                 .max_sites(entry.max_sites.unwrap_or(DEFAULT_MAX_SITES))
                 .forward(entry.forward);
-            tokens.add(
+            tokens.add_hashed(
                 entry.name,
-                &entry.token,
+                hash,
                 Grant {
                     access,
                     writer,
@@ -258,6 +300,12 @@ impl FileAccess {
     }
 }
 
+fn parse_hash(text: &str) -> Option<blake3::Hash> {
+    let hex = text.strip_prefix("blake3:")?;
+    (hex.len() == 64).then_some(())?;
+    blake3::Hash::from_hex(hex).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,6 +335,49 @@ mod tests {
         assert_eq!(grant.writer, Writer::user("dashboard"));
         assert!(tokens.check(Some("secret-thre")).is_none());
         assert!(tokens.check(None).is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn a_hashed_token_checks_like_the_secret_and_only_one_form_is_given(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let secret = "a-long-random-secret-0123456789";
+        let text = format!(
+            "[[token]]\nname = \"a\"\ntoken_hash = \"{}\"\naccess = \"read-write\"",
+            Tokens::hash_line(secret)
+        );
+        let tokens = Tokens::from_toml_str(&text, "t.toml")?;
+        assert_eq!(tokens.check(Some(secret)).map(|(n, _)| n), Some("a"));
+        assert!(tokens
+            .check(Some("a-long-random-secret-012345678"))
+            .is_none());
+        let entry =
+            |fields: &str| format!("[[token]]\nname = \"a\"\naccess = \"read-write\"\n{fields}");
+        let hash = Tokens::hash_line(secret);
+        for (fields, needle) in [
+            (
+                format!("token = \"{secret}\"\ntoken_hash = \"{hash}\""),
+                "both",
+            ),
+            (String::new(), "neither"),
+            ("token_hash = \"blake3:abc\"".to_string(), "64 hex"),
+            (format!("token_hash = \"{}\"", &hash[7..]), "64 hex"),
+            (
+                format!("token_hash = \"blake3:{}\"", "g".repeat(64)),
+                "64 hex",
+            ),
+        ] {
+            let err = Tokens::from_toml_str(&entry(&fields), "t.toml").map(|_| ());
+            let message = format!("{err:?}");
+            assert!(message.contains(needle), "{fields}: {message}");
+        }
+        // The same secret, once hashed and once in clear, is refused too.
+        let both = format!(
+            "{}\n[[token]]\nname = \"b\"\ntoken = \"{secret}\"\naccess = \"read-only\"",
+            text
+        );
+        let err = Tokens::from_toml_str(&both, "t.toml").map(|_| ());
+        assert!(format!("{err:?}").contains("same secret"), "{err:?}");
         Ok(())
     }
 

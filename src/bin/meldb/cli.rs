@@ -172,6 +172,10 @@ the digests (and exits non-zero if they differ), and what last-writer-wins would
 Needs no arguments; stores are in memory unless --dir is given."
     )]
     Demo(DemoArgs),
+
+    /// Manage a relay's tokens file.
+    #[command(subcommand)]
+    Token(TokenCommand),
 }
 
 #[derive(Debug, Args)]
@@ -601,4 +605,46 @@ mod tests {
         assert!(parse_bytes("5PB").is_err());
         assert!(parse_bytes("99999999999T").is_err());
     }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Add a client with a new random secret: the file keeps only its hash,
+    /// and the secret is printed once, on stdout.
+    #[command(
+        long_about = "Add a client to a tokens file (created if missing, readable by its owner \
+only) with a new random secret of 244 bits. The file keeps only the secret's hash \
+(token_hash = \"blake3:...\"), so reading the file gives no secret away; the secret is printed \
+once, on stdout: hand it to the client (meldb sync --token-file). The whole file is checked \
+before it is written: a name that is already there, or a namespace that is not a plain name, \
+is refused and the file is left as it was. Restart the relay to pick the token up."
+    )]
+    Add(TokenAddArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TokenAddArgs {
+    /// The tokens file.
+    #[arg(long, value_name = "FILE")]
+    pub tokens: PathBuf,
+
+    /// The client's name (for the logs; its sites bind to it).
+    #[arg(long, value_name = "NAME")]
+    pub name: String,
+
+    /// What it may do.
+    #[arg(long, value_name = "ACCESS", default_value = "read-write", value_parser = ["read-write", "read-only"])]
+    pub access: String,
+
+    /// The namespace it syncs (default: the default namespace).
+    #[arg(long, value_name = "NAME")]
+    pub namespace: Option<String>,
+
+    /// The user resolvers see its writes as (default: its name).
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+
+    /// A role of that user (repeat for several).
+    #[arg(long = "role", value_name = "ROLE")]
+    pub roles: Vec<String>,
 }

@@ -16,6 +16,7 @@ mod error;
 mod net;
 mod output;
 mod sync;
+mod token;
 mod values;
 
 use clap::error::ErrorKind;
@@ -66,6 +67,7 @@ fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
         Command::Sync(a) => net::sync(a, out),
         Command::Conflicts(a) => conflicts::conflicts(a, out),
         Command::Demo(a) => demo::run(a, out),
+        Command::Token(cli::TokenCommand::Add(a)) => token::add(a, out),
     }
 }
 
@@ -106,7 +108,7 @@ fn db_args(command: &Command) -> Option<(&'static str, &DbArgs)> {
         Command::Serve(a) => ("serve", &a.db),
         Command::Sync(a) => ("sync", &a.db),
         Command::Conflicts(a) => ("conflicts", &a.db),
-        Command::Demo(_) => return None,
+        Command::Demo(_) | Command::Token(_) => return None,
     })
 }
 

@@ -1,0 +1,117 @@
+//! `meldb token add`: the operator adds a client; the file keeps only the
+//! secret's hash and the secret is printed once. Who could read the file
+//! (a backup, a support bundle) learns no secret; the relay still accepts
+//! the client that holds it; a mistake leaves the file as it was.
+
+mod common;
+
+use common::{inventory, site};
+use meldb::sync::{sync_once_tcp, SessionConfig, SharedStore};
+use meldb::StoreOptions;
+use std::io::BufRead;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+fn meldb() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_meldb"));
+    cmd.env_remove("MELDB_LOG");
+    cmd
+}
+
+fn token_add(tokens: &Path, args: &[&str]) -> TestResult<std::process::Output> {
+    Ok(meldb()
+        .args(["token", "add", "--tokens"])
+        .arg(tokens)
+        .args(args)
+        .output()?)
+}
+
+type TestResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_added_token_is_kept_as_a_hash_and_its_secret_syncs() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let tokens = dir.path().join("tokens.toml");
+    let added = token_add(&tokens, &["--name", "till-1", "--role", "clerk"])?;
+    assert!(added.status.success(), "{added:?}");
+    let secret = String::from_utf8(added.stdout)?.trim().to_string();
+    assert_eq!(secret.len(), 64, "{secret:?}");
+    assert!(secret.bytes().all(|b| b.is_ascii_hexdigit()));
+
+    let file = std::fs::read_to_string(&tokens)?;
+    assert!(
+        !file.contains(&secret),
+        "the file holds the secret:\n{file}"
+    );
+    assert!(file.contains("token_hash = \"blake3:"), "{file}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&tokens)?.permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "a new tokens file is its owner's only");
+    }
+
+    // The same name again, or a namespace that is a path: refused, and the
+    // file is byte for byte as it was.
+    for args in [
+        &["--name", "till-1"][..],
+        &["--name", "till-2", "--namespace", "../up"][..],
+    ] {
+        let refused = token_add(&tokens, args)?;
+        assert!(!refused.status.success(), "{args:?}");
+        assert!(
+            refused.stdout.is_empty(),
+            "no secret is printed for a refusal"
+        );
+        assert_eq!(std::fs::read_to_string(&tokens)?, file);
+    }
+    let second = token_add(&tokens, &["--name", "dashboard", "--access", "read-only"])?;
+    assert!(second.status.success(), "{second:?}");
+
+    // A relay over that file accepts the client holding the secret.
+    let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("schema/inventory.toml");
+    let mut relay = meldb()
+        .args(["relay", "--listen", "127.0.0.1:0"])
+        .arg("--db")
+        .arg(dir.path().join("relay.db"))
+        .arg("--schema")
+        .arg(&schema)
+        .arg("--tokens")
+        .arg(&tokens)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let outcome = async {
+        let stdout = relay.stdout.take().ok_or("no stdout")?;
+        let mut line = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut line)?;
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .ok_or_else(|| format!("unexpected first line {line:?}"))?
+            .to_string();
+        let client = SharedStore::new(
+            StoreOptions::new()
+                .site_id(site(1))
+                .open_in_memory(&inventory())?,
+        );
+        client.write(|tx| tx.insert("item", &[("sku", "A1".into())]))?;
+        let report = sync_once_tcp(
+            &client,
+            &addr,
+            SessionConfig::default().token(Some(secret.clone())),
+        )
+        .await?;
+        assert_eq!(report.stats.rows_sent, 1);
+        // The hash itself is not a token.
+        let hash = meldb::sync::Tokens::hash_line(&secret);
+        let refused =
+            sync_once_tcp(&client, &addr, SessionConfig::default().token(Some(hash))).await;
+        assert!(refused.is_err(), "{refused:?}");
+        Ok::<_, Box<dyn std::error::Error>>(())
+    }
+    .await;
+    let _ = relay.kill();
+    let _ = relay.wait();
+    outcome
+}
