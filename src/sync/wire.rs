@@ -244,8 +244,20 @@ fn read_version_vector(d: &mut Dec<'_>) -> Result<VersionVector, DecodeError> {
             )));
         }
         previous = Some(site);
+        // Ranges come as `SeqRanges` keeps them: ascending, non-empty,
+        // neither overlapping nor touching. Anything else is refused, so
+        // every insert appends (ranges in descending order would cost a
+        // quadratic run of inserts at the front).
+        let mut after = 0u64;
         for _ in 0..d.count()? {
             let (first, last) = (d.uint()?, d.uint()?);
+            if first == 0 || first > last || (after > 0 && first <= after.saturating_add(1)) {
+                return Err(d.malformed(format!(
+                    "version vector of site {site}: range {first}..={last} is empty, \
+                     out of order or touches the one before"
+                )));
+            }
+            after = last;
             have.insert(site, first, last);
         }
     }
@@ -562,6 +574,43 @@ mod tests {
         ));
         let unknown_variant = frame_as(MESSAGE_MAGIC, PROTOCOL_VERSION, &[200]);
         assert!(decode_message(&unknown_variant, MAX_MESSAGE_PAYLOAD).is_err());
+    }
+
+    #[test]
+    fn version_vector_ranges_out_of_canonical_order_are_malformed() {
+        let mut have = VersionVector::new();
+        have.insert(site(1), 1, 1);
+        have.insert(site(1), 3, 3);
+        let want = Message::Want(Want {
+            id: 1,
+            have,
+            first_pending: None,
+        });
+        let good = encode_message(&want);
+        assert_eq!(decode_message(&good, MAX_MESSAGE_PAYLOAD), Ok(want));
+        // Two ranges, 1..=1 then 3..=3, as the encoder writes them.
+        let at = good
+            .windows(5)
+            .rposition(|w| w == [2, 1, 1, 3, 3])
+            .expect("the ranges in the bytes");
+        for swapped in [
+            [2, 3, 3, 1, 1],
+            [2, 1, 1, 2, 2],
+            [2, 1, 1, 1, 1],
+            [2, 0, 0, 3, 3],
+            [2, 3, 1, 5, 5],
+        ] {
+            let mut bad = good.clone();
+            bad[at..at + 5].copy_from_slice(&swapped);
+            let frame = frame_as(MESSAGE_MAGIC, PROTOCOL_VERSION, &bad[HEADER_LEN..]);
+            assert!(
+                matches!(
+                    decode_message(&frame, MAX_MESSAGE_PAYLOAD),
+                    Err(DecodeError::Malformed { .. })
+                ),
+                "{swapped:?}"
+            );
+        }
     }
 
     #[test]
