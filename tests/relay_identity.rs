@@ -526,3 +526,68 @@ async fn rows_the_relay_has_may_come_back_through_any_token() -> TestResult {
     assert_eq!(alice.lock().digest()?, relay.store.lock().digest()?);
     relay.stop().await
 }
+
+/// The attacker holds bob's read-write token and has read a site id from
+/// a row clock: the shop's, whose writes reached the relay through a hub
+/// (so no token has bound it; the same holds for every site after an
+/// upgrade from format 1). Bob says hello as the shop's site. That must be
+/// refused and bind nothing: only the tokens file can give a site that
+/// already has writes to a token, after which its owner syncs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_with_writes_but_no_owner_cannot_be_claimed_by_the_first_token() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let relay = Running::start(dir.path(), &tokens_file(4)).await?;
+    let shop = client(5)?;
+    set_price(&shop, "S1", 7)?;
+    let hub = client(7)?;
+    let (a, b) = tokio::io::duplex(1 << 16);
+    let serve = {
+        let shop = shop.clone();
+        tokio::spawn(async move {
+            let mut conn = Connection::new(b, MAX_MESSAGE_PAYLOAD);
+            meldb::sync::accept_once(
+                &shop,
+                &mut conn,
+                SessionConfig::default(),
+                std::sync::Arc::new(|_| Some(meldb::sync::Grant::read_write())),
+            )
+            .await
+        })
+    };
+    sync_once(
+        &hub,
+        &mut Connection::new(a, MAX_MESSAGE_PAYLOAD),
+        SessionConfig::default(),
+    )
+    .await?;
+    serve.await??;
+    sync_once_tcp(&hub, &relay.addr, with("hub-secret")).await?;
+    assert_eq!(price(&relay.store, "S1")?, Some(7));
+    assert_eq!(relay.store.lock().site_owner(site(5))?, None);
+
+    let attacker = client(5)?;
+    set_price(&attacker, "S1", 666)?;
+    let before = relay.store.lock().digest()?;
+    let (code, message) = refusal(sync_once_tcp(&attacker, &relay.addr, with("bob-secret")).await);
+    assert_eq!(code, NoticeCode::Unauthorized);
+    assert!(message.contains("bound to no token"), "{message}");
+    assert_eq!(relay.store.lock().digest()?, before);
+    assert_eq!(relay.store.lock().site_owner(site(5))?, None);
+    relay.stop().await?;
+
+    // The operator gives the shop's site to alice in the tokens file; the
+    // shop (alice's device) syncs, and bob still cannot.
+    let listed = tokens_file(4).replacen(
+        "max_sites = 4",
+        &format!("max_sites = 4\n        sites = [\"{}\"]", site(5)),
+        1,
+    );
+    let relay = Running::start(dir.path(), &listed).await?;
+    set_price(&shop, "S2", 8)?;
+    sync_once_tcp(&shop, &relay.addr, with("alice-secret")).await?;
+    assert_eq!(price(&relay.store, "S2")?, Some(8));
+    let (code, _) = refusal(sync_once_tcp(&attacker, &relay.addr, with("bob-secret")).await);
+    assert_eq!(code, NoticeCode::Unauthorized);
+    assert_eq!(price(&relay.store, "S1")?, Some(7));
+    relay.stop().await
+}

@@ -151,6 +151,24 @@ impl Identity {
             }
             return Err(self.taken(site, owner));
         }
+        // A site that already has writes here but no owner (its token has
+        // not said hello since an upgrade from a format without bindings,
+        // or its writes came through a forwarding token or an open relay)
+        // cannot be claimed by the first token that names it: site ids are
+        // in every row clock, so that would let any token take over a
+        // device's history. The operator lists it for its token.
+        if replica.site_owner(site)?.is_none()
+            && replica
+                .version_vector()
+                .site(&site)
+                .is_some_and(|r| r.max() > 0)
+        {
+            return Err(IdentityRefusal::Unclaimed {
+                token: self.token.clone(),
+                site,
+            }
+            .into());
+        }
         let binding = replica.bind_site(&self.token, site, self.max_sites)?;
         if binding.is_bound() {
             return Ok(());
@@ -269,6 +287,14 @@ pub enum IdentityRefusal {
         /// The token's limit.
         limit: usize,
     },
+    /// The hello's site has writes on this relay but is bound to no
+    /// token: only the tokens file can give it to one (`sites`).
+    Unclaimed {
+        /// The peer's token.
+        token: String,
+        /// The site it claimed.
+        site: SiteId,
+    },
     /// A batch carried a new write of a site that is not the token's.
     ForeignWrite {
         /// The peer's token.
@@ -300,6 +326,13 @@ impl fmt::Display for IdentityRefusal {
                 "token {token:?} may not write as site {site}: it already writes as {limit} \
                  sites, its limit (list the site under `sites` in the tokens file, or raise \
                  `max_sites`)"
+            ),
+            IdentityRefusal::Unclaimed { token, site } => write!(
+                f,
+                "token {token:?} may not write as site {site}: that site already has writes \
+                 on this relay but is bound to no token, so the first to name it cannot take \
+                 it (the relay's operator lists it under `sites` of its token in the tokens \
+                 file)"
             ),
             IdentityRefusal::ForeignWrite { token, site } => write!(
                 f,
