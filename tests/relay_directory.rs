@@ -276,6 +276,27 @@ async fn the_relay_command_serves_namespaces_from_a_data_directory() -> TestResu
     assert_eq!(skus_on_disk(&data.join("a.db"))?, ["a-1"]);
     assert!(!data.join("b.db").exists());
 
+    // One database for namespaced tokens would mix their data: refused at
+    // start, naming the namespaces and the flag that keeps them apart.
+    let one_db = std::process::Command::new(env!("CARGO_BIN_EXE_meldb"))
+        .env_remove("MELDB_LOG")
+        .args(["relay", "--listen", "127.0.0.1:0"])
+        .arg("--db")
+        .arg(dir.path().join("one.db"))
+        .arg("--schema")
+        .arg(&schema)
+        .arg("--tokens")
+        .arg(&tokens)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .output()?;
+    assert!(!one_db.status.success());
+    let stderr = String::from_utf8_lossy(&one_db.stderr);
+    assert!(
+        stderr.contains("\"a\"") && stderr.contains("\"b\"") && stderr.contains("--data-dir"),
+        "{stderr}"
+    );
+
     // A namespace that is a path is a usage error before anything listens.
     let status = std::process::Command::new(env!("CARGO_BIN_EXE_meldb"))
         .env_remove("MELDB_LOG")

@@ -257,6 +257,14 @@ impl Tokens {
             .map(|e| (e.name.as_str(), &e.grant))
     }
 
+    /// The namespaces the tokens grant, each once.
+    pub fn namespaces(&self) -> std::collections::BTreeSet<Namespace> {
+        self.entries
+            .iter()
+            .map(|e| e.grant.namespace.clone())
+            .collect()
+    }
+
     /// The number of tokens.
     pub fn len(&self) -> usize {
         self.entries.len()

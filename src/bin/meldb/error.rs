@@ -49,6 +49,9 @@ pub enum CliError {
     #[error("no schema file: give --schema SCHEMA.toml or set MELDB_SCHEMA")]
     NoSchema,
 
+    #[error("the tokens file grants namespaces {names}, but --db serves one database for all of them; use --data-dir DIR to keep each namespace apart")]
+    NamespacesNeedDataDir { names: String },
+
     #[error("--namespace {name:?}: a namespace is 1 to 64 letters, digits, '_' and '-', starting with a letter or digit")]
     BadNamespace { name: String },
 

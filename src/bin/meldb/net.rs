@@ -52,6 +52,7 @@ pub fn relay(args: &RelayArgs, out: &mut dyn Write) -> Result<()> {
     })?;
     let options = StoreOptions::new().durability(Durability::Full);
     let tokens = Tokens::load(&args.tokens)?;
+    let namespaces = tokens.namespaces();
     if tokens.is_empty() {
         tracing::warn!(file = %args.tokens.display(), "no tokens: every client will be refused");
     }
@@ -82,6 +83,16 @@ pub fn relay(args: &RelayArgs, out: &mut dyn Write) -> Result<()> {
         .handshake_timeout(config.handshake_timeout);
     match (&args.db, &args.data_dir) {
         (Some(db), _) => {
+            let named: Vec<String> = namespaces
+                .iter()
+                .filter(|n| **n != Namespace::default())
+                .map(|n| format!("{:?}", n.as_str()))
+                .collect();
+            if !named.is_empty() {
+                return Err(CliError::NamespacesNeedDataDir {
+                    names: named.join(", "),
+                });
+            }
             let store = options.open(db, &schema).map_err(in_file(db))?;
             listen(
                 SharedStore::new(store),
