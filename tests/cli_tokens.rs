@@ -5,12 +5,11 @@
 
 mod common;
 
-use common::{inventory, site};
+use common::{inventory, site, Listening};
 use meldb::sync::{sync_once_tcp, SessionConfig, SharedStore};
 use meldb::StoreOptions;
-use std::io::BufRead;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 fn meldb() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_meldb"));
@@ -70,48 +69,36 @@ async fn an_added_token_is_kept_as_a_hash_and_its_secret_syncs() -> TestResult {
 
     // A relay over that file accepts the client holding the secret.
     let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("schema/inventory.toml");
-    let mut relay = meldb()
-        .args(["relay", "--listen", "127.0.0.1:0"])
+    let mut cmd = meldb();
+    cmd.args(["relay", "--listen", "127.0.0.1:0"])
         .arg("--db")
         .arg(dir.path().join("relay.db"))
         .arg("--schema")
         .arg(&schema)
         .arg("--tokens")
-        .arg(&tokens)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let outcome = async {
-        let stdout = relay.stdout.take().ok_or("no stdout")?;
-        let mut line = String::new();
-        std::io::BufReader::new(stdout).read_line(&mut line)?;
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .ok_or_else(|| format!("unexpected first line {line:?}"))?
-            .to_string();
-        let client = SharedStore::new(
-            StoreOptions::new()
-                .site_id(site(1))
-                .open_in_memory(&inventory())?,
-        );
-        client.write(|tx| tx.insert("item", &[("sku", "A1".into())]))?;
-        let report = sync_once_tcp(
-            &client,
-            &addr,
-            SessionConfig::default().token(Some(secret.clone())),
-        )
-        .await?;
-        assert_eq!(report.stats.rows_sent, 1);
-        // The hash itself is not a token.
-        let hash = meldb::sync::Tokens::hash_line(&secret);
-        let refused =
-            sync_once_tcp(&client, &addr, SessionConfig::default().token(Some(hash))).await;
-        assert!(refused.is_err(), "{refused:?}");
-        Ok::<_, Box<dyn std::error::Error>>(())
-    }
+        .arg(&tokens);
+    let relay = Listening::start(cmd)?;
+    let client = SharedStore::new(
+        StoreOptions::new()
+            .site_id(site(1))
+            .open_in_memory(&inventory())?,
+    );
+    client.write(|tx| tx.insert("item", &[("sku", "A1".into())]))?;
+    let report = sync_once_tcp(
+        &client,
+        &relay.addr,
+        SessionConfig::default().token(Some(secret.clone())),
+    )
+    .await?;
+    assert_eq!(report.stats.rows_sent, 1);
+    // The hash itself is not a token.
+    let hash = meldb::sync::Tokens::hash_line(&secret);
+    let refused = sync_once_tcp(
+        &client,
+        &relay.addr,
+        SessionConfig::default().token(Some(hash)),
+    )
     .await;
-    let _ = relay.kill();
-    let _ = relay.wait();
-    outcome
+    assert!(refused.is_err(), "{refused:?}");
+    Ok(())
 }

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{inventory, site, TestResult};
+use common::{inventory, site, Listening, TestResult};
 use meldb::sync::{
     sync_once_tcp, Creation, DirectoryProvider, Grant, Namespace, NoticeCode, Relay, RelayConfig,
     ReplicaProvider, SessionConfig, SharedStore, SyncError, Tokens,
@@ -227,7 +227,6 @@ fn setup_runs_once_on_each_namespace_before_it_is_served() -> TestResult {
 /// `b.db` appears.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_relay_command_serves_namespaces_from_a_data_directory() -> TestResult {
-    use std::io::BufRead;
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
     let tokens = dir.path().join("tokens.toml");
@@ -239,40 +238,24 @@ async fn the_relay_command_serves_namespaces_from_a_data_directory() -> TestResu
          namespace = \"b\"\n",
     )?;
     let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("schema/inventory.toml");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_meldb"))
-        .env_remove("MELDB_LOG")
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_meldb"));
+    cmd.env_remove("MELDB_LOG")
         .args(["relay", "--listen", "127.0.0.1:0", "--namespace", "a"])
         .arg("--data-dir")
         .arg(&data)
         .arg("--schema")
         .arg(&schema)
         .arg("--tokens")
-        .arg(&tokens)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
-    let result = async {
-        let stdout = child.stdout.take().ok_or("no stdout")?;
-        let mut line = String::new();
-        std::io::BufReader::new(stdout).read_line(&mut line)?;
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .ok_or_else(|| format!("unexpected first line {line:?}"))?
-            .to_string();
-        let alice = client(7)?;
-        alice.write(|tx| tx.insert("item", &[("sku", "a-1".into())]))?;
-        sync_once_tcp(&alice, &addr, as_client("alice")).await?;
-        let bob = client(8)?;
-        bob.write(|tx| tx.insert("item", &[("sku", "b-1".into())]))?;
-        let refused = sync_once_tcp(&bob, &addr, as_client("bob")).await;
-        assert!(refused_as_unauthorized(&refused), "{refused:?}");
-        Ok::<_, Box<dyn std::error::Error>>(())
-    }
-    .await;
-    let _ = child.kill();
-    let _ = child.wait();
-    result?;
+        .arg(&tokens);
+    let relay = Listening::start(cmd)?;
+    let alice = client(7)?;
+    alice.write(|tx| tx.insert("item", &[("sku", "a-1".into())]))?;
+    sync_once_tcp(&alice, &relay.addr, as_client("alice")).await?;
+    let bob = client(8)?;
+    bob.write(|tx| tx.insert("item", &[("sku", "b-1".into())]))?;
+    let refused = sync_once_tcp(&bob, &relay.addr, as_client("bob")).await;
+    assert!(refused_as_unauthorized(&refused), "{refused:?}");
+    drop(relay);
     assert_eq!(skus_on_disk(&data.join("a.db"))?, ["a-1"]);
     assert!(!data.join("b.db").exists());
 

@@ -302,3 +302,42 @@ impl meldb::sync::Listener for Memory {
         "in-memory pipes".into()
     }
 }
+
+/// A `meldb` server process (`relay` or `serve`) that printed
+/// `listening on ADDR` as its first line; killed when dropped.
+pub struct Listening {
+    child: std::process::Child,
+    /// What it printed after `listening on `.
+    pub addr: String,
+}
+
+impl Listening {
+    /// Starts `cmd` with stdout piped and waits for its first line.
+    pub fn start(mut cmd: std::process::Command) -> Result<Listening, Box<dyn std::error::Error>> {
+        use std::io::BufRead;
+        let mut child = cmd
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let mut line = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut line)?;
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .map(str::to_string);
+        let Some(addr) = addr else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("unexpected first line {line:?}").into());
+        };
+        Ok(Listening { child, addr })
+    }
+}
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

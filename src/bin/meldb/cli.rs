@@ -219,12 +219,24 @@ pub struct DbArgs {
 impl DbArgs {
     /// `--schema`, else `$MELDB_SCHEMA` (when set and not empty).
     pub fn schema_path(&self) -> Option<PathBuf> {
-        self.schema.clone().or_else(|| {
-            std::env::var_os(SCHEMA_ENV)
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
-        })
+        schema_path(self.schema.as_ref())
     }
+}
+
+impl RelayArgs {
+    /// `--schema`, else `$MELDB_SCHEMA`, as for every command.
+    pub fn schema_path(&self) -> Option<PathBuf> {
+        schema_path(self.schema.as_ref())
+    }
+}
+
+/// A command's `--schema`, else `$MELDB_SCHEMA` (when set and not empty).
+fn schema_path(given: Option<&PathBuf>) -> Option<PathBuf> {
+    given.cloned().or_else(|| {
+        std::env::var_os(SCHEMA_ENV)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    })
 }
 
 #[derive(Debug, Args)]

@@ -15,8 +15,12 @@ use std::{io::Write, path::Path};
 
 /// Loads the schema named by `--schema` or `MELDB_SCHEMA`.
 pub fn load_schema(db: &DbArgs) -> Result<Schema> {
-    let path = db.schema_path().ok_or(CliError::NoSchema)?;
-    Ok(Schema::load(path)?)
+    load_schema_at(db.schema_path())
+}
+
+/// Loads the schema a command names (`None`: it names none).
+pub fn load_schema_at(path: Option<std::path::PathBuf>) -> Result<Schema> {
+    Ok(Schema::load(path.ok_or(CliError::NoSchema)?)?)
 }
 
 /// Opens an existing database with the given schema.

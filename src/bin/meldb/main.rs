@@ -75,11 +75,7 @@ fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
 /// environment does), if it opens one.
 fn schema_of(command: &Command) -> Option<(&'static str, Option<std::path::PathBuf>)> {
     if let Command::Relay(a) = command {
-        let db = DbArgs {
-            db: std::path::PathBuf::new(),
-            schema: a.schema.clone(),
-        };
-        return Some(("relay", db.schema_path()));
+        return Some(("relay", a.schema_path()));
     }
     let (name, db) = db_args(command)?;
     Some((name, db.schema_path()))

@@ -6,9 +6,8 @@
 //! bound, one line per `--listen`, so scripts and tests can use port 0
 //! (a bare `HOST:PORT` prints as `HOST:PORT`, a URL as a URL).
 
-use crate::cli::DbArgs;
 use crate::cli::{NetSyncArgs, RelayArgs, ServeArgs, ServerTlsArgs};
-use crate::commands::{load_schema, open};
+use crate::commands::{load_schema_at, open};
 use crate::error::{file_error, in_file, CliError, Result};
 use meldb::sync::{
     sync_once_url, ClientTls, Connector, Creation, DirectoryProvider, ListenOptions, Namespace,
@@ -42,14 +41,7 @@ fn init_logs(default: &str) {
 /// `meldb relay`.
 pub fn relay(args: &RelayArgs, out: &mut dyn Write) -> Result<()> {
     init_logs("info");
-    let schema = load_schema(&DbArgs {
-        db: args
-            .db
-            .clone()
-            .or_else(|| args.data_dir.clone())
-            .unwrap_or_default(),
-        schema: args.schema.clone(),
-    })?;
+    let schema = load_schema_at(args.schema_path())?;
     let options = StoreOptions::new().durability(Durability::Full);
     let tokens = Tokens::load(&args.tokens)?;
     let namespaces = tokens.namespaces();
