@@ -433,6 +433,11 @@ pub struct NetSyncArgs {
     /// Read the access token from this environment variable.
     #[arg(long, value_name = "VAR", group = "token_source")]
     pub token_env: Option<String>,
+
+    /// The namespace to sync, on a relay whose token allows several (default: the first
+    /// the token names).
+    #[arg(long, value_name = "NAME")]
+    pub namespace: Option<String>,
 }
 
 /// A TLS listener's certificate and key.

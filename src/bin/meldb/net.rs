@@ -206,7 +206,9 @@ pub fn sync(args: &NetSyncArgs, out: &mut dyn Write) -> Result<()> {
         connector =
             connector.tls(ClientTls::with_ca_file(ca).map_err(meldb::sync::SyncError::from)?);
     }
-    let config = SessionConfig::default().token(token(args)?);
+    let config = SessionConfig::default()
+        .token(token(args)?)
+        .namespace(args.namespace.clone());
     let report = runtime()?.block_on(sync_once_url(&store, &url, config, &connector))?;
     let stats = report.stats;
     writeln!(
