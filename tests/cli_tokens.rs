@@ -102,3 +102,59 @@ async fn an_added_token_is_kept_as_a_hash_and_its_secret_syncs() -> TestResult {
     assert!(refused.is_err(), "{refused:?}");
     Ok(())
 }
+
+/// `meldb token remove`: the operator revokes a client. Its entry goes,
+/// the rest of the file (comments, other clients) stays byte for byte; a
+/// name that is not there is an error that changes nothing. A token with
+/// several namespaces is added with `--namespace` repeated.
+#[test]
+fn a_removed_token_leaves_the_rest_of_the_file_as_it_was() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let tokens = dir.path().join("tokens.toml");
+    std::fs::write(&tokens, "# hand-written header\n")?;
+    for (name, extra) in [
+        ("till-1", &["--namespace", "shop-7"][..]),
+        ("office", &["--access", "read-only"][..]),
+        (
+            "hub",
+            &["--namespace", "shop-7", "--namespace", "shop-9"][..],
+        ),
+    ] {
+        let added = token_add(&tokens, &[&["--name", name][..], extra].concat())?;
+        assert!(added.status.success(), "{added:?}");
+    }
+    let before = std::fs::read_to_string(&tokens)?;
+    assert!(
+        before.contains("namespaces = [\"shop-7\", \"shop-9\"]"),
+        "{before}"
+    );
+
+    let removed = meldb()
+        .args(["token", "remove", "--name", "office", "--tokens"])
+        .arg(&tokens)
+        .output()?;
+    assert!(removed.status.success(), "{removed:?}");
+    let after = std::fs::read_to_string(&tokens)?;
+    assert!(!after.contains("office"), "{after}");
+    // What is left is what was there, less the one table.
+    let start = before
+        .find("\n[[token]]\nname = \"office\"")
+        .ok_or("office's table")?;
+    let end = before[start + 1..]
+        .find("\n[[token]]")
+        .map_or(before.len(), |at| start + 1 + at);
+    assert_eq!(after, format!("{}{}", &before[..start], &before[end..]));
+    assert!(after.starts_with("# hand-written header\n"));
+    let loaded = meldb::sync::Tokens::from_toml_str(&after, "tokens.toml")?;
+    assert_eq!(loaded.len(), 2);
+
+    let missing = meldb()
+        .args(["token", "remove", "--name", "office", "--tokens"])
+        .arg(&tokens)
+        .output()?;
+    assert!(!missing.status.success());
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(stderr.contains("no token named \"office\""), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&tokens)?, after);
+    Ok(())
+}

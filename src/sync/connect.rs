@@ -127,13 +127,13 @@ impl Connector {
             Scheme::Tls => Ok(NetStream::new(self.tls_over(tcp, url, &shown).await?)),
             #[cfg(feature = "websocket")]
             Scheme::Ws => Ok(NetStream::new(
-                super::websocket::connect(tcp, &shown, self.max_message).await?,
+                super::websocket::connect(tcp, &shown).await?,
             )),
             #[cfg(all(feature = "tls", feature = "websocket"))]
             Scheme::Wss => {
                 let tls = self.tls_over(tcp, url, &shown).await?;
                 Ok(NetStream::new(
-                    super::websocket::connect(tls, &shown, self.max_message).await?,
+                    super::websocket::connect(tls, &shown).await?,
                 ))
             }
             #[allow(unreachable_patterns, reason = "check_supported refused these")]

@@ -13,7 +13,6 @@ use super::error::SyncError;
 use super::listener::{Listener, Peer};
 use super::net::{self, Inner, NetStream, TransportError};
 use super::url::{PeerUrl, Scheme};
-use super::wire::MAX_MESSAGE_PAYLOAD;
 use std::future::{poll_fn, Future};
 use std::io;
 use std::sync::Arc;
@@ -28,7 +27,6 @@ pub struct ListenOptions {
     #[cfg(feature = "tls")]
     tls: Option<super::tls::ServerTls>,
     handshake_timeout: Duration,
-    max_message: usize,
 }
 
 impl Default for ListenOptions {
@@ -37,7 +35,6 @@ impl Default for ListenOptions {
             #[cfg(feature = "tls")]
             tls: None,
             handshake_timeout: Duration::from_secs(10),
-            max_message: MAX_MESSAGE_PAYLOAD,
         }
     }
 }
@@ -62,13 +59,6 @@ impl ListenOptions {
         self.handshake_timeout = limit.max(Duration::from_millis(1));
         self
     }
-
-    /// The largest WebSocket message accepted, as the relay's message limit
-    /// (tungstenite buffers a message whole, so this caps it first).
-    pub fn max_message(mut self, bytes: usize) -> Self {
-        self.max_message = bytes.min(MAX_MESSAGE_PAYLOAD);
-        self
-    }
 }
 
 /// What one port does with a connection it accepted.
@@ -78,11 +68,6 @@ pub(crate) struct Endpoint {
     #[cfg(feature = "tls")]
     tls: Option<tokio_rustls::TlsAcceptor>,
     handshake_timeout: Duration,
-    #[cfg_attr(
-        not(feature = "websocket"),
-        allow(dead_code, reason = "WebSocket's message cap")
-    )]
-    max_message: usize,
 }
 
 /// Listens on one or more URLs; each connection's transport is the
@@ -152,7 +137,6 @@ impl UrlListener {
                     #[cfg(feature = "tls")]
                     tls,
                     handshake_timeout: options.handshake_timeout,
-                    max_message: options.max_message,
                 }),
             ));
         }
@@ -276,14 +260,13 @@ async fn handshake(
         Scheme::Tls => Ok(NetStream::new(accept_tls(tcp, endpoint, peer).await?)),
         #[cfg(feature = "websocket")]
         Scheme::Ws => Ok(NetStream::new(
-            super::websocket::accept(tcp, endpoint.url.path(), endpoint.max_message, peer).await?,
+            super::websocket::accept(tcp, endpoint.url.path(), peer).await?,
         )),
         #[cfg(all(feature = "tls", feature = "websocket"))]
         Scheme::Wss => {
             let tls = accept_tls(tcp, endpoint, peer).await?;
             Ok(NetStream::new(
-                super::websocket::accept(tls, endpoint.url.path(), endpoint.max_message, peer)
-                    .await?,
+                super::websocket::accept(tls, endpoint.url.path(), peer).await?,
             ))
         }
         #[allow(

@@ -433,8 +433,8 @@ enum Slot {
 
 /// Authorizes a connection's first `Hello` and serves it the replica of
 /// the namespace its grant names; a refused one stays with the greeter,
-/// whose session refuses it as any session would (schema and site are
-/// checked first, then the token). An authorized one trades its pending
+/// whose session refuses it as any session would (the token first, so a
+/// peer without one learns nothing of the replica, not even its schema). An authorized one trades its pending
 /// slot for a client slot, or is told the relay is busy.
 struct ByGrant<P: ReplicaProvider> {
     provider: Arc<P>,

@@ -649,6 +649,16 @@ impl Session {
         store: &mut (impl Replica + ?Sized),
         hello: Hello,
     ) -> Result<(), SyncError> {
+        // The token first: a peer without a valid one learns nothing of
+        // this replica, not even its schema's name or its site id.
+        let grant = match &self.role {
+            Role::Responder(authorize) => Some(authorize(hello.token.as_deref()).ok_or(
+                SyncError::Unauthorized {
+                    presented: hello.token.is_some(),
+                },
+            )?),
+            Role::Initiator => None,
+        };
         if hello.schema != self.schema {
             return Err(SyncError::SchemaMismatch {
                 local: self.schema.clone(),
@@ -658,10 +668,7 @@ impl Session {
         if hello.site == self.site {
             return Err(SyncError::SameSite(self.site));
         }
-        if let Role::Responder(authorize) = &self.role {
-            let grant = authorize(hello.token.as_deref()).ok_or(SyncError::Unauthorized {
-                presented: hello.token.is_some(),
-            })?;
+        if let Some(grant) = grant {
             self.access = grant.access;
             self.writer = grant.writer;
             self.identity = grant.identity;

@@ -167,6 +167,37 @@ fn a_bad_token_is_refused_before_anything_else_is_read() -> TestResult {
     Ok(())
 }
 
+/// Attacker: no valid token, probing with a hello of another schema and
+/// the replica's own site id. Must not happen: the refusal names the
+/// replica's schema or says the site is its own (both are checked only
+/// once the token is valid).
+#[test]
+fn a_peer_without_a_valid_token_learns_neither_schema_nor_site() -> TestResult {
+    let mut sb = store(2)?;
+    let mut b = Session::responder(&sb, SessionConfig::default(), allow(Access::ReadWrite));
+    let probe = Message::Hello(message::Hello {
+        site: sb.site_id(),
+        schema: "guess".into(),
+        schema_version: 1,
+        token: Some("wrong".into()),
+        accepts_changes: true,
+        live: false,
+        authority: false,
+        namespace: None,
+    });
+    let refused = b.receive(&mut sb, probe);
+    assert!(
+        matches!(refused, Err(SyncError::Unauthorized { presented: true })),
+        "{refused:?}"
+    );
+    let Some(Message::Notice(notice)) = b.poll_message() else {
+        return Err("no notice".into());
+    };
+    assert_eq!(notice.code, NoticeCode::Unauthorized);
+    assert!(!notice.message.contains("shop"), "{}", notice.message);
+    Ok(())
+}
+
 #[test]
 fn a_read_only_peer_receives_and_its_writes_are_refused() -> TestResult {
     let (mut sa, mut sb) = (store(1)?, store(2)?);
@@ -210,7 +241,8 @@ fn protocol_violations_close_the_session() -> TestResult {
     ));
     let other_schema = Schema::from_toml_str(&SCHEMA.replace("shop", "till"), "till.toml")?;
     let c = StoreOptions::new().open_in_memory(&other_schema)?;
-    let mut hello_from_c = Session::initiator(&c, SessionConfig::default());
+    // With a valid token (without one, the schema is never compared).
+    let mut hello_from_c = Session::initiator(&c, SessionConfig::default().token(Some("t".into())));
     let mut b = Session::responder(&sb, SessionConfig::default(), allow(Access::ReadWrite));
     let hello = hello_from_c.poll_message().ok_or("no hello")?;
     assert!(matches!(
@@ -219,7 +251,7 @@ fn protocol_violations_close_the_session() -> TestResult {
     ));
 
     // Connecting to itself.
-    let mut a = Session::initiator(&sa, SessionConfig::default());
+    let mut a = Session::initiator(&sa, SessionConfig::default().token(Some("t".into())));
     let mut a2 = Session::responder(&sa, SessionConfig::default(), allow(Access::ReadWrite));
     let hello = a.poll_message().ok_or("no hello")?;
     assert!(matches!(

@@ -1,9 +1,12 @@
 //! WebSocket as a byte stream for meldb frames (feature `websocket`).
 //!
-//! Each write of the [`Connection`](super::Connection) (one whole frame)
-//! goes out as one binary message; reads hand over the bytes of binary
-//! messages in order, so the frame reader above sees the same byte stream
-//! as over TCP and frames may even span messages. Pings are answered by
+//! Each write of the [`Connection`](super::Connection) goes out as binary
+//! messages of at most [`MESSAGE_BYTES`]; reads hand over the bytes of
+//! binary messages in order, so the frame reader above sees the same byte
+//! stream as over TCP, and a frame bigger than one message spans several.
+//! So what tungstenite buffers for a connection is bounded by one
+//! message, whatever the largest frame: a peer cannot make a relay hold
+//! megabytes before its hello's length (64 KiB at most) is checked. Pings are answered by
 //! tungstenite (the pong goes out with the next read or write); a close
 //! message is the end of the stream; a text message is a protocol error
 //! (`InvalidData`), which the session reports to the peer as a bad frame.
@@ -23,11 +26,15 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
-/// The tungstenite limits for frames of at most `max_payload` bytes (plus
-/// the frame header): a bigger message is refused before it is buffered
-/// whole. Writes go straight to the stream.
-pub(crate) fn config(max_payload: usize) -> WebSocketConfig {
-    let most = max_payload.saturating_add(1024);
+/// The most bytes of meldb frames one WebSocket message carries.
+pub(crate) const MESSAGE_BYTES: usize = 64 << 10;
+
+/// The tungstenite limits: a message (or WebSocket frame) bigger than
+/// [`MESSAGE_BYTES`] (plus slack for headers) is refused before it is
+/// buffered whole; the meldb frame limit is the frame reader's, above.
+/// Writes go straight to the stream.
+pub(crate) fn config() -> WebSocketConfig {
+    let most = MESSAGE_BYTES + 1024;
     WebSocketConfig::default()
         .max_message_size(Some(most))
         .max_frame_size(Some(most))
@@ -108,10 +115,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsBytes<S> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         ready!(Pin::new(&mut this.ws).poll_ready(cx)).map_err(to_io)?;
+        // The caller writes the rest in the next messages (`write_all`).
+        let n = buf.len().min(MESSAGE_BYTES);
         Pin::new(&mut this.ws)
-            .start_send(Message::Binary(Bytes::copy_from_slice(buf)))
+            .start_send(Message::Binary(Bytes::copy_from_slice(&buf[..n])))
             .map_err(to_io)?;
-        Poll::Ready(Ok(buf.len()))
+        Poll::Ready(Ok(n))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -130,16 +139,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsBytes<S> {
 
 /// The client side of the handshake: `url` is `ws://` or `wss://`, its
 /// host goes in the `Host` header and its path in the request line.
-pub(crate) async fn connect<S>(
-    stream: S,
-    url: &str,
-    max_payload: usize,
-) -> Result<WsBytes<S>, TransportError>
+pub(crate) async fn connect<S>(stream: S, url: &str) -> Result<WsBytes<S>, TransportError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    match tokio_tungstenite::client_async_with_config(url, stream, Some(config(max_payload))).await
-    {
+    match tokio_tungstenite::client_async_with_config(url, stream, Some(config())).await {
         Ok((ws, _response)) => Ok(WsBytes::new(ws)),
         Err(WsError::Http(response)) => {
             let body = response
@@ -182,7 +186,6 @@ where
 pub(crate) async fn accept<S>(
     stream: S,
     path: &str,
-    max_payload: usize,
     peer: &str,
 ) -> Result<WsBytes<S>, TransportError>
 where
@@ -202,11 +205,61 @@ where
         *refusal.status_mut() = tokio_tungstenite::tungstenite::http::StatusCode::NOT_FOUND;
         Err(refusal)
     };
-    tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(config(max_payload)))
+    tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(config()))
         .await
         .map(WsBytes::new)
         .map_err(|e| TransportError::WebSocket {
             url: peer.to_string(),
             problem: format!("handshake failed: {e}"),
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::SinkExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    type Res = Result<(), Box<dyn std::error::Error>>;
+
+    /// A big write goes out as messages of at most `MESSAGE_BYTES` and
+    /// reads back whole; a peer's message over the cap (a client that
+    /// sends megabytes before its hello, say) is refused before it is
+    /// buffered, whatever frame limit the connection has.
+    #[tokio::test]
+    async fn writes_are_cut_into_bounded_messages_and_a_bigger_one_is_refused() -> Res {
+        let (client_end, server_end) = tokio::io::duplex(1 << 16);
+        let server = tokio::spawn(accept(server_end, "/", "test-peer"));
+        let mut client = connect(client_end, "ws://relay.test/").await?;
+        let mut server = server.await??;
+        let big: Vec<u8> = (0..(3 * MESSAGE_BYTES + 17)).map(|i| i as u8).collect();
+        let reader = tokio::spawn(async move {
+            let mut got = vec![0u8; 3 * MESSAGE_BYTES + 17];
+            server.read_exact(&mut got).await.map(|_| (server, got))
+        });
+        client.write_all(&big).await?;
+        client.flush().await?;
+        let (server, got) = reader.await??;
+        assert!(got == big, "the bytes came back changed");
+
+        // A raw WebSocket peer sending one message over the cap (the
+        // server reads meanwhile: the pipe holds less than the message).
+        let reading = tokio::spawn(async move {
+            let mut server = server;
+            let mut buf = [0u8; 16];
+            server.read(&mut buf).await
+        });
+        let oversized = vec![7u8; MESSAGE_BYTES + 4096];
+        // The server may close mid-message: the send's outcome is not the test.
+        let _ = client
+            .ws
+            .send(Message::Binary(Bytes::from(oversized)))
+            .await;
+        let read = tokio::time::timeout(std::time::Duration::from_secs(30), reading).await??;
+        assert!(
+            matches!(&read, Err(e) if e.kind() == io::ErrorKind::InvalidData),
+            "{read:?}"
+        );
+        Ok(())
+    }
 }

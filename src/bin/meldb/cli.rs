@@ -637,6 +637,29 @@ before it is written: a name that is already there, or a namespace that is not a
 is refused and the file is left as it was. Restart the relay to pick the token up."
     )]
     Add(TokenAddArgs),
+
+    /// Remove a client: its secret no longer connects (a running relay
+    /// stops accepting it on SIGHUP and closes its sessions).
+    #[command(
+        long_about = "Remove a client's entry from a tokens file. The rest of the file is kept as \
+it was, comments included; the new file is checked as a whole and replaces the old one at once, \
+or not at all. A name that is not in the file is an error. A running relay picks the change up \
+on SIGHUP (kill -HUP, or systemctl reload) and closes the client's sessions. The sites bound to \
+the name stay bound to it in each namespace's database, so a new token under the same name \
+writes as the same devices."
+    )]
+    Remove(TokenRemoveArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TokenRemoveArgs {
+    /// The tokens file.
+    #[arg(long, value_name = "FILE")]
+    pub tokens: PathBuf,
+
+    /// The client's name.
+    #[arg(long, value_name = "NAME")]
+    pub name: String,
 }
 
 #[derive(Debug, Args)]
@@ -653,9 +676,10 @@ pub struct TokenAddArgs {
     #[arg(long, value_name = "ACCESS", default_value = "read-write", value_parser = ["read-write", "read-only"])]
     pub access: String,
 
-    /// The namespace it syncs (default: the default namespace).
-    #[arg(long, value_name = "NAME")]
-    pub namespace: Option<String>,
+    /// The namespace it syncs (default: the default namespace); repeat for a
+    /// token that may sync several (the client names one; the first by default).
+    #[arg(long = "namespace", value_name = "NAME")]
+    pub namespaces: Vec<String>,
 
     /// The user resolvers see its writes as (default: its name).
     #[arg(long, value_name = "USER")]

@@ -52,6 +52,12 @@ pub enum CliError {
     #[error("the tokens file grants namespaces {names}, but --db serves one database for all of them; use --data-dir DIR to keep each namespace apart")]
     NamespacesNeedDataDir { names: String },
 
+    #[error("{}: no token named {name:?} (nothing was changed)", file.display())]
+    NoSuchToken {
+        name: String,
+        file: std::path::PathBuf,
+    },
+
     #[error("--namespace {name:?}: a namespace is 1 to 64 lowercase letters, digits, '_' and '-', starting with a letter or digit")]
     BadNamespace { name: String },
 

@@ -68,6 +68,7 @@ fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
         Command::Conflicts(a) => conflicts::conflicts(a, out),
         Command::Demo(a) => demo::run(a, out),
         Command::Token(cli::TokenCommand::Add(a)) => token::add(a, out),
+        Command::Token(cli::TokenCommand::Remove(a)) => token::remove(a, out),
     }
 }
 

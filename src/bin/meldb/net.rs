@@ -70,9 +70,7 @@ pub fn relay(args: &RelayArgs, out: &mut dyn Write) -> Result<()> {
             usize::try_from(args.max_lag_bytes).unwrap_or(usize::MAX),
         ))
         .max_message(args.max_message);
-    let listen_options = listen_options(&args.tls)?
-        .max_message(config.max_message)
-        .handshake_timeout(config.handshake_timeout);
+    let listen_options = listen_options(&args.tls)?.handshake_timeout(config.handshake_timeout);
     match (&args.db, &args.data_dir) {
         (Some(db), _) => {
             let named: Vec<String> = namespaces
@@ -125,7 +123,7 @@ pub fn serve(args: &ServeArgs, out: &mut dyn Write) -> Result<()> {
     if let Some(path) = &args.tokens {
         config = config.tokens(Tokens::load(path)?);
     }
-    let options = listen_options(&args.tls)?.max_message(config.max_message);
+    let options = listen_options(&args.tls)?;
     listen(SharedStore::new(store), &args.listen, options, config, out)
 }
 

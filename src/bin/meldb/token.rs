@@ -1,13 +1,14 @@
-//! `meldb token add`: a new client in a relay's tokens file, with a random
-//! secret of which the file keeps only the hash.
+//! `meldb token add` and `remove`: a client in or out of a relay's tokens
+//! file; a new one gets a random secret of which the file keeps only the
+//! hash.
 //!
 //! The file is changed all at once or not at all: the new text is checked
 //! as a whole (the relay's own parser) and written to a temporary file in
 //! the same directory, then renamed over the old one. The secret is
 //! printed once and never written anywhere.
 
-use crate::cli::TokenAddArgs;
-use crate::error::{file_error, Result};
+use crate::cli::{TokenAddArgs, TokenRemoveArgs};
+use crate::error::{file_error, CliError, Result};
 use meldb::sync::Tokens;
 use std::io::Write;
 use std::path::Path;
@@ -28,8 +29,13 @@ pub fn add(args: &TokenAddArgs, out: &mut dyn Write) -> Result<()> {
         quote(&Tokens::hash_line(&secret)),
         quote(&args.access),
     );
-    if let Some(namespace) = &args.namespace {
-        entry.push_str(&format!("namespace = {}\n", quote(namespace)));
+    match args.namespaces.as_slice() {
+        [] => {}
+        [one] => entry.push_str(&format!("namespace = {}\n", quote(one))),
+        several => {
+            let names: Vec<String> = several.iter().map(|n| quote(n)).collect();
+            entry.push_str(&format!("namespaces = [{}]\n", names.join(", ")));
+        }
     }
     if let Some(user) = &args.user {
         entry.push_str(&format!("user = {}\n", quote(user)));
@@ -46,6 +52,93 @@ pub fn add(args: &TokenAddArgs, out: &mut dyn Write) -> Result<()> {
     writeln!(out, "{secret}")?;
     out.flush()?;
     Ok(())
+}
+
+/// `meldb token remove`: the file without `args.name`'s `[[token]]` table,
+/// the rest byte for byte.
+pub fn remove(args: &TokenRemoveArgs, out: &mut dyn Write) -> Result<()> {
+    let path = &args.tokens;
+    let text = std::fs::read_to_string(path).map_err(file_error(path))?;
+    let origin = path.display().to_string();
+    let before = Tokens::from_toml_str(&text, &origin)?;
+    let mut kept = String::with_capacity(text.len());
+    let mut removed = 0;
+    for table in tables(&text) {
+        if table_name(table).as_deref() == Some(args.name.as_str()) {
+            removed += 1;
+        } else {
+            kept.push_str(table);
+        }
+    }
+    let after = Tokens::from_toml_str(&kept, &origin)?;
+    if removed != 1 || after.len() + 1 != before.len() {
+        return Err(CliError::NoSuchToken {
+            name: args.name.clone(),
+            file: path.clone(),
+        });
+    }
+    replace(path, &kept, false)?;
+    writeln!(out, "removed {:?} from {}", args.name, path.display())?;
+    Ok(())
+}
+
+/// The file cut before each line that opens a table (`[[token]]`, or any
+/// `[...]`), and before the comments and blank lines right above it
+/// (they are the table's): the text before the first, then one piece per
+/// table.
+fn tables(text: &str) -> Vec<&str> {
+    let mut cuts = vec![0];
+    let mut at = 0;
+    // Where the comments and blank lines just above this line began.
+    let mut above: Option<usize> = None;
+    for line in text.split_inclusive('\n') {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with('[') {
+            let cut = above.unwrap_or(at);
+            if cut > 0 {
+                cuts.push(cut);
+            }
+            above = None;
+        } else if trimmed.is_empty() || trimmed.starts_with('#') {
+            above.get_or_insert(at);
+        } else {
+            above = None;
+        }
+        at += line.len();
+    }
+    cuts.push(text.len());
+    cuts.dedup();
+    cuts.windows(2).map(|w| &text[w[0]..w[1]]).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{table_name, tables};
+
+    #[test]
+    fn a_file_cuts_into_tables_with_the_comments_above_them() {
+        let text = "# clients\n\n[[token]]\nname = \"a\"\nroles = [\n  \"x\",\n]\n\n\
+                    # the office\n[[token]]\nname = \"b\"\n";
+        let pieces = tables(text);
+        assert_eq!(pieces.concat(), text);
+        assert_eq!(
+            pieces,
+            [
+                "# clients\n\n[[token]]\nname = \"a\"\nroles = [\n  \"x\",\n]\n",
+                "\n# the office\n[[token]]\nname = \"b\"\n",
+            ]
+        );
+        assert_eq!(table_name(pieces[0]).as_deref(), Some("a"));
+        assert_eq!(table_name(pieces[1]).as_deref(), Some("b"));
+    }
+}
+
+/// The `name` of the `[[token]]` table in a piece's text, if it holds one
+/// and parses.
+fn table_name(table: &str) -> Option<String> {
+    let parsed: toml::Table = toml::from_str(table).ok()?;
+    let entry = parsed.get("token")?.as_array()?.first()?;
+    entry.get("name")?.as_str().map(str::to_owned)
 }
 
 /// 244 random bits (two v4 UUIDs), as 64 hex digits.
