@@ -111,28 +111,6 @@ fn tables(text: &str) -> Vec<&str> {
     cuts.windows(2).map(|w| &text[w[0]..w[1]]).collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::{table_name, tables};
-
-    #[test]
-    fn a_file_cuts_into_tables_with_the_comments_above_them() {
-        let text = "# clients\n\n[[token]]\nname = \"a\"\nroles = [\n  \"x\",\n]\n\n\
-                    # the office\n[[token]]\nname = \"b\"\n";
-        let pieces = tables(text);
-        assert_eq!(pieces.concat(), text);
-        assert_eq!(
-            pieces,
-            [
-                "# clients\n\n[[token]]\nname = \"a\"\nroles = [\n  \"x\",\n]\n",
-                "\n# the office\n[[token]]\nname = \"b\"\n",
-            ]
-        );
-        assert_eq!(table_name(pieces[0]).as_deref(), Some("a"));
-        assert_eq!(table_name(pieces[1]).as_deref(), Some("b"));
-    }
-}
-
 /// The `name` of the `[[token]]` table in a piece's text, if it holds one
 /// and parses.
 fn table_name(table: &str) -> Option<String> {
@@ -181,4 +159,26 @@ fn replace(path: &Path, text: &str, new: bool) -> Result<()> {
     }
     std::fs::rename(&temp, path).map_err(file_error(path))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{table_name, tables};
+
+    #[test]
+    fn a_file_cuts_into_tables_with_the_comments_above_them() {
+        let text = "# clients\n\n[[token]]\nname = \"a\"\nroles = [\n  \"x\",\n]\n\n\
+                    # the office\n[[token]]\nname = \"b\"\n";
+        let pieces = tables(text);
+        assert_eq!(pieces.concat(), text);
+        assert_eq!(
+            pieces,
+            [
+                "# clients\n\n[[token]]\nname = \"a\"\nroles = [\n  \"x\",\n]\n",
+                "\n# the office\n[[token]]\nname = \"b\"\n",
+            ]
+        );
+        assert_eq!(table_name(pieces[0]).as_deref(), Some("a"));
+        assert_eq!(table_name(pieces[1]).as_deref(), Some("b"));
+    }
 }
