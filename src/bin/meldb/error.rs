@@ -53,7 +53,7 @@ pub enum CliError {
     #[error("--admin {addr}: {error}")]
     Admin {
         addr: String,
-        error: meldb::sync::SyncError,
+        error: Box<meldb::sync::SyncError>,
     },
 
     #[error("the tokens file grants namespaces {names}, but --db serves one database for all of them; use --data-dir DIR to keep each namespace apart")]

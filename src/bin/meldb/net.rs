@@ -188,7 +188,7 @@ fn listen<P: ReplicaProvider>(
                 .await
                 .map_err(|e| CliError::Admin {
                     addr: addr.to_string(),
-                    error: e,
+                    error: Box::new(e),
                 })?;
             writeln!(out, "admin listening on {}", server.local_addr()?)?;
             tokio::spawn(server.run(admin_shutdown));
