@@ -16,11 +16,13 @@
 use super::error::SyncError;
 use super::limits::{LimitExceeded, WriteGate};
 use super::message::{Hello, Message, NoticeCode};
+use super::metrics::RelayMetrics;
 use super::session::{Access, PeerInfo, Session, SessionConfig, SyncStats};
 use super::shared::SharedReplica;
 use super::transport::Connection;
 use super::wire::MAX_MESSAGE_PAYLOAD;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
@@ -59,6 +61,8 @@ pub(crate) struct DriveOptions {
     pub quiet: Option<Duration>,
     /// A write the peer does not take within this long ends the session.
     pub write_timeout: Duration,
+    /// A relay's counters: how long each batch from the peer took to apply.
+    pub metrics: Option<Arc<RelayMetrics>>,
 }
 
 impl DriveOptions {
@@ -70,6 +74,7 @@ impl DriveOptions {
             handshake: None,
             quiet: None,
             write_timeout: Duration::from_secs(30),
+            metrics: None,
         }
     }
 }
@@ -218,6 +223,9 @@ pub(crate) async fn drive<H: SharedReplica>(
                     _ => false,
                 };
                 let gate = if applies { rebind.write_gate() } else { None };
+                let timed = matches!(message, Message::Changes(_))
+                    .then(|| options.metrics.clone())
+                    .flatten();
                 let (back, result) = with_store(&store, session.take(), move |s, st| {
                     if let Some(gate) = gate.filter(|_| s.access() == Access::ReadWrite) {
                         if let Err(e) = gate.check(&message, &*st) {
@@ -227,7 +235,12 @@ pub(crate) async fn drive<H: SharedReplica>(
                             return Err(e);
                         }
                     }
-                    s.receive(st, message)
+                    let started = Instant::now();
+                    let received = s.receive(st, message);
+                    if let (Some(metrics), Ok(())) = (timed, &received) {
+                        metrics.apply_took(started.elapsed());
+                    }
+                    received
                 })
                 .await?;
                 session = Some(back);

@@ -27,6 +27,7 @@ use super::batch::approx_changeset_bytes;
 use super::error::SyncError;
 use super::listener::Peer;
 use super::message::{Message, NoticeCode};
+use super::metrics::{ConnectionGauge, RelayMetrics};
 use super::namespace::Namespace;
 use super::replica::Replica;
 use std::collections::HashMap;
@@ -154,6 +155,8 @@ pub(crate) struct Admission {
     max_connections: usize,
     max_unauthenticated: usize,
     max_per_address: usize,
+    /// Where the slots in use are counted (pending, authorized).
+    metrics: Option<Arc<RelayMetrics>>,
 }
 
 impl Admission {
@@ -173,7 +176,14 @@ impl Admission {
             max_connections,
             max_unauthenticated,
             max_per_address: max_per_address.max(1),
+            metrics: None,
         }
+    }
+
+    /// Counts the slots in use in `metrics`' connection gauge.
+    pub(crate) fn observed(mut self, metrics: Option<Arc<RelayMetrics>>) -> Admission {
+        self.metrics = metrics;
+        self
     }
 
     /// A pending slot for a connection just accepted from `peer`. Peers
@@ -194,6 +204,7 @@ impl Admission {
             _address: address,
             clients: Arc::clone(&self.clients),
             max_connections: self.max_connections,
+            gauge: self.metrics.as_ref().map(RelayMetrics::hold_pending),
         })
     }
 
@@ -253,6 +264,7 @@ pub(crate) struct Pending {
     _address: Option<AddressSlot>,
     clients: Arc<Semaphore>,
     max_connections: usize,
+    gauge: Option<ConnectionGauge>,
 }
 
 impl Pending {
@@ -264,7 +276,14 @@ impl Pending {
                 limit: self.max_connections,
             }
         })?;
-        Ok(ClientSlot { _permit: permit })
+        let mut gauge = self.gauge;
+        if let Some(gauge) = &mut gauge {
+            gauge.authorize();
+        }
+        Ok(ClientSlot {
+            _permit: permit,
+            _gauge: gauge,
+        })
     }
 }
 
@@ -272,6 +291,7 @@ impl Pending {
 #[derive(Debug)]
 pub(crate) struct ClientSlot {
     _permit: OwnedSemaphorePermit,
+    _gauge: Option<ConnectionGauge>,
 }
 
 /// A sustained write rate and the burst above it, in rows (a mutation

@@ -31,7 +31,10 @@
 //!   ([`WriteRate`], [`LimitExceeded`]);
 //! - `relay`: the server many clients sync through ([`Relay`]; [`Tokens`]
 //!   says who may connect, `identity` which sites each may write as,
-//!   [`Identity`]); `meldb serve` is the same server for one direct peer.
+//!   [`Identity`]); `meldb serve` is the same server for one direct peer;
+//! - `metrics`: what a relay counts ([`RelayMetrics`]), in the Prometheus
+//!   text format; `admin`: a small HTTP server for `/metrics` and
+//!   `/healthz` on an address of its own ([`AdminServer`]).
 //!
 //! ```no_run
 //! # async fn example(store: meldb::Store) -> Result<(), meldb::sync::SyncError> {
@@ -47,6 +50,7 @@
 //! and the next session's version-vector exchange sends only what is still
 //! missing.
 
+mod admin;
 mod batch;
 mod connect;
 mod directory;
@@ -57,6 +61,7 @@ mod limits;
 mod listen;
 mod listener;
 pub mod message;
+mod metrics;
 mod namespace;
 mod net;
 mod provider;
@@ -73,6 +78,7 @@ mod url;
 mod websocket;
 pub(crate) mod wire;
 
+pub use admin::{AdminConfig, AdminServer};
 pub use connect::{sync_continuously_url, sync_once_url, Connector};
 pub use directory::{Creation, DirectoryProvider, Setup};
 pub use driver::{accept_once, sync_continuously, sync_once, sync_once_tcp, Backoff, SyncReport};
@@ -82,6 +88,7 @@ pub use limits::{LimitExceeded, WriteRate};
 pub use listen::{ListenOptions, UrlListener};
 pub use listener::{Listener, Peer};
 pub use message::{Message, NoticeCode};
+pub use metrics::{RelayMetrics, MAX_TABLE_LABELS};
 pub use net::{NetStream, TransportError};
 pub use provider::{Namespace, ReplicaProvider};
 pub use relay::{Relay, RelayConfig};

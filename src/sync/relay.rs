@@ -51,6 +51,7 @@ use super::limits::{
 };
 use super::listener::{Listener, Peer};
 use super::message::{Hello, Message, Notice, NoticeCode};
+use super::metrics::{AuthFailure, Refusal, RelayMetrics};
 use super::provider::{Namespace, ReplicaProvider};
 use super::session::{Authorize, Grant, Session, SessionConfig};
 use super::shared::{SharedReplica, SharedStore};
@@ -106,6 +107,8 @@ pub struct RelayConfig {
     pub namespace_quota: Option<u64>,
     /// Batch sizes, window and lag bound of the sessions.
     pub session: SessionConfig,
+    /// Where the relay counts what it does (`None`: nowhere).
+    pub metrics: Option<Arc<RelayMetrics>>,
 }
 
 impl Default for RelayConfig {
@@ -126,6 +129,7 @@ impl Default for RelayConfig {
             }),
             namespace_quota: Some(8 << 30),
             session: SessionConfig::default(),
+            metrics: None,
         }
     }
 }
@@ -199,6 +203,13 @@ impl RelayConfig {
         self
     }
 
+    /// Count connections, refusals, batches and the rest in `metrics`
+    /// (serve them with an [`AdminServer`](super::AdminServer)).
+    pub fn metrics(mut self, metrics: Arc<RelayMetrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
     fn drive_options(&self) -> DriveOptions {
         DriveOptions {
             until_caught_up: false,
@@ -206,6 +217,7 @@ impl RelayConfig {
             handshake: Some(self.handshake_timeout),
             quiet: self.quiet_timeout,
             write_timeout: self.write_timeout,
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -248,6 +260,11 @@ impl<L: Listener, P: ReplicaProvider> Relay<L, P> {
         }
     }
 
+    /// The counters this relay adds to, if its config has them.
+    pub fn metrics(&self) -> Option<&Arc<RelayMetrics>> {
+        self.config.metrics.as_ref()
+    }
+
     /// Serves until `shutdown` turns true, then ends every session with a
     /// notice and returns once they are closed.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), SyncError> {
@@ -256,7 +273,8 @@ impl<L: Listener, P: ReplicaProvider> Relay<L, P> {
             config.max_connections,
             config.max_unauthenticated,
             config.max_unauthenticated_per_address,
-        );
+        )
+        .observed(config.metrics.clone());
         let common = Arc::new(Common {
             authorize: match &config.tokens {
                 Some(tokens) => tokens.authorizer(),
@@ -276,7 +294,12 @@ impl<L: Listener, P: ReplicaProvider> Relay<L, P> {
                 Some(_) = sessions.join_next(), if !sessions.is_empty() => continue,
             };
             let (stream, peer) = match accepted {
-                Ok(pair) => pair,
+                Ok(pair) => {
+                    if let Some(metrics) = &config.metrics {
+                        metrics.accepted();
+                    }
+                    pair
+                }
                 Err(e) => {
                     // Out of file descriptors, say: pause rather than spin.
                     tracing::warn!(error = %e, "accept failed");
@@ -292,9 +315,14 @@ impl<L: Listener, P: ReplicaProvider> Relay<L, P> {
                 Ok(pending) => pending,
                 Err(limit) => {
                     tracing::warn!(%peer, reason = %limit, "connection refused");
+                    if let Some(metrics) = &config.metrics {
+                        metrics.limited(&limit);
+                    }
                     let (max_message, deadline) = (config.max_message, config.write_timeout);
                     sessions.spawn(async move {
-                        if let Some(conn) = upgraded(upgrade, &peer, max_message, deadline).await {
+                        // Counted as refused already: not again if this fails.
+                        let conn = upgraded(upgrade, &peer, max_message, deadline, None).await;
+                        if let Some(conn) = conn {
                             refuse(conn, limit, deadline).await;
                         }
                     });
@@ -307,12 +335,16 @@ impl<L: Listener, P: ReplicaProvider> Relay<L, P> {
             sessions.spawn(async move {
                 let (max_message, deadline) =
                     (common.config.max_message, common.config.handshake_timeout);
-                if let Some(conn) = upgraded(upgrade, &peer, max_message, deadline).await {
+                let metrics = common.config.metrics.as_ref();
+                if let Some(conn) = upgraded(upgrade, &peer, max_message, deadline, metrics).await {
                     serve_one(provider, conn, peer, &common, pending, &mut shutdown).await;
                 }
             });
         }
         tracing::info!(sessions = sessions.len(), "relay shutting down");
+        if let Some(metrics) = &config.metrics {
+            metrics.begin_shutdown();
+        }
         while sessions.join_next().await.is_some() {}
         Ok(())
     }
@@ -330,13 +362,14 @@ struct Common {
 }
 
 /// Awaits an accepted stream's upgrade ([`Listener::upgrade`]) within
-/// `deadline` and frames it; a failed or slow handshake is logged and ends
-/// that connection only.
+/// `deadline` and frames it; a failed or slow handshake is logged (and
+/// counted in `metrics`) and ends that connection only.
 async fn upgraded<S, F>(
     upgrade: F,
     peer: &Peer,
     max_message: usize,
     deadline: Duration,
+    metrics: Option<&Arc<RelayMetrics>>,
 ) -> Option<Connection>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
@@ -344,16 +377,22 @@ where
 {
     match tokio::time::timeout(deadline, upgrade).await {
         Ok(Ok(stream)) => {
-            let conn = Connection::new(stream, max_message);
+            let conn = Connection::counted(stream, max_message, metrics.map(|m| m.bytes()));
             conn.set_accepting();
             Some(conn)
         }
         Ok(Err(e)) => {
             tracing::warn!(%peer, error = %e, "connection refused: handshake failed");
+            if let Some(metrics) = metrics {
+                metrics.refused(Refusal::HandshakeFailed);
+            }
             None
         }
         Err(_) => {
             tracing::warn!(%peer, seconds = deadline.as_secs_f64(), "connection dropped: no handshake in time");
+            if let Some(metrics) = metrics {
+                metrics.refused(Refusal::HandshakeTimeout);
+            }
             None
         }
     }
@@ -403,6 +442,7 @@ async fn serve_one<P: ReplicaProvider>(
         rates: Arc::clone(&common.rates),
         quota: config.namespace_quota,
         gate: None,
+        metrics: config.metrics.clone(),
     };
     let counts = conn.counts();
     match drive(
@@ -415,10 +455,29 @@ async fn serve_one<P: ReplicaProvider>(
     )
     .await
     {
-        Ok(stats) => {
-            tracing::info!(%peer, ?stats, bytes_in = counts.received(), bytes_out = counts.sent(), "session closed")
+        Ok(report) => {
+            let s = &report.stats;
+            tracing::info!(
+                %peer,
+                rows_sent = s.rows_sent,
+                rows_received = s.rows_received,
+                rows_applied = s.rows_applied,
+                batches_sent = s.batches_sent,
+                batches_received = s.batches_received,
+                mutations_processed = s.mutations_processed,
+                bytes_in = counts.received(),
+                bytes_out = counts.sent(),
+                "session closed"
+            )
         }
         Err(e) => {
+            if let Some(metrics) = &config.metrics {
+                metrics.session_ended(&e);
+            }
+            // The reason and where from; never the secret (no error says it).
+            if let Some(reason) = AuthFailure::of(&e) {
+                tracing::warn!(source = %peer, reason = reason.name(), error = %e, "authentication failed");
+            }
             tracing::info!(%peer, error = %e, bytes_in = counts.received(), bytes_out = counts.sent(), "session ended")
         }
     }
@@ -449,6 +508,7 @@ struct ByGrant<P: ReplicaProvider> {
     quota: Option<u64>,
     /// What the authorized session's writes are checked against.
     gate: Option<WriteGate>,
+    metrics: Option<Arc<RelayMetrics>>,
 }
 
 impl<P: ReplicaProvider> ByGrant<P> {
@@ -483,7 +543,6 @@ impl<P: ReplicaProvider> Rebind<P::Replica> for ByGrant<P> {
             Some(g) => {
                 let requested = hello.namespace.as_deref();
                 let Some(namespace) = g.namespace_for(requested) else {
-                    tracing::warn!(%peer, client = name.as_deref().unwrap_or("-"), reason = "namespace refused", "client refused");
                     return Err(SyncError::NamespaceRefused {
                         requested: requested.unwrap_or_default().to_owned(),
                     });
@@ -503,15 +562,15 @@ impl<P: ReplicaProvider> Rebind<P::Replica> for ByGrant<P> {
                 });
                 provide(&self.provider, namespace).await?
             }
-            None => {
-                tracing::warn!(%peer, presented = hello.token.is_some(), "client refused: bad token");
-                greeter
-            }
+            // The greeter's session refuses it; serve_one logs why.
+            None => greeter,
         };
         // The token was judged once, here; the session is told the verdict.
         let decided: Authorize = Arc::new(move |_| grant.clone());
         let config = self.config.clone();
-        let session = replica.with_replica(|r| Session::responder(&*r, config, decided));
+        let metrics = self.metrics.clone();
+        let session =
+            replica.with_replica(|r| Session::responder(&*r, config, decided).observed(metrics));
         Ok(Some((replica, session)))
     }
 

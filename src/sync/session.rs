@@ -43,6 +43,7 @@ use super::error::SyncError;
 use super::identity::{Identity, IdentityRefusal};
 use super::limits::LimitExceeded;
 use super::message::{Ack, Batch, Hello, Message, Notice, NoticeCode, Processed, Sent, Want};
+use super::metrics::RelayMetrics;
 use super::provider::Namespace;
 use super::replica::Replica;
 use crate::changeset::{ChangeCursor, Changeset};
@@ -348,6 +349,8 @@ pub struct Session {
     // that does not acknowledge).
     deferred: bool,
     stats: SyncStats,
+    /// A relay's counters, which this session's batches and mutations add to.
+    metrics: Option<Arc<RelayMetrics>>,
 }
 
 impl fmt::Debug for Session {
@@ -412,7 +415,14 @@ impl Session {
             push_open: false,
             deferred: false,
             stats: SyncStats::default(),
+            metrics: None,
         }
+    }
+
+    /// The same session, counting what it moves in `metrics` too.
+    pub(crate) fn observed(mut self, metrics: Option<Arc<RelayMetrics>>) -> Session {
+        self.metrics = metrics;
+        self
     }
 
     fn hello(&self, initiator: bool) -> Hello {
@@ -530,6 +540,9 @@ impl Session {
                 self.in_flight.insert(seq, InFlight { rows, covers });
                 self.stats.batches_sent += 1;
                 self.stats.rows_sent += rows;
+                if let Some(metrics) = &self.metrics {
+                    metrics.batch_sent(rows);
+                }
                 Some(Message::Changes(Batch { seq, changes }))
             }
             Outgoing::Rejections(_) => match self.queue.pop_front() {
@@ -777,6 +790,10 @@ impl Session {
             },
         )?;
         self.stats.mutations_processed += (result.applied.len() + result.rejected.len()) as u64;
+        if let Some(metrics) = &self.metrics {
+            let refused = result.rejected.len() as u64;
+            metrics.mutations(result.applied.len() as u64 + refused, refused);
+        }
         self.out.push_back(Message::PushAck(result));
         Ok(())
     }
@@ -870,6 +887,9 @@ impl Session {
         self.stats.batches_received += 1;
         self.stats.rows_received += batch.changes.len() as u64;
         self.stats.rows_applied += applied;
+        if let Some(metrics) = &self.metrics {
+            metrics.batch_received(batch.changes.len() as u64, applied, &report);
+        }
         self.out.push_back(Message::Ack(Ack {
             seq: batch.seq,
             applied,

@@ -42,9 +42,25 @@ pub const MAX_HELLO_PAYLOAD: usize = 64 << 10;
 pub struct ByteCounts {
     sent: AtomicU64,
     received: AtomicU64,
+    /// Counts that add up every connection's too (a relay's metrics).
+    total: Option<Arc<ByteCounts>>,
 }
 
 impl ByteCounts {
+    fn add_sent(&self, n: usize) {
+        self.sent.fetch_add(n as u64, Ordering::Relaxed);
+        if let Some(total) = &self.total {
+            total.add_sent(n);
+        }
+    }
+
+    fn add_received(&self, n: usize) {
+        self.received.fetch_add(n as u64, Ordering::Relaxed);
+        if let Some(total) = &self.total {
+            total.add_received(n);
+        }
+    }
+
     /// Bytes written, frame headers included.
     pub fn sent(&self) -> u64 {
         self.sent.load(Ordering::Relaxed)
@@ -136,8 +152,19 @@ impl Connection {
     where
         S: AsyncRead + AsyncWrite + Send + 'static,
     {
+        Connection::counted(stream, limit, None)
+    }
+
+    /// [`Connection::new`], whose bytes also add to `total`.
+    pub(crate) fn counted<S>(stream: S, limit: usize, total: Option<Arc<ByteCounts>>) -> Connection
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
         let (reader, writer) = tokio::io::split(stream);
-        let counts = Arc::new(ByteCounts::default());
+        let counts = Arc::new(ByteCounts {
+            total,
+            ..ByteCounts::default()
+        });
         let speaking = Arc::new(Speaking::new(ProtocolVersion::VERSIONS));
         let (tx, incoming) = mpsc::channel(INCOMING_QUEUE);
         tokio::spawn(read_frames(
@@ -177,9 +204,7 @@ impl Connection {
         // TLS and WebSocket streams buffer: a frame must leave now, since
         // the peer may answer nothing until it has it.
         self.writer.flush().await?;
-        self.counts
-            .sent
-            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        self.counts.add_sent(bytes.len());
         Ok(())
     }
 
@@ -311,9 +336,7 @@ async fn read_frame<R: AsyncRead + Unpin>(
         }
         .into());
     }
-    counts
-        .received
-        .fetch_add(frame.len() as u64, Ordering::Relaxed);
+    counts.add_received(frame.len());
     Ok(Some(wire::decode_message(&frame, limit)?))
 }
 

@@ -27,6 +27,8 @@ pub struct ApplyReport {
     pub discarded: Vec<String>,
     /// Conflicts logged, by outcome (see [`crate::resolve`]).
     pub outcomes: BTreeMap<Outcome, usize>,
+    /// The same conflicts by table (a table of the schema) and outcome.
+    pub table_outcomes: BTreeMap<String, BTreeMap<Outcome, usize>>,
 }
 
 impl ApplyReport {
@@ -44,6 +46,12 @@ impl ApplyReport {
         self.discarded.extend(other.discarded);
         for (outcome, n) in other.outcomes {
             *self.outcomes.entry(outcome).or_default() += n;
+        }
+        for (table, outcomes) in other.table_outcomes {
+            let mine = self.table_outcomes.entry(table).or_default();
+            for (outcome, n) in outcomes {
+                *mine.entry(outcome).or_default() += n;
+            }
         }
     }
 }

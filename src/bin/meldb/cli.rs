@@ -2,7 +2,7 @@
 //! takes `--db FILE --schema SCHEMA.toml`; the schema may also come from the
 //! `MELDB_SCHEMA` environment variable (see [`DbArgs::schema_path`]).
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -335,6 +335,26 @@ pub struct RelayArgs {
     /// The largest message accepted from a client, in bytes.
     #[arg(long, value_name = "BYTES", default_value_t = 16 << 20)]
     pub max_message: usize,
+
+    /// Serve Prometheus metrics at /metrics and a health check at /healthz
+    /// over HTTP on HOST:PORT (keep it on a private address; port 0: any
+    /// free port, printed as `admin listening on ADDR`). Off by default.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub admin: Option<String>,
+
+    /// How logs are written to stderr: text, or JSON lines (one object per
+    /// event, its fields at the top level).
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How the servers write their logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// A duration: a number with `ms`, `s`, `m` or `h` (`s` if none).
@@ -405,6 +425,10 @@ pub struct ServeArgs {
     /// Require tokens from this file (as for `meldb relay`).
     #[arg(long, value_name = "FILE")]
     pub tokens: Option<PathBuf>,
+
+    /// How logs are written to stderr: text, or JSON lines.
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 #[derive(Debug, Args)]

@@ -49,6 +49,13 @@ pub enum CliError {
     #[error("no schema file: give --schema SCHEMA.toml or set MELDB_SCHEMA")]
     NoSchema,
 
+    /// The admin address could not be listened on.
+    #[error("--admin {addr}: {error}")]
+    Admin {
+        addr: String,
+        error: Box<meldb::sync::SyncError>,
+    },
+
     #[error("the tokens file grants namespaces {names}, but --db serves one database for all of them; use --data-dir DIR to keep each namespace apart")]
     NamespacesNeedDataDir { names: String },
 

@@ -4,19 +4,22 @@
 //! (`MELDB_LOG` filters, default `info` for the servers and `warn` for
 //! `sync`), and for the servers prints `listening on ADDR` on stdout once
 //! bound, one line per `--listen`, so scripts and tests can use port 0
-//! (a bare `HOST:PORT` prints as `HOST:PORT`, a URL as a URL).
+//! (a bare `HOST:PORT` prints as `HOST:PORT`, a URL as a URL), then, for
+//! `meldb relay --admin`, `admin listening on ADDR`. `--log-format json`
+//! writes the logs as JSON lines.
 
-use crate::cli::{NetSyncArgs, RelayArgs, ServeArgs, ServerTlsArgs};
+use crate::cli::{LogFormat, NetSyncArgs, RelayArgs, ServeArgs, ServerTlsArgs};
 use crate::commands::{load_schema_at, open};
 use crate::error::{file_error, in_file, CliError, Result};
 use meldb::sync::{
-    sync_once_url, ClientTls, Connector, Creation, DirectoryProvider, ListenOptions, Namespace,
-    PeerUrl, Relay, RelayConfig, ReplicaProvider, ServerTls, SessionConfig, SharedStore, Tokens,
-    UrlListener, WriteRate,
+    sync_once_url, AdminConfig, AdminServer, ClientTls, Connector, Creation, DirectoryProvider,
+    ListenOptions, Namespace, PeerUrl, Relay, RelayConfig, RelayMetrics, ReplicaProvider,
+    ServerTls, SessionConfig, SharedStore, Tokens, UrlListener, WriteRate,
 };
 use meldb::{Durability, StoreOptions};
 use std::collections::BTreeSet;
 use std::io::{IsTerminal, Write};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -27,20 +30,22 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-fn init_logs(default: &str) {
+fn init_logs(default: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("MELDB_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    // A second initialization (never in the binary) is harmless.
-    let _ = tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
+        .with_writer(std::io::stderr);
+    // A second initialization (never in the binary) is harmless.
+    let _ = match format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).try_init(),
+        LogFormat::Json => logs.json().flatten_event(true).try_init(),
+    };
 }
 
 /// `meldb relay`.
 pub fn relay(args: &RelayArgs, out: &mut dyn Write) -> Result<()> {
-    init_logs("info");
+    init_logs("info", args.log_format);
     let schema = load_schema_at(args.schema_path())?;
     let options = StoreOptions::new().durability(Durability::Full);
     let tokens = Tokens::load(&args.tokens)?;
@@ -70,6 +75,11 @@ pub fn relay(args: &RelayArgs, out: &mut dyn Write) -> Result<()> {
             usize::try_from(args.max_lag_bytes).unwrap_or(usize::MAX),
         ))
         .max_message(args.max_message);
+    let config = match args.admin {
+        Some(_) => config.metrics(Arc::new(RelayMetrics::new())),
+        None => config,
+    };
+    let admin = args.admin.as_deref();
     let listen_options = listen_options(&args.tls)?.handshake_timeout(config.handshake_timeout);
     match (&args.db, &args.data_dir) {
         (Some(db), _) => {
@@ -89,6 +99,7 @@ pub fn relay(args: &RelayArgs, out: &mut dyn Write) -> Result<()> {
                 &args.listen,
                 listen_options,
                 config,
+                admin,
                 out,
             )
         }
@@ -103,7 +114,7 @@ pub fn relay(args: &RelayArgs, out: &mut dyn Write) -> Result<()> {
                 listed.insert(namespace);
             }
             let provider = provider.creation(Creation::Listed(listed));
-            listen(provider, &args.listen, listen_options, config, out)
+            listen(provider, &args.listen, listen_options, config, admin, out)
         }
         // clap requires one of the two.
         (None, None) => Err(CliError::NoDatabase {
@@ -114,7 +125,7 @@ pub fn relay(args: &RelayArgs, out: &mut dyn Write) -> Result<()> {
 
 /// `meldb serve`.
 pub fn serve(args: &ServeArgs, out: &mut dyn Write) -> Result<()> {
-    init_logs("info");
+    init_logs("info", args.log_format);
     let store = open(&args.db)?;
     // One direct peer, often the user's own: no write rate, no quota.
     let mut config = RelayConfig::default()
@@ -124,7 +135,14 @@ pub fn serve(args: &ServeArgs, out: &mut dyn Write) -> Result<()> {
         config = config.tokens(Tokens::load(path)?);
     }
     let options = listen_options(&args.tls)?;
-    listen(SharedStore::new(store), &args.listen, options, config, out)
+    listen(
+        SharedStore::new(store),
+        &args.listen,
+        options,
+        config,
+        None,
+        out,
+    )
 }
 
 /// The certificate and key, read (and checked) before anything listens.
@@ -138,11 +156,13 @@ fn listen_options(tls: &ServerTlsArgs) -> Result<ListenOptions> {
     })
 }
 
+/// Serves `store` on `addrs`, and `config`'s metrics on `admin` if given.
 fn listen<P: ReplicaProvider>(
     store: P,
     addrs: &[String],
     options: ListenOptions,
     config: RelayConfig,
+    admin: Option<&str>,
     out: &mut dyn Write,
 ) -> Result<()> {
     let urls = addrs
@@ -159,6 +179,18 @@ fn listen<P: ReplicaProvider>(
                 writeln!(out, "listening on {}", url.authority())?;
             }
         }
+        // The admin server answers (/healthz: 503) until the relay drained.
+        let (admin_stop, admin_shutdown) = watch::channel(false);
+        if let (Some(addr), Some(metrics)) = (admin, &config.metrics) {
+            let server = AdminServer::bind(addr, Arc::clone(metrics), AdminConfig::default())
+                .await
+                .map_err(|e| CliError::Admin {
+                    addr: addr.to_string(),
+                    error: Box::new(e),
+                })?;
+            writeln!(out, "admin listening on {}", server.local_addr()?)?;
+            tokio::spawn(server.run(admin_shutdown));
+        }
         out.flush()?;
         let relay = Relay::new(store, listener, config);
         let (stop, shutdown) = watch::channel(false);
@@ -167,7 +199,9 @@ fn listen<P: ReplicaProvider>(
             tracing::info!("signal received, shutting down");
             let _ = stop.send(true);
         });
-        relay.run(shutdown).await?;
+        let served = relay.run(shutdown).await;
+        let _ = admin_stop.send(true);
+        served?;
         Ok(())
     })
 }
@@ -196,7 +230,7 @@ async fn wait_for_signal() {
 
 /// `meldb sync`.
 pub fn sync(args: &NetSyncArgs, out: &mut dyn Write) -> Result<()> {
-    init_logs("warn");
+    init_logs("warn", LogFormat::Text);
     let store = SharedStore::new(open(&args.db)?);
     let url: PeerUrl = args.peer.parse().map_err(meldb::sync::SyncError::from)?;
     let mut connector = Connector::new();

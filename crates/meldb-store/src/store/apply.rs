@@ -308,6 +308,12 @@ impl Transaction<'_> {
                 };
                 if let Some(outcome) = self.resolve_incoming(&layout, change)? {
                     *report.outcomes.entry(outcome).or_default() += 1;
+                    *report
+                        .table_outcomes
+                        .entry(changes.table.clone())
+                        .or_default()
+                        .entry(outcome)
+                        .or_default() += 1;
                 }
             }
         }
