@@ -31,7 +31,9 @@
 //!   ([`WriteRate`], [`LimitExceeded`]);
 //! - `relay`: the server many clients sync through ([`Relay`]; [`Tokens`]
 //!   says who may connect, `identity` which sites each may write as,
-//!   [`Identity`]); `meldb serve` is the same server for one direct peer.
+//!   [`Identity`]); `meldb serve` is the same server for one direct peer;
+//!   `reload`: changing a running relay's tokens, and closing the sessions
+//!   they revoke ([`Reloader`]).
 //!
 //! ```no_run
 //! # async fn example(store: meldb::Store) -> Result<(), meldb::sync::SyncError> {
@@ -61,6 +63,7 @@ mod namespace;
 mod net;
 mod provider;
 mod relay;
+mod reload;
 mod replica;
 mod session;
 mod shared;
@@ -85,6 +88,7 @@ pub use message::{Message, NoticeCode};
 pub use net::{NetStream, TransportError};
 pub use provider::{Namespace, ReplicaProvider};
 pub use relay::{Relay, RelayConfig};
+pub use reload::Reloader;
 pub use replica::Replica;
 /// The rustls this crate's TLS is built on, for [`ServerTls::from_config`]
 /// and [`ClientTls::from_config`].

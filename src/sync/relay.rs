@@ -52,6 +52,7 @@ use super::limits::{
 use super::listener::{Listener, Peer};
 use super::message::{Hello, Message, Notice, NoticeCode};
 use super::provider::{Namespace, ReplicaProvider};
+use super::reload::{Held, Reloader, TokensCell};
 use super::session::{Authorize, Grant, Session, SessionConfig};
 use super::shared::{SharedReplica, SharedStore};
 use super::tokens::Tokens;
@@ -218,6 +219,8 @@ pub struct Relay<L: Listener = TcpListener, P: ReplicaProvider = SharedStore> {
     provider: Arc<P>,
     listener: L,
     config: RelayConfig,
+    /// The tokens it checks now (see [`Relay::reloader`]).
+    tokens: TokensCell,
 }
 
 impl<P: ReplicaProvider> Relay<TcpListener, P> {
@@ -244,7 +247,19 @@ impl<L: Listener, P: ReplicaProvider> Relay<L, P> {
         Relay {
             provider: Arc::new(provider),
             listener,
+            tokens: Arc::new(watch::Sender::new(config.tokens.clone())),
             config,
+        }
+    }
+
+    /// A handle that changes this relay's tokens while it runs (on
+    /// SIGHUP, say): new connections are checked against the new tokens,
+    /// and live sessions they no longer authorize are closed (see
+    /// [`Reloader`]). TLS certificates are swapped on the listener's
+    /// [`ServerTls`](super::ServerTls) (`ServerTls::replace`).
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            tokens: Arc::clone(&self.tokens),
         }
     }
 
@@ -258,10 +273,7 @@ impl<L: Listener, P: ReplicaProvider> Relay<L, P> {
             config.max_unauthenticated_per_address,
         );
         let common = Arc::new(Common {
-            authorize: match &config.tokens {
-                Some(tokens) => tokens.authorizer(),
-                None => Arc::new(|_| Some(Grant::read_write())),
-            },
+            tokens: self.tokens,
             rates: Arc::new(WriteRates::new(config.write_rate)),
             options: config.drive_options(),
             config: Arc::clone(&config),
@@ -324,7 +336,8 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
 /// What every session of a relay shares.
 struct Common {
     config: Arc<RelayConfig>,
-    authorize: Authorize,
+    /// The tokens, as the last reload left them.
+    tokens: TokensCell,
     rates: Arc<WriteRates>,
     options: DriveOptions,
 }
@@ -394,8 +407,8 @@ async fn serve_one<P: ReplicaProvider>(
         .with_replica(|r| Session::responder(&*r, session_config.clone(), Arc::new(|_| None)));
     let mut rebind = ByGrant {
         provider,
-        authorize: Arc::clone(&common.authorize),
-        tokens: config.tokens.clone(),
+        tokens: common.tokens.subscribe(),
+        held: None,
         peer: peer.clone(),
         config: session_config,
         greeter: Some(greeter.clone()),
@@ -438,8 +451,10 @@ enum Slot {
 /// slot for a client slot, or is told the relay is busy.
 struct ByGrant<P: ReplicaProvider> {
     provider: Arc<P>,
-    authorize: Authorize,
-    tokens: Option<Arc<Tokens>>,
+    /// The relay's tokens, changed by reloads.
+    tokens: watch::Receiver<Option<Arc<Tokens>>>,
+    /// What the authorized session was given, to tell a revocation.
+    held: Option<Held>,
     peer: Peer,
     config: SessionConfig,
     /// The default namespace's replica, until the first `Hello`.
@@ -454,8 +469,8 @@ struct ByGrant<P: ReplicaProvider> {
 impl<P: ReplicaProvider> ByGrant<P> {
     /// Whose write-rate bucket a token's writes take from: its name, or
     /// without tokens the peer's IP address.
-    fn client_name(&self, token: Option<&str>) -> Option<String> {
-        match &self.tokens {
+    fn client_name(&self, tokens: Option<&Tokens>, token: Option<&str>) -> Option<String> {
+        match tokens {
             Some(tokens) => tokens.check(token).map(|(name, _)| name.to_string()),
             None => Some(
                 self.peer
@@ -477,8 +492,14 @@ impl<P: ReplicaProvider> Rebind<P::Replica> for ByGrant<P> {
             return Ok(None);
         };
         let peer = &self.peer;
-        let grant = (self.authorize)(hello.token.as_deref());
-        let name = self.client_name(hello.token.as_deref());
+        // One look at the tokens decides this hello; a reload after it
+        // is the revocation check's.
+        let tokens = self.tokens.borrow_and_update().clone();
+        let grant = match &tokens {
+            Some(tokens) => tokens.authorize(hello.token.as_deref()),
+            None => Some(Grant::read_write()),
+        };
+        let name = self.client_name(tokens.as_deref(), hello.token.as_deref());
         let replica = match &grant {
             Some(g) => {
                 let requested = hello.namespace.as_deref();
@@ -488,6 +509,13 @@ impl<P: ReplicaProvider> Rebind<P::Replica> for ByGrant<P> {
                         requested: requested.unwrap_or_default().to_owned(),
                     });
                 };
+                self.held = Some(Held::new(
+                    hello.token.as_deref(),
+                    tokens.clone(),
+                    g.clone(),
+                    hello.site,
+                    namespace.clone(),
+                ));
                 tracing::info!(%peer, client = name.as_deref().unwrap_or("-"), access = ?g.access, %namespace, "client accepted");
                 if let Slot::Pending(pending) = std::mem::replace(&mut self.slot, Slot::None) {
                     let client = pending.authenticate().inspect_err(|limit| {
@@ -517,6 +545,23 @@ impl<P: ReplicaProvider> Rebind<P::Replica> for ByGrant<P> {
 
     fn write_gate(&self) -> Option<WriteGate> {
         self.gate.clone()
+    }
+
+    fn reauthorized(&mut self) -> impl std::future::Future<Output = ()> + Send {
+        let watching = self.held.is_some();
+        let tokens = &mut self.tokens;
+        async move {
+            if !watching || tokens.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    fn revoked(&mut self) -> Option<SyncError> {
+        let current = self.tokens.borrow().clone();
+        let revoked = self.held.as_mut()?.revoked_by(&current)?;
+        tracing::warn!(peer = %self.peer, error = %revoked, "session closed: token revoked");
+        Some(revoked)
     }
 }
 

@@ -277,11 +277,20 @@ impl Tokens {
 
     /// The client a token belongs to and what it grants.
     pub fn check(&self, token: Option<&str>) -> Option<(&str, &Grant)> {
-        let hash = blake3::hash(token?.as_bytes());
+        self.check_hash(&blake3::hash(token?.as_bytes()))
+    }
+
+    /// [`Tokens::check`] by the secret's hash.
+    pub(crate) fn check_hash(&self, hash: &blake3::Hash) -> Option<(&str, &Grant)> {
         self.entries
             .iter()
-            .find(|e| e.hash == hash)
+            .find(|e| e.hash == *hash)
             .map(|e| (e.name.as_str(), &e.grant))
+    }
+
+    /// The token `site` is listed for, if any.
+    pub(crate) fn listed_owner(&self, site: SiteId) -> Option<&str> {
+        self.listed.get(&site).map(String::as_str)
     }
 
     /// The namespaces the tokens grant, each once.
@@ -308,14 +317,18 @@ impl Tokens {
     /// listed for another.
     pub fn authorizer(self: &Arc<Self>) -> Authorize {
         let tokens = Arc::clone(self);
-        Arc::new(move |token| {
-            tokens.check(token).map(|(_, grant)| {
-                let mut grant = grant.clone();
-                grant.identity = grant
-                    .identity
-                    .map(|i| i.with_listed(Arc::clone(&tokens.listed)));
-                grant
-            })
+        Arc::new(move |token| tokens.authorize(token))
+    }
+
+    /// What `token` is granted, its identity knowing every token's listed
+    /// sites (what [`Tokens::authorizer`] answers).
+    pub(crate) fn authorize(&self, token: Option<&str>) -> Option<Grant> {
+        self.check(token).map(|(_, grant)| {
+            let mut grant = grant.clone();
+            grant.identity = grant
+                .identity
+                .map(|i| i.with_listed(Arc::clone(&self.listed)));
+            grant
         })
     }
 }
