@@ -107,6 +107,11 @@ fn an_unknown_key_or_a_bad_value_names_the_file_the_key_and_the_line() -> TestRe
              handshake_timeout = \"soon\"\n",
             &["line 4", "`handshake_timeout`", "not a duration"][..],
         ),
+        (
+            "listen = [\"127.0.0.1:0\"]\ndb = \"relay.db\"\ntokens = \"tokens.toml\"\n\
+             max_connections = -3\n",
+            &["line 4", "`max_connections`", "invalid value '-3'"][..],
+        ),
         ("listen = [\"127.0.0.1:0\"\n", &["TOML parse error"][..]),
     ] {
         std::fs::write(&file, text)?;

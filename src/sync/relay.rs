@@ -31,6 +31,10 @@
 //! stops accepting, sends every client a `Shutdown` notice and waits for
 //! the sessions to end.
 //!
+//! Tokens can change while the relay runs ([`Relay::reloader`]): each
+//! hello is checked against the tokens of that moment, and a session the
+//! new tokens no longer authorize is closed (see [`super::reload`]).
+//!
 //! A relay is a listener, a replica provider and a config (the shape of
 //! mini-redis's `server::run(listener, shutdown)`): each authorized
 //! connection syncs the replica the [`ReplicaProvider`] returns for the

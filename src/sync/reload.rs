@@ -4,14 +4,16 @@
 //! Invariant: a session keeps running only while the relay's current
 //! tokens still grant its secret everything the session was given when
 //! it said hello: the same client name (site bindings and mutation state
-//! are kept under it), the same namespace, writer and identity, and
-//! read-write access if it was given read-write. A token removed, its
-//! secret changed, or its grant narrowed ends the session with an
+//! are kept under it), the same namespace, writer (user and roles) and
+//! listed sites, forwarding if it was given forwarding, and read-write
+//! access if it was given read-write; and its hello's site listed for no
+//! other token. A token removed, its secret changed, or its grant
+//! narrowed ends the session with an
 //! `Unauthorized` notice ("token revoked: ..."), and nothing it sends
 //! after the change is applied: the driver checks before it handles any
 //! message (see [`super::driver`]). A grant widened (read-only to
-//! read-write) keeps the session as it was; the client gets the wider
-//! grant when it reconnects.
+//! read-write, forwarding granted, a higher `max_sites`) keeps the
+//! session as it was; the client gets the wider grant when it reconnects.
 //!
 //! New tokens are swapped in whole: a tokens file that fails to parse is
 //! never handed over (the caller keeps the old [`Tokens`], see
@@ -159,8 +161,18 @@ fn revocation(held: &Held, current: Option<&Tokens>) -> Option<&'static str> {
     if grant.writer != old.writer {
         return Some("its token's user or roles changed");
     }
-    if grant.identity != old.identity {
-        return Some("its token's sites changed");
+    match (&grant.identity, &old.identity) {
+        (None, None) => {}
+        // How many more sites it may bind matters at the next hello only.
+        (Some(new), Some(was)) if new.token() == was.token() => {
+            if new.listed_sites() != was.listed_sites() {
+                return Some("its token's listed sites changed");
+            }
+            if was.forwards() && !new.forwards() {
+                return Some("its token may no longer forward other sites' writes");
+            }
+        }
+        _ => return Some("its token's identity changed"),
     }
     if let Some(owner) = current.listed_owner(held.site) {
         if Some(owner) != held.name.as_deref() {
@@ -219,8 +231,21 @@ mod tests {
                 Some("roles"),
             ),
             (
+                entry(
+                    "a",
+                    "secret-aaa",
+                    &format!("{rw}\nsites = [\"07070707-0707-0707-0707-070707070707\"]"),
+                ),
+                Some("listed sites changed"),
+            ),
+            // More sites to bind, or forwarding granted: it keeps what it had.
+            (
+                entry("a", "secret-aaa", &format!("{rw}\nmax_sites = 2")),
+                None,
+            ),
+            (
                 entry("a", "secret-aaa", &format!("{rw}\nforward = true")),
-                Some("sites"),
+                None,
             ),
             (
                 entry("a", "secret-aaa", rw)

@@ -22,7 +22,9 @@
 //! through the token, so a client cannot claim roles it was not given.
 //! Every token has an [`Identity`] named by its `name`: the site ids it may
 //! write as (see [`super::identity`]); renaming a token therefore gives it
-//! new bindings and new mutation state.
+//! new bindings and new mutation state, while a new secret under the same
+//! name keeps them (see [`super::reload`] on changing tokens while a
+//! relay runs).
 //!
 //! A file is refused as a whole, naming the entries, if a name appears
 //! twice, if two entries share a secret (the first would win, silently

@@ -643,7 +643,7 @@ only) with a new random secret of 244 bits. The file keeps only the secret's has
 (token_hash = \"blake3:...\"), so reading the file gives no secret away; the secret is printed \
 once, on stdout: hand it to the client (meldb sync --token-file). The whole file is checked \
 before it is written: a name that is already there, or a namespace that is not a plain name, \
-is refused and the file is left as it was. Restart the relay to pick the token up."
+is refused and the file is left as it was. Send the relay SIGHUP (kill -HUP) to pick the token up."
     )]
     Add(TokenAddArgs),
 }

@@ -180,10 +180,9 @@ fn expand(file: &Path, given: &BTreeSet<String>) -> Result<FromFile, String> {
         if given.contains(&long) {
             continue;
         }
-        let flag = OsString::from(format!("--{long}"));
         if !arg.get_action().takes_values() {
             match value.get_ref() {
-                toml::Value::Boolean(true) => out.args.push(flag),
+                toml::Value::Boolean(true) => out.args.push(format!("--{long}").into()),
                 toml::Value::Boolean(false) => {}
                 _ => return Err(at("a switch: give true or false".into())),
             }
@@ -209,12 +208,14 @@ fn expand(file: &Path, given: &BTreeSet<String>) -> Result<FromFile, String> {
                     "takes a string, a number or a boolean".into()
                 })
             })?;
-            out.args.push(flag.clone());
-            out.args.push(if is_path && Path::new(&text).is_relative() {
-                dir.join(&text).into_os_string()
+            // `--flag=value`, so a value starting with `-` stays a value.
+            let mut arg = OsString::from(format!("--{long}="));
+            if is_path && Path::new(&text).is_relative() {
+                arg.push(dir.join(&text));
             } else {
-                text.into()
-            });
+                arg.push(text);
+            }
+            out.args.push(arg);
         }
     }
     Ok(out)
@@ -277,18 +278,12 @@ mod tests {
         assert_eq!(
             args,
             [
-                "--handshake-timeout",
-                "2s",
-                "--listen",
-                "tcp://127.0.0.1:0",
-                "--listen",
-                "ws://127.0.0.1:0/sync",
-                "--max-connections",
-                "10",
-                "--tls-cert",
-                "/etc/meldb/cert.pem",
-                "--tokens",
-                "DIR/tokens.toml",
+                "--handshake-timeout=2s",
+                "--listen=tcp://127.0.0.1:0",
+                "--listen=ws://127.0.0.1:0/sync",
+                "--max-connections=10",
+                "--tls-cert=/etc/meldb/cert.pem",
+                "--tokens=DIR/tokens.toml",
             ]
         );
         Ok(())
@@ -300,7 +295,7 @@ mod tests {
             "listen = [\"a:1\", \"b:2\"]\nmax_connections = 10\n",
             &["listen"],
         )?;
-        assert_eq!(args, ["--max-connections", "10"]);
+        assert_eq!(args, ["--max-connections=10"]);
         Ok(())
     }
 
