@@ -4,8 +4,8 @@
 //! Invariant: a session keeps running only while the relay's current
 //! tokens still grant its secret everything the session was given when
 //! it said hello: the same client name (site bindings and mutation state
-//! are kept under it), the same namespace, writer (user and roles) and
-//! listed sites, forwarding if it was given forwarding, and read-write
+//! are kept under it), the namespace it syncs, the same writer (user and
+//! roles) and listed sites, forwarding if it was given forwarding, and read-write
 //! access if it was given read-write; and its hello's site listed for no
 //! other token. A token removed, its secret changed, or its grant
 //! narrowed ends the session with an
@@ -30,6 +30,7 @@
 //! name, so no one can write as them again.
 
 use super::error::SyncError;
+use super::provider::Namespace;
 use super::session::{Access, Grant};
 use super::tokens::Tokens;
 use crate::clock::SiteId;
@@ -88,6 +89,8 @@ pub(crate) struct Held {
     grant: Grant,
     /// The site its hello named.
     site: SiteId,
+    /// The namespace it syncs.
+    namespace: Namespace,
     /// The tokens it was checked against.
     against: Option<Arc<Tokens>>,
 }
@@ -98,6 +101,7 @@ impl Held {
         tokens: Option<Arc<Tokens>>,
         grant: Grant,
         site: SiteId,
+        namespace: Namespace,
     ) -> Held {
         // The grant as the tokens hold it (the authorizer's copy also
         // carries every token's listed sites, which are checked apart).
@@ -110,6 +114,7 @@ impl Held {
             name,
             grant,
             site,
+            namespace,
             against: tokens,
         }
     }
@@ -152,8 +157,8 @@ fn revocation(held: &Held, current: Option<&Tokens>) -> Option<&'static str> {
         return Some("its secret now belongs to another client name");
     }
     let old = &held.grant;
-    if grant.namespace != old.namespace {
-        return Some("its token's namespace changed");
+    if grant.namespace_for(Some(held.namespace.as_str())).is_none() {
+        return Some("its token no longer covers the namespace it syncs");
     }
     if old.access == Access::ReadWrite && grant.access != Access::ReadWrite {
         return Some("its token is read-only now");
@@ -207,7 +212,13 @@ mod tests {
             .and_then(|t| t.check(Some(secret)))
             .map(|(_, g)| g.clone())
             .unwrap_or_else(Grant::read_write);
-        Held::new(Some(secret), tokens.clone(), grant, site())
+        Held::new(
+            Some(secret),
+            tokens.clone(),
+            grant,
+            site(),
+            Namespace::default(),
+        )
     }
 
     #[test]
@@ -225,6 +236,15 @@ mod tests {
             (
                 entry("a", "secret-aaa", &format!("{rw}\nnamespace = \"other\"")),
                 Some("namespace"),
+            ),
+            // Still covering the namespace it syncs, among others: kept.
+            (
+                entry(
+                    "a",
+                    "secret-aaa",
+                    &format!("{rw}\nnamespaces = [\"default\", \"other\"]"),
+                ),
+                None,
             ),
             (
                 entry("a", "secret-aaa", &format!("{rw}\nroles = [\"boss\"]")),
@@ -286,7 +306,13 @@ mod tests {
 
     #[test]
     fn a_relay_without_tokens_revokes_its_sessions_once_it_has_some() {
-        let mut session = Held::new(None, None, Grant::read_write(), site());
+        let mut session = Held::new(
+            None,
+            None,
+            Grant::read_write(),
+            site(),
+            Namespace::default(),
+        );
         assert!(session.revoked_by(&None).is_none());
         let now = tokens(&entry("a", "secret-aaa", "access = \"read-write\""));
         assert!(session.revoked_by(&now).is_some());
