@@ -96,6 +96,20 @@ pub(crate) trait Rebind<H>: Send {
     fn write_gate(&self) -> Option<WriteGate> {
         None
     }
+
+    /// Resolves when the peer's authorization may have changed (a relay's
+    /// tokens were replaced); by default, never.
+    fn reauthorized(&mut self) -> impl Future<Output = ()> + Send {
+        std::future::pending()
+    }
+
+    /// Why the peer is no longer authorized (its token revoked), if it is
+    /// not. Asked before anything is sent and before each event is
+    /// handled: `Some` ends the session with the error's notice, nothing
+    /// more of the peer's applied.
+    fn revoked(&mut self) -> Option<SyncError> {
+        None
+    }
 }
 
 /// Keeps the replica the loop started with (clients, [`accept_once`]).
@@ -135,6 +149,9 @@ pub(crate) async fn drive<H: SharedReplica>(
         let s = session
             .as_mut()
             .ok_or(SyncError::Closed { during: "sync" })?;
+        if let Some(e) = rebind.revoked() {
+            return Err(end_with(s, e, conn, options).await);
+        }
         while let Some(message) = s.poll_message() {
             send(conn, &message, options).await?;
         }
@@ -175,7 +192,12 @@ pub(crate) async fn drive<H: SharedReplica>(
             },
             () = tokio::time::sleep_until(deadline.into()) => Event::Idle,
             _ = shutdown.wait_for(|stop| *stop) => Event::Shutdown,
+            () = rebind.reauthorized() => Event::Reauthorized,
         };
+        // Whatever came, a revoked peer gets nothing more done.
+        if let Some(e) = rebind.revoked() {
+            return Err(end_with(s, e, conn, options).await);
+        }
         match event {
             // The peer left after both sides caught up: a normal end.
             Event::Message(None) if s.is_caught_up() => return Ok(SyncReport::of(s)),
@@ -265,6 +287,8 @@ pub(crate) async fn drive<H: SharedReplica>(
             }
             // The replica is gone: nothing more will change.
             Event::Unwatched => watching = false,
+            // Still authorized (checked above).
+            Event::Reauthorized => {}
             Event::Idle => {
                 if let (true, Some(after)) = (greeting, options.handshake) {
                     let e = SyncError::from(LimitExceeded::Handshake { after });
@@ -325,6 +349,21 @@ enum Event {
     Unwatched,
     Idle,
     Shutdown,
+    Reauthorized,
+}
+
+/// Closes the session with `e`'s notice, sends it, and hands `e` back.
+async fn end_with(
+    session: &mut Session,
+    e: SyncError,
+    conn: &mut Connection,
+    options: &DriveOptions,
+) -> SyncError {
+    if let Some(code) = e.notice_code() {
+        session.close(code, e.to_string());
+    }
+    flush(session, conn, options).await;
+    e
 }
 
 /// Sends one message, giving the peer `write_timeout` to take it.

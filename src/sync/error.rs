@@ -102,6 +102,15 @@ pub enum SyncError {
         /// The name the hello gave.
         requested: String,
     },
+    /// The relay's tokens were changed (reloaded) and no longer authorize
+    /// this session: it is closed, nothing more it sends is applied.
+    #[error("token revoked: {reason} (client {client:?})")]
+    Revoked {
+        /// The client's name in the tokens it connected with.
+        client: String,
+        /// What changed.
+        reason: &'static str,
+    },
     /// A relay limit: a connection cap, a deadline, a write rate or a
     /// storage quota (nothing of a refused write was written).
     #[error("{0}")]
@@ -140,7 +149,8 @@ impl SyncError {
             SyncError::Unauthorized { .. }
             | SyncError::UnknownNamespace(_)
             | SyncError::NamespaceRefused { .. }
-            | SyncError::Identity(_) => NoticeCode::Unauthorized,
+            | SyncError::Identity(_)
+            | SyncError::Revoked { .. } => NoticeCode::Unauthorized,
             SyncError::ReadOnly { .. } => NoticeCode::ReadOnly,
             SyncError::SchemaMismatch { .. } | SyncError::SameSite(_) => NoticeCode::Incompatible,
             SyncError::Store(_) => NoticeCode::Apply,

@@ -65,8 +65,9 @@ impl ListenOptions {
 pub(crate) struct Endpoint {
     /// The URL it listens on, with the port it got.
     url: PeerUrl,
+    /// Its identity, read at each handshake (a reload may swap it).
     #[cfg(feature = "tls")]
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<super::tls::ServerTls>,
     handshake_timeout: Duration,
 }
 
@@ -115,7 +116,7 @@ impl UrlListener {
             check_supported(url)?;
             #[cfg(feature = "tls")]
             let tls = match (&options.tls, url.scheme().is_tls()) {
-                (Some(tls), true) => Some(tls.acceptor()),
+                (Some(tls), true) => Some(tls.clone()),
                 (None, true) => {
                     return Err(TransportError::NoServerCertificate {
                         url: url.to_string(),
@@ -293,8 +294,12 @@ async fn accept_tls(
         .ok_or_else(|| TransportError::NoServerCertificate {
             url: endpoint.url.to_string(),
         })?;
-    acceptor.accept(tcp).await.map_err(|e| TransportError::Tls {
-        url: peer.to_string(),
-        problem: super::tls::explain_accept(&e),
-    })
+    acceptor
+        .acceptor()
+        .accept(tcp)
+        .await
+        .map_err(|e| TransportError::Tls {
+            url: peer.to_string(),
+            problem: super::tls::explain_accept(&e),
+        })
 }

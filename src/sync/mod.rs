@@ -35,6 +35,8 @@
 //! - `metrics`: what a relay counts ([`RelayMetrics`]), in the Prometheus
 //!   text format; `admin`: a small HTTP server for `/metrics` and
 //!   `/healthz` on an address of its own ([`AdminServer`]).
+//!   `reload`: changing a running relay's tokens, and closing the sessions
+//!   they revoke ([`Reloader`]).
 //!
 //! ```no_run
 //! # async fn example(store: meldb::Store) -> Result<(), meldb::sync::SyncError> {
@@ -66,6 +68,7 @@ mod namespace;
 mod net;
 mod provider;
 mod relay;
+mod reload;
 mod replica;
 mod session;
 mod shared;
@@ -92,6 +95,7 @@ pub use metrics::{RelayMetrics, MAX_TABLE_LABELS};
 pub use net::{NetStream, TransportError};
 pub use provider::{Namespace, ReplicaProvider};
 pub use relay::{Relay, RelayConfig};
+pub use reload::Reloader;
 pub use replica::Replica;
 /// The rustls this crate's TLS is built on, for [`ServerTls::from_config`]
 /// and [`ClientTls::from_config`].

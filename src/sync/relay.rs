@@ -31,6 +31,10 @@
 //! stops accepting, sends every client a `Shutdown` notice and waits for
 //! the sessions to end.
 //!
+//! Tokens can change while the relay runs ([`Relay::reloader`]): each
+//! hello is checked against the tokens of that moment, and a session the
+//! new tokens no longer authorize is closed (see [`super::reload`]).
+//!
 //! A relay is a listener, a replica provider and a config (the shape of
 //! mini-redis's `server::run(listener, shutdown)`): each authorized
 //! connection syncs the replica the [`ReplicaProvider`] returns for the
@@ -53,6 +57,7 @@ use super::listener::{Listener, Peer};
 use super::message::{Hello, Message, Notice, NoticeCode};
 use super::metrics::{AuthFailure, Refusal, RelayMetrics};
 use super::provider::{Namespace, ReplicaProvider};
+use super::reload::{Held, Reloader, TokensCell};
 use super::session::{Authorize, Grant, Session, SessionConfig};
 use super::shared::{SharedReplica, SharedStore};
 use super::tokens::Tokens;
@@ -230,6 +235,8 @@ pub struct Relay<L: Listener = TcpListener, P: ReplicaProvider = SharedStore> {
     provider: Arc<P>,
     listener: L,
     config: RelayConfig,
+    /// The tokens it checks now (see [`Relay::reloader`]).
+    tokens: TokensCell,
 }
 
 impl<P: ReplicaProvider> Relay<TcpListener, P> {
@@ -256,6 +263,7 @@ impl<L: Listener, P: ReplicaProvider> Relay<L, P> {
         Relay {
             provider: Arc::new(provider),
             listener,
+            tokens: Arc::new(watch::Sender::new(config.tokens.clone())),
             config,
         }
     }
@@ -263,6 +271,17 @@ impl<L: Listener, P: ReplicaProvider> Relay<L, P> {
     /// The counters this relay adds to, if its config has them.
     pub fn metrics(&self) -> Option<&Arc<RelayMetrics>> {
         self.config.metrics.as_ref()
+    }
+
+    /// A handle that changes this relay's tokens while it runs (on
+    /// SIGHUP, say): new connections are checked against the new tokens,
+    /// and live sessions they no longer authorize are closed (see
+    /// [`Reloader`]). TLS certificates are swapped on the listener's
+    /// [`ServerTls`](super::ServerTls) (`ServerTls::replace`).
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            tokens: Arc::clone(&self.tokens),
+        }
     }
 
     /// Serves until `shutdown` turns true, then ends every session with a
@@ -276,10 +295,7 @@ impl<L: Listener, P: ReplicaProvider> Relay<L, P> {
         )
         .observed(config.metrics.clone());
         let common = Arc::new(Common {
-            authorize: match &config.tokens {
-                Some(tokens) => tokens.authorizer(),
-                None => Arc::new(|_| Some(Grant::read_write())),
-            },
+            tokens: self.tokens,
             rates: Arc::new(WriteRates::new(config.write_rate)),
             options: config.drive_options(),
             config: Arc::clone(&config),
@@ -356,7 +372,8 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
 /// What every session of a relay shares.
 struct Common {
     config: Arc<RelayConfig>,
-    authorize: Authorize,
+    /// The tokens, as the last reload left them.
+    tokens: TokensCell,
     rates: Arc<WriteRates>,
     options: DriveOptions,
 }
@@ -433,8 +450,8 @@ async fn serve_one<P: ReplicaProvider>(
         .with_replica(|r| Session::responder(&*r, session_config.clone(), Arc::new(|_| None)));
     let mut rebind = ByGrant {
         provider,
-        authorize: Arc::clone(&common.authorize),
-        tokens: config.tokens.clone(),
+        tokens: common.tokens.subscribe(),
+        held: None,
         peer: peer.clone(),
         config: session_config,
         greeter: Some(greeter.clone()),
@@ -497,8 +514,10 @@ enum Slot {
 /// slot for a client slot, or is told the relay is busy.
 struct ByGrant<P: ReplicaProvider> {
     provider: Arc<P>,
-    authorize: Authorize,
-    tokens: Option<Arc<Tokens>>,
+    /// The relay's tokens, changed by reloads.
+    tokens: watch::Receiver<Option<Arc<Tokens>>>,
+    /// What the authorized session was given, to tell a revocation.
+    held: Option<Held>,
     peer: Peer,
     config: SessionConfig,
     /// The default namespace's replica, until the first `Hello`.
@@ -514,8 +533,8 @@ struct ByGrant<P: ReplicaProvider> {
 impl<P: ReplicaProvider> ByGrant<P> {
     /// Whose write-rate bucket a token's writes take from: its name, or
     /// without tokens the peer's IP address.
-    fn client_name(&self, token: Option<&str>) -> Option<String> {
-        match &self.tokens {
+    fn client_name(&self, tokens: Option<&Tokens>, token: Option<&str>) -> Option<String> {
+        match tokens {
             Some(tokens) => tokens.check(token).map(|(name, _)| name.to_string()),
             None => Some(
                 self.peer
@@ -537,8 +556,14 @@ impl<P: ReplicaProvider> Rebind<P::Replica> for ByGrant<P> {
             return Ok(None);
         };
         let peer = &self.peer;
-        let grant = (self.authorize)(hello.token.as_deref());
-        let name = self.client_name(hello.token.as_deref());
+        // One look at the tokens decides this hello; a reload after it
+        // is the revocation check's.
+        let tokens = self.tokens.borrow_and_update().clone();
+        let grant = match &tokens {
+            Some(tokens) => tokens.authorize(hello.token.as_deref()),
+            None => Some(Grant::read_write()),
+        };
+        let name = self.client_name(tokens.as_deref(), hello.token.as_deref());
         let replica = match &grant {
             Some(g) => {
                 let requested = hello.namespace.as_deref();
@@ -547,6 +572,13 @@ impl<P: ReplicaProvider> Rebind<P::Replica> for ByGrant<P> {
                         requested: requested.unwrap_or_default().to_owned(),
                     });
                 };
+                self.held = Some(Held::new(
+                    hello.token.as_deref(),
+                    tokens.clone(),
+                    g.clone(),
+                    hello.site,
+                    namespace.clone(),
+                ));
                 tracing::info!(%peer, client = name.as_deref().unwrap_or("-"), access = ?g.access, %namespace, "client accepted");
                 if let Slot::Pending(pending) = std::mem::replace(&mut self.slot, Slot::None) {
                     let client = pending.authenticate().inspect_err(|limit| {
@@ -576,6 +608,23 @@ impl<P: ReplicaProvider> Rebind<P::Replica> for ByGrant<P> {
 
     fn write_gate(&self) -> Option<WriteGate> {
         self.gate.clone()
+    }
+
+    fn reauthorized(&mut self) -> impl std::future::Future<Output = ()> + Send {
+        let watching = self.held.is_some();
+        let tokens = &mut self.tokens;
+        async move {
+            if !watching || tokens.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    fn revoked(&mut self) -> Option<SyncError> {
+        let current = self.tokens.borrow().clone();
+        let revoked = self.held.as_mut()?.revoked_by(&current)?;
+        tracing::warn!(peer = %self.peer, error = %revoked, "session closed: token revoked");
+        Some(revoked)
     }
 }
 

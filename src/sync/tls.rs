@@ -15,7 +15,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{CertificateError, ClientConfig, RootCertStore, ServerConfig};
 use std::io;
 use std::path::Path;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use tokio::net::TcpStream;
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -29,9 +29,14 @@ fn setup(e: rustls::Error) -> TransportError {
 }
 
 /// A relay's TLS identity: its certificate chain and private key.
+///
+/// Clones share one identity, which [`ServerTls::replace`] swaps (a
+/// renewed certificate, on SIGHUP): every listener bound with a clone
+/// serves the new one from its next handshake on, and connections already
+/// made keep the one they were made with.
 #[derive(Clone)]
 pub struct ServerTls {
-    config: Arc<ServerConfig>,
+    config: Arc<RwLock<Arc<ServerConfig>>>,
 }
 
 impl std::fmt::Debug for ServerTls {
@@ -81,19 +86,30 @@ impl ServerTls {
             .with_no_client_auth()
             .with_single_cert(chain, key)
             .map_err(setup)?;
-        Ok(ServerTls {
-            config: Arc::new(config),
-        })
+        Ok(ServerTls::from_config(Arc::new(config)))
     }
 
     /// A rustls config of the app's own (client certificates, other
     /// providers).
     pub fn from_config(config: Arc<ServerConfig>) -> ServerTls {
-        ServerTls { config }
+        ServerTls {
+            config: Arc::new(RwLock::new(config)),
+        }
     }
 
+    /// Serves `with`'s certificate and key from now on, here and in every
+    /// clone (the listeners bound with them): handshakes that start after
+    /// this call use it. Build `with` first (e.g. [`ServerTls::from_pem_files`]):
+    /// a certificate that does not load never replaces a working one.
+    pub fn replace(&self, with: &ServerTls) {
+        let config = Arc::clone(&with.config.read().unwrap_or_else(PoisonError::into_inner));
+        *self.config.write().unwrap_or_else(PoisonError::into_inner) = config;
+    }
+
+    /// An acceptor for one handshake, with the identity served now.
     pub(crate) fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
-        tokio_rustls::TlsAcceptor::from(Arc::clone(&self.config))
+        let config = self.config.read().unwrap_or_else(PoisonError::into_inner);
+        tokio_rustls::TlsAcceptor::from(Arc::clone(&config))
     }
 }
 

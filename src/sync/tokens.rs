@@ -22,7 +22,9 @@
 //! through the token, so a client cannot claim roles it was not given.
 //! Every token has an [`Identity`] named by its `name`: the site ids it may
 //! write as (see [`super::identity`]); renaming a token therefore gives it
-//! new bindings and new mutation state.
+//! new bindings and new mutation state, while a new secret under the same
+//! name keeps them (see [`super::reload`] on changing tokens while a
+//! relay runs).
 //!
 //! A file is refused as a whole, naming the entries, if a name appears
 //! twice, if two entries share a secret (the first would win, silently
@@ -277,11 +279,20 @@ impl Tokens {
 
     /// The client a token belongs to and what it grants.
     pub fn check(&self, token: Option<&str>) -> Option<(&str, &Grant)> {
-        let hash = blake3::hash(token?.as_bytes());
+        self.check_hash(&blake3::hash(token?.as_bytes()))
+    }
+
+    /// [`Tokens::check`] by the secret's hash.
+    pub(crate) fn check_hash(&self, hash: &blake3::Hash) -> Option<(&str, &Grant)> {
         self.entries
             .iter()
-            .find(|e| e.hash == hash)
+            .find(|e| e.hash == *hash)
             .map(|e| (e.name.as_str(), &e.grant))
+    }
+
+    /// The token `site` is listed for, if any.
+    pub(crate) fn listed_owner(&self, site: SiteId) -> Option<&str> {
+        self.listed.get(&site).map(String::as_str)
     }
 
     /// The namespaces the tokens grant, each once.
@@ -308,14 +319,18 @@ impl Tokens {
     /// listed for another.
     pub fn authorizer(self: &Arc<Self>) -> Authorize {
         let tokens = Arc::clone(self);
-        Arc::new(move |token| {
-            tokens.check(token).map(|(_, grant)| {
-                let mut grant = grant.clone();
-                grant.identity = grant
-                    .identity
-                    .map(|i| i.with_listed(Arc::clone(&tokens.listed)));
-                grant
-            })
+        Arc::new(move |token| tokens.authorize(token))
+    }
+
+    /// What `token` is granted, its identity knowing every token's listed
+    /// sites (what [`Tokens::authorizer`] answers).
+    pub(crate) fn authorize(&self, token: Option<&str>) -> Option<Grant> {
+        self.check(token).map(|(_, grant)| {
+            let mut grant = grant.clone();
+            grant.identity = grant
+                .identity
+                .map(|i| i.with_listed(Arc::clone(&self.listed)));
+            grant
         })
     }
 }

@@ -128,7 +128,9 @@ connected client. Clients authenticate with a token from the --tokens file (TOML
 that have not said hello with a valid token count against --max-unauthenticated (and per \
 address), never against --max-connections, and are dropped at --handshake-timeout; each token's \
 writes are held to --write-rate and the database to --namespace-quota (a refused batch is not \
-written, and the client is told why). Logs go to stderr (filter with MELDB_LOG, e.g. MELDB_LOG=debug). Ctrl-c or SIGTERM shuts it down \
+written, and the client is told why). Flags can come from a TOML file (--config FILE). On \
+SIGHUP it re-reads the tokens file and the TLS certificate and key: sessions of removed or \
+narrowed tokens are closed, and a file that does not load keeps the old ones. Logs go to stderr (filter with MELDB_LOG, e.g. MELDB_LOG=debug). Ctrl-c or SIGTERM shuts it down \
 gracefully."
     )]
     Relay(RelayArgs),
@@ -241,6 +243,13 @@ fn schema_path(given: Option<&PathBuf>) -> Option<PathBuf> {
 
 #[derive(Debug, Args)]
 pub struct RelayArgs {
+    /// Read flags from this TOML file first: its keys are this command's
+    /// long flags (`max_connections = 100`, `listen = ["tls://0.0.0.0:7443"]`),
+    /// relative paths are the file's directory's, and a flag on the
+    /// command line replaces the file's (see docs/relay.example.toml).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
     /// The database file: one namespace, the default.
     #[arg(
         long,
@@ -658,7 +667,7 @@ only) with a new random secret of 244 bits. The file keeps only the secret's has
 (token_hash = \"blake3:...\"), so reading the file gives no secret away; the secret is printed \
 once, on stdout: hand it to the client (meldb sync --token-file). The whole file is checked \
 before it is written: a name that is already there, or a namespace that is not a plain name, \
-is refused and the file is left as it was. Restart the relay to pick the token up."
+is refused and the file is left as it was. Send the relay SIGHUP (kill -HUP) to pick the token up."
     )]
     Add(TokenAddArgs),
 

@@ -10,6 +10,7 @@
 
 mod cli;
 mod commands;
+mod config;
 mod conflicts;
 mod demo;
 mod error;
@@ -20,14 +21,14 @@ mod token;
 mod values;
 
 use clap::error::ErrorKind;
-use clap::{CommandFactory, Parser};
+use clap::CommandFactory;
 use cli::{Cli, Command, DbArgs};
 use error::Result;
 use std::io::{BufWriter, Write};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = config::parse();
     require_schema(&cli.command);
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());

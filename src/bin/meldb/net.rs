@@ -7,18 +7,23 @@
 //! (a bare `HOST:PORT` prints as `HOST:PORT`, a URL as a URL), then, for
 //! `meldb relay --admin`, `admin listening on ADDR`. `--log-format json`
 //! writes the logs as JSON lines.
+//!
+//! On SIGHUP (unix) the servers re-read their tokens file and TLS
+//! certificate and key ([`Reload`]); a file that does not load is logged
+//! and the old tokens or certificate stay in use.
 
 use crate::cli::{LogFormat, NetSyncArgs, RelayArgs, ServeArgs, ServerTlsArgs};
 use crate::commands::{load_schema_at, open};
 use crate::error::{file_error, in_file, CliError, Result};
 use meldb::sync::{
     sync_once_url, AdminConfig, AdminServer, ClientTls, Connector, Creation, DirectoryProvider,
-    ListenOptions, Namespace, PeerUrl, Relay, RelayConfig, RelayMetrics, ReplicaProvider,
+    ListenOptions, Namespace, PeerUrl, Relay, RelayConfig, RelayMetrics, Reloader, ReplicaProvider,
     ServerTls, SessionConfig, SharedStore, Tokens, UrlListener, WriteRate,
 };
 use meldb::{Durability, StoreOptions};
 use std::collections::BTreeSet;
 use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -49,7 +54,10 @@ pub fn relay(args: &RelayArgs, out: &mut dyn Write) -> Result<()> {
     let schema = load_schema_at(args.schema_path())?;
     let options = StoreOptions::new().durability(Durability::Full);
     let tokens = Tokens::load(&args.tokens)?;
-    let namespaces = tokens.namespaces();
+    let single_db = args.db.is_some();
+    if single_db {
+        named_namespaces(&tokens)?;
+    }
     if tokens.is_empty() {
         tracing::warn!(file = %args.tokens.display(), "no tokens: every client will be refused");
     }
@@ -80,19 +88,15 @@ pub fn relay(args: &RelayArgs, out: &mut dyn Write) -> Result<()> {
         None => config,
     };
     let admin = args.admin.as_deref();
-    let listen_options = listen_options(&args.tls)?.handshake_timeout(config.handshake_timeout);
+    let (listen_options, tls) = listen_options(&args.tls)?;
+    let listen_options = listen_options.handshake_timeout(config.handshake_timeout);
+    let reload = Reload {
+        tokens: Some(args.tokens.clone()),
+        single_db,
+        tls,
+    };
     match (&args.db, &args.data_dir) {
         (Some(db), _) => {
-            let named: Vec<String> = namespaces
-                .iter()
-                .filter(|n| **n != Namespace::default())
-                .map(|n| format!("{:?}", n.as_str()))
-                .collect();
-            if !named.is_empty() {
-                return Err(CliError::NamespacesNeedDataDir {
-                    names: named.join(", "),
-                });
-            }
             let store = options.open(db, &schema).map_err(in_file(db))?;
             listen(
                 SharedStore::new(store),
@@ -100,6 +104,7 @@ pub fn relay(args: &RelayArgs, out: &mut dyn Write) -> Result<()> {
                 listen_options,
                 config,
                 admin,
+                reload,
                 out,
             )
         }
@@ -114,7 +119,15 @@ pub fn relay(args: &RelayArgs, out: &mut dyn Write) -> Result<()> {
                 listed.insert(namespace);
             }
             let provider = provider.creation(Creation::Listed(listed));
-            listen(provider, &args.listen, listen_options, config, admin, out)
+            listen(
+                provider,
+                &args.listen,
+                listen_options,
+                config,
+                admin,
+                reload,
+                out,
+            )
         }
         // clap requires one of the two.
         (None, None) => Err(CliError::NoDatabase {
@@ -134,26 +147,136 @@ pub fn serve(args: &ServeArgs, out: &mut dyn Write) -> Result<()> {
     if let Some(path) = &args.tokens {
         config = config.tokens(Tokens::load(path)?);
     }
-    let options = listen_options(&args.tls)?;
+    let (options, tls) = listen_options(&args.tls)?;
+    let reload = Reload {
+        tokens: args.tokens.clone(),
+        single_db: true,
+        tls,
+    };
     listen(
         SharedStore::new(store),
         &args.listen,
         options,
         config,
         None,
+        reload,
         out,
     )
 }
 
-/// The certificate and key, read (and checked) before anything listens.
-fn listen_options(tls: &ServerTlsArgs) -> Result<ListenOptions> {
+/// With one database for every client, tokens may not name namespaces.
+fn named_namespaces(tokens: &Tokens) -> Result<()> {
+    let named: Vec<String> = tokens
+        .namespaces()
+        .iter()
+        .filter(|n| **n != Namespace::default())
+        .map(|n| format!("{:?}", n.as_str()))
+        .collect();
+    if named.is_empty() {
+        return Ok(());
+    }
+    Err(CliError::NamespacesNeedDataDir {
+        names: named.join(", "),
+    })
+}
+
+/// The certificate and key, read (and checked) before anything listens,
+/// and where they came from, for reloads.
+fn listen_options(tls: &ServerTlsArgs) -> Result<(ListenOptions, Option<TlsFiles>)> {
     let options = ListenOptions::new();
     Ok(match (&tls.tls_cert, &tls.tls_key) {
         (Some(cert), Some(key)) => {
-            options.tls(ServerTls::from_pem_files(cert, key).map_err(meldb::sync::SyncError::from)?)
+            let served =
+                ServerTls::from_pem_files(cert, key).map_err(meldb::sync::SyncError::from)?;
+            let files = TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                served: served.clone(),
+            };
+            (options.tls(served), Some(files))
         }
-        _ => options,
+        _ => (options, None),
     })
+}
+
+/// A TLS listener's files and the identity they are served as.
+struct TlsFiles {
+    cert: PathBuf,
+    key: PathBuf,
+    served: ServerTls,
+}
+
+/// What a SIGHUP re-reads.
+struct Reload {
+    /// The tokens file, if the server has one.
+    tokens: Option<PathBuf>,
+    /// One database for every token (`--db`, `meldb serve`): tokens that
+    /// name namespaces are refused.
+    single_db: bool,
+    tls: Option<TlsFiles>,
+}
+
+impl Reload {
+    /// Re-reads every file; what does not load is logged and left as it
+    /// was, so a bad edit neither stops the server nor opens it up.
+    fn reload(&self, reloader: &Reloader) {
+        if let Some(path) = &self.tokens {
+            let loaded = Tokens::load(path)
+                .map_err(CliError::from)
+                .and_then(|tokens| {
+                    if self.single_db {
+                        named_namespaces(&tokens)?;
+                    }
+                    Ok(tokens)
+                });
+            match loaded {
+                Ok(tokens) => {
+                    let count = tokens.len();
+                    reloader.set_tokens(tokens);
+                    tracing::info!(file = %path.display(), tokens = count, "tokens reloaded");
+                }
+                Err(e) => tracing::error!(
+                    file = %path.display(),
+                    error = %e,
+                    "tokens not reloaded: keeping the old ones"
+                ),
+            }
+        }
+        if let Some(tls) = &self.tls {
+            match ServerTls::from_pem_files(&tls.cert, &tls.key) {
+                Ok(fresh) => {
+                    tls.served.replace(&fresh);
+                    tracing::info!(cert = %tls.cert.display(), "TLS certificate reloaded");
+                }
+                Err(e) => tracing::error!(
+                    cert = %tls.cert.display(),
+                    key = %tls.key.display(),
+                    error = %e,
+                    "TLS certificate not reloaded: keeping the old one"
+                ),
+            }
+        }
+    }
+}
+
+/// Reloads on every SIGHUP until the process ends. The handler is set
+/// before the server says it listens, so a SIGHUP never kills it.
+#[cfg(unix)]
+fn reload_on_hangup(reload: Reload, reloader: Reloader) -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangups = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading the tokens and TLS certificate");
+            reload.reload(&reloader);
+        }
+    });
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn reload_on_hangup(_reload: Reload, _reloader: Reloader) -> Result<()> {
+    Ok(())
 }
 
 /// Serves `store` on `addrs`, and `config`'s metrics on `admin` if given.
@@ -163,6 +286,7 @@ fn listen<P: ReplicaProvider>(
     options: ListenOptions,
     config: RelayConfig,
     admin: Option<&str>,
+    reload: Reload,
     out: &mut dyn Write,
 ) -> Result<()> {
     let urls = addrs
@@ -172,7 +296,11 @@ fn listen<P: ReplicaProvider>(
         .map_err(meldb::sync::SyncError::from)?;
     runtime()?.block_on(async {
         let listener = UrlListener::bind(&urls, &options).await?;
-        for (given, url) in addrs.iter().zip(listener.local_urls()) {
+        let local = listener.local_urls();
+        let metrics = config.metrics.clone();
+        let relay = Relay::new(store, listener, config);
+        reload_on_hangup(reload, relay.reloader())?;
+        for (given, url) in addrs.iter().zip(local) {
             if given.contains("://") {
                 writeln!(out, "listening on {url}")?;
             } else {
@@ -181,7 +309,7 @@ fn listen<P: ReplicaProvider>(
         }
         // The admin server answers (/healthz: 503) until the relay drained.
         let (admin_stop, admin_shutdown) = watch::channel(false);
-        if let (Some(addr), Some(metrics)) = (admin, &config.metrics) {
+        if let (Some(addr), Some(metrics)) = (admin, &metrics) {
             let server = AdminServer::bind(addr, Arc::clone(metrics), AdminConfig::default())
                 .await
                 .map_err(|e| CliError::Admin {
@@ -192,7 +320,6 @@ fn listen<P: ReplicaProvider>(
             tokio::spawn(server.run(admin_shutdown));
         }
         out.flush()?;
-        let relay = Relay::new(store, listener, config);
         let (stop, shutdown) = watch::channel(false);
         tokio::spawn(async move {
             wait_for_signal().await;
