@@ -116,7 +116,10 @@ mod tests {
         for seed in 0..200 {
             let mut base = backoff().initial;
             for delay in schedule(seed, 20) {
-                assert!(delay >= base / 2 && delay <= base, "{delay:?} for base {base:?}");
+                assert!(
+                    delay >= base / 2 && delay <= base,
+                    "{delay:?} for base {base:?}"
+                );
                 assert!(delay <= backoff().max);
                 base = (base * 2).min(backoff().max);
             }
@@ -157,10 +160,13 @@ mod tests {
         assert_eq!(schedule(42, 10), schedule(42, 10));
         // A thousand clients cut off at once: their first delays spread
         // over the whole window instead of piling up.
-        let firsts: std::collections::BTreeSet<Duration> = (0..1000u64)
-            .map(|client| schedule(client, 1)[0])
-            .collect();
-        assert!(firsts.len() > 900, "only {} distinct first delays", firsts.len());
+        let firsts: std::collections::BTreeSet<Duration> =
+            (0..1000u64).map(|client| schedule(client, 1)[0]).collect();
+        assert!(
+            firsts.len() > 900,
+            "only {} distinct first delays",
+            firsts.len()
+        );
         for a in 0..20u64 {
             for b in (a + 1)..20 {
                 assert_ne!(schedule(a, 8), schedule(b, 8), "seeds {a} and {b}");

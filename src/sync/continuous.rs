@@ -114,7 +114,15 @@ impl<H: SharedReplica> ContinuousSync<H> {
             seed: self.seed,
             status: self.status,
         };
-        reconnecting(self.store, &shown, connect, self.config, reconnect, shutdown).await
+        reconnecting(
+            self.store,
+            &shown,
+            connect,
+            self.config,
+            reconnect,
+            shutdown,
+        )
+        .await
     }
 
     /// Runs on a task of its own (on the current tokio runtime).

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
+mod backup;
 mod cli;
 mod commands;
 mod conflicts;
@@ -68,6 +69,7 @@ fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
         Command::Conflicts(a) => conflicts::conflicts(a, out),
         Command::Demo(a) => demo::run(a, out),
         Command::Token(cli::TokenCommand::Add(a)) => token::add(a, out),
+        Command::Backup(a) => backup::backup(a, out),
     }
 }
 
@@ -104,7 +106,7 @@ fn db_args(command: &Command) -> Option<(&'static str, &DbArgs)> {
         Command::Serve(a) => ("serve", &a.db),
         Command::Sync(a) => ("sync", &a.db),
         Command::Conflicts(a) => ("conflicts", &a.db),
-        Command::Demo(_) | Command::Token(_) => return None,
+        Command::Demo(_) | Command::Token(_) | Command::Backup(_) => return None,
     })
 }
 

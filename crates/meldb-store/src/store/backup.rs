@@ -152,7 +152,10 @@ fn backup(src: &Connection, from: &str, to: &Path) -> Result<BackupReport, Backu
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let temp = Temp::create(&dir, name)?;
+    // The copy holds the same data: it gets the source's permissions (a
+    // private database never gets a world-readable backup).
+    let permissions = std::fs::metadata(from).ok().map(|m| m.permissions());
+    let temp = Temp::create(&dir, name, permissions)?;
     let io = |path: &Path| {
         let path = path.display().to_string();
         move |source| BackupError::Io { path, source }
@@ -166,8 +169,10 @@ fn backup(src: &Connection, from: &str, to: &Path) -> Result<BackupReport, Backu
     let rows = {
         let copy = Connection::open(&temp.path).map_err(|e| check(e.to_string()))?;
         // One self-contained file: no WAL beside it.
-        copy.query_row("PRAGMA journal_mode = DELETE", [], |r| r.get::<_, String>(0))
-            .map_err(|e| check(e.to_string()))?;
+        copy.query_row("PRAGMA journal_mode = DELETE", [], |r| {
+            r.get::<_, String>(0)
+        })
+        .map_err(|e| check(e.to_string()))?;
         let verdict: String = copy
             .query_row("PRAGMA integrity_check", [], |r| r.get(0))
             .map_err(|e| check(e.to_string()))?;
@@ -187,9 +192,7 @@ fn backup(src: &Connection, from: &str, to: &Path) -> Result<BackupReport, Backu
     File::open(&temp.path)
         .and_then(|f| f.sync_all())
         .map_err(io(&temp.path))?;
-    let bytes = std::fs::metadata(&temp.path)
-        .map_err(io(&temp.path))?
-        .len();
+    let bytes = std::fs::metadata(&temp.path).map_err(io(&temp.path))?.len();
     temp.publish(to)?;
     // The new directory entry survives a crash too (where directories can
     // be opened: not on every platform).
@@ -274,14 +277,16 @@ fn meldb_format(conn: &Connection, path: &str) -> Result<i64, String> {
 #[allow(clippy::type_complexity, reason = "one private helper's pair")]
 fn row_counts(conn: &Connection) -> Result<((String, u32), Vec<(String, u64)>), String> {
     let json: String = conn
-        .query_row("SELECT value FROM meldb_meta WHERE key = 'schema'", [], |r| {
-            r.get(0)
-        })
+        .query_row(
+            "SELECT value FROM meldb_meta WHERE key = 'schema'",
+            [],
+            |r| r.get(0),
+        )
         .optional()
         .map_err(|e| e.to_string())?
         .ok_or("meldb_meta has no \"schema\" entry")?;
-    let schema: Schema =
-        serde_json::from_str(&json).map_err(|e| format!("the stored schema does not parse: {e}"))?;
+    let schema: Schema = serde_json::from_str(&json)
+        .map_err(|e| format!("the stored schema does not parse: {e}"))?;
     let mut rows = Vec::with_capacity(schema.tables.len());
     for table in &schema.tables {
         let sql = format!("SELECT count(*) FROM {}", super::layout::quote(&table.name));
@@ -301,24 +306,36 @@ struct Temp {
 }
 
 impl Temp {
-    /// A new, empty file beside the destination, created exclusively.
-    fn create(dir: &Path, name: &str) -> Result<Temp, BackupError> {
+    /// A new, empty file beside the destination, created exclusively,
+    /// readable by its owner only until given `permissions`.
+    fn create(
+        dir: &Path,
+        name: &str,
+        permissions: Option<std::fs::Permissions>,
+    ) -> Result<Temp, BackupError> {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
         let path = dir.join(format!(".{name}.{}-{nanos}.partial", std::process::id()));
-        OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(|source| BackupError::Io {
-                path: path.display().to_string(),
-                source,
-            })?;
-        Ok(Temp {
+        let mut options = OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let shown = path.display().to_string();
+        let failed = |source| BackupError::Io {
+            path: shown.clone(),
+            source,
+        };
+        options.open(&path).map_err(failed)?;
+        let temp = Temp {
             path,
             published: false,
-        })
+        };
+        if let Some(permissions) = permissions {
+            // SQLite writes into the existing file, keeping its mode.
+            std::fs::set_permissions(&temp.path, permissions).map_err(failed)?;
+        }
+        Ok(temp)
     }
 
     /// Gives the file its final name, refusing to replace anything there.
@@ -341,8 +358,10 @@ impl Temp {
                 if to.symlink_metadata().is_ok() {
                     return Err(BackupError::Exists { path: shown });
                 }
-                std::fs::rename(&self.path, to)
-                    .map_err(|source| BackupError::Io { path: shown, source })?;
+                std::fs::rename(&self.path, to).map_err(|source| BackupError::Io {
+                    path: shown,
+                    source,
+                })?;
                 self.published = true;
                 Ok(())
             }
@@ -394,6 +413,18 @@ mod tests {
         assert_eq!(report.format, super::super::format::FORMAT);
         assert!(report.pages > 0);
         assert_eq!(report.bytes, std::fs::metadata(&to)?.len());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = |p: &Path| std::fs::metadata(p).map(|m| m.permissions().mode() & 0o777);
+            assert_eq!(mode(&to)?, mode(&dir.path().join("shop.db"))?);
+            // A private database gets a private backup.
+            let private = dir.path().join("private.db");
+            let secret = Store::open(&private, &test_schema())?;
+            std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o600))?;
+            let copy = secret.backup_to(dir.path().join("private-backup.db"))?;
+            assert_eq!(mode(&copy.path)?, 0o600);
+        }
         let copy = Store::open(&to, &test_schema())?;
         assert_eq!(copy.site_id(), store.site_id());
         assert_eq!(copy.digest()?, store.digest()?);
@@ -464,7 +495,10 @@ mod tests {
         };
         let mut reports = Vec::new();
         for i in 0..3 {
-            reports.push(Store::backup_file(&path, dir.path().join(format!("b{i}.db")))?);
+            reports.push(Store::backup_file(
+                &path,
+                dir.path().join(format!("b{i}.db")),
+            )?);
         }
         stop.store(true, Ordering::Relaxed);
         let written = writer.join().map_err(|_| "the writer panicked")??;

@@ -84,9 +84,9 @@ impl Store {
             .optional()?
             .flatten()
             .unwrap_or(0) as u64;
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT seq FROM meldb_dots WHERE site = ?1 AND seq >= ?2 ORDER BY seq")?;
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT seq FROM meldb_dots WHERE site = ?1 AND seq >= ?2 ORDER BY seq",
+        )?;
         let mut entries = stmt.query(rusqlite::params![idx, start as i64])?;
         let mut missing = 0;
         while let Some(entry) = entries.next()? {
