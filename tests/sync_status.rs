@@ -331,3 +331,82 @@ async fn an_unknown_token_shows_offline_with_the_refusal() -> TestResult {
     relay.stop().await?;
     Ok(())
 }
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn meldb_sync_continuous_prints_one_line_per_status_change() -> TestResult {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir()?;
+    let relay_store = SharedStore::new(
+        StoreOptions::new()
+            .site_id(site(100))
+            .open(dir.path().join("relay.db"), &common::inventory())?,
+    );
+    let relay = start_relay(&relay_store, "127.0.0.1:0").await?;
+    let schema = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schema/inventory.toml");
+    let db = dir.path().join("client.db");
+    {
+        let client = SharedStore::new(
+            StoreOptions::new()
+                .site_id(site(3))
+                .open(&db, &common::inventory())?,
+        );
+        insert(&client, "from-cli")?;
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_meldb"))
+        .args(["sync", "--continuous", "--token-env", "STATUS_TEST_TOKEN"])
+        .arg("--db")
+        .arg(&db)
+        .arg("--schema")
+        .arg(&schema)
+        .arg("--peer")
+        .arg(relay.addr.to_string())
+        .env("STATUS_TEST_TOKEN", "rw-token-1")
+        .env_remove("MELDB_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let stderr = child.stderr.take().ok_or("no stderr")?;
+    let pid = child.id().to_string();
+    // Read status lines on a thread until idle with nothing pending, then
+    // stop it the way an operator would (SIGTERM) and read the rest.
+    let reader = std::thread::spawn(move || -> std::io::Result<Vec<String>> {
+        let mut lines = Vec::new();
+        let mut signalled = false;
+        for line in BufReader::new(stderr).lines() {
+            let line = line?;
+            if !signalled && line.contains(": idle") && line.contains("pending: 0 changes") {
+                Command::new("kill").args(["-TERM", &pid]).status()?;
+                signalled = true;
+            }
+            lines.push(line);
+        }
+        Ok(lines)
+    });
+    let waited = tokio::task::spawn_blocking(move || child.wait_with_output()).await??;
+    let lines = reader.join().map_err(|_| "the reader panicked")??;
+    assert!(
+        waited.status.success(),
+        "meldb sync --continuous failed: {lines:?}"
+    );
+    let states: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|rest| rest.split([' ', ',', ';', ':']).next().unwrap_or(""))
+        .collect();
+    assert_eq!(states.first(), Some(&"connecting"), "{lines:?}");
+    assert!(states.contains(&"idle"), "{lines:?}");
+    assert_eq!(states.last(), Some(&"stopped"), "{lines:?}");
+    assert!(
+        lines.iter().all(|l| l.starts_with("sync tcp://")),
+        "{lines:?}"
+    );
+    // One line per change: no line repeats the one before it.
+    assert!(lines.windows(2).all(|w| w[0] != w[1]), "{lines:?}");
+    let stdout = String::from_utf8_lossy(&waited.stdout);
+    assert!(stdout.contains("sent 1 rows"), "{stdout}");
+    assert!(has(&relay_store, "from-cli")?);
+    relay.stop().await?;
+    Ok(())
+}
