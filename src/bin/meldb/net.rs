@@ -286,7 +286,7 @@ fn continuous(
     };
     writeln!(
         out,
-        "sent {} rows, received {} rows ({} changed this replica) in {}",
+        "sent {} rows, received {} rows ({} changed this replica) in {} that ended cleanly",
         sum(|s| s.rows_sent),
         sum(|s| s.rows_received),
         sum(|s| s.rows_applied),
