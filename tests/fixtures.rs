@@ -1,9 +1,11 @@
 //! Golden fixtures of meldb's byte formats: `v1/` (changeset frames
 //! format 1, protocol 1, database format 1), captured before the codec
-//! rewrite (issue 9), and `v2/` (database format 2: site bindings and
+//! rewrite (issue 9); `v2/` (database format 2: site bindings and
 //! mutation state by token and site; the same changeset and protocol
-//! bytes). Every check runs on both, so today's build reads both; the
-//! writer is compared with the newest. See `tests/fixtures/README.md` for what each
+//! bytes); and `v3/` (protocol version 2: a hello names its namespace;
+//! the same changeset bytes and databases as `v2/`). Every check runs on
+//! each, so today's build reads all three; the writer is compared with
+//! the newest. See `tests/fixtures/README.md` for what each
 //! file is and the rule: fixtures of an existing format version are never
 //! regenerated; a new format version adds new fixture files.
 //!
@@ -61,14 +63,21 @@ fn v2() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v2")
 }
 
+/// The fixtures of protocol version 2 (a hello names its namespace);
+/// its changeset files and databases are `v2/`'s, byte for byte and dump
+/// for dump.
+fn v3() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v3")
+}
+
 /// What today's writer writes.
 fn newest() -> PathBuf {
-    v2()
+    v3()
 }
 
 /// Every fixture version this build reads: each is checked.
-fn fixture_dirs() -> [PathBuf; 2] {
-    [v1(), v2()]
+fn fixture_dirs() -> [PathBuf; 3] {
+    [v1(), v2(), v3()]
 }
 
 /// The example schemas with a database fixture each.
@@ -1128,10 +1137,10 @@ fn every_recorded_frame_decodes_and_reencodes_to_identical_bytes_in(dir: &Path) 
         let bytes = read_bytes(&dir.join(format!("conversation-{n}.bin")))?;
         let _ = writeln!(names, "session {n}");
         for (i, (dir, frame)) in records(&bytes)?.into_iter().enumerate() {
-            let message = codec::decode_message(frame, MAX_MESSAGE_PAYLOAD)
+            let (version, message) = codec::decode_message_versioned(frame, MAX_MESSAGE_PAYLOAD)
                 .map_err(|e| format!("session {n} frame {i}: {e}"))?;
             assert!(
-                codec::encode_message(&message) == frame,
+                codec::encode_message_as(&message, version) == frame,
                 "session {n} frame {i} ({}) re-encodes differently",
                 message.name()
             );
@@ -1199,10 +1208,12 @@ fn the_client_side_replays_against_a_relay_opened_from_the_fixture_in(dir: &Path
                 let answer = relay
                     .poll_message()
                     .ok_or_else(|| format!("session {n} frame {i}: the relay said nothing"))?;
-                let recorded = codec::decode_message(frame, MAX_MESSAGE_PAYLOAD)?;
+                // The relay answers in the version the client spoke.
+                let (version, recorded) =
+                    codec::decode_message_versioned(frame, MAX_MESSAGE_PAYLOAD)?;
                 assert_eq!(answer, recorded, "session {n} frame {i}");
                 assert!(
-                    codec::encode_message(&answer) == frame,
+                    codec::encode_message_as(&answer, version) == frame,
                     "session {n} frame {i} ({}): same message, different bytes",
                     answer.name()
                 );
@@ -1449,5 +1460,45 @@ async fn a_client_speaking_only_protocol_v1_syncs_with_todays_relay() -> Res {
         app_dump(&relay.lock())?,
         read_text(&v1().join("relay-after.expect.txt"))?
     );
+    Ok(())
+}
+
+/// Protocol version 2 changed the hello alone: `v3/` holds `v2/`'s
+/// changeset files and database dumps byte for byte, and the same
+/// conversation, each frame the same message (a hello naming no
+/// namespace) in the newer version.
+#[test]
+fn v3_changes_only_the_protocol_version_and_the_hello() -> Res {
+    for entry in fs::read_dir(v2())? {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or("a fixture name")?
+            .to_owned();
+        if name.ends_with(".db") || name == "README.md" || name.starts_with("conversation-") {
+            continue;
+        }
+        assert!(
+            read_bytes(&path)? == read_bytes(&v3().join(&name))?,
+            "{name} differs between v2/ and v3/"
+        );
+    }
+    for n in 1..=SESSIONS {
+        let old = read_bytes(&v2().join(format!("conversation-{n}.bin")))?;
+        let new = read_bytes(&v3().join(format!("conversation-{n}.bin")))?;
+        let (old, new) = (records(&old)?, records(&new)?);
+        assert_eq!(old.len(), new.len(), "session {n}");
+        for (i, ((d1, f1), (d2, f2))) in old.into_iter().zip(new).enumerate() {
+            let (v1, m1) = codec::decode_message_versioned(f1, MAX_MESSAGE_PAYLOAD)?;
+            let (v2, m2) = codec::decode_message_versioned(f2, MAX_MESSAGE_PAYLOAD)?;
+            assert_eq!(
+                (d1, v1.number(), v2.number()),
+                (d2, 1, 2),
+                "session {n} frame {i}"
+            );
+            assert_eq!(m1, m2, "session {n} frame {i}");
+        }
+    }
     Ok(())
 }

@@ -407,6 +407,7 @@ fn hello(token: Option<&str>, site_byte: u8) -> Vec<u8> {
         accepts_changes: true,
         live: false,
         authority: false,
+        namespace: None,
     }))
 }
 

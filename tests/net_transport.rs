@@ -252,6 +252,7 @@ async fn a_connection_over_the_limit_is_told_the_relay_is_busy() -> TestResult {
             accepts_changes: true,
             live: true,
             authority: false,
+            namespace: None,
         })
     };
     let mut first = Connection::tcp(addr.as_str(), MAX_MESSAGE_PAYLOAD).await?;

@@ -235,12 +235,15 @@ async fn the_relay_command_serves_namespaces_from_a_data_directory() -> TestResu
         "[[token]]\nname = \"alice\"\ntoken = \"token-of-alice\"\naccess = \"read-write\"\n\
          namespace = \"a\"\n\
          [[token]]\nname = \"bob\"\ntoken = \"token-of-bob\"\naccess = \"read-write\"\n\
-         namespace = \"b\"\n",
+         namespace = \"b\"\n\
+         [[token]]\nname = \"carol\"\ntoken = \"token-of-carol\"\naccess = \"read-write\"\n\
+         namespaces = [\"a\", \"c\"]\n",
     )?;
     let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("schema/inventory.toml");
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_meldb"));
     cmd.env_remove("MELDB_LOG")
         .args(["relay", "--listen", "127.0.0.1:0", "--namespace", "a"])
+        .args(["--namespace", "c"])
         .arg("--data-dir")
         .arg(&data)
         .arg("--schema")
@@ -248,6 +251,30 @@ async fn the_relay_command_serves_namespaces_from_a_data_directory() -> TestResu
         .arg("--tokens")
         .arg(&tokens);
     let relay = Listening::start(cmd)?;
+    // Carol's token covers a and c; `meldb sync --namespace` picks one.
+    let meldb = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_meldb"))
+            .current_dir(dir.path())
+            .env_remove("MELDB_LOG")
+            .env("CAROL_TOKEN", "token-of-carol")
+            .args(args)
+            .arg("--schema")
+            .arg(&schema)
+            .output()
+    };
+    let schema_ok = meldb(&["init", "--db", "carol.db"])?;
+    assert!(schema_ok.status.success(), "{schema_ok:?}");
+    let inserted = meldb(&["insert", "--db", "carol.db", "item", "sku=c-1"])?;
+    assert!(inserted.status.success(), "{inserted:?}");
+    let carol = ["sync", "--db", "carol.db", "--peer", &relay.addr];
+    let carol = [&carol[..], &["--token-env", "CAROL_TOKEN", "--namespace"]].concat();
+    let synced = meldb(&[&carol[..], &["c"]].concat())?;
+    assert!(synced.status.success(), "{synced:?}");
+    let refused = meldb(&[&carol[..], &["b"]].concat())?;
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("may not sync namespace \"b\""), "{stderr}");
+    assert_eq!(skus_on_disk(&data.join("c.db"))?, ["c-1"]);
     let alice = client(7)?;
     alice.write(|tx| tx.insert("item", &[("sku", "a-1".into())]))?;
     sync_once_tcp(&alice, &relay.addr, as_client("alice")).await?;
@@ -299,5 +326,99 @@ async fn the_relay_command_serves_namespaces_from_a_data_directory() -> TestResu
         stderr.contains("../up") && stderr.contains("namespace"),
         "{stderr}"
     );
+    Ok(())
+}
+
+/// A token may cover several namespaces; the client names the one it
+/// syncs in its hello (protocol version 2). The attacker holds a valid
+/// token for `team-a` and `team-b` and names `team-c` (which exists, for
+/// another token) and `ghost` (which does not): both are refused with the
+/// same kind of notice, nothing of its batch is written anywhere, and no
+/// file is created. A hello that names none syncs the token's first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_names_its_namespace_among_those_its_token_covers() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let names = ["team-a", "team-b", "team-c"].map(Namespace::new);
+    let provider = DirectoryProvider::open(dir.path(), &inventory(), StoreOptions::new())?
+        .creation(Creation::Listed(BTreeSet::from(names.clone())));
+    let mut tokens = Tokens::new();
+    let both = Grant::read_write()
+        .in_namespace(names[0].clone())
+        .also_in(names[1].clone());
+    assert_eq!(both.namespace_for(None), Some(names[0].clone()));
+    assert_eq!(both.namespace_for(Some("team-b")), Some(names[1].clone()));
+    assert_eq!(both.namespace_for(Some("team-c")), None);
+    tokens.add("mallory", "token-of-mallory", both);
+    tokens.add(
+        "carol",
+        "token-of-carol",
+        Grant::read_write().in_namespace(names[2].clone()),
+    );
+    let relay = start(provider.clone(), tokens).await?;
+    let named = |ns: Option<&str>| as_client("mallory").namespace(ns.map(str::to_owned));
+
+    // Carol's namespace holds her row.
+    let carol = client(9)?;
+    carol.write(|tx| tx.insert("item", &[("sku", "c-secret".into())]))?;
+    sync_once_tcp(&carol, &relay.addr, as_client("carol")).await?;
+
+    let device = client(1)?;
+    device.write(|tx| tx.insert("item", &[("sku", "for-b".into())]))?;
+    sync_once_tcp(&device, &relay.addr, named(Some("team-b"))).await?;
+    let other = client(2)?;
+    other.write(|tx| tx.insert("item", &[("sku", "for-a".into())]))?;
+    sync_once_tcp(&other, &relay.addr, named(None)).await?;
+
+    let attacker = client(3)?;
+    attacker.write(|tx| tx.insert("item", &[("sku", "planted".into())]))?;
+    for target in ["team-c", "ghost", "Team-A", "../team-a"] {
+        let result = sync_once_tcp(&attacker, &relay.addr, named(Some(target))).await;
+        assert!(refused_as_unauthorized(&result), "{target}: {result:?}");
+        let Err(SyncError::Refused { message, .. }) = &result else {
+            unreachable!()
+        };
+        assert!(message.contains("may not sync namespace"), "{message}");
+    }
+    assert_eq!(skus_of(&attacker.lock())?, ["planted"]);
+
+    let path = |n: &str| provider.path_of(&Namespace::new(n)).ok_or("a plain name");
+    assert_eq!(skus_on_disk(&path("team-a")?)?, ["for-a"]);
+    assert_eq!(skus_on_disk(&path("team-b")?)?, ["for-b"]);
+    assert_eq!(skus_on_disk(&path("team-c")?)?, ["c-secret"]);
+    assert!(!path("ghost")?.exists(), "a refused name created a file");
+    relay.stop().await
+}
+
+/// A tokens file lists a token's namespaces with `namespaces = [...]`;
+/// one that gives both `namespace` and `namespaces`, or a name twice, or
+/// a name with capitals (two names for one file on macOS), is refused.
+#[test]
+fn a_tokens_file_lists_several_namespaces_and_refuses_ambiguous_ones() -> TestResult {
+    let file = |entry: &str| {
+        format!(
+            "[[token]]\nname = \"t\"\ntoken = \"0123456789\"\naccess = \"read-write\"\n{entry}\n"
+        )
+    };
+    let tokens = Tokens::from_toml_str(&file("namespaces = [\"x\", \"y\"]"), "t.toml")?;
+    let (_, grant) = tokens.check(Some("0123456789")).ok_or("the token")?;
+    assert_eq!(grant.namespace_for(None), Some(Namespace::new("x")));
+    assert_eq!(grant.namespace_for(Some("y")), Some(Namespace::new("y")));
+    assert_eq!(
+        tokens.namespaces(),
+        BTreeSet::from([Namespace::new("x"), Namespace::new("y")])
+    );
+    for (bad, says) in [
+        (
+            "namespace = \"x\"\nnamespaces = [\"y\"]",
+            "both namespace and namespaces",
+        ),
+        ("namespaces = [\"x\", \"x\"]", "listed twice"),
+        ("namespace = \"Team\"", "lowercase"),
+    ] {
+        let Err(e) = Tokens::from_toml_str(&file(bad), "t.toml") else {
+            panic!("{bad} was accepted");
+        };
+        assert!(e.to_string().contains(says), "{bad}: {e}");
+    }
     Ok(())
 }

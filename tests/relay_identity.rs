@@ -72,6 +72,10 @@ fn tokens_file(max_sites: usize) -> String {
         name = "plain-hub"
         token = "plain-hub-secret"
         access = "read-write"
+        [[token]]
+        name = "reader"
+        token = "reader-secret"
+        access = "read-only"
         "#
     )
 }
@@ -102,6 +106,17 @@ impl Running {
             .authority(true)
             .open(dir.join("relay.db"), &schema()?)?;
         register(&mut store);
+        store.add_resolver(
+            "stock",
+            meldb::Resolver::new("no oversell", |c| {
+                match c.merged().and_then(|r| r.integer("n")) {
+                    Some(n) if n < 0 => {
+                        meldb::Resolution::Reject(format!("{} is sold out", c.key()))
+                    }
+                    _ => meldb::Resolution::Accept,
+                }
+            }),
+        )?;
         if store.write(|tx| tx.get("stock", "A1"))?.is_none() {
             store.write(|tx| tx.insert("stock", &[("sku", "A1".into())]))?;
         }
@@ -191,6 +206,7 @@ async fn raw_session(
         accepts_changes: true,
         live: false,
         authority: false,
+        namespace: None,
     }))
     .await?;
     match conn.recv().await {
@@ -589,5 +605,69 @@ async fn a_site_with_writes_but_no_owner_cannot_be_claimed_by_the_first_token() 
     let (code, _) = refusal(sync_once_tcp(&attacker, &relay.addr, with("bob-secret")).await);
     assert_eq!(code, NoticeCode::Unauthorized);
     assert_eq!(price(&relay.store, "S1")?, Some(7));
+    relay.stop().await
+}
+
+/// Reads the relay's answer to a `Want` of everything, up to its `Sent`,
+/// and returns the rejection notices among it.
+async fn rejections_in_answer(
+    conn: &mut Connection,
+) -> Result<Vec<meldb::Rejection>, Box<dyn std::error::Error>> {
+    conn.send(&Message::Want(meldb::sync::message::Want {
+        id: 1,
+        have: VersionVector::new(),
+        first_pending: None,
+    }))
+    .await?;
+    let mut found = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match tokio::time::timeout_at(deadline, conn.recv()).await? {
+            Some(Ok(Message::Rejections(list))) => found.extend(list),
+            Some(Ok(Message::Sent(_))) => return Ok(found),
+            Some(Ok(_)) => continue,
+            other => return Err(format!("no Sent: {other:?}").into()),
+        }
+    }
+}
+
+/// (h) Reading another device's refusals. Attacker: a read-only token (and
+/// a read-write one), saying hello with bob's site id and asking for
+/// everything. Must not happen: the relay sends it bob's rejection
+/// notices (which row, what was refused and why). Bob's own token gets
+/// them (so the test can fail).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_cannot_read_another_sites_rejections() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let relay = Running::start(dir.path(), &tokens_file(4)).await?;
+    relay
+        .store
+        .write(|tx| tx.increment("stock", "A1", "n", 1))?;
+    let (alice, bob) = (client(1)?, client(2)?);
+    sync_once_tcp(&alice, &relay.addr, with("alice-secret")).await?;
+    sync_once_tcp(&bob, &relay.addr, with("bob-secret")).await?;
+    // Both sell the last one; bob's arrives second and is refused.
+    alice.write(|tx| tx.increment("stock", "A1", "n", -1))?;
+    bob.write(|tx| tx.increment("stock", "A1", "n", -1))?;
+    sync_once_tcp(&alice, &relay.addr, with("alice-secret")).await?;
+    sync_once_tcp(&bob, &relay.addr, with("bob-secret")).await?;
+    assert_eq!(stock(&relay.store, "A1")?, 0);
+    let bobs_site = bob.lock().site_id();
+
+    for token in ["reader-secret", "alice-secret"] {
+        let Ok(mut conn) = raw_session(&relay.addr, token, bobs_site).await else {
+            // Refused at hello (bob's site is bound to bob): nothing leaked.
+            continue;
+        };
+        assert_eq!(
+            rejections_in_answer(&mut conn).await?,
+            [],
+            "{token} read bob's rejections"
+        );
+    }
+    let mut own = raw_session(&relay.addr, "bob-secret", bobs_site).await?;
+    let notices = rejections_in_answer(&mut own).await?;
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    assert!(notices[0].reason.contains("sold out"), "{notices:?}");
     relay.stop().await
 }

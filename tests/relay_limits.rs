@@ -198,6 +198,7 @@ fn hello_bytes(t: &str, site_byte: u8, live: bool) -> Vec<u8> {
         accepts_changes: true,
         live,
         authority: false,
+        namespace: None,
     }))
 }
 
@@ -498,6 +499,62 @@ async fn a_token_over_its_write_rate_is_refused_and_admitted_after_refill() -> T
     relay.stop().await
 }
 
+/// Attacker: a client with a valid read-write token that sends empty
+/// batches as fast as it can (each one a locked apply on the relay, and
+/// before the fix, free of the write rate). Must not happen: the flood
+/// goes on past the token's burst, or another token is held up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_empty_batches_is_held_to_the_write_rate() -> TestResult {
+    let relay = Running::start(RelayConfig::default().write_rate(Some(WriteRate {
+        per_second: 1,
+        burst: 5,
+    })))
+    .await?;
+    let mut flood = Connection::tcp(relay.addr.as_str(), MAX_MESSAGE_PAYLOAD).await?;
+    flood
+        .send(&Message::Hello(Hello {
+            site: site(7),
+            schema: "inventory".into(),
+            schema_version: 1,
+            token: Some("rw-token-1".into()),
+            accepts_changes: true,
+            live: false,
+            authority: false,
+            namespace: None,
+        }))
+        .await?;
+    let empty = meldb::Changeset::new(site(7));
+    for seq in 1..=20 {
+        let sent = flood
+            .send(&Message::Changes(meldb::sync::message::Batch {
+                seq,
+                changes: empty.clone(),
+            }))
+            .await;
+        if sent.is_err() {
+            break;
+        }
+    }
+    let notice = tokio::time::timeout(PATIENCE, async {
+        while let Some(message) = flood.recv().await {
+            if let Message::Notice(n) = message? {
+                return Ok::<_, SyncError>(Some(n));
+            }
+        }
+        Ok(None)
+    })
+    .await??
+    .ok_or("the flood was never refused")?;
+    assert_eq!(notice.code, NoticeCode::Busy, "{}", notice.message);
+    assert!(notice.message.contains("\"till-1\""), "{}", notice.message);
+    // Another token writes as usual.
+    let other = shared(2)?;
+    insert(&other, "o", 0..3)?;
+    sync_once_tcp(&other, &relay.addr, token("rw-token-2")).await?;
+    assert_eq!(rows(&relay.store)?, 3);
+    relay.stop().await
+}
+
 /// Attacker: a client with a valid read-write token that tries to fill
 /// the disk. Must not happen: anything of a batch over the quota is
 /// written, or the relay stops serving others.
@@ -657,6 +714,7 @@ async fn a_backlog_over_the_lag_bound_is_a_notice_and_a_resync() -> TestResult {
             accepts_changes: true,
             live: true,
             authority: false,
+            namespace: None,
         }))
         .await?;
     lagging

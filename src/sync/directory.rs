@@ -7,7 +7,7 @@
 //! Invariants:
 //!
 //! - A namespace's name maps to exactly one file, inside the directory:
-//!   names are 1 to 64 ASCII letters, digits, `_` and `-`, starting with
+//!   names are 1 to 64 lowercase ASCII letters, digits, `_` and `-`, starting with
 //!   a letter or a digit, so no name is a path, a hidden file or an option.
 //!   Any other name is refused as unknown, and nothing is created.
 //! - One [`SharedStore`] per namespace for the provider's life: every
@@ -270,7 +270,7 @@ mod tests {
 
     #[test]
     fn only_plain_names_name_a_namespace() {
-        for good in ["default", "team-7", "a", "User_42", &"x".repeat(64)] {
+        for good in ["default", "team-7", "a", "user_42", &"x".repeat(64)] {
             assert!(valid_name(good), "{good:?}");
         }
         for bad in [
@@ -282,6 +282,7 @@ mod tests {
             ".hidden",
             "-rf",
             "_x",
+            "User_42",
             "a b",
             "naïve",
             "a\0b",

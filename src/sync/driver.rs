@@ -242,6 +242,12 @@ async fn drive_observed<H: SharedReplica>(
                     }
                 }
                 let applies = matches!(message, Message::Changes(_) | Message::Push(_));
+                // An empty batch or push changes nothing: it wakes no one.
+                let writes = match &message {
+                    Message::Changes(batch) => !batch.changes.is_empty(),
+                    Message::Push(push) => !push.mutations.is_empty(),
+                    _ => false,
+                };
                 let gate = if applies { rebind.write_gate() } else { None };
                 let (back, result) = with_store(&store, session.take(), move |s, st| {
                     if let Some(gate) = gate.filter(|_| s.access() == Access::ReadWrite) {
@@ -262,7 +268,7 @@ async fn drive_observed<H: SharedReplica>(
                     }
                     return Err(e);
                 }
-                if applies {
+                if writes {
                     store.notify_changed();
                 }
             }

@@ -95,6 +95,13 @@ pub enum SyncError {
     /// granted.
     #[error("this relay serves no namespace {0:?}")]
     UnknownNamespace(Namespace),
+    /// The peer's hello named a namespace its token does not cover
+    /// (whether or not the relay has it: the answer is the same).
+    #[error("the token may not sync namespace {}", shown(requested))]
+    NamespaceRefused {
+        /// The name the hello gave.
+        requested: String,
+    },
     /// A relay limit: a connection cap, a deadline, a write rate or a
     /// storage quota (nothing of a refused write was written).
     #[error("{0}")]
@@ -132,6 +139,7 @@ impl SyncError {
             }
             SyncError::Unauthorized { .. }
             | SyncError::UnknownNamespace(_)
+            | SyncError::NamespaceRefused { .. }
             | SyncError::Identity(_) => NoticeCode::Unauthorized,
             SyncError::ReadOnly { .. } => NoticeCode::ReadOnly,
             SyncError::SchemaMismatch { .. } | SyncError::SameSite(_) => NoticeCode::Incompatible,
@@ -144,5 +152,15 @@ impl SyncError {
             | SyncError::Timeout { .. }
             | SyncError::Transport(_) => return None,
         })
+    }
+}
+
+/// A name a peer sent, quoted, cut to 64 characters: a refusal repeats
+/// what it refused without echoing a hello's worth of bytes.
+fn shown(name: &str) -> String {
+    const SHOWN: usize = 64;
+    match name.char_indices().nth(SHOWN) {
+        None => format!("{name:?}"),
+        Some((end, _)) => format!("{:?}…", &name[..end]),
     }
 }

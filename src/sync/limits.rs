@@ -55,7 +55,7 @@ pub enum LimitExceeded {
     /// Too many connections from one address have not said hello yet.
     #[error("{limit} connections from {address} are waiting to authenticate; try again later")]
     PerAddress {
-        /// The source address.
+        /// The source address (for IPv6, its /64 network).
         address: IpAddr,
         /// The cap per address.
         limit: usize,
@@ -181,7 +181,7 @@ impl Admission {
     /// the cap on unauthenticated connections.
     pub(crate) fn admit(&self, peer: &Peer) -> Result<Pending, LimitExceeded> {
         let address = match peer.addr.parse::<SocketAddr>() {
-            Ok(addr) => Some(self.take_address(addr.ip())?),
+            Ok(addr) => Some(self.take_address(source_of(addr.ip()))?),
             Err(_) => None,
         };
         let permit = Arc::clone(&self.pending).try_acquire_owned().map_err(|_| {
@@ -197,6 +197,7 @@ impl Admission {
         })
     }
 
+    /// `ip` is a source as [`source_of`] gives it.
     fn take_address(&self, ip: IpAddr) -> Result<AddressSlot, LimitExceeded> {
         let mut map = lock(&self.by_address);
         let count = map.entry(ip).or_insert(0);
@@ -412,9 +413,6 @@ impl WriteGate {
             ),
             _ => return Ok(()),
         };
-        if rows == 0 {
-            return Ok(());
-        }
         let incoming = bytes as u64;
         if let Some(quota) = self.quota {
             if let Some(used) = replica.stored_bytes()? {
@@ -429,15 +427,55 @@ impl WriteGate {
                 }
             }
         }
+        // An empty batch or push still costs the relay a locked apply: it
+        // takes one from the bucket, so a flood of them is held to the rate.
         self.rates
-            .take(&self.client, rows as u64, Instant::now())
+            .take(&self.client, rows.max(1) as u64, Instant::now())
             .map_err(SyncError::from)
+    }
+}
+
+/// The source a connection is counted against: its IPv4 address (also
+/// when it arrives IPv4-mapped on an IPv6 socket), or its IPv6 /64
+/// network, since one host is routinely given a whole /64 and could
+/// otherwise open connections from as many addresses as it likes.
+fn source_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(
+                u128::from(v6) & !((1u128 << 64) - 1),
+            )),
+        },
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Attacker: one host with a /64, connecting from many of its
+    /// addresses. Must not happen: each address gets its own quota.
+    #[test]
+    fn an_ipv6_64_is_one_source_and_a_mapped_ipv4_is_its_ipv4() -> Result<(), LimitExceeded> {
+        let slots = Admission::new(10, 10, 2);
+        let _a = slots.admit(&peer("[2001:db8:1:2::1]:1000"))?;
+        let _b = slots.admit(&peer("[2001:db8:1:2:ffff::9]:1000"))?;
+        assert!(matches!(
+            slots.admit(&peer("[2001:db8:1:2:aaaa:bbbb:cccc:dddd]:1")),
+            Err(LimitExceeded::PerAddress { limit: 2, .. })
+        ));
+        // Another /64 is another source.
+        let _c = slots.admit(&peer("[2001:db8:1:3::1]:1000"))?;
+        let _d = slots.admit(&peer("[::ffff:10.0.0.1]:1000"))?;
+        let _e = slots.admit(&peer("10.0.0.1:1001"))?;
+        assert!(matches!(
+            slots.admit(&peer("10.0.0.1:1002")),
+            Err(LimitExceeded::PerAddress { limit: 2, .. })
+        ));
+        Ok(())
+    }
 
     fn peer(addr: &str) -> Peer {
         Peer::at(addr)

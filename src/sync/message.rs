@@ -108,6 +108,11 @@ pub struct Hello {
     pub live: bool,
     /// Whether the sender is the authority (it runs pushed mutations).
     pub authority: bool,
+    /// The namespace the side that connected asks to sync, when a relay
+    /// serves several and its token may use more than one; `None`: the
+    /// one its token names first. Protocol version 2 and later (a
+    /// version-1 hello has no namespace: see [`crate::codec::ProtocolVersion`]).
+    pub namespace: Option<String>,
 }
 
 /// "Send me everything I lack."

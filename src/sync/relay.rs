@@ -78,7 +78,8 @@ pub struct RelayConfig {
     /// Connections that have not completed their hello, at once (at most;
     /// default 256). They never take the slots of authorized ones.
     pub max_unauthenticated: usize,
-    /// Of those, from one IP address (at most; default 16).
+    /// Of those, from one IP address (at most; default 16); an IPv6 /64
+    /// counts as one address.
     pub max_unauthenticated_per_address: usize,
     /// A connection's hello must be authorized this long after it was
     /// accepted (default 10 s).
@@ -480,7 +481,14 @@ impl<P: ReplicaProvider> Rebind<P::Replica> for ByGrant<P> {
         let name = self.client_name(hello.token.as_deref());
         let replica = match &grant {
             Some(g) => {
-                tracing::info!(%peer, client = name.as_deref().unwrap_or("-"), access = ?g.access, namespace = %g.namespace, "client accepted");
+                let requested = hello.namespace.as_deref();
+                let Some(namespace) = g.namespace_for(requested) else {
+                    tracing::warn!(%peer, client = name.as_deref().unwrap_or("-"), reason = "namespace refused", "client refused");
+                    return Err(SyncError::NamespaceRefused {
+                        requested: requested.unwrap_or_default().to_owned(),
+                    });
+                };
+                tracing::info!(%peer, client = name.as_deref().unwrap_or("-"), access = ?g.access, %namespace, "client accepted");
                 if let Slot::Pending(pending) = std::mem::replace(&mut self.slot, Slot::None) {
                     let client = pending.authenticate().inspect_err(|limit| {
                         tracing::warn!(%peer, reason = %limit, "client refused");
@@ -490,10 +498,10 @@ impl<P: ReplicaProvider> Rebind<P::Replica> for ByGrant<P> {
                 self.gate = Some(WriteGate {
                     rates: Arc::clone(&self.rates),
                     client: name.unwrap_or_else(|| "-".into()),
-                    namespace: g.namespace.clone(),
+                    namespace: namespace.clone(),
                     quota: self.quota,
                 });
-                provide(&self.provider, g.namespace.clone()).await?
+                provide(&self.provider, namespace).await?
             }
             None => {
                 tracing::warn!(%peer, presented = hello.token.is_some(), "client refused: bad token");

@@ -74,9 +74,13 @@ pub struct Grant {
     pub access: Access,
     /// The writer attached to the peer's changes ([`crate::Store::apply_from`]).
     pub writer: Writer,
-    /// The namespace whose replica the session syncs (a relay asks its
+    /// The namespace whose replica the session syncs when the peer's
+    /// hello names none, or names this one (a relay asks its
     /// [`ReplicaProvider`](super::provider::ReplicaProvider) for it).
     pub namespace: Namespace,
+    /// The other namespaces the peer may name in its hello instead (a
+    /// token for several teams' documents, say); any other is refused.
+    pub other_namespaces: BTreeSet<Namespace>,
     /// The token's identity: the sites it may write as, and the name its
     /// mutation state is kept under (see [`Identity`](super::Identity)). `None`
     /// trusts the peer's word on its site (a trusted network, no tokens);
@@ -91,6 +95,7 @@ impl Grant {
             access: Access::ReadWrite,
             writer: Writer::default(),
             namespace: Namespace::default(),
+            other_namespaces: BTreeSet::new(),
             identity: None,
         }
     }
@@ -101,6 +106,7 @@ impl Grant {
             access: Access::ReadOnly,
             writer: Writer::default(),
             namespace: Namespace::default(),
+            other_namespaces: BTreeSet::new(),
             identity: None,
         }
     }
@@ -113,8 +119,32 @@ impl Grant {
 
     /// The same grant in `namespace`.
     pub fn in_namespace(mut self, namespace: Namespace) -> Grant {
+        self.other_namespaces.remove(&namespace);
         self.namespace = namespace;
         self
+    }
+
+    /// The same grant, also allowing the peer to name `namespace`.
+    pub fn also_in(mut self, namespace: Namespace) -> Grant {
+        if namespace != self.namespace {
+            self.other_namespaces.insert(namespace);
+        }
+        self
+    }
+
+    /// The namespace a hello naming `requested` syncs: [`Grant::namespace`]
+    /// when it names none, else the one named if the grant allows it.
+    /// `None`: this grant does not cover it (whether or not it exists).
+    pub fn namespace_for(&self, requested: Option<&str>) -> Option<Namespace> {
+        match requested {
+            None => Some(self.namespace.clone()),
+            Some(name) if name == self.namespace.as_str() => Some(self.namespace.clone()),
+            Some(name) => self
+                .other_namespaces
+                .iter()
+                .find(|n| n.as_str() == name)
+                .cloned(),
+        }
     }
 }
 
@@ -135,6 +165,9 @@ pub struct SessionConfig {
     pub live: bool,
     /// The token presented when connecting.
     pub token: Option<String>,
+    /// The namespace asked for when connecting to a relay that serves
+    /// several (`None`: the one the token names first).
+    pub namespace: Option<String>,
     /// Live batches waiting to be sent to the peer (at most): one that
     /// acknowledges so slowly that more would wait is told it fell behind
     /// and disconnected; its next session resyncs. Bounds what a slow
@@ -152,6 +185,7 @@ impl Default for SessionConfig {
             window: 4,
             live: false,
             token: None,
+            namespace: None,
             max_lag_batches: 64,
             max_lag_bytes: 64 << 20,
         }
@@ -168,6 +202,13 @@ impl SessionConfig {
     /// The token to present.
     pub fn token(mut self, token: Option<String>) -> Self {
         self.token = token;
+        self
+    }
+
+    /// The namespace to ask a relay for (a plain name: see
+    /// [`Namespace`]); `None`: the one the token names first.
+    pub fn namespace(mut self, namespace: Option<String>) -> Self {
+        self.namespace = namespace;
         self
     }
 
@@ -390,6 +431,11 @@ impl Session {
             accepts_changes: self.access == Access::ReadWrite,
             live: self.config.live,
             authority: self.authority,
+            namespace: if initiator {
+                self.config.namespace.clone()
+            } else {
+                None
+            },
         }
     }
 
@@ -748,7 +794,10 @@ impl Session {
         let token = self.identity.as_ref().map_or("", Identity::token);
         let (answer, mutations) = match (want.first_pending, &self.peer) {
             (Some(first), Some(peer)) if authority => {
-                let pull = store.pull_for(token, peer.site, &want.have, first)?;
+                let mut pull = store.pull_for(token, peer.site, &want.have, first)?;
+                if !self.may_read_rejections_of(peer.site) {
+                    pull.notices.clear();
+                }
                 if !pull.notices.is_empty() {
                     self.stats.rejections_sent += pull.notices.len() as u64;
                     self.queue.push_back(Outgoing::Rejections(pull.notices));
@@ -878,6 +927,15 @@ impl Session {
         Ok(())
     }
 
+    /// Whether the peer may read the rejection notices of writes by `site`
+    /// (what was refused, and why): without tokens, anyone; with a token,
+    /// only when the site is bound to it, so a token (a read-only one
+    /// included) that says hello with another device's site id learns
+    /// nothing of that device's refused writes.
+    fn may_read_rejections_of(&self, site: SiteId) -> bool {
+        self.identity.is_none() || self.own_sites.contains(&site)
+    }
+
     /// Queues the rejection notices for the peer that a replica with `have`
     /// has not received (their corrections are not in `have`).
     fn queue_rejections(
@@ -888,6 +946,9 @@ impl Session {
         let Some(peer) = &self.peer else {
             return Ok(());
         };
+        if !self.may_read_rejections_of(peer.site) {
+            return Ok(());
+        }
         let list = store.rejections_for(peer.site, have)?;
         if !list.is_empty() {
             self.stats.rejections_sent += list.len() as u64;

@@ -678,6 +678,7 @@ fn send_batch(
             accepts_changes: true,
             live: false,
             authority: false,
+            namespace: None,
         }),
     )?;
     while r.poll_message().is_some() {}

@@ -13,6 +13,9 @@
 //! sites = ["4f1c…"]          # optional: site ids it writes as without binding them
 //! forward = false            # optional: may send other replicas' new writes
 //! namespace = "team-7"       # optional: the namespace it syncs (default "default")
+//! # or, for a token that may sync several (the client names one in its
+//! # hello; one that names none gets the first):
+//! # namespaces = ["team-7", "team-8"]
 //! ```
 //!
 //! The user and roles become the [`Writer`] of every change that arrives
@@ -84,6 +87,8 @@ struct FileEntry {
     #[serde(default)]
     forward: bool,
     namespace: Option<String>,
+    #[serde(default)]
+    namespaces: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -206,17 +211,38 @@ impl Tokens {
                     )));
                 }
             }
-            let namespace = match &entry.namespace {
-                None => Namespace::default(),
-                Some(name) if super::namespace::is_plain_name(name) => Namespace::new(name),
-                Some(name) => {
+            let names = match (&entry.namespace, entry.namespaces.as_slice()) {
+                (None, []) => vec![Namespace::default().as_str().to_owned()],
+                (Some(one), []) => vec![one.clone()],
+                (None, [_, ..]) => entry.namespaces.clone(),
+                (Some(_), [_, ..]) => {
                     return Err(error(format!(
-                        "token {:?}: namespace {name:?} is not a plain name (1 to 64 letters, \
-                         digits, '_' and '-', starting with a letter or digit)",
+                        "token {:?} gives both namespace and namespaces: keep one",
                         entry.name
                     )))
                 }
             };
+            let mut namespaces: Vec<Namespace> = Vec::with_capacity(names.len());
+            for name in &names {
+                if !super::namespace::is_plain_name(name) {
+                    return Err(error(format!(
+                        "token {:?}: namespace {name:?} is not a plain name (1 to 64 lowercase letters, \
+                         digits, '_' and '-', starting with a letter or digit)",
+                        entry.name
+                    )));
+                }
+                let namespace = Namespace::new(name);
+                if namespaces.contains(&namespace) {
+                    return Err(error(format!(
+                        "token {:?}: namespace {name:?} is listed twice",
+                        entry.name
+                    )));
+                }
+                namespaces.push(namespace);
+            }
+            let mut namespaces = namespaces.into_iter();
+            let namespace = namespaces.next().unwrap_or_default();
+            let other_namespaces = namespaces.collect();
             let access = match entry.access {
                 FileAccess::ReadWrite => Access::ReadWrite,
                 FileAccess::ReadOnly => Access::ReadOnly,
@@ -241,6 +267,7 @@ impl Tokens {
                     access,
                     writer,
                     namespace,
+                    other_namespaces,
                     identity: Some(identity),
                 },
             );
@@ -261,7 +288,8 @@ impl Tokens {
     pub fn namespaces(&self) -> std::collections::BTreeSet<Namespace> {
         self.entries
             .iter()
-            .map(|e| e.grant.namespace.clone())
+            .flat_map(|e| std::iter::once(&e.grant.namespace).chain(&e.grant.other_namespaces))
+            .cloned()
             .collect()
     }
 

@@ -22,9 +22,12 @@ use meldb_core::codec::{check_header, compact, frame_as, unframe_as, DecodeError
 /// The first bytes of every protocol message frame.
 pub const MESSAGE_MAGIC: [u8; 4] = *b"MLDP";
 /// The newest protocol version this build speaks (see [`ProtocolVersion`]).
-pub const PROTOCOL_VERSION: u16 = 1;
+///
+/// Version 2 added the namespace of a `Hello` (a client of a relay
+/// serving several names the one it syncs).
+pub const PROTOCOL_VERSION: u16 = 2;
 /// The oldest protocol version this build speaks: the one before
-/// [`PROTOCOL_VERSION`] (there was none before 1).
+/// [`PROTOCOL_VERSION`].
 pub const OLDEST_PROTOCOL_VERSION: u16 = 1;
 /// The largest message payload any connection accepts (64 MiB);
 /// connections may set a lower limit.
@@ -38,8 +41,7 @@ pub fn encode_message(message: &Message) -> Vec<u8> {
 /// Encodes a message as one frame in the given protocol version (the one a
 /// session agreed on: see [`ProtocolVersion`]).
 pub fn encode_message_as(message: &Message, version: ProtocolVersion) -> Vec<u8> {
-    // Version 1 is the only layout so far; the next one is chosen here.
-    frame_as(MESSAGE_MAGIC, version.0, &encode_payload(message))
+    frame_as(MESSAGE_MAGIC, version.0, &encode_payload(message, version))
 }
 
 /// A sync protocol version this build speaks; nothing else can be made
@@ -83,11 +85,14 @@ impl ProtocolVersion {
     }
 }
 
-// The payload of protocol version 1: a variant index, then the message's
-// fields in order, in the primitives of `codec::bin`:
+// The payload: a variant index, then the message's fields in order, in the
+// primitives of `codec::bin`. Protocol version 2 is version 1 with one
+// field more at the end of a Hello (marked [v2]); everything else is the
+// same in both.
 //
 //   0 Hello       site:site schema:str schema_version:uint token:option<str>
 //                 accepts_changes:bool live:bool authority:bool
+//                 [v2] namespace:option<str>
 //   1 Want        id:uint have:vv first_pending:option<uint>
 //   2 Changes     seq:uint changes:bytes (the `compact` layout)
 //   3 Ack         seq:uint applied:uint
@@ -105,7 +110,7 @@ impl ProtocolVersion {
 //   failure   = id:uint name:str error:str
 //
 // Variants and notice codes keep their numbers; new ones go at the end.
-fn encode_payload(message: &Message) -> Vec<u8> {
+fn encode_payload(message: &Message, version: ProtocolVersion) -> Vec<u8> {
     let mut e = Enc::new();
     match message {
         Message::Hello(h) => {
@@ -117,6 +122,17 @@ fn encode_payload(message: &Message) -> Vec<u8> {
             e.bool(h.accepts_changes);
             e.bool(h.live);
             e.bool(h.authority);
+            if version.0 >= 2 {
+                e.option(h.namespace.as_deref(), Enc::str);
+            } else {
+                // A session speaks version 1 only when its peer opened in
+                // it; the side that names a namespace is the one that
+                // connected, and it opens in its newest version.
+                debug_assert!(
+                    h.namespace.is_none(),
+                    "a version-1 hello cannot name a namespace"
+                );
+            }
         }
         Message::Want(w) => {
             e.u8(1);
@@ -264,7 +280,7 @@ fn read_version_vector(d: &mut Dec<'_>) -> Result<VersionVector, DecodeError> {
     Ok(have)
 }
 
-fn decode_payload(payload: &[u8]) -> Result<Message, DecodeError> {
+fn decode_payload(payload: &[u8], version: ProtocolVersion) -> Result<Message, DecodeError> {
     let mut d = Dec::new(payload, "message");
     let message = match d.variant(10, "message")? {
         0 => Message::Hello(Hello {
@@ -275,6 +291,11 @@ fn decode_payload(payload: &[u8]) -> Result<Message, DecodeError> {
             accepts_changes: d.bool()?,
             live: d.bool()?,
             authority: d.bool()?,
+            namespace: if version.0 >= 2 {
+                d.option(Dec::string)?
+            } else {
+                None
+            },
         }),
         1 => Message::Want(Want {
             id: d.uint()?,
@@ -395,8 +416,8 @@ pub fn decode_message_versioned(
         ProtocolVersion::VERSIONS,
         limit.min(MAX_MESSAGE_PAYLOAD),
     )?;
-    // Version 1 is the only layout so far; the next one is chosen here.
-    Ok((ProtocolVersion(version), decode_payload(payload)?))
+    let version = ProtocolVersion(version);
+    Ok((version, decode_payload(payload, version)?))
 }
 
 #[cfg(test)]
@@ -453,6 +474,7 @@ mod tests {
                 accepts_changes: true,
                 live: false,
                 authority: false,
+                namespace: Some("team-7".into()),
             }),
             Message::Want(Want {
                 id: 3,
@@ -514,6 +536,40 @@ mod tests {
             assert_eq!(len + HEADER_LEN, bytes.len());
             assert_eq!(decode_message(&bytes, MAX_MESSAGE_PAYLOAD)?, message);
         }
+        Ok(())
+    }
+
+    /// Version 1 is still spoken: every message but a hello naming a
+    /// namespace round-trips in it, and a version-1 hello is a version-2
+    /// hello without the namespace, byte for byte up to the field.
+    #[test]
+    fn every_message_round_trips_in_version_1_and_a_hello_gains_a_namespace_in_2(
+    ) -> Result<(), DecodeError> {
+        let v1 = ProtocolVersion::OLDEST;
+        assert_eq!(v1.number(), 1);
+        for mut message in every_message() {
+            if let Message::Hello(h) = &mut message {
+                h.namespace = None;
+            }
+            let bytes = encode_message_as(&message, v1);
+            assert_eq!(
+                decode_message_versioned(&bytes, MAX_MESSAGE_PAYLOAD)?,
+                (v1, message.clone())
+            );
+            if let Message::Hello(h) = &message {
+                let newest = encode_message(&Message::Hello(h.clone()));
+                // Version 2 appends one `None` byte to the same payload.
+                assert_eq!(newest[HEADER_LEN..].len(), bytes[HEADER_LEN..].len() + 1);
+                assert_eq!(&newest[HEADER_LEN..newest.len() - 1], &bytes[HEADER_LEN..]);
+            }
+        }
+        // A version-2 hello's namespace is part of the payload, so a
+        // version-1 reader of the same payload finds a byte too many.
+        let named = &every_message()[0];
+        let bytes = encode_message(named);
+        assert!(matches!(named, Message::Hello(h) if h.namespace.is_some()));
+        let as_v1 = frame_as(MESSAGE_MAGIC, 1, &bytes[HEADER_LEN..]);
+        assert!(decode_message(&as_v1, MAX_MESSAGE_PAYLOAD).is_err());
         Ok(())
     }
 
@@ -617,7 +673,11 @@ mod tests {
     fn every_version_this_build_speaks_round_trips_and_no_other_is_made() {
         for n in OLDEST_PROTOCOL_VERSION..=PROTOCOL_VERSION {
             let version = ProtocolVersion::new(n).expect("spoken");
-            for message in every_message() {
+            for mut message in every_message() {
+                if let (Message::Hello(h), 1) = (&mut message, n) {
+                    // Version 1 has no namespace to carry.
+                    h.namespace = None;
+                }
                 let bytes = encode_message_as(&message, version);
                 assert_eq!(bytes[4..6], n.to_le_bytes());
                 assert_eq!(
@@ -657,6 +717,7 @@ mod tests {
                 accepts_changes: true,
                 live: false,
                 authority: true,
+                namespace: Some("ns".into()),
             }),
             Message::Want(Want {
                 id: 3,
@@ -748,12 +809,33 @@ mod tests {
         "0606016d",
     ];
 
+    /// Version 2's payloads: version 1's, with the hello's namespace
+    /// (`Some("ns")`: `01 02 6e 73`) at its end.
+    fn pinned_v2() -> Vec<String> {
+        let mut v2: Vec<String> = PINNED_V1.iter().map(|h| (*h).to_owned()).collect();
+        v2[0].push_str("01026e73");
+        v2
+    }
+
     #[test]
     fn every_field_of_every_message_is_pinned() {
-        let got: Vec<String> = distinct_messages()
-            .iter()
-            .map(|m| hex(&encode_message(m)[HEADER_LEN..]))
+        let in_version = |version: ProtocolVersion, messages: &[Message]| -> Vec<String> {
+            messages
+                .iter()
+                .map(|m| hex(&encode_message_as(m, version)[HEADER_LEN..]))
+                .collect()
+        };
+        // Version 1 has no namespace to carry.
+        let v1_messages: Vec<Message> = distinct_messages()
+            .into_iter()
+            .map(|mut m| {
+                if let Message::Hello(h) = &mut m {
+                    h.namespace = None;
+                }
+                m
+            })
             .collect();
+        let got = in_version(ProtocolVersion::OLDEST, &v1_messages);
         if PINNED_V1.is_empty() {
             panic!(
                 "pin these:\n{}",
@@ -764,11 +846,20 @@ mod tests {
             );
         }
         assert_eq!(got, PINNED_V1);
-        for m in distinct_messages() {
-            assert_eq!(
-                decode_message(&encode_message(&m), MAX_MESSAGE_PAYLOAD),
-                Ok(m)
-            );
+        assert_eq!(
+            in_version(ProtocolVersion::NEWEST, &distinct_messages()),
+            pinned_v2()
+        );
+        for (version, messages) in [
+            (ProtocolVersion::OLDEST, v1_messages),
+            (ProtocolVersion::NEWEST, distinct_messages()),
+        ] {
+            for m in messages {
+                assert_eq!(
+                    decode_message_versioned(&encode_message_as(&m, version), MAX_MESSAGE_PAYLOAD),
+                    Ok((version, m))
+                );
+            }
         }
     }
 }

@@ -474,6 +474,11 @@ pub struct NetSyncArgs {
     /// pending) is printed on stderr, one line each.
     #[arg(long)]
     pub continuous: bool,
+
+    /// The namespace to sync, on a relay whose token allows several (default: the first
+    /// the token names).
+    #[arg(long, value_name = "NAME")]
+    pub namespace: Option<String>,
 }
 
 /// A TLS listener's certificate and key.

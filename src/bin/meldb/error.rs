@@ -52,7 +52,7 @@ pub enum CliError {
     #[error("the tokens file grants namespaces {names}, but --db serves one database for all of them; use --data-dir DIR to keep each namespace apart")]
     NamespacesNeedDataDir { names: String },
 
-    #[error("--namespace {name:?}: a namespace is 1 to 64 letters, digits, '_' and '-', starting with a letter or digit")]
+    #[error("--namespace {name:?}: a namespace is 1 to 64 lowercase letters, digits, '_' and '-', starting with a letter or digit")]
     BadNamespace { name: String },
 
     #[error("unknown outcome {name:?} (expected one of: {expected})")]

@@ -207,7 +207,9 @@ pub fn sync(args: &NetSyncArgs, out: &mut dyn Write) -> Result<()> {
         connector =
             connector.tls(ClientTls::with_ca_file(ca).map_err(meldb::sync::SyncError::from)?);
     }
-    let config = SessionConfig::default().token(token(args)?);
+    let config = SessionConfig::default()
+        .token(token(args)?)
+        .namespace(args.namespace.clone());
     if args.continuous {
         return continuous(store, url, connector, config, out);
     }
