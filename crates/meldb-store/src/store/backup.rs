@@ -152,6 +152,15 @@ fn backup(src: &Connection, from: &str, to: &Path) -> Result<BackupReport, Backu
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
         _ => PathBuf::from("."),
     };
+    if !dir.is_dir() {
+        return Err(BackupError::Io {
+            path: dir.display().to_string(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "the directory for the backup does not exist",
+            ),
+        });
+    }
     // The copy holds the same data: it gets the source's permissions (a
     // private database never gets a world-readable backup).
     let permissions = std::fs::metadata(from).ok().map(|m| m.permissions());
@@ -441,6 +450,12 @@ mod tests {
         let err = Store::backup_file(dir.path().join("shop.db"), &to);
         assert!(matches!(err, Err(BackupError::Exists { .. })), "{err:?}");
         assert!(no_partial_files(dir.path())?);
+        // A destination in a directory that does not exist names it.
+        let nowhere = store.backup_to(dir.path().join("missing").join("x.db"));
+        assert!(
+            matches!(&nowhere, Err(BackupError::Io { path, .. }) if path.ends_with("missing")),
+            "{nowhere:?}"
+        );
         Ok(())
     }
 
