@@ -139,6 +139,9 @@ pub use value::{Key, Value};
 // Exchanging changes.
 pub use changeset::{ChangeCursor, ChangePage, Changeset, Cover, RowChange, TableChanges};
 pub use store::{ApplyReport, HeldChange, SiteBinding};
+
+// Backups of a live database.
+pub use store::BackupReport;
 pub use version::{SeqRanges, VersionVector};
 
 // Conflicts: resolvers, their decisions and the conflict log.
@@ -155,7 +158,8 @@ pub use mutator::{
 // Errors: one per layer, all convertible into `Error`.
 pub use codec::DecodeError;
 pub use error::{
-    ApplyError, Error, MutationError, OpenError, ResolveError, Result, StorageError, WriteError,
+    ApplyError, BackupError, Error, MutationError, OpenError, ResolveError, Result, StorageError,
+    WriteError,
 };
 
 /// The README's Rust examples, compiled and run as doc tests so they stay

@@ -7,7 +7,8 @@
 //! timeout. The result is an ordinary [`Connection`]: the session above
 //! cannot tell the transports apart.
 
-use super::driver::{reconnecting, sync_once, Backoff, SyncReport};
+use super::continuous::ContinuousSync;
+use super::driver::{sync_once, Backoff, SyncReport};
 use super::error::SyncError;
 use super::listen::check_supported;
 use super::net::{NetStream, TransportError};
@@ -181,6 +182,7 @@ pub async fn sync_once_url<H: SharedReplica>(
 
 /// Stays connected to `url` and syncs continuously, as
 /// [`sync_continuously`](super::sync_continuously) does for a TCP address.
+/// For its status as it goes, use [`ContinuousSync`](super::ContinuousSync).
 pub async fn sync_continuously_url<H: SharedReplica>(
     store: H,
     url: PeerUrl,
@@ -189,10 +191,10 @@ pub async fn sync_continuously_url<H: SharedReplica>(
     backoff: Backoff,
     shutdown: watch::Receiver<bool>,
 ) -> Vec<SyncReport> {
-    let shown = url.to_string();
-    let connect = || {
-        let (connector, url) = (connector.clone(), url.clone());
-        async move { connector.connect(&url).await }
-    };
-    reconnecting(store, &shown, connect, config, backoff, shutdown).await
+    ContinuousSync::new(store, url)
+        .connector(connector)
+        .config(config)
+        .backoff(backoff)
+        .run(shutdown)
+        .await
 }

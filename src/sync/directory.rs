@@ -123,7 +123,36 @@ impl DirectoryProvider {
     /// The database file of `namespace`, `None` for a name that is not a
     /// valid namespace name.
     pub fn path_of(&self, namespace: &Namespace) -> Option<PathBuf> {
-        valid_name(namespace.as_str()).then(|| self.dir.join(format!("{namespace}.db")))
+        DirectoryProvider::file_in(&self.dir, namespace)
+    }
+
+    /// The database file of `namespace` under a data directory `dir`,
+    /// without opening anything (`meldb backup --data-dir`); `None` for a
+    /// name that is not a valid namespace name.
+    pub fn file_in(dir: &Path, namespace: &Namespace) -> Option<PathBuf> {
+        valid_name(namespace.as_str()).then(|| dir.join(format!("{namespace}.db")))
+    }
+
+    /// Copies `namespace`'s database to a new file at `to` while the relay
+    /// keeps serving it (SQLite's online backup, on a connection of its
+    /// own: sessions are not held up; see [`Store::backup_file`]). It
+    /// blocks: async code runs it on the blocking pool.
+    ///
+    /// # Errors
+    ///
+    /// [`SyncError::UnknownNamespace`] for a namespace with no database
+    /// here; [`SyncError::Store`] with [`crate::Error::Backup`] when the
+    /// backup was not made.
+    pub fn backup(
+        &self,
+        namespace: &Namespace,
+        to: impl AsRef<Path>,
+    ) -> Result<crate::BackupReport, SyncError> {
+        let path = self
+            .path_of(namespace)
+            .filter(|p| p.is_file())
+            .ok_or_else(|| SyncError::UnknownNamespace(namespace.clone()))?;
+        Store::backup_file(path, to).map_err(|e| SyncError::Store(e.into()))
     }
 
     /// The namespaces with a database in the directory, in name order.
@@ -196,6 +225,48 @@ fn valid_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_namespace_is_backed_up_while_served_and_an_unknown_one_is_refused(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let schema = Schema::from_toml_str(
+            r#"
+            name = "notes"
+            version = 1
+            [[table]]
+            name = "note"
+            primary_key = ["id"]
+            [[table.column]]
+            name = "id"
+            type = "text"
+            "#,
+            "notes.toml",
+        )?;
+        let dir = tempfile::tempdir()?;
+        let provider = DirectoryProvider::open(dir.path(), &schema, StoreOptions::new())?
+            .creation(Creation::Any);
+        let team = Namespace::new("team-a");
+        let store = provider.replica(&team)?;
+        store.write(|tx| tx.insert("note", &[("id", "n1".into())]))?;
+        let to = dir.path().join("backups").join("team-a.db");
+        std::fs::create_dir(dir.path().join("backups"))?;
+        let report = provider.backup(&team, &to)?;
+        assert_eq!(report.rows, vec![("note".to_string(), 1)]);
+        // The relay's handle is still the one serving, and still writes.
+        store.write(|tx| tx.insert("note", &[("id", "n2".into())]))?;
+        // A namespace with no database is refused by name, and nothing is
+        // created (for it or under the backup's name).
+        let ghost = provider.backup(&Namespace::new("ghost"), dir.path().join("g.db"));
+        assert!(matches!(ghost, Err(SyncError::UnknownNamespace(ref n)) if n.as_str() == "ghost"));
+        let bad = provider.backup(&Namespace::new("../x"), dir.path().join("h.db"));
+        assert!(matches!(bad, Err(SyncError::UnknownNamespace(_))));
+        assert!(!dir.path().join("ghost.db").exists() && !dir.path().join("g.db").exists());
+        assert_eq!(
+            DirectoryProvider::file_in(dir.path(), &team),
+            Some(dir.path().join("team-a.db"))
+        );
+        Ok(())
+    }
 
     #[test]
     fn only_plain_names_name_a_namespace() {

@@ -13,12 +13,15 @@
 //! sees it, may hand the loop another replica and a fresh session
 //! ([`Rebind`]), and from then on that one alone is read and written.
 
+use super::backoff::{seed_for, Delays};
 use super::error::SyncError;
 use super::limits::{LimitExceeded, WriteGate};
 use super::message::{Hello, Message, NoticeCode};
 use super::metrics::RelayMetrics;
+use super::replica::Replica;
 use super::session::{Access, PeerInfo, Session, SessionConfig, SyncStats};
 use super::shared::SharedReplica;
+use super::status::{SyncFailure, SyncStatus, Tracker};
 use super::transport::Connection;
 use super::wire::MAX_MESSAGE_PAYLOAD;
 use std::future::Future;
@@ -121,6 +124,19 @@ impl<H: Send> Rebind<H> for Fixed {
     }
 }
 
+/// Sees the session each time round the loop, once what it had to say is
+/// sent (a continuous sync's status, [`super::status`]). It must be quick:
+/// the session waits for it.
+pub(crate) trait Observe: Send {
+    /// The session as it stands.
+    fn progress(&mut self, session: &Session);
+}
+
+/// Observes nothing (the relay, one-shot syncs).
+impl Observe for () {
+    fn progress(&mut self, _session: &Session) {}
+}
+
 /// Runs `session` until it is caught up (one-shot), the peer closes, an
 /// error, or `shutdown` turns true.
 ///
@@ -129,12 +145,25 @@ impl<H: Send> Rebind<H> for Fixed {
 /// quiet), never re-armed by anything else, so other clients' traffic on
 /// the same replica cannot keep a silent connection alive.
 pub(crate) async fn drive<H: SharedReplica>(
+    store: H,
+    session: Session,
+    conn: &mut Connection,
+    options: &DriveOptions,
+    shutdown: &mut watch::Receiver<bool>,
+    rebind: &mut impl Rebind<H>,
+) -> Result<SyncReport, SyncError> {
+    drive_observed(store, session, conn, options, shutdown, rebind, &mut ()).await
+}
+
+/// [`drive`], reporting the session's progress to `observer`.
+async fn drive_observed<H: SharedReplica>(
     mut store: H,
     session: Session,
     conn: &mut Connection,
     options: &DriveOptions,
     shutdown: &mut watch::Receiver<bool>,
     rebind: &mut impl Rebind<H>,
+    observer: &mut impl Observe,
 ) -> Result<SyncReport, SyncError> {
     let mut session = Some(session);
     let mut changes = store.subscribe();
@@ -161,6 +190,7 @@ pub(crate) async fn drive<H: SharedReplica>(
                 during: "after a notice",
             });
         }
+        observer.progress(s);
         if s.has_deferred_changes() {
             let (back, result) =
                 with_store(&store, session.take(), |s, st| s.local_changed(st)).await?;
@@ -514,7 +544,9 @@ pub async fn sync_once_tcp<H: SharedReplica>(
 
 /// Reconnection delays: doubling from `initial` up to `max` while
 /// connecting or sessions fail, back to `initial` after a session that
-/// lasted at least `max`.
+/// lasted at least `max`. Each wait is drawn at random from the upper half
+/// of the current delay (`[d/2, d]`, "equal jitter"), so clients cut off
+/// together do not reconnect together.
 #[derive(Debug, Clone, Copy)]
 pub struct Backoff {
     /// The first delay.
@@ -534,7 +566,8 @@ impl Default for Backoff {
 
 /// Stays connected to `addr` and syncs continuously (live mode):
 /// reconnects with [`Backoff`] after any failure, until `shutdown` turns
-/// true. Returns the report of every session that ended cleanly.
+/// true. Returns the report of every session that ended cleanly. For its
+/// status as it goes, use [`ContinuousSync`](super::ContinuousSync).
 pub async fn sync_continuously<H: SharedReplica>(
     store: H,
     addr: String,
@@ -543,17 +576,32 @@ pub async fn sync_continuously<H: SharedReplica>(
     shutdown: watch::Receiver<bool>,
 ) -> Vec<SyncReport> {
     let connect = || Connection::tcp(addr.clone(), MAX_MESSAGE_PAYLOAD);
-    reconnecting(store, &addr, connect, config, backoff, shutdown).await
+    let status = Arc::new(watch::channel(SyncStatus::starting()).0);
+    let reconnect = Reconnect {
+        backoff,
+        seed: None,
+        status,
+    };
+    reconnecting(store, &addr, connect, config, reconnect, shutdown).await
+}
+
+/// How [`reconnecting`] waits and reports.
+pub(crate) struct Reconnect {
+    pub backoff: Backoff,
+    /// The jitter's seed; `None`: from the site id and the clock.
+    pub seed: Option<u64>,
+    /// Where the status goes.
+    pub status: Arc<watch::Sender<SyncStatus>>,
 }
 
 /// [`sync_continuously`] over whatever `connect` opens (a TCP address, a
-/// peer URL).
+/// peer URL), keeping `reconnect.status` up to date.
 pub(crate) async fn reconnecting<H, F, C>(
     store: H,
     addr: &str,
     mut connect: F,
     config: SessionConfig,
-    backoff: Backoff,
+    reconnect: Reconnect,
     mut shutdown: watch::Receiver<bool>,
 ) -> Vec<SyncReport>
 where
@@ -561,54 +609,74 @@ where
     F: FnMut() -> C,
     C: Future<Output = Result<Connection, SyncError>>,
 {
-    let mut delay = backoff.initial;
+    let backoff = reconnect.backoff;
+    let seed = reconnect
+        .seed
+        .unwrap_or_else(|| seed_for(store.with_replica(|r| r.site_id())));
+    let mut delays = Delays::new(backoff, seed);
+    let mut tracker = Tracker::new(store.clone(), reconnect.status);
     let mut all = Vec::new();
     let options = DriveOptions::client(false, Duration::from_secs(15));
     while !*shutdown.borrow() {
-        match connect().await {
+        tracker.connecting();
+        let ended = match connect().await {
             Ok(mut conn) => {
+                tracker.connected();
                 let session =
                     store.with_replica(|r| Session::initiator(&*r, config.clone().live(true)));
                 let started = Instant::now();
-                let drove = drive(
+                let drove = drive_observed(
                     store.clone(),
                     session,
                     &mut conn,
                     &options,
                     &mut shutdown,
                     &mut Fixed,
+                    &mut tracker,
                 )
                 .await;
+                // A session that lasted was healthy: reconnect soon. One
+                // that failed at once keeps backing off, so a broken peer
+                // is not hammered.
+                if started.elapsed() >= backoff.max {
+                    delays.reset();
+                }
                 match drove {
-                    Ok(stats) => all.push(stats),
+                    Ok(stats) => {
+                        all.push(stats);
+                        None
+                    }
                     Err(e) => {
                         tracing::warn!(peer = %addr, error = %e, "sync session ended");
-                        delay = match e {
-                            // A refused token stays refused; keep trying
-                            // slowly in case the relay's tokens change.
-                            SyncError::Refused {
-                                code: NoticeCode::Unauthorized,
-                                ..
-                            } => backoff.max,
-                            // A session that lasted was healthy: reconnect
-                            // soon. One that failed at once keeps backing
-                            // off, so a broken peer is not hammered.
-                            _ if started.elapsed() >= backoff.max => backoff.initial,
-                            _ => delay,
-                        };
+                        // A refused token stays refused; keep trying
+                        // slowly in case the relay's tokens change.
+                        if let SyncError::Refused {
+                            code: NoticeCode::Unauthorized,
+                            ..
+                        } = e
+                        {
+                            delays.slowest();
+                        }
+                        Some(SyncFailure::new(e, false))
                     }
                 }
             }
             Err(e) => {
                 tracing::debug!(peer = %addr, error = %e, "connect failed");
+                Some(SyncFailure::new(e, true))
             }
+        };
+        if *shutdown.borrow() {
+            break;
         }
+        let delay = delays.next_delay();
+        tracker.offline(ended, delay);
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
             _ = shutdown.wait_for(|stop| *stop) => {}
         }
-        delay = (delay * 2).min(backoff.max);
     }
+    tracker.stopped().await;
     all
 }
 

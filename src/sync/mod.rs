@@ -27,6 +27,11 @@
 //! - `driver`: one loop that runs a session over a connection, and the
 //!   calls [`sync_once`], [`sync_once_tcp`], [`sync_continuously`] and
 //!   [`accept_once`];
+//! - `continuous`, `status`, `backoff`: a continuous sync an app can watch
+//!   ([`ContinuousSync`], [`SyncHandle`]): its [`SyncStatus`] (connecting,
+//!   connected, syncing, idle, offline with the [`SyncFailure`] and the
+//!   next retry, stopped; what is still to deliver), and reconnect delays
+//!   with jitter;
 //! - `limits`: the relay's connection slots, write rates and quotas
 //!   ([`WriteRate`], [`LimitExceeded`]);
 //! - `relay`: the server many clients sync through ([`Relay`]; [`Tokens`]
@@ -53,8 +58,10 @@
 //! missing.
 
 mod admin;
+mod backoff;
 mod batch;
 mod connect;
+mod continuous;
 mod directory;
 mod driver;
 mod error;
@@ -72,6 +79,7 @@ mod reload;
 mod replica;
 mod session;
 mod shared;
+mod status;
 #[cfg(feature = "tls")]
 mod tls;
 mod tokens;
@@ -83,6 +91,7 @@ pub(crate) mod wire;
 
 pub use admin::{AdminConfig, AdminServer};
 pub use connect::{sync_continuously_url, sync_once_url, Connector};
+pub use continuous::{ContinuousSync, SyncHandle};
 pub use directory::{Creation, DirectoryProvider, Setup};
 pub use driver::{accept_once, sync_continuously, sync_once, sync_once_tcp, Backoff, SyncReport};
 pub use error::SyncError;
@@ -103,6 +112,7 @@ pub use replica::Replica;
 pub use rustls;
 pub use session::{Access, Authorize, Grant, PeerInfo, Session, SessionConfig, SyncStats};
 pub use shared::{SharedReplica, SharedStore};
+pub use status::{SyncFailure, SyncState, SyncStatus};
 #[cfg(feature = "tls")]
 pub use tls::{ClientTls, ServerTls};
 pub use tokens::Tokens;

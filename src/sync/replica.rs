@@ -92,6 +92,31 @@ pub trait Replica {
     fn stored_bytes(&self) -> Result<Option<u64>> {
         Ok(None)
     }
+    /// How many rows carry a write of this replica's own that a peer with
+    /// `vv` lacks: what a continuous sync's status reports as pending. The
+    /// default reads those rows ([`Replica::changes_since`], page by page)
+    /// and counts the ones with a cover of this site; the store's reads
+    /// only its own dots ([`Store::local_changes_missing_from`]).
+    fn local_changes_missing_from(&self, vv: &VersionVector) -> Result<u64> {
+        let site = self.site_id();
+        let mut count = 0;
+        let mut from: Option<ChangeCursor> = None;
+        loop {
+            let page = self.changes_since(vv, from.as_ref(), 1000)?;
+            count += page
+                .changes
+                .tables
+                .iter()
+                .flat_map(|t| &t.rows)
+                .filter(|row| row.covers.iter().any(|c| c.site == site))
+                .count() as u64;
+            match page.next {
+                // A cursor that does not move on would loop forever.
+                Some(next) if from.as_ref().is_none_or(|f| next > *f) => from = Some(next),
+                _ => return Ok(count),
+            }
+        }
+    }
 }
 
 impl Replica for Store {
@@ -172,6 +197,10 @@ impl Replica for Store {
 
     fn apply_pull(&mut self, response: &PullResponse) -> Result<PullReport> {
         Store::apply_pull(self, response)
+    }
+
+    fn local_changes_missing_from(&self, vv: &VersionVector) -> Result<u64> {
+        Store::local_changes_missing_from(self, vv)
     }
 
     /// The database's pages times their size (WAL frames included, the

@@ -333,6 +333,8 @@ pub struct Session {
     next_seq: u64,
     in_flight: BTreeMap<u64, InFlight>,
     peer_has: Option<VersionVector>,
+    /// What the peer's latest `Want` said it has.
+    peer_had: Option<VersionVector>,
     answering: Option<(u64, Option<u64>)>,
     peer_caught: bool,
     acknowledged: VersionVector,
@@ -404,6 +406,7 @@ impl Session {
             next_seq: 1,
             in_flight: BTreeMap::new(),
             peer_has: None,
+            peer_had: None,
             answering: None,
             peer_caught: false,
             acknowledged: VersionVector::new(),
@@ -465,6 +468,16 @@ impl Session {
     /// The dots the peer acknowledged having committed in this session.
     pub fn acknowledged(&self) -> &VersionVector {
         &self.acknowledged
+    }
+
+    /// What the peer is known to have committed: the version vector of
+    /// its latest `Want` and every batch it acknowledged since. `None`
+    /// before a `Want` arrived (a peer that takes no changes sends none).
+    /// This replica's writes beyond it are still to be delivered.
+    pub fn peer_acknowledged(&self) -> Option<VersionVector> {
+        let mut vv = self.peer_had.clone()?;
+        vv.merge(&self.acknowledged);
+        Some(vv)
     }
 
     /// Whether the session ended (a refusal, an error, a notice).
@@ -829,6 +842,7 @@ impl Session {
                 (read_batches(store, &want.have, &self.config)?, None)
             }
         };
+        self.peer_had = Some(want.have.clone());
         let mut peer_has = want.have;
         for changes in answer {
             add_covers(&mut peer_has, &changes);

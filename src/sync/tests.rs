@@ -826,3 +826,38 @@ fn a_token_binds_sites_up_to_its_limit_and_a_push_must_be_its_sessions() -> Test
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_counts_queued_mutations_until_the_authority_settles_them() -> TestResult {
+    use super::driver::Observe;
+    use super::status::{SyncState, SyncStatus, Tracker};
+    use std::time::Duration;
+    let (mut server, mut client) = booking_pair()?;
+    client.mutate("book", &("A1", "alice"))?;
+    let shared = SharedStore::new(client);
+    let status = Arc::new(tokio::sync::watch::channel(SyncStatus::starting()).0);
+    let mut rx = status.subscribe();
+    let mut tracker = Tracker::new(shared.clone(), Arc::clone(&status));
+    tracker.connecting();
+    let within = Duration::from_secs(30);
+    tokio::time::timeout(within, rx.wait_for(|s| s.pending_mutations == 1)).await??;
+    // No peer said what it has: the changes to deliver are unknown.
+    assert_eq!(rx.borrow().pending_changes, None);
+
+    // One sync with the authority, the tracker watching the client's side.
+    let mut c = Session::initiator(&*shared.lock(), SessionConfig::default());
+    let mut s = Session::responder(&server, SessionConfig::default(), allow_all());
+    pump(&mut c, &mut shared.lock(), &mut s, &mut server)?;
+    tracker.progress(&c);
+    let settled = tokio::time::timeout(
+        within,
+        rx.wait_for(|s| matches!(s.state, SyncState::Idle) && s.is_settled()),
+    )
+    .await??
+    .clone();
+    assert_eq!(settled.pending_changes, Some(0), "{settled}");
+    tracker.stopped().await;
+    assert!(matches!(rx.borrow().state, SyncState::Stopped));
+    assert!(rx.borrow().is_settled());
+    Ok(())
+}

@@ -7,6 +7,7 @@
 //! was applied). [`StorageError`]: SQLite failed, or the database's own
 //! metadata is corrupt. [`ResolveError`]: a resolver failed or decided
 //! something that cannot be carried out (the apply changed nothing).
+//! [`BackupError`]: a backup that was not made (nothing under its name).
 //! Schema and decoding errors live with their modules.
 
 use crate::clock::SiteId;
@@ -44,6 +45,9 @@ pub enum Error {
     /// A mutator could not run, or failed.
     #[error(transparent)]
     Mutation(#[from] MutationError),
+    /// A backup that was not made (boxed, as `Open`).
+    #[error(transparent)]
+    Backup(Box<BackupError>),
 }
 
 /// A mutation that did not happen; nothing of it was written or queued.
@@ -469,6 +473,80 @@ pub enum OpenError {
     /// SQLite failed, or the database's own metadata is corrupt.
     #[error(transparent)]
     Storage(#[from] StorageError),
+}
+
+/// A backup that was not made ([`Store::backup_to`](crate::Store::backup_to),
+/// [`Store::backup_file`](crate::Store::backup_file)): nothing is left
+/// under the destination's name, and the source is unchanged.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum BackupError {
+    /// The destination exists: a backup never replaces a file.
+    #[error("{path} already exists: a backup never overwrites a file; choose a new name or remove it first")]
+    Exists {
+        /// The destination.
+        path: String,
+    },
+    /// The source is missing or not a meldb database.
+    #[error("{path} is not a meldb database: {problem}")]
+    NotMeldb {
+        /// The source.
+        path: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// The source database could not be opened.
+    #[error("cannot open {path}: {source}")]
+    Source {
+        /// The source.
+        path: String,
+        /// What SQLite said.
+        source: rusqlite::Error,
+    },
+    /// A file beside the destination could not be created, synced or
+    /// moved into place.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// What the system said.
+        source: std::io::Error,
+    },
+    /// SQLite's backup failed.
+    #[error("copying {from} to {to} failed: {source}")]
+    Copy {
+        /// The source.
+        from: String,
+        /// The destination.
+        to: String,
+        /// What SQLite said.
+        source: rusqlite::Error,
+    },
+    /// The source stayed locked (an exclusive transaction, a truncating
+    /// checkpoint) for longer than the backup waits.
+    #[error("{from} stayed locked for {seconds} s; no backup was made, try again")]
+    Busy {
+        /// The source.
+        from: String,
+        /// How long the backup waited.
+        seconds: u64,
+    },
+    /// The copy failed its check (integrity, meldb's metadata, the format).
+    #[error("the copy of {from} failed its check, so nothing was written to {to}: {problem}")]
+    Check {
+        /// The source.
+        from: String,
+        /// The destination.
+        to: String,
+        /// What the check found.
+        problem: String,
+    },
+}
+
+impl From<BackupError> for Error {
+    fn from(e: BackupError) -> Self {
+        Error::Backup(Box::new(e))
+    }
 }
 
 impl From<OpenError> for Error {

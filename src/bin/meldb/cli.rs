@@ -178,6 +178,40 @@ Needs no arguments; stores are in memory unless --dir is given."
     /// Manage a relay's tokens file.
     #[command(subcommand)]
     Token(TokenCommand),
+
+    /// Copy a live database (or one namespace of a relay) to a new file, while it keeps serving.
+    #[command(
+        long_about = "Copy a meldb database to a new file with SQLite's online backup, while other processes (a running `meldb relay`) keep reading and writing it: --db FILE, or a relay's namespace with --data-dir DIR --namespace NAME (the file DIR/NAME.db). The copy is one snapshot of everything committed when it began. It is written to a hidden temporary file beside --to, checked (SQLite's integrity check, meldb's format), synced to disk and only then given its name, so a crash never leaves a half backup under that name; an existing --to is never overwritten. Needs no schema. Prints what was copied. The backup keeps the source's site id: restore it in place of the original (stop the relay, copy the file back); to use it beside the original, run `meldb rotate-site-id` on it first."
+    )]
+    Backup(BackupArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// The database file to back up.
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "data_dir",
+        conflicts_with = "data_dir"
+    )]
+    pub db: Option<PathBuf>,
+
+    /// A relay's data directory (`meldb relay --data-dir`); back up its --namespace.
+    #[arg(long, value_name = "DIR", requires = "namespace")]
+    pub data_dir: Option<PathBuf>,
+
+    /// With --data-dir: the namespace to back up (its database is DIR/NAME.db).
+    #[arg(long, value_name = "NAME", requires = "data_dir")]
+    pub namespace: Option<String>,
+
+    /// The backup file to write; it must not exist.
+    #[arg(long, value_name = "FILE")]
+    pub to: PathBuf,
+
+    /// Print the result as one JSON object.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -466,6 +500,13 @@ pub struct NetSyncArgs {
     /// Read the access token from this environment variable.
     #[arg(long, value_name = "VAR", group = "token_source")]
     pub token_env: Option<String>,
+
+    /// Stay connected and keep syncing both ways as changes happen, reconnecting with
+    /// backoff, until ctrl-c or SIGTERM; each change of status (connecting, connected,
+    /// syncing, idle, offline with the error and the next retry, stopped, and what is
+    /// pending) is printed on stderr, one line each.
+    #[arg(long)]
+    pub continuous: bool,
 
     /// The namespace to sync, on a relay whose token allows several (default: the first
     /// the token names).

@@ -71,6 +71,16 @@ pub enum CliError {
     #[error("unknown outcome {name:?} (expected one of: {expected})")]
     BadOutcome { name: String, expected: String },
 
+    #[error("namespace {name:?} has no database in {} ({} does not exist)", dir.display(), path.display())]
+    NoNamespace {
+        name: String,
+        dir: PathBuf,
+        path: PathBuf,
+    },
+
+    #[error(transparent)]
+    Backup(Box<meldb::BackupError>),
+
     #[error("no database at {} (create it with `meldb init`)", path.display())]
     NoDatabase { path: PathBuf },
 
@@ -114,6 +124,12 @@ impl From<meldb::Error> for CliError {
 impl From<meldb::OpenError> for CliError {
     fn from(e: meldb::OpenError) -> Self {
         CliError::Meldb(Box::new(e.into()))
+    }
+}
+
+impl From<meldb::BackupError> for CliError {
+    fn from(e: meldb::BackupError) -> Self {
+        CliError::Backup(Box::new(e))
     }
 }
 

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
+mod backup;
 mod cli;
 mod commands;
 mod config;
@@ -70,6 +71,7 @@ fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
         Command::Demo(a) => demo::run(a, out),
         Command::Token(cli::TokenCommand::Add(a)) => token::add(a, out),
         Command::Token(cli::TokenCommand::Remove(a)) => token::remove(a, out),
+        Command::Backup(a) => backup::backup(a, out),
     }
 }
 
@@ -106,7 +108,7 @@ fn db_args(command: &Command) -> Option<(&'static str, &DbArgs)> {
         Command::Serve(a) => ("serve", &a.db),
         Command::Sync(a) => ("sync", &a.db),
         Command::Conflicts(a) => ("conflicts", &a.db),
-        Command::Demo(_) | Command::Token(_) => return None,
+        Command::Demo(_) | Command::Token(_) | Command::Backup(_) => return None,
     })
 }
 

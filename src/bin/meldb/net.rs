@@ -16,9 +16,10 @@ use crate::cli::{LogFormat, NetSyncArgs, RelayArgs, ServeArgs, ServerTlsArgs};
 use crate::commands::{load_schema_at, open};
 use crate::error::{file_error, in_file, CliError, Result};
 use meldb::sync::{
-    sync_once_url, AdminConfig, AdminServer, ClientTls, Connector, Creation, DirectoryProvider,
-    ListenOptions, Namespace, PeerUrl, Relay, RelayConfig, RelayMetrics, Reloader, ReplicaProvider,
-    ServerTls, SessionConfig, SharedStore, Tokens, UrlListener, WriteRate,
+    sync_once_url, AdminConfig, AdminServer, ClientTls, Connector, ContinuousSync, Creation,
+    DirectoryProvider, ListenOptions, Namespace, PeerUrl, Relay, RelayConfig, RelayMetrics,
+    Reloader, ReplicaProvider, ServerTls, SessionConfig, SharedStore, SyncState, Tokens,
+    UrlListener, WriteRate,
 };
 use meldb::{Durability, StoreOptions};
 use std::collections::BTreeSet;
@@ -357,7 +358,11 @@ async fn wait_for_signal() {
 
 /// `meldb sync`.
 pub fn sync(args: &NetSyncArgs, out: &mut dyn Write) -> Result<()> {
-    init_logs("warn", LogFormat::Text);
+    // A continuous sync reports its errors in its status lines.
+    init_logs(
+        if args.continuous { "error" } else { "warn" },
+        LogFormat::Text,
+    );
     let store = SharedStore::new(open(&args.db)?);
     let url: PeerUrl = args.peer.parse().map_err(meldb::sync::SyncError::from)?;
     let mut connector = Connector::new();
@@ -368,6 +373,9 @@ pub fn sync(args: &NetSyncArgs, out: &mut dyn Write) -> Result<()> {
     let config = SessionConfig::default()
         .token(token(args)?)
         .namespace(args.namespace.clone());
+    if args.continuous {
+        return continuous(store, url, connector, config, out);
+    }
     let report = runtime()?.block_on(sync_once_url(&store, &url, config, &connector))?;
     let stats = report.stats;
     writeln!(
@@ -398,6 +406,57 @@ pub fn sync(args: &NetSyncArgs, out: &mut dyn Write) -> Result<()> {
             writeln!(out, "rejected: {} {}: {}", r.table, r.key, r.reason)?;
         }
     }
+    Ok(())
+}
+
+/// `meldb sync --continuous`: syncs until a signal, one stderr line per
+/// change of status, then what moved on stdout.
+fn continuous(
+    store: SharedStore,
+    url: PeerUrl,
+    connector: Connector,
+    config: SessionConfig,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let reports = runtime()?.block_on(async {
+        let sync = ContinuousSync::new(store, url.clone())
+            .connector(connector)
+            .config(config);
+        let mut status = sync.status();
+        let (stop, shutdown) = watch::channel(false);
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            let _ = stop.send(true);
+        });
+        let run = tokio::spawn(sync.run(shutdown));
+        let mut last = String::new();
+        loop {
+            let (line, stopped) = {
+                let now = status.borrow_and_update();
+                (now.to_string(), matches!(now.state, SyncState::Stopped))
+            };
+            if line != last {
+                eprintln!("sync {url}: {line}");
+                last = line;
+            }
+            if stopped || status.changed().await.is_err() {
+                break;
+            }
+        }
+        run.await
+            .map_err(|e| meldb::sync::SyncError::Io(std::io::Error::other(e)))
+    })?;
+    let sum = |f: fn(&meldb::sync::SyncStats) -> u64| -> u64 {
+        reports.iter().map(|r| f(&r.stats)).sum()
+    };
+    writeln!(
+        out,
+        "sent {} rows, received {} rows ({} changed this replica) in {} that ended cleanly",
+        sum(|s| s.rows_sent),
+        sum(|s| s.rows_received),
+        sum(|s| s.rows_applied),
+        crate::output::count(reports.len(), "session")
+    )?;
     Ok(())
 }
 

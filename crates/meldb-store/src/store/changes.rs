@@ -54,6 +54,52 @@ impl Store {
         Ok(changes)
     }
 
+    /// How many rows carry a write of this replica that a replica with
+    /// version vector `vv` lacks: the local changes it has not yet
+    /// received (a sync client's uploads not yet acknowledged, given what
+    /// its peer acknowledged). Each row counts once however often it was
+    /// written; a row is counted exactly when [`Store::changes_since`]
+    /// would send it for one of this replica's own dots. Reads only this
+    /// site's dots past the first one `vv` lacks, so it is cheap when
+    /// little is pending.
+    ///
+    /// # Errors
+    ///
+    /// Only [`Error::Storage`](crate::Error::Storage): SQLite failed.
+    pub fn local_changes_missing_from(&self, vv: &VersionVector) -> Result<u64> {
+        // Pending mutations' speculative effects are never sent.
+        let _canonical = self.canonical_view()?;
+        let Some(idx) = self.sites.find(&self.local) else {
+            return Ok(0);
+        };
+        let empty = SeqRanges::default();
+        let asker = vv.site(&self.local).unwrap_or(&empty);
+        let start = asker.first_missing();
+        let mut prev: u64 = self
+            .conn
+            .prepare_cached("SELECT max(seq) FROM meldb_dots WHERE site = ?1 AND seq < ?2")?
+            .query_row(rusqlite::params![idx, start as i64], |r| {
+                r.get::<_, Option<i64>>(0)
+            })
+            .optional()?
+            .flatten()
+            .unwrap_or(0) as u64;
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT seq FROM meldb_dots WHERE site = ?1 AND seq >= ?2 ORDER BY seq",
+        )?;
+        let mut entries = stmt.query(rusqlite::params![idx, start as i64])?;
+        let mut missing = 0;
+        while let Some(entry) = entries.next()? {
+            let seq = entry.get::<_, i64>(0)? as u64;
+            // As in `wanted_rows`: the row stands for `prev+1..=seq`.
+            if !asker.contains_all(prev + 1, seq) {
+                missing += 1;
+            }
+            prev = seq;
+        }
+        Ok(missing)
+    }
+
     /// At most `limit` (at least one) of the rows a replica with version
     /// vector `vv` lacks, after `from` (from the start if `None`), in table
     /// then row order, with the cursor to continue after them. Pages list

@@ -13,6 +13,7 @@
 //! transaction, so a crash leaves the old state or the new one.
 
 mod apply;
+mod backup;
 mod bindings;
 mod changes;
 mod conflicts;
@@ -29,6 +30,7 @@ mod speculate;
 mod write;
 
 pub use apply::{ApplyReport, HeldChange};
+pub use backup::BackupReport;
 pub use bindings::SiteBinding;
 pub use write::Transaction;
 

@@ -390,3 +390,39 @@ fn a_corrupt_conflict_log_entry_is_reported() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn local_changes_missing_from_counts_rows_a_peer_lacks() -> Result<()> {
+    let time = ManualTime::new(1_000_000);
+    let (mut a, mut b) = (replica(1, &time)?, replica(2, &time)?);
+    assert_eq!(a.local_changes_missing_from(&b.version_vector())?, 0);
+    a.write(|tx| {
+        tx.insert("item", &[("sku", "A1".into()), ("stock", 1.into())])?;
+        tx.insert("item", &[("sku", "A2".into()), ("stock", 1.into())])?;
+        tx.insert("item", &[("sku", "A3".into()), ("stock", 1.into())])
+    })?;
+    // A row written twice is one change to send.
+    a.write(|tx| tx.increment("item", "A1", "stock", 2))?;
+    assert_eq!(a.local_changes_missing_from(&b.version_vector())?, 3);
+    assert_eq!(a.local_changes_missing_from(&VersionVector::new())?, 3);
+    // The peer's own writes are not this replica's changes.
+    b.write(|tx| tx.insert("item", &[("sku", "B1".into()), ("stock", 1.into())]))?;
+    sync(&b, &mut a)?;
+    assert_eq!(a.local_changes_missing_from(&b.version_vector())?, 3);
+    sync(&a, &mut b)?;
+    assert_eq!(a.local_changes_missing_from(&b.version_vector())?, 0);
+    assert_eq!(a.local_changes_missing_from(&a.version_vector())?, 0);
+    a.write(|tx| tx.set("item", "A2", "name", "pear"))?;
+    assert_eq!(a.local_changes_missing_from(&b.version_vector())?, 1);
+    // A peer that has only this replica's first write (and all of b's)
+    // lacks exactly the rows changes_since sends it: A1's first dot was
+    // superseded by its increment, so every row counts.
+    let mut first = VersionVector::new();
+    first.insert(a.site_id(), 1, 1);
+    first.insert(b.site_id(), 1, 1);
+    assert_eq!(
+        a.local_changes_missing_from(&first)?,
+        a.changes_since(&first)?.len() as u64
+    );
+    Ok(())
+}
