@@ -157,3 +157,55 @@ async fn the_example_config_starts_a_relay() -> TestResult {
     assert!(d.join("data").join("default.db").exists());
     Ok(())
 }
+
+/// `meldb relay --check` (systemd's `ExecStartPre`): a good config says so
+/// and starts nothing (no database file appears); a config that would
+/// not start (a tls:// listener without a certificate, a tokens file
+/// with one secret twice, a namespace with capitals) fails, naming what.
+#[test]
+fn check_reports_what_would_stop_the_relay_and_starts_nothing() -> TestResult {
+    let (config, elsewhere) = dirs()?;
+    let d = config.path();
+    let schema = tls_kit::schema_path();
+    let run = |body: &str| -> Result<std::process::Output, Box<dyn std::error::Error>> {
+        let file = d.join("relay.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "schema = {:?}\ntokens = \"tokens.toml\"\ndata_dir = \"data\"\n{body}",
+                schema.display().to_string()
+            ),
+        )?;
+        let mut cmd = relay(elsewhere.path(), &file, &["--check"]);
+        cmd.env_remove("MELDB_SCHEMA");
+        Ok(cmd.output()?)
+    };
+    let good = run("listen = [\"127.0.0.1:0\"]\nnamespace = [\"shop-7\"]\n")?;
+    let stdout = String::from_utf8_lossy(&good.stdout);
+    assert!(good.status.success(), "{good:?}");
+    assert!(stdout.contains("config ok: 1 tokens"), "{stdout}");
+    assert!(
+        !d.join("data").exists(),
+        "--check created the data directory"
+    );
+
+    let no_cert = run("listen = [\"tls://127.0.0.1:0\"]\n")?;
+    assert!(!no_cert.status.success());
+    let stderr = String::from_utf8_lossy(&no_cert.stderr);
+    assert!(stderr.contains("needs a certificate and key"), "{stderr}");
+
+    let capital = run("listen = [\"127.0.0.1:0\"]\nnamespace = [\"Shop\"]\n")?;
+    assert!(!capital.status.success());
+    let stderr = String::from_utf8_lossy(&capital.stderr);
+    assert!(stderr.contains("\"Shop\""), "{stderr}");
+
+    std::fs::write(
+        d.join("tokens.toml"),
+        format!("{TOKENS}[[token]]\nname = \"till-2\"\ntoken = \"till-1-secret\"\naccess = \"read-only\"\n"),
+    )?;
+    let twice = run("listen = [\"127.0.0.1:0\"]\n")?;
+    assert!(!twice.status.success());
+    let stderr = String::from_utf8_lossy(&twice.stderr);
+    assert!(stderr.contains("the same secret"), "{stderr}");
+    Ok(())
+}

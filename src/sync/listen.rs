@@ -98,6 +98,35 @@ impl std::fmt::Debug for UrlListener {
 }
 
 impl UrlListener {
+    /// Whether [`Self::bind`] would take these URLs and options, short of
+    /// binding: at least one URL, each of a scheme this build has, and a
+    /// certificate for every `tls://` and `wss://` one.
+    ///
+    /// # Errors
+    ///
+    /// What `bind` would refuse before it binds, the same error.
+    pub fn check(urls: &[PeerUrl], options: &ListenOptions) -> Result<(), SyncError> {
+        if urls.is_empty() {
+            return Err(SyncError::Io(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a relay needs at least one address to listen on",
+            )));
+        }
+        for url in urls {
+            check_supported(url)?;
+            #[cfg(feature = "tls")]
+            if url.scheme().is_tls() && options.tls.is_none() {
+                return Err(TransportError::NoServerCertificate {
+                    url: url.to_string(),
+                }
+                .into());
+            }
+            #[cfg(not(feature = "tls"))]
+            let _ = options;
+        }
+        Ok(())
+    }
+
     /// Binds every URL (port 0: any free port; see [`Self::local_urls`]).
     ///
     /// # Errors
@@ -105,12 +134,7 @@ impl UrlListener {
     /// No URLs; a `tls://` or `wss://` URL without `ListenOptions::tls`;
     /// a scheme this build lacks; a port that cannot be bound (named).
     pub async fn bind(urls: &[PeerUrl], options: &ListenOptions) -> Result<UrlListener, SyncError> {
-        if urls.is_empty() {
-            return Err(SyncError::Io(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "a relay needs at least one address to listen on",
-            )));
-        }
+        Self::check(urls, options)?;
         let mut ports = Vec::with_capacity(urls.len());
         for url in urls {
             check_supported(url)?;

@@ -284,6 +284,12 @@ pub struct RelayArgs {
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
+    /// Check the flags (and config file), schema, tokens, TLS certificate and key, namespaces
+    /// and listen addresses, then exit without opening a database or listening (for
+    /// systemd's ExecStartPre).
+    #[arg(long)]
+    pub check: bool,
+
     /// The database file: one namespace, the default.
     #[arg(
         long,

@@ -96,6 +96,9 @@ pub fn relay(args: &RelayArgs, out: &mut dyn Write) -> Result<()> {
         single_db,
         tls,
     };
+    if args.check {
+        return check_relay(args, &config, &listen_options, out);
+    }
     match (&args.db, &args.data_dir) {
         (Some(db), _) => {
             let store = options.open(db, &schema).map_err(in_file(db))?;
@@ -135,6 +138,38 @@ pub fn relay(args: &RelayArgs, out: &mut dyn Write) -> Result<()> {
             path: std::path::PathBuf::from("(give --db FILE or --data-dir DIR)"),
         }),
     }
+}
+
+/// `meldb relay --check`: what would stop the relay from starting, short
+/// of opening a database or binding a port (the schema, tokens and TLS
+/// files were read by the caller).
+fn check_relay(
+    args: &RelayArgs,
+    config: &RelayConfig,
+    options: &ListenOptions,
+    out: &mut dyn Write,
+) -> Result<()> {
+    if let Some(dir) = &args.data_dir {
+        for name in &args.namespaces {
+            if DirectoryProvider::file_in(dir, &Namespace::new(name)).is_none() {
+                return Err(CliError::BadNamespace { name: name.clone() });
+            }
+        }
+    }
+    let urls = args
+        .listen
+        .iter()
+        .map(|a| a.parse::<PeerUrl>())
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(meldb::sync::SyncError::from)?;
+    UrlListener::check(&urls, options)?;
+    let tokens = config.tokens.as_ref().map_or(0, |t| t.len());
+    writeln!(
+        out,
+        "config ok: {tokens} tokens; would listen on {}",
+        args.listen.join(", ")
+    )?;
+    Ok(())
 }
 
 /// `meldb serve`.
