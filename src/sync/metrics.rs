@@ -729,7 +729,11 @@ mod tests {
                 assert!(text.contains(&format!("# HELP {name} ")), "{name} has help");
             }
         }
-        assert_eq!(families, 17, "every family, once");
+        assert_eq!(families, 19, "every family, once");
+        assert!(
+            text.contains("meldb_relay_connections_refused_total{reason=\"dropped_over_cap\"} 0\n")
+        );
+        assert!(text.contains("meldb_relay_refusals_in_flight_peak 0\n"));
         assert!(text.contains("meldb_relay_auth_failures_total{reason=\"bad_token\"} 0\n"));
         assert!(text.contains("meldb_relay_connections{state=\"pending\"} 0\n"));
         assert!(text.contains("meldb_relay_write_refusals_total{reason=\"lag\"} 0\n"));
