@@ -13,12 +13,14 @@ use meldb::codec::{self, decode_message, encode_message, HEADER_LEN, MAX_MESSAGE
 use meldb::sync::message::{Hello, Want};
 use meldb::sync::WriteRate;
 use meldb::sync::{
-    sync_continuously, sync_once, sync_once_tcp, Backoff, Connection, Grant, Message, NoticeCode,
-    Relay, RelayConfig, SessionConfig, SharedStore, SyncError, Tokens,
+    sync_continuously, sync_once, sync_once_tcp, Backoff, Connection, Grant, ListenOptions,
+    Message, NoticeCode, PeerUrl, Relay, RelayConfig, RelayMetrics, SessionConfig, SharedStore,
+    SyncError, Tokens, UrlListener,
 };
 use meldb::{StoreOptions, VersionVector};
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -827,4 +829,173 @@ async fn meldb_relay_takes_its_limits_from_flags() -> TestResult {
     sync_until_ok(&client, &addr, "rw-token-1").await?;
     drop(child);
     Ok(())
+}
+
+/// One series of `metrics` (its name and labels as rendered), e.g.
+/// `meldb_relay_connections_refused_total{reason="token_cap"}`.
+fn metric(metrics: &RelayMetrics, series: &str) -> Result<u64, Box<dyn std::error::Error>> {
+    let text = metrics.render();
+    let value = text
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .ok_or_else(|| format!("no series {series} in\n{text}"))?;
+    Ok(value.trim().parse()?)
+}
+
+fn refused(metrics: &RelayMetrics, reason: &str) -> Result<u64, Box<dyn std::error::Error>> {
+    metric(
+        metrics,
+        &format!("meldb_relay_connections_refused_total{{reason=\"{reason}\"}}"),
+    )
+}
+
+/// Attacker: one address (127.0.0.2), no token, opens many more sockets to
+/// a WebSocket listener than the caps allow and never sends the HTTP
+/// upgrade, so every `Busy` notice it is owed waits on a handshake. Must
+/// not happen: more than `REFUSALS_IN_FLIGHT` refusals (tasks and
+/// handshakes) at once, a socket past those left uncounted, or a real
+/// client locked out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_over_the_caps_is_dropped_past_a_bound_on_refusals() -> TestResult {
+    let bound = meldb::sync::REFUSALS_IN_FLIGHT;
+    let long = Duration::from_secs(120);
+    let metrics = Arc::new(RelayMetrics::new());
+    let urls: Vec<PeerUrl> = vec![
+        "ws://127.0.0.1:0/sync".parse()?,
+        "tcp://127.0.0.1:0".parse()?,
+    ];
+    let listener = UrlListener::bind(&urls, &ListenOptions::new().handshake_timeout(long)).await?;
+    let bound_urls = listener.local_urls();
+    let (ws, tcp) = (bound_urls[0].authority(), bound_urls[1].authority());
+    let store = shared(100)?;
+    insert(&store, "r", 0..2)?;
+    let config = RelayConfig::default()
+        .tokens(tokens())
+        .max_unauthenticated(8, 2)
+        .handshake_timeout(long)
+        .write_timeout(long)
+        .metrics(Arc::clone(&metrics));
+    let relay = Relay::new(store.clone(), listener, config);
+    let (stop, shutdown) = watch::channel(false);
+    let task = tokio::spawn(relay.run(shutdown));
+
+    // Two take the address's pending slots, `bound` stall their refusal's
+    // handshake, and the rest find no room even for that.
+    let extra = 30;
+    let total = 2 + bound + extra;
+    let attacker = [127, 0, 0, 2];
+    let mut flood = Vec::new();
+    for _ in 0..total {
+        flood.push(connect_from(attacker, &ws).await?);
+    }
+    eventually("the relay to accept the flood", || async {
+        Ok(metric(&metrics, "meldb_relay_connections_accepted_total")? == total as u64)
+    })
+    .await?;
+    assert_eq!(refused(&metrics, "dropped_over_cap")?, extra as u64);
+    assert_eq!(refused(&metrics, "per_address_cap")?, bound as u64);
+    let peak = metric(&metrics, "meldb_relay_refusals_in_flight_peak")?;
+    assert!(peak <= bound as u64, "{peak} refusals at once");
+    assert_eq!(
+        metric(&metrics, "meldb_relay_refusals_in_flight")?,
+        bound as u64
+    );
+    // A socket dropped over the cap is closed with nothing sent.
+    let mut last = flood.pop().ok_or("no flood")?;
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(PATIENCE, last.read(&mut buf)).await?;
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+
+    // A real client from another address still syncs.
+    let client = shared(1)?;
+    sync_until_ok(&client, &tcp, "rw-token-1").await?;
+    assert_eq!(rows(&client)?, 2);
+    drop(flood);
+    eventually("the stalled refusals to end", || async {
+        Ok(metric(&metrics, "meldb_relay_refusals_in_flight")? == 0)
+    })
+    .await?;
+    stop.send(true)?;
+    tokio::time::timeout(PATIENCE, task).await???;
+    Ok(())
+}
+
+/// Opens a live session with `t` on a raw socket and returns it with the
+/// first message the relay answers (its `Hello`, or a notice).
+async fn live_session(
+    addr: &str,
+    t: &str,
+    site_byte: u8,
+) -> Result<(TcpStream, Message), Box<dyn std::error::Error>> {
+    let mut stream = TcpStream::connect(addr).await?;
+    stream.write_all(&hello_bytes(t, site_byte, true)).await?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            if got.len() >= HEADER_LEN {
+                let len = codec::message_payload_len(&got, MAX_MESSAGE_PAYLOAD)?;
+                if got.len() >= HEADER_LEN + len {
+                    let first = decode_message(&got[..HEADER_LEN + len], MAX_MESSAGE_PAYLOAD)?;
+                    return Ok::<_, Box<dyn std::error::Error>>(first);
+                }
+            }
+            match stream.read(&mut buf).await? {
+                0 => return Err("the relay closed before answering".into()),
+                n => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await?
+    .map(|first| (stream, first))
+}
+
+/// Attacker: a holder of one valid token (till-1) opening live sessions
+/// until the relay is full. Must not happen: that token holds more than
+/// its cap of client slots, another token is locked out, the refusal
+/// shows the token's secret, or a slot stays taken after its session
+/// closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_token_holds_at_most_its_cap_of_connections() -> TestResult {
+    let metrics = Arc::new(RelayMetrics::new());
+    let relay = Running::start(
+        RelayConfig::default()
+            .max_connections_per_token(2)
+            .metrics(Arc::clone(&metrics)),
+    )
+    .await?;
+    let (a1, first) = live_session(&relay.addr, "rw-token-1", 1).await?;
+    assert!(matches!(first, Message::Hello(_)), "{first:?}");
+    let (_a2, first) = live_session(&relay.addr, "rw-token-1", 2).await?;
+    assert!(matches!(first, Message::Hello(_)), "{first:?}");
+    let (_a3, first) = live_session(&relay.addr, "rw-token-1", 3).await?;
+    let (code, message) = notice_of(Some(first))?;
+    assert_eq!(code, NoticeCode::Busy);
+    assert!(
+        message.contains("token \"till-1\" already has 2 connections open"),
+        "{message}"
+    );
+    assert!(
+        !message.contains("rw-token-1"),
+        "the secret leaked: {message}"
+    );
+    assert_eq!(refused(&metrics, "token_cap")?, 1);
+    // Another token is not affected.
+    let (_b, first) = live_session(&relay.addr, "rw-token-2", 4).await?;
+    assert!(matches!(first, Message::Hello(_)), "{first:?}");
+    // One of till-1's sessions closes: till-1 gets in again (once the
+    // relay saw the close).
+    drop(a1);
+    let start = Instant::now();
+    let _again = loop {
+        let (stream, first) = live_session(&relay.addr, "rw-token-1", 5).await?;
+        match first {
+            Message::Hello(_) => break stream,
+            _ if start.elapsed() < PATIENCE => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            other => return Err(format!("still refused: {other:?}").into()),
+        }
+    };
+    relay.stop().await
 }

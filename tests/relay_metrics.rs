@@ -393,6 +393,8 @@ async fn counters_equal_what_the_clients_did() -> TestResult {
         "unauthenticated_cap",
         "per_address_cap",
         "client_cap",
+        "token_cap",
+        "dropped_over_cap",
         "handshake_timeout",
     ] {
         let series = format!("meldb_relay_connections_refused_total{{reason=\"{reason}\"}}");

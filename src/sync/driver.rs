@@ -66,6 +66,10 @@ pub(crate) struct DriveOptions {
     pub write_timeout: Duration,
     /// A relay's counters: how long each batch from the peer took to apply.
     pub metrics: Option<Arc<RelayMetrics>>,
+    /// When the `handshake` deadline started, if before the loop (a
+    /// relay's accept, so the TLS and WebSocket handshakes count against
+    /// it); `None`: when the loop started.
+    pub handshake_from: Option<Instant>,
 }
 
 impl DriveOptions {
@@ -78,6 +82,7 @@ impl DriveOptions {
             quiet: None,
             write_timeout: Duration::from_secs(30),
             metrics: None,
+            handshake_from: None,
         }
     }
 }
@@ -209,7 +214,7 @@ async fn drive_observed<H: SharedReplica>(
         let live_and_quiet = !options.until_caught_up && s.is_caught_up();
         let idle = later(quiet_since, options.idle.saturating_mul(silent + 1));
         let deadline = match (options.handshake, options.quiet) {
-            (Some(limit), _) if greeting => later(started, limit),
+            (Some(limit), _) if greeting => hello_deadline(started, options.handshake_from, limit),
             (_, Some(quiet)) if live_and_quiet => idle.min(later(heard, quiet)),
             _ => idle,
         };
@@ -366,6 +371,14 @@ async fn drive_observed<H: SharedReplica>(
 }
 
 /// `at + limit`, or a time decades away for a limit too large to add.
+/// When a peer's `Hello` is due: `limit` after `from` (the relay's
+/// accept) if given, else after `started`, so time spent before the loop
+/// (a TLS or WebSocket handshake) comes out of the hello's share rather
+/// than adding to it.
+fn hello_deadline(started: Instant, from: Option<Instant>, limit: Duration) -> Instant {
+    later(from.map_or(started, |from| from.min(started)), limit)
+}
+
 fn later(at: Instant, limit: Duration) -> Instant {
     const FAR: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
     at.checked_add(limit)
@@ -699,5 +712,31 @@ fn notice_text(e: &SyncError) -> String {
             ours.oldest, ours.newest
         ),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Attacker: a client that spends most of the handshake deadline on a
+    /// slow TLS handshake, then sends its hello late. Must not happen: the
+    /// hello gets a fresh full deadline after the upgrade (twice the limit
+    /// in all).
+    #[test]
+    fn the_hello_deadline_counts_from_accept_not_from_the_upgrade() {
+        let accepted = Instant::now();
+        let limit = Duration::from_secs(10);
+        // The upgrade took 8 s: 2 s are left for the hello.
+        let upgraded = accepted + Duration::from_secs(8);
+        assert_eq!(
+            hello_deadline(upgraded, Some(accepted), limit),
+            accepted + limit
+        );
+        // An upgrade that took the whole deadline leaves nothing.
+        let late = accepted + Duration::from_secs(12);
+        assert!(hello_deadline(late, Some(accepted), limit) <= late);
+        // Without an accept time (a direct peer), the loop's start counts.
+        assert_eq!(hello_deadline(upgraded, None, limit), upgraded + limit);
     }
 }

@@ -7,8 +7,9 @@
 //!   authorized, counted against the cap on unauthenticated connections
 //!   and, when the peer has an IP address, against that address's own cap;
 //! - then a *client* slot (`ClientSlot`), counted against the cap on
-//!   connections. `Pending::authenticate` takes the client slot and gives
-//!   the pending one back in the same step.
+//!   connections and against its token's own cap (so one token cannot
+//!   take every client slot). `Pending::authenticate` takes the client
+//!   slot and gives the pending one back in the same step.
 //!
 //! So an unauthenticated socket never holds a client slot: however many
 //! sockets an attacker without a token opens, or however slowly they
@@ -31,6 +32,7 @@ use super::metrics::{ConnectionGauge, RelayMetrics};
 use super::namespace::Namespace;
 use super::replica::Replica;
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -59,6 +61,17 @@ pub enum LimitExceeded {
         /// The source address (for IPv6, its /64 network).
         address: IpAddr,
         /// The cap per address.
+        limit: usize,
+    },
+    /// The token already holds its share of the client slots.
+    #[error(
+        "token {token:?} already has {limit} connections open, the relay's limit per token; \
+         close one or try again later"
+    )]
+    PerToken {
+        /// The token's name (never its secret).
+        token: String,
+        /// The cap per token.
         limit: usize,
     },
     /// No authorized `Hello` within the handshake deadline.
@@ -131,6 +144,7 @@ impl LimitExceeded {
             LimitExceeded::Connections { .. }
             | LimitExceeded::Unauthenticated { .. }
             | LimitExceeded::PerAddress { .. }
+            | LimitExceeded::PerToken { .. }
             | LimitExceeded::Lagging { .. }
             | LimitExceeded::WriteRate { .. } => NoticeCode::Busy,
             LimitExceeded::Handshake { .. } => NoticeCode::Protocol,
@@ -151,10 +165,12 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 pub(crate) struct Admission {
     pending: Arc<Semaphore>,
     clients: Arc<Semaphore>,
-    by_address: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    by_address: Counts<IpAddr>,
+    by_token: Counts<String>,
     max_connections: usize,
     max_unauthenticated: usize,
     max_per_address: usize,
+    max_per_token: usize,
     /// Where the slots in use are counted (pending, authorized).
     metrics: Option<Arc<RelayMetrics>>,
 }
@@ -173,11 +189,20 @@ impl Admission {
             pending: Arc::new(Semaphore::new(max_unauthenticated)),
             clients: Arc::new(Semaphore::new(max_connections)),
             by_address: Arc::default(),
+            by_token: Arc::default(),
             max_connections,
             max_unauthenticated,
             max_per_address: max_per_address.max(1),
+            max_per_token: usize::MAX,
             metrics: None,
         }
+    }
+
+    /// Caps the client slots one token may hold (at least 1; without
+    /// this, a token may hold all of them).
+    pub(crate) fn per_token(mut self, max: usize) -> Admission {
+        self.max_per_token = max.max(1);
+        self
     }
 
     /// Counts the slots in use in `metrics`' connection gauge.
@@ -204,25 +229,20 @@ impl Admission {
             _address: address,
             clients: Arc::clone(&self.clients),
             max_connections: self.max_connections,
+            by_token: Arc::clone(&self.by_token),
+            max_per_token: self.max_per_token,
             gauge: self.metrics.as_ref().map(RelayMetrics::hold_pending),
         })
     }
 
     /// `ip` is a source as [`source_of`] gives it.
-    fn take_address(&self, ip: IpAddr) -> Result<AddressSlot, LimitExceeded> {
-        let mut map = lock(&self.by_address);
-        let count = map.entry(ip).or_insert(0);
-        if *count >= self.max_per_address {
-            return Err(LimitExceeded::PerAddress {
+    fn take_address(&self, ip: IpAddr) -> Result<CountSlot<IpAddr>, LimitExceeded> {
+        CountSlot::take(&self.by_address, ip, self.max_per_address).ok_or(
+            LimitExceeded::PerAddress {
                 address: ip,
                 limit: self.max_per_address,
-            });
-        }
-        *count += 1;
-        Ok(AddressSlot {
-            map: Arc::clone(&self.by_address),
-            ip,
-        })
+            },
+        )
     }
 
     /// Pending slots in use.
@@ -238,20 +258,40 @@ impl Admission {
     }
 }
 
-/// One address's share of the pending slots.
+/// Slots held, by source address or by token name (no entry: none).
+type Counts<K> = Arc<Mutex<HashMap<K, usize>>>;
+
+/// One address's share of the pending slots, or one token's of the
+/// client slots.
 #[derive(Debug)]
-struct AddressSlot {
-    map: Arc<Mutex<HashMap<IpAddr, usize>>>,
-    ip: IpAddr,
+struct CountSlot<K: Eq + Hash + Clone> {
+    map: Counts<K>,
+    key: K,
 }
 
-impl Drop for AddressSlot {
+impl<K: Eq + Hash + Clone> CountSlot<K> {
+    /// One more slot for `key`, unless it holds `max` already.
+    fn take(map: &Counts<K>, key: K, max: usize) -> Option<CountSlot<K>> {
+        let mut counts = lock(map);
+        let count = counts.entry(key.clone()).or_insert(0);
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(CountSlot {
+            map: Arc::clone(map),
+            key,
+        })
+    }
+}
+
+impl<K: Eq + Hash + Clone> Drop for CountSlot<K> {
     fn drop(&mut self) {
         let mut map = lock(&self.map);
-        if let Some(count) = map.get_mut(&self.ip) {
+        if let Some(count) = map.get_mut(&self.key) {
             *count = count.saturating_sub(1);
             if *count == 0 {
-                map.remove(&self.ip);
+                map.remove(&self.key);
             }
         }
     }
@@ -261,16 +301,31 @@ impl Drop for AddressSlot {
 #[derive(Debug)]
 pub(crate) struct Pending {
     _permit: OwnedSemaphorePermit,
-    _address: Option<AddressSlot>,
+    _address: Option<CountSlot<IpAddr>>,
     clients: Arc<Semaphore>,
     max_connections: usize,
+    by_token: Counts<String>,
+    max_per_token: usize,
     gauge: Option<ConnectionGauge>,
 }
 
 impl Pending {
     /// Trades this pending slot for a client slot, after a successful
-    /// hello. The pending slot is given back either way.
-    pub(crate) fn authenticate(self) -> Result<ClientSlot, LimitExceeded> {
+    /// hello with the token named `token` (`None`: a relay without
+    /// tokens, where only the cap on connections applies). The pending
+    /// slot is given back either way.
+    pub(crate) fn authenticate(self, token: Option<&str>) -> Result<ClientSlot, LimitExceeded> {
+        let token = match token {
+            Some(name) => Some(
+                CountSlot::take(&self.by_token, name.to_owned(), self.max_per_token).ok_or_else(
+                    || LimitExceeded::PerToken {
+                        token: name.to_owned(),
+                        limit: self.max_per_token,
+                    },
+                )?,
+            ),
+            None => None,
+        };
         let permit = Arc::clone(&self.clients).try_acquire_owned().map_err(|_| {
             LimitExceeded::Connections {
                 limit: self.max_connections,
@@ -282,6 +337,7 @@ impl Pending {
         }
         Ok(ClientSlot {
             _permit: permit,
+            _token: token,
             _gauge: gauge,
         })
     }
@@ -291,6 +347,7 @@ impl Pending {
 #[derive(Debug)]
 pub(crate) struct ClientSlot {
     _permit: OwnedSemaphorePermit,
+    _token: Option<CountSlot<String>>,
     _gauge: Option<ConnectionGauge>,
 }
 
@@ -520,16 +577,16 @@ mod tests {
         // One authenticates: its pending slot is back, a client slot taken.
         let mut idle = idle.into_iter();
         let first = idle.next().ok_or(LimitExceeded::Connections { limit: 0 })?;
-        let client = first.authenticate()?;
+        let client = first.authenticate(None)?;
         assert_eq!((slots.pending_in_use(), slots.clients_in_use()), (2, 1));
         let again = slots.admit(&peer("10.0.0.9:1"))?;
-        let second = again.authenticate()?;
+        let second = again.authenticate(None)?;
         assert_eq!((slots.pending_in_use(), slots.clients_in_use()), (2, 2));
         // The clients are full: the next hello is refused, its pending slot
         // given back all the same.
         let third = slots.admit(&peer("10.0.0.8:1"))?;
         assert_eq!(
-            third.authenticate().err(),
+            third.authenticate(None).err(),
             Some(LimitExceeded::Connections { limit: 2 })
         );
         assert_eq!(slots.pending_in_use(), 2);
@@ -559,7 +616,7 @@ mod tests {
             .map(|_| slots.admit(&peer("memory")))
             .collect::<Result<_, _>>()?;
         // Authenticating frees the address's share too.
-        let client = a.authenticate()?;
+        let client = a.authenticate(None)?;
         let c = slots.admit(&peer("192.0.2.1:4"))?;
         drop((b, c, other, memory, client));
         assert_eq!(slots.pending_in_use(), 0);
@@ -567,6 +624,58 @@ mod tests {
             lock(&slots.by_address).is_empty(),
             "counts are dropped at 0"
         );
+        Ok(())
+    }
+
+    /// Attacker: a holder of one valid token, opening sessions until the
+    /// relay is full. Must not happen: that token takes more than its cap
+    /// of client slots, another token is locked out, or a slot stays
+    /// taken after its session ended.
+    #[test]
+    fn one_token_holds_at_most_its_cap_of_client_slots() -> Result<(), LimitExceeded> {
+        let slots = Admission::new(10, 10, 10).per_token(2);
+        let a1 = slots
+            .admit(&peer("10.0.0.1:1"))?
+            .authenticate(Some("till-1"))?;
+        let a2 = slots
+            .admit(&peer("10.0.0.2:1"))?
+            .authenticate(Some("till-1"))?;
+        let refused = slots
+            .admit(&peer("10.0.0.3:1"))?
+            .authenticate(Some("till-1"));
+        assert_eq!(
+            refused.err(),
+            Some(LimitExceeded::PerToken {
+                token: "till-1".into(),
+                limit: 2
+            })
+        );
+        assert_eq!(
+            (slots.pending_in_use(), slots.clients_in_use()),
+            (0, 2),
+            "a refused hello holds nothing"
+        );
+        // Another token is not affected, nor a relay without tokens.
+        let b = slots
+            .admit(&peer("10.0.0.3:1"))?
+            .authenticate(Some("till-2"))?;
+        let open: Vec<_> = (0..3)
+            .map(|i| {
+                slots
+                    .admit(&peer(&format!("10.0.1.{i}:1")))?
+                    .authenticate(None)
+            })
+            .collect::<Result<_, _>>()?;
+        // A session that ends gives its token's share back.
+        drop(a1);
+        let a3 = slots
+            .admit(&peer("10.0.0.4:1"))?
+            .authenticate(Some("till-1"))?;
+        // The cap on connections still applies to a token under its own.
+        assert_eq!(slots.clients_in_use(), 6);
+        drop((a2, a3, b, open));
+        assert_eq!(slots.clients_in_use(), 0);
+        assert!(lock(&slots.by_token).is_empty(), "counts are dropped at 0");
         Ok(())
     }
 

@@ -19,7 +19,8 @@
 //! | --- | --- | --- |
 //! | `connections` | gauge | `state`: `pending` (accepted, not yet authorized), `authorized` |
 //! | `connections_accepted_total` | counter | |
-//! | `connections_refused_total` | counter | `reason`: `unauthenticated_cap`, `per_address_cap`, `client_cap`, `handshake_failed`, `handshake_timeout` |
+//! | `connections_refused_total` | counter | `reason`: `unauthenticated_cap`, `per_address_cap`, `client_cap`, `token_cap`, `dropped_over_cap` (closed with no handshake: the relay was already refusing as many as it sends notices to at once), `handshake_failed`, `handshake_timeout` |
+//! | `refusals_in_flight`, `refusals_in_flight_peak` | gauge | (connections over a cap being sent their `Busy` notice now, and the most at once) |
 //! | `auth_failures_total` | counter | `reason`: `no_token`, `bad_token`, `site_taken`, `site_unclaimed`, `too_many_sites`, `foreign_write`, `other_site`, `namespace_refused` |
 //! | `batches_received_total`, `batches_sent_total` | counter | |
 //! | `rows_received_total`, `rows_sent_total`, `rows_applied_total` | counter | |
@@ -83,6 +84,11 @@ label_set! {
         PerAddressCap => "per_address_cap",
         /// Every client slot taken.
         ClientCap => "client_cap",
+        /// The token holds its cap of client slots.
+        TokenCap => "token_cap",
+        /// Over a cap while the relay was already telling as many others
+        /// so: closed at once, with no handshake and no notice.
+        DroppedOverCap => "dropped_over_cap",
         /// The TLS or WebSocket handshake failed.
         HandshakeFailed => "handshake_failed",
         /// No handshake, or no authorized hello, within the deadline.
@@ -158,6 +164,7 @@ fn limited(limit: &LimitExceeded) -> Option<Limited> {
         LimitExceeded::Unauthenticated { .. } => Limited::Refused(Refusal::UnauthenticatedCap),
         LimitExceeded::PerAddress { .. } => Limited::Refused(Refusal::PerAddressCap),
         LimitExceeded::Connections { .. } => Limited::Refused(Refusal::ClientCap),
+        LimitExceeded::PerToken { .. } => Limited::Refused(Refusal::TokenCap),
         LimitExceeded::Handshake { .. } => Limited::Refused(Refusal::HandshakeTimeout),
         LimitExceeded::WriteRate { .. } => Limited::Write(WriteRefusal::Rate),
         LimitExceeded::Quota { .. } => Limited::Write(WriteRefusal::Quota),
@@ -178,6 +185,10 @@ pub struct RelayMetrics {
     pending: AtomicU64,
     authorized: AtomicU64,
     accepted: AtomicU64,
+    /// Refusals being delivered now (handshake and `Busy` notice), and
+    /// the most there ever were at once.
+    courtesy: AtomicU64,
+    courtesy_peak: AtomicU64,
     refused: [AtomicU64; Refusal::COUNT],
     auth_failures: [AtomicU64; AuthFailure::COUNT],
     write_refusals: [AtomicU64; WriteRefusal::COUNT],
@@ -262,6 +273,15 @@ impl RelayMetrics {
         }
     }
 
+    /// A connection over a cap being told so, counted until dropped.
+    pub(crate) fn hold_courtesy(self: &Arc<Self>) -> CourtesyGauge {
+        let now = self.courtesy.fetch_add(1, Ordering::Relaxed) + 1;
+        self.courtesy_peak.fetch_max(now, Ordering::Relaxed);
+        CourtesyGauge {
+            metrics: Arc::clone(self),
+        }
+    }
+
     /// The byte counts every connection of the relay adds to.
     pub(crate) fn bytes(&self) -> Arc<ByteCounts> {
         Arc::clone(&self.bytes)
@@ -342,6 +362,23 @@ impl RelayMetrics {
             Refusal::ALL
                 .iter()
                 .map(|r| (r.name(), read(&self.refused[*r as usize]))),
+        );
+        out.family(
+            "meldb_relay_refusals_in_flight",
+            "gauge",
+            "Connections over a cap being sent their Busy notice now (bounded; past the \
+             bound they are closed at once).",
+        );
+        out.sample("meldb_relay_refusals_in_flight", &[], read(&self.courtesy));
+        out.family(
+            "meldb_relay_refusals_in_flight_peak",
+            "gauge",
+            "The most connections ever being sent their Busy notice at once.",
+        );
+        out.sample(
+            "meldb_relay_refusals_in_flight_peak",
+            &[],
+            read(&self.courtesy_peak),
         );
         out.labelled(
             "meldb_relay_auth_failures_total",
@@ -476,6 +513,18 @@ impl Drop for ConnectionGauge {
             &self.metrics.pending
         };
         gauge.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One refusal in `refusals_in_flight`, until dropped.
+#[derive(Debug)]
+pub(crate) struct CourtesyGauge {
+    metrics: Arc<RelayMetrics>,
+}
+
+impl Drop for CourtesyGauge {
+    fn drop(&mut self) {
+        self.metrics.courtesy.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -680,7 +729,11 @@ mod tests {
                 assert!(text.contains(&format!("# HELP {name} ")), "{name} has help");
             }
         }
-        assert_eq!(families, 17, "every family, once");
+        assert_eq!(families, 19, "every family, once");
+        assert!(
+            text.contains("meldb_relay_connections_refused_total{reason=\"dropped_over_cap\"} 0\n")
+        );
+        assert!(text.contains("meldb_relay_refusals_in_flight_peak 0\n"));
         assert!(text.contains("meldb_relay_auth_failures_total{reason=\"bad_token\"} 0\n"));
         assert!(text.contains("meldb_relay_connections{state=\"pending\"} 0\n"));
         assert!(text.contains("meldb_relay_write_refusals_total{reason=\"lag\"} 0\n"));

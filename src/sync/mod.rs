@@ -103,7 +103,7 @@ pub use message::{Message, NoticeCode};
 pub use metrics::{RelayMetrics, MAX_TABLE_LABELS};
 pub use net::{NetStream, TransportError};
 pub use provider::{Namespace, ReplicaProvider};
-pub use relay::{Relay, RelayConfig};
+pub use relay::{Relay, RelayConfig, REFUSALS_IN_FLIGHT};
 pub use reload::Reloader;
 pub use replica::Replica;
 /// The rustls this crate's TLS is built on, for [`ServerTls::from_config`]

@@ -15,11 +15,19 @@
 //! Limits (see [`super::limits`] for the accounting, [`RelayConfig`] for
 //! the defaults): a connection holds a *pending* slot until its `Hello` is
 //! authorized (a cap on unauthenticated connections, and one per source
-//! address) and only then a *client* slot (`max_connections`), so sockets
-//! without a token never lock clients out; one over a cap gets a `Busy`
-//! notice. Every connection has its own deadlines, measured from its own
-//! frames and never re-armed by other clients' traffic: the hello within
-//! the handshake deadline, a frame within the idle timeout while a request
+//! address) and only then a *client* slot (`max_connections`, and
+//! `max_connections_per_token` of them for one token), so sockets without
+//! a token never lock clients out and one token never locks out the
+//! others; one over a cap gets a `Busy` notice. Telling it so is bounded
+//! work: at most [`REFUSALS_IN_FLIGHT`] refusals are delivered at once
+//! (each within the handshake and write deadlines, whichever is
+//! shorter), and a connection over a cap past those is closed at once,
+//! with no TLS or WebSocket handshake (counted as `dropped_over_cap`).
+//! Every connection has its own deadlines, measured from its own frames
+//! and never re-armed by other clients' traffic: the hello within the
+//! handshake deadline counted from accept (the TLS and WebSocket
+//! handshakes included, so a slow one leaves the hello less time), a
+//! frame within the idle timeout while a request
 //! is outstanding, any frame within the quiet timeout while live and
 //! caught up; a peer that does not read what it is sent within the write
 //! timeout is dropped, and a live one that acknowledges slowly gets its
@@ -65,9 +73,9 @@ use super::transport::Connection;
 use super::wire::MAX_MESSAGE_PAYLOAD;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
 /// Relay settings. The defaults suit a relay for a few thousand devices
@@ -81,6 +89,10 @@ pub struct RelayConfig {
     pub tokens: Option<Arc<Tokens>>,
     /// Authorized connections at once (at most; default 4096).
     pub max_connections: usize,
+    /// Authorized connections of one token at once (at most; default 64),
+    /// so one token cannot take every slot. Without tokens (`meldb
+    /// serve`) only `max_connections` applies.
+    pub max_connections_per_token: usize,
     /// Connections that have not completed their hello, at once (at most;
     /// default 256). They never take the slots of authorized ones.
     pub max_unauthenticated: usize,
@@ -121,6 +133,7 @@ impl Default for RelayConfig {
         RelayConfig {
             tokens: None,
             max_connections: 4096,
+            max_connections_per_token: 64,
             max_unauthenticated: 256,
             max_unauthenticated_per_address: 16,
             handshake_timeout: Duration::from_secs(10),
@@ -149,6 +162,12 @@ impl RelayConfig {
     /// Authorized connection limit (at least 1).
     pub fn max_connections(mut self, n: usize) -> Self {
         self.max_connections = n.max(1);
+        self
+    }
+
+    /// Authorized connections one token may hold at once (at least 1).
+    pub fn max_connections_per_token(mut self, n: usize) -> Self {
+        self.max_connections_per_token = n.max(1);
         self
     }
 
@@ -223,9 +242,15 @@ impl RelayConfig {
             quiet: self.quiet_timeout,
             write_timeout: self.write_timeout,
             metrics: self.metrics.clone(),
+            handshake_from: None,
         }
     }
 }
+
+/// Refusals (TLS or WebSocket handshake, then a `Busy` notice) a relay
+/// delivers at once; a connection over a cap beyond them is closed with
+/// no handshake.
+pub const REFUSALS_IN_FLIGHT: usize = 64;
 
 /// A relay over a [`Listener`] (TCP unless said otherwise), serving the
 /// replicas of a [`ReplicaProvider`] (one [`SharedStore`] unless said
@@ -293,7 +318,11 @@ impl<L: Listener, P: ReplicaProvider> Relay<L, P> {
             config.max_unauthenticated,
             config.max_unauthenticated_per_address,
         )
+        .per_token(config.max_connections_per_token)
         .observed(config.metrics.clone());
+        let courtesy = Arc::new(Semaphore::new(REFUSALS_IN_FLIGHT));
+        // Upgrade and notice together, within the shorter deadline.
+        let courtesy_deadline = config.handshake_timeout.min(config.write_timeout);
         let common = Arc::new(Common {
             tokens: self.tokens,
             rates: Arc::new(WriteRates::new(config.write_rate)),
@@ -309,6 +338,7 @@ impl<L: Listener, P: ReplicaProvider> Relay<L, P> {
                 _ = shutdown.wait_for(|stop| *stop) => break,
                 Some(_) = sessions.join_next(), if !sessions.is_empty() => continue,
             };
+            let accepted_at = Instant::now();
             let (stream, peer) = match accepted {
                 Ok(pair) => {
                     if let Some(metrics) = &config.metrics {
@@ -330,17 +360,33 @@ impl<L: Listener, P: ReplicaProvider> Relay<L, P> {
             let pending = match admission.admit(&peer) {
                 Ok(pending) => pending,
                 Err(limit) => {
-                    tracing::warn!(%peer, reason = %limit, "connection refused");
-                    if let Some(metrics) = &config.metrics {
-                        metrics.limited(&limit);
-                    }
-                    let (max_message, deadline) = (config.max_message, config.write_timeout);
-                    sessions.spawn(async move {
-                        // Counted as refused already: not again if this fails.
-                        let conn = upgraded(upgrade, &peer, max_message, deadline, None).await;
-                        if let Some(conn) = conn {
-                            refuse(conn, limit, deadline).await;
+                    let metrics = config.metrics.as_ref();
+                    // A flood is not owed a handshake each: past the bound,
+                    // dropping `upgrade` closes the socket unread.
+                    let Ok(permit) = Arc::clone(&courtesy).try_acquire_owned() else {
+                        tracing::debug!(%peer, reason = %limit, "connection dropped: over a cap");
+                        if let Some(metrics) = metrics {
+                            metrics.refused(Refusal::DroppedOverCap);
                         }
+                        continue;
+                    };
+                    tracing::warn!(%peer, reason = %limit, "connection refused");
+                    let gauge = metrics.map(|m| {
+                        m.limited(&limit);
+                        m.hold_courtesy()
+                    });
+                    let max_message = config.max_message;
+                    sessions.spawn(async move {
+                        let _held = (permit, gauge);
+                        // Counted as refused already: not again if this fails.
+                        let _ = tokio::time::timeout(courtesy_deadline, async {
+                            let conn =
+                                upgraded(upgrade, &peer, max_message, courtesy_deadline, None);
+                            if let Some(conn) = conn.await {
+                                refuse(conn, limit, courtesy_deadline).await;
+                            }
+                        })
+                        .await;
                     });
                     continue;
                 }
@@ -353,7 +399,21 @@ impl<L: Listener, P: ReplicaProvider> Relay<L, P> {
                     (common.config.max_message, common.config.handshake_timeout);
                 let metrics = common.config.metrics.as_ref();
                 if let Some(conn) = upgraded(upgrade, &peer, max_message, deadline, metrics).await {
-                    serve_one(provider, conn, peer, &common, pending, &mut shutdown).await;
+                    // The hello deadline runs from accept, not from here.
+                    let options = DriveOptions {
+                        handshake_from: Some(accepted_at),
+                        ..common.options.clone()
+                    };
+                    serve_one(
+                        provider,
+                        conn,
+                        peer,
+                        &common,
+                        &options,
+                        pending,
+                        &mut shutdown,
+                    )
+                    .await;
                 }
             });
         }
@@ -432,6 +492,7 @@ async fn serve_one<P: ReplicaProvider>(
     mut conn: Connection,
     peer: Peer,
     common: &Common,
+    options: &DriveOptions,
     pending: Pending,
     shutdown: &mut watch::Receiver<bool>,
 ) {
@@ -462,16 +523,7 @@ async fn serve_one<P: ReplicaProvider>(
         metrics: config.metrics.clone(),
     };
     let counts = conn.counts();
-    match drive(
-        greeter,
-        session,
-        &mut conn,
-        &common.options,
-        shutdown,
-        &mut rebind,
-    )
-    .await
-    {
+    match drive(greeter, session, &mut conn, options, shutdown, &mut rebind).await {
         Ok(report) => {
             let s = &report.stats;
             tracing::info!(
@@ -581,7 +633,9 @@ impl<P: ReplicaProvider> Rebind<P::Replica> for ByGrant<P> {
                 ));
                 tracing::info!(%peer, client = name.as_deref().unwrap_or("-"), access = ?g.access, %namespace, "client accepted");
                 if let Slot::Pending(pending) = std::mem::replace(&mut self.slot, Slot::None) {
-                    let client = pending.authenticate().inspect_err(|limit| {
+                    // By the token's name; without tokens, no cap of its own.
+                    let token = tokens.as_ref().and(name.as_deref());
+                    let client = pending.authenticate(token).inspect_err(|limit| {
                         tracing::warn!(%peer, reason = %limit, "client refused");
                     })?;
                     self.slot = Slot::Client { _slot: client };

@@ -126,7 +126,8 @@ persists every batch a client sends before acknowledging it, and forwards new ch
 connected client. Clients authenticate with a token from the --tokens file (TOML, one \
 [[token]] with name, token and access = \"read-write\" or \"read-only\" per client). Sockets \
 that have not said hello with a valid token count against --max-unauthenticated (and per \
-address), never against --max-connections, and are dropped at --handshake-timeout; each token's \
+address), never against --max-connections, and are dropped at --handshake-timeout (counted \
+from accept, TLS included); one token holds at most --max-connections-per-token; each token's \
 writes are held to --write-rate and the database to --namespace-quota (a refused batch is not \
 written, and the client is told why). Flags can come from a TOML file (--config FILE). On \
 SIGHUP it re-reads the tokens file and the TLS certificate and key: sessions of removed or \
@@ -329,6 +330,11 @@ pub struct RelayArgs {
     /// Authorized client connections at once (at most).
     #[arg(long, value_name = "N", default_value_t = 4096)]
     pub max_connections: usize,
+
+    /// Authorized connections of one token at once (at most), so one
+    /// token cannot take every client slot.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub max_connections_per_token: usize,
 
     /// Connections that have not completed their hello yet, at once (at
     /// most); they never take the slots of authorized clients.

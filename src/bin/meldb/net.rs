@@ -66,6 +66,7 @@ pub fn relay(args: &RelayArgs, out: &mut dyn Write) -> Result<()> {
     let config = RelayConfig::default()
         .tokens(tokens)
         .max_connections(args.max_connections)
+        .max_connections_per_token(args.max_connections_per_token)
         .max_unauthenticated(
             args.max_unauthenticated,
             args.max_unauthenticated_per_address,
