@@ -107,6 +107,11 @@ impl Running {
         })
     }
 
+    /// Its sync and admin addresses.
+    fn at(&self) -> (&str, &str) {
+        (&self.addr, &self.admin)
+    }
+
     async fn stop_relay(&mut self) -> TestResult {
         self.stop.send(true)?;
         tokio::time::timeout(PATIENCE, &mut self.task).await???;
@@ -223,11 +228,14 @@ struct Did {
 }
 
 impl Did {
-    /// Syncs `client` once with `t` over a new connection, and notes it.
+    /// Syncs `client` once with `t` over a new connection, notes it, and
+    /// waits for the relay's side of it to end: relay sessions are live,
+    /// so one that outlived its client would push the next client's rows
+    /// to a socket nobody reads, rows the relay sent and no client got.
     async fn sync(
         &mut self,
         client: &SharedStore,
-        addr: &str,
+        (addr, admin): (&str, &str),
         t: Option<&str>,
     ) -> Result<Result<(), SyncError>, Box<dyn std::error::Error>> {
         let mut conn = Connection::tcp(addr, MAX_MESSAGE_PAYLOAD).await?;
@@ -238,6 +246,13 @@ impl Did {
         if result.is_ok() {
             self.bytes_ok += sent;
         }
+        drop(conn);
+        eventually("the relay's session to end", || async {
+            let s = Scrape::of(admin).await?;
+            Ok(s.get("meldb_relay_connections{state=\"pending\"}")? == 0
+                && s.get("meldb_relay_connections{state=\"authorized\"}")? == 0)
+        })
+        .await?;
         Ok(result.map(|report| self.reports.push(report)))
     }
 
@@ -269,24 +284,22 @@ async fn counters_equal_what_the_clients_did() -> TestResult {
     let names = ["rw-token-1", "rw-token-2", "rw-token-3"];
     for (i, (client, t)) in clients.iter().zip(names).enumerate() {
         insert(client, &format!("c{i}-"), 0..5)?;
-        did.sync(client, &relay.addr, Some(t)).await??;
+        did.sync(client, relay.at(), Some(t)).await??;
     }
     // Each catches up on what the later ones sent.
     for (client, t) in clients.iter().zip(names) {
-        did.sync(client, &relay.addr, Some(t)).await??;
+        did.sync(client, relay.at(), Some(t)).await??;
     }
     // A conflict: two clients rename one row without hearing of each other.
     rename(&clients[0], "c2-0", "from till 1")?;
     rename(&clients[1], "c2-0", "from till 2")?;
-    did.sync(&clients[0], &relay.addr, Some(names[0])).await??;
-    did.sync(&clients[1], &relay.addr, Some(names[1])).await??;
+    did.sync(&clients[0], relay.at(), Some(names[0])).await??;
+    did.sync(&clients[1], relay.at(), Some(names[1])).await??;
 
     // Refusals, each once.
     let outsider = shared(7)?;
     insert(&outsider, "x", 0..2)?;
-    let bad = did
-        .sync(&outsider, &relay.addr, Some("not-a-token"))
-        .await?;
+    let bad = did.sync(&outsider, relay.at(), Some("not-a-token")).await?;
     assert!(
         matches!(
             bad,
@@ -297,7 +310,7 @@ async fn counters_equal_what_the_clients_did() -> TestResult {
         ),
         "{bad:?}"
     );
-    let none = did.sync(&outsider, &relay.addr, None).await?;
+    let none = did.sync(&outsider, relay.at(), None).await?;
     assert!(
         matches!(
             none,
@@ -311,9 +324,9 @@ async fn counters_equal_what_the_clients_did() -> TestResult {
     read_only_writes_anyway(&mut did, &relay.addr).await?;
     let till = shared(4)?;
     insert(&till, "big-", 0..150)?;
-    did.sync(&till, &relay.addr, Some("rw-token-4")).await??;
+    did.sync(&till, relay.at(), Some("rw-token-4")).await??;
     insert(&till, "one-more-", 0..1)?;
-    let flood = did.sync(&till, &relay.addr, Some("rw-token-4")).await?;
+    let flood = did.sync(&till, relay.at(), Some("rw-token-4")).await?;
     assert!(
         matches!(
             flood,
@@ -711,8 +724,8 @@ async fn meldb_relay_serves_metrics_and_logs_auth_failures_as_json() -> TestResu
     let client = shared(1)?;
     insert(&client, "c", 0..4)?;
     let mut did = Did::default();
-    did.sync(&client, &addr, Some(GOOD)).await??;
-    let refused = did.sync(&client, &addr, Some(WRONG)).await?;
+    did.sync(&client, (&addr, &admin), Some(GOOD)).await??;
+    let refused = did.sync(&client, (&addr, &admin), Some(WRONG)).await?;
     assert!(refused.is_err(), "{refused:?}");
     eventually("the refused session to end", || async {
         let s = Scrape::of(&admin).await?;
