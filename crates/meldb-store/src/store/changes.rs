@@ -75,15 +75,7 @@ impl Store {
         let empty = SeqRanges::default();
         let asker = vv.site(&self.local).unwrap_or(&empty);
         let start = asker.first_missing();
-        let mut prev: u64 = self
-            .conn
-            .prepare_cached("SELECT max(seq) FROM meldb_dots WHERE site = ?1 AND seq < ?2")?
-            .query_row(rusqlite::params![idx, start as i64], |r| {
-                r.get::<_, Option<i64>>(0)
-            })
-            .optional()?
-            .flatten()
-            .unwrap_or(0) as u64;
+        let mut prev = self.dot_before(idx, start)?;
         let mut stmt = self.conn.prepare_cached(
             "SELECT seq FROM meldb_dots WHERE site = ?1 AND seq >= ?2 ORDER BY seq",
         )?;
@@ -126,6 +118,20 @@ impl Store {
         })
     }
 
+    /// The last dot of site `idx` before `start` (0 if none): the rows
+    /// from `start` on stand for the ranges after it (see `wanted_rows`).
+    fn dot_before(&self, idx: u32, start: u64) -> Result<u64> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT max(seq) FROM meldb_dots WHERE site = ?1 AND seq < ?2")?
+            .query_row(rusqlite::params![idx, start as i64], |r| {
+                r.get::<_, Option<i64>>(0)
+            })
+            .optional()?
+            .flatten()
+            .unwrap_or(0) as u64)
+    }
+
     /// The first `limit` rows after `after` that the asker with `vv` lacks,
     /// with their covers, and whether more follow.
     fn wanted_rows(
@@ -153,15 +159,7 @@ impl Store {
                 self.replica.coverage.site(&site).unwrap_or(&empty)
             };
             let start = asker.first_missing();
-            let mut prev: u64 = self
-                .conn
-                .prepare_cached("SELECT max(seq) FROM meldb_dots WHERE site = ?1 AND seq < ?2")?
-                .query_row(rusqlite::params![idx, start as i64], |r| {
-                    r.get::<_, Option<i64>>(0)
-                })
-                .optional()?
-                .flatten()
-                .unwrap_or(0) as u64;
+            let mut prev = self.dot_before(idx, start)?;
             let mut stmt = self.conn.prepare_cached(
                 "SELECT seq, tbl, rid FROM meldb_dots WHERE site = ?1 AND seq >= ?2 ORDER BY seq",
             )?;
