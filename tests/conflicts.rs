@@ -888,7 +888,9 @@ kind = "or_set"
 
 #[test]
 fn per_field_policies_note_lww_price_conditional_tags_union() -> TestResult {
-    let s = schema(LISTINGS);
+    // Per column: ben's refused price does not take his note and tag along
+    // (`conditional` would refuse his whole change to the row).
+    let s = schema(&LISTINGS.replace("\"conditional\"", "\"conditional_column\""));
     let time = ManualTime::new(T0);
     let mut server = open(&s, 1, &time, true)?;
     let mut ann = open(&s, 2, &time, false)?;
@@ -1546,9 +1548,13 @@ fn authority_wins_keeps_the_authoritys_value_and_merges_the_rest() -> TestResult
         .resolver
         .as_deref()
         .is_some_and(|r| r.contains("authority_wins")));
+    // Part of the client's change was dropped: it is told, with the reason.
+    let told = client.rejections()?;
+    assert_eq!(told.len(), 1, "{told:?}");
     assert!(
-        client.rejections()?.is_empty(),
-        "keeping a column is not a rejection"
+        told[0].reason.contains("keeps the authority's value"),
+        "{}",
+        told[0].reason
     );
     // A change made after seeing the authority's value is no conflict.
     tick(&time);

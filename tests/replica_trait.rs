@@ -62,9 +62,14 @@ impl Replica for Logged {
     fn pull_request(&self) -> meldb::Result<(VersionVector, u64)> {
         self.store.pull_request()
     }
-    fn process_push(&mut self, token: &str, push: &Push) -> meldb::Result<PushResult> {
+    fn process_push(
+        &mut self,
+        token: &str,
+        writer: &Writer,
+        push: &Push,
+    ) -> meldb::Result<PushResult> {
         self.log.push("process_push");
-        self.store.process_push_as(token, push)
+        self.store.process_push_from(token, writer, push)
     }
     fn pull_for(
         &self,

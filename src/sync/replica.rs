@@ -62,8 +62,9 @@ pub trait Replica {
     /// At the authority: runs a client's pushed mutations. Their state is
     /// kept under (`token`, `push.client`), `token` being the name of the
     /// token the client connected with (`""` without tokens): no token
-    /// reads or changes another's.
-    fn process_push(&mut self, token: &str, push: &Push) -> Result<PushResult>;
+    /// reads or changes another's. `writer` is what the token vouches for:
+    /// mutators see it, and resolvers judge their effects as its changes.
+    fn process_push(&mut self, token: &str, writer: &Writer, push: &Push) -> Result<PushResult>;
     /// At the authority: what a client lacks, with the word on its
     /// mutations from `first_pending` on (the state of (`token`,
     /// `client`) only).
@@ -169,8 +170,8 @@ impl Replica for Store {
         Store::pull_request(self)
     }
 
-    fn process_push(&mut self, token: &str, push: &Push) -> Result<PushResult> {
-        Store::process_push_as(self, token, push)
+    fn process_push(&mut self, token: &str, writer: &Writer, push: &Push) -> Result<PushResult> {
+        Store::process_push_from(self, token, writer, push)
     }
 
     fn pull_for(

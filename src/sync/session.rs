@@ -797,6 +797,7 @@ impl Session {
         let token = self.identity.as_ref().map_or("", Identity::token);
         let result = store.process_push(
             token,
+            &self.writer,
             &Push {
                 client: peer.site,
                 mutations: push.mutations,

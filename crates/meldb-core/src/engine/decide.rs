@@ -126,6 +126,10 @@ pub struct Case<'a> {
     pub incoming: &'a RowState,
     /// Who wrote the incoming change.
     pub writer: &'a Writer,
+    /// The mutator, when the incoming row is a pushed mutation's effect at
+    /// the authority (`local`: the row before it ran): every resolver of
+    /// the table sees it, whatever its trigger.
+    pub mutation: Option<&'a str>,
     /// The local row (`None`: absent or deleted).
     pub local_row: Option<Row>,
     /// The incoming row (`None`: a delete).
@@ -243,16 +247,15 @@ pub fn decide<E>(
         concurrent: case.concurrent,
         mode: case.mode,
         writer: case.writer,
+        mutation: case.mutation,
         view,
     };
-    run(
-        &ctx,
-        resolvers.running(case.shape.name(), case.concurrent),
-        note,
-    )
+    let every = case.concurrent || case.mutation.is_some();
+    run(&ctx, resolvers.running(case.shape.name(), every), note)
 }
 
-/// Runs the resolvers until one decides.
+/// Runs the resolvers until one decides, then holds the answer to what the
+/// policies decided (see [`tighten`]).
 fn run<'r, E: 'r>(
     ctx: &Conflict<'_, E>,
     resolvers: impl IntoIterator<Item = &'r Resolver<E>>,
@@ -275,7 +278,7 @@ fn run<'r, E: 'r>(
         };
         let merged = || Target::Row(ctx.merged.clone());
         let local = || Target::Row(ctx.local().cloned());
-        return Ok(match answer {
+        let decision = match answer {
             Resolution::Pass => continue,
             Resolution::Accept => named(Outcome::Accepted, None, merged()),
             Resolution::Defer(reason) => named(Outcome::Deferred, Some(reason), merged()),
@@ -290,8 +293,19 @@ fn run<'r, E: 'r>(
             Resolution::Reject(_) if ctx.mode == Mode::Leaderless => {
                 return Err(needs_authority("Reject"))
             }
-            Resolution::KeepLocal => named(Outcome::KeptLocal, None, local()),
+            Resolution::KeepLocal => named(
+                Outcome::KeptLocal,
+                Some(format!(
+                    "resolver {:?} kept the authority's row",
+                    resolver.name
+                )),
+                local(),
+            ),
             Resolution::Reject(reason) => named(Outcome::Rejected, Some(reason), local()),
+        };
+        return Ok(match note {
+            Some(note) => tighten(decision, note),
+            None => decision,
         });
     }
     Ok(match note {
@@ -303,6 +317,39 @@ fn run<'r, E: 'r>(
         },
         None => Decision::merge_stands(ctx.merged.clone()),
     })
+}
+
+/// Outcome precedence: a resolver may tighten what the policies decided,
+/// never loosen it. Its row keeps every column a policy put back (the
+/// policies' row is what it was shown as merged, so `Accept` keeps them
+/// already; a `Merge` row loses its values for them), and a policy's
+/// refusal stays a refusal, with its reason, so the writer is told: an
+/// `Accept`, `Merge` or `KeepLocal` over a refused change ends `Rejected`.
+/// `Reject` and `Defer` stand as the resolver answered them, with the
+/// policies' reason added.
+fn tighten(mut decision: Decision, note: PolicyNote) -> Decision {
+    if let Target::Merge { row, .. } = &mut decision.target {
+        *row = Row::new(
+            row.columns()
+                .iter()
+                .filter(|(name, _)| !note.columns.contains(name))
+                .cloned()
+                .collect(),
+        );
+    }
+    let reason = match decision.reason.take() {
+        Some(own) if decision.outcome >= Outcome::Rejected => format!("{own}; {}", note.reason),
+        _ => note.reason.clone(),
+    };
+    if note.outcome == Outcome::Rejected && decision.outcome < Outcome::Rejected {
+        decision.outcome = Outcome::Rejected;
+    } else if decision.outcome == Outcome::Accepted {
+        // Accepting over a policy is the policy's decision.
+        decision.outcome = note.outcome;
+        decision.decider = Some(note.policy);
+    }
+    decision.reason = Some(reason);
+    decision
 }
 
 /// Calls a resolver with panics caught.
@@ -317,26 +364,51 @@ pub struct Correction {
     /// The mode the correction is written in (an authority's may move
     /// counters; a leaderless one may not).
     pub mode: Mode,
-    /// Whether the incoming change's writer is sent a rejection notice,
-    /// identified by the correction's sequence number.
+    /// Whether the incoming change's writer is sent a notice, identified
+    /// by the correction's sequence number.
     pub notice: bool,
 }
 
 /// Whether a decision ending in `outcome` with the row `target` (completed)
 /// needs a correcting write on top of the `merged` row: when they differ,
 /// and always for the authority's rejection, whose writer receives the
-/// correction with the notice.
+/// correction with the notice. At the authority the writer is also told
+/// when a decision that is not a rejection (`KeepLocal`, a `Merge`) drops
+/// part of its change: a column the merge took from the `incoming` row
+/// that the target sets otherwise, or a delete the target undoes.
 pub fn correction(
     mode: Mode,
     outcome: Outcome,
     target: Option<&Row>,
     merged: Option<&Row>,
+    incoming: Option<&Row>,
 ) -> Option<Correction> {
-    let rejected = outcome == Outcome::Rejected && mode == Mode::Authority;
-    (target != merged || rejected).then_some(Correction {
+    let authority = mode == Mode::Authority;
+    let rejected = outcome == Outcome::Rejected && authority;
+    if target == merged && !rejected {
+        return None;
+    }
+    let overruled = authority && drops_part_of(target, merged, incoming);
+    Some(Correction {
         mode: if rejected { Mode::Authority } else { mode },
-        notice: rejected,
+        notice: rejected || overruled,
     })
+}
+
+/// Whether `target` takes away something of `incoming` that the `merged`
+/// row had kept.
+pub fn drops_part_of(target: Option<&Row>, merged: Option<&Row>, incoming: Option<&Row>) -> bool {
+    match (incoming, merged, target) {
+        // A delete the merge kept, undone.
+        (None, None, Some(_)) => true,
+        (Some(_), _, None) => true,
+        (Some(incoming), Some(merged), Some(target)) => {
+            incoming.columns().iter().any(|(name, value)| {
+                merged.get(name) == Some(value) && target.get(name) != Some(value)
+            })
+        }
+        _ => false,
+    }
 }
 
 #[cfg(test)]
@@ -390,6 +462,7 @@ mod tests {
             local: Some(&f.local),
             incoming: &f.incoming,
             writer: &f.writer,
+            mutation: None,
             local_row: Some(row(&[("id", "d"), ("title", "mine")])),
             incoming_row: Some(row(&[("id", "d"), ("title", "theirs")])),
             merged_row: Some(row(&[("id", "d"), ("title", "theirs")])),
@@ -578,6 +651,86 @@ mod tests {
     }
 
     #[test]
+    fn a_resolver_tightens_a_policy_refusal_but_never_loosens_it() -> Result<(), DecideError> {
+        // GUARDED: title is authority_wins, so on this conflict the policy
+        // keeps "mine"; an Accept does not bring "theirs" back.
+        let f = fixture(GUARDED);
+        let case = case(&f, Mode::Authority);
+        let d = decided(&case, vec![answering("yes", Resolution::Accept)])?;
+        assert_eq!(d.outcome, Outcome::KeptLocal);
+        assert_eq!(d.decider.as_deref(), Some("policy authority_wins (title)"));
+        assert_eq!(d.target, Target::Row(case.local_row.clone()));
+        // A Merge row loses its value for the guarded column.
+        let d = decided(
+            &case,
+            vec![answering(
+                "m",
+                Resolution::Merge(row(&[("title", "theirs"), ("note", "n")])),
+            )],
+        )?;
+        assert_eq!(d.outcome, Outcome::Merged);
+        match d.target {
+            Target::Merge { row, .. } => {
+                assert_eq!(row.get("title"), None);
+                assert_eq!(row.text("note"), Some("n"));
+            }
+            other => panic!("not a merge: {other:?}"),
+        }
+        // A rejection tightens, with both reasons.
+        let d = decided(
+            &case,
+            vec![answering("no", Resolution::Reject("closed".into()))],
+        )?;
+        assert_eq!(d.outcome, Outcome::Rejected);
+        let reason = d.reason.unwrap_or_default();
+        assert!(reason.starts_with("closed; "), "{reason}");
+        Ok(())
+    }
+
+    #[test]
+    fn a_policy_rejection_stays_a_rejection_under_accept() -> Result<(), DecideError> {
+        let policy = PolicyNote {
+            outcome: Outcome::Rejected,
+            policy: "policy conditional (note)".into(),
+            reason: "changed since".into(),
+            columns: vec!["note".into()],
+        };
+        let accepted = Decision {
+            outcome: Outcome::Accepted,
+            decider: Some("yes".into()),
+            reason: None,
+            target: Target::Row(None),
+        };
+        let d = tighten(accepted, policy.clone());
+        assert_eq!(d.outcome, Outcome::Rejected);
+        assert_eq!(d.reason.as_deref(), Some("changed since"));
+        let kept = Decision {
+            outcome: Outcome::KeptLocal,
+            ..d.clone()
+        };
+        assert_eq!(tighten(kept, policy).outcome, Outcome::Rejected);
+        Ok(())
+    }
+
+    #[test]
+    fn a_mutation_effect_reaches_every_resolver() -> Result<(), DecideError> {
+        let f = fixture(PLAIN);
+        let mut case = case(&f, Mode::Authority);
+        case.concurrent = false;
+        case.mutation = Some("book");
+        let seen = Resolver::new("conflicts only", |c: &Conflict<'_, String>| {
+            match (c.mutation(), c.is_concurrent()) {
+                (Some("book"), false) => Resolution::Reject("seat taken".into()),
+                other => Resolution::Defer(format!("{other:?}")),
+            }
+        });
+        let d = decided(&case, vec![seen])?;
+        assert_eq!(d.outcome, Outcome::Rejected);
+        assert_eq!(d.reason.as_deref(), Some("seat taken"));
+        Ok(())
+    }
+
+    #[test]
     fn fast_forwards_reach_only_resolvers_that_ask_for_every_change() -> Result<(), DecideError> {
         let f = fixture(PLAIN);
         let mut case = case(&f, Mode::Leaderless);
@@ -625,8 +778,9 @@ mod tests {
     fn a_correction_follows_a_changed_row_and_every_rejection() {
         let merged = row(&[("id", "d"), ("title", "theirs")]);
         let local = row(&[("id", "d"), ("title", "mine")]);
-        let c =
-            |mode, outcome, target: &Row| correction(mode, outcome, Some(target), Some(&merged));
+        let c = |mode, outcome, target: &Row| {
+            correction(mode, outcome, Some(target), Some(&merged), Some(&merged))
+        };
         assert_eq!(c(Mode::Leaderless, Outcome::Accepted, &merged), None);
         assert_eq!(
             c(Mode::Leaderless, Outcome::Merged, &local),
@@ -644,11 +798,35 @@ mod tests {
         assert_eq!(c(Mode::Authority, Outcome::Rejected, &merged), notice);
         assert_eq!(c(Mode::Authority, Outcome::Rejected, &local), notice);
         assert_eq!(
-            correction(Mode::Authority, Outcome::KeptLocal, None, Some(&merged)),
+            correction(
+                Mode::Authority,
+                Outcome::KeptLocal,
+                None,
+                Some(&merged),
+                None
+            ),
             Some(Correction {
                 mode: Mode::Authority,
                 notice: false,
             })
         );
+        // Keeping the local row over a change the merge had taken tells
+        // its writer; without an authority nobody is told.
+        let told = correction(
+            Mode::Authority,
+            Outcome::KeptLocal,
+            Some(&local),
+            Some(&merged),
+            Some(&merged),
+        );
+        assert_eq!(told.map(|c| c.notice), Some(true));
+        let quiet = correction(
+            Mode::Leaderless,
+            Outcome::Merged,
+            Some(&local),
+            Some(&merged),
+            Some(&merged),
+        );
+        assert_eq!(quiet.map(|c| c.notice), Some(false));
     }
 }

@@ -27,6 +27,10 @@ pub struct PolicyNote {
     pub policy: String,
     /// Every acting column's reason.
     pub reason: String,
+    /// The columns the policies put back to the local value: a resolver's
+    /// row may not set them otherwise (outcome precedence, see
+    /// `decide`).
+    pub columns: Vec<String>,
 }
 
 /// Whether, on a replica in `mode`, fast-forward changes to `table` must
@@ -88,6 +92,7 @@ pub fn apply_policies(
         return (Some(target), None);
     }
     let mut note: Option<PolicyNote> = None;
+    let mut whole_row = false;
     for (j, &i) in shape.value_cols.iter().enumerate() {
         let col = &shape.table.columns[i];
         let (Some(lv), Some(tv)) = (local.get(&col.name), target.get(&col.name)) else {
@@ -103,7 +108,9 @@ pub fn apply_policies(
         let attempted = incoming_value.is_some_and(|iv| iv != lv)
             && match col.policy {
                 Policy::Immutable => incoming_value != Some(&Value::Null),
-                Policy::Conditional => fresh.get(j).copied().unwrap_or(false),
+                Policy::Conditional | Policy::ConditionalColumn => {
+                    fresh.get(j).copied().unwrap_or(false)
+                }
                 _ => false,
             };
         if lv == tv && !attempted {
@@ -114,13 +121,16 @@ pub fn apply_policies(
                 Outcome::KeptLocal,
                 format!("column {:?} keeps the authority's value", col.name),
             )),
-            Policy::Conditional if concurrent => Some((
-                Outcome::Rejected,
-                format!(
-                    "{:?} was changed by someone else since the version you saw",
-                    col.name
-                ),
-            )),
+            Policy::Conditional | Policy::ConditionalColumn if concurrent => {
+                whole_row |= col.policy == Policy::Conditional;
+                Some((
+                    Outcome::Rejected,
+                    format!(
+                        "{:?} was changed by someone else since the version you saw",
+                        col.name
+                    ),
+                ))
+            }
             Policy::Immutable if *lv != Value::Null => Some((
                 Outcome::Rejected,
                 format!("{:?} is already set to {lv} and cannot change", col.name),
@@ -137,17 +147,35 @@ pub fn apply_policies(
             let policy = format!("policy {} ({})", col.policy.name(), col.name);
             note = match note {
                 // A rejection outranks keeping a column; reasons add up.
-                Some(n) => Some(PolicyNote {
-                    outcome: n.outcome.max(outcome),
-                    policy: n.policy,
-                    reason: format!("{}; {reason}", n.reason),
-                }),
+                Some(mut n) => {
+                    n.columns.push(col.name.clone());
+                    Some(PolicyNote {
+                        outcome: n.outcome.max(outcome),
+                        policy: n.policy,
+                        reason: format!("{}; {reason}", n.reason),
+                        columns: n.columns,
+                    })
+                }
                 None => Some(PolicyNote {
                     outcome,
                     policy,
                     reason,
+                    columns: vec![col.name.clone()],
                 }),
             };
+        }
+    }
+    if let (true, Some(note)) = (whole_row, note.as_mut()) {
+        // A `conditional` refusal refuses the writer's whole change to the
+        // row: every value column keeps the local value.
+        for &i in shape.value_cols {
+            let name = &shape.table.columns[i].name;
+            if let Some(lv) = local.get(name) {
+                target.set_value(name, lv.clone());
+            }
+            if !note.columns.contains(name) {
+                note.columns.push(name.clone());
+            }
         }
     }
     (Some(target), note)
@@ -258,6 +286,7 @@ mod tests {
                 outcome: Outcome::KeptLocal,
                 policy: "policy authority_wins (title)".into(),
                 reason: "column \"title\" keeps the authority's value".into(),
+                columns: vec!["title".into()],
             })
         );
         // A fast-forward is the authority's own history: it stands.
@@ -313,6 +342,41 @@ mod tests {
             local(),
         );
         assert_eq!(note, None);
+    }
+
+    #[test]
+    fn conditional_refuses_the_whole_row_and_conditional_column_only_itself() {
+        // The title without a policy: only the note's refusal acts.
+        let whole = GUARDED.replace("policy = \"authority_wins\"\n", "");
+        let column = whole.replace("\"conditional\"", "\"conditional_column\"");
+        let incoming = local().with("title", "theirs").with("note", "new");
+        let fresh = [true, false, true];
+        let (target, note) = run(
+            &whole,
+            Mode::Authority,
+            true,
+            &incoming,
+            &fresh,
+            incoming.clone(),
+        );
+        assert_eq!(target, Some(local()), "the writer's title goes too");
+        let note = note.unwrap_or_else(|| panic!("no note"));
+        assert_eq!(note.outcome, Outcome::Rejected);
+        assert!(
+            note.columns.contains(&"title".to_owned()),
+            "{:?}",
+            note.columns
+        );
+        let (target, note) = run(
+            &column,
+            Mode::Authority,
+            true,
+            &incoming,
+            &fresh,
+            incoming.clone(),
+        );
+        assert_eq!(target, Some(local().with("title", "theirs")));
+        assert_eq!(note.map(|n| n.columns), Some(vec!["note".to_owned()]));
     }
 
     #[test]

@@ -193,6 +193,7 @@ pub struct Conflict<'a, E> {
     pub(crate) concurrent: bool,
     pub(crate) mode: Mode,
     pub(crate) writer: &'a Writer,
+    pub(crate) mutation: Option<&'a str>,
     pub(crate) view: &'a dyn ReadView<Error = E>,
 }
 
@@ -282,6 +283,16 @@ impl<E> Conflict<'_, E> {
     /// Who wrote the incoming change, as its deliverer described them.
     pub fn writer(&self) -> &Writer {
         self.writer
+    }
+
+    /// The mutator whose effect this is, when the incoming row is what a
+    /// pushed mutation produced at the authority (`local` is the row before
+    /// it ran, `incoming` the row it left). Every resolver of the table
+    /// sees mutation effects, whatever its [`Trigger`], and
+    /// [`Conflict::is_concurrent`] is `false` for them: the mutation ran on
+    /// the current state.
+    pub fn mutation(&self) -> Option<&str> {
+        self.mutation
     }
 
     /// Reads another row as it stands in this transaction.

@@ -44,7 +44,12 @@ pub enum Policy {
     AuthorityWins,
     /// A write is rejected by the authority when the row changed since the
     /// version its writer saw (HTTP's 409; needs a table with an authority).
+    /// The refusal covers the writer's whole change to the row: every
+    /// column keeps the authority's value.
     Conditional,
+    /// As [`Policy::Conditional`], but the refusal covers this column only:
+    /// the writer's other columns still merge.
+    ConditionalColumn,
     /// A state column: values are declared states that move only forward
     /// and never leave absorbing states; merges keep the later state.
     Forward(StateOrder),
@@ -59,6 +64,7 @@ impl Policy {
             Policy::Immutable => "immutable",
             Policy::AuthorityWins => "authority_wins",
             Policy::Conditional => "conditional",
+            Policy::ConditionalColumn => "conditional_column",
             Policy::Forward(_) => "forward",
         }
     }

@@ -253,10 +253,12 @@ impl Validator<'_> {
 
         let authority = raw.authority.unwrap_or(false);
         if !authority {
-            let needs = columns
-                .iter()
-                .map(|(c, _)| c)
-                .find(|c| matches!(c.policy, Policy::AuthorityWins | Policy::Conditional));
+            let needs = columns.iter().map(|(c, _)| c).find(|c| {
+                matches!(
+                    c.policy,
+                    Policy::AuthorityWins | Policy::Conditional | Policy::ConditionalColumn
+                )
+            });
             if let Some(c) = needs {
                 return Err(SchemaError::BadPolicy {
                     file: self.file.to_owned(),
@@ -410,6 +412,7 @@ impl Validator<'_> {
             "immutable" => Policy::Immutable,
             "authority_wins" => Policy::AuthorityWins,
             "conditional" => Policy::Conditional,
+            "conditional_column" => Policy::ConditionalColumn,
             "forward" => {
                 if sql_type != SqlType::Text {
                     return Err(bad(format!("a state column must be text, not {sql_type}")));
@@ -434,7 +437,7 @@ impl Validator<'_> {
             other => {
                 return Err(bad(format!(
                     "unknown policy {other:?} (expected last_write_wins, first_write_wins, \
-                     immutable, authority_wins, conditional or forward)"
+                     immutable, authority_wins, conditional, conditional_column or forward)"
                 )))
             }
         };

@@ -305,6 +305,7 @@ impl Transaction<'_> {
                     merged: merge.merged.unwrap_or_else(|| state.clone()),
                     concurrent: merge.causality == Causality::Concurrent,
                     writer,
+                    mutation: None,
                 };
                 if let Some(outcome) = self.resolve_incoming(&layout, change)? {
                     *report.outcomes.entry(outcome).or_default() += 1;

@@ -250,6 +250,7 @@ impl Store {
                     resolvers: meldb_core::engine::Resolvers::new(),
                     mutators: Vec::new(),
                     subscribers: Vec::new(),
+                    writer: crate::resolve::Writer::default(),
                 })
             }
             Err(e) => {

@@ -234,6 +234,9 @@ pub struct Store {
     mutators: Vec<mutate::Mutator>,
     /// Change subscriptions: a table, and what to call after a pull.
     subscribers: Vec<(String, mutate::Subscriber)>,
+    /// Who writes through this handle, as the application says
+    /// ([`Store::set_writer`]).
+    writer: crate::resolve::Writer,
 }
 
 /// In-memory state a rolled-back transaction or savepoint restores.

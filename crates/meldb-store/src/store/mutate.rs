@@ -21,6 +21,7 @@ use crate::error::{MutationError, Result};
 use crate::mutator::{
     MutationRejection, MutatorError, PendingMutation, PullReport, PullResponse, Push, PushResult,
 };
+use crate::resolve::{Mode, Outcome, Writer};
 use crate::value::{Key, Value};
 use crate::version::VersionVector;
 use rusqlite::{params, OptionalExtension};
@@ -228,16 +229,40 @@ impl Store {
     /// processed yet, in order, on the canonical state, in one transaction.
     /// A mutator that fails (or is unknown, or panics) is rejected with its
     /// error and the next one still runs. The client is anonymous (a
-    /// replica served without tokens); see [`Store::process_push_as`].
+    /// replica served without tokens); see [`Store::process_push_from`].
+    ///
+    /// Each mutation runs in a savepoint, and then every row it wrote is
+    /// judged as an incoming change from the pushing client: the schema's
+    /// policies, then the table's resolvers by priority (all of them,
+    /// whatever their trigger; [`Conflict::mutation`](crate::resolve::Conflict::mutation)
+    /// names the mutator), with the row before the mutation as `local` and
+    /// the row it produced as `incoming`. A rejection of any effect, by a
+    /// resolver or a policy, rolls the whole mutation back and refuses it
+    /// with that reason; `Merge` and `KeepLocal` stand as corrections.
     pub fn process_push(&mut self, push: &Push) -> Result<PushResult> {
-        self.process_push_as("", push)
+        self.process_push_from("", &Writer::default(), push)
     }
 
     /// [`Store::process_push`] for a client that connected with the token
     /// named `token`: its state is kept under (`token`, `push.client`),
-    /// apart from every other token's.
+    /// apart from every other token's. The writer is anonymous; see
+    /// [`Store::process_push_from`].
     pub fn process_push_as(&mut self, token: &str, push: &Push) -> Result<PushResult> {
+        self.process_push_from(token, &Writer::default(), push)
+    }
+
+    /// [`Store::process_push_as`] for a client the token describes as
+    /// `writer` (the relay passes what the token vouches for): mutators see
+    /// it as [`Transaction::writer`], and resolvers judging their effects as
+    /// the conflict's writer.
+    pub fn process_push_from(
+        &mut self,
+        token: &str,
+        writer: &Writer,
+        push: &Push,
+    ) -> Result<PushResult> {
         let mut tx = self.transaction()?;
+        tx.writer = writer.clone();
         let client = push.client.as_bytes().to_vec();
         claim_format_1_state(&tx.store.conn, token, &client)?;
         let mut last = last_processed(&tx.store.conn, token, &client)?;
@@ -531,25 +556,88 @@ fn run_pending(
     };
     let mut failure = None;
     tx.speculative = speculative;
-    let ran = tx.savepoint(|tx| match run(&mutator, tx, &args) {
-        Ok(()) => Ok(()),
-        Err(MutatorError::Failed(error)) => {
-            failure = Some(error.clone());
-            // Any error rolls the savepoint back.
-            Err(MutationError::Failed {
-                name: m.name.clone(),
-                error,
+    // At the authority every row the mutation writes is judged.
+    let judged = !speculative && tx.store.authority;
+    tx.effects = judged.then(Vec::new);
+    let ran = tx.savepoint(|tx| {
+        let refusal = match run(&mutator, tx, &args) {
+            Ok(()) if judged => judge_effects(tx, &m.name)?,
+            Ok(()) => None,
+            Err(MutatorError::Failed(error)) => Some(error),
+            Err(MutatorError::Storage(e)) => return Err(e.into()),
+        };
+        match refusal {
+            None => Ok(()),
+            Some(error) => {
+                failure = Some(error.clone());
+                // Any error rolls the savepoint back.
+                Err(MutationError::Failed {
+                    name: m.name.clone(),
+                    error,
+                }
+                .into())
             }
-            .into())
         }
-        Err(MutatorError::Storage(e)) => Err(e.into()),
     });
     tx.speculative = false;
+    tx.effects = None;
     match (ran, failure) {
         (Ok(()), _) => Ok(Ok(())),
         (Err(_), Some(error)) => Ok(Err(error)),
         (Err(e), None) => Err(e),
     }
+}
+
+/// At the authority, after a mutation ran: judges each row it wrote as an
+/// incoming change from the transaction's writer (see
+/// [`Store::process_push`]). Returns the refusal's reason if a policy or
+/// resolver rejected one of them (the caller rolls the mutation back);
+/// otherwise every decision is carried out.
+fn judge_effects(tx: &mut Transaction<'_>, mutation: &str) -> Result<Option<String>> {
+    let effects = tx.effects.take().unwrap_or_default();
+    let writer = tx.writer.clone();
+    for effect in &effects {
+        let layout = tx.store.tables[effect.table].clone();
+        let Some(after) =
+            super::rows::load_by_key(&tx.store.conn, &layout, &tx.store.sites, &effect.key)?
+        else {
+            continue;
+        };
+        if tx.store.mode(&layout) != Mode::Authority {
+            continue; // leaderless tables: the merge decides, everywhere
+        }
+        if effect.before.as_ref() == Some(&after.state) {
+            continue; // rolled back inside the mutation, or no change
+        }
+        let change = super::resolve::Incoming {
+            rid: after.rid,
+            key: &effect.key,
+            local: effect.before.as_ref(),
+            incoming: &after.state,
+            merged: after.state.clone(),
+            concurrent: false,
+            writer: &writer,
+            mutation: Some(mutation),
+        };
+        let decided = tx.decide_incoming(&layout, &change)?;
+        if decided.decision.outcome == Outcome::Rejected {
+            let reason = decided.decision.reason.clone().unwrap_or_else(|| {
+                format!(
+                    "{} refused the change to {} {}",
+                    decided
+                        .decision
+                        .decider
+                        .as_deref()
+                        .unwrap_or("the authority"),
+                    layout.name(),
+                    Key(effect.key.clone())
+                )
+            });
+            return Ok(Some(reason));
+        }
+        tx.carry_out(&layout, &change, decided)?;
+    }
+    Ok(None)
 }
 
 /// The last mutation processed for (`token`, `client`): its own row, or

@@ -18,7 +18,7 @@ use crate::error::{ResolveError, Result, WriteError};
 use crate::merge::RowState;
 use crate::resolve::{Mode, Outcome, Resolver, Row, Writer};
 use crate::value::{Key, Value};
-use meldb_core::engine::{self, decide, Case, DecideError, Target};
+use meldb_core::engine::{self, decide, Case, DecideError, Decision, Target};
 
 impl Store {
     /// Makes this replica the authority (or not) for every table declared
@@ -26,6 +26,17 @@ impl Store {
     /// authority says so each time it opens the database.
     pub fn set_authority(&mut self, authority: bool) {
         self.authority = authority;
+    }
+
+    /// Says who writes through this handle: mutators running here see it as
+    /// [`Transaction::writer`](super::Transaction::writer), so a rule such
+    /// as "only admins may cancel" written in a mutator holds on the
+    /// client's optimistic run too. It is the application's own claim and
+    /// never travels: the authority judges a pushed mutation by what the
+    /// client's token vouches for
+    /// ([`Store::process_push_from`](Store::process_push_from)).
+    pub fn set_writer(&mut self, writer: Writer) {
+        self.writer = writer;
     }
 
     /// Whether this replica is the authority for tables that have one.
@@ -117,26 +128,51 @@ pub(super) struct Incoming<'a> {
     pub merged: RowState,
     pub concurrent: bool,
     pub writer: &'a Writer,
+    /// The mutator, when the row is a pushed mutation's effect at the
+    /// authority (`local`: before it ran; `incoming` and `merged`: after).
+    pub mutation: Option<&'a str>,
+}
+
+/// What the deciders made of one incoming row, completed against the
+/// schema: not yet carried out.
+pub(super) struct Decided {
+    pub decision: Decision,
+    /// The row the decision makes it (`None`: deleted).
+    pub target: Option<Row>,
+    pub local_row: Option<Row>,
+    pub incoming_row: Option<Row>,
+    pub merged_row: Option<Row>,
 }
 
 impl Transaction<'_> {
-    /// Decides an incoming row (see the module docs); returns the outcome
-    /// if the conflict was logged.
+    /// Decides an incoming row and carries the decision out (see the
+    /// module docs); returns the outcome if the conflict was logged.
     pub(super) fn resolve_incoming(
         &mut self,
         layout: &TableLayout,
         change: Incoming<'_>,
     ) -> Result<Option<Outcome>> {
+        let decided = self.decide_incoming(layout, &change)?;
+        self.carry_out(layout, &change, decided)
+    }
+
+    /// What the policies and resolvers decide for `change`, with a
+    /// resolver's row completed and checked; writes nothing.
+    pub(super) fn decide_incoming(
+        &self,
+        layout: &TableLayout,
+        change: &Incoming<'_>,
+    ) -> Result<Decided> {
         let store = &*self.store;
-        let mode = store.mode(layout);
         let case = Case {
             shape: layout.shape(),
             key: change.key,
-            mode,
+            mode: store.mode(layout),
             concurrent: change.concurrent,
             local: change.local,
             incoming: change.incoming,
             writer: change.writer,
+            mutation: change.mutation,
             local_row: change
                 .local
                 .filter(|s| s.is_live())
@@ -146,21 +182,56 @@ impl Transaction<'_> {
         };
         let decision = engine::decide(&case, &store.resolvers, store)
             .map_err(|e| decide_error(layout, change.key, e))?;
+        let target = match &decision.target {
+            Target::Row(row) => row.clone(),
+            Target::Merge { row, base } => {
+                let resolver = decision.decider.as_deref().unwrap_or_default();
+                Some(complete(
+                    layout,
+                    change.key,
+                    base.as_ref(),
+                    row.clone(),
+                    resolver,
+                )?)
+            }
+        };
+        Ok(Decided {
+            decision,
+            target,
+            local_row: case.local_row,
+            incoming_row: case.incoming_row,
+            merged_row: case.merged_row,
+        })
+    }
+
+    /// Carries out a decision: the correcting write when it differs from
+    /// the merge (with a notice to the writer when part of its change was
+    /// dropped; never for a mutation's effect, whose outcome the mutation
+    /// reports), and the conflict log's record. Returns the outcome if
+    /// logged.
+    pub(super) fn carry_out(
+        &mut self,
+        layout: &TableLayout,
+        change: &Incoming<'_>,
+        decided: Decided,
+    ) -> Result<Option<Outcome>> {
+        let Decided {
+            decision,
+            target,
+            local_row,
+            incoming_row,
+            merged_row,
+        } = decided;
         if !decision.is_logged(change.concurrent) {
             return Ok(None);
         }
-        let target = match decision.target {
-            Target::Row(row) => row,
-            Target::Merge { row, base } => {
-                let resolver = decision.decider.as_deref().unwrap_or_default();
-                Some(complete(layout, change.key, base.as_ref(), row, resolver)?)
-            }
-        };
+        let mode = self.store.mode(layout);
         let correction = decide::correction(
             mode,
             decision.outcome,
             target.as_ref(),
-            case.merged_row.as_ref(),
+            merged_row.as_ref(),
+            incoming_row.as_ref(),
         );
         let mut notice_seq = None;
         if let Some(correction) = correction {
@@ -177,15 +248,15 @@ impl Transaction<'_> {
                 values.as_deref(),
                 correction.mode,
             )?;
-            notice_seq = correction.notice.then_some(seq);
+            notice_seq = (correction.notice && change.mutation.is_none()).then_some(seq);
         }
         let store = &*self.store;
         store.log_conflict(&super::conflicts::LogEntry {
             table: layout.name(),
             key: change.key,
-            local: case.local_row.as_ref(),
-            incoming: case.incoming_row.as_ref(),
-            merged: case.merged_row.as_ref(),
+            local: local_row.as_ref(),
+            incoming: incoming_row.as_ref(),
+            merged: merged_row.as_ref(),
             result: target.as_ref(),
             outcome: decision.outcome,
             resolver: decision.decider.as_deref(),

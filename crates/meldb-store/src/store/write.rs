@@ -12,6 +12,7 @@ use super::{Snapshot, Store};
 use crate::crdt::{ColumnState, Dot, Op, OpError, Stamp};
 use crate::error::{Error, Result, WriteError};
 use crate::merge::{fresh_state, RowState};
+use crate::resolve::Writer;
 use crate::schema::{Kind, Policy, SqlType};
 use crate::value::{Key, Value};
 
@@ -26,6 +27,25 @@ pub struct Transaction<'s> {
     /// Whether writes are a pending mutation's speculative effects (their
     /// rows' canonical before-images are kept; see `speculate`).
     pub(super) speculative: bool,
+    /// Who is writing: the store's own writer ([`Store::set_writer`]), or,
+    /// while the authority runs a pushed mutation, the pushing client's.
+    pub(super) writer: Writer,
+    /// While the authority runs a pushed mutation: every row it writes,
+    /// with its state before the first write, so each effect can be judged
+    /// as an incoming change (`mutate.rs`).
+    pub(super) effects: Option<Vec<Effect>>,
+}
+
+/// One row a mutation wrote, as it was before its first write.
+#[derive(Debug, Clone)]
+pub(super) struct Effect {
+    /// The table's position in the store's layouts.
+    pub table: usize,
+    /// The row's key.
+    pub key: Vec<Value>,
+    /// Its state before the mutation (`None`: no such row, not even a
+    /// tombstone).
+    pub before: Option<RowState>,
 }
 
 /// One change to one value column (`column`, its position among the
@@ -53,11 +73,14 @@ impl<'s> Transaction<'s> {
             return Err(e);
         }
         let undo = Some(store.snapshot());
+        let writer = store.writer.clone();
         Ok(Transaction {
             store,
             undo,
             poisoned: None,
             speculative: false,
+            writer,
+            effects: None,
         })
     }
 
@@ -172,6 +195,15 @@ impl<'s> Transaction<'s> {
         self.modify(table, key.into(), Target::Delete, Vec::new())
     }
 
+    /// Who is writing. On the authority, while a pushed mutation runs, the
+    /// pushing client as its token describes it (so a mutator can say "only
+    /// admins may do this" once, for every client); elsewhere the store's
+    /// own writer ([`Store::set_writer`], empty by default), which the
+    /// application asserts for itself.
+    pub fn writer(&self) -> &Writer {
+        &self.writer
+    }
+
     /// Reads a live row's columns (in schema order) as this transaction sees it.
     pub fn get(&self, table: &str, key: impl Into<Key>) -> Result<Option<Vec<(String, Value)>>> {
         self.store.get(table, key)
@@ -220,10 +252,11 @@ impl<'s> Transaction<'s> {
     ) -> Result<()> {
         let speculative = self.speculative;
         let store = &mut *self.store;
-        let layout = store
+        let (index, layout) = store
             .tables
             .iter()
-            .find(|t| t.table.name.eq_ignore_ascii_case(table))
+            .enumerate()
+            .find(|(_, t)| t.table.name.eq_ignore_ascii_case(table))
             .ok_or_else(|| WriteError::UnknownTable {
                 table: table.into(),
             })?;
@@ -237,8 +270,20 @@ impl<'s> Transaction<'s> {
 
         // Fast path: a plain insert of a new key needs no read.
         let mut existing = None;
-        if target != Target::Insert {
+        let tracked = self.effects.as_ref().is_some_and(|effects| {
+            !effects
+                .iter()
+                .any(|e| e.table == index && e.key.as_slice() == key.as_slice())
+        });
+        if target != Target::Insert || tracked {
             existing = rows::load_by_key(&store.conn, layout, &store.sites, &key)?;
+        }
+        if let (true, Some(effects)) = (tracked, self.effects.as_mut()) {
+            effects.push(Effect {
+                table: index,
+                key: key.clone(),
+                before: existing.as_ref().map(|r| r.state.clone()),
+            });
         }
         loop {
             // Only the old clock is needed after the state is taken: the
