@@ -224,19 +224,40 @@ impl Store {
     }
 
     /// Settles a deferred conflict to one of the versions its log entry
-    /// recorded ([`ConflictRecord::local`], `incoming` or `merged`), whole:
-    /// [`Store::resolve_deferred`] with that row (a version that was a
-    /// delete, or a row absent here, deletes it).
+    /// recorded ([`ConflictRecord::local`], `incoming` or `merged`):
+    /// [`Store::resolve_deferred`] with the columns the versions disagree
+    /// on taken from `version`; the columns they agreed on keep their
+    /// current values, so a later change to them stands. A version that is
+    /// a delete deletes the row; when a version is absent, or the row is
+    /// gone here, the chosen one is written whole.
     pub fn keep_deferred(&mut self, id: i64, version: DeferredShows) -> Result<()> {
         let record = self
             .conflict(id)?
             .ok_or(ResolveError::UnknownConflict { id })?;
-        let row = match version {
-            DeferredShows::Local => record.local,
-            DeferredShows::Incoming => record.incoming,
-            DeferredShows::Merged => record.merged,
+        let versions = [&record.local, &record.incoming, &record.merged];
+        let chosen = match version {
+            DeferredShows::Local => &record.local,
+            DeferredShows::Incoming => &record.incoming,
+            DeferredShows::Merged => &record.merged,
         };
-        self.resolve_deferred(id, row)
+        let Some(chosen) = chosen else {
+            return self.resolve_deferred(id, None);
+        };
+        let live = self.get(&record.table, record.key.clone())?.is_some();
+        if !live || versions.iter().any(|v| v.is_none()) {
+            return self.resolve_deferred(id, Some(chosen.clone()));
+        }
+        let disputed = chosen
+            .columns()
+            .iter()
+            .filter(|(name, value)| {
+                versions
+                    .iter()
+                    .any(|v| v.as_ref().and_then(|r| r.get(name)) != Some(value))
+            })
+            .cloned()
+            .collect();
+        self.resolve_deferred(id, Some(Row::new(disputed)))
     }
 
     /// Rejection notices for `peer`'s changes whose correction a replica
