@@ -130,7 +130,9 @@ pub mod testing;
 pub use store::{Durability, Store, StoreOptions, Transaction, DEFAULT_CACHE_KIB};
 
 // Schemas.
-pub use schema::{Column, Kind, Policy, Schema, SchemaError, SqlType, Table, Upgrade};
+pub use schema::{
+    Column, DeferredShows, Kind, Policy, Schema, SchemaError, SqlType, Table, Upgrade,
+};
 
 // Values, keys and replicas' identities.
 pub use clock::{Hlc, ManualTime, SiteId, SystemTimeSource, TimeSource};

@@ -497,3 +497,110 @@ fn query_refuses_statements_that_write() -> TestResult {
     assert!(run.stdout.contains("user_version"), "{}", run.stdout);
     Ok(())
 }
+
+const PRICES: &str = r#"
+name = "prices"
+version = 1
+[[table]]
+name = "item"
+primary_key = ["sku"]
+authority = true
+[[table.column]]
+name = "sku"
+type = "text"
+[[table.column]]
+name = "price"
+type = "integer"
+"#;
+
+/// An authority's database `prices.db` in `dir` (schema `prices.toml`)
+/// with one deferred conflict: bob's price 99 for A1 against its own 12,
+/// held for review by an app's resolver (the command line has none).
+fn deferred_price(dir: &Path) -> TestResult {
+    use meldb::{Resolution, Resolver, StoreOptions, Writer};
+    std::fs::write(dir.join("prices.toml"), PRICES)?;
+    let schema = meldb::Schema::from_toml_str(PRICES, "prices.toml")?;
+    let mut authority = StoreOptions::new()
+        .authority(true)
+        .open(dir.join("prices.db"), &schema)?;
+    authority.add_resolver(
+        "item",
+        Resolver::new("review prices", |c| {
+            Resolution::Defer(format!("price of {} needs approval", c.key()))
+        }),
+    )?;
+    let mut client = meldb::Store::open_in_memory(&schema)?;
+    authority.write(|tx| tx.insert("item", &[("sku", "A1".into()), ("price", 10.into())]))?;
+    client.apply(&authority.changes_since(&client.version_vector())?)?;
+    authority.write(|tx| tx.set("item", "A1", "price", 12))?;
+    client.write(|tx| tx.set("item", "A1", "price", 99))?;
+    let push = client.changes_since(&authority.version_vector())?;
+    authority.apply_from(&push, &Writer::user("bob"))?;
+    Ok(())
+}
+
+#[test]
+fn conflicts_lists_deferred_conflicts_and_settles_one() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    deferred_price(d)?;
+    let prices = |rest: &[&str]| {
+        let mut args = vec!["conflicts", "--db", "prices.db", "--schema", "prices.toml"];
+        args.extend_from_slice(rest);
+        meldb(d, &args)
+    };
+    let price = || -> Result<String, Box<dyn Error>> {
+        let sql = "SELECT price FROM item";
+        let args = ["query", "--db", "prices.db", "--schema", "prices.toml", sql];
+        Ok(meldb(d, &args)?.ok().stdout)
+    };
+    // While it waits, the authority shows its own price.
+    assert!(price()?.contains("12"), "{}", price()?);
+
+    let table = prices(&["--deferred"])?.ok().stdout;
+    for needle in [
+        "review prices",
+        "price of (\"A1\") needs approval",
+        "bob",
+        r#"{"price":12,"sku":"A1"}"#,
+        r#"{"price":99,"sku":"A1"}"#,
+    ] {
+        assert!(table.contains(needle), "{needle:?} in\n{table}");
+    }
+    let line = prices(&["--deferred", "--json"])?.ok().stdout;
+    let entry: serde_json::Value = serde_json::from_str(line.trim())?;
+    assert_eq!(entry["outcome"], "deferred");
+    assert_eq!(entry["writer"], "bob");
+    assert_eq!(entry["resolver"], "review prices");
+    let id = entry["id"].as_i64().ok_or("no id")?.to_string();
+    let incoming: serde_json::Value =
+        serde_json::from_str(entry["incoming"].as_str().ok_or("no incoming")?)?;
+    assert_eq!(incoming["price"], 99);
+
+    // Settling needs a version, and a known one.
+    let run = prices(&["--resolve", &id])?.expect_code(2);
+    assert!(run.stderr.contains("--keep"), "{}", run.stderr);
+    let run = prices(&["--resolve", &id, "--keep", "theirs"])?.expect_code(2);
+    assert!(run.stderr.contains("incoming"), "{}", run.stderr);
+
+    let run = prices(&["--resolve", &id, "--keep", "incoming"])?.ok();
+    assert!(
+        run.stdout.contains(&format!(
+            "settled conflict {id}: item (\"A1\") keeps the incoming"
+        )),
+        "{}",
+        run.stdout
+    );
+    assert!(price()?.contains("99"), "{}", price()?);
+    assert_eq!(prices(&["--deferred"])?.ok().stdout.trim(), "no conflicts");
+    // Settled once; an unknown id is named.
+    let run = prices(&["--resolve", &id, "--keep", "local"])?.expect_code(1);
+    assert!(
+        run.stderr.contains("is not waiting for a decision"),
+        "{}",
+        run.stderr
+    );
+    let run = prices(&["--resolve", "999", "--keep", "local", "--json"])?.expect_code(1);
+    assert!(run.stderr.contains("999"), "{}", run.stderr);
+    Ok(())
+}

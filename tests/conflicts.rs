@@ -6,8 +6,9 @@ mod common;
 
 use common::{assert_converged, query, query_one, site, sync, sync_all, view_rows, TestResult, T0};
 use meldb::{
-    Changeset, ConflictCount, Error, Key, ManualTime, Outcome, Resolution, ResolveError, Resolver,
-    Row, Schema, Store, StoreOptions, Value, VersionVector, WriteError, Writer,
+    Changeset, ConflictCount, DeferredShows, Error, Key, ManualTime, Outcome, Resolution,
+    ResolveError, Resolver, Row, Schema, Store, StoreOptions, Value, VersionVector, WriteError,
+    Writer,
 };
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -488,6 +489,205 @@ fn released_against_active_is_deferred_for_review_and_the_choice_syncs() -> Test
     }
     assert_converged(&[a, b])?;
     Ok(())
+}
+
+/// Region A releases hold H4 while region B extends it; both sync with
+/// the authority, which defers the clash. The merge would be a hybrid
+/// neither region wrote (released, with B's later expiry): while it waits,
+/// every replica shows the hold as the authority had it, and B is told.
+#[test]
+fn a_deferred_hold_shows_the_authoritys_row_everywhere_and_its_writer_is_told() -> TestResult {
+    let s = holds(true);
+    let time = ManualTime::new(T0);
+    let mut authority = open(&s, 1, &time, true)?;
+    let mut ana = open(&s, 2, &time, false)?;
+    let mut ben = open(&s, 3, &time, false)?;
+    authority.add_resolver("hold", review_releases())?;
+    let expires = T0 as i64 + HOUR;
+    authority.write(|tx| {
+        tx.insert(
+            "hold",
+            &[("id", "H4".into()), ("expires_at", expires.into())],
+        )
+    })?;
+    sync_with(&mut authority, &mut ana, &Writer::user("ana"))?;
+    sync_with(&mut authority, &mut ben, &Writer::user("ben"))?;
+    tick(&time);
+    ana.write(|tx| tx.set("hold", "H4", "status", "released"))?;
+    tick(&time);
+    ben.write(|tx| tx.set("hold", "H4", "expires_at", expires + HOUR))?;
+    tick(&time);
+    sync_with(&mut authority, &mut ana, &Writer::user("ana"))?;
+    sync_with(&mut authority, &mut ben, &Writer::user("ben"))?;
+    sync_with(&mut authority, &mut ana, &Writer::user("ana"))?;
+
+    let waiting = authority.deferred_conflicts()?;
+    assert_eq!(waiting.len(), 1, "{waiting:?}");
+    let record = &waiting[0];
+    let hybrid = record.merged.as_ref().ok_or("a merged row")?;
+    assert_eq!(
+        (hybrid.text("status"), hybrid.integer("expires_at")),
+        (Some("released"), Some(expires + HOUR)),
+        "the merge is a hybrid"
+    );
+    for store in [&authority, &ana, &ben] {
+        let row = live(store, "hold", "H4")?;
+        assert_eq!(
+            (row.text("status"), row.integer("expires_at")),
+            (Some("released"), Some(expires)),
+            "{row:?}"
+        );
+    }
+    assert_eq!(
+        record.result.as_ref().and_then(|r| r.integer("expires_at")),
+        Some(expires)
+    );
+    // The writer whose change waits is told, with the resolver's reason;
+    // the other region is not.
+    let notices = ben.rejections()?;
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    assert!(
+        notices[0].reason.contains("released in one region"),
+        "{notices:?}"
+    );
+    assert_eq!(
+        notices[0]
+            .rejected_row()
+            .and_then(|r| r.integer("expires_at")),
+        Some(expires + HOUR)
+    );
+    assert!(ana.rejections()?.is_empty());
+
+    // A person keeps the merge: release and extension both stand.
+    authority.keep_deferred(record.id, DeferredShows::Merged)?;
+    assert!(authority.deferred_conflicts()?.is_empty());
+    sync_with(&mut authority, &mut ana, &Writer::user("ana"))?;
+    sync_with(&mut authority, &mut ben, &Writer::user("ben"))?;
+    for store in [&authority, &ana, &ben] {
+        let row = live(store, "hold", "H4")?;
+        assert_eq!(
+            (row.text("status"), row.integer("expires_at")),
+            (Some("released"), Some(expires + HOUR)),
+            "{row:?}"
+        );
+    }
+    assert_converged(&[authority, ana, ben])?;
+    Ok(())
+}
+
+const PRICE_LIST: &str = r#"
+name = "prices"
+version = 1
+[[table]]
+name = "product"
+primary_key = ["sku"]
+authority = true
+deferred_shows = "local"
+[[table.column]]
+name = "sku"
+type = "text"
+[[table.column]]
+name = "price"
+type = "integer"
+[[table.column]]
+name = "title"
+type = "text"
+"#;
+
+/// A price change by anyone but a manager waits for approval; it runs on
+/// every change, conflict or not.
+fn price_approval() -> Resolver {
+    Resolver::new("price approval", |c| {
+        let price = |r: Option<&Row>| r.and_then(|r| r.integer("price"));
+        if price(c.local()) == price(c.incoming()) || c.writer().has_role("manager") {
+            Resolution::Pass
+        } else {
+            Resolution::Defer(format!(
+                "{} wants price {:?} for {}",
+                c.writer().user.as_deref().unwrap_or("someone"),
+                price(c.incoming()),
+                c.key()
+            ))
+        }
+    })
+    .on_every_change()
+}
+
+#[test]
+fn a_deferred_price_stays_hidden_until_approved_and_its_writer_is_told() -> TestResult {
+    let s = schema(PRICE_LIST);
+    let time = ManualTime::new(T0);
+    let mut authority = open(&s, 1, &time, true)?;
+    let mut alice = open(&s, 2, &time, false)?;
+    let mut bob = open(&s, 3, &time, false)?;
+    authority.add_resolver("product", price_approval())?;
+    authority.write(|tx| {
+        tx.insert(
+            "product",
+            &[
+                ("sku", "P1".into()),
+                ("price", 10.into()),
+                ("title", "Mug".into()),
+            ],
+        )
+    })?;
+    sync_with(&mut authority, &mut alice, &Writer::user("alice"))?;
+    sync_with(&mut authority, &mut bob, &Writer::user("bob"))?;
+    tick(&time);
+    // Alice reprices (a fast-forward: nobody else touched P1).
+    alice.write(|tx| tx.set("product", "P1", "price", 1))?;
+    assert_eq!(int_of(&alice, "product", "P1", "price")?, Some(1));
+    sync_with(&mut authority, &mut alice, &Writer::user("alice"))?;
+    sync_with(&mut authority, &mut bob, &Writer::user("bob"))?;
+    for store in [&authority, &alice, &bob] {
+        assert_eq!(int_of(store, "product", "P1", "price")?, Some(10));
+    }
+    let waiting = authority.deferred_conflicts()?;
+    assert_eq!(waiting.len(), 1, "{waiting:?}");
+    assert_eq!(waiting[0].writer.user.as_deref(), Some("alice"));
+    let notices = alice.rejections()?;
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    assert!(
+        notices[0].reason.contains("alice wants price Some(1)"),
+        "{notices:?}"
+    );
+    assert!(bob.rejections()?.is_empty());
+    // Delivered once.
+    sync_with(&mut authority, &mut alice, &Writer::user("alice"))?;
+    assert_eq!(alice.rejections()?.len(), 1);
+
+    // A manager's own change passes; the waiting one is approved.
+    tick(&time);
+    bob.write(|tx| tx.set("product", "P1", "title", "Big mug"))?;
+    sync_with(
+        &mut authority,
+        &mut bob,
+        &Writer::user("bob").with_role("manager"),
+    )?;
+    authority.keep_deferred(waiting[0].id, DeferredShows::Incoming)?;
+    sync_with(&mut authority, &mut alice, &Writer::user("alice"))?;
+    sync_with(&mut authority, &mut bob, &Writer::user("bob"))?;
+    for store in [&authority, &alice, &bob] {
+        assert_eq!(int_of(store, "product", "P1", "price")?, Some(1));
+        assert_eq!(
+            text_of(store, "product", "P1", "title")?.as_deref(),
+            Some("Big mug")
+        );
+    }
+    assert_converged(&[authority, alice, bob])?;
+    Ok(())
+}
+
+#[test]
+fn a_table_without_an_authority_cannot_show_one_side_of_a_deferral() {
+    let text = PRICE_LIST.replace("authority = true\n", "");
+    let err = match Schema::from_toml_str(&text, "prices.toml") {
+        Ok(schema) => panic!("accepted {schema:?}"),
+        Err(e) => e,
+    };
+    let message = err.to_string();
+    assert!(message.contains("\"product\""), "{message}");
+    assert!(message.contains("needs an authority"), "{message}");
 }
 
 // ---------------------------------------------------------------------------
@@ -1218,6 +1418,57 @@ fn a_panicking_resolver_fails_the_apply_and_changes_nothing() -> TestResult {
         }
         other => panic!("expected Panicked, got {other:?}"),
     }
+    Ok(())
+}
+
+const PANIC_CHILD: &str = "MELDB_CONFLICTS_PANIC_CHILD";
+
+/// Runs in a child process (below): a panicking resolver and a panicking
+/// mutator fail with their errors; a panic elsewhere still reaches the
+/// process's hook (the default one, which prints it).
+#[test]
+fn child_quiet_resolver_and_mutator_panics() -> TestResult {
+    if std::env::var_os(PANIC_CHILD).is_none() {
+        return Ok(());
+    }
+    let err = failing_apply(Resolver::new("boom", |_| panic!("resolver kaboom")))?;
+    assert!(
+        matches!(&err, Error::Resolve(ResolveError::Panicked { message, .. }) if message == "resolver kaboom"),
+        "{err:?}"
+    );
+    let time = ManualTime::new(T0);
+    let mut store = open(&schema(DOCS), 1, &time, false)?;
+    store.register_mutator("explode", |_, (): ()| panic!("mutator kaboom"));
+    let err = match store.mutate("explode", &()) {
+        Ok(id) => panic!("the mutation must fail, got {id}"),
+        Err(e) => e,
+    };
+    assert!(err.to_string().contains("mutator kaboom"), "{err}");
+    assert!(std::panic::catch_unwind(|| panic!("app kaboom")).is_err());
+    Ok(())
+}
+
+#[test]
+fn caught_resolver_and_mutator_panics_print_nothing_and_other_panics_still_do() -> TestResult {
+    if std::env::var_os(PANIC_CHILD).is_some() {
+        return Ok(());
+    }
+    let output = std::process::Command::new(std::env::current_exe()?)
+        .args([
+            "--exact",
+            "child_quiet_resolver_and_mutator_panics",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(PANIC_CHILD, "1")
+        .output()?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("1 passed"), "{stdout}");
+    assert!(!stderr.contains("resolver kaboom"), "{stderr}");
+    assert!(!stderr.contains("mutator kaboom"), "{stderr}");
+    assert!(stderr.contains("app kaboom"), "{stderr}");
     Ok(())
 }
 

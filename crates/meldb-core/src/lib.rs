@@ -7,7 +7,8 @@
 //! [`merge`]), schemas ([`schema`]), every byte layout meldb writes
 //! ([`codec`]), the types resolvers speak ([`resolve`]) and the engine's
 //! decisions on incoming rows ([`engine`]: admission, policies, resolvers,
-//! corrections). The only I/O is `Schema::load` (it reads a file), the
+//! corrections), and calling application code with its panics caught
+//! quietly ([`app_panic`]). The only I/O is `Schema::load` (it reads a file), the
 //! system `TimeSource` (the wall clock) and `SiteId::random` (the OS random
 //! source); the merge rules, decoders and schema checks are deterministic
 //! functions of their arguments, so their laws are property-tested in
@@ -20,6 +21,7 @@
 #![forbid(unsafe_code)]
 #![deny(clippy::unwrap_used)]
 
+pub mod app_panic;
 pub mod changeset;
 pub mod clock;
 pub mod codec;

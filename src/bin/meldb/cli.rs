@@ -161,8 +161,12 @@ other users can read in `ps`."
         long_about = "Show the conflict log that every concurrent change leaves. Without \
 options: how many conflicts each table had, per outcome (auto_merged, accepted, merged, \
 kept_local, rejected, deferred). --list N prints the latest N entries with the resolver and \
-reason; --deferred prints the conflicts waiting for a person, with both versions as JSON. \
---table and --outcome filter. The log is the table meldb_conflicts: `meldb query` reads it too."
+reason; --deferred prints the conflicts waiting for a person (a resolver deferred them), each \
+with its id, the resolver and its reason, who wrote the incoming change, both versions, the \
+merge and the row shown while it waits, as JSON. --resolve ID --keep local|incoming|merged \
+settles one: the columns the versions disagree on take that version's values, written as a \
+new change that syncs to every replica, and the conflict closes. --table and --outcome filter. The log is the table \
+meldb_conflicts: `meldb query` reads it too."
     )]
     Conflicts(ConflictsArgs),
 
@@ -228,6 +232,19 @@ pub struct ConflictsArgs {
     #[arg(long)]
     pub deferred: bool,
 
+    /// Settle the deferred conflict with this id (see `--deferred`) to the version --keep names.
+    #[arg(
+        long,
+        value_name = "ID",
+        requires = "keep",
+        conflicts_with_all = ["list", "deferred", "table", "outcome"]
+    )]
+    pub resolve: Option<i64>,
+
+    /// With --resolve: the version the row becomes.
+    #[arg(long, value_name = "VERSION", requires = "resolve")]
+    pub keep: Option<KeepVersion>,
+
     /// Only this table.
     #[arg(long, value_name = "TABLE")]
     pub table: Option<String>,
@@ -239,6 +256,17 @@ pub struct ConflictsArgs {
     /// One JSON object per line.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Which version of a deferred conflict `conflicts --resolve` keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KeepVersion {
+    /// The row as it was on this replica before the conflicting change.
+    Local,
+    /// The incoming change's row.
+    Incoming,
+    /// What the merge made of both.
+    Merged,
 }
 
 /// Where the database is and which schema opens it.

@@ -1,18 +1,23 @@
-//! `meldb conflicts`: the conflict log, counted or listed.
+//! `meldb conflicts`: the conflict log, counted or listed, and settling a
+//! deferred conflict.
 
 use crate::{
-    cli::ConflictsArgs,
+    cli::{ConflictsArgs, KeepVersion},
     commands::open,
     error::{CliError, Result},
     output::Rows,
 };
-use meldb::{ConflictRecord, Outcome, Value};
+use meldb::{ConflictRecord, DeferredShows, Outcome, Value};
 use std::io::Write;
 
 /// Counts per table and outcome (the default), the latest entries
-/// (`--list N`), or the conflicts waiting for a person (`--deferred`).
+/// (`--list N`), the conflicts waiting for a person (`--deferred`), or
+/// settles one (`--resolve ID --keep VERSION`).
 pub fn conflicts(args: &ConflictsArgs, out: &mut dyn Write) -> Result<()> {
-    let store = open(&args.db)?;
+    let mut store = open(&args.db)?;
+    if let (Some(id), Some(keep)) = (args.resolve, args.keep) {
+        return resolve(&mut store, id, keep, args.json, out);
+    }
     let outcome = match &args.outcome {
         None => None,
         Some(name) => Some(Outcome::from_name(name).ok_or_else(|| {
@@ -65,6 +70,51 @@ pub fn conflicts(args: &ConflictsArgs, out: &mut dyn Write) -> Result<()> {
     }
 }
 
+/// Settles deferred conflict `id` to `keep` and says what the row became.
+fn resolve(
+    store: &mut meldb::Store,
+    id: i64,
+    keep: KeepVersion,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let version = match keep {
+        KeepVersion::Local => DeferredShows::Local,
+        KeepVersion::Incoming => DeferredShows::Incoming,
+        KeepVersion::Merged => DeferredShows::Merged,
+    };
+    store.keep_deferred(id, version)?;
+    let record =
+        store
+            .conflict(id)?
+            .ok_or(meldb::Error::from(meldb::ResolveError::UnknownConflict {
+                id,
+            }))?;
+    let row = record
+        .result
+        .as_ref()
+        .map_or_else(|| "null".to_owned(), |r| r.to_json().to_string());
+    if json {
+        let fields = serde_json::json!({
+            "id": id,
+            "table": record.table,
+            "key": record.key.to_string(),
+            "kept": version.name(),
+            "row": record.result.as_ref().map(meldb::Row::to_json),
+        });
+        writeln!(out, "{fields}")?;
+    } else {
+        writeln!(
+            out,
+            "settled conflict {id}: {} {} keeps the {} version: {row}",
+            record.table,
+            record.key,
+            version.name()
+        )?;
+    }
+    Ok(())
+}
+
 fn records(entries: &[ConflictRecord], versions: bool) -> Rows {
     let mut columns: Vec<String> = [
         "id", "at_ms", "table", "key", "outcome", "resolver", "reason",
@@ -73,7 +123,7 @@ fn records(entries: &[ConflictRecord], versions: bool) -> Rows {
     .map(String::from)
     .collect();
     if versions {
-        columns.extend(["local", "incoming", "merged"].map(String::from));
+        columns.extend(["writer", "local", "incoming", "merged", "shown"].map(String::from));
     }
     let text = |s: Option<&str>| s.map_or(Value::Null, |s| Value::Text(s.to_owned()));
     let json = |r: &Option<meldb::Row>| {
@@ -93,7 +143,18 @@ fn records(entries: &[ConflictRecord], versions: bool) -> Rows {
                 text(e.reason.as_deref()),
             ];
             if versions {
-                row.extend([json(&e.local), json(&e.incoming), json(&e.merged)]);
+                let writer = e
+                    .writer
+                    .user
+                    .clone()
+                    .unwrap_or_else(|| format!("site {}", e.writer_site));
+                row.extend([
+                    Value::Text(writer),
+                    json(&e.local),
+                    json(&e.incoming),
+                    json(&e.merged),
+                    json(&e.result),
+                ]);
             }
             row
         })

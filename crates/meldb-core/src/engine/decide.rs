@@ -25,7 +25,7 @@ use crate::value::Value;
 use std::fmt;
 
 use super::policy::{apply_policies, fresh_registers, guards_fast_forwards, PolicyNote};
-use super::{panic_message, TableShape};
+use super::TableShape;
 
 /// Who decides conflicts of `table` on a replica that is (or is not) the
 /// authority.
@@ -52,12 +52,33 @@ impl<E> Resolvers<E> {
     }
 
     /// Registers `resolver` for the table named `table` (as the schema
-    /// spells it: names compare exactly).
+    /// spells it: names compare exactly). A resolver of the same name on
+    /// that table is replaced: the new one runs at its own priority, in the
+    /// old one's place among equal priorities.
     pub fn add(&mut self, table: &str, resolver: Resolver<E>) {
-        self.by_table.push((table.to_owned(), resolver));
+        match self.position(table, &resolver.name) {
+            Some(i) => self.by_table[i].1 = resolver,
+            None => self.by_table.push((table.to_owned(), resolver)),
+        }
         // Stable: equal priorities keep registration order.
         self.by_table
             .sort_by_key(|(_, r)| std::cmp::Reverse(r.priority));
+    }
+
+    /// Unregisters the resolver called `name` from `table`; returns whether
+    /// there was one.
+    pub fn remove(&mut self, table: &str, name: &str) -> bool {
+        let found = self.position(table, name);
+        if let Some(i) = found {
+            self.by_table.remove(i);
+        }
+        found.is_some()
+    }
+
+    fn position(&self, table: &str, name: &str) -> Option<usize> {
+        self.by_table
+            .iter()
+            .position(|(t, r)| t == table && &*r.name == name)
     }
 
     /// The resolvers that run on a change to `table`: all of them on a
@@ -252,6 +273,7 @@ pub fn decide<E>(
     };
     let every = case.concurrent || case.mutation.is_some();
     run(&ctx, resolvers.running(case.shape.name(), every), note)
+        .map(|decision| super::defer::shown_while_waiting(case, decision))
 }
 
 /// Runs the resolvers until one decides, then holds the answer to what the
@@ -352,10 +374,10 @@ fn tighten(mut decision: Decision, note: PolicyNote) -> Decision {
     decision
 }
 
-/// Calls a resolver with panics caught.
+/// Calls a resolver with panics caught, and not printed
+/// ([`crate::app_panic`]).
 fn call<E>(ctx: &Conflict<'_, E>, resolver: &Resolver<E>) -> Result<Resolution, String> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (resolver.f)(ctx)))
-        .map_err(|payload| panic_message(payload.as_ref()))
+    crate::app_panic::catch(|| (resolver.f)(ctx))
 }
 
 /// The correcting write a logged decision needs.
@@ -364,18 +386,20 @@ pub struct Correction {
     /// The mode the correction is written in (an authority's may move
     /// counters; a leaderless one may not).
     pub mode: Mode,
-    /// Whether the incoming change's writer is sent a notice, identified
-    /// by the correction's sequence number.
+    /// Whether the incoming change's writer is sent a notice (its change
+    /// was rejected, or waits for review), identified by the correction's
+    /// sequence number.
     pub notice: bool,
 }
 
 /// Whether a decision ending in `outcome` with the row `target` (completed)
 /// needs a correcting write on top of the `merged` row: when they differ,
-/// and always for the authority's rejection, whose writer receives the
-/// correction with the notice. At the authority the writer is also told
-/// when a decision that is not a rejection (`KeepLocal`, a `Merge`) drops
-/// part of its change: a column the merge took from the `incoming` row
-/// that the target sets otherwise, or a delete the target undoes.
+/// and always for the authority's rejection or deferral, whose writer
+/// receives the correction with the notice. At the authority the writer is
+/// also told when a decision that is not a rejection (`KeepLocal`, a
+/// `Merge`) drops part of its change: a column the merge took from the
+/// `incoming` row that the target sets otherwise, or a delete the target
+/// undoes.
 pub fn correction(
     mode: Mode,
     outcome: Outcome,
@@ -384,7 +408,8 @@ pub fn correction(
     incoming: Option<&Row>,
 ) -> Option<Correction> {
     let authority = mode == Mode::Authority;
-    let rejected = outcome == Outcome::Rejected && authority;
+    // A deferral's writer is told too: its change waits for review.
+    let rejected = matches!(outcome, Outcome::Rejected | Outcome::Deferred) && authority;
     if target == merged && !rejected {
         return None;
     }

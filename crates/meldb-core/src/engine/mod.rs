@@ -17,13 +17,16 @@
 //!    ([`decide::shows_deciders`]), then the schema's column policies
 //!    ([`policy`]) and the application's resolvers in priority order
 //!    ([`decide()`]), and what follows: whether the conflict is logged and
-//!    whether a correcting write is due ([`decide::Decision`]).
+//!    whether a correcting write is due ([`decide::Decision`]); a deferred
+//!    decision shows the row the table's `deferred_shows` names
+//!    ([`defer`]).
 //!
 //! The functions take the table as a [`TableShape`] (its schema, value
 //! columns and their kinds), never the store's layout.
 
 pub mod admit;
 pub mod decide;
+pub mod defer;
 pub mod policy;
 
 pub use admit::{admit, column_mapping, localize, Admission, LostHistory, MappingError};

@@ -20,6 +20,17 @@ pub enum SchemaError {
         /// What is wrong.
         problem: String,
     },
+    /// A table's `deferred_shows` is unknown, or needs an authority the
+    /// table does not have.
+    #[error("{file}: table {table:?}: deferred_shows: {problem}")]
+    BadDeferredShows {
+        /// The schema file.
+        file: String,
+        /// The table.
+        table: String,
+        /// What is wrong.
+        problem: String,
+    },
     /// The file could not be read.
     #[error("{file}: cannot read schema file: {source}")]
     Io {

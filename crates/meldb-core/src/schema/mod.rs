@@ -90,6 +90,55 @@ impl Policy {
     }
 }
 
+/// Which row a table shows while one of its conflicts waits for a person
+/// (a resolver answered `Defer`): schema `deferred_shows = "local"`,
+/// `"incoming"` or `"merged"` on the table. See [`Table::shown_while_deferred`].
+///
+/// Only `Merged` converges without an authority: replicas that each found
+/// the conflict would each show their own side and correct each other,
+/// so schema validation refuses the other two on a table without one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeferredShows {
+    /// The row as it stood on the deciding replica before the conflicting
+    /// change arrived (nothing unreviewed becomes visible).
+    Local,
+    /// The incoming change's row, as its writer sent it.
+    Incoming,
+    /// What the merge (after the column policies) made of both.
+    Merged,
+}
+
+impl DeferredShows {
+    /// Every choice, in the order schema errors list them.
+    pub const ALL: [DeferredShows; 3] = [
+        DeferredShows::Local,
+        DeferredShows::Incoming,
+        DeferredShows::Merged,
+    ];
+
+    /// The name used in schema files (and by `meldb conflicts resolve --keep`).
+    pub fn name(self) -> &'static str {
+        match self {
+            DeferredShows::Local => "local",
+            DeferredShows::Incoming => "incoming",
+            DeferredShows::Merged => "merged",
+        }
+    }
+
+    /// The choice named `name` (case-insensitive).
+    pub fn from_name(name: &str) -> Option<DeferredShows> {
+        DeferredShows::ALL
+            .into_iter()
+            .find(|d| d.name().eq_ignore_ascii_case(name))
+    }
+}
+
+impl std::fmt::Display for DeferredShows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// One column.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Column {
@@ -121,9 +170,27 @@ pub struct Table {
     /// table; see `meldb::resolve`.
     #[serde(default)]
     pub authority: bool,
+    /// What the table shows while a conflict waits for a person, if the
+    /// schema says (`deferred_shows = ...`); `None`: the default of
+    /// [`Table::shown_while_deferred`]. Not serialized when `None`, so the
+    /// stored schema of a table that does not say stays as it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deferred_shows: Option<DeferredShows>,
 }
 
 impl Table {
+    /// Which row stays visible while one of this table's conflicts is
+    /// deferred: what the schema says, else the local row on a table with
+    /// an authority (nothing unreviewed is shown) and the merged row
+    /// without one (the only choice replicas agree on).
+    pub fn shown_while_deferred(&self) -> DeferredShows {
+        self.deferred_shows.unwrap_or(if self.authority {
+            DeferredShows::Local
+        } else {
+            DeferredShows::Merged
+        })
+    }
+
     /// The column named `name`, with its index.
     pub fn column(&self, name: &str) -> Option<(usize, &Column)> {
         self.columns
@@ -188,6 +255,13 @@ impl Schema {
             }
             if table.authority {
                 hasher.update(b"A");
+            }
+            // Hashed only when said, so schemas written before the key
+            // existed keep their fingerprint.
+            if let Some(shows) = table.deferred_shows {
+                hasher.update(b"D");
+                hasher.update(shows.name().as_bytes());
+                hasher.update(&[0]);
             }
             for &k in &table.primary_key {
                 hasher.update(&(k as u64).to_le_bytes());

@@ -27,6 +27,12 @@
 //! default = "n/a"         # lww columns only; a TOML value of the column's type
 //! ```
 //!
+//! A table may also say `authority = true` (one replica decides its
+//! conflicts) and `deferred_shows = "local" | "incoming" | "merged"`: the
+//! row it shows while a conflict a resolver deferred waits for a person
+//! (default: `local` with an authority, `merged` without one, the only
+//! choice allowed there).
+//!
 //! The file is first read into private structs that refuse unknown fields
 //! (a misspelt `nulable` is a [`SchemaError::Syntax`], not silently
 //! ignored), then validated. The rules, each reported as the matching
@@ -49,7 +55,7 @@
 //!   has no byte strings, so a blob default is an array of integers 0..=255
 //!   (`default = [0xCA, 0xFE]`).
 
-use super::{Column, Kind, Policy, Schema, SchemaError, SqlType, Table};
+use super::{Column, DeferredShows, Kind, Policy, Schema, SchemaError, SqlType, Table};
 use crate::value::Value;
 use serde::Deserialize;
 use std::path::Path;
@@ -83,6 +89,7 @@ struct RawTable {
     name: String,
     primary_key: Option<Vec<String>>,
     authority: Option<bool>,
+    deferred_shows: Option<String>,
     #[serde(default)]
     column: Vec<RawColumn>,
 }
@@ -271,12 +278,46 @@ impl Validator<'_> {
                 });
             }
         }
+        let deferred_shows = raw
+            .deferred_shows
+            .map(|name| self.deferred_shows(&raw.name, authority, &name))
+            .transpose()?;
         Ok(Table {
             name: raw.name,
             columns: columns.into_iter().map(|(c, _)| c).collect(),
             primary_key,
             authority,
+            deferred_shows,
         })
+    }
+
+    /// A table's `deferred_shows`: a known choice, and on a table without
+    /// an authority only the one replicas agree on.
+    fn deferred_shows(
+        &self,
+        table: &str,
+        authority: bool,
+        name: &str,
+    ) -> Result<DeferredShows, SchemaError> {
+        let bad = |problem: String| SchemaError::BadDeferredShows {
+            file: self.file.to_owned(),
+            table: table.to_owned(),
+            problem,
+        };
+        let shows = DeferredShows::from_name(name).ok_or_else(|| {
+            bad(format!(
+                "unknown choice {name:?} (expected local, incoming or merged)"
+            ))
+        })?;
+        if !authority && shows != DeferredShows::Merged {
+            return Err(bad(format!(
+                "{:?} needs an authority: without one, every replica that finds the \
+                 conflict would show its own side and correct the others', so only \
+                 \"merged\" converges; add `authority = true` to the table or show \"merged\"",
+                shows.name()
+            )));
+        }
+        Ok(shows)
     }
 
     fn column(&self, table: &str, raw: RawColumn) -> Result<Column, SchemaError> {
@@ -706,6 +747,91 @@ mod tests {
                 ("guests", Text, OrSet, false, None),
             ]
         );
+        Ok(())
+    }
+
+    /// `item` with `lines` added to its `[[table]]` (before its columns).
+    fn item_saying(lines: &str) -> String {
+        item_with(col("note", "text", "")).replace(
+            "primary_key = [\"sku\"]\n",
+            &format!("primary_key = [\"sku\"]\n{lines}\n"),
+        )
+    }
+
+    #[test]
+    fn deferred_shows_defaults_by_authority_and_parses_each_choice() -> TestResult {
+        let plain = Schema::from_toml_str(&item_saying(""), FILE)?;
+        let table = plain.table("item").ok_or("no item")?;
+        assert_eq!(table.deferred_shows, None);
+        assert_eq!(table.shown_while_deferred(), DeferredShows::Merged);
+        let guarded = Schema::from_toml_str(&item_saying("authority = true"), FILE)?;
+        let table = guarded.table("item").ok_or("no item")?;
+        assert_eq!(table.shown_while_deferred(), DeferredShows::Local);
+        for shows in DeferredShows::ALL {
+            let text = format!(
+                "authority = true\ndeferred_shows = \"{}\"",
+                shows.name().to_uppercase()
+            );
+            let schema = Schema::from_toml_str(&item_saying(&text), FILE)?;
+            let table = schema.table("item").ok_or("no item")?;
+            assert_eq!(table.deferred_shows, Some(shows));
+            assert_eq!(table.shown_while_deferred(), shows);
+        }
+        // Merged is what a leaderless table shows anyway; saying so is fine.
+        let said = Schema::from_toml_str(&item_saying("deferred_shows = \"merged\""), FILE)?;
+        assert_eq!(
+            said.table("item").map(Table::shown_while_deferred),
+            Some(DeferredShows::Merged)
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn deferred_shows_refuses_unknown_choices_and_one_side_without_an_authority() {
+        let err = fail(
+            &item_saying("authority = true\ndeferred_shows = \"theirs\""),
+            &[
+                "item",
+                "deferred_shows",
+                "\"theirs\"",
+                "local, incoming or merged",
+            ],
+        );
+        assert!(
+            matches!(err, SchemaError::BadDeferredShows { .. }),
+            "{err:?}"
+        );
+        for side in ["local", "incoming"] {
+            let err = fail(
+                &item_saying(&format!("deferred_shows = \"{side}\"")),
+                &["item", side, "needs an authority", "authority = true"],
+            );
+            assert!(
+                matches!(err, SchemaError::BadDeferredShows { .. }),
+                "{err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn deferred_shows_is_hashed_only_when_said() -> Result<(), SchemaError> {
+        // The fingerprint stored in the golden fixtures (written before the
+        // key existed) is still the shipped schema's.
+        let stored = "848a4613eb9b0e759baf8d387cb5cb579447b054c394a88649da4442bd16b5dc";
+        let hex: String = load_shipped("inventory.toml")?
+            .fingerprint()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(hex, stored);
+        let plain = Schema::from_toml_str(&item_saying("authority = true"), FILE)?;
+        let mut fingerprints = vec![plain.fingerprint()];
+        for shows in DeferredShows::ALL {
+            let text = format!("authority = true\ndeferred_shows = \"{shows}\"");
+            let said = Schema::from_toml_str(&item_saying(&text), FILE)?.fingerprint();
+            assert!(!fingerprints.contains(&said), "{shows}");
+            fingerprints.push(said);
+        }
         Ok(())
     }
 

@@ -9,6 +9,10 @@
 //! stay or rise, never fall. Tables and columns may be declared in any
 //! order, but a name may not change case: SQLite would see the same
 //! identifier while meldb's stored schema would not.
+//!
+//! A table's `deferred_shows` may change: it says what the deciding
+//! replica shows while a conflict waits, stores nothing, and applies to
+//! conflicts deferred after the upgrade.
 
 use super::{Column, Kind, Schema, SchemaError, Table};
 use crate::value::Value;
@@ -362,6 +366,7 @@ mod tests {
                 ],
                 primary_key: vec![0],
                 authority: false,
+                deferred_shows: None,
             },
         );
         let upgrade = stored.check_upgrade(&new, DB)?;
@@ -614,6 +619,18 @@ mod tests {
             &new,
             &["\"item\"", "\"sold\"", "renamed to \"SOLD\""],
         );
+        Ok(())
+    }
+
+    #[test]
+    fn changed_deferred_shows_adds_nothing() -> TestResult {
+        let stored = inventory()?;
+        let mut new = stored.clone();
+        new.version = 2;
+        let item = table_mut(&mut new, "item")?;
+        item.deferred_shows = Some(crate::schema::DeferredShows::Merged);
+        assert!(stored.check_upgrade(&new, DB)?.is_empty());
+        assert_ne!(stored.fingerprint(), new.fingerprint());
         Ok(())
     }
 }

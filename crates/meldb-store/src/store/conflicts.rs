@@ -1,7 +1,10 @@
-//! The conflict log (`meldb_conflicts`), deferred conflicts, and rejection
-//! notices: recorded by the authority, handed to their writers with the
-//! authority's correction, kept by writers in `meldb_rejections` until the
-//! app acknowledges them.
+//! The conflict log (`meldb_conflicts`), deferred conflicts, and notices:
+//! recorded by the authority, handed to their writers with the authority's
+//! correction, kept by writers in `meldb_rejections` until the app
+//! acknowledges them. A change the authority rejected gets a notice, and
+//! so does one it deferred (it waits for review); while it waits, the row
+//! shows what the table's `deferred_shows` says, written as a correction,
+//! until [`Store::resolve_deferred`] settles it.
 //!
 //! Rows in the log are JSON objects, so apps can query them with SQLite's
 //! JSON functions: `SELECT json_extract(incoming, '$.seat') FROM
@@ -13,6 +16,7 @@ use crate::clock::SiteId;
 use crate::error::{ResolveError, Result, StorageError, WriteError};
 use crate::resolve::{value_from_json, value_to_json};
 use crate::resolve::{ConflictCount, ConflictRecord, Mode, Outcome, Rejection, Row, Writer};
+use crate::schema::DeferredShows;
 use crate::value::{Key, Value};
 use crate::version::VersionVector;
 use rusqlite::{params, OptionalExtension};
@@ -145,10 +149,21 @@ impl Store {
         Ok(counts)
     }
 
+    /// One entry of the conflict log, by id.
+    pub fn conflict(&self, id: i64) -> Result<Option<ConflictRecord>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!("{SELECT} WHERE id = ?1"))?;
+        let mut rows = stmt.query_map([id], read_record)?;
+        rows.next().transpose()?.transpose()
+    }
+
     /// Settles a deferred conflict: the row becomes `row` (`None` deletes
     /// it), written as a new change that supersedes both versions, and the
     /// conflict is closed. Columns `row` leaves out keep their current
-    /// values.
+    /// values: those of the row the table showed while the conflict waited
+    /// (`deferred_shows`, see [`crate::schema::Table::shown_while_deferred`]),
+    /// or of a later change to it.
     pub fn resolve_deferred(&mut self, id: i64, row: Option<Row>) -> Result<()> {
         let tx = self.transaction()?;
         let store = &mut *tx.store;
@@ -206,6 +221,43 @@ impl Store {
             params![id, stored],
         )?;
         tx.commit()
+    }
+
+    /// Settles a deferred conflict to one of the versions its log entry
+    /// recorded ([`ConflictRecord::local`], `incoming` or `merged`):
+    /// [`Store::resolve_deferred`] with the columns the versions disagree
+    /// on taken from `version`; the columns they agreed on keep their
+    /// current values, so a later change to them stands. A version that is
+    /// a delete deletes the row; when a version is absent, or the row is
+    /// gone here, the chosen one is written whole.
+    pub fn keep_deferred(&mut self, id: i64, version: DeferredShows) -> Result<()> {
+        let record = self
+            .conflict(id)?
+            .ok_or(ResolveError::UnknownConflict { id })?;
+        let versions = [&record.local, &record.incoming, &record.merged];
+        let chosen = match version {
+            DeferredShows::Local => &record.local,
+            DeferredShows::Incoming => &record.incoming,
+            DeferredShows::Merged => &record.merged,
+        };
+        let Some(chosen) = chosen else {
+            return self.resolve_deferred(id, None);
+        };
+        let live = self.get(&record.table, record.key.clone())?.is_some();
+        if !live || versions.iter().any(|v| v.is_none()) {
+            return self.resolve_deferred(id, Some(chosen.clone()));
+        }
+        let disputed = chosen
+            .columns()
+            .iter()
+            .filter(|(name, value)| {
+                versions
+                    .iter()
+                    .any(|v| v.as_ref().and_then(|r| r.get(name)) != Some(value))
+            })
+            .cloned()
+            .collect();
+        self.resolve_deferred(id, Some(Row::new(disputed)))
     }
 
     /// Rejection notices for `peer`'s changes whose correction a replica

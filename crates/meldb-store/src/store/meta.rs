@@ -136,6 +136,14 @@ fn upgrade(conn: &Connection, path: &str, physical: &mut Schema, user: &Schema) 
         create_table(conn, &table)?;
         physical.tables.push(table);
     }
+    // What a table shows while a conflict waits may change (it stores
+    // nothing): the physical tables, which the store decides with, take
+    // the new schema's.
+    for table in &mut physical.tables {
+        if let Some(now) = user.table(&table.name) {
+            table.deferred_shows = now.deferred_shows;
+        }
+    }
     physical.name = user.name.clone();
     physical.version = user.version;
     conn.execute_batch(&layout::create_views(user))?;

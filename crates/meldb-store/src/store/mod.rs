@@ -40,8 +40,6 @@ use crate::schema::Schema;
 use crate::version::VersionVector;
 use layout::TableLayout;
 use meldb_core::engine::Resolvers;
-// The message of a caught panic from app code (a resolver or mutator).
-use meldb_core::engine::panic_message;
 use rows::Sites;
 use rusqlite::Connection;
 use std::path::Path;
@@ -401,5 +399,7 @@ impl Store {
     }
 }
 
+#[cfg(test)]
+mod deferred_tests;
 #[cfg(test)]
 pub(crate) mod tests;

@@ -521,20 +521,15 @@ impl Store {
     }
 }
 
-/// Runs a mutator with panics caught (a panic is its failure).
+/// Runs a mutator with panics caught (a panic is its failure, and is not
+/// printed: `meldb_core::app_panic`).
 fn run(
     mutator: &Mutator,
     tx: &mut Transaction<'_>,
     args: &serde_json::Value,
 ) -> Result<(), MutatorError> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (mutator.f)(tx, args))).unwrap_or_else(
-        |payload| {
-            Err(MutatorError::Failed(format!(
-                "panicked: {}",
-                super::panic_message(payload.as_ref())
-            )))
-        },
-    )
+    meldb_core::app_panic::catch(|| (mutator.f)(tx, args))
+        .unwrap_or_else(|message| Err(MutatorError::Failed(format!("panicked: {message}"))))
 }
 
 /// Runs a queued mutation in a savepoint (speculatively on a client).

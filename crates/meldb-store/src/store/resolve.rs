@@ -98,13 +98,56 @@ impl Store {
     /// # Ok(())
     /// # }
     /// ```
+    ///
+    /// Adding a resolver with the name of one already registered on the
+    /// table replaces it (the new one runs at its own priority); names are
+    /// per table and compare exactly.
     pub fn add_resolver(&mut self, table: &str, resolver: Resolver) -> Result<()> {
+        let name = self.table_name(table)?;
+        self.resolvers.add(&name, resolver);
+        Ok(())
+    }
+
+    /// Unregisters the resolver called `name` from `table`, effective from
+    /// the next apply; returns whether one was registered. An unknown table
+    /// is a [`WriteError::UnknownTable`].
+    ///
+    /// ```
+    /// use meldb_store::resolve::{Resolution, Resolver};
+    /// use meldb_store::schema::Schema;
+    /// use meldb_store::store::Store;
+    ///
+    /// # fn main() -> meldb_store::error::Result<()> {
+    /// let schema = Schema::from_toml_str(r#"
+    ///     name = "shop"
+    ///     version = 1
+    ///     [[table]]
+    ///     name = "item"
+    ///     primary_key = ["sku"]
+    ///     [[table.column]]
+    ///     name = "sku"
+    ///     type = "text"
+    /// "#, "shop.toml")?;
+    /// let mut store = Store::open_in_memory(&schema)?;
+    /// store.add_resolver("item", Resolver::new("audit", |_| Resolution::Pass))?;
+    /// assert!(store.remove_resolver("item", "audit")?);
+    /// assert!(!store.remove_resolver("item", "audit")?);
+    /// assert!(store.remove_resolver("nope", "audit").is_err());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn remove_resolver(&mut self, table: &str, name: &str) -> Result<bool> {
+        let table = self.table_name(table)?;
+        Ok(self.resolvers.remove(&table, name))
+    }
+
+    /// The schema's spelling of the table named `table`, or the error
+    /// naming it.
+    fn table_name(&self, table: &str) -> Result<String> {
         let layout = self.table(table).ok_or_else(|| WriteError::UnknownTable {
             table: table.into(),
         })?;
-        let name = layout.name().to_owned();
-        self.resolvers.add(&name, resolver);
-        Ok(())
+        Ok(layout.name().to_owned())
     }
 
     /// Who decides conflicts of `layout`'s table here.

@@ -36,6 +36,7 @@ pub(crate) fn test_schema() -> Schema {
             ],
             primary_key: vec![0],
             authority: false,
+            deferred_shows: None,
         }],
     }
 }
