@@ -11,9 +11,11 @@
 
 mod error;
 mod parse;
+mod rules;
 mod upgrade;
 
 pub use error::SchemaError;
+pub use rules::{ColumnRules, DeleteRule, RowRules};
 pub use upgrade::Upgrade;
 
 pub use crate::crdt::Kind;
@@ -100,6 +102,10 @@ pub struct Column {
     /// What the column adds to its kind's merge.
     #[serde(default)]
     pub policy: Policy,
+    /// Row-level rules on this column (`transitions`, `owner`); empty for
+    /// most columns, and then not stored.
+    #[serde(default, skip_serializing_if = "ColumnRules::is_empty")]
+    pub rules: ColumnRules,
 }
 
 /// One table.
@@ -115,6 +121,10 @@ pub struct Table {
     /// table; see `meldb::resolve`.
     #[serde(default)]
     pub authority: bool,
+    /// Row-level rules (`frozen_when_final`, `delete`, `[[table.unique]]`);
+    /// empty for most tables, and then not stored.
+    #[serde(default, skip_serializing_if = "RowRules::is_empty")]
+    pub rules: RowRules,
 }
 
 impl Table {
@@ -129,6 +139,12 @@ impl Table {
     /// Whether column `index` is part of the primary key.
     pub fn is_key(&self, index: usize) -> bool {
         self.primary_key.contains(&index)
+    }
+
+    /// Whether the table declares any row-level rule (its own or a
+    /// column's): an authority then judges every change to it.
+    pub fn has_row_rules(&self) -> bool {
+        !self.rules.is_empty() || self.columns.iter().any(|c| !c.rules.is_empty())
     }
 
     /// Indexes of the columns that are not part of the primary key, in
@@ -179,6 +195,14 @@ impl Schema {
                 if c.policy != Policy::LastWriteWins {
                     hasher.update(format!("P{:?}", c.policy).as_bytes());
                 }
+                // Hashed only when set, so schemas without rules keep
+                // their fingerprints.
+                if !c.rules.is_empty() {
+                    hasher.update(format!("R{:?}", c.rules).as_bytes());
+                }
+            }
+            if !table.rules.is_empty() {
+                hasher.update(format!("RR{:?}", table.rules).as_bytes());
             }
             if table.authority {
                 hasher.update(b"A");

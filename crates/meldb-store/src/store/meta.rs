@@ -136,6 +136,20 @@ fn upgrade(conn: &Connection, path: &str, physical: &mut Schema, user: &Schema) 
         create_table(conn, &table)?;
         physical.tables.push(table);
     }
+    // Row-level rules may change with any upgrade: they judge new writes
+    // only (existing rows that break them are reported by
+    // `Store::rule_violations`, never rewritten), so the physical schema
+    // takes the user schema's rules, table by table and column by column.
+    for table in &mut physical.tables {
+        if let Some(new) = user.table(&table.name) {
+            table.rules = new.rules.clone();
+            for column in &mut table.columns {
+                if let Some((_, c)) = new.column(&column.name) {
+                    column.rules = c.rules.clone();
+                }
+            }
+        }
+    }
     physical.name = user.name.clone();
     physical.version = user.version;
     conn.execute_batch(&layout::create_views(user))?;
@@ -250,6 +264,8 @@ impl Store {
                     resolvers: meldb_core::engine::Resolvers::new(),
                     mutators: Vec::new(),
                     subscribers: Vec::new(),
+                    local_writer: crate::resolve::Writer::default(),
+                    stamps: Vec::new(),
                 })
             }
             Err(e) => {

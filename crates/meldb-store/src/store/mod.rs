@@ -27,11 +27,13 @@ mod mutate;
 mod resolve;
 mod rows;
 mod speculate;
+mod stamp;
 mod write;
 
 pub use apply::{ApplyReport, HeldChange};
 pub use backup::BackupReport;
 pub use bindings::SiteBinding;
+pub use stamp::{RuleViolation, StampContext};
 pub use write::Transaction;
 
 use crate::clock::{Clock, Hlc, SiteId, SystemTimeSource, TimeSource};
@@ -234,6 +236,12 @@ pub struct Store {
     mutators: Vec<mutate::Mutator>,
     /// Change subscriptions: a table, and what to call after a pull.
     subscribers: Vec<(String, mutate::Subscriber)>,
+    /// Who this replica's local writes are by, for row-level rules that
+    /// name roles (`Store::set_local_writer`).
+    local_writer: crate::resolve::Writer,
+    /// The authority's stamps on accepted changes, by table, in
+    /// registration order (`Store::add_stamp`).
+    stamps: Vec<(String, stamp::Stamp)>,
 }
 
 /// In-memory state a rolled-back transaction or savepoint restores.

@@ -146,16 +146,27 @@ impl Transaction<'_> {
         };
         let decision = engine::decide(&case, &store.resolvers, store)
             .map_err(|e| decide_error(layout, change.key, e))?;
-        if !decision.is_logged(change.concurrent) {
+        let logged = decision.is_logged(change.concurrent);
+        let stamping = store.stamps_table(layout);
+        if !logged && !stamping {
             return Ok(None);
         }
-        let target = match decision.target {
+        let mut target = match decision.target {
             Target::Row(row) => row,
             Target::Merge { row, base } => {
                 let resolver = decision.decider.as_deref().unwrap_or_default();
                 Some(complete(layout, change.key, base.as_ref(), row, resolver)?)
             }
         };
+        // The authority stamps what it accepted (see `stamp`); the stamp
+        // rides on the decision's correction and is never logged itself.
+        if let Some(row) = target
+            .as_mut()
+            .filter(|r| stamping && Some(&**r) != case.local_row.as_ref())
+        {
+            self.store
+                .stamp_row(layout, change.key, row, change.writer)?;
+        }
         let correction = decide::correction(
             mode,
             decision.outcome,
@@ -178,6 +189,9 @@ impl Transaction<'_> {
                 correction.mode,
             )?;
             notice_seq = correction.notice.then_some(seq);
+        }
+        if !logged {
+            return Ok(None);
         }
         let store = &*self.store;
         store.log_conflict(&super::conflicts::LogEntry {
@@ -214,6 +228,12 @@ fn decide_error(layout: &TableLayout, key: &[Value], e: DecideError) -> crate::E
             table,
             key,
             answer,
+        },
+        DecideError::RuleRead { rule, message } => ResolveError::RuleRead {
+            table,
+            key,
+            rule,
+            message,
         },
     }
     .into()

@@ -17,6 +17,7 @@ fn col(name: &str, sql_type: SqlType, kind: Kind, nullable: bool) -> Column {
         nullable,
         default: None,
         policy: Default::default(),
+        rules: Default::default(),
     }
 }
 
@@ -36,6 +37,7 @@ pub(crate) fn test_schema() -> Schema {
             ],
             primary_key: vec![0],
             authority: false,
+            rules: Default::default(),
         }],
     }
 }
