@@ -7,7 +7,10 @@
 //! schema; [`Schema::check_upgrade`] decides whether a database created with
 //! one schema may be opened with another (tables, and columns that are
 //! nullable, defaulted, counters or sets, may be added; nothing may be
-//! removed or changed).
+//! removed or changed, except row-level rules, which judge new writes
+//! only). Tables with an authority may declare row-level rules
+//! ([`RowRules`], [`ColumnRules`]: frozen rows, delete rules, transitions,
+//! authority-owned columns, uniqueness), which the engine enforces.
 
 mod error;
 mod parse;
