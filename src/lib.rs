@@ -131,7 +131,8 @@ pub use store::{Durability, Store, StoreOptions, Transaction, DEFAULT_CACHE_KIB}
 
 // Schemas.
 pub use schema::{
-    Column, DeferredShows, Kind, Policy, Schema, SchemaError, SqlType, Table, Upgrade,
+    Column, ColumnRules, DeferredShows, DeleteRule, Kind, Policy, RowRules, Schema, SchemaError,
+    SqlType, Table, Upgrade,
 };
 
 // Values, keys and replicas' identities.
@@ -141,6 +142,10 @@ pub use value::{Key, Value};
 // Exchanging changes.
 pub use changeset::{ChangeCursor, ChangePage, Changeset, Cover, RowChange, TableChanges};
 pub use store::{ApplyReport, HeldChange, SiteBinding};
+
+// Row-level rules the store carries out: the authority's stamps and rows
+// an upgrade's new rule finds broken.
+pub use store::{RuleViolation, StampContext};
 
 // Backups of a live database.
 pub use store::BackupReport;

@@ -377,3 +377,374 @@ proptest! {
         run(replicas, true, &ops).map_err(|e| TestCaseError::fail(e.to_string()))?;
     }
 }
+
+/// The schema's row-level rules at an authority: one authority and two or
+/// three clients (the last an "old client" running the schema without its
+/// rules, so the authority sees changes a current client refuses) write
+/// at random and sync with the authority in random orders, with duplicate
+/// and stale re-deliveries. After a final sync every replica must be
+/// equal, and the authority's rows must keep the rules: no two live
+/// bookings share a (user, day), an order that reached a final state never
+/// changed again, and owned columns hold only the authority's stamps.
+mod row_rules {
+    use super::common::{assert_converged, cases, site, T0};
+    use meldb::{
+        Changeset, Error, ManualTime, Row, Schema, Store, StoreOptions, Value, WriteError, Writer,
+    };
+    use proptest::prelude::*;
+    use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+    const SCHEMA: &str = r#"
+name = "shop"
+version = 1
+[[table]]
+name = "orders"
+primary_key = ["id"]
+authority = true
+frozen_when_final = "status"
+delete_roles = ["admin"]
+[[table.column]]
+name = "id"
+type = "integer"
+[[table.column]]
+name = "status"
+type = "text"
+nullable = false
+default = "pending"
+order = ["pending < processing < shipped", "pending < cancelled"]
+absorbing = ["shipped", "cancelled"]
+transitions = { pending = ["processing", "cancelled"], processing = ["shipped"] }
+[[table.column]]
+name = "note"
+type = "integer"
+[[table.column]]
+name = "updated_at"
+type = "integer"
+owner = "authority"
+[[table]]
+name = "booking"
+primary_key = ["id"]
+authority = true
+[[table.unique]]
+columns = ["user", "day"]
+[[table.column]]
+name = "id"
+type = "integer"
+[[table.column]]
+name = "user"
+type = "integer"
+[[table.column]]
+name = "day"
+type = "integer"
+"#;
+
+    const STATES: [&str; 4] = ["pending", "processing", "shipped", "cancelled"];
+
+    fn parse(text: &str) -> Schema {
+        match Schema::from_toml_str(text, "shop.toml") {
+            Ok(s) => s,
+            Err(e) => panic!("test schema must parse: {e}"),
+        }
+    }
+
+    fn old_schema() -> Schema {
+        parse(
+            &SCHEMA
+                .replace("frozen_when_final = \"status\"\n", "")
+                .replace("delete_roles = [\"admin\"]\n", "")
+                .replace("[[table.unique]]\ncolumns = [\"user\", \"day\"]\n", "")
+                .replace(
+                    "transitions = { pending = [\"processing\", \"cancelled\"], processing = [\"shipped\"] }\n",
+                    "",
+                )
+                .replace("owner = \"authority\"\n", ""),
+        )
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        /// A client upserts an order's state and note.
+        Order {
+            at: usize,
+            key: i64,
+            state: usize,
+            note: i64,
+        },
+        /// A client writes an owned column (refused unless it is old).
+        Owned {
+            at: usize,
+            key: i64,
+            value: i64,
+        },
+        /// A client deletes an order.
+        DeleteOrder {
+            at: usize,
+            key: i64,
+        },
+        /// A client books (user, day) under a key.
+        Book {
+            at: usize,
+            key: i64,
+            user: i64,
+            day: i64,
+        },
+        DeleteBooking {
+            at: usize,
+            key: i64,
+        },
+        /// The authority moves an order's state.
+        Ship {
+            key: i64,
+            state: usize,
+        },
+        /// Client `at` pushes to the authority (twice if `twice`).
+        Push {
+            at: usize,
+            twice: bool,
+        },
+        /// Client `at` pulls from the authority (twice if `twice`).
+        Pull {
+            at: usize,
+            twice: bool,
+        },
+        /// A changeset sent earlier, delivered again where it went.
+        Redeliver {
+            index: usize,
+        },
+        Tick(u64),
+    }
+
+    fn op(clients: usize) -> impl Strategy<Value = Op> {
+        let at = 0..clients;
+        let key = 0..3i64;
+        prop_oneof![
+            3 => (at.clone(), key.clone(), 0..STATES.len(), 0..5i64)
+                .prop_map(|(at, key, state, note)| Op::Order { at, key, state, note }),
+            1 => (at.clone(), key.clone(), 0..5i64)
+                .prop_map(|(at, key, value)| Op::Owned { at, key, value }),
+            1 => (at.clone(), key.clone()).prop_map(|(at, key)| Op::DeleteOrder { at, key }),
+            3 => (at.clone(), key.clone(), 0..2i64, 0..2i64)
+                .prop_map(|(at, key, user, day)| Op::Book { at, key, user, day }),
+            1 => (at.clone(), key.clone()).prop_map(|(at, key)| Op::DeleteBooking { at, key }),
+            1 => (key, 0..STATES.len()).prop_map(|(key, state)| Op::Ship { key, state }),
+            4 => (at.clone(), any::<bool>()).prop_map(|(at, twice)| Op::Push { at, twice }),
+            4 => (at, any::<bool>()).prop_map(|(at, twice)| Op::Pull { at, twice }),
+            1 => any::<usize>().prop_map(|index| Op::Redeliver { index }),
+            2 => (0..3u64).prop_map(Op::Tick),
+        ]
+    }
+
+    /// A local write a row-level rule (or a column policy) refuses, or one
+    /// of a row this replica lacks, is fine; anything else fails the case.
+    fn allow_refusal(result: meldb::Result<()>) -> meldb::Result<()> {
+        match result {
+            Err(Error::Write(
+                WriteError::Frozen { .. }
+                | WriteError::Transition { .. }
+                | WriteError::DeleteRefused { .. }
+                | WriteError::Policy { .. }
+                | WriteError::RowNotFound { .. },
+            )) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Client 0 is an admin; the others are not.
+    fn writer(at: usize) -> Writer {
+        if at == 0 {
+            Writer::user("ann").with_role("admin")
+        } else {
+            Writer::user(&format!("user{at}"))
+        }
+    }
+
+    /// A changeset sent earlier: to the authority (`None`) or a client.
+    struct Sent {
+        to: Option<usize>,
+        changes: Changeset,
+    }
+
+    /// The authority's pull for client `at`: its changes and the notices.
+    fn pull(server: &Store, client: &mut Store) -> meldb::Result<Changeset> {
+        let vv = client.version_vector();
+        let notices = server.rejections_for(client.site_id(), &vv)?;
+        let changes = server.changes_since(&vv)?;
+        client.apply(&changes)?;
+        client.receive_rejections(&notices)?;
+        Ok(changes)
+    }
+
+    /// Checks that no order the authority holds in a final state changed
+    /// since it first did, and notes the orders newly final.
+    fn note_frozen(server: &Store, frozen: &mut BTreeMap<i64, Row>) -> meldb::Result<()> {
+        for key in 0..3i64 {
+            let row = server.get("orders", key)?.map(Row::from);
+            match (frozen.get(&key), row) {
+                (Some(was), now) => assert_eq!(
+                    now.as_ref(),
+                    Some(was),
+                    "order {key} changed after it became final"
+                ),
+                (None, Some(row))
+                    if matches!(row.text("status"), Some("shipped" | "cancelled")) =>
+                {
+                    frozen.insert(key, row);
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn run(clients: usize, ops: &[Op]) -> meldb::Result<()> {
+        let time = ManualTime::new(T0);
+        let open = |schema: &Schema, n: u8, authority: bool| {
+            StoreOptions::new()
+                .site_id(site(n))
+                .time_source(Arc::new(time.clone()))
+                .authority(authority)
+                .open_in_memory(schema)
+        };
+        let schema = parse(SCHEMA);
+        let mut server = open(&schema, 1, true)?;
+        server.add_stamp("orders", "updated_at", |c| {
+            vec![("updated_at".into(), Value::Integer(c.now_ms as i64))]
+        })?;
+        let mut stores: Vec<Store> = Vec::new();
+        let old = old_schema();
+        for n in 0..clients {
+            let is_old = n + 1 == clients;
+            let mut store = open(if is_old { &old } else { &schema }, n as u8 + 2, false)?;
+            store.set_writer(writer(n));
+            stores.push(store);
+        }
+        let mut sent: Vec<Sent> = Vec::new();
+        // The authority's row of each order when it first saw it final.
+        let mut frozen: BTreeMap<i64, Row> = BTreeMap::new();
+        for op in ops {
+            match *op {
+                Op::Order {
+                    at,
+                    key,
+                    state,
+                    note,
+                } => {
+                    let values = [
+                        ("id", Value::from(key)),
+                        ("status", STATES[state].into()),
+                        ("note", note.into()),
+                    ];
+                    allow_refusal(stores[at].write(|tx| tx.upsert("orders", &values)))?;
+                }
+                Op::Owned { at, key, value } => {
+                    let written = stores[at].write(|tx| tx.set("orders", key, "updated_at", value));
+                    match written {
+                        Err(Error::Write(WriteError::AuthorityOwned { .. }))
+                            if at + 1 != clients => {}
+                        other => allow_refusal(other)?,
+                    }
+                }
+                Op::DeleteOrder { at, key } => {
+                    allow_refusal(stores[at].write(|tx| tx.delete("orders", key)))?;
+                }
+                Op::Book { at, key, user, day } => {
+                    let values = [
+                        ("id", Value::from(key)),
+                        ("user", user.into()),
+                        ("day", day.into()),
+                    ];
+                    allow_refusal(stores[at].write(|tx| tx.upsert("booking", &values)))?;
+                }
+                Op::DeleteBooking { at, key } => {
+                    allow_refusal(stores[at].write(|tx| tx.delete("booking", key)))?;
+                }
+                Op::Ship { key, state } => {
+                    let state = STATES[state];
+                    allow_refusal(server.write(|tx| tx.set("orders", key, "status", state)))?;
+                }
+                Op::Push { at, twice } => {
+                    let changes = stores[at].changes_since(&server.version_vector())?;
+                    server.apply_from(&changes, &writer(at))?;
+                    if twice {
+                        server.apply_from(&changes, &writer(at))?;
+                    }
+                    sent.push(Sent { to: None, changes });
+                }
+                Op::Pull { at, twice } => {
+                    let changes = pull(&server, &mut stores[at])?;
+                    if twice {
+                        stores[at].apply(&changes)?;
+                    }
+                    sent.push(Sent {
+                        to: Some(at),
+                        changes,
+                    });
+                }
+                Op::Redeliver { index } => {
+                    if !sent.is_empty() {
+                        let s = &sent[index % sent.len()];
+                        match s.to {
+                            // Who wrote a stale changeset is not known: no roles.
+                            None => {
+                                server.apply_from(&s.changes, &Writer::default())?;
+                            }
+                            Some(at) => {
+                                stores[at].apply(&s.changes)?;
+                            }
+                        }
+                    }
+                }
+                Op::Tick(ms) => time.advance(Duration::from_millis(ms)),
+            }
+            note_frozen(&server, &mut frozen)?;
+        }
+        // Star sync until quiet: every client pushes, then pulls.
+        for _ in 0..6 {
+            for (at, client) in stores.iter_mut().enumerate() {
+                let changes = client.changes_since(&server.version_vector())?;
+                server.apply_from(&changes, &writer(at))?;
+                pull(&server, client)?;
+            }
+            note_frozen(&server, &mut frozen)?;
+        }
+        let mut all = vec![server];
+        all.extend(stores);
+        assert_converged(&all)?;
+        let server = &all[0];
+        // No two live bookings share a slot.
+        let mut slots = BTreeMap::new();
+        for key in 0..3i64 {
+            if let Some(row) = server.get("booking", key)?.map(Row::from) {
+                let slot = (row.integer("user"), row.integer("day"));
+                if let Some(other) = slots.insert(slot, key) {
+                    panic!("bookings {other} and {key} share {slot:?}");
+                }
+            }
+        }
+        // Owned columns hold only stamps (clients wrote 0..5).
+        for key in 0..3i64 {
+            if let Some(row) = server.get("orders", key)?.map(Row::from) {
+                let at = row.integer("updated_at");
+                assert!(
+                    at.is_none_or(|t| t >= T0 as i64),
+                    "order {key}'s updated_at is a client's value: {row:?}"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+
+        /// Row-level rules at an authority converge in any delivery order.
+        #[test]
+        fn row_rules_at_an_authority_converge_in_any_delivery_order(
+            (clients, ops) in (2usize..=3).prop_flat_map(|n| {
+                (Just(n), proptest::collection::vec(op(n), 1..50))
+            })
+        ) {
+            run(clients, &ops).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        }
+    }
+}

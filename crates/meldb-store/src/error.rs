@@ -143,6 +143,30 @@ pub enum ResolveError {
         /// The statement.
         sql: String,
     },
+    /// A row-level rule could not read what it needs at the authority
+    /// (the other rows of a unique set).
+    #[error("table {table:?}, key {key}: {rule} could not read the table: {message}")]
+    RuleRead {
+        /// The table.
+        table: String,
+        /// The row's key.
+        key: Key,
+        /// The rule (`rule unique (user, day)`).
+        rule: String,
+        /// What the read failed with.
+        message: String,
+    },
+    /// A stamp (see `Store::add_stamp`) set a column the authority does
+    /// not own, or panicked.
+    #[error("stamp {stamp:?} on table {table:?}: {problem}")]
+    Stamp {
+        /// The stamp's name.
+        stamp: String,
+        /// The table.
+        table: String,
+        /// What went wrong, with the row's key when one was being stamped.
+        problem: String,
+    },
     /// No conflict-log entry has this id.
     #[error("no conflict with id {id} in the conflict log")]
     UnknownConflict {
@@ -183,6 +207,53 @@ pub enum WriteError {
         value: String,
         /// Why.
         problem: String,
+    },
+    /// The row is frozen: its state column holds a final state
+    /// (`frozen_when_final`), so no column changes and it is not deleted.
+    #[error("table {table:?}, key {key}: the row is frozen: column {column:?} is {state}, a final state")]
+    Frozen {
+        /// The table.
+        table: String,
+        /// The row's key.
+        key: Key,
+        /// The state column.
+        column: String,
+        /// Its final state.
+        state: String,
+    },
+    /// The table's rows may not be deleted (`delete = "never"`), or only by
+    /// a writer with a role this replica's writer lacks (`delete_roles`;
+    /// see `Store::set_writer`).
+    #[error("table {table:?}, key {key}: cannot delete: {problem}")]
+    DeleteRefused {
+        /// The table.
+        table: String,
+        /// The row's key.
+        key: Key,
+        /// Which rule, and the roles that may.
+        problem: String,
+    },
+    /// A state move that is not a declared transition.
+    #[error("table {table:?}, key {key}, column {column:?}: {problem}")]
+    Transition {
+        /// The table.
+        table: String,
+        /// The row's key.
+        key: Key,
+        /// The state column.
+        column: String,
+        /// The move refused and the moves allowed from its state
+        /// ("cannot move from \"pending\" to \"shipped\" ...").
+        problem: String,
+    },
+    /// A client wrote a column only the authority writes
+    /// (`owner = "authority"`).
+    #[error("table {table:?}, column {column:?} is written by the authority only; leave it out (the authority stamps it)")]
+    AuthorityOwned {
+        /// The table.
+        table: String,
+        /// The column.
+        column: String,
     },
     /// No such table in the schema.
     #[error("unknown table {table:?}")]

@@ -25,6 +25,7 @@ use crate::value::Value;
 use std::fmt;
 
 use super::policy::{apply_policies, fresh_registers, guards_fast_forwards, PolicyNote};
+use super::rules;
 use super::TableShape;
 
 /// Who decides conflicts of `table` on a replica that is (or is not) the
@@ -120,7 +121,9 @@ pub fn checks_every_change<E>(table: &Table, mode: Mode, resolvers: &Resolvers<E
     if mode == Mode::Client {
         return false;
     }
-    guards_fast_forwards(table, mode) || resolvers.any_on_every_change(&table.name)
+    guards_fast_forwards(table, mode)
+        || rules::checks_every_change(table, mode)
+        || resolvers.any_on_every_change(&table.name)
 }
 
 /// Whether an incoming row, classified as `causality` against the local
@@ -228,12 +231,22 @@ pub enum DecideError {
         /// What it answered (`KeepLocal`, `Reject`).
         answer: &'static str,
     },
+    /// A row-level rule could not read what it needs (a unique set's
+    /// other rows).
+    #[error("{rule} could not read the table: {message}")]
+    RuleRead {
+        /// The rule.
+        rule: String,
+        /// What the read failed with.
+        message: String,
+    },
 }
 
 /// Decides `case`: a client's merge stands; elsewhere the policies run,
-/// then `resolvers` (those [`Resolvers::running`] on this change) in order
-/// until one decides. Resolvers read through `view`.
-pub fn decide<E>(
+/// then the row-level rules ([`super::rules`]), then `resolvers` (those
+/// [`Resolvers::running`] on this change) in order until one decides.
+/// Rules and resolvers read through `view`.
+pub fn decide<E: fmt::Display>(
     case: &Case<'_>,
     resolvers: &Resolvers<E>,
     view: &dyn ReadView<Error = E>,
@@ -251,6 +264,8 @@ pub fn decide<E>(
         &fresh,
         case.merged_row.clone(),
     );
+    let (target, rule_note) = rules::apply_rules(case, target, view)?;
+    let note = rules::join_notes(note, rule_note);
     let ctx = Conflict {
         table: case.shape.name(),
         key: case.key,

@@ -15,7 +15,8 @@
 //!    (`merge::merge_row` classifies and merges).
 //! 3. [`decide`](mod@decide): whether the deciders see the row at all
 //!    ([`decide::shows_deciders`]), then the schema's column policies
-//!    ([`policy`]) and the application's resolvers in priority order
+//!    ([`policy`]), the row-level rules ([`rules`]) and the application's
+//!    resolvers in priority order
 //!    ([`decide()`]), and what follows: whether the conflict is logged and
 //!    whether a correcting write is due ([`decide::Decision`]); a deferred
 //!    decision shows the row the table's `deferred_shows` names
@@ -28,10 +29,12 @@ pub mod admit;
 pub mod decide;
 pub mod defer;
 pub mod policy;
+pub mod rules;
 
 pub use admit::{admit, column_mapping, localize, Admission, LostHistory, MappingError};
 pub use decide::{decide, mode, Case, DecideError, Decision, Resolvers, Target};
 pub use policy::{apply_policies, fresh_registers, PolicyNote};
+pub use rules::{apply_rules, check_local_write, Violation};
 
 use crate::schema::{Kind, Table};
 

@@ -31,6 +31,17 @@ pub enum SchemaError {
         /// What is wrong.
         problem: String,
     },
+    /// A row-level rule (`frozen_when_final`, `delete`, `delete_roles`,
+    /// `[[table.unique]]`, `transitions`, `owner`) is invalid.
+    #[error("{file}: {place}: {problem}")]
+    BadRule {
+        /// The schema file.
+        file: String,
+        /// `table "t"` or `table "t", column "c"`.
+        place: String,
+        /// What is wrong.
+        problem: String,
+    },
     /// The file could not be read.
     #[error("{file}: cannot read schema file: {source}")]
     Io {

@@ -7,13 +7,18 @@
 //! schema; [`Schema::check_upgrade`] decides whether a database created with
 //! one schema may be opened with another (tables, and columns that are
 //! nullable, defaulted, counters or sets, may be added; nothing may be
-//! removed or changed).
+//! removed or changed, except row-level rules, which judge new writes
+//! only). Tables with an authority may declare row-level rules
+//! ([`RowRules`], [`ColumnRules`]: frozen rows, delete rules, transitions,
+//! authority-owned columns, uniqueness), which the engine enforces.
 
 mod error;
 mod parse;
+mod rules;
 mod upgrade;
 
 pub use error::SchemaError;
+pub use rules::{ColumnRules, DeleteRule, RowRules};
 pub use upgrade::Upgrade;
 
 pub use crate::crdt::Kind;
@@ -155,6 +160,10 @@ pub struct Column {
     /// What the column adds to its kind's merge.
     #[serde(default)]
     pub policy: Policy,
+    /// Row-level rules on this column (`transitions`, `owner`); empty for
+    /// most columns, and then not stored.
+    #[serde(default, skip_serializing_if = "ColumnRules::is_empty")]
+    pub rules: ColumnRules,
 }
 
 /// One table.
@@ -176,6 +185,10 @@ pub struct Table {
     /// stored schema of a table that does not say stays as it was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deferred_shows: Option<DeferredShows>,
+    /// Row-level rules (`frozen_when_final`, `delete`, `[[table.unique]]`);
+    /// empty for most tables, and then not stored.
+    #[serde(default, skip_serializing_if = "RowRules::is_empty")]
+    pub rules: RowRules,
 }
 
 impl Table {
@@ -202,6 +215,12 @@ impl Table {
     /// Whether column `index` is part of the primary key.
     pub fn is_key(&self, index: usize) -> bool {
         self.primary_key.contains(&index)
+    }
+
+    /// Whether the table declares any row-level rule (its own or a
+    /// column's): an authority then judges every change to it.
+    pub fn has_row_rules(&self) -> bool {
+        !self.rules.is_empty() || self.columns.iter().any(|c| !c.rules.is_empty())
     }
 
     /// Indexes of the columns that are not part of the primary key, in
@@ -252,6 +271,14 @@ impl Schema {
                 if c.policy != Policy::LastWriteWins {
                     hasher.update(format!("P{:?}", c.policy).as_bytes());
                 }
+                // Hashed only when set, so schemas without rules keep
+                // their fingerprints.
+                if !c.rules.is_empty() {
+                    hasher.update(format!("R{:?}", c.rules).as_bytes());
+                }
+            }
+            if !table.rules.is_empty() {
+                hasher.update(format!("RR{:?}", table.rules).as_bytes());
             }
             if table.authority {
                 hasher.update(b"A");

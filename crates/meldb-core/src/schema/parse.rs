@@ -33,6 +33,33 @@
 //! (default: `local` with an authority, `merged` without one, the only
 //! choice allowed there).
 //!
+//! Tables with an authority may declare row-level rules (see
+//! `schema::RowRules` and `schema::ColumnRules`; validated in `rules`):
+//!
+//! ```toml
+//! [[table]]
+//! name = "orders"
+//! primary_key = ["id"]
+//! authority = true
+//! frozen_when_final = "status"  # a forward column with absorbing states
+//! delete_roles = ["admin"]      # or delete = "never"
+//!
+//! [[table.unique]]              # no two live rows share these values
+//! columns = ["customer", "day"] # not the whole primary key
+//!
+//! [[table.column]]
+//! name = "status"
+//! type = "text"
+//! order = ["pending < processing < shipped", "pending < cancelled"]
+//! absorbing = ["shipped", "cancelled"]
+//! transitions = { pending = ["processing", "cancelled"], processing = ["shipped"] }
+//!
+//! [[table.column]]
+//! name = "updated_at"
+//! type = "integer"
+//! owner = "authority"           # lww, nullable or defaulted, not a key
+//! ```
+//!
 //! The file is first read into private structs that refuse unknown fields
 //! (a misspelt `nulable` is a [`SchemaError::Syntax`], not silently
 //! ignored), then validated. The rules, each reported as the matching
@@ -55,7 +82,10 @@
 //!   has no byte strings, so a blob default is an array of integers 0..=255
 //!   (`default = [0xCA, 0xFE]`).
 
-use super::{Column, DeferredShows, Kind, Policy, Schema, SchemaError, SqlType, Table};
+use super::rules::{self, RawColumnRules, RawRowRules};
+use super::{
+    Column, ColumnRules, DeferredShows, Kind, Policy, RowRules, Schema, SchemaError, SqlType, Table,
+};
 use crate::value::Value;
 use serde::Deserialize;
 use std::path::Path;
@@ -90,8 +120,19 @@ struct RawTable {
     primary_key: Option<Vec<String>>,
     authority: Option<bool>,
     deferred_shows: Option<String>,
+    frozen_when_final: Option<String>,
+    delete: Option<String>,
+    delete_roles: Option<Vec<String>>,
+    #[serde(default)]
+    unique: Vec<RawUnique>,
     #[serde(default)]
     column: Vec<RawColumn>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUnique {
+    columns: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -106,6 +147,8 @@ struct RawColumn {
     policy: Option<String>,
     order: Option<Vec<String>>,
     absorbing: Option<Vec<String>>,
+    transitions: Option<std::collections::BTreeMap<String, Vec<String>>>,
+    owner: Option<String>,
 }
 
 impl Schema {
@@ -243,6 +286,11 @@ impl Validator<'_> {
                 Some("cannot have a default".to_owned())
             } else if column.policy != Policy::LastWriteWins {
                 Some("cannot have a policy".to_owned())
+            } else if column.rules.authority_owned {
+                Some(
+                    "cannot be owned by the authority (keys are written by whoever inserts)"
+                        .to_owned(),
+                )
             } else {
                 None
             };
@@ -282,13 +330,22 @@ impl Validator<'_> {
             .deferred_shows
             .map(|name| self.deferred_shows(&raw.name, authority, &name))
             .transpose()?;
-        Ok(Table {
+        let mut table = Table {
             name: raw.name,
             columns: columns.into_iter().map(|(c, _)| c).collect(),
             primary_key,
             authority,
             deferred_shows,
-        })
+            rules: RowRules::default(),
+        };
+        let raw_rules = RawRowRules {
+            frozen_when_final: raw.frozen_when_final,
+            delete: raw.delete,
+            delete_roles: raw.delete_roles,
+            unique: raw.unique.into_iter().map(|u| u.columns).collect(),
+        };
+        table.rules = rules::table_rules(self.file, &table, raw_rules)?;
+        Ok(table)
     }
 
     /// A table's `deferred_shows`: a known choice, and on a table without
@@ -409,7 +466,7 @@ impl Validator<'_> {
             raw.order,
             raw.absorbing,
         )?;
-        Ok(Column {
+        let mut column = Column {
             name: raw.name,
             sql_type,
             kind,
@@ -418,7 +475,14 @@ impl Validator<'_> {
             nullable: kind == Kind::Lww && raw.nullable.unwrap_or(true),
             default,
             policy,
-        })
+            rules: ColumnRules::default(),
+        };
+        let raw_rules = RawColumnRules {
+            transitions: raw.transitions,
+            owner: raw.owner,
+        };
+        column.rules = rules::column_rules(self.file, table, &column, raw_rules)?;
+        Ok(column)
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -8,7 +8,10 @@
 //! column with the same type, kind, nullability and default. The version may
 //! stay or rise, never fall. Tables and columns may be declared in any
 //! order, but a name may not change case: SQLite would see the same
-//! identifier while meldb's stored schema would not.
+//! identifier while meldb's stored schema would not. Row-level rules
+//! (`frozen_when_final`, `delete`, `unique`, `transitions`, `owner`) may be
+//! added, changed or removed by any upgrade: they judge new writes only,
+//! and [`Upgrade::changed_rules`] lists the tables whose rules changed.
 //!
 //! A table's `deferred_shows` may change: it says what the deciding
 //! replica shows while a conflict waits, stores nothing, and applies to
@@ -28,6 +31,10 @@ pub struct Upgrade {
     /// `(table, column)` for each column added to a table the database
     /// already has, in the new schema's order.
     pub new_columns: Vec<(String, String)>,
+    /// Tables the database already has whose row-level rules (the table's
+    /// or a column's) the new schema changes, in the new schema's order.
+    /// A rule applies to new writes; rows already stored are not rewritten.
+    pub changed_rules: Vec<String>,
 }
 
 impl Upgrade {
@@ -72,6 +79,9 @@ impl Schema {
             match find_table(self, &table.name) {
                 None => upgrade.new_tables.push(table.name.clone()),
                 Some(stored) => {
+                    if rules_of(stored) != rules_of(table) {
+                        upgrade.changed_rules.push(table.name.clone());
+                    }
                     for column in &table.columns {
                         if find_column(stored, &column.name).is_some() {
                             continue;
@@ -160,6 +170,18 @@ fn check_table(stored: &Table, new: &Table) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// A table's row-level rules, with its columns' by lower-cased name.
+fn rules_of(table: &Table) -> (super::RowRules, Vec<(String, super::ColumnRules)>) {
+    let mut columns: Vec<(String, super::ColumnRules)> = table
+        .columns
+        .iter()
+        .filter(|c| !c.rules.is_empty())
+        .map(|c| (c.name.to_ascii_lowercase(), c.rules.clone()))
+        .collect();
+    columns.sort_by(|a, b| a.0.cmp(&b.0));
+    (table.rules.clone(), columns)
 }
 
 /// Whether rows that existed before `column` did can do without a value.
@@ -257,6 +279,7 @@ mod tests {
             nullable,
             default,
             policy: Default::default(),
+            rules: Default::default(),
         }
     }
 
@@ -367,6 +390,7 @@ mod tests {
                 primary_key: vec![0],
                 authority: false,
                 deferred_shows: None,
+                rules: Default::default(),
             },
         );
         let upgrade = stored.check_upgrade(&new, DB)?;
@@ -394,6 +418,7 @@ mod tests {
             nullable: false,
             default: None,
             policy: Default::default(),
+            rules: Default::default(),
         });
         table_mut(&mut new, "location")?.columns.push(Column {
             name: "labels".to_owned(),
@@ -402,6 +427,7 @@ mod tests {
             nullable: false,
             default: None,
             policy: Default::default(),
+            rules: Default::default(),
         });
         let upgrade = stored.check_upgrade(&new, DB)?;
         assert!(upgrade.new_tables.is_empty());

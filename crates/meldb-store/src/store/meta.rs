@@ -137,11 +137,20 @@ fn upgrade(conn: &Connection, path: &str, physical: &mut Schema, user: &Schema) 
         physical.tables.push(table);
     }
     // What a table shows while a conflict waits may change (it stores
-    // nothing): the physical tables, which the store decides with, take
-    // the new schema's.
+    // nothing), and so may row-level rules: they judge new writes only
+    // (existing rows that break them are reported by
+    // `Store::rule_violations`, never rewritten). The physical tables,
+    // which the store decides with, take the user schema's, table by table
+    // and column by column.
     for table in &mut physical.tables {
-        if let Some(now) = user.table(&table.name) {
-            table.deferred_shows = now.deferred_shows;
+        if let Some(new) = user.table(&table.name) {
+            table.deferred_shows = new.deferred_shows;
+            table.rules = new.rules.clone();
+            for column in &mut table.columns {
+                if let Some((_, c)) = new.column(&column.name) {
+                    column.rules = c.rules.clone();
+                }
+            }
         }
     }
     physical.name = user.name.clone();
@@ -259,6 +268,7 @@ impl Store {
                     mutators: Vec::new(),
                     subscribers: Vec::new(),
                     writer: crate::resolve::Writer::default(),
+                    stamps: Vec::new(),
                 })
             }
             Err(e) => {

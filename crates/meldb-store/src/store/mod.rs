@@ -27,11 +27,13 @@ mod mutate;
 mod resolve;
 mod rows;
 mod speculate;
+mod stamp;
 mod write;
 
 pub use apply::{ApplyReport, HeldChange};
 pub use backup::BackupReport;
 pub use bindings::SiteBinding;
+pub use stamp::{RuleViolation, StampContext};
 pub use write::Transaction;
 
 use crate::clock::{Clock, Hlc, SiteId, SystemTimeSource, TimeSource};
@@ -235,6 +237,9 @@ pub struct Store {
     /// Who writes through this handle, as the application says
     /// ([`Store::set_writer`]).
     writer: crate::resolve::Writer,
+    /// The authority's stamps on accepted changes, by table, in
+    /// registration order (`Store::add_stamp`).
+    stamps: Vec<(String, stamp::Stamp)>,
 }
 
 /// In-memory state a rolled-back transaction or savepoint restores.

@@ -31,7 +31,10 @@ impl Store {
     /// Says who writes through this handle: mutators running here see it as
     /// [`Transaction::writer`](super::Transaction::writer), so a rule such
     /// as "only admins may cancel" written in a mutator holds on the
-    /// client's optimistic run too. It is the application's own claim and
+    /// client's optimistic run too, and row-level rules that name roles
+    /// (`delete_roles`) judge local writes by it (a delete the authority
+    /// would refuse fails here first with `WriteError::DeleteRefused`; the
+    /// authority's own deletes are not held to roles). It is the application's own claim and
     /// never travels: the authority judges a pushed mutation by what the
     /// client's token vouches for
     /// ([`Store::process_push_from`](Store::process_push_from)).
@@ -260,15 +263,26 @@ impl Transaction<'_> {
     ) -> Result<Option<Outcome>> {
         let Decided {
             decision,
-            target,
+            mut target,
             local_row,
             incoming_row,
             merged_row,
         } = decided;
-        if !decision.is_logged(change.concurrent) {
+        let logged = decision.is_logged(change.concurrent);
+        let stamping = self.store.stamps_table(layout);
+        if !logged && !stamping {
             return Ok(None);
         }
         let mode = self.store.mode(layout);
+        // The authority stamps what it accepted (see `stamp`); the stamp
+        // rides on the decision's correction and is never logged itself.
+        if let Some(row) = target
+            .as_mut()
+            .filter(|r| stamping && Some(&**r) != local_row.as_ref())
+        {
+            self.store
+                .stamp_row(layout, change.key, row, change.writer)?;
+        }
         let correction = decide::correction(
             mode,
             decision.outcome,
@@ -292,6 +306,9 @@ impl Transaction<'_> {
                 correction.mode,
             )?;
             notice_seq = (correction.notice && change.mutation.is_none()).then_some(seq);
+        }
+        if !logged {
+            return Ok(None);
         }
         let store = &*self.store;
         store.log_conflict(&super::conflicts::LogEntry {
@@ -328,6 +345,12 @@ fn decide_error(layout: &TableLayout, key: &[Value], e: DecideError) -> crate::E
             table,
             key,
             answer,
+        },
+        DecideError::RuleRead { rule, message } => ResolveError::RuleRead {
+            table,
+            key,
+            rule,
+            message,
         },
     }
     .into()

@@ -17,6 +17,7 @@ fn col(name: &str, sql_type: SqlType, kind: Kind, nullable: bool) -> Column {
         nullable,
         default: None,
         policy: Default::default(),
+        rules: Default::default(),
     }
 }
 
@@ -37,6 +38,7 @@ pub(crate) fn test_schema() -> Schema {
             primary_key: vec![0],
             authority: false,
             deferred_shows: None,
+            rules: Default::default(),
         }],
     }
 }
@@ -425,5 +427,112 @@ fn local_changes_missing_from_counts_rows_a_peer_lacks() -> Result<()> {
         a.local_changes_missing_from(&first)?,
         a.changes_since(&first)?.len() as u64
     );
+    Ok(())
+}
+
+/// A table with every local row-level rule: `status` frozen when final
+/// with declared transitions, admin-only deletes, an owned `stamp`.
+const RULED: &str = r#"
+name = "shop"
+version = 1
+[[table]]
+name = "orders"
+primary_key = ["id"]
+authority = true
+frozen_when_final = "status"
+delete_roles = ["admin"]
+[[table.column]]
+name = "id"
+type = "text"
+[[table.column]]
+name = "status"
+type = "text"
+nullable = false
+default = "pending"
+order = ["pending < processing < shipped"]
+absorbing = ["shipped"]
+transitions = { pending = ["processing"], processing = ["shipped"] }
+[[table.column]]
+name = "note"
+type = "text"
+[[table.column]]
+name = "stamp"
+type = "integer"
+owner = "authority"
+"#;
+
+fn ruled(authority: bool) -> Result<Store> {
+    let schema = Schema::from_toml_str(RULED, "shop.toml")?;
+    Ok(StoreOptions::new()
+        .authority(authority)
+        .open_in_memory(&schema)?)
+}
+
+#[test]
+fn a_write_a_row_rule_refuses_writes_nothing() -> Result<()> {
+    let mut client = ruled(false)?;
+    client.write(|tx| tx.insert("orders", &[("id", "o1".into())]))?;
+    let vv = client.version_vector();
+    let before = client.digest()?;
+    let refusals = [
+        client.write(|tx| {
+            tx.set("orders", "o1", "note", "first")?;
+            tx.set("orders", "o1", "status", "shipped")
+        }),
+        client.write(|tx| tx.upsert("orders", &[("id", "o1".into()), ("stamp", 1.into())])),
+        client.write(|tx| tx.delete("orders", "o1")),
+    ];
+    for refused in refusals {
+        assert!(
+            matches!(
+                refused,
+                Err(Error::Write(
+                    WriteError::Transition { .. }
+                        | WriteError::AuthorityOwned { .. }
+                        | WriteError::DeleteRefused { .. }
+                ))
+            ),
+            "{refused:?}"
+        );
+    }
+    assert_eq!(client.digest()?, before);
+    assert_eq!(client.version_vector(), vv);
+    // With the role, the delete goes through.
+    client.set_writer(crate::resolve::Writer::user("ann").with_role("admin"));
+    client.write(|tx| tx.delete("orders", "o1"))?;
+    assert!(client.get("orders", "o1")?.is_none());
+    Ok(())
+}
+
+#[test]
+fn the_authority_writes_owned_columns_and_meets_the_other_rules() -> Result<()> {
+    let mut server = ruled(true)?;
+    server.write(|tx| tx.insert("orders", &[("id", "o1".into()), ("stamp", 7.into())]))?;
+    server.write(|tx| tx.set("orders", "o1", "status", "processing"))?;
+    server.write(|tx| tx.set("orders", "o1", "status", "shipped"))?;
+    let refused = server.write(|tx| tx.set("orders", "o1", "stamp", 8));
+    assert!(
+        matches!(&refused, Err(Error::Write(WriteError::Frozen { column, .. })) if column == "status"),
+        "{refused:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_mutators_writes_meet_the_row_rules() -> Result<()> {
+    let mut client = ruled(false)?;
+    client.register_mutator("stamp", |tx, id: String| {
+        tx.insert("orders", &[("id", id.as_str().into())])?;
+        tx.set("orders", id.as_str(), "stamp", 1)?;
+        Ok(())
+    });
+    let refused = client.mutate("stamp", &"o1");
+    let message = match refused {
+        Err(e) => e.to_string(),
+        Ok(id) => panic!("mutation {id} went through"),
+    };
+    assert!(message.contains("authority only"), "{message}");
+    assert!(client.get("orders", "o1")?.is_none());
+    assert_eq!(client.version_vector(), VersionVector::new());
     Ok(())
 }

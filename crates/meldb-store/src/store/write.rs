@@ -15,6 +15,7 @@ use crate::merge::{fresh_state, RowState};
 use crate::resolve::Writer;
 use crate::schema::{Kind, Policy, SqlType};
 use crate::value::{Key, Value};
+use meldb_core::engine::{self, Violation};
 
 /// A write transaction on a [`Store`].
 #[derive(Debug)]
@@ -285,7 +286,14 @@ impl<'s> Transaction<'s> {
                 before: existing.as_ref().map(|r| r.state.clone()),
             });
         }
+        let ruled = layout.table.has_row_rules();
         loop {
+            // The row as users read it before the write, for the row-level
+            // rules (only tables that declare some pay for it).
+            let before = existing
+                .as_ref()
+                .filter(|r| ruled && r.state.is_live())
+                .map(|r| super::correct::row_of(layout, &key, &r.state));
             // Only the old clock is needed after the state is taken: the
             // write moves the row's dot-index entries from it.
             let previous = existing.as_ref().map(|r| (r.rid, r.state.clock.clone()));
@@ -311,6 +319,26 @@ impl<'s> Transaction<'s> {
             };
             for op in &ops {
                 apply_op(layout, &mut state, op, dot, hlc, true)?;
+            }
+            if ruled {
+                let after = super::correct::live_row(layout, &key, &state);
+                let written: Vec<&str> = ops
+                    .iter()
+                    .map(|op| {
+                        layout.table.columns[layout.value_cols[op.column]]
+                            .name
+                            .as_str()
+                    })
+                    .collect();
+                engine::check_local_write(
+                    &layout.table,
+                    store.authority,
+                    &self.writer,
+                    before.as_ref(),
+                    after.as_ref(),
+                    &written,
+                )
+                .map_err(|v| violation(layout, &key, v))?;
             }
             state.clock.observe(dot);
             state.hlc = hlc;
@@ -373,6 +401,34 @@ impl Drop for Transaction<'_> {
             self.store.restore(snapshot);
         }
     }
+}
+
+/// A row-level rule's refusal of a local write, with the table and key.
+fn violation(layout: &TableLayout, key: &[Value], v: Violation) -> Error {
+    let problem = v.to_string();
+    let table = layout.name().to_owned();
+    let key = Key(key.to_vec());
+    match v {
+        Violation::Frozen { column, state } => WriteError::Frozen {
+            table,
+            key,
+            column,
+            state: state.to_string(),
+        },
+        Violation::Transition { column, .. } => WriteError::Transition {
+            table,
+            key,
+            column,
+            problem,
+        },
+        Violation::AuthorityOwned { column } => WriteError::AuthorityOwned { table, column },
+        _ => WriteError::DeleteRefused {
+            table,
+            key,
+            problem,
+        },
+    }
+    .into()
 }
 
 fn not_found(table: &str, key: &[Value]) -> Error {
