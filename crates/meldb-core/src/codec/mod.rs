@@ -44,9 +44,12 @@ use thiserror::Error;
 /// The first bytes of every frame.
 pub const MAGIC: [u8; 4] = *b"MLDB";
 /// The frame format this build writes and the newest it reads.
-pub const FORMAT_VERSION: u16 = 1;
+///
+/// Version 2 added each row's write metadata (`RowState::meta`) at the
+/// end of the row.
+pub const FORMAT_VERSION: u16 = 2;
 /// The oldest frame format this build reads: the version before
-/// [`FORMAT_VERSION`] (there was none before 1). See [`Versions`].
+/// [`FORMAT_VERSION`]. See [`Versions`].
 pub const OLDEST_FORMAT_VERSION: u16 = 1;
 
 /// The versions of one format a build reads, and the rule they follow:
@@ -171,7 +174,15 @@ pub enum DecodeError {
 
 /// Encodes a changeset as one frame.
 pub fn encode_changeset(changeset: &Changeset) -> Vec<u8> {
-    frame(&wire::encode(changeset))
+    frame(&wire::encode(changeset, FORMAT_VERSION))
+}
+
+/// Encodes a changeset as one frame of format `version` (one this build
+/// reads: [`Versions::CHANGESET`]), for files an older meldb must read.
+/// Version 1 has no write metadata: the rows' metadata is left out.
+pub fn encode_changeset_as(changeset: &Changeset, version: u16) -> Result<Vec<u8>, DecodeError> {
+    let version = Versions::CHANGESET.check(version)?;
+    Ok(frame_as(MAGIC, version, &wire::encode(changeset, version)))
 }
 
 /// Encodes a changeset as one frame, or, when its payload would exceed
@@ -179,7 +190,7 @@ pub fn encode_changeset(changeset: &Changeset) -> Vec<u8> {
 /// each decodable on its own. [`decode_changeset_frames`] reads them. A
 /// single row larger than the limit still makes a frame the decoder refuses.
 pub fn encode_changeset_frames(changeset: &Changeset) -> Vec<u8> {
-    let payload = wire::encode(changeset);
+    let payload = wire::encode(changeset, FORMAT_VERSION);
     if payload.len() <= MAX_FRAME_PAYLOAD || changeset.len() <= 1 {
         return frame(&payload);
     }
@@ -297,11 +308,16 @@ pub fn unframe_as(
     Ok((version, payload))
 }
 
-/// Decodes one changeset frame.
+/// Decodes one changeset frame, of any format version this build reads.
 pub fn decode_changeset(bytes: &[u8]) -> Result<Changeset, DecodeError> {
-    // Version 1 is the only changeset layout so far; a second one is
-    // chosen here by the version `unframe_as` checked.
-    wire::decode(unframe(bytes)?)
+    decode_changeset_versioned(bytes).map(|(_, cs)| cs)
+}
+
+/// Decodes one changeset frame and says which format version it was
+/// written in: the layout is chosen by the version `unframe_as` checked.
+pub fn decode_changeset_versioned(bytes: &[u8]) -> Result<(u16, Changeset), DecodeError> {
+    let (version, payload) = unframe_as(bytes, MAGIC, Versions::CHANGESET, MAX_FRAME_PAYLOAD)?;
+    Ok((version, wire::decode(payload, version)?))
 }
 
 #[cfg(test)]

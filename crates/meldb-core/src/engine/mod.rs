@@ -187,6 +187,7 @@ type = "text"
             hlc: Hlc(hlc),
             writer: site(writer),
             columns,
+            meta: None,
         }
     }
 

@@ -250,6 +250,7 @@ impl Store {
                     resolvers: meldb_core::engine::Resolvers::new(),
                     mutators: Vec::new(),
                     subscribers: Vec::new(),
+                    conflict_retention: super::conflicts::ConflictRetention::KEEP_ALL,
                 })
             }
             Err(e) => {

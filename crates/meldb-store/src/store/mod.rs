@@ -32,6 +32,7 @@ mod write;
 pub use apply::{ApplyReport, HeldChange};
 pub use backup::BackupReport;
 pub use bindings::SiteBinding;
+pub use conflicts::ConflictRetention;
 pub use write::Transaction;
 
 use crate::clock::{Clock, Hlc, SiteId, SystemTimeSource, TimeSource};
@@ -234,6 +235,8 @@ pub struct Store {
     mutators: Vec<mutate::Mutator>,
     /// Change subscriptions: a table, and what to call after a pull.
     subscribers: Vec<(String, mutate::Subscriber)>,
+    /// How long the conflict log keeps closed records.
+    conflict_retention: conflicts::ConflictRetention,
 }
 
 /// In-memory state a rolled-back transaction or savepoint restores.
@@ -350,6 +353,23 @@ impl Store {
     /// when SQLite failed (the transaction is rolled back either way).
     pub fn write<T>(&mut self, f: impl FnOnce(&mut Transaction<'_>) -> Result<T>) -> Result<T> {
         let mut tx = self.transaction()?;
+        let out = f(&mut tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// [`Store::write`] with every write carrying `meta`
+    /// ([`Transaction::set_metadata`]: client-asserted app metadata, at most
+    /// 1 KiB). Metadata over the bound is
+    /// [`WriteError::MetadataTooLarge`](crate::error::WriteError) and
+    /// nothing is written.
+    pub fn write_with<T>(
+        &mut self,
+        meta: impl Into<String>,
+        f: impl FnOnce(&mut Transaction<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let mut tx = self.transaction()?;
+        tx.set_metadata(meta)?;
         let out = f(&mut tx)?;
         tx.commit()?;
         Ok(out)

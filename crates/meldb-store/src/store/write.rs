@@ -12,6 +12,7 @@ use super::{Snapshot, Store};
 use crate::crdt::{ColumnState, Dot, Op, OpError, Stamp};
 use crate::error::{Error, Result, WriteError};
 use crate::merge::{fresh_state, RowState};
+use crate::resolve::WriteMetadata;
 use crate::schema::{Kind, Policy, SqlType};
 use crate::value::{Key, Value};
 
@@ -26,6 +27,9 @@ pub struct Transaction<'s> {
     /// Whether writes are a pending mutation's speculative effects (their
     /// rows' canonical before-images are kept; see `speculate`).
     pub(super) speculative: bool,
+    /// The metadata the next writes carry ([`Transaction::set_metadata`];
+    /// while a mutation runs, the mutation's).
+    pub(super) meta: Option<WriteMetadata>,
 }
 
 /// One change to one value column (`column`, its position among the
@@ -58,7 +62,43 @@ impl<'s> Transaction<'s> {
             undo,
             poisoned: None,
             speculative: false,
+            meta: None,
         })
+    }
+
+    /// Attaches app metadata to the writes after this call in this
+    /// transaction (each row written keeps it with its latest write, sync
+    /// carries it, the authority's resolvers read it as
+    /// [`Conflict::metadata`](crate::resolve::Conflict) and its conflict log
+    /// keeps it). At most [`WriteMetadata::MAX_BYTES`] bytes, usually JSON.
+    ///
+    /// It is **client-asserted**: it never changes who the writer is. The
+    /// `Writer` a resolver sees (user, roles) comes from whoever delivers
+    /// the change (the relay, from the token), whatever the metadata says.
+    ///
+    /// # Errors
+    ///
+    /// [`WriteError::MetadataTooLarge`] over the bound; nothing is changed.
+    pub fn set_metadata(&mut self, meta: impl Into<String>) -> Result<()> {
+        let meta = WriteMetadata::new(meta).map_err(|e| WriteError::MetadataTooLarge {
+            len: e.len,
+            limit: e.limit,
+        })?;
+        self.meta = Some(meta);
+        Ok(())
+    }
+
+    /// Writes after this call carry no metadata.
+    pub fn clear_metadata(&mut self) {
+        self.meta = None;
+    }
+
+    /// The metadata the next writes carry: what [`Transaction::set_metadata`]
+    /// set, or, while a pushed mutation runs at the authority (or queued on
+    /// a client), the metadata the mutation was queued with
+    /// (`Store::mutate_with`). Client-asserted, never identity.
+    pub fn metadata(&self) -> Option<&WriteMetadata> {
+        self.meta.as_ref()
     }
 
     /// Makes every write of the transaction durable and visible.
@@ -219,6 +259,7 @@ impl<'s> Transaction<'s> {
         ops: Vec<ColumnOp>,
     ) -> Result<()> {
         let speculative = self.speculative;
+        let meta = &self.meta;
         let store = &mut *self.store;
         let layout = store
             .tables
@@ -270,6 +311,7 @@ impl<'s> Transaction<'s> {
             state.clock.observe(dot);
             state.hlc = hlc;
             state.writer = dot.site;
+            state.meta = meta.clone();
             if let (true, Some((rid, _))) = (speculative, &previous) {
                 super::speculate::capture(&store.conn, layout, *rid)?;
             }
