@@ -379,6 +379,145 @@ mod tests {
         Ok(())
     }
 
+    fn metadata_changeset(meta: Option<&str>) -> Changeset {
+        use crate::changeset::{Cover, RowChange, TableChanges};
+        use crate::clock::Hlc;
+        use crate::crdt::{ColumnState, Lww, RowClock};
+        use crate::merge::RowState;
+        use crate::resolve::WriteMetadata;
+        use crate::value::Value;
+        let site = SiteId::from_bytes([3; 16]);
+        let mut cs = Changeset::new(site);
+        cs.tables.push(TableChanges {
+            table: "seat".into(),
+            columns: vec!["note".into()],
+            rows: vec![RowChange {
+                key: vec![Value::Text("A1".into())],
+                state: RowState {
+                    cl: 1,
+                    clock: RowClock::from_entries([(site, 4)]),
+                    hlc: Hlc(1 << 40),
+                    writer: site,
+                    columns: vec![Some(ColumnState::Lww(Lww {
+                        hlc: Hlc(1 << 40),
+                        site,
+                        value: Value::Text("aisle".into()),
+                    }))],
+                    meta: meta.map(|m| WriteMetadata::new(m).expect("small")),
+                },
+                covers: vec![Cover {
+                    site,
+                    first: 1,
+                    last: 4,
+                }],
+            }],
+        });
+        cs
+    }
+
+    /// Changeset format 2 ends each row with its write metadata; format 1,
+    /// still read and still written on request, has none.
+    #[test]
+    fn format_2_carries_write_metadata_and_format_1_leaves_it_out() -> Result<(), DecodeError> {
+        let with = metadata_changeset(Some(r#"{"device":"till-2"}"#));
+        let bytes = encode_changeset(&with);
+        assert_eq!(bytes[4..6], 2u16.to_le_bytes());
+        assert_eq!(decode_changeset_versioned(&bytes)?, (2, with.clone()));
+        for cut in 0..bytes.len() {
+            assert!(decode_changeset(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        let v1 = encode_changeset_as(&with, 1)?;
+        assert_eq!(
+            decode_changeset_versioned(&v1)?,
+            (1, metadata_changeset(None))
+        );
+        // Without metadata, format 2 is format 1 plus one `None` byte per row.
+        let none = metadata_changeset(None);
+        let (a, b) = (encode_changeset_as(&none, 1)?, encode_changeset(&none));
+        assert_eq!(b.len(), a.len() + 1);
+        assert_eq!(b[HEADER_LEN..b.len() - 1], a[HEADER_LEN..]);
+        assert!(matches!(
+            encode_changeset_as(&none, 3),
+            Err(DecodeError::UnsupportedVersion { found: 3, .. })
+        ));
+        // Metadata over the bound, with a valid checksum, is refused.
+        let big = metadata_changeset(None);
+        let mut payload = wire::encode(&big, 2);
+        payload.pop();
+        payload.push(1);
+        let mut e = bin::Enc::new();
+        e.str(&"x".repeat(crate::resolve::WriteMetadata::MAX_BYTES + 1));
+        payload.extend(e.into_bytes());
+        assert!(matches!(
+            decode_changeset(&frame(&payload)),
+            Err(DecodeError::Malformed { .. })
+        ));
+        Ok(())
+    }
+
+    /// The compact batch layout: with metadata (protocol 3) a row's
+    /// metadata round-trips behind flag 0x80; without it the metadata is
+    /// left out and the flag refused.
+    #[test]
+    fn compact_batches_carry_metadata_only_when_asked() -> Result<(), DecodeError> {
+        let with = metadata_changeset(Some("screen=map"));
+        let bytes = compact::encode_as(&with, true);
+        assert_eq!(compact::decode_as(&bytes, true)?, with);
+        for cut in 0..bytes.len() {
+            assert!(
+                compact::decode_as(&bytes[..cut], true).is_err(),
+                "cut at {cut}"
+            );
+        }
+        assert!(matches!(
+            compact::decode_as(&bytes, false),
+            Err(DecodeError::Malformed { .. })
+        ));
+        let without = compact::encode_as(&with, false);
+        assert_eq!(
+            compact::decode_as(&without, false)?,
+            metadata_changeset(None)
+        );
+        assert_eq!(
+            compact::decode_as(&without, true)?,
+            metadata_changeset(None)
+        );
+        assert_eq!(
+            without,
+            compact::encode_as(&metadata_changeset(None), true),
+            "a row without metadata costs nothing"
+        );
+        Ok(())
+    }
+
+    /// Stored row metadata: format 3 appends the write metadata when there
+    /// is some; a blob without it (every format-1 and format-2 blob) reads
+    /// as a row without.
+    #[test]
+    fn stored_blobs_end_with_write_metadata_only_when_there_is_some() -> Result<(), DecodeError> {
+        use std::convert::Infallible;
+        let site = |idx: u32| Some(SiteId(uuid::Uuid::from_u128(idx.into())));
+        let index = |s: SiteId| Ok::<u32, Infallible>(s.0.as_u128() as u32);
+        let with = metadata_changeset(Some("approved")).tables[0].rows[0]
+            .state
+            .clone();
+        let without = metadata_changeset(None).tables[0].rows[0].state.clone();
+        let values = || vec![crate::value::Value::Text("aisle".into())];
+        let Ok(a) = stored::encode_meta(&without, index);
+        let Ok(b) = stored::encode_meta(&with, index);
+        assert_eq!(b[..a.len()], a[..], "the metadata is appended");
+        assert_eq!(stored::decode_meta(&a, site, values())?.meta, None);
+        let read = stored::decode_meta(&b, site, values())?;
+        assert_eq!(read.meta.as_ref().map(|m| m.as_str()), Some("approved"));
+        for cut in a.len() + 1..b.len() {
+            assert!(
+                stored::decode_meta(&b[..cut], site, values()).is_err(),
+                "cut at {cut}"
+            );
+        }
+        Ok(())
+    }
+
     #[test]
     fn hostile_length_inside_a_valid_frame_does_not_allocate() {
         // A payload claiming a vector of 2^60 tables, with a correct checksum.

@@ -21,7 +21,10 @@ use rusqlite::{params, OptionalExtension};
 use serde_json::Value as Json;
 
 /// Tables of the conflict machinery. `IF NOT EXISTS`: databases created
-/// before it get them when next opened.
+/// before it get them when next opened. The columns format 3 added end
+/// their tables' column lists exactly as `ALTER TABLE ... ADD COLUMN`
+/// writes them (`format::upgrade_2_to_3`), so an upgraded database and a
+/// new one have the same `sqlite_master`.
 pub const CONFLICT_DDL: &str = "
 CREATE TABLE IF NOT EXISTS meldb_conflicts (
     id INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL, tbl TEXT NOT NULL, key TEXT NOT NULL,
@@ -34,8 +37,7 @@ CREATE INDEX IF NOT EXISTS meldb_conflicts_notices
 CREATE TABLE IF NOT EXISTS meldb_rejections (
     authority BLOB NOT NULL, seq INTEGER NOT NULL, writer BLOB NOT NULL,
     tbl TEXT NOT NULL, key TEXT NOT NULL, reason TEXT NOT NULL, rejected TEXT NOT NULL,
-    at_ms INTEGER NOT NULL, acknowledged INTEGER NOT NULL DEFAULT 0,
-    kind TEXT NOT NULL DEFAULT 'rejected',
+    at_ms INTEGER NOT NULL, acknowledged INTEGER NOT NULL DEFAULT 0, kind TEXT NOT NULL DEFAULT 'rejected',
     PRIMARY KEY (authority, seq)) STRICT;
 ";
 
