@@ -1387,7 +1387,8 @@ fn older_databases_upgrade_to_the_newest_layout_and_keep_their_data() -> Res {
             let store = StoreOptions::new()
                 .time_source(Arc::new(ManualTime::new(T0)))
                 .open(&copy, &schema)?;
-            let (recorded, _) = split_expect(&read_text(&dir.join(format!("{name}.expect.txt")))?)?;
+            let expect = read_text(&dir.join(format!("{name}.expect.txt")))?;
+            let (recorded, _) = split_expect(&expect)?;
             assert_eq!(app_dump(&store)?, recorded, "{}", db.display());
             drop(store);
             let upgraded = stored_dump(&rusqlite::Connection::open(&copy)?)?;
@@ -1543,5 +1544,60 @@ fn v3_changes_only_the_protocol_version_and_the_hello() -> Res {
             assert_eq!(m1, m2, "session {n} frame {i}");
         }
     }
+    Ok(())
+}
+
+/// `message` without what protocol version 3 added: write metadata on
+/// batch rows and pushed mutations, a notice's kind (a rejection's).
+fn without_v3_fields(mut message: meldb::sync::Message) -> meldb::sync::Message {
+    use meldb::sync::Message;
+    match &mut message {
+        Message::Changes(b) => {
+            for row in b.changes.tables.iter_mut().flat_map(|t| t.rows.iter_mut()) {
+                row.state.meta = None;
+            }
+        }
+        Message::Push(p) => {
+            for m in &mut p.mutations {
+                m.meta = None;
+            }
+        }
+        Message::Rejections(rs) => {
+            for r in rs {
+                r.kind = meldb::NoticeKind::Rejected;
+            }
+        }
+        _ => {}
+    }
+    message
+}
+
+/// Protocol version 3 added write metadata and notice kinds: `v4/`'s
+/// conversation is `v3/`'s, message for message, once the metadata `v4/`'s
+/// client attached is taken off; and it does carry some.
+#[test]
+fn v4_changes_only_metadata_and_notice_kinds_in_the_conversation() -> Res {
+    let mut carried = 0;
+    for n in 1..=SESSIONS {
+        let old = read_bytes(&v3().join(format!("conversation-{n}.bin")))?;
+        let new = read_bytes(&v4().join(format!("conversation-{n}.bin")))?;
+        let (old, new) = (records(&old)?, records(&new)?);
+        assert_eq!(old.len(), new.len(), "session {n}");
+        for (i, ((d1, f1), (d2, f2))) in old.into_iter().zip(new).enumerate() {
+            let (v1, m1) = codec::decode_message_versioned(f1, MAX_MESSAGE_PAYLOAD)?;
+            let (v2, m2) = codec::decode_message_versioned(f2, MAX_MESSAGE_PAYLOAD)?;
+            assert_eq!(
+                (d1, v1.number(), v2.number()),
+                (d2, 2, 3),
+                "session {n} frame {i}"
+            );
+            let stripped = without_v3_fields(m2.clone());
+            if stripped != m2 {
+                carried += 1;
+            }
+            assert_eq!(m1, stripped, "session {n} frame {i}");
+        }
+    }
+    assert!(carried > 0, "the v4 conversation carries metadata");
     Ok(())
 }

@@ -37,11 +37,11 @@ type = "text"
 
 fn open(n: u8, time: &ManualTime, authority: bool) -> meldb::Result<Store> {
     let schema = Schema::from_toml_str(SEATS, "seats.toml")?;
-    StoreOptions::new()
+    Ok(StoreOptions::new()
         .site_id(site(n))
         .time_source(Arc::new(time.clone()))
         .authority(authority)
-        .open_in_memory(&schema)
+        .open_in_memory(&schema)?)
 }
 
 /// Token `carol` is a plain user: no roles, whatever her metadata claims.
@@ -192,7 +192,10 @@ fn metadata_reaches_the_authoritys_resolver_mutator_and_log_but_never_the_writer
         Some("A9 is for admins (metadata claimed admin: true)")
     );
 
-    // The client hears of it as a rejection.
+    // The client hears of it as a rejection, with the correction (on its
+    // next session: a session answers with what it had at the client's
+    // want).
+    sync(&mut client, &mut authority)?;
     let notices = client.rejections()?;
     assert_eq!(notices.len(), 1, "{notices:?}");
     assert_eq!(notices[0].kind, NoticeKind::Rejected);
