@@ -16,9 +16,9 @@ pub use crate::sync::wire::{
 #[doc(hidden)]
 pub use crate::sync::wire::frame_message;
 pub use meldb_core::codec::{
-    decode_changeset, decode_changeset_frames, encode_changeset, encode_changeset_frames,
-    DecodeError, Versions, FORMAT_VERSION, HEADER_LEN, MAGIC, MAX_FRAME_PAYLOAD,
-    OLDEST_FORMAT_VERSION,
+    decode_changeset, decode_changeset_frames, decode_changeset_versioned, encode_changeset,
+    encode_changeset_as, encode_changeset_frames, DecodeError, Versions, FORMAT_VERSION,
+    HEADER_LEN, MAGIC, MAX_FRAME_PAYLOAD, OLDEST_FORMAT_VERSION,
 };
 #[cfg(any(test, feature = "testkit"))]
 #[doc(hidden)]

@@ -153,9 +153,10 @@ pub use version::{SeqRanges, VersionVector};
 
 // Conflicts: resolvers, their decisions and the conflict log.
 pub use resolve::{
-    Conflict, ConflictCount, ConflictRecord, Mode, Outcome, ReadView, Rejection, Resolution,
-    Resolver, Row, Trigger, Version, Writer,
+    Conflict, ConflictCount, ConflictRecord, MetadataTooLarge, Mode, NoticeKind, Outcome, ReadView,
+    Rejection, Resolution, Resolver, Row, Trigger, Version, WriteMetadata, Writer,
 };
+pub use store::ConflictRetention;
 
 // Mutators and rebase.
 pub use mutator::{

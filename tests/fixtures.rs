@@ -2,10 +2,11 @@
 //! format 1, protocol 1, database format 1), captured before the codec
 //! rewrite (issue 9); `v2/` (database format 2: site bindings and
 //! mutation state by token and site; the same changeset and protocol
-//! bytes); and `v3/` (protocol version 2: a hello names its namespace;
-//! the same changeset bytes and databases as `v2/`). Every check runs on
-//! each, so today's build reads all three; the writer is compared with
-//! the newest. See `tests/fixtures/README.md` for what each
+//! bytes); `v3/` (protocol version 2: a hello names its namespace;
+//! the same changeset bytes and databases as `v2/`); and `v4/` (per-write
+//! metadata and notice kinds: changeset format 2, protocol 3, database
+//! format 3). Every check runs on each, so today's build reads all four;
+//! the writer is compared with the newest. See `tests/fixtures/README.md` for what each
 //! file is and the rule: fixtures of an existing format version are never
 //! regenerated; a new format version adds new fixture files.
 //!
@@ -25,10 +26,11 @@
 //! - today's writer, run through the same generator, writes every fixture
 //!   of the newest version byte for byte (the databases compared through
 //!   their dumps);
-//! - a format-1 database opened today gets format 2's layout.
+//! - a format-1 database opened today gets format 2's layout, and every
+//!   older database the newest format's layout.
 //!
 //! Regenerate only into an empty directory (a new format version):
-//! `MELDB_FIXTURES_DIR=tests/fixtures/v3 cargo test --test fixtures -- --ignored write_fixtures`.
+//! `MELDB_FIXTURES_DIR=tests/fixtures/v4 cargo test --test fixtures -- --ignored write_fixtures`.
 
 mod common;
 
@@ -70,14 +72,23 @@ fn v3() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v3")
 }
 
+/// The fixtures of per-write metadata and notice kinds: changeset frame
+/// format 2 (a row's write metadata), protocol version 3 (metadata on
+/// batch rows and pushed mutations, a notice's kind), database format 3
+/// (metadata in row blobs, the conflict log and the pending queue; kinds
+/// of received notices). The client writes and queues with metadata.
+fn v4() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v4")
+}
+
 /// What today's writer writes.
 fn newest() -> PathBuf {
-    v3()
+    v4()
 }
 
 /// Every fixture version this build reads: each is checked.
-fn fixture_dirs() -> [PathBuf; 3] {
-    [v1(), v2(), v3()]
+fn fixture_dirs() -> [PathBuf; 4] {
+    [v1(), v2(), v3(), v4()]
 }
 
 /// The example schemas with a database fixture each.
@@ -201,10 +212,24 @@ fn app_dump(store: &Store) -> Res<String> {
         let _ = writeln!(out, "    incoming {}", row_json(c.incoming.as_ref()));
         let _ = writeln!(out, "    merged {}", row_json(c.merged.as_ref()));
         let _ = writeln!(out, "    result {}", row_json(c.result.as_ref()));
+        // Only when present, so the dumps of databases before format 3 read
+        // as they were recorded.
+        for (side, meta) in [
+            ("local", &c.local_metadata),
+            ("incoming", &c.incoming_metadata),
+        ] {
+            if let Some(meta) = meta {
+                let _ = writeln!(out, "    {side}_metadata {:?}", meta.as_str());
+            }
+        }
     }
     out.push_str("pending mutations\n");
     for m in store.pending_mutations()? {
-        let _ = writeln!(out, "  {} {} {}", m.id, m.name, m.args);
+        let _ = write!(out, "  {} {} {}", m.id, m.name, m.args);
+        if let Some(meta) = &m.meta {
+            let _ = write!(out, " metadata={:?}", meta.as_str());
+        }
+        out.push('\n');
     }
     out.push_str("rejections\n");
     for r in store.rejections()? {
@@ -220,6 +245,9 @@ fn app_dump(store: &Store) -> Res<String> {
             r.at_ms,
             r.rejected,
         );
+        if r.kind != meldb::NoticeKind::Rejected {
+            let _ = writeln!(out, "    kind {:?}", r.kind);
+        }
     }
     out.push_str("mutation failures\n");
     for f in store.mutation_failures()? {
@@ -942,7 +970,9 @@ fn record_conversation(out: &Path, schema: &Schema) -> Res {
     let client_time = ManualTime::new(T0 + 30_000);
     let mut cs = file_replica(&out.join("client.db"), schema, CLIENT_SITE, &client_time)?;
     register(&mut cs);
-    cs.write(|tx| {
+    // Format 2 / protocol 3 on: the plain write and the first booking
+    // carry write metadata (the relay's log keeps the refused write's).
+    cs.write_with(r#"{"device":"till-7"}"#, |tx| {
         tx.insert(
             "seat",
             &[
@@ -954,7 +984,7 @@ fn record_conversation(out: &Path, schema: &Schema) -> Res {
         )
     })?;
     tick(&client_time);
-    cs.mutate("book", &book("S1", "A1", "c1"))?;
+    cs.mutate_with("book", &book("S1", "A1", "c1"), r#"{"screen":"seat-map"}"#)?;
     tick(&client_time);
     cs.mutate("book", &book("S1", "A3", "c2"))?;
     tick(&client_time);
@@ -1095,9 +1125,14 @@ fn changeset_files_decode_and_reencode_to_identical_bytes_in(dir: &Path) -> Res 
     for name in CHANGESET_FILES {
         let bytes = read_bytes(&dir.join(name))?;
         let frames = codec::decode_changeset_frames(&bytes)?;
-        let again: Vec<u8> = frames.iter().flat_map(codec::encode_changeset).collect();
+        // Each frame in the format version it was written in.
+        let version = u16::from_le_bytes([bytes[4], bytes[5]]);
+        let mut again = Vec::new();
+        for frame in &frames {
+            again.extend(codec::encode_changeset_as(frame, version)?);
+        }
         assert!(again == bytes, "{name}: re-encoding changed the bytes");
-        if frames.len() == 1 {
+        if frames.len() == 1 && version == codec::FORMAT_VERSION {
             assert!(
                 codec::encode_changeset_frames(&frames[0]) == bytes,
                 "{name}"
@@ -1333,30 +1368,39 @@ fn todays_writer_rebuilds_every_fixture_byte_for_byte() -> Res {
     Ok(())
 }
 
-/// Format 1's databases, opened by today's build, are upgraded to
-/// format 2's layout: the same tables and indexes as the format-2
-/// fixture of the same name (mutation state keyed by token and site,
-/// site bindings), with the rows they held.
+/// Every older database, opened by today's build, gets the newest
+/// format's layout (format 3: the metadata and notice-kind columns, added
+/// where `ALTER TABLE` puts them, which is where a new database has them),
+/// and keeps its rows: the app-level dump reads back as recorded.
 #[test]
-fn v1_databases_upgrade_to_the_v2_layout() -> Res {
+fn older_databases_upgrade_to_the_newest_layout_and_keep_their_data() -> Res {
     fn master(stored: &str) -> Res<&str> {
         let end = stored
             .find("\ntable ")
             .ok_or("no table after sqlite_master")?;
         Ok(&stored[..end])
     }
-    for (name, schema) in database_fixtures()? {
-        let (_dir, copy) = copy_to_temp(&v1().join(format!("{name}.db")))?;
-        drop(
-            StoreOptions::new()
+    for dir in [v1(), v2(), v3()] {
+        for (name, schema) in database_fixtures()? {
+            let db = dir.join(format!("{name}.db"));
+            let (_dir, copy) = copy_to_temp(&db)?;
+            let store = StoreOptions::new()
                 .time_source(Arc::new(ManualTime::new(T0)))
-                .open(&copy, &schema)?,
-        );
-        let upgraded = stored_dump(&rusqlite::Connection::open(&copy)?)?;
-        let expected = read_text(&v2().join(format!("{name}.expect.txt")))?;
-        let (_, v2_stored) = split_expect(&expected)?;
-        assert_eq!(master(&upgraded)?, master(v2_stored)?, "{name}.db");
-        assert!(upgraded.contains("\"format\" | 2"), "{name}.db: {upgraded}");
+                .open(&copy, &schema)?;
+            let expect = read_text(&dir.join(format!("{name}.expect.txt")))?;
+            let (recorded, _) = split_expect(&expect)?;
+            assert_eq!(app_dump(&store)?, recorded, "{}", db.display());
+            drop(store);
+            let upgraded = stored_dump(&rusqlite::Connection::open(&copy)?)?;
+            let expected = read_text(&v4().join(format!("{name}.expect.txt")))?;
+            let (_, newest_stored) = split_expect(&expected)?;
+            assert_eq!(
+                master(&upgraded)?,
+                master(newest_stored)?,
+                "{}",
+                db.display()
+            );
+        }
     }
     Ok(())
 }
@@ -1500,5 +1544,60 @@ fn v3_changes_only_the_protocol_version_and_the_hello() -> Res {
             assert_eq!(m1, m2, "session {n} frame {i}");
         }
     }
+    Ok(())
+}
+
+/// `message` without what protocol version 3 added: write metadata on
+/// batch rows and pushed mutations, a notice's kind (a rejection's).
+fn without_v3_fields(mut message: meldb::sync::Message) -> meldb::sync::Message {
+    use meldb::sync::Message;
+    match &mut message {
+        Message::Changes(b) => {
+            for row in b.changes.tables.iter_mut().flat_map(|t| t.rows.iter_mut()) {
+                row.state.meta = None;
+            }
+        }
+        Message::Push(p) => {
+            for m in &mut p.mutations {
+                m.meta = None;
+            }
+        }
+        Message::Rejections(rs) => {
+            for r in rs {
+                r.kind = meldb::NoticeKind::Rejected;
+            }
+        }
+        _ => {}
+    }
+    message
+}
+
+/// Protocol version 3 added write metadata and notice kinds: `v4/`'s
+/// conversation is `v3/`'s, message for message, once the metadata `v4/`'s
+/// client attached is taken off; and it does carry some.
+#[test]
+fn v4_changes_only_metadata_and_notice_kinds_in_the_conversation() -> Res {
+    let mut carried = 0;
+    for n in 1..=SESSIONS {
+        let old = read_bytes(&v3().join(format!("conversation-{n}.bin")))?;
+        let new = read_bytes(&v4().join(format!("conversation-{n}.bin")))?;
+        let (old, new) = (records(&old)?, records(&new)?);
+        assert_eq!(old.len(), new.len(), "session {n}");
+        for (i, ((d1, f1), (d2, f2))) in old.into_iter().zip(new).enumerate() {
+            let (v1, m1) = codec::decode_message_versioned(f1, MAX_MESSAGE_PAYLOAD)?;
+            let (v2, m2) = codec::decode_message_versioned(f2, MAX_MESSAGE_PAYLOAD)?;
+            assert_eq!(
+                (d1, v1.number(), v2.number()),
+                (d2, 2, 3),
+                "session {n} frame {i}"
+            );
+            let stripped = without_v3_fields(m2.clone());
+            if stripped != m2 {
+                carried += 1;
+            }
+            assert_eq!(m1, stripped, "session {n} frame {i}");
+        }
+    }
+    assert!(carried > 0, "the v4 conversation carries metadata");
     Ok(())
 }

@@ -199,8 +199,16 @@ fn committed_seeds_are_replayed() -> Result<(), String> {
     Ok(())
 }
 
-fn fixtures_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v1")
+/// The fixture directories seeds come from, with the prefix their seeds'
+/// names get: `v1/` (the first layouts) and `v4/` (changeset format 2,
+/// protocol 3, database format 3: write metadata, notice kinds).
+fn fixture_dirs() -> [(&'static str, PathBuf); 2] {
+    let dir = |v: &str| {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(v)
+    };
+    [("", dir("v1")), ("v4-", dir("v4"))]
 }
 
 /// Splits bytes holding frames back to back (changeset files).
@@ -258,8 +266,26 @@ type Seed = (&'static str, String, Vec<u8>);
 /// bytes)`. Real bytes of every format, so each target starts from inputs
 /// that decode (and apply) and the fuzzer mutates from there.
 fn fixture_seeds() -> Result<Vec<Seed>, String> {
+    let mut out = Vec::new();
+    for (prefix, dir) in fixture_dirs() {
+        let earlier = out.len();
+        for seed in fixture_seeds_of(prefix, &dir)? {
+            // A layout v4 did not change gives an earlier directory's
+            // bytes: seed them once.
+            if !out[..earlier]
+                .iter()
+                .any(|(t, _, b): &Seed| *t == seed.0 && *b == seed.2)
+            {
+                out.push(seed);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn fixture_seeds_of(prefix: &str, dir: &Path) -> Result<Vec<Seed>, String> {
     let read = |name: &str| {
-        let path = fixtures_dir().join(name);
+        let path = dir.join(name);
         fs::read(&path).map_err(|e| format!("reading {}: {e}", path.display()))
     };
     let mut out = Vec::new();
@@ -268,7 +294,7 @@ fn fixture_seeds() -> Result<Vec<Seed>, String> {
             .into_iter()
             .enumerate()
         {
-            let name = format!("fixture-{file}-{i:02}");
+            let name = format!("fixture-{prefix}{file}-{i:02}");
             out.push((
                 "apply_changeset",
                 name.clone(),
@@ -281,7 +307,7 @@ fn fixture_seeds() -> Result<Vec<Seed>, String> {
         let bytes = read(&format!("conversation-{n}.bin"))?;
         for (i, (_, frame)) in common::recorded_frames(&bytes)?.into_iter().enumerate() {
             let frame = frame.to_vec();
-            let name = format!("fixture-conversation-{n}-{i:02}");
+            let name = format!("fixture-{prefix}conversation-{n}-{i:02}");
             let message = codec::decode_message(&frame, codec::MAX_MESSAGE_PAYLOAD)
                 .map_err(|e| format!("{name}: {e}"))?;
             if matches!(message, Message::Changes(_)) {
@@ -291,11 +317,15 @@ fn fixture_seeds() -> Result<Vec<Seed>, String> {
         }
     }
     for db in ["booking", "inventory", "todo", "relay-before", "client"] {
-        for (i, blob) in stored_blobs(&fixtures_dir().join(format!("{db}.db")))?
+        for (i, blob) in stored_blobs(&dir.join(format!("{db}.db")))?
             .into_iter()
             .enumerate()
         {
-            out.push(("decode_stored", format!("fixture-{db}-{i:02}"), blob));
+            out.push((
+                "decode_stored",
+                format!("fixture-{prefix}{db}-{i:02}"),
+                blob,
+            ));
         }
     }
     Ok(out)

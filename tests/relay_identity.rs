@@ -307,6 +307,7 @@ async fn a_token_cannot_push_or_acknowledge_another_sites_mutations() -> TestRes
             id: 1000,
             name: "add".into(),
             args: "[\"A1\", 100]".into(),
+            meta: None,
         }],
     }))
     .await?;

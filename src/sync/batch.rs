@@ -180,6 +180,7 @@ mod tests {
                                 site,
                                 value: Value::Text("x".repeat(value_len)),
                             }))],
+                            meta: None,
                         },
                         covers: vec![],
                     })

@@ -12,7 +12,7 @@
 //! clocks and timestamps, a site table), as one byte string.
 
 use crate::mutator::{MutationRejection, PendingMutation, Push, PushResult};
-use crate::resolve::Rejection;
+use crate::resolve::{NoticeKind, Rejection, WriteMetadata};
 use crate::sync::message::{Ack, Batch, Hello, Message, Notice, NoticeCode, Processed, Sent, Want};
 use crate::value::Key;
 use crate::version::VersionVector;
@@ -24,10 +24,13 @@ pub const MESSAGE_MAGIC: [u8; 4] = *b"MLDP";
 /// The newest protocol version this build speaks (see [`ProtocolVersion`]).
 ///
 /// Version 2 added the namespace of a `Hello` (a client of a relay
-/// serving several names the one it syncs).
-pub const PROTOCOL_VERSION: u16 = 2;
-/// The oldest protocol version this build speaks: the one before
-/// [`PROTOCOL_VERSION`].
+/// serving several names the one it syncs). Version 3 added per-write
+/// metadata (on rows in `Changes` batches and on pushed mutations) and the
+/// kind of a rejection notice.
+pub const PROTOCOL_VERSION: u16 = 3;
+/// The oldest protocol version this build speaks. Version 3 still speaks
+/// 1 and 2 (their peers' metadata is not sent, their notices are
+/// rejections), so clients of two releases back keep syncing.
 pub const OLDEST_PROTOCOL_VERSION: u16 = 1;
 /// The largest message payload any connection accepts (64 MiB);
 /// connections may set a lower limit.
@@ -87,21 +90,26 @@ impl ProtocolVersion {
 
 // The payload: a variant index, then the message's fields in order, in the
 // primitives of `codec::bin`. Protocol version 2 is version 1 with one
-// field more at the end of a Hello (marked [v2]); everything else is the
-// same in both.
+// field more at the end of a Hello (marked [v2]). Version 3 adds fields at
+// the end of a rejection and of a pushed mutation, and `Changes` batches
+// in the compact layout with write metadata (marked [v3]); everything else
+// is the same in all three.
 //
 //   0 Hello       site:site schema:str schema_version:uint token:option<str>
 //                 accepts_changes:bool live:bool authority:bool
 //                 [v2] namespace:option<str>
 //   1 Want        id:uint have:vv first_pending:option<uint>
-//   2 Changes     seq:uint changes:bytes (the `compact` layout)
+//   2 Changes     seq:uint changes:bytes (the `compact` layout; [v3] with
+//                 write metadata, flag 0x80)
 //   3 Ack         seq:uint applied:uint
 //   4 Sent        want:uint first:uint last:uint mutations:option<processed>
 //   5 Caught      want:uint
 //   6 Notice      code:uint message:str
 //   7 Rejections  seq<authority:site seq:uint writer:site table:str
-//                     key:seq<value> reason:str rejected:str at_ms:uint>
-//   8 Push        client:site seq<id:uint name:str args:str>
+//                     key:seq<value> reason:str rejected:str at_ms:uint
+//                     [v3] kind:uint (0 rejected, 1 overruled, 2 deferred)>
+//   8 Push        client:site seq<id:uint name:str args:str
+//                     [v3] meta:option<str>>
 //   9 PushAck     last_processed:uint applied:seq<uint> rejected:seq<failure>
 //                 duplicates:uint
 //
@@ -150,7 +158,7 @@ fn encode_payload(message: &Message, version: ProtocolVersion) -> Vec<u8> {
         Message::Changes(b) => {
             e.u8(2);
             e.uint(b.seq);
-            e.bytes(&compact::encode(&b.changes));
+            e.bytes(&compact::encode_as(&b.changes, version.0 >= 3));
         }
         Message::Ack(a) => {
             e.u8(3);
@@ -187,6 +195,9 @@ fn encode_payload(message: &Message, version: ProtocolVersion) -> Vec<u8> {
                 e.str(&r.reason);
                 e.str(&r.rejected);
                 e.uint(r.at_ms);
+                if version.0 >= 3 {
+                    e.uint(notice_kind_number(r.kind));
+                }
             });
         }
         Message::Push(p) => {
@@ -196,6 +207,9 @@ fn encode_payload(message: &Message, version: ProtocolVersion) -> Vec<u8> {
                 e.uint(m.id);
                 e.str(&m.name);
                 e.str(&m.args);
+                if version.0 >= 3 {
+                    e.option(m.meta.as_ref(), |e, meta| e.str(meta.as_str()));
+                }
             });
         }
         Message::PushAck(r) => {
@@ -232,6 +246,31 @@ fn notice_number(code: NoticeCode) -> u64 {
         NoticeCode::Apply => 4,
         NoticeCode::Busy => 5,
         NoticeCode::Shutdown => 6,
+    }
+}
+
+fn notice_kind_number(kind: NoticeKind) -> u64 {
+    match kind {
+        NoticeKind::Overruled => 1,
+        NoticeKind::Deferred => 2,
+        _ => 0,
+    }
+}
+
+fn read_notice_kind(d: &mut Dec<'_>) -> Result<NoticeKind, DecodeError> {
+    Ok(match d.variant(3, "notice kind")? {
+        0 => NoticeKind::Rejected,
+        1 => NoticeKind::Overruled,
+        _ => NoticeKind::Deferred,
+    })
+}
+
+fn read_write_metadata(d: &mut Dec<'_>) -> Result<Option<WriteMetadata>, DecodeError> {
+    match d.option(Dec::string)? {
+        None => Ok(None),
+        Some(text) => WriteMetadata::new(text)
+            .map(Some)
+            .map_err(|e| d.malformed(e.to_string())),
     }
 }
 
@@ -304,7 +343,7 @@ fn decode_payload(payload: &[u8], version: ProtocolVersion) -> Result<Message, D
         }),
         2 => {
             let seq = d.uint()?;
-            let changes = compact::decode(d.bytes()?)?;
+            let changes = compact::decode_as(d.bytes()?, version.0 >= 3)?;
             Message::Changes(Batch { seq, changes })
         }
         3 => Message::Ack(Ack {
@@ -337,6 +376,11 @@ fn decode_payload(payload: &[u8], version: ProtocolVersion) -> Result<Message, D
                 reason: d.string()?,
                 rejected: d.string()?,
                 at_ms: d.uint()?,
+                kind: if version.0 >= 3 {
+                    read_notice_kind(d)?
+                } else {
+                    NoticeKind::Rejected
+                },
             })
         })?),
         8 => Message::Push(Push {
@@ -346,6 +390,11 @@ fn decode_payload(payload: &[u8], version: ProtocolVersion) -> Result<Message, D
                     id: d.uint()?,
                     name: d.string()?,
                     args: d.string()?,
+                    meta: if version.0 >= 3 {
+                        read_write_metadata(d)?
+                    } else {
+                        None
+                    },
                 })
             })?,
         }),
@@ -457,6 +506,7 @@ mod tests {
                         site: site(1),
                         value: Value::Text("Apple".into()),
                     }))],
+                    meta: Some(meta(r#"{"device":"till-2"}"#)),
                 },
                 covers: vec![Cover {
                     site: site(1),
@@ -502,6 +552,7 @@ mod tests {
                     id: 17,
                     name: "book".into(),
                     args: r#"["A1","alice"]"#.into(),
+                    meta: Some(meta("screen=checkout")),
                 }],
             }),
             Message::PushAck(PushResult {
@@ -524,8 +575,96 @@ mod tests {
                 reason: "sold out".into(),
                 rejected: r#"{"sku":"A1"}"#.into(),
                 at_ms: 1_700_000_000_000,
+                kind: NoticeKind::Overruled,
             }]),
         ]
+    }
+
+    fn meta(text: &str) -> WriteMetadata {
+        WriteMetadata::new(text).expect("small")
+    }
+
+    /// `message` as a peer of `version` receives it: versions before 3
+    /// carry no write metadata and no notice kind (a notice is a
+    /// rejection), version 1 no namespace.
+    fn as_spoken_in(mut message: Message, version: u16) -> Message {
+        match &mut message {
+            Message::Hello(h) if version < 2 => h.namespace = None,
+            Message::Changes(b) if version < 3 => {
+                for row in b.changes.tables.iter_mut().flat_map(|t| t.rows.iter_mut()) {
+                    row.state.meta = None;
+                }
+            }
+            Message::Rejections(rs) if version < 3 => {
+                for r in rs {
+                    r.kind = NoticeKind::Rejected;
+                }
+            }
+            Message::Push(p) if version < 3 => {
+                for m in &mut p.mutations {
+                    m.meta = None;
+                }
+            }
+            _ => {}
+        }
+        message
+    }
+
+    /// Version 3's new fields: every notice kind and metadata on rows and
+    /// mutations round-trip; older versions drop them; a metadata flag in
+    /// a version-2 batch, and metadata over the bound, are refused; every
+    /// truncation of a version-3 frame is an error.
+    #[test]
+    fn version_3_carries_metadata_and_notice_kinds_and_older_versions_drop_them(
+    ) -> Result<(), DecodeError> {
+        let v3 = ProtocolVersion::new(3)?;
+        let v2 = ProtocolVersion::new(2)?;
+        for kind in NoticeKind::ALL {
+            let mut message = every_message().pop().expect("rejections");
+            if let Message::Rejections(rs) = &mut message {
+                rs[0].kind = kind;
+            }
+            let bytes = encode_message_as(&message, v3);
+            assert_eq!(decode_message(&bytes, MAX_MESSAGE_PAYLOAD)?, message);
+            let old = encode_message_as(&message, v2);
+            assert_eq!(
+                decode_message(&old, MAX_MESSAGE_PAYLOAD)?,
+                as_spoken_in(message.clone(), 2)
+            );
+        }
+        for message in every_message() {
+            let bytes = encode_message_as(&message, v3);
+            assert_eq!(decode_message(&bytes, MAX_MESSAGE_PAYLOAD)?, message);
+            for cut in 0..bytes.len() {
+                assert!(decode_message(&bytes[..cut], MAX_MESSAGE_PAYLOAD).is_err());
+            }
+        }
+        // A version-3 batch with metadata, relabelled version 2: the flag
+        // is unknown there.
+        let batch = every_message()[2].clone();
+        let bytes = encode_message_as(&batch, v3);
+        let as_v2 = frame_as(MESSAGE_MAGIC, 2, &bytes[HEADER_LEN..]);
+        assert!(matches!(
+            decode_message(&as_v2, MAX_MESSAGE_PAYLOAD),
+            Err(DecodeError::Malformed { .. })
+        ));
+        // Metadata over the bound is refused by the decoder.
+        let mut push = Enc::new();
+        push.u8(8);
+        push.site(site(1));
+        push.len(1);
+        push.uint(1);
+        push.str("m");
+        push.str("null");
+        push.option(Some(()), |e, ()| {
+            e.str(&"x".repeat(WriteMetadata::MAX_BYTES + 1))
+        });
+        let frame = frame_as(MESSAGE_MAGIC, 3, &push.into_bytes());
+        assert!(matches!(
+            decode_message(&frame, MAX_MESSAGE_PAYLOAD),
+            Err(DecodeError::Malformed { .. })
+        ));
+        Ok(())
     }
 
     #[test]
@@ -547,10 +686,8 @@ mod tests {
     ) -> Result<(), DecodeError> {
         let v1 = ProtocolVersion::OLDEST;
         assert_eq!(v1.number(), 1);
-        for mut message in every_message() {
-            if let Message::Hello(h) = &mut message {
-                h.namespace = None;
-            }
+        for message in every_message() {
+            let message = as_spoken_in(message, 1);
             let bytes = encode_message_as(&message, v1);
             assert_eq!(
                 decode_message_versioned(&bytes, MAX_MESSAGE_PAYLOAD)?,
@@ -673,11 +810,8 @@ mod tests {
     fn every_version_this_build_speaks_round_trips_and_no_other_is_made() {
         for n in OLDEST_PROTOCOL_VERSION..=PROTOCOL_VERSION {
             let version = ProtocolVersion::new(n).expect("spoken");
-            for mut message in every_message() {
-                if let (Message::Hello(h), 1) = (&mut message, n) {
-                    // Version 1 has no namespace to carry.
-                    h.namespace = None;
-                }
+            for message in every_message() {
+                let message = as_spoken_in(message, n);
                 let bytes = encode_message_as(&message, version);
                 assert_eq!(bytes[4..6], n.to_le_bytes());
                 assert_eq!(
@@ -751,6 +885,7 @@ mod tests {
                 reason: "r".into(),
                 rejected: "j".into(),
                 at_ms: 21,
+                kind: NoticeKind::Overruled,
             }]),
             Message::Push(Push {
                 client: site(7),
@@ -758,6 +893,7 @@ mod tests {
                     id: 22,
                     name: "a".into(),
                     args: "b".into(),
+                    meta: Some(meta("c")),
                 }],
             }),
             Message::PushAck(PushResult {
@@ -817,6 +953,16 @@ mod tests {
         v2
     }
 
+    /// Version 3's payloads: version 2's, with the rejection's kind
+    /// (overruled: `01`) and the pushed mutation's metadata (`Some("c")`:
+    /// `01 01 63`) at their ends.
+    fn pinned_v3() -> Vec<String> {
+        let mut v3 = pinned_v2();
+        v3[6].push_str("01");
+        v3[7].push_str("010163");
+        v3
+    }
+
     #[test]
     fn every_field_of_every_message_is_pinned() {
         let in_version = |version: ProtocolVersion, messages: &[Message]| -> Vec<String> {
@@ -828,13 +974,13 @@ mod tests {
         // Version 1 has no namespace to carry.
         let v1_messages: Vec<Message> = distinct_messages()
             .into_iter()
-            .map(|mut m| {
-                if let Message::Hello(h) = &mut m {
-                    h.namespace = None;
-                }
-                m
-            })
+            .map(|m| as_spoken_in(m, 1))
             .collect();
+        let v2_messages: Vec<Message> = distinct_messages()
+            .into_iter()
+            .map(|m| as_spoken_in(m, 2))
+            .collect();
+        let v2 = ProtocolVersion::new(2).expect("spoken");
         let got = in_version(ProtocolVersion::OLDEST, &v1_messages);
         if PINNED_V1.is_empty() {
             panic!(
@@ -846,12 +992,14 @@ mod tests {
             );
         }
         assert_eq!(got, PINNED_V1);
+        assert_eq!(in_version(v2, &v2_messages), pinned_v2());
         assert_eq!(
             in_version(ProtocolVersion::NEWEST, &distinct_messages()),
-            pinned_v2()
+            pinned_v3()
         );
         for (version, messages) in [
             (ProtocolVersion::OLDEST, v1_messages),
+            (v2, v2_messages),
             (ProtocolVersion::NEWEST, distinct_messages()),
         ] {
             for m in messages {

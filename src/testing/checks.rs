@@ -108,6 +108,7 @@ pub fn check_stored_bytes(data: &[u8]) -> Result<(), String> {
             hlc: meta.hlc,
             writer: meta.writer,
             columns: meta.columns,
+            meta: meta.meta,
         })
     };
     if let Ok(first) = state(data) {

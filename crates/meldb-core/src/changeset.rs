@@ -214,6 +214,7 @@ mod tests {
                 hlc: Hlc(0),
                 writer: SiteId::from_bytes([0; 16]),
                 columns: vec![],
+                meta: None,
             },
             covers: vec![],
         }

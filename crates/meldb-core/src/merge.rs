@@ -16,6 +16,7 @@
 
 use crate::clock::{Hlc, SiteId};
 use crate::crdt::{merge_optional, Causality, ColumnState, RegisterRule, RowClock};
+use crate::resolve::WriteMetadata;
 
 /// The complete CRDT state of one row.
 #[derive(Clone, Debug, PartialEq)]
@@ -31,6 +32,10 @@ pub struct RowState {
     /// One state per non-key column, in table order; `None` where the column
     /// was never written in the row's current life.
     pub columns: Vec<Option<ColumnState>>,
+    /// The client-asserted metadata of the write at `hlc` (it travels with
+    /// the row's latest write, like `writer`); `None` when that write
+    /// carried none.
+    pub meta: Option<WriteMetadata>,
 }
 
 impl RowState {
@@ -63,13 +68,17 @@ pub fn merge_crdt_columns(local: &RowState, remote: &RowState, rules: &[Register
                 .collect()
         }
     };
-    let (hlc, writer) = (local.hlc, local.writer).max((remote.hlc, remote.writer));
+    // The metadata goes with the latest write; one write has one metadata,
+    // and the comparison includes it so that even a forged tie converges.
+    let (hlc, writer, meta) =
+        (local.hlc, local.writer, &local.meta).max((remote.hlc, remote.writer, &remote.meta));
     RowState {
         cl: local.cl.max(remote.cl),
         clock: local.clock.join(&remote.clock),
         hlc,
         writer,
         columns,
+        meta: meta.clone(),
     }
 }
 
@@ -134,6 +143,7 @@ pub fn fresh_state(previous: Option<&RowState>, width: usize) -> RowState {
             hlc: Hlc(0),
             writer: SiteId(uuid::Uuid::nil()),
             columns: vec![None; width],
+            meta: None,
         },
         Some(prev) => RowState {
             cl: prev.cl + 1,
@@ -141,6 +151,7 @@ pub fn fresh_state(previous: Option<&RowState>, width: usize) -> RowState {
             hlc: prev.hlc,
             writer: prev.writer,
             columns: vec![None; width],
+            meta: prev.meta.clone(),
         },
     }
 }
@@ -168,6 +179,7 @@ mod tests {
                     value: title.into(),
                 })),
             ],
+            meta: None,
         }
     }
 

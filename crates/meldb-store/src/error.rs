@@ -343,6 +343,17 @@ pub enum WriteError {
         /// The key.
         key: Key,
     },
+    /// Write metadata over its bound (`WriteMetadata::MAX_BYTES`): nothing
+    /// was written.
+    #[error(
+        "write metadata of {len} bytes exceeds the limit of {limit} bytes; nothing was written"
+    )]
+    MetadataTooLarge {
+        /// Its size in bytes.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// An attempt to change a primary-key column.
     #[error("table {table:?}: column {column:?} is part of the primary key and cannot change")]
     KeyUpdate {

@@ -204,6 +204,11 @@ impl<'a> Dec<'a> {
         self.bytes.len() - self.pos
     }
 
+    /// Whether every byte has been read (for a layout's optional last field).
+    pub fn at_end(&self) -> bool {
+        self.left() == 0
+    }
+
     /// Refuses bytes after the end of the layout.
     pub fn finish(self) -> Result<(), DecodeError> {
         if self.pos == self.bytes.len() {

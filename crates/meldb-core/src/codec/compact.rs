@@ -15,6 +15,12 @@
 //! Values: a tag byte, then a zigzag varint (integer), 8 little-endian
 //! bytes (real), or a varint length and the bytes (text, blob).
 //!
+//! Two layouts, chosen by the caller (the protocol version): without
+//! metadata (protocol versions 1 and 2: a row's [`RowState::meta`] is not
+//! sent, and the flag bit `0x80` is refused) and with it (version 3: flag
+//! `0x80` says the row's write metadata follows its covers, as a length and
+//! UTF-8 bytes, at most `WriteMetadata::MAX_BYTES`).
+//!
 //! Decoding checks every read against the bytes left, every count against
 //! what that many elements need at least (so no count allocates more than
 //! the input can fill), every site index against the table, and the flags
@@ -27,6 +33,7 @@ use crate::changeset::{Changeset, Cover, RowChange, TableChanges};
 use crate::clock::{Hlc, SiteId};
 use crate::crdt::{ColumnState, Kind, Lww, RowClock, StateSink, StateSource};
 use crate::merge::RowState;
+use crate::resolve::WriteMetadata;
 use crate::value::Value;
 use std::collections::HashMap;
 
@@ -45,6 +52,10 @@ const ALL_PRESENT: u8 = 0x10;
 const COVER_OWN: u8 = 0x20;
 /// The key's arity differs from the table's (it follows).
 const OTHER_ARITY: u8 = 0x40;
+/// The row's latest write carried metadata: it follows the covers, as a
+/// length and UTF-8 bytes (protocol version 3 on; before, the flag is
+/// unknown and refused).
+const HAS_META: u8 = 0x80;
 
 const NIL: SiteId = SiteId(uuid::Uuid::nil());
 
@@ -148,9 +159,16 @@ impl Context {
     }
 }
 
+/// Encodes a changeset in the newest layout (with write metadata).
+pub fn encode(cs: &Changeset) -> Vec<u8> {
+    encode_as(cs, true)
+}
+
 /// Encodes a changeset: `origin | site table | tables`, the site table
 /// written after the tables are (it is only known then) but placed first.
-pub fn encode(cs: &Changeset) -> Vec<u8> {
+/// `metadata`: whether rows carry their write metadata (protocol 3 on);
+/// without it, metadata is left out.
+pub fn encode_as(cs: &Changeset, metadata: bool) -> Vec<u8> {
     let mut out = Out {
         bytes: Vec::new(),
         sites: Vec::new(),
@@ -158,7 +176,7 @@ pub fn encode(cs: &Changeset) -> Vec<u8> {
     };
     out.varint(cs.tables.len() as u64);
     for table in &cs.tables {
-        encode_table(&mut out, table);
+        encode_table(&mut out, table, metadata);
     }
     let mut head = Vec::with_capacity(16 + 17 * out.sites.len() + 4);
     head.extend_from_slice(cs.origin.as_bytes());
@@ -176,7 +194,7 @@ pub fn encode(cs: &Changeset) -> Vec<u8> {
     bytes
 }
 
-fn encode_table(out: &mut Out, table: &TableChanges) {
+fn encode_table(out: &mut Out, table: &TableChanges, metadata: bool) {
     out.raw(table.table.as_bytes());
     out.varint(table.columns.len() as u64);
     for c in &table.columns {
@@ -187,11 +205,11 @@ fn encode_table(out: &mut Out, table: &TableChanges) {
     out.varint(table.rows.len() as u64);
     let mut ctx = Context::new();
     for row in &table.rows {
-        encode_row(out, &mut ctx, row, arity);
+        encode_row(out, &mut ctx, row, arity, metadata);
     }
 }
 
-fn encode_row(out: &mut Out, ctx: &mut Context, row: &RowChange, arity: usize) {
+fn encode_row(out: &mut Out, ctx: &mut Context, row: &RowChange, arity: usize, metadata: bool) {
     let state = &row.state;
     let writer = (state.writer != NIL).then(|| out.site(state.writer));
     let mut flags = 0;
@@ -232,6 +250,10 @@ fn encode_row(out: &mut Out, ctx: &mut Context, row: &RowChange, arity: usize) {
     }
     if row.key.len() != arity {
         flags |= OTHER_ARITY;
+    }
+    let meta = state.meta.as_ref().filter(|_| metadata);
+    if meta.is_some() {
+        flags |= HAS_META;
     }
     out.u8(flags);
     if flags & SAME_WRITER == 0 {
@@ -290,6 +312,9 @@ fn encode_row(out: &mut Out, ctx: &mut Context, row: &RowChange, arity: usize) {
                 out.varint(c.last.wrapping_sub(c.first));
             }
         }
+    }
+    if let Some(meta) = meta {
+        out.raw(meta.as_str().as_bytes());
     }
 }
 
@@ -453,8 +478,13 @@ impl<'a> In<'a> {
     }
 }
 
-/// Decodes what [`encode`] wrote.
+/// Decodes what [`encode`] wrote (the newest layout).
 pub fn decode(bytes: &[u8]) -> Result<Changeset, DecodeError> {
+    decode_as(bytes, true)
+}
+
+/// Decodes what [`encode_as`] wrote with the same `metadata`.
+pub fn decode_as(bytes: &[u8], metadata: bool) -> Result<Changeset, DecodeError> {
     let mut input = In {
         bytes,
         pos: 0,
@@ -470,7 +500,7 @@ pub fn decode(bytes: &[u8]) -> Result<Changeset, DecodeError> {
     let ntables = input.count(4, "table")?;
     let mut tables = capped(ntables);
     for _ in 0..ntables {
-        tables.push(decode_table(&mut input)?);
+        tables.push(decode_table(&mut input, metadata)?);
     }
     if input.left() > 0 {
         return Err(DecodeError::TrailingBytes {
@@ -481,7 +511,7 @@ pub fn decode(bytes: &[u8]) -> Result<Changeset, DecodeError> {
     Ok(Changeset { origin, tables })
 }
 
-fn decode_table(input: &mut In<'_>) -> Result<TableChanges, DecodeError> {
+fn decode_table(input: &mut In<'_>, metadata: bool) -> Result<TableChanges, DecodeError> {
     let table = input.string()?;
     let ncols = input.count(1, "column")?;
     let mut columns = capped(ncols);
@@ -495,7 +525,7 @@ fn decode_table(input: &mut In<'_>) -> Result<TableChanges, DecodeError> {
     let mut rows = capped(nrows);
     let mut ctx = Context::new();
     for _ in 0..nrows {
-        rows.push(decode_row(input, &mut ctx, arity, ncols)?);
+        rows.push(decode_row(input, &mut ctx, arity, ncols, metadata)?);
     }
     Ok(TableChanges {
         table,
@@ -509,10 +539,11 @@ fn decode_row(
     ctx: &mut Context,
     arity: usize,
     ncols: usize,
+    metadata: bool,
 ) -> Result<RowChange, DecodeError> {
     let at = input.pos;
     let flags = input.u8()?;
-    if flags & 0x80 != 0 {
+    if flags & HAS_META != 0 && !metadata {
         return Err(malformed(format!(
             "unknown row flags {flags:#04x} at offset {at}"
         )));
@@ -632,6 +663,12 @@ fn decode_row(
             covers
         }
     };
+    let meta = if flags & HAS_META != 0 {
+        let text = input.string()?;
+        Some(WriteMetadata::new(text).map_err(|e| malformed(format!("row at offset {at}: {e}")))?)
+    } else {
+        None
+    };
     Ok(RowChange {
         key,
         state: RowState {
@@ -640,6 +677,7 @@ fn decode_row(
             hlc: Hlc(hlc),
             writer: writer_site,
             columns,
+            meta,
         },
         covers,
     })

@@ -44,9 +44,12 @@ use thiserror::Error;
 /// The first bytes of every frame.
 pub const MAGIC: [u8; 4] = *b"MLDB";
 /// The frame format this build writes and the newest it reads.
-pub const FORMAT_VERSION: u16 = 1;
+///
+/// Version 2 added each row's write metadata (`RowState::meta`) at the
+/// end of the row.
+pub const FORMAT_VERSION: u16 = 2;
 /// The oldest frame format this build reads: the version before
-/// [`FORMAT_VERSION`] (there was none before 1). See [`Versions`].
+/// [`FORMAT_VERSION`]. See [`Versions`].
 pub const OLDEST_FORMAT_VERSION: u16 = 1;
 
 /// The versions of one format a build reads, and the rule they follow:
@@ -171,7 +174,15 @@ pub enum DecodeError {
 
 /// Encodes a changeset as one frame.
 pub fn encode_changeset(changeset: &Changeset) -> Vec<u8> {
-    frame(&wire::encode(changeset))
+    frame(&wire::encode(changeset, FORMAT_VERSION))
+}
+
+/// Encodes a changeset as one frame of format `version` (one this build
+/// reads: [`Versions::CHANGESET`]), for files an older meldb must read.
+/// Version 1 has no write metadata: the rows' metadata is left out.
+pub fn encode_changeset_as(changeset: &Changeset, version: u16) -> Result<Vec<u8>, DecodeError> {
+    let version = Versions::CHANGESET.check(version)?;
+    Ok(frame_as(MAGIC, version, &wire::encode(changeset, version)))
 }
 
 /// Encodes a changeset as one frame, or, when its payload would exceed
@@ -179,7 +190,7 @@ pub fn encode_changeset(changeset: &Changeset) -> Vec<u8> {
 /// each decodable on its own. [`decode_changeset_frames`] reads them. A
 /// single row larger than the limit still makes a frame the decoder refuses.
 pub fn encode_changeset_frames(changeset: &Changeset) -> Vec<u8> {
-    let payload = wire::encode(changeset);
+    let payload = wire::encode(changeset, FORMAT_VERSION);
     if payload.len() <= MAX_FRAME_PAYLOAD || changeset.len() <= 1 {
         return frame(&payload);
     }
@@ -297,11 +308,16 @@ pub fn unframe_as(
     Ok((version, payload))
 }
 
-/// Decodes one changeset frame.
+/// Decodes one changeset frame, of any format version this build reads.
 pub fn decode_changeset(bytes: &[u8]) -> Result<Changeset, DecodeError> {
-    // Version 1 is the only changeset layout so far; a second one is
-    // chosen here by the version `unframe_as` checked.
-    wire::decode(unframe(bytes)?)
+    decode_changeset_versioned(bytes).map(|(_, cs)| cs)
+}
+
+/// Decodes one changeset frame and says which format version it was
+/// written in: the layout is chosen by the version `unframe_as` checked.
+pub fn decode_changeset_versioned(bytes: &[u8]) -> Result<(u16, Changeset), DecodeError> {
+    let (version, payload) = unframe_as(bytes, MAGIC, Versions::CHANGESET, MAX_FRAME_PAYLOAD)?;
+    Ok((version, wire::decode(payload, version)?))
 }
 
 #[cfg(test)]
@@ -360,6 +376,145 @@ mod tests {
         );
         assert!(decode_changeset_frames(&bytes[..bytes.len() - 1]).is_err());
         assert!(decode_changeset_frames(&[]).is_err());
+        Ok(())
+    }
+
+    fn metadata_changeset(meta: Option<&str>) -> Changeset {
+        use crate::changeset::{Cover, RowChange, TableChanges};
+        use crate::clock::Hlc;
+        use crate::crdt::{ColumnState, Lww, RowClock};
+        use crate::merge::RowState;
+        use crate::resolve::WriteMetadata;
+        use crate::value::Value;
+        let site = SiteId::from_bytes([3; 16]);
+        let mut cs = Changeset::new(site);
+        cs.tables.push(TableChanges {
+            table: "seat".into(),
+            columns: vec!["note".into()],
+            rows: vec![RowChange {
+                key: vec![Value::Text("A1".into())],
+                state: RowState {
+                    cl: 1,
+                    clock: RowClock::from_entries([(site, 4)]),
+                    hlc: Hlc(1 << 40),
+                    writer: site,
+                    columns: vec![Some(ColumnState::Lww(Lww {
+                        hlc: Hlc(1 << 40),
+                        site,
+                        value: Value::Text("aisle".into()),
+                    }))],
+                    meta: meta.map(|m| WriteMetadata::new(m).expect("small")),
+                },
+                covers: vec![Cover {
+                    site,
+                    first: 1,
+                    last: 4,
+                }],
+            }],
+        });
+        cs
+    }
+
+    /// Changeset format 2 ends each row with its write metadata; format 1,
+    /// still read and still written on request, has none.
+    #[test]
+    fn format_2_carries_write_metadata_and_format_1_leaves_it_out() -> Result<(), DecodeError> {
+        let with = metadata_changeset(Some(r#"{"device":"till-2"}"#));
+        let bytes = encode_changeset(&with);
+        assert_eq!(bytes[4..6], 2u16.to_le_bytes());
+        assert_eq!(decode_changeset_versioned(&bytes)?, (2, with.clone()));
+        for cut in 0..bytes.len() {
+            assert!(decode_changeset(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        let v1 = encode_changeset_as(&with, 1)?;
+        assert_eq!(
+            decode_changeset_versioned(&v1)?,
+            (1, metadata_changeset(None))
+        );
+        // Without metadata, format 2 is format 1 plus one `None` byte per row.
+        let none = metadata_changeset(None);
+        let (a, b) = (encode_changeset_as(&none, 1)?, encode_changeset(&none));
+        assert_eq!(b.len(), a.len() + 1);
+        assert_eq!(b[HEADER_LEN..b.len() - 1], a[HEADER_LEN..]);
+        assert!(matches!(
+            encode_changeset_as(&none, 3),
+            Err(DecodeError::UnsupportedVersion { found: 3, .. })
+        ));
+        // Metadata over the bound, with a valid checksum, is refused.
+        let big = metadata_changeset(None);
+        let mut payload = wire::encode(&big, 2);
+        payload.pop();
+        payload.push(1);
+        let mut e = bin::Enc::new();
+        e.str(&"x".repeat(crate::resolve::WriteMetadata::MAX_BYTES + 1));
+        payload.extend(e.into_bytes());
+        assert!(matches!(
+            decode_changeset(&frame(&payload)),
+            Err(DecodeError::Malformed { .. })
+        ));
+        Ok(())
+    }
+
+    /// The compact batch layout: with metadata (protocol 3) a row's
+    /// metadata round-trips behind flag 0x80; without it the metadata is
+    /// left out and the flag refused.
+    #[test]
+    fn compact_batches_carry_metadata_only_when_asked() -> Result<(), DecodeError> {
+        let with = metadata_changeset(Some("screen=map"));
+        let bytes = compact::encode_as(&with, true);
+        assert_eq!(compact::decode_as(&bytes, true)?, with);
+        for cut in 0..bytes.len() {
+            assert!(
+                compact::decode_as(&bytes[..cut], true).is_err(),
+                "cut at {cut}"
+            );
+        }
+        assert!(matches!(
+            compact::decode_as(&bytes, false),
+            Err(DecodeError::Malformed { .. })
+        ));
+        let without = compact::encode_as(&with, false);
+        assert_eq!(
+            compact::decode_as(&without, false)?,
+            metadata_changeset(None)
+        );
+        assert_eq!(
+            compact::decode_as(&without, true)?,
+            metadata_changeset(None)
+        );
+        assert_eq!(
+            without,
+            compact::encode_as(&metadata_changeset(None), true),
+            "a row without metadata costs nothing"
+        );
+        Ok(())
+    }
+
+    /// Stored row metadata: format 3 appends the write metadata when there
+    /// is some; a blob without it (every format-1 and format-2 blob) reads
+    /// as a row without.
+    #[test]
+    fn stored_blobs_end_with_write_metadata_only_when_there_is_some() -> Result<(), DecodeError> {
+        use std::convert::Infallible;
+        let site = |idx: u32| Some(SiteId(uuid::Uuid::from_u128(idx.into())));
+        let index = |s: SiteId| Ok::<u32, Infallible>(s.0.as_u128() as u32);
+        let with = metadata_changeset(Some("approved")).tables[0].rows[0]
+            .state
+            .clone();
+        let without = metadata_changeset(None).tables[0].rows[0].state.clone();
+        let values = || vec![crate::value::Value::Text("aisle".into())];
+        let Ok(a) = stored::encode_meta(&without, index);
+        let Ok(b) = stored::encode_meta(&with, index);
+        assert_eq!(b[..a.len()], a[..], "the metadata is appended");
+        assert_eq!(stored::decode_meta(&a, site, values())?.meta, None);
+        let read = stored::decode_meta(&b, site, values())?;
+        assert_eq!(read.meta.as_ref().map(|m| m.as_str()), Some("approved"));
+        for cut in a.len() + 1..b.len() {
+            assert!(
+                stored::decode_meta(&b[..cut], site, values()).is_err(),
+                "cut at {cut}"
+            );
+        }
         Ok(())
     }
 

@@ -1,4 +1,4 @@
-//! Bytes kept inside the database, format version 1: each row's packed
+//! Bytes kept inside the database, format versions 1 to 3: each row's packed
 //! metadata (in its `_meldb_state` column) and the undo images of
 //! speculative writes (`meldb_undo.row`). No frame: SQLite checks its own
 //! pages, and the database's format version (in `meldb_meta`) covers these
@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! meta   = clock:seq<(site_ix:uint, seq:uint)>  hlc:uint  writer:site_ix
-//!          columns:seq<column>
+//!          columns:seq<column>  [format 3] write_meta:str (only if any)
 //! column = 0 unset
 //!        | 1 + kind tag, the kind's fields    (see `column`: registers leave
 //!                                             their value to its SQL column)
@@ -14,13 +14,18 @@
 //! ```
 //!
 //! Site indices refer to `meldb_sites` (0: no writer); `age` is the row's
-//! timestamp minus the register's.
+//! timestamp minus the register's. Database format 3 appends the row's
+//! write metadata when its latest write carried some (at most
+//! `WriteMetadata::MAX_BYTES`); a blob without it ends after its columns,
+//! so every format-1 and format-2 blob is a format-3 blob of a row without
+//! metadata and the upgrade rewrites none.
 
 use super::bin::{Dec, Enc};
 use super::{column, DecodeError};
 use crate::clock::{Hlc, SiteId};
 use crate::crdt::{ColumnState, Dot};
 use crate::merge::RowState;
+use crate::resolve::WriteMetadata;
 use crate::value::Value;
 
 /// A row's metadata as stored, sites resolved.
@@ -35,6 +40,8 @@ pub struct StoredMeta {
     /// The value columns' states; a column added to the schema after the
     /// row was written is unset.
     pub columns: Vec<Option<ColumnState>>,
+    /// The latest write's metadata (format 3), if it carried any.
+    pub meta: Option<WriteMetadata>,
 }
 
 const NO_SITE: SiteId = SiteId(uuid::Uuid::nil());
@@ -62,6 +69,9 @@ pub fn encode_meta<E>(
     e.len(state.columns.len());
     for col in &state.columns {
         column::encode(&mut e, col.as_ref(), state.hlc.0, false, &mut site_ix)?;
+    }
+    if let Some(meta) = &state.meta {
+        e.str(meta.as_str());
     }
     Ok(e.into_bytes())
 }
@@ -101,12 +111,19 @@ pub fn decode_meta(
     }
     // Columns added by a schema upgrade are missing from older blobs.
     columns.extend(values.map(|_| None));
+    let meta = if d.at_end() {
+        None
+    } else {
+        let text = d.string()?;
+        Some(WriteMetadata::new(text).map_err(|e| d.malformed(e.to_string()))?)
+    };
     d.finish()?;
     Ok(StoredMeta {
         clock,
         hlc: Hlc(hlc),
         writer,
         columns,
+        meta,
     })
 }
 

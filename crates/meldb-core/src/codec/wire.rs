@@ -1,4 +1,4 @@
-//! The changeset file payload, format version 1: site ids are written
+//! The changeset file payload, format versions 1 and 2: site ids are written
 //! once, in a table at the front of the payload, and referred to by
 //! position; register timestamps are written as their age relative to the
 //! row's timestamp (0, one byte, for registers the row's latest write set).
@@ -14,9 +14,13 @@
 //! row       = key:seq<value>  cl:uint  clock:seq<(site_ix:uint, seq:uint)>
 //!             hlc:uint  writer:option<site_ix>  columns:seq<column>
 //!             covers:seq<(site_ix, first:uint, last:uint)>
+//!             [v2] meta:option<str>
 //! column    = 0 unset | 1 + kind tag, the kind's fields, value included
 //!             (the layout of `column`)
 //! ```
+//!
+//! Version 2 is version 1 with the row's write metadata at the end of each
+//! row (marked `[v2]`; at most `WriteMetadata::MAX_BYTES` bytes).
 
 use super::bin::{capped, Dec, Enc};
 use super::{column, DecodeError};
@@ -24,14 +28,16 @@ use crate::changeset::{Changeset, Cover, RowChange, TableChanges};
 use crate::clock::{Hlc, SiteId};
 use crate::crdt::{RowClock, StateSink};
 use crate::merge::RowState;
+use crate::resolve::WriteMetadata;
 use crate::value::Value;
 use std::collections::HashMap;
 use std::convert::Infallible;
 
 const NO_SITE: SiteId = SiteId(uuid::Uuid::nil());
 
-/// The payload of a changeset.
-pub(super) fn encode(cs: &Changeset) -> Vec<u8> {
+/// The payload of a changeset in frame format `version` (1 leaves the
+/// rows' write metadata out).
+pub(super) fn encode(cs: &Changeset, version: u16) -> Vec<u8> {
     let mut sites = SiteTable::default();
     let mut tables = Enc::new();
     tables.len(cs.tables.len());
@@ -41,7 +47,7 @@ pub(super) fn encode(cs: &Changeset) -> Vec<u8> {
         tables.len(t.rows.len());
         for row in &t.rows {
             sites.register(row);
-            encode_row(&mut tables, row, &mut sites);
+            encode_row(&mut tables, row, &mut sites, version);
         }
     }
     let mut e = Enc::new();
@@ -51,8 +57,8 @@ pub(super) fn encode(cs: &Changeset) -> Vec<u8> {
     e.into_bytes()
 }
 
-/// Reads a payload written by [`encode`].
-pub(super) fn decode(bytes: &[u8]) -> Result<Changeset, DecodeError> {
+/// Reads a payload written by [`encode`] in `version`.
+pub(super) fn decode(bytes: &[u8], version: u16) -> Result<Changeset, DecodeError> {
     let mut d = Dec::new(bytes, "changeset");
     let origin = d.site()?;
     let sites = d.seq(Dec::site)?;
@@ -60,7 +66,7 @@ pub(super) fn decode(bytes: &[u8]) -> Result<Changeset, DecodeError> {
         Ok(TableChanges {
             table: d.string()?,
             columns: d.seq(Dec::string)?,
-            rows: d.seq(|d| decode_row(d, &sites))?,
+            rows: d.seq(|d| decode_row(d, &sites, version))?,
         })
     })?;
     d.finish()?;
@@ -114,7 +120,7 @@ impl StateSink for Collect<'_> {
     fn column_value(&mut self, _: &Value) {}
 }
 
-fn encode_row(e: &mut Enc, row: &RowChange, sites: &mut SiteTable) {
+fn encode_row(e: &mut Enc, row: &RowChange, sites: &mut SiteTable, version: u16) {
     let state = &row.state;
     e.values(&row.key);
     e.uint(state.cl);
@@ -139,9 +145,12 @@ fn encode_row(e: &mut Enc, row: &RowChange, sites: &mut SiteTable) {
         e.uint(c.first);
         e.uint(c.last);
     }
+    if version >= 2 {
+        e.option(state.meta.as_ref(), |e, m| e.str(m.as_str()));
+    }
 }
 
-fn decode_row(d: &mut Dec<'_>, sites: &[SiteId]) -> Result<RowChange, DecodeError> {
+fn decode_row(d: &mut Dec<'_>, sites: &[SiteId], version: u16) -> Result<RowChange, DecodeError> {
     let site = |idx: u32| sites.get(idx as usize).copied();
     let resolve = |d: &Dec<'_>, idx: u32| {
         site(idx).ok_or_else(|| {
@@ -175,6 +184,14 @@ fn decode_row(d: &mut Dec<'_>, sites: &[SiteId]) -> Result<RowChange, DecodeErro
             last: d.uint()?,
         });
     }
+    let meta = if version >= 2 {
+        match d.option(Dec::string)? {
+            Some(text) => Some(WriteMetadata::new(text).map_err(|e| d.malformed(e.to_string()))?),
+            None => None,
+        }
+    } else {
+        None
+    };
     Ok(RowChange {
         key,
         state: RowState {
@@ -183,6 +200,7 @@ fn decode_row(d: &mut Dec<'_>, sites: &[SiteId]) -> Result<RowChange, DecodeErro
             hlc: Hlc(hlc),
             writer,
             columns,
+            meta,
         },
         covers,
     })

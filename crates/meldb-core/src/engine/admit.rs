@@ -88,6 +88,7 @@ pub fn localize(
         hlc: incoming.hlc,
         writer: incoming.writer,
         columns,
+        meta: incoming.meta.clone(),
     };
     check_shape(&state, shape.kinds)?;
     // Far beyond any real history (2^62 deletes, writes or milliseconds), and

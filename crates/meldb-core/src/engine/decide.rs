@@ -273,11 +273,13 @@ pub fn decide<E: fmt::Display>(
             row: case.local_row.clone(),
             hlc: case.local.map(|s| s.hlc).unwrap_or_default(),
             site: case.local.map_or(SiteId(uuid::Uuid::nil()), |s| s.writer),
+            metadata: case.local.and_then(|s| s.meta.clone()),
         },
         incoming: Version {
             row: case.incoming_row.clone(),
             hlc: case.incoming.hlc,
             site: case.incoming.writer,
+            metadata: case.incoming.meta.clone(),
         },
         merged: target,
         concurrent: case.concurrent,

@@ -193,6 +193,7 @@ type = "text"
             hlc: Hlc(hlc),
             writer: site(writer),
             columns,
+            meta: None,
         }
     }
 

@@ -17,10 +17,12 @@
 //! `meldb_store::resolve` (and `meldb::resolve`), with the store's error
 //! filled in for `E`, beside the conflict log's own records.
 
+mod metadata;
 mod outcome;
 mod resolver;
 mod row;
 
+pub use metadata::{MetadataTooLarge, WriteMetadata};
 pub use outcome::Outcome;
 pub use resolver::{Conflict, Mode, ReadView, Resolution, Resolver, Trigger, Version, Writer};
 pub use row::{value_from_json, value_to_json, Row};

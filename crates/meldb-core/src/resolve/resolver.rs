@@ -7,7 +7,7 @@
 //! (the store names `Resolver<its Error>` and `Conflict<'_, its Error>`
 //! `Resolver` and `Conflict`).
 
-use super::Row;
+use super::{Row, WriteMetadata};
 use crate::clock::{Hlc, SiteId};
 use crate::value::{Key, Value};
 use serde::{Deserialize, Serialize};
@@ -78,6 +78,9 @@ pub struct Version {
     pub hlc: Hlc,
     /// The site that wrote it.
     pub site: SiteId,
+    /// The metadata that write carried, as its client asserted it
+    /// (never identity: see [`WriteMetadata`]).
+    pub metadata: Option<WriteMetadata>,
 }
 
 /// What a resolver decides.
@@ -293,6 +296,14 @@ impl<E> Conflict<'_, E> {
     /// the current state.
     pub fn mutation(&self) -> Option<&str> {
         self.mutation
+    }
+
+    /// The client-asserted metadata of the incoming write (`None` if it
+    /// carried none). Context for rules, never identity: it cannot change
+    /// [`Conflict::writer`]'s user or roles, which its deliverer vouches
+    /// for; the local side's is in [`Conflict::local_version`].
+    pub fn metadata(&self) -> Option<&WriteMetadata> {
+        self.incoming.metadata.as_ref()
     }
 
     /// Reads another row as it stands in this transaction.

@@ -75,6 +75,12 @@ pub struct PendingMutation {
     pub name: String,
     /// The arguments, as JSON.
     pub args: String,
+    /// The client-asserted app metadata it was queued with
+    /// ([`crate::Store::mutate_with`]); while it runs, at the client and at
+    /// the authority, its writes carry it and `Transaction::metadata`
+    /// returns it. Never identity: the authority's `Writer` comes from the
+    /// token. Carried by protocol version 3 on (older peers drop it).
+    pub meta: Option<crate::resolve::WriteMetadata>,
 }
 
 /// What a client sends upstream: its pending mutations, in order.

@@ -31,8 +31,11 @@
 mod record;
 
 pub(crate) use meldb_core::resolve::{value_from_json, value_to_json};
-pub use meldb_core::resolve::{Mode, Outcome, ReadView, Resolution, Row, Trigger, Version, Writer};
-pub use record::{ConflictCount, ConflictRecord, Rejection};
+pub use meldb_core::resolve::{
+    MetadataTooLarge, Mode, Outcome, ReadView, Resolution, Row, Trigger, Version, WriteMetadata,
+    Writer,
+};
+pub use record::{ConflictCount, ConflictRecord, NoticeKind, Rejection};
 
 /// A named `resolve_conflict` closure with a priority
 /// ([`meldb_core::resolve::Resolver`], reading the store).

@@ -3,7 +3,7 @@
 //! `meldb_rejections`), not decisions, so they stay beside the log rather
 //! than in the core.
 
-use super::{Outcome, Row, Writer};
+use super::{Outcome, Row, WriteMetadata, Writer};
 use crate::clock::SiteId;
 use crate::value::Key;
 
@@ -39,6 +39,12 @@ pub struct ConflictRecord {
     pub writer_site: SiteId,
     /// For a deferred conflict: whether it is still waiting.
     pub open: bool,
+    /// The client-asserted metadata of the local version's latest write.
+    pub local_metadata: Option<WriteMetadata>,
+    /// The client-asserted metadata of the incoming write (what
+    /// `Conflict::metadata` showed the resolvers). Never identity: `writer`
+    /// is what the deliverer vouched for.
+    pub incoming_metadata: Option<WriteMetadata>,
 }
 
 /// Conflicts of one outcome in one table.
@@ -52,8 +58,58 @@ pub struct ConflictCount {
     pub count: u64,
 }
 
-/// A change of this replica's that an authority refused, and why. Reaches
-/// the writer with the authority's correction, on its next sync.
+/// What a notice tells its writer about its change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum NoticeKind {
+    /// The authority refused the change (a `Reject`, a policy's refusal):
+    /// every notice of protocol versions 1 and 2, and of databases before
+    /// format 3, is one.
+    Rejected,
+    /// The authority kept its own row, or merged away part of the change
+    /// (`KeepLocal`, a `Merge` that drops some of it).
+    Overruled,
+    /// The change waits for review (`Defer`).
+    Deferred,
+}
+
+impl NoticeKind {
+    /// Every kind, in wire order.
+    pub const ALL: [NoticeKind; 3] = [
+        NoticeKind::Rejected,
+        NoticeKind::Overruled,
+        NoticeKind::Deferred,
+    ];
+
+    /// The name stored in `meldb_rejections.kind`.
+    pub fn name(self) -> &'static str {
+        match self {
+            NoticeKind::Rejected => "rejected",
+            NoticeKind::Overruled => "overruled",
+            NoticeKind::Deferred => "deferred",
+        }
+    }
+
+    /// The kind of a stored name.
+    pub fn from_name(name: &str) -> Option<NoticeKind> {
+        NoticeKind::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// The kind a notice of a conflict with `outcome` has (at the
+    /// authority, from the conflict log): kept local or merged is
+    /// overruled, deferred is deferred, anything else rejected.
+    pub fn of_outcome(outcome: Outcome) -> NoticeKind {
+        match outcome {
+            Outcome::KeptLocal | Outcome::Merged => NoticeKind::Overruled,
+            Outcome::Deferred => NoticeKind::Deferred,
+            _ => NoticeKind::Rejected,
+        }
+    }
+}
+
+/// A change of this replica's that an authority refused, overruled or set
+/// aside for review ([`Rejection::kind`]), and why. Reaches the writer with
+/// the authority's correction, on its next sync.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Rejection {
     /// The authority that refused it.
@@ -74,6 +130,9 @@ pub struct Rejection {
     pub rejected: String,
     /// When the authority refused it (its wall-clock milliseconds).
     pub at_ms: u64,
+    /// What happened to the change. Protocol versions before 3 carry no
+    /// kind: a notice read from one is [`NoticeKind::Rejected`].
+    pub kind: NoticeKind,
 }
 
 impl Rejection {

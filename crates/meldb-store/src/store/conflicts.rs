@@ -15,7 +15,9 @@ use super::Store;
 use crate::clock::SiteId;
 use crate::error::{ResolveError, Result, StorageError, WriteError};
 use crate::resolve::{value_from_json, value_to_json};
-use crate::resolve::{ConflictCount, ConflictRecord, Mode, Outcome, Rejection, Row, Writer};
+use crate::resolve::{
+    ConflictCount, ConflictRecord, Mode, NoticeKind, Outcome, Rejection, Row, WriteMetadata, Writer,
+};
 use crate::schema::DeferredShows;
 use crate::value::{Key, Value};
 use crate::version::VersionVector;
@@ -23,22 +25,51 @@ use rusqlite::{params, OptionalExtension};
 use serde_json::Value as Json;
 
 /// Tables of the conflict machinery. `IF NOT EXISTS`: databases created
-/// before it get them when next opened.
+/// before it get them when next opened. The columns format 3 added end
+/// their tables' column lists exactly as `ALTER TABLE ... ADD COLUMN`
+/// writes them (`format::upgrade_2_to_3`), so an upgraded database and a
+/// new one have the same `sqlite_master`.
 pub const CONFLICT_DDL: &str = "
 CREATE TABLE IF NOT EXISTS meldb_conflicts (
     id INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL, tbl TEXT NOT NULL, key TEXT NOT NULL,
     local TEXT, incoming TEXT, merged TEXT, result TEXT,
     outcome TEXT NOT NULL, resolver TEXT, reason TEXT,
     writer TEXT NOT NULL, writer_site BLOB NOT NULL, notice_seq INTEGER,
-    open INTEGER NOT NULL DEFAULT 0) STRICT;
+    open INTEGER NOT NULL DEFAULT 0, local_meta TEXT, incoming_meta TEXT) STRICT;
 CREATE INDEX IF NOT EXISTS meldb_conflicts_notices
     ON meldb_conflicts (writer_site, notice_seq) WHERE notice_seq IS NOT NULL;
 CREATE TABLE IF NOT EXISTS meldb_rejections (
     authority BLOB NOT NULL, seq INTEGER NOT NULL, writer BLOB NOT NULL,
     tbl TEXT NOT NULL, key TEXT NOT NULL, reason TEXT NOT NULL, rejected TEXT NOT NULL,
-    at_ms INTEGER NOT NULL, acknowledged INTEGER NOT NULL DEFAULT 0,
+    at_ms INTEGER NOT NULL, acknowledged INTEGER NOT NULL DEFAULT 0, kind TEXT NOT NULL DEFAULT 'rejected',
     PRIMARY KEY (authority, seq)) STRICT;
 ";
+
+/// How long the conflict log keeps closed records ([`Store::set_conflict_retention`]).
+///
+/// Only *closed* records go: a deferred conflict still waiting is never
+/// dropped, whatever its age. A record that carries a notice for its
+/// writer (a rejection, an overruled or deferred change) is dropped only
+/// by age, never by count, since the authority cannot know whether the
+/// writer has pulled it yet: a writer offline for longer than `max_age_ms`
+/// still gets its row corrected, but no longer the notice's reason.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConflictRetention {
+    /// Drop closed records older than this many milliseconds (by the
+    /// replica's wall clock), if set.
+    pub max_age_ms: Option<u64>,
+    /// Keep at most this many closed records without a notice (the newest),
+    /// if set.
+    pub max_records: Option<usize>,
+}
+
+impl ConflictRetention {
+    /// Keep everything (the default).
+    pub const KEEP_ALL: ConflictRetention = ConflictRetention {
+        max_age_ms: None,
+        max_records: None,
+    };
+}
 
 /// One conflict to record.
 pub(super) struct LogEntry<'a> {
@@ -54,10 +85,13 @@ pub(super) struct LogEntry<'a> {
     pub writer: &'a Writer,
     pub writer_site: SiteId,
     pub notice_seq: Option<u64>,
+    pub local_meta: Option<&'a WriteMetadata>,
+    pub incoming_meta: Option<&'a WriteMetadata>,
 }
 
 const SELECT: &str = "SELECT id, at_ms, tbl, key, local, incoming, merged, result, outcome, \
-                      resolver, reason, writer, writer_site, open FROM meldb_conflicts";
+                      resolver, reason, writer, writer_site, open, local_meta, incoming_meta \
+                      FROM meldb_conflicts";
 
 impl Store {
     pub(super) fn log_conflict(&self, e: &LogEntry<'_>) -> Result<()> {
@@ -66,8 +100,9 @@ impl Store {
         self.conn
             .prepare_cached(
                 "INSERT INTO meldb_conflicts (at_ms, tbl, key, local, incoming, merged, result, \
-                 outcome, resolver, reason, writer, writer_site, notice_seq, open) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                 outcome, resolver, reason, writer, writer_site, notice_seq, open, local_meta, \
+                 incoming_meta) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
             )?
             .execute(params![
                 self.clock.now_ms() as i64,
@@ -84,8 +119,57 @@ impl Store {
                 e.writer_site.as_bytes().as_slice(),
                 e.notice_seq.map(|s| s as i64),
                 e.outcome == Outcome::Deferred,
+                e.local_meta.map(WriteMetadata::as_str),
+                e.incoming_meta.map(WriteMetadata::as_str),
             ])?;
+        if self.conflict_retention != ConflictRetention::KEEP_ALL {
+            self.prune_by_retention()?;
+        }
         Ok(())
+    }
+
+    /// Sets how long the conflict log keeps closed records (see
+    /// [`ConflictRetention`]: never an open deferred conflict; a record
+    /// with a notice only by age) and prunes it now; later entries prune
+    /// as they are logged. Not saved in the database: set it each time the
+    /// store is opened. Returns how many records went now.
+    pub fn set_conflict_retention(&mut self, retention: ConflictRetention) -> Result<usize> {
+        self.conflict_retention = retention;
+        let tx = self.transaction()?;
+        let n = tx.store.prune_by_retention()?;
+        tx.commit()?;
+        Ok(n)
+    }
+
+    /// The retention set by [`Store::set_conflict_retention`].
+    pub fn conflict_retention(&self) -> ConflictRetention {
+        self.conflict_retention
+    }
+
+    fn prune_by_retention(&self) -> Result<usize> {
+        let ConflictRetention {
+            max_age_ms,
+            max_records,
+        } = self.conflict_retention;
+        let mut n = 0;
+        if let Some(age) = max_age_ms {
+            let cutoff = self.clock.now_ms().saturating_sub(age);
+            n += self
+                .conn
+                .prepare_cached("DELETE FROM meldb_conflicts WHERE at_ms < ?1 AND open = 0")?
+                .execute([i64::try_from(cutoff).unwrap_or(i64::MAX)])?;
+        }
+        if let Some(max) = max_records {
+            n += self
+                .conn
+                .prepare_cached(
+                    "DELETE FROM meldb_conflicts WHERE open = 0 AND notice_seq IS NULL AND id IN \
+                     (SELECT id FROM meldb_conflicts WHERE open = 0 AND notice_seq IS NULL \
+                      ORDER BY id DESC LIMIT -1 OFFSET ?1)",
+                )?
+                .execute([i64::try_from(max).unwrap_or(i64::MAX)])?;
+        }
+        Ok(n)
     }
 
     /// The conflict log, newest first: at most `limit` entries, of `table`
@@ -265,7 +349,7 @@ impl Store {
     /// changes, and the writer learns of each once.
     pub fn rejections_for(&self, peer: SiteId, vv: &VersionVector) -> Result<Vec<Rejection>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT notice_seq, tbl, key, reason, incoming, at_ms FROM meldb_conflicts \
+            "SELECT notice_seq, tbl, key, reason, incoming, at_ms, outcome FROM meldb_conflicts \
              WHERE writer_site = ?1 AND notice_seq IS NOT NULL ORDER BY notice_seq",
         )?;
         let rows = stmt.query_map([peer.as_bytes().as_slice()], |r| {
@@ -276,17 +360,21 @@ impl Store {
                 r.get::<_, Option<String>>(3)?,
                 r.get::<_, Option<String>>(4)?,
                 r.get::<_, i64>(5)?,
+                r.get::<_, String>(6)?,
             ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (seq, table, key, reason, incoming, at_ms) = row?;
+            let (seq, table, key, reason, incoming, at_ms, outcome) = row?;
             let seq = seq as u64;
             if vv.contains(&self.local, seq) {
                 continue;
             }
             let key = key_from_json(&key).ok_or_else(|| corrupt("a notice's key".into()))?;
+            let outcome = Outcome::from_name(&outcome)
+                .ok_or_else(|| corrupt(format!("a notice's outcome {outcome:?}")))?;
             out.push(Rejection {
+                kind: NoticeKind::of_outcome(outcome),
                 authority: self.local,
                 seq,
                 writer: peer,
@@ -313,7 +401,7 @@ impl Store {
     /// acknowledged, oldest first.
     pub fn rejections(&self) -> Result<Vec<Rejection>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT authority, seq, writer, tbl, key, reason, rejected, at_ms \
+            "SELECT authority, seq, writer, tbl, key, reason, rejected, at_ms, kind \
              FROM meldb_rejections WHERE acknowledged = 0 ORDER BY at_ms, seq",
         )?;
         let rows = stmt.query_map([], |r| {
@@ -326,6 +414,7 @@ impl Store {
                 r.get::<_, String>(5)?,
                 r.get::<_, String>(6)?,
                 r.get::<_, i64>(7)?,
+                r.get::<_, String>(8)?,
             ))
         })?;
         let site = |bytes: Vec<u8>| {
@@ -335,8 +424,11 @@ impl Store {
         };
         let mut out = Vec::new();
         for row in rows {
-            let (authority, seq, writer, table, key, reason, rejected, at_ms) = row?;
+            let (authority, seq, writer, table, key, reason, rejected, at_ms, kind) = row?;
+            let kind = NoticeKind::from_name(&kind)
+                .ok_or_else(|| corrupt(format!("meldb_rejections: notice kind {kind:?}")))?;
             out.push(Rejection {
+                kind,
                 authority: site(authority)?,
                 seq: seq as u64,
                 writer: site(writer)?,
@@ -385,8 +477,8 @@ pub(super) fn store_notices(
         new += conn
             .prepare_cached(
                 "INSERT OR IGNORE INTO meldb_rejections \
-                 (authority, seq, writer, tbl, key, reason, rejected, at_ms) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                 (authority, seq, writer, tbl, key, reason, rejected, at_ms, kind) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?
             .execute(params![
                 n.authority.as_bytes().as_slice(),
@@ -397,6 +489,7 @@ pub(super) fn store_notices(
                 n.reason,
                 n.rejected,
                 n.at_ms as i64,
+                n.kind.name(),
             ])?;
     }
     Ok(new)
@@ -434,6 +527,12 @@ fn read_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<ConflictRecord>
             .map(Some)
             .ok_or_else(|| corrupt(format!("entry {id}: {what} row")))
     };
+    let meta = |i: usize| -> Result<Option<WriteMetadata>> {
+        text(i)?
+            .map(WriteMetadata::new)
+            .transpose()
+            .map_err(|e| corrupt(format!("entry {id}: metadata: {e}")))
+    };
     let key: String = r.get(3)?;
     let outcome: String = r.get(8)?;
     let writer: String = r.get(11)?;
@@ -458,6 +557,8 @@ fn read_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<ConflictRecord>
                 .map(SiteId::from_bytes)
                 .map_err(|_| corrupt(format!("entry {id}: writer site")))?,
             open: r.get::<_, i64>(13)? != 0,
+            local_metadata: meta(14)?,
+            incoming_metadata: meta(15)?,
         })
     })();
     Ok(record)

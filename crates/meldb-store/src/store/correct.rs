@@ -106,6 +106,7 @@ pub(super) fn write_correction(
         hlc: merged.hlc,
         writer: merged.writer,
         columns: vec![None; width],
+        meta: None,
     };
     let (mut state, ops) = match target {
         None if merged.is_live() => (fresh(merged.cl + 1), Vec::new()),

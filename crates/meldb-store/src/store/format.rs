@@ -5,8 +5,9 @@
 //! internal tables, the packed row metadata and undo images
 //! (`codec::stored`) and the digest input (`codec::digest`). The rule:
 //!
-//! - this build writes [`FORMAT`] and opens it and the version before it
-//!   ([`OLDEST_FORMAT`]);
+//! - this build writes [`FORMAT`] and opens it and the versions before it
+//!   down to [`OLDEST_FORMAT`], upgrading step by step (format 3 still
+//!   opens format 1, whose step is small and tested by the fixtures);
 //! - a database of the older version is upgraded on open: first a copy of
 //!   the file is kept beside it (`<file>.format-<n>.backup`, written by
 //!   `VACUUM INTO`, a consistent copy even while the file is in WAL mode),
@@ -24,6 +25,14 @@
 //!   belongs to. The step from 1 keeps every old row, with a NULL token
 //!   (claimed by the first token that pushes as that site), so no
 //!   mutation already run runs again.
+//! - 3: per-write metadata and notice kinds. A row's packed metadata may
+//!   end with its latest write's metadata (`codec::stored`; a blob without
+//!   it reads as before, so no row is rewritten); the conflict log keeps
+//!   each version's metadata (`meldb_conflicts.local_meta`,
+//!   `incoming_meta`); queued mutations keep theirs (`meldb_pending.meta`);
+//!   received notices keep their kind (`meldb_rejections.kind`, `rejected`
+//!   for every notice received before). The step from 2 adds the columns
+//!   and keeps every row.
 //!
 //! The machinery is also tested with synthetic steps of its own (see the
 //! tests below).
@@ -33,7 +42,7 @@ use rusqlite::{Connection, OptionalExtension};
 use std::path::PathBuf;
 
 /// The database format this build writes.
-pub(super) const FORMAT: i64 = 2;
+pub(super) const FORMAT: i64 = 3;
 /// The oldest database format this build opens (and upgrades).
 pub(super) const OLDEST_FORMAT: i64 = 1;
 
@@ -53,7 +62,7 @@ pub(super) struct Rules {
 pub(super) const CURRENT: Rules = Rules {
     newest: FORMAT,
     oldest: OLDEST_FORMAT,
-    steps: &[upgrade_1_to_2],
+    steps: &[upgrade_1_to_2, upgrade_2_to_3],
 };
 
 /// Format 1 to 2: mutation state by (token, site), and site bindings.
@@ -63,10 +72,37 @@ fn upgrade_1_to_2(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
+/// Format 2 to 3: the columns of per-write metadata and notice kinds. A
+/// table the database never had is left to its `CREATE TABLE IF NOT
+/// EXISTS`, which runs after the steps with every column.
+fn upgrade_2_to_3(conn: &Connection) -> Result<()> {
+    for (table, column, decl) in [
+        ("meldb_conflicts", "local_meta", "TEXT"),
+        ("meldb_conflicts", "incoming_meta", "TEXT"),
+        (
+            "meldb_rejections",
+            "kind",
+            "TEXT NOT NULL DEFAULT 'rejected'",
+        ),
+        ("meldb_pending", "meta", "TEXT"),
+    ] {
+        let (exists, has): (bool, bool) = conn.query_row(
+            "SELECT (SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?1), \
+                    (SELECT count(*) > 0 FROM pragma_table_info(?1) WHERE name = ?2)",
+            [table, column],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        if exists && !has {
+            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}"))?;
+        }
+    }
+    Ok(())
+}
+
 // Checked when the crate compiles: a step for every format this build
-// upgrades, and at most one format back.
+// upgrades.
 const _: () = assert!(CURRENT.steps.len() as i64 == CURRENT.newest - CURRENT.oldest);
-const _: () = assert!(CURRENT.oldest == CURRENT.newest || CURRENT.oldest == CURRENT.newest - 1);
+const _: () = assert!(CURRENT.oldest >= 1 && CURRENT.oldest <= CURRENT.newest);
 
 /// An upgrade decided before the opening transaction begins.
 #[derive(Debug)]
@@ -529,6 +565,7 @@ mod tests {
                     id,
                     name: "unknown".into(),
                     args: "null".into(),
+                    meta: None,
                 })
                 .collect(),
         };

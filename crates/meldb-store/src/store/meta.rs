@@ -269,6 +269,7 @@ impl Store {
                     subscribers: Vec::new(),
                     writer: crate::resolve::Writer::default(),
                     stamps: Vec::new(),
+                    conflict_retention: super::conflicts::ConflictRetention::KEEP_ALL,
                 })
             }
             Err(e) => {

@@ -34,6 +34,7 @@ pub use apply::{ApplyReport, HeldChange};
 pub use backup::BackupReport;
 pub use bindings::SiteBinding;
 pub use stamp::{RuleViolation, StampContext};
+pub use conflicts::ConflictRetention;
 pub use write::Transaction;
 
 use crate::clock::{Clock, Hlc, SiteId, SystemTimeSource, TimeSource};
@@ -240,6 +241,8 @@ pub struct Store {
     /// The authority's stamps on accepted changes, by table, in
     /// registration order (`Store::add_stamp`).
     stamps: Vec<(String, stamp::Stamp)>,
+    /// How long the conflict log keeps closed records.
+    conflict_retention: conflicts::ConflictRetention,
 }
 
 /// In-memory state a rolled-back transaction or savepoint restores.
@@ -356,6 +359,23 @@ impl Store {
     /// when SQLite failed (the transaction is rolled back either way).
     pub fn write<T>(&mut self, f: impl FnOnce(&mut Transaction<'_>) -> Result<T>) -> Result<T> {
         let mut tx = self.transaction()?;
+        let out = f(&mut tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// [`Store::write`] with every write carrying `meta`
+    /// ([`Transaction::set_metadata`]: client-asserted app metadata, at most
+    /// 1 KiB). Metadata over the bound is
+    /// [`WriteError::MetadataTooLarge`](crate::error::WriteError) and
+    /// nothing is written.
+    pub fn write_with<T>(
+        &mut self,
+        meta: impl Into<String>,
+        f: impl FnOnce(&mut Transaction<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let mut tx = self.transaction()?;
+        tx.set_metadata(meta)?;
         let out = f(&mut tx)?;
         tx.commit()?;
         Ok(out)

@@ -153,6 +153,41 @@ impl Store {
     /// made; [`Error::Storage`](crate::Error::Storage). Nothing is written
     /// or queued on any of them.
     pub fn mutate<A: Serialize>(&mut self, name: &str, args: &A) -> Result<u64> {
+        self.mutate_queued(name, args, None)
+    }
+
+    /// [`Store::mutate`] with client-asserted app metadata (at most 1 KiB,
+    /// usually JSON): the mutator's writes carry it, it is queued with the
+    /// call and pushed with it, and while the authority runs the mutation
+    /// `Transaction::metadata` returns it. It never changes the `Writer`
+    /// the authority runs it as.
+    ///
+    /// # Errors
+    ///
+    /// As [`Store::mutate`]; metadata over the bound is
+    /// [`WriteError::MetadataTooLarge`](crate::error::WriteError) and
+    /// nothing is run or queued.
+    pub fn mutate_with<A: Serialize>(
+        &mut self,
+        name: &str,
+        args: &A,
+        meta: impl Into<String>,
+    ) -> Result<u64> {
+        let meta = crate::resolve::WriteMetadata::new(meta).map_err(|e| {
+            crate::error::WriteError::MetadataTooLarge {
+                len: e.len,
+                limit: e.limit,
+            }
+        })?;
+        self.mutate_queued(name, args, Some(meta))
+    }
+
+    fn mutate_queued<A: Serialize>(
+        &mut self,
+        name: &str,
+        args: &A,
+        meta: Option<crate::resolve::WriteMetadata>,
+    ) -> Result<u64> {
         let mutator = self.mutator(name)?;
         let json = serde_json::to_value(args).map_err(|e| MutationError::BadArguments {
             name: name.to_owned(),
@@ -161,8 +196,10 @@ impl Store {
         let queue = self.queues_mutations();
         let mut tx = self.transaction()?;
         tx.speculative = queue;
+        tx.meta = meta.clone();
         let outcome = run(&mutator, &mut tx, &json);
         tx.speculative = false;
+        tx.meta = None;
         match outcome {
             Ok(()) => {}
             Err(MutatorError::Failed(error)) => {
@@ -176,8 +213,13 @@ impl Store {
         }
         let now = tx.store.clock.now_ms() as i64;
         tx.store.conn.execute(
-            "INSERT INTO meldb_pending (name, args, at_ms) VALUES (?1, ?2, ?3)",
-            params![name, json.to_string(), now],
+            "INSERT INTO meldb_pending (name, args, at_ms, meta) VALUES (?1, ?2, ?3, ?4)",
+            params![
+                name,
+                json.to_string(),
+                now,
+                meta.as_ref().map(|m| m.as_str())
+            ],
         )?;
         let id = tx.store.conn.last_insert_rowid();
         if !queue {
@@ -194,15 +236,31 @@ impl Store {
     pub fn pending_mutations(&self) -> Result<Vec<PendingMutation>> {
         let mut stmt = self
             .conn
-            .prepare_cached("SELECT id, name, args FROM meldb_pending ORDER BY id")?;
+            .prepare_cached("SELECT id, name, args, meta FROM meldb_pending ORDER BY id")?;
         let rows = stmt.query_map([], |r| {
-            Ok(PendingMutation {
-                id: r.get::<_, i64>(0)? as u64,
-                name: r.get(1)?,
-                args: r.get(2)?,
-            })
+            Ok((
+                PendingMutation {
+                    id: r.get::<_, i64>(0)? as u64,
+                    name: r.get(1)?,
+                    args: r.get(2)?,
+                    meta: None,
+                },
+                r.get::<_, Option<String>>(3)?,
+            ))
         })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        let mut out = Vec::new();
+        for row in rows {
+            let (mut m, meta) = row?;
+            m.meta = meta
+                .map(crate::resolve::WriteMetadata::new)
+                .transpose()
+                .map_err(|e| crate::error::StorageError::Corrupt {
+                    what: "meldb_pending".into(),
+                    problem: format!("mutation {}: {e}", m.id),
+                })?;
+            out.push(m);
+        }
+        Ok(out)
     }
 
     /// What to send the authority: every pending mutation, in order.
@@ -551,6 +609,7 @@ fn run_pending(
     };
     let mut failure = None;
     tx.speculative = speculative;
+    tx.meta = m.meta.clone();
     // At the authority every row the mutation writes is judged.
     let judged = !speculative && tx.store.authority;
     tx.effects = judged.then(Vec::new);
@@ -576,6 +635,7 @@ fn run_pending(
     });
     tx.speculative = false;
     tx.effects = None;
+    tx.meta = None;
     match (ran, failure) {
         (Ok(()), _) => Ok(Ok(())),
         (Err(_), Some(error)) => Ok(Err(error)),

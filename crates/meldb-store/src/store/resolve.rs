@@ -324,6 +324,8 @@ impl Transaction<'_> {
             writer: change.writer,
             writer_site: change.incoming.writer,
             notice_seq,
+            local_meta: change.local.and_then(|s| s.meta.as_ref()),
+            incoming_meta: change.incoming.meta.as_ref(),
         })?;
         Ok(Some(decision.outcome))
     }

@@ -161,6 +161,7 @@ pub fn decode_state(
         hlc: meta.hlc,
         writer: meta.writer,
         columns: meta.columns,
+        meta: meta.meta,
     })
 }
 

@@ -265,6 +265,7 @@ fn a_held_row_that_no_longer_applies_is_dropped_not_wedging_apply() -> Result<()
                     hlc: Hlc::from_physical_ms(1_000_000 + 600_000),
                     writer: SiteId::from_bytes([9; 16]),
                     columns: vec![None; 4],
+                    meta: None,
                 },
                 covers: vec![],
             }],
@@ -325,6 +326,7 @@ fn a_stored_state_out_of_canonical_form_is_corrupt() -> Result<()> {
         hlc: meta.hlc,
         writer: meta.writer,
         columns: meta.columns,
+        meta: None,
     };
     let unseen = Dot { site, seq: 99 };
     state.columns[3] = Some(ColumnState::OrSet(OrSet::from_entries(vec![(

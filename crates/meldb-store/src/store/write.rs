@@ -12,7 +12,7 @@ use super::{Snapshot, Store};
 use crate::crdt::{ColumnState, Dot, Op, OpError, Stamp};
 use crate::error::{Error, Result, WriteError};
 use crate::merge::{fresh_state, RowState};
-use crate::resolve::Writer;
+use crate::resolve::{WriteMetadata, Writer};
 use crate::schema::{Kind, Policy, SqlType};
 use crate::value::{Key, Value};
 use meldb_core::engine::{self, Violation};
@@ -28,6 +28,9 @@ pub struct Transaction<'s> {
     /// Whether writes are a pending mutation's speculative effects (their
     /// rows' canonical before-images are kept; see `speculate`).
     pub(super) speculative: bool,
+    /// The metadata the next writes carry ([`Transaction::set_metadata`];
+    /// while a mutation runs, the mutation's).
+    pub(super) meta: Option<WriteMetadata>,
     /// Who is writing: the store's own writer ([`Store::set_writer`]), or,
     /// while the authority runs a pushed mutation, the pushing client's.
     pub(super) writer: Writer,
@@ -82,7 +85,43 @@ impl<'s> Transaction<'s> {
             speculative: false,
             writer,
             effects: None,
+            meta: None,
         })
+    }
+
+    /// Attaches app metadata to the writes after this call in this
+    /// transaction (each row written keeps it with its latest write, sync
+    /// carries it, the authority's resolvers read it as
+    /// [`Conflict::metadata`](crate::resolve::Conflict) and its conflict log
+    /// keeps it). At most [`WriteMetadata::MAX_BYTES`] bytes, usually JSON.
+    ///
+    /// It is **client-asserted**: it never changes who the writer is. The
+    /// `Writer` a resolver sees (user, roles) comes from whoever delivers
+    /// the change (the relay, from the token), whatever the metadata says.
+    ///
+    /// # Errors
+    ///
+    /// [`WriteError::MetadataTooLarge`] over the bound; nothing is changed.
+    pub fn set_metadata(&mut self, meta: impl Into<String>) -> Result<()> {
+        let meta = WriteMetadata::new(meta).map_err(|e| WriteError::MetadataTooLarge {
+            len: e.len,
+            limit: e.limit,
+        })?;
+        self.meta = Some(meta);
+        Ok(())
+    }
+
+    /// Writes after this call carry no metadata.
+    pub fn clear_metadata(&mut self) {
+        self.meta = None;
+    }
+
+    /// The metadata the next writes carry: what [`Transaction::set_metadata`]
+    /// set, or, while a pushed mutation runs at the authority (or queued on
+    /// a client), the metadata the mutation was queued with
+    /// (`Store::mutate_with`). Client-asserted, never identity.
+    pub fn metadata(&self) -> Option<&WriteMetadata> {
+        self.meta.as_ref()
     }
 
     /// Makes every write of the transaction durable and visible.
@@ -252,6 +291,7 @@ impl<'s> Transaction<'s> {
         ops: Vec<ColumnOp>,
     ) -> Result<()> {
         let speculative = self.speculative;
+        let meta = &self.meta;
         let store = &mut *self.store;
         let (index, layout) = store
             .tables
@@ -343,6 +383,7 @@ impl<'s> Transaction<'s> {
             state.clock.observe(dot);
             state.hlc = hlc;
             state.writer = dot.site;
+            state.meta = meta.clone();
             if let (true, Some((rid, _))) = (speculative, &previous) {
                 super::speculate::capture(&store.conn, layout, *rid)?;
             }
