@@ -33,8 +33,8 @@ mod write;
 pub use apply::{ApplyReport, HeldChange};
 pub use backup::BackupReport;
 pub use bindings::SiteBinding;
-pub use stamp::{RuleViolation, StampContext};
 pub use conflicts::ConflictRetention;
+pub use stamp::{RuleViolation, StampContext};
 pub use write::Transaction;
 
 use crate::clock::{Clock, Hlc, SiteId, SystemTimeSource, TimeSource};
