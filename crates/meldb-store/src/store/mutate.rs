@@ -320,7 +320,7 @@ impl Store {
         push: &Push,
     ) -> Result<PushResult> {
         let mut tx = self.transaction()?;
-        tx.writer = writer.clone();
+        tx.writer = Some(writer.clone());
         let client = push.client.as_bytes().to_vec();
         claim_format_1_state(&tx.store.conn, token, &client)?;
         let mut last = last_processed(&tx.store.conn, token, &client)?;
@@ -650,7 +650,7 @@ fn run_pending(
 /// otherwise every decision is carried out.
 fn judge_effects(tx: &mut Transaction<'_>, mutation: &str) -> Result<Option<String>> {
     let effects = tx.effects.take().unwrap_or_default();
-    let writer = tx.writer.clone();
+    let writer = tx.writer().clone();
     for effect in &effects {
         let layout = tx.store.tables[effect.table].clone();
         let Some(after) =

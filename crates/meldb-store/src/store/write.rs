@@ -31,9 +31,10 @@ pub struct Transaction<'s> {
     /// The metadata the next writes carry ([`Transaction::set_metadata`];
     /// while a mutation runs, the mutation's).
     pub(super) meta: Option<WriteMetadata>,
-    /// Who is writing: the store's own writer ([`Store::set_writer`]), or,
-    /// while the authority runs a pushed mutation, the pushing client's.
-    pub(super) writer: Writer,
+    /// While the authority runs a pushed mutation, the pushing client's
+    /// writer; otherwise `None`, and the store's own ([`Store::set_writer`])
+    /// is the writer (not copied into every transaction).
+    pub(super) writer: Option<Writer>,
     /// While the authority runs a pushed mutation: every row it writes,
     /// with its state before the first write, so each effect can be judged
     /// as an incoming change (`mutate.rs`).
@@ -77,13 +78,12 @@ impl<'s> Transaction<'s> {
             return Err(e);
         }
         let undo = Some(store.snapshot());
-        let writer = store.writer.clone();
         Ok(Transaction {
             store,
             undo,
             poisoned: None,
             speculative: false,
-            writer,
+            writer: None,
             effects: None,
             meta: None,
         })
@@ -241,7 +241,7 @@ impl<'s> Transaction<'s> {
     /// own writer ([`Store::set_writer`], empty by default), which the
     /// application asserts for itself.
     pub fn writer(&self) -> &Writer {
-        &self.writer
+        self.writer.as_ref().unwrap_or(&self.store.writer)
     }
 
     /// Reads a live row's columns (in schema order) as this transaction sees it.
@@ -373,7 +373,7 @@ impl<'s> Transaction<'s> {
                 engine::check_local_write(
                     &layout.table,
                     store.authority,
-                    &self.writer,
+                    self.writer.as_ref().unwrap_or(&store.writer),
                     before.as_ref(),
                     after.as_ref(),
                     &written,
