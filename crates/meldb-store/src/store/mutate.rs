@@ -651,16 +651,24 @@ fn run_pending(
 fn judge_effects(tx: &mut Transaction<'_>, mutation: &str) -> Result<Option<String>> {
     let effects = tx.effects.take().unwrap_or_default();
     let writer = tx.writer().clone();
+    // One copy of a table's layout per run of its effects, not per row
+    // (deciding borrows the transaction mutably).
+    let mut layout: Option<TableLayout> = None;
     for effect in &effects {
-        let layout = tx.store.tables[effect.table].clone();
+        if layout.as_ref().map(|l| l.id) != Some(tx.store.tables[effect.table].id) {
+            layout = Some(tx.store.tables[effect.table].clone());
+        }
+        let Some(layout) = layout.as_ref() else {
+            continue;
+        };
+        if tx.store.mode(layout) != Mode::Authority {
+            continue; // leaderless tables: the merge decides, everywhere
+        }
         let Some(after) =
-            super::rows::load_by_key(&tx.store.conn, &layout, &tx.store.sites, &effect.key)?
+            super::rows::load_by_key(&tx.store.conn, layout, &tx.store.sites, &effect.key)?
         else {
             continue;
         };
-        if tx.store.mode(&layout) != Mode::Authority {
-            continue; // leaderless tables: the merge decides, everywhere
-        }
         if effect.before.as_ref() == Some(&after.state) {
             continue; // rolled back inside the mutation, or no change
         }
@@ -674,7 +682,7 @@ fn judge_effects(tx: &mut Transaction<'_>, mutation: &str) -> Result<Option<Stri
             writer: &writer,
             mutation: Some(mutation),
         };
-        let decided = tx.decide_incoming(&layout, &change)?;
+        let decided = tx.decide_incoming(layout, &change)?;
         if decided.decision.outcome == Outcome::Rejected {
             let reason = decided.decision.reason.clone().unwrap_or_else(|| {
                 format!(
@@ -690,7 +698,7 @@ fn judge_effects(tx: &mut Transaction<'_>, mutation: &str) -> Result<Option<Stri
             });
             return Ok(Some(reason));
         }
-        tx.carry_out(&layout, &change, decided)?;
+        tx.carry_out(layout, &change, decided)?;
     }
     Ok(None)
 }
