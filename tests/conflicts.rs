@@ -4,15 +4,15 @@
 
 mod common;
 
-use common::{assert_converged, query, query_one, site, sync, sync_all, view_rows, TestResult, T0};
+use common::{replica_as as open, tick};
+
+use common::{assert_converged, query, query_one, sync, sync_all, view_rows, TestResult, T0};
 use meldb::{
     Changeset, ConflictCount, DeferredShows, Error, Key, ManualTime, Outcome, Resolution,
-    ResolveError, Resolver, Row, Schema, Store, StoreOptions, Value, VersionVector, WriteError,
-    Writer,
+    ResolveError, Resolver, Row, Schema, Store, Value, VersionVector, WriteError, Writer,
 };
 use std::{
     collections::{BTreeMap, BTreeSet},
-    sync::Arc,
     time::Duration,
 };
 
@@ -21,14 +21,6 @@ fn schema(text: &str) -> Schema {
         Ok(s) => s,
         Err(e) => panic!("test schema must parse: {e}"),
     }
-}
-
-fn open(schema: &Schema, n: u8, time: &ManualTime, authority: bool) -> meldb::Result<Store> {
-    Ok(StoreOptions::new()
-        .site_id(site(n))
-        .time_source(Arc::new(time.clone()))
-        .authority(authority)
-        .open_in_memory(schema)?)
 }
 
 /// A client's sync with the authority: push its changes (as `writer`), then
@@ -72,10 +64,6 @@ fn text_of(store: &Store, table: &str, key: &str, column: &str) -> meldb::Result
 
 fn int_of(store: &Store, table: &str, key: &str, column: &str) -> meldb::Result<Option<i64>> {
     Ok(live(store, table, key)?.integer(column))
-}
-
-fn tick(time: &ManualTime) {
-    time.advance(Duration::from_millis(10));
 }
 
 const SEATS: &str = r#"

@@ -11,14 +11,14 @@
 
 mod common;
 
+use common::{replica_as as open, tick};
+
 use common::{site, TestResult, T0};
 use meldb::sync::{sync_once_tcp, Relay, RelayConfig, SessionConfig, SharedStore, Tokens};
 use meldb::{
     ManualTime, MutatorError, Outcome, Resolution, Resolver, Row, Schema, Store, StoreOptions,
     Writer,
 };
-use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::watch;
 
 const BOOKINGS: &str = r#"
@@ -311,14 +311,6 @@ async fn a_mutator_sees_the_tokens_writer_not_the_clients_claim() -> TestResult 
 // ---------------------------------------------------------------------------
 // Without a network: the authority and clients synced directly.
 
-fn open(schema: &Schema, n: u8, time: &ManualTime, authority: bool) -> meldb::Result<Store> {
-    Ok(StoreOptions::new()
-        .site_id(site(n))
-        .time_source(Arc::new(time.clone()))
-        .authority(authority)
-        .open_in_memory(schema)?)
-}
-
 /// A client's sync with the authority: push its changes and mutations (as
 /// `writer`), then pull what it lacks with its notices.
 fn sync_with(authority: &mut Store, client: &mut Store, writer: &Writer) -> meldb::Result<()> {
@@ -329,10 +321,6 @@ fn sync_with(authority: &mut Store, client: &mut Store, writer: &Writer) -> meld
     let pull = authority.pull_for(client.site_id(), &vv, first)?;
     client.apply_pull(&pull)?;
     Ok(())
-}
-
-fn tick(time: &ManualTime) {
-    time.advance(Duration::from_millis(10));
 }
 
 fn text(store: &Store, table: &str, key: &str, column: &str) -> meldb::Result<Option<String>> {

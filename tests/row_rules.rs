@@ -11,11 +11,12 @@
 
 mod common;
 
-use common::{assert_converged, site, TestResult, T0};
+use common::{replica_as as open, tick};
+
+use common::{assert_converged, TestResult, T0};
 use meldb::{
     Error, ManualTime, Outcome, Row, Schema, Store, StoreOptions, Value, WriteError, Writer,
 };
-use std::{sync::Arc, time::Duration};
 
 const SHOP: &str = r#"
 name = "shop"
@@ -108,14 +109,6 @@ struct Shop {
     bob: Store,
 }
 
-fn open(schema: &Schema, n: u8, time: &ManualTime, authority: bool) -> meldb::Result<Store> {
-    Ok(StoreOptions::new()
-        .site_id(site(n))
-        .time_source(Arc::new(time.clone()))
-        .authority(authority)
-        .open_in_memory(schema)?)
-}
-
 /// The authority stamps who changed an order and when.
 fn stamp(server: &mut Store) -> meldb::Result<()> {
     server.add_stamp("orders", "updated", |c| {
@@ -171,10 +164,6 @@ fn live(store: &Store, table: &str, key: &str) -> meldb::Result<Row> {
         .get(table, key)?
         .map(Row::from)
         .unwrap_or_else(|| panic!("{table} row {key} must be live")))
-}
-
-fn tick(time: &ManualTime) {
-    time.advance(Duration::from_millis(10));
 }
 
 fn order(id: &str) -> Vec<(&str, Value)> {

@@ -52,10 +52,26 @@ pub fn site(n: u8) -> SiteId {
 
 /// An in-memory replica with site id `site(n)` reading time from `time`.
 pub fn replica(schema: &Schema, n: u8, time: &ManualTime) -> meldb::Result<Store> {
+    replica_as(schema, n, time, false)
+}
+
+/// [`replica`], the authority for tables that have one when `authority`.
+pub fn replica_as(
+    schema: &Schema,
+    n: u8,
+    time: &ManualTime,
+    authority: bool,
+) -> meldb::Result<Store> {
     Ok(StoreOptions::new()
         .site_id(site(n))
         .time_source(Arc::new(time.clone()))
+        .authority(authority)
         .open_in_memory(schema)?)
+}
+
+/// Moves a manual clock on by 10 ms, so the next write is later.
+pub fn tick(time: &ManualTime) {
+    time.advance(std::time::Duration::from_millis(10));
 }
 
 /// Runs a query with plain SQL and returns every row.
