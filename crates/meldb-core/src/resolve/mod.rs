@@ -25,4 +25,4 @@ mod row;
 pub use metadata::{MetadataTooLarge, WriteMetadata};
 pub use outcome::Outcome;
 pub use resolver::{Conflict, Mode, ReadView, Resolution, Resolver, Trigger, Version, Writer};
-pub use row::{value_from_json, value_to_json, Row};
+pub use row::{value_from_json, value_to_json, values_to_json_text, Row};

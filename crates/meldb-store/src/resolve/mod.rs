@@ -30,7 +30,7 @@
 
 mod record;
 
-pub(crate) use meldb_core::resolve::{value_from_json, value_to_json};
+pub(crate) use meldb_core::resolve::{value_from_json, values_to_json_text};
 pub use meldb_core::resolve::{
     MetadataTooLarge, Mode, Outcome, ReadView, Resolution, Row, Trigger, Version, WriteMetadata,
     Writer,

@@ -248,6 +248,11 @@ impl Transaction<'_> {
             })?;
         let every_change = store.checks_every_change(&layout);
         let mut report = ApplyReport::default();
+        // Whether the previous row of this table was already here: rows of
+        // one batch tend to be all new (a catch-up) or all known (an
+        // exchange after both sides edited), so the next row is probed the
+        // way that fitted the last one.
+        let mut expect_known = false;
         for row in &changes.rows {
             let invalid = |problem: String| ApplyError::InvalidRow {
                 origin,
@@ -279,7 +284,8 @@ impl Transaction<'_> {
                 });
                 continue;
             }
-            let merge = store.write_or_merge(&layout, &row.key, &state, invalid)?;
+            let merge = store.write_or_merge(&layout, &row.key, &state, expect_known, invalid)?;
+            expect_known = merge.local.is_some();
             match merge.causality {
                 Causality::Duplicate => report.already_seen += 1,
                 Causality::FastForward => report.fast_forward += 1,
@@ -357,22 +363,37 @@ impl Store {
 
     /// Writes an admitted row: as new if the key is free, else merged with
     /// the local state (`merge_row` classifies; a duplicate writes nothing).
+    ///
+    /// `expect_known` says how to probe: `false` tries the row as new first
+    /// (a replica catching up mostly receives rows it lacks, and the insert
+    /// probes the key anyway), `true` reads the local row first (a failed
+    /// insert costs an encoded state and a statement rolled back).
     fn write_or_merge(
         &mut self,
         layout: &TableLayout,
         key: &[Value],
         state: &RowState,
+        expect_known: bool,
         invalid: impl Fn(String) -> ApplyError,
     ) -> Result<Merged> {
-        // Try the row as new first: a replica catching up mostly
-        // receives rows it lacks, and the insert probes the key anyway.
         let mut causality = Causality::FastForward;
         let mut local = None;
         let mut merged = None;
-        let mut outcome = rows::write_row(&self.conn, layout, &mut self.sites, key, None, state);
+        let known = if expect_known {
+            rows::load_by_key(&self.conn, layout, &self.sites, key)?
+        } else {
+            None
+        };
+        let mut outcome = match known {
+            Some(_) => Err(RowWriteError::KeyExists),
+            None => rows::write_row(&self.conn, layout, &mut self.sites, key, None, state),
+        };
         if let Err(RowWriteError::KeyExists) = outcome {
-            let existing = rows::load_by_key(&self.conn, layout, &self.sites, key)?
-                .ok_or_else(|| invalid("key collides with a row that cannot be read".into()))?;
+            let existing = match known {
+                Some(existing) => existing,
+                None => rows::load_by_key(&self.conn, layout, &self.sites, key)?
+                    .ok_or_else(|| invalid("key collides with a row that cannot be read".into()))?,
+            };
             let (kind, state) = merge_row(Some(&existing.state), state, &layout.rules);
             causality = kind;
             outcome = if kind == Causality::Duplicate {

@@ -14,7 +14,7 @@ use super::correct::{row_of, target_values, write_correction};
 use super::Store;
 use crate::clock::SiteId;
 use crate::error::{ResolveError, Result, StorageError, WriteError};
-use crate::resolve::{value_from_json, value_to_json};
+use crate::resolve::{value_from_json, values_to_json_text};
 use crate::resolve::{
     ConflictCount, ConflictRecord, Mode, NoticeKind, Outcome, Rejection, Row, WriteMetadata, Writer,
 };
@@ -95,7 +95,7 @@ const SELECT: &str = "SELECT id, at_ms, tbl, key, local, incoming, merged, resul
 
 impl Store {
     pub(super) fn log_conflict(&self, e: &LogEntry<'_>) -> Result<()> {
-        let json = |row: Option<&Row>| row.map(|r| r.to_json().to_string());
+        let json = |row: Option<&Row>| row.map(Row::to_json_text);
         let writer = serde_json::to_string(e.writer).unwrap_or_else(|_| "{}".into());
         self.conn
             .prepare_cached(
@@ -504,7 +504,7 @@ fn corrupt(problem: String) -> crate::Error {
 }
 
 fn key_json(key: &[Value]) -> String {
-    Json::Array(key.iter().map(value_to_json).collect()).to_string()
+    values_to_json_text(key)
 }
 
 fn key_from_json(text: &str) -> Option<Vec<Value>> {
