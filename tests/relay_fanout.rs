@@ -258,9 +258,10 @@ async fn a_peer_that_is_not_live_is_never_pushed_to() -> TestResult {
         namespace: None,
     }))
     .await?;
+    let have = me.lock().version_vector();
     conn.send(&Message::Want(Want {
         id: 1,
-        have: me.lock().version_vector(),
+        have,
         first_pending: None,
     }))
     .await?;
@@ -296,9 +297,10 @@ async fn a_peer_that_is_not_live_is_never_pushed_to() -> TestResult {
     // Time for the relay to have handled the change in every session.
     tokio::time::sleep(Duration::from_millis(300)).await;
     // Asked again, the rows come in the answer, and only there.
+    let have = me.lock().version_vector();
     conn.send(&Message::Want(Want {
         id: 2,
-        have: me.lock().version_vector(),
+        have,
         first_pending: None,
     }))
     .await?;
@@ -371,9 +373,10 @@ async fn a_slow_client_is_told_and_catches_up_later_while_others_go_on() -> Test
         namespace: None,
     }))
     .await?;
+    let have = slow_store.lock().version_vector();
     slow.send(&Message::Want(Want {
         id: 1,
-        have: slow_store.lock().version_vector(),
+        have,
         first_pending: None,
     }))
     .await?;
