@@ -90,6 +90,37 @@ impl Batcher {
         self.out
     }
 
+    /// Takes the next page of a streamed read and hands back the batches
+    /// it completed; the rows of a batch not yet full stay
+    /// ([`Batcher::held_rows`]) until more pages or
+    /// [`Batcher::finish_streamed`]. Unlike [`Batcher::push_page`], no
+    /// table is held open to its end: each batch drops the columns none of
+    /// its own rows uses, so what is held is at most one batch.
+    pub(crate) fn push_page_streamed(&mut self, page: Changeset) -> Vec<Changeset> {
+        debug_assert!(
+            self.open.is_none(),
+            "a streamed batcher holds no table open"
+        );
+        for table in page.tables {
+            self.cut(table);
+        }
+        let mut done = std::mem::take(&mut self.out);
+        done.iter_mut().for_each(drop_unused);
+        done
+    }
+
+    /// The last batch of a streamed read, if it has rows.
+    pub(crate) fn finish_streamed(self) -> Option<Changeset> {
+        let mut last = self.finish().pop()?;
+        drop_unused(&mut last);
+        Some(last)
+    }
+
+    /// Rows cut but not yet handed out in a batch.
+    pub(crate) fn held_rows(&self) -> usize {
+        self.rows + self.open.as_ref().map_or(0, |t| t.rows.len())
+    }
+
     fn push_complete(&mut self, mut table: TableChanges) {
         table.drop_unused_columns();
         self.cut(table);
@@ -116,6 +147,13 @@ impl Batcher {
             self.bytes += size;
         }
     }
+}
+
+fn drop_unused(batch: &mut Changeset) {
+    batch
+        .tables
+        .iter_mut()
+        .for_each(TableChanges::drop_unused_columns);
 }
 
 /// Adds every dot range the rows of `changes` cover to `vv`.

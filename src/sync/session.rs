@@ -13,7 +13,20 @@
 //! Each side that accepts changes from the other sends a [`Want`] with its
 //! version vector; the answer is `changes_since(that vector)` cut into
 //! bounded batches, at most `window` of them unacknowledged at a time, then
-//! [`Sent`]. Each batch is applied in one transaction and acknowledged only
+//! [`Sent`].
+//!
+//! An answer is streamed, not held: it is read from the replica a page
+//! (`batch_rows` rows) at a time, against the `Want`'s version vector,
+//! only while fewer than `window` of its batches wait to be sent; each
+//! acknowledgement ([`Session::receive`]) reads on. So a session never
+//! holds more than about `(window + 1) × batch_rows` rows of an answer
+//! (reported as [`SyncStats::max_rows_held`]), whatever the peer lacks.
+//! Pages are read from the replica's state at the time: a write ahead of
+//! the cursor is in a later page; one behind it is read by the live read
+//! put off until the answer is out (below), or, outside live mode, asked
+//! for by the peer's next `Want`. (The authority's answer to a `Want`
+//! with pending mutations, [`Replica::pull_for`], is still read in one
+//! step and held whole.) Each batch is applied in one transaction and acknowledged only
 //! after it committed, so an acknowledged batch is durable. A side with
 //! every batch of its answer says [`Message::Caught`]; one that misses a
 //! batch (a lossy network) asks again with its current version vector.
@@ -36,7 +49,16 @@
 //! In live mode the session stays open after catching up: the owner calls
 //! [`Session::local_changed`] when the store changes and the session pushes
 //! what the peer does not have yet (it tracks what the peer has: its `Want`
-//! plus everything sent or received since).
+//! plus everything sent or received since). Only a peer that is itself
+//! live (its hello's `live`) is pushed to; one that said it is not gets
+//! nothing it did not ask for. A session is *caught up with the live
+//! stream* while no answer is being streamed to it and no batch waits for
+//! its window: only then is a change read for it. Otherwise the read is
+//! put off and made once, from what the peer is known to have, when the
+//! answer or the waiting batches are out; a read of more than the lag
+//! bound ([`SessionConfig::max_lag_batches`]) closes the session with a
+//! `Busy` notice, and the peer's next session resyncs from its version
+//! vector, streamed as above.
 
 use super::batch::{add_covers, approx_changeset_bytes, batches, Batcher};
 use super::error::SyncError;
@@ -259,6 +281,12 @@ pub struct SyncStats {
     /// Pushed mutations the authority ran (as the authority: mutations run
     /// for the peer, refused ones included).
     pub mutations_processed: u64,
+    /// The most rows of outgoing batches this session held at once
+    /// (queued to send, or cut and not yet queued): what an answer to a
+    /// `Want` costs in memory. A streamed answer holds at most about
+    /// `(window + 1) × batch_rows` (see [`Session`]'s module docs); live
+    /// batches for a slow peer add up to the lag bound.
+    pub max_rows_held: u64,
     /// Mutations dropped from the local queue because the authority
     /// processed them (their effects arrived as canonical changes).
     pub mutations_acknowledged: u64,
@@ -306,6 +334,17 @@ enum Outgoing {
     },
 }
 
+/// An answer to a `Want` still being read from the replica, a page at a
+/// time, as the window makes room (see [`Session::read_answer`]).
+struct Answer {
+    want: u64,
+    /// What the asker said it has: every page is read against it.
+    have: VersionVector,
+    /// Where the next page starts; `None` before the first.
+    next: Option<ChangeCursor>,
+    cut: Batcher,
+}
+
 struct InFlight {
     rows: u64,
     covers: VersionVector,
@@ -336,6 +375,8 @@ pub struct Session {
     /// What the peer's latest `Want` said it has.
     peer_had: Option<VersionVector>,
     answering: Option<(u64, Option<u64>)>,
+    /// The answer being streamed, if its last page is not read yet.
+    answer: Option<Answer>,
     peer_caught: bool,
     acknowledged: VersionVector,
     // Receiving: what we lack.
@@ -408,6 +449,7 @@ impl Session {
             peer_has: None,
             peer_had: None,
             answering: None,
+            answer: None,
             peer_caught: false,
             acknowledged: VersionVector::new(),
             want_id: 0,
@@ -492,6 +534,7 @@ impl Session {
             && (!self.we_want() || self.caught)
             && (!self.peer_wants() || self.peer_caught)
             && self.queue.is_empty()
+            && self.answer.is_none()
             && self.in_flight.is_empty()
             && self.out.is_empty()
             && !self.push_open
@@ -502,7 +545,7 @@ impl Session {
     /// sent, and none waits now: the owner calls
     /// [`Session::local_changed`] again.
     pub fn has_deferred_changes(&self) -> bool {
-        self.deferred && self.phase == Phase::Open && !self.batch_waiting()
+        self.deferred && self.phase == Phase::Open && !self.batch_waiting() && self.answer.is_none()
     }
 
     fn batch_waiting(&self) -> bool {
@@ -590,7 +633,12 @@ impl Session {
         if self.phase == Phase::Closed {
             return Ok(());
         }
-        let result = self.handle(store, message);
+        let mut result = self.handle(store, message);
+        // An acknowledgement makes room in the window: the answer being
+        // streamed reads on.
+        if result.is_ok() && self.answer.is_some() {
+            result = self.read_answer(store);
+        }
         if let Err(e) = &result {
             self.fail(e);
         }
@@ -601,6 +649,7 @@ impl Session {
     pub fn close(&mut self, code: NoticeCode, message: impl Into<String>) {
         if self.phase != Phase::Closed {
             self.queue.clear();
+            self.answer = None;
             self.out.push_back(Message::Notice(Notice {
                 code,
                 message: message.into(),
@@ -614,6 +663,7 @@ impl Session {
             self.close(code, error.to_string());
         } else {
             self.queue.clear();
+            self.answer = None;
             self.phase = Phase::Closed;
         }
     }
@@ -815,10 +865,17 @@ impl Session {
     fn on_want(&mut self, store: &(impl Replica + ?Sized), want: Want) -> Result<(), SyncError> {
         // A newer Want supersedes whatever of an older answer is unsent.
         self.queue.clear();
+        self.answer = None;
+        self.peer_had = Some(want.have.clone());
+        self.peer_has = Some(want.have.clone());
+        self.answering = Some((want.id, None));
+        self.peer_caught = false;
         let authority = self.authority;
         let token = self.identity.as_ref().map_or("", Identity::token);
-        let (answer, mutations) = match (want.first_pending, &self.peer) {
+        match (want.first_pending, &self.peer) {
             (Some(first), Some(peer)) if authority => {
+                // The authority's answer comes with its word on the
+                // asker's mutations, read in one step: held whole.
                 let mut pull = store.pull_for(token, peer.site, &want.have, first)?;
                 if !self.may_read_rejections_of(peer.site) {
                     pull.notices.clear();
@@ -836,30 +893,99 @@ impl Session {
                     self.config.batch_rows,
                     self.config.batch_bytes,
                 );
-                (answer, Some(processed))
+                self.queue_batches(answer, Some(want.id));
+                self.queue.push_back(Outgoing::Sent {
+                    want: want.id,
+                    mutations: Some(processed),
+                });
+                self.note_held(0);
+                Ok(())
             }
             _ => {
                 self.queue_rejections(store, &want.have)?;
-                (read_batches(store, &want.have, &self.config)?, None)
+                let cut = Batcher::new(
+                    store.site_id(),
+                    self.config.batch_rows,
+                    self.config.batch_bytes,
+                );
+                self.answer = Some(Answer {
+                    want: want.id,
+                    have: want.have,
+                    next: None,
+                    cut,
+                });
+                self.read_answer(store)
             }
-        };
-        self.peer_had = Some(want.have.clone());
-        let mut peer_has = want.have;
-        for changes in answer {
-            add_covers(&mut peer_has, &changes);
-            self.queue.push_back(Outgoing::Batch {
-                changes,
-                want: Some(want.id),
+        }
+    }
+
+    /// Reads the answer being streamed on, a page at a time, until
+    /// `window` of its batches wait to be sent or its last page is read
+    /// (then its `Sent` is queued). What is held is bounded by the window
+    /// and a page, never the whole answer: the rest stays in the replica
+    /// until acknowledgements make room.
+    fn read_answer(&mut self, store: &(impl Replica + ?Sized)) -> Result<(), SyncError> {
+        let limit = self.config.batch_rows.max(1);
+        while let Some(mut answer) = self.answer.take() {
+            if self.queued_batches() >= self.config.window.max(1) {
+                self.answer = Some(answer);
+                return Ok(());
+            }
+            let page = store.changes_since(&answer.have, answer.next.as_ref(), limit)?;
+            let next = page.next;
+            // One that does not move on would read the same pages forever.
+            if let (Some(cursor), Some(from)) = (next, answer.next) {
+                if cursor <= from {
+                    return Err(SyncError::StalledPages { cursor });
+                }
+            }
+            let done = answer.cut.push_page_streamed(page.changes);
+            self.note_held(answer.cut.held_rows() + done.iter().map(Changeset::len).sum::<usize>());
+            self.queue_batches(done, Some(answer.want));
+            if next.is_some() {
+                answer.next = next;
+                self.answer = Some(answer);
+                continue;
+            }
+            let want = answer.want;
+            self.queue_batches(answer.cut.finish_streamed(), Some(want));
+            self.queue.push_back(Outgoing::Sent {
+                want,
+                mutations: None,
             });
         }
-        self.queue.push_back(Outgoing::Sent {
-            want: want.id,
-            mutations,
-        });
-        self.peer_has = Some(peer_has);
-        self.answering = Some((want.id, None));
-        self.peer_caught = false;
         Ok(())
+    }
+
+    /// Queues batches for sending, counting their covers as the peer's.
+    fn queue_batches(&mut self, batches: impl IntoIterator<Item = Changeset>, want: Option<u64>) {
+        for changes in batches {
+            if let Some(peer_has) = &mut self.peer_has {
+                add_covers(peer_has, &changes);
+            }
+            self.queue.push_back(Outgoing::Batch { changes, want });
+        }
+    }
+
+    fn queued_batches(&self) -> usize {
+        self.queue
+            .iter()
+            .filter(|queued| matches!(queued, Outgoing::Batch { .. }))
+            .count()
+    }
+
+    /// Records what is held now: the queued batches' rows and `more`
+    /// (rows cut, not yet queued).
+    fn note_held(&mut self, more: usize) {
+        let queued: usize = self
+            .queue
+            .iter()
+            .map(|queued| match queued {
+                Outgoing::Batch { changes, .. } => changes.len(),
+                _ => 0,
+            })
+            .sum();
+        self.stats.max_rows_held = self.stats.max_rows_held.max((queued + more) as u64);
     }
 
     fn on_batch(
@@ -1030,7 +1156,16 @@ impl Session {
         if self.push_pending(store)? {
             self.want_again(store)?;
         }
-        if self.batch_waiting() {
+        // A peer that said it is not live gets no unasked batches: it
+        // asks (a `Want`) when it wants more.
+        if !self.peer.as_ref().is_some_and(|p| p.live) {
+            return Ok(());
+        }
+        // While an answer is streamed, or batches wait for the window,
+        // the read is put off: the answer's later pages carry what was
+        // written ahead of its cursor, and the read after it what was
+        // written behind.
+        if self.batch_waiting() || self.answer.is_some() {
             self.deferred = true;
             return Ok(());
         }
@@ -1045,16 +1180,8 @@ impl Session {
         let before = peer_has.clone();
         self.check_lag(&answer)?;
         self.queue_rejections(store, &before)?;
-        let Some(peer_has) = &mut self.peer_has else {
-            return Ok(());
-        };
-        for changes in answer {
-            add_covers(peer_has, &changes);
-            self.queue.push_back(Outgoing::Batch {
-                changes,
-                want: None,
-            });
-        }
+        self.queue_batches(answer, None);
+        self.note_held(0);
         Ok(())
     }
 }

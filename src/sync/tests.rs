@@ -861,3 +861,55 @@ async fn the_status_counts_queued_mutations_until_the_authority_settles_them() -
     assert!(rx.borrow().is_settled());
     Ok(())
 }
+
+#[test]
+fn an_answer_is_streamed_a_page_at_a_time_within_the_window() -> TestResult {
+    let (mut sa, mut sb) = (store(1)?, store(2)?);
+    insert(&mut sb, 0..100)?;
+    // A write between the pages (behind and ahead of the cursor) is
+    // carried too: ahead by a later page, behind by the put-off live read.
+    let config = SessionConfig::default().batch_rows(3).window(2).live(true);
+    let mut a = Session::initiator(&sa, config.clone());
+    let mut b = Session::responder(&sb, config, allow_all());
+    for _ in 0..3 {
+        let (m, n) = (a.poll_message(), b.poll_message());
+        if let Some(m) = m {
+            b.receive(&mut sb, m)?;
+        }
+        if let Some(n) = n {
+            a.receive(&mut sa, n)?;
+        }
+    }
+    sb.write(|tx| tx.increment("item", "k0", "stock", 5))?;
+    insert(&mut sb, 200..201)?;
+    b.local_changed(&sb)?;
+    pump(&mut a, &mut sa, &mut b, &mut sb)?;
+    if b.has_deferred_changes() {
+        b.local_changed(&sb)?;
+        pump(&mut a, &mut sa, &mut b, &mut sb)?;
+    }
+    assert!(a.is_caught_up() && b.is_caught_up());
+    assert_eq!(sa.digest()?, sb.digest()?);
+    let held = b.stats().max_rows_held;
+    assert!(
+        held > 0 && held <= 9,
+        "held {held} rows, bound (window + 1) × 3"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_peer_that_is_not_live_gets_no_unasked_batches() -> TestResult {
+    let (mut sa, mut sb) = (store(1)?, store(2)?);
+    let mut a = Session::initiator(&sa, SessionConfig::default());
+    let mut b = Session::responder(&sb, SessionConfig::default().live(true), allow_all());
+    pump(&mut a, &mut sa, &mut b, &mut sb)?;
+    assert!(!b.peer().is_some_and(|p| p.live));
+    insert(&mut sb, 0..2)?;
+    b.local_changed(&sb)?;
+    assert!(
+        b.poll_message().is_none(),
+        "nothing pushed to a one-shot peer"
+    );
+    Ok(())
+}
