@@ -34,7 +34,8 @@ fn check_report(output: &Output) -> TestResult {
     };
     let convergence = line("convergence:")?;
     assert!(convergence.starts_with("convergence: ok"), "{text}");
-    assert!(convergence.contains("1 distinct digests"), "{text}");
+    assert!(convergence.contains(" 0 still behind"), "{text}");
+    assert!(convergence.contains(" 1 distinct digests"), "{text}");
     assert!(line("arrived:")?.contains(" 0 not arrived"), "{text}");
     assert!(line("writes:")?.contains(" of 60 planned"), "{text}");
     Ok(())
