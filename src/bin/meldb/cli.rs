@@ -189,6 +189,22 @@ Needs no arguments; stores are in memory unless --dir is given."
         long_about = "Copy a meldb database to a new file with SQLite's online backup, while other processes (a running `meldb relay`) keep reading and writing it: --db FILE, or a relay's namespace with --data-dir DIR --namespace NAME (the file DIR/NAME.db). The copy is one snapshot of everything committed when it began. It is written to a hidden temporary file beside --to, checked (SQLite's integrity check, meldb's format), synced to disk and only then given its name, so a crash never leaves a half backup under that name; an existing --to is never overwritten. Needs no schema. Prints what was copied. The backup keeps the source's site id: restore it in place of the original (stop the relay, copy the file back); to use it beside the original, run `meldb rotate-site-id` on it first."
     )]
     Backup(BackupArgs),
+
+    /// Load-test a relay: N clients writing on shared keys, latency, CPU, memory, convergence.
+    #[command(
+        long_about = "Load-test a relay over real TCP sockets. --clients in-memory replicas stay \
+connected (continuous sync) and write on --keys shared rows of a fixed table (lww sets, \
+pn_counter increments, or_set adds) at fixed times drawn from --seed, --rate writes/s in total \
+(or --rate-per-client) for --duration; --idle more connections only authenticate and wait. \
+Without --url the relay runs in this process on 127.0.0.1 (a file database in the temporary \
+directory, removed after); with --url it is yours, started with the bench's schema \
+(--print-schema) and a read-write --token (--relay-pid PID adds its CPU time and peak RSS). \
+Prints write-to-arrival latency at every other client (p50, p90, p99, max), writes/s achieved, \
+relay CPU time and peak RSS, relay bytes per write, and what had not arrived --deadline after \
+the last write; then checks convergence (equal digests, counter sums and set contents as issued) \
+and exits 1 if it failed. Speed is reported, never judged."
+    )]
+    BenchRelay(BenchRelayArgs),
 }
 
 #[derive(Debug, Args)]
@@ -694,6 +710,58 @@ pub struct InfoArgs {
     /// Print only the version vector as JSON (same as `meldb vv`).
     #[arg(long)]
     pub vv_only: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchRelayArgs {
+    /// Writing clients, each its own connection and replica.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub clients: usize,
+
+    /// Writes per second, all clients together.
+    #[arg(long, value_name = "WRITES", default_value_t = 200.0)]
+    pub rate: f64,
+
+    /// Writes per second of each client (instead of --rate).
+    #[arg(long, value_name = "WRITES")]
+    pub rate_per_client: Option<f64>,
+
+    /// How long the clients write.
+    #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = parse_duration)]
+    pub duration: Duration,
+
+    /// How long after the last write arrivals are awaited (and the setup
+    /// may take); what has not arrived then is reported.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub deadline: Duration,
+
+    /// Rows the clients share (fewer: more conflicts).
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub keys: usize,
+
+    /// Seed of the schedule: which client writes what, when.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+
+    /// Idle connections: authenticated, then silent.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub idle: usize,
+
+    /// A relay to test (tcp://HOST:PORT, ...) instead of one in this process.
+    #[arg(long, value_name = "URL")]
+    pub url: Option<String>,
+
+    /// The read-write token every client of --url presents.
+    #[arg(long, value_name = "TOKEN", requires = "url")]
+    pub token: Option<String>,
+
+    /// The --url relay's process id, for its CPU time and peak RSS (/proc).
+    #[arg(long, value_name = "PID", requires = "url")]
+    pub relay_pid: Option<u32>,
+
+    /// Print the bench's schema (for `meldb relay --schema`) and exit.
+    #[arg(long)]
+    pub print_schema: bool,
 }
 
 #[derive(Debug, Args)]

@@ -81,6 +81,10 @@ pub enum CliError {
     #[error(transparent)]
     Backup(Box<meldb::BackupError>),
 
+    /// `meldb bench-relay` could not run, or its replicas did not converge.
+    #[error("bench-relay: {0}")]
+    Bench(String),
+
     #[error("no database at {} (create it with `meldb init`)", path.display())]
     NoDatabase { path: PathBuf },
 

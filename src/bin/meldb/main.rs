@@ -9,6 +9,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 mod backup;
+mod bench;
 mod cli;
 mod commands;
 mod config;
@@ -17,6 +18,7 @@ mod demo;
 mod error;
 mod net;
 mod output;
+mod probe;
 mod sync;
 mod token;
 mod values;
@@ -72,6 +74,7 @@ fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
         Command::Token(cli::TokenCommand::Add(a)) => token::add(a, out),
         Command::Token(cli::TokenCommand::Remove(a)) => token::remove(a, out),
         Command::Backup(a) => backup::backup(a, out),
+        Command::BenchRelay(a) => bench::run(a, out),
     }
 }
 
@@ -108,7 +111,9 @@ fn db_args(command: &Command) -> Option<(&'static str, &DbArgs)> {
         Command::Serve(a) => ("serve", &a.db),
         Command::Sync(a) => ("sync", &a.db),
         Command::Conflicts(a) => ("conflicts", &a.db),
-        Command::Demo(_) | Command::Token(_) | Command::Backup(_) => return None,
+        Command::Demo(_) | Command::Token(_) | Command::Backup(_) | Command::BenchRelay(_) => {
+            return None
+        }
     })
 }
 

@@ -1,0 +1,997 @@
+//! `meldb bench-relay`: a load benchmark of a relay over real sockets.
+//!
+//! N clients (in-memory replicas, each a `ContinuousSync` over TCP) write
+//! on a shared key space of one fixed table ([`SCHEMA`]: an lww text, a
+//! `pn_counter`, an `or_set`) at fixed times drawn from a seeded RNG, so
+//! two runs with the same arguments issue the same writes at the same
+//! offsets. The relay runs in this process on 127.0.0.1 (its own tokio
+//! runtime, threads named `meldb-relay`, so its CPU time is read apart
+//! from the clients'), or is any relay given by `--url` (started with
+//! this schema: `--print-schema`). Idle connections are a lighter client:
+//! a hello with a token and a `Want`, then silence.
+//!
+//! Measured: write-to-arrival latency at every other client (a write's
+//! dots, read from the writer's version vector, arrived when an
+//! observer's version vector covers them, checked on the replica's change
+//! signal and every 50 ms), writes/s achieved, relay CPU time, peak RSS,
+//! relay bytes per write (`RelayMetrics`, in-process only).
+//!
+//! Invariant: the run is bounded in time. Writing stops at `--duration`;
+//! arrivals are awaited until `--deadline` after that, then whatever has
+//! not arrived is counted and reported, never waited for. Convergence
+//! (equal digests across the replicas and the in-process relay, every
+//! counter's sum equal to the increments issued, every set equal to the
+//! adds issued) is checked at the end and is the only failure: speed is
+//! reported, never judged.
+
+use crate::cli::BenchRelayArgs;
+use crate::error::{CliError, Result};
+use crate::probe;
+use meldb::sync::message::{Hello, Want};
+use meldb::sync::{
+    Backoff, Connector, ContinuousSync, Grant, Message, PeerUrl, Relay, RelayConfig, RelayMetrics,
+    SessionConfig, SharedStore, SyncHandle, SyncState, Tokens,
+};
+use meldb::{Durability, Schema, SiteId, Store, StoreOptions, Value, VersionVector};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// The bench's one table. A relay given by `--url` must serve it.
+pub const SCHEMA: &str = r#"name = "bench_relay"
+version = 1
+
+[[table]]
+name = "item"
+primary_key = ["id"]
+
+[[table.column]]
+name = "id"
+type = "text"
+
+[[table.column]]
+name = "v"
+type = "text"
+
+[[table.column]]
+name = "n"
+type = "integer"
+kind = "pn_counter"
+
+[[table.column]]
+name = "tags"
+type = "text"
+kind = "or_set"
+"#;
+
+/// Thread-name prefix of the in-process relay's runtime.
+const RELAY_THREADS: &str = "meldb-relay";
+
+/// How often an observer looks at its version vector without a signal.
+const POLL: Duration = Duration::from_millis(50);
+
+/// splitmix64: the schedule's only source of randomness.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// What one write does to its row (besides setting `v`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    /// `v` only.
+    Set,
+    /// `v`, and `n` += amount.
+    Increment(i64),
+    /// `v`, and a tag unique to this write added to `tags`.
+    Add,
+}
+
+/// One scheduled write.
+#[derive(Debug, Clone, Copy)]
+struct Planned {
+    /// From the start of the writing window.
+    at: Duration,
+    key: usize,
+    op: Op,
+}
+
+/// Every client's writes, in time order: client `i` writes every
+/// `clients / rate` seconds from a seeded offset, key and op seeded too.
+fn schedule(
+    clients: usize,
+    per_client: f64,
+    duration: Duration,
+    keys: usize,
+    seed: u64,
+) -> Vec<Vec<Planned>> {
+    let mut rng = Rng(seed);
+    let period = 1.0 / per_client;
+    (0..clients)
+        .map(|_| {
+            let mut at = rng.unit() * period;
+            let mut plan = Vec::new();
+            while at < duration.as_secs_f64() {
+                let key = (rng.next() % keys as u64) as usize;
+                let op = match rng.next() % 3 {
+                    0 => Op::Set,
+                    1 => Op::Increment((rng.next() % 9) as i64 - 3),
+                    _ => Op::Add,
+                };
+                plan.push(Planned {
+                    at: Duration::from_secs_f64(at),
+                    key,
+                    op,
+                });
+                at += period;
+            }
+            plan
+        })
+        .collect()
+}
+
+/// A write done: whose, which dots, when.
+#[derive(Debug, Clone, Copy)]
+struct Done {
+    client: usize,
+    site: SiteId,
+    first: u64,
+    last: u64,
+    at: Instant,
+}
+
+/// What every client shares: the log of writes done, in completion order.
+#[derive(Default)]
+struct Log {
+    writes: Mutex<Vec<Done>>,
+}
+
+impl Log {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Done>> {
+        self.writes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// One observer's result.
+#[derive(Default)]
+struct Seen {
+    /// Write-to-arrival latencies, µs.
+    latencies: Vec<u64>,
+    /// Writes of others not arrived when it stopped.
+    missing: u64,
+}
+
+fn key_name(prefix: &str, key: usize) -> String {
+    format!("{prefix}-{key:05}")
+}
+
+fn tag_name(client: usize, seq: usize) -> String {
+    format!("c{client}-w{seq}")
+}
+
+fn own_last(store: &SharedStore, site: &SiteId) -> u64 {
+    store
+        .lock()
+        .version_vector()
+        .site(site)
+        .map_or(0, |r| r.max())
+}
+
+fn covered(vv: &VersionVector, d: &Done) -> bool {
+    vv.site(&d.site)
+        .is_some_and(|r| r.contains_all(d.first, d.last))
+}
+
+/// A client's writer: its planned writes at their times, each one
+/// transaction; logs the dots each took. Returns what it did.
+async fn writer(
+    client: usize,
+    store: SharedStore,
+    plan: Vec<Planned>,
+    prefix: Arc<str>,
+    start: tokio::time::Instant,
+    log: Arc<Log>,
+    late: Arc<std::sync::atomic::AtomicBool>,
+) -> Result<Vec<Planned>> {
+    let site = store.lock().site_id();
+    let mut done = Vec::with_capacity(plan.len());
+    for (seq, p) in plan.into_iter().enumerate() {
+        tokio::time::sleep_until(start + p.at).await;
+        if late.load(Ordering::Relaxed) {
+            // Past the deadline: what is done stays done, the rest is
+            // not written (and not expected anywhere).
+            break;
+        }
+        let store2 = store.clone();
+        let key = key_name(&prefix, p.key);
+        let at = Instant::now();
+        let (first, last) = tokio::task::spawn_blocking(move || -> Result<(u64, u64)> {
+            let first = own_last(&store2, &site) + 1;
+            store2.write(|tx| {
+                tx.set("item", key.as_str(), "v", format!("c{client}-w{seq}"))?;
+                match p.op {
+                    Op::Set => {}
+                    Op::Increment(n) => tx.increment("item", key.as_str(), "n", n)?,
+                    Op::Add => {
+                        tx.add_to_set("item", key.as_str(), "tags", &tag_name(client, seq))?
+                    }
+                }
+                Ok(())
+            })?;
+            Ok((first, own_last(&store2, &site)))
+        })
+        .await
+        .map_err(|e| CliError::Bench(format!("client {client}'s writer: {e}")))??;
+        log.lock().push(Done {
+            client,
+            site,
+            first,
+            last,
+            at,
+        });
+        done.push(p);
+    }
+    Ok(done)
+}
+
+/// A client's observer: on each change signal (or every [`POLL`]), which
+/// logged writes of others its replica now covers, until `stop`.
+async fn observer(
+    client: usize,
+    store: SharedStore,
+    log: Arc<Log>,
+    mut stop: watch::Receiver<bool>,
+) -> Seen {
+    let mut changed = store.subscribe();
+    let mut next = 0;
+    let mut pending: Vec<Done> = Vec::new();
+    let mut seen = Seen::default();
+    loop {
+        let stopping = *stop.borrow();
+        {
+            let log = log.lock();
+            pending.extend(log[next..].iter().filter(|d| d.client != client));
+            next = log.len();
+        }
+        if !pending.is_empty() {
+            let vv = store.lock().version_vector();
+            let now = Instant::now();
+            pending.retain(|d| {
+                if covered(&vv, d) {
+                    seen.latencies
+                        .push(now.duration_since(d.at).as_micros() as u64);
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+        if stopping {
+            seen.missing = pending.len() as u64;
+            return seen;
+        }
+        tokio::select! {
+            _ = changed.changed() => {}
+            _ = tokio::time::sleep(POLL) => {}
+            _ = stop.changed() => {}
+        }
+    }
+}
+
+/// An idle connection: hello with a token, one `Want` (it lacks
+/// nothing it will ask for again), then it reads and drops whatever
+/// comes until `stop`. Counts itself in `authenticated` once the relay's
+/// hello arrives. Every idle connection of a run says it is `site`: they
+/// never write, so they take one of the token's sites, not one each.
+async fn idle_client(
+    url: PeerUrl,
+    site: SiteId,
+    token: Option<String>,
+    authenticated: Arc<AtomicU64>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let Ok(mut conn) = Connector::new().connect(&url).await else {
+        return;
+    };
+    let hello = Hello {
+        site,
+        schema: "bench_relay".to_string(),
+        schema_version: 1,
+        token,
+        accepts_changes: false,
+        live: true,
+        authority: false,
+        namespace: None,
+    };
+    if conn.send(&Message::Hello(hello)).await.is_err() {
+        return;
+    }
+    let mut counted = false;
+    loop {
+        tokio::select! {
+            got = conn.recv() => match got {
+                Some(Ok(Message::Hello(_))) if !counted => {
+                    counted = true;
+                    authenticated.fetch_add(1, Ordering::Relaxed);
+                    let want = Want { id: 1, have: VersionVector::new(), first_pending: None };
+                    if conn.send(&Message::Want(want)).await.is_err() {
+                        break;
+                    }
+                }
+                Some(Ok(_)) => {}
+                _ => break,
+            },
+            _ = stop.changed() => break,
+        }
+    }
+    if counted && !*stop.borrow() {
+        authenticated.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// `p`-th percentile (0..=100) of sorted µs, as ms.
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)] as f64 / 1000.0
+}
+
+/// A named counter from the relay's Prometheus text.
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// The in-process relay, on its own runtime.
+struct LocalRelay {
+    runtime: tokio::runtime::Runtime,
+    store: SharedStore,
+    metrics: Arc<RelayMetrics>,
+    stop: watch::Sender<bool>,
+    url: PeerUrl,
+    path: PathBuf,
+}
+
+fn secret(client: usize) -> String {
+    format!("bench-relay-secret-{client}")
+}
+
+const IDLE_SECRET: &str = "bench-relay-idle-secret";
+
+fn start_relay(schema: &Schema, clients: usize, idle: usize) -> Result<LocalRelay> {
+    let path = std::env::temp_dir().join(format!("meldb-bench-relay-{}.db", std::process::id()));
+    remove_db(&path);
+    let store = StoreOptions::new()
+        .durability(Durability::Full)
+        .open(&path, schema)
+        .map_err(|e| CliError::Bench(format!("{}: {e}", path.display())))?;
+    let store = SharedStore::new(store);
+    let mut tokens = Tokens::new();
+    for client in 0..clients {
+        tokens.add(
+            format!("bench-{client}"),
+            &secret(client),
+            Grant::read_write(),
+        );
+    }
+    tokens.add("bench-idle", IDLE_SECRET, Grant::read_write());
+    let metrics = Arc::new(RelayMetrics::new());
+    let config = RelayConfig::default()
+        .tokens(tokens)
+        .max_connections(clients + idle + 64)
+        .max_connections_per_token(idle.max(1) + 16)
+        .max_unauthenticated(idle + clients + 64, idle + clients + 64)
+        .handshake_timeout(Duration::from_secs(120))
+        .idle(Duration::from_secs(3600))
+        .quiet_timeout(None)
+        .write_rate(None)
+        .namespace_quota(None)
+        .metrics(Arc::clone(&metrics));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name(RELAY_THREADS)
+        // Blocking threads that end take their CPU time with them.
+        .thread_keep_alive(Duration::from_secs(24 * 3600))
+        .enable_all()
+        .build()?;
+    let relay = runtime.block_on(Relay::bind(store.clone(), "127.0.0.1:0", config))?;
+    let addr = relay.local_addr()?;
+    let url: PeerUrl = format!("tcp://{addr}")
+        .parse()
+        .map_err(meldb::sync::SyncError::from)?;
+    let (stop, shutdown) = watch::channel(false);
+    runtime.spawn(async move {
+        if let Err(e) = relay.run(shutdown).await {
+            eprintln!("bench-relay: the relay stopped: {e}");
+        }
+    });
+    Ok(LocalRelay {
+        runtime,
+        store,
+        metrics,
+        stop,
+        url,
+        path,
+    })
+}
+
+fn remove_db(path: &std::path::Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        let _ = std::fs::remove_file(PathBuf::from(p));
+    }
+}
+
+/// Waits until every client's status is idle (caught up) or `limit`.
+async fn all_idle(
+    statuses: &mut [watch::Receiver<meldb::sync::SyncStatus>],
+    limit: Instant,
+) -> usize {
+    let mut ready = 0;
+    for status in statuses.iter_mut() {
+        loop {
+            if matches!(status.borrow().state, SyncState::Idle) {
+                ready += 1;
+                break;
+            }
+            let left = limit.saturating_duration_since(Instant::now());
+            if left.is_zero() || tokio::time::timeout(left, status.changed()).await.is_err() {
+                break;
+            }
+        }
+    }
+    ready
+}
+
+/// Whether every replica's version vector covers `target`, by `limit`.
+async fn all_cover(stores: &[SharedStore], target: &VersionVector, limit: Instant) -> bool {
+    loop {
+        if stores.iter().all(|s| target.le(&s.lock().version_vector())) {
+            return true;
+        }
+        if Instant::now() >= limit {
+            return false;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// The counters and sets every replica must hold: from the writes done.
+struct Expected {
+    sums: BTreeMap<String, i64>,
+    sets: BTreeMap<String, BTreeSet<String>>,
+}
+
+fn expected(prefix: &str, keys: usize, done: &[Vec<Planned>]) -> Expected {
+    let mut sums: BTreeMap<String, i64> = (0..keys).map(|k| (key_name(prefix, k), 0)).collect();
+    let mut sets: BTreeMap<String, BTreeSet<String>> = (0..keys)
+        .map(|k| (key_name(prefix, k), BTreeSet::new()))
+        .collect();
+    for (client, writes) in done.iter().enumerate() {
+        for (seq, p) in writes.iter().enumerate() {
+            let key = key_name(prefix, p.key);
+            match p.op {
+                Op::Set => {}
+                Op::Increment(n) => *sums.entry(key).or_default() += n,
+                Op::Add => {
+                    sets.entry(key).or_default().insert(tag_name(client, seq));
+                }
+            }
+        }
+    }
+    Expected { sums, sets }
+}
+
+/// What a replica disagrees with `want` on, if anything.
+fn check_values(store: &Store, prefix: &str, want: &Expected) -> Result<Option<String>> {
+    let mut stmt = store
+        .conn()
+        .prepare("SELECT id, n, tags FROM item WHERE id LIKE ?1 ORDER BY id")?;
+    let rows = stmt.query_map([format!("{prefix}-%")], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, Option<i64>>(1)?.unwrap_or(0),
+            r.get::<_, Option<String>>(2)?
+                .unwrap_or_else(|| "[]".to_string()),
+        ))
+    })?;
+    let mut seen = 0;
+    for row in rows {
+        let (id, n, tags) = row?;
+        seen += 1;
+        if want.sums.get(&id) != Some(&n) {
+            return Ok(Some(format!(
+                "{id}: n = {n}, issued {:?}",
+                want.sums.get(&id)
+            )));
+        }
+        let tags: BTreeSet<String> = serde_json::from_str(&tags)
+            .map_err(|e| CliError::Bench(format!("{id}: tags {tags:?}: {e}")))?;
+        if want.sets.get(&id) != Some(&tags) {
+            return Ok(Some(format!(
+                "{id}: {} tags, issued {}",
+                tags.len(),
+                want.sets.get(&id).map_or(0, |s| s.len())
+            )));
+        }
+    }
+    if seen != want.sums.len() {
+        return Ok(Some(format!("{seen} rows, expected {}", want.sums.len())));
+    }
+    Ok(None)
+}
+
+/// `meldb bench-relay`.
+pub fn run(args: &BenchRelayArgs, out: &mut dyn Write) -> Result<()> {
+    if args.print_schema {
+        write!(out, "{SCHEMA}")?;
+        return Ok(());
+    }
+    if args.clients == 0 && args.idle == 0 {
+        return Err(CliError::Bench(
+            "nothing to run: --clients and --idle are both 0".into(),
+        ));
+    }
+    if args.keys == 0 {
+        return Err(CliError::Bench("--keys must be at least 1".into()));
+    }
+    let per_client = match args.rate_per_client {
+        Some(r) => r,
+        None => args.rate / args.clients.max(1) as f64,
+    };
+    if args.clients > 0 && !(per_client.is_finite() && per_client > 0.0) {
+        return Err(CliError::Bench(format!(
+            "a write rate of {per_client} per client"
+        )));
+    }
+    let sockets = (args.clients + args.idle) as u64 * if args.url.is_some() { 1 } else { 2 };
+    if let Some(limit) = probe::open_files_limit() {
+        if sockets + 256 > limit {
+            return Err(CliError::Bench(format!(
+                "{sockets} sockets need more than this process's open-file limit of {limit}: raise it (ulimit -n), or run the relay as its own process and give --url"
+            )));
+        }
+    }
+    let schema = Schema::from_toml_str(SCHEMA, "bench-relay schema")?;
+    let local = match &args.url {
+        Some(_) => None,
+        None => Some(start_relay(&schema, args.clients, args.idle)?),
+    };
+    let url: PeerUrl = match (&args.url, &local) {
+        (Some(u), _) => u.parse().map_err(meldb::sync::SyncError::from)?,
+        (None, Some(l)) => l.url.clone(),
+        (None, None) => unreachable!("a local relay is started without --url"),
+    };
+    let token_of = |client: usize| match (&args.url, &args.token) {
+        (Some(_), t) => t.clone(),
+        (None, _) => Some(secret(client)),
+    };
+    let idle_token = match &args.url {
+        Some(_) => args.token.clone(),
+        None => Some(IDLE_SECRET.to_string()),
+    };
+    let clients_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("bench-client")
+        .enable_all()
+        .build()?;
+    let result = clients_rt.block_on(drive(
+        args,
+        &schema,
+        &url,
+        per_client,
+        token_of,
+        idle_token,
+        local.as_ref(),
+        out,
+    ));
+    if let Some(local) = local {
+        let _ = local.stop.send(true);
+        local.runtime.shutdown_timeout(Duration::from_secs(5));
+        drop(local.store);
+        remove_db(&local.path);
+    }
+    clients_rt.shutdown_timeout(Duration::from_secs(5));
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn drive(
+    args: &BenchRelayArgs,
+    schema: &Schema,
+    url: &PeerUrl,
+    per_client: f64,
+    token_of: impl Fn(usize) -> Option<String>,
+    idle_token: Option<String>,
+    local: Option<&LocalRelay>,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let began = Instant::now();
+    let setup_limit = began + args.deadline.max(Duration::from_secs(30));
+    writeln!(
+        out,
+        "bench-relay: {} clients, {:.1} writes/s per client ({:.1} in total), {:?} of writes on {} keys, seed {}, {} idle, relay {}",
+        args.clients,
+        per_client,
+        per_client * args.clients as f64,
+        args.duration,
+        args.keys,
+        args.seed,
+        args.idle,
+        if local.is_some() { format!("in-process at {url}") } else { url.to_string() },
+    )?;
+    out.flush()?;
+
+    // Idle connections first: they are what the relay holds while the
+    // writers run.
+    let (stop_idle, idle_stop) = watch::channel(false);
+    let authenticated = Arc::new(AtomicU64::new(0));
+    let mut idle_tasks = Vec::with_capacity(args.idle);
+    let mut idle_site = [0x1d; 16];
+    idle_site[..8].copy_from_slice(&args.seed.to_be_bytes());
+    let idle_site = SiteId::from_bytes(idle_site);
+    for _ in 0..args.idle {
+        idle_tasks.push(tokio::spawn(idle_client(
+            url.clone(),
+            idle_site,
+            idle_token.clone(),
+            Arc::clone(&authenticated),
+            idle_stop.clone(),
+        )));
+        if idle_tasks.len() % 256 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    while (authenticated.load(Ordering::Relaxed) as usize) < args.idle
+        && Instant::now() < setup_limit
+    {
+        tokio::time::sleep(POLL).await;
+    }
+    let idle_up = authenticated.load(Ordering::Relaxed);
+    if args.idle > 0 {
+        writeln!(
+            out,
+            "idle: {idle_up} of {} connections authenticated in {:.1} s; relay RSS {} (peak {})",
+            args.idle,
+            began.elapsed().as_secs_f64(),
+            probe::mib(probe::rss(args.relay_pid)),
+            probe::mib(probe::peak_rss(args.relay_pid)),
+        )?;
+        out.flush()?;
+    }
+
+    // The writing clients: connected and caught up before the clock starts.
+    let prefix: Arc<str> = format!(
+        "s{}-{}",
+        args.seed,
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis())
+    )
+    .into();
+    let mut stores = Vec::with_capacity(args.clients);
+    let mut handles: Vec<SyncHandle> = Vec::with_capacity(args.clients);
+    let mut statuses = Vec::with_capacity(args.clients);
+    for client in 0..args.clients {
+        let store = SharedStore::new(Store::open_in_memory(schema)?);
+        if client == 0 {
+            store.write(|tx| {
+                for k in 0..args.keys {
+                    tx.insert(
+                        "item",
+                        &[
+                            ("id", key_name(&prefix, k).into()),
+                            ("v", Value::Text(String::new())),
+                        ],
+                    )?;
+                }
+                Ok(())
+            })?;
+        }
+        let sync = ContinuousSync::new(store.clone(), url.clone())
+            .config(SessionConfig::default().token(token_of(client)))
+            .backoff(Backoff {
+                initial: Duration::from_millis(100),
+                max: Duration::from_secs(2),
+            })
+            .seed(args.seed.wrapping_add(client as u64));
+        statuses.push(sync.status());
+        handles.push(sync.spawn());
+        stores.push(store);
+        if client % 64 == 63 {
+            tokio::task::yield_now().await;
+        }
+    }
+    let ready = all_idle(&mut statuses, setup_limit).await;
+    let seeded = match stores.first() {
+        Some(first) => first.lock().version_vector(),
+        None => VersionVector::new(),
+    };
+    let keyed = all_cover(&stores, &seeded, setup_limit).await;
+    writeln!(
+        out,
+        "setup: {ready} of {} clients connected and caught up{} in {:.1} s",
+        args.clients,
+        if keyed {
+            ""
+        } else {
+            " (some lack the key rows)"
+        },
+        began.elapsed().as_secs_f64(),
+    )?;
+    out.flush()?;
+
+    // The writing window.
+    let plans = schedule(
+        args.clients,
+        per_client,
+        args.duration,
+        args.keys,
+        args.seed,
+    );
+    let planned: usize = plans.iter().map(Vec::len).sum();
+    let log = Arc::new(Log::default());
+    let (stop_obs, obs_stop) = watch::channel(false);
+    let observers: Vec<_> = stores
+        .iter()
+        .enumerate()
+        .map(|(i, s)| tokio::spawn(observer(i, s.clone(), Arc::clone(&log), obs_stop.clone())))
+        .collect();
+    let cpu0 = (
+        probe::threads_cpu(RELAY_THREADS),
+        probe::process_cpu(None),
+        probe::process_cpu(args.relay_pid),
+    );
+    let metrics0 = local.map(|l| l.metrics.render());
+    let late = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let start = tokio::time::Instant::now() + Duration::from_millis(200);
+    let t0 = Instant::now() + Duration::from_millis(200);
+    let writers: Vec<_> = plans
+        .into_iter()
+        .enumerate()
+        .map(|(i, plan)| {
+            tokio::spawn(writer(
+                i,
+                stores[i].clone(),
+                plan,
+                Arc::clone(&prefix),
+                start,
+                Arc::clone(&log),
+                Arc::clone(&late),
+            ))
+        })
+        .collect();
+    let write_limit = start + args.duration + args.deadline;
+    let mut done = Vec::with_capacity(writers.len());
+    let mut writer_error = None;
+    let mut cut_short = false;
+    for mut w in writers {
+        let joined = match tokio::time::timeout_at(write_limit, &mut w).await {
+            Ok(joined) => joined,
+            Err(_) => {
+                // Behind schedule at the deadline: stop after the write
+                // under way, keep what was written.
+                cut_short = true;
+                late.store(true, Ordering::Relaxed);
+                w.await
+            }
+        };
+        match joined {
+            Ok(Ok(d)) => done.push(d),
+            Ok(Err(e)) => {
+                writer_error.get_or_insert(e.to_string());
+                done.push(Vec::new());
+            }
+            Err(e) => {
+                writer_error.get_or_insert(e.to_string());
+                done.push(Vec::new());
+            }
+        }
+    }
+    let wrote = log.lock().clone();
+    let writes_end = wrote.iter().map(|d| d.at).max().unwrap_or(t0);
+    let window = writes_end
+        .saturating_duration_since(t0)
+        .max(Duration::from_millis(1));
+    // Arrivals: until everyone has everything logged, or the deadline.
+    let mut target = VersionVector::new();
+    for d in &wrote {
+        target.insert(d.site, d.first, d.last);
+    }
+    let arrival_limit = Instant::now().max(t0 + args.duration) + args.deadline;
+    let arrived_all = all_cover(&stores, &target, arrival_limit).await;
+    let drained = Instant::now();
+    let _ = stop_obs.send(true);
+    let cpu1 = (
+        probe::threads_cpu(RELAY_THREADS),
+        probe::process_cpu(None),
+        probe::process_cpu(args.relay_pid),
+    );
+    let metrics1 = local.map(|l| l.metrics.render());
+    let mut latencies = Vec::new();
+    let mut missing = 0u64;
+    for o in observers {
+        if let Ok(seen) = o.await {
+            latencies.extend(seen.latencies);
+            missing += seen.missing;
+        }
+    }
+    latencies.sort_unstable();
+    let deliveries = wrote.len() as u64 * args.clients.saturating_sub(1) as u64;
+
+    writeln!(
+        out,
+        "writes: {} of {planned} planned in {:.2} s = {:.1} writes/s{}{}",
+        wrote.len(),
+        window.as_secs_f64(),
+        wrote.len() as f64 / window.as_secs_f64(),
+        if cut_short {
+            " (behind schedule: the rest were not written by the deadline)"
+        } else {
+            ""
+        },
+        writer_error
+            .as_ref()
+            .map_or(String::new(), |e| format!(" (stopped: {e})")),
+    )?;
+    writeln!(
+        out,
+        "latency (write to arrival at each other client, {} arrivals): p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        latencies.len(),
+        percentile(&latencies, 50.0),
+        percentile(&latencies, 90.0),
+        percentile(&latencies, 99.0),
+        percentile(&latencies, 100.0),
+    )?;
+    writeln!(
+        out,
+        "arrived: {} of {deliveries} deliveries; {missing} not arrived {:.1} s after the last write{}",
+        latencies.len(),
+        drained.saturating_duration_since(writes_end).as_secs_f64(),
+        if arrived_all { "" } else { " (deadline reached)" },
+    )?;
+    let secs = |a: Option<Duration>, b: Option<Duration>| match (a, b) {
+        (Some(a), Some(b)) => format!("{:.2} s", b.saturating_sub(a).as_secs_f64()),
+        _ => "n/a".to_string(),
+    };
+    let relay_cpu = if local.is_some() {
+        format!(
+            "{} (threads {RELAY_THREADS}*, /proc/self/task)",
+            secs(cpu0.0, cpu1.0)
+        )
+    } else if args.relay_pid.is_some() {
+        format!("{} (/proc/PID/stat)", secs(cpu0.2, cpu1.2))
+    } else {
+        "n/a (give --relay-pid)".to_string()
+    };
+    writeln!(
+        out,
+        "cpu: relay {relay_cpu}; this process {} over {:.2} s of writing and draining",
+        secs(cpu0.1, cpu1.1),
+        drained.saturating_duration_since(t0).as_secs_f64(),
+    )?;
+    writeln!(
+        out,
+        "memory: {} peak RSS {} (VmHWM{})",
+        if local.is_some() {
+            "process (relay and clients)"
+        } else {
+            "relay"
+        },
+        probe::mib(probe::peak_rss(args.relay_pid)),
+        if local.is_some() || args.relay_pid.is_some() {
+            ""
+        } else {
+            " of this process: give --relay-pid"
+        },
+    )?;
+    if let (Some(m0), Some(m1)) = (&metrics0, &metrics1) {
+        let n = wrote.len().max(1) as f64;
+        let inb = metric(m1, "meldb_relay_bytes_received_total")
+            - metric(m0, "meldb_relay_bytes_received_total");
+        let outb =
+            metric(m1, "meldb_relay_bytes_sent_total") - metric(m0, "meldb_relay_bytes_sent_total");
+        writeln!(
+            out,
+            "relay bytes: {inb} in, {outb} out = {:.0} in and {:.0} out per write (RelayMetrics, frames included)",
+            inb as f64 / n,
+            outb as f64 / n,
+        )?;
+    }
+    out.flush()?;
+
+    // Convergence: wait for the relay's state too, then compare.
+    let mut all: Vec<SharedStore> = stores.clone();
+    if let Some(l) = local {
+        all.push(l.store.clone());
+    }
+    // Every logged write, and whatever else the relay holds: a replica
+    // (the relay too) lacking any of it is behind.
+    let mut full = target.clone();
+    if let Some(l) = local {
+        full.merge(&l.store.lock().version_vector());
+    }
+    let converged_vv = all_cover(&all, &full, Instant::now() + args.deadline).await;
+    let _ = stop_idle.send(true);
+    for h in handles {
+        let _ = h.stop().await;
+    }
+    for t in idle_tasks {
+        let _ = t.await;
+    }
+    // Replicas still behind at the deadline are slow, not wrong: they are
+    // counted, and the digests compared are those of the caught-up ones.
+    let mut digests = BTreeMap::<[u8; 32], usize>::new();
+    let mut behind = 0;
+    for s in &all {
+        let store = s.lock();
+        if full.le(&store.version_vector()) {
+            *digests.entry(store.digest()?).or_default() += 1;
+        } else {
+            behind += 1;
+        }
+    }
+    let want = expected(&prefix, args.keys, &done);
+    let mut problem = None;
+    // The relay (last) if it caught up, or the last client that did.
+    for store in all.iter().rev().filter(|_| args.clients > 0) {
+        let store = store.lock();
+        if full.le(&store.version_vector()) {
+            problem = check_values(&store, &prefix, &want)?;
+            break;
+        }
+    }
+    let sum: i64 = want.sums.values().sum();
+    let tags: usize = want.sets.values().map(BTreeSet::len).sum();
+    let ok = digests.len() <= 1
+        && (behind < all.len() || all.is_empty())
+        && problem.is_none()
+        && writer_error.is_none()
+        && (args.clients > 0 || idle_up as usize == args.idle);
+    writeln!(
+        out,
+        "convergence: {} ({} replicas{}, {behind} still behind at the deadline, {} distinct digests among the others; counters sum {sum} as issued: {}; sets hold {tags} tags as issued: {}{})",
+        if ok { "ok" } else { "FAILED" },
+        all.len(),
+        if local.is_some() { " with the relay" } else { "" },
+        digests.len(),
+        if problem.is_none() { "yes" } else { "no" },
+        if problem.is_none() { "yes" } else { "no" },
+        problem.as_ref().map_or(String::new(), |p| format!("; first difference: {p}")),
+    )?;
+    if !converged_vv {
+        writeln!(
+            out,
+            "convergence: some replicas still lacked changes at the deadline"
+        )?;
+    }
+    out.flush()?;
+    if ok {
+        Ok(())
+    } else {
+        Err(CliError::Bench("the replicas did not converge".into()))
+    }
+}
