@@ -127,7 +127,9 @@ pub mod testing;
 // moving between layers changes no application's imports.
 
 // Opening a database and writing to it.
-pub use store::{Durability, Store, StoreOptions, Transaction, DEFAULT_CACHE_KIB};
+pub use store::{
+    Durability, ReadPool, Reader, Store, StoreOptions, Transaction, DEFAULT_CACHE_KIB,
+};
 
 // Schemas.
 pub use schema::{

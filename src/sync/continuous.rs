@@ -154,11 +154,9 @@ impl SyncHandle {
     ///
     /// # Errors
     ///
-    /// [`SyncError::Io`] if the sync's task panicked.
+    /// [`SyncError::Panicked`] if the sync's task panicked.
     pub async fn stop(self) -> Result<Vec<SyncReport>, SyncError> {
         let _ = self.stop.send(true);
-        self.task
-            .await
-            .map_err(|e| SyncError::Io(std::io::Error::other(e)))
+        super::shared::joined("continuous sync", self.task.await)
     }
 }

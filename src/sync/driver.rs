@@ -20,7 +20,7 @@ use super::message::{Hello, Message, NoticeCode};
 use super::metrics::RelayMetrics;
 use super::replica::Replica;
 use super::session::{Access, PeerInfo, Session, SessionConfig, SyncStats};
-use super::shared::SharedReplica;
+use super::shared::{blocking, SharedReplica};
 use super::status::{SyncFailure, SyncStatus, Tracker};
 use super::transport::Connection;
 use super::wire::MAX_MESSAGE_PAYLOAD;
@@ -448,15 +448,11 @@ where
     T: Send + 'static,
 {
     let mut session = session.ok_or(SyncError::Closed { during: "sync" })?;
-    let store = store.clone();
-    tokio::task::spawn_blocking(move || {
-        store.with_replica(|st| {
-            let out = f(&mut session, st);
-            (session, out)
-        })
+    blocking(store, "sync", move |st| {
+        let out = f(&mut session, st);
+        (session, out)
     })
     .await
-    .map_err(|e| SyncError::Io(std::io::Error::other(e)))
 }
 
 /// Syncs once, both ways, over an open connection as the side that
@@ -510,7 +506,10 @@ pub async fn sync_once<H: SharedReplica>(
     conn: &mut Connection,
     config: SessionConfig,
 ) -> Result<SyncReport, SyncError> {
-    let session = store.with_replica(|r| Session::initiator(&*r, config.live(false)));
+    let session = blocking(store, "session start", move |r| {
+        Session::initiator(&*r, config.live(false))
+    })
+    .await?;
     let (_never, mut shutdown) = watch::channel(false);
     drive(
         store.clone(),
@@ -532,7 +531,10 @@ pub async fn accept_once<H: SharedReplica>(
     authorize: super::session::Authorize,
 ) -> Result<SyncReport, SyncError> {
     conn.set_accepting();
-    let session = store.with_replica(|r| Session::responder(&*r, config.live(false), authorize));
+    let session = blocking(store, "session start", move |r| {
+        Session::responder(&*r, config.live(false), authorize)
+    })
+    .await?;
     let (_never, mut shutdown) = watch::channel(false);
     drive(
         store.clone(),
@@ -623,9 +625,16 @@ where
     C: Future<Output = Result<Connection, SyncError>>,
 {
     let backoff = reconnect.backoff;
-    let seed = reconnect
-        .seed
-        .unwrap_or_else(|| seed_for(store.with_replica(|r| r.site_id())));
+    let seed = match reconnect.seed {
+        Some(seed) => seed,
+        // A replica that panics telling its site id still gets a seed: the
+        // clock's part of it.
+        None => seed_for(
+            blocking(&store, "site id", |r| r.site_id())
+                .await
+                .unwrap_or(crate::clock::SiteId::from_bytes([0; 16])),
+        ),
+    };
     let mut delays = Delays::new(backoff, seed);
     let mut tracker = Tracker::new(store.clone(), reconnect.status);
     let mut all = Vec::new();
@@ -635,19 +644,27 @@ where
         let ended = match connect().await {
             Ok(mut conn) => {
                 tracker.connected();
-                let session =
-                    store.with_replica(|r| Session::initiator(&*r, config.clone().live(true)));
+                let live = config.clone().live(true);
                 let started = Instant::now();
-                let drove = drive_observed(
-                    store.clone(),
-                    session,
-                    &mut conn,
-                    &options,
-                    &mut shutdown,
-                    &mut Fixed,
-                    &mut tracker,
-                )
-                .await;
+                let drove = match blocking(&store, "session start", move |r| {
+                    Session::initiator(&*r, live)
+                })
+                .await
+                {
+                    Ok(session) => {
+                        drive_observed(
+                            store.clone(),
+                            session,
+                            &mut conn,
+                            &options,
+                            &mut shutdown,
+                            &mut Fixed,
+                            &mut tracker,
+                        )
+                        .await
+                    }
+                    Err(e) => Err(e),
+                };
                 // A session that lasted was healthy: reconnect soon. One
                 // that failed at once keeps backing off, so a broken peer
                 // is not hammered.

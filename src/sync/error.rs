@@ -124,6 +124,16 @@ pub enum SyncError {
     /// handshake.
     #[error(transparent)]
     Transport(#[from] super::net::TransportError),
+    /// Work on the blocking pool (a store call, a replica's method, a
+    /// sync task) panicked. Nothing of a store call that panicked is kept:
+    /// each is one transaction, rolled back.
+    #[error("{task} panicked: {message}")]
+    Panicked {
+        /// What was running ("sync", "session start", "replica lookup").
+        task: &'static str,
+        /// The panic's message.
+        message: String,
+    },
     /// No message arrived within the configured idle time.
     #[error("no message from the peer for {seconds} s")]
     Timeout {
@@ -160,6 +170,7 @@ impl SyncError {
             | SyncError::Tokens { .. }
             | SyncError::StalledPages { .. }
             | SyncError::Timeout { .. }
+            | SyncError::Panicked { .. }
             | SyncError::Transport(_) => return None,
         })
     }

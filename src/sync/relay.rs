@@ -67,7 +67,7 @@ use super::metrics::{AuthFailure, Refusal, RelayMetrics};
 use super::provider::{Namespace, ReplicaProvider};
 use super::reload::{Held, Reloader, TokensCell};
 use super::session::{Authorize, Grant, Session, SessionConfig};
-use super::shared::{SharedReplica, SharedStore};
+use super::shared::{blocking, joined, SharedStore};
 use super::tokens::Tokens;
 use super::transport::Connection;
 use super::wire::MAX_MESSAGE_PAYLOAD;
@@ -507,8 +507,19 @@ async fn serve_one<P: ReplicaProvider>(
         }
     };
     // Never shown a Hello: ByGrant replaces it before the first arrives.
-    let session = greeter
-        .with_replica(|r| Session::responder(&*r, session_config.clone(), Arc::new(|_| None)));
+    let greeting = session_config.clone();
+    let session = match blocking(&greeter, "session start", move |r| {
+        Session::responder(&*r, greeting, Arc::new(|_| None))
+    })
+    .await
+    {
+        Ok(session) => session,
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "connection refused: the greeter failed");
+            refuse_with(conn, &e, config.write_timeout).await;
+            return;
+        }
+    };
     let mut rebind = ByGrant {
         provider,
         tokens: common.tokens.subscribe(),
@@ -655,8 +666,10 @@ impl<P: ReplicaProvider> Rebind<P::Replica> for ByGrant<P> {
         let decided: Authorize = Arc::new(move |_| grant.clone());
         let config = self.config.clone();
         let metrics = self.metrics.clone();
-        let session =
-            replica.with_replica(|r| Session::responder(&*r, config, decided).observed(metrics));
+        let session = blocking(&replica, "session start", move |r| {
+            Session::responder(&*r, config, decided).observed(metrics)
+        })
+        .await?;
         Ok(Some((replica, session)))
     }
 
@@ -688,9 +701,10 @@ async fn provide<P: ReplicaProvider>(
     namespace: Namespace,
 ) -> Result<P::Replica, SyncError> {
     let provider = Arc::clone(provider);
-    tokio::task::spawn_blocking(move || provider.replica(&namespace))
-        .await
-        .map_err(|e| SyncError::Io(std::io::Error::other(e)))?
+    joined(
+        "replica lookup",
+        tokio::task::spawn_blocking(move || provider.replica(&namespace)).await,
+    )?
 }
 
 /// Ends a connection no session was started for, with the notice `error`

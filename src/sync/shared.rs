@@ -1,32 +1,59 @@
 //! A store shared between the app and its sync tasks.
 //!
-//! [`Store`] is used from one thread at a time; sync runs as tokio tasks
-//! that each need it now and then. [`SharedStore`] holds it behind a mutex
-//! and carries a change signal: every write through
-//! [`SharedStore::write`], and every batch a sync session applies, wakes
-//! the live sessions so they push what their peers lack. Store calls from
-//! async code run on tokio's blocking pool, never on the async workers.
+//! [`SharedStore`] is a clonable, thread-safe handle on one replica: one
+//! writer (the [`Store`], behind a mutex) and a pool of read-only
+//! connections on the same database file ([`ReadPool`], up to
+//! [`DEFAULT_READERS`]). Writes through the handle
+//! ([`SharedStore::write`], [`SharedStore::apply`]) and every batch a sync
+//! session applies wake the live sessions (the change signal), so they push
+//! what their peers lack. Reads through the handle ([`SharedStore::read`],
+//! [`SharedStore::get`], [`SharedStore::digest`]) each see one committed
+//! snapshot and do not wait for the writer: a read while a sync applies a
+//! batch sees the state before that batch, never a part of it. In-memory
+//! stores have no pool: their reads go through the writer and wait for it.
+//!
+//! Invariant: no store call made from async code in `sync` runs on a tokio
+//! worker. The driver, the relay and the status tracker reach the store
+//! through [`blocking`] (or `spawn_blocking` directly), which runs it on
+//! tokio's blocking pool and reports a panic there as
+//! [`SyncError::Panicked`], not as an I/O error.
 //!
 //! What the driver and the relay need of such a handle, whatever replica
 //! it holds, is the [`SharedReplica`] trait; `SharedStore` implements it.
 
+use super::error::SyncError;
 use super::replica::Replica;
+use crate::changeset::Changeset;
 use crate::error::Result;
-use crate::store::{Store, Transaction};
+use crate::store::{ApplyReport, ReadPool, Reader, Store, Transaction};
+use crate::value::{Key, Value};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::watch;
 
-/// A [`Store`] behind a mutex, with a change signal. Clones share both.
+/// How many read-only connections [`SharedStore::new`] may open.
+pub const DEFAULT_READERS: usize = 4;
+
+/// A [`Store`] behind a mutex, readers beside it, and a change signal.
+/// Clones share all three.
 #[derive(Debug, Clone)]
 pub struct SharedStore {
     store: Arc<Mutex<Store>>,
+    readers: Option<Arc<ReadPool>>,
     changed: Arc<watch::Sender<u64>>,
 }
 
 impl SharedStore {
-    /// Shares `store`.
+    /// Shares `store`, with up to [`DEFAULT_READERS`] read-only
+    /// connections (none for an in-memory store).
     pub fn new(store: Store) -> SharedStore {
+        SharedStore::with_readers(store, DEFAULT_READERS)
+    }
+
+    /// Shares `store` with up to `readers` read-only connections, opened
+    /// when first needed; 0 serves every read through the writer.
+    pub fn with_readers(store: Store, readers: usize) -> SharedStore {
         SharedStore {
+            readers: store.read_pool(readers).map(Arc::new),
             store: Arc::new(Mutex::new(store)),
             changed: Arc::new(watch::channel(0).0),
         }
@@ -49,6 +76,47 @@ impl SharedStore {
         Ok(out)
     }
 
+    /// Applies a changeset (see [`Store::apply`]) and wakes the live sync
+    /// sessions.
+    pub fn apply(&self, changes: &Changeset) -> Result<ApplyReport> {
+        let report = self.lock().apply(changes)?;
+        self.notify_changed();
+        Ok(report)
+    }
+
+    /// Runs `f` over one committed snapshot, on a read-only connection: it
+    /// does not wait for a write or an apply in progress, and sees none of
+    /// it. (An in-memory store reads through the writer, after it.)
+    ///
+    /// # Errors
+    ///
+    /// What `f` returned, or [`Error::Storage`](crate::Error::Storage).
+    pub fn read<T>(&self, f: impl FnOnce(&Reader<'_>) -> Result<T>) -> Result<T> {
+        match &self.readers {
+            Some(pool) => pool.read(f),
+            None => f(&self.lock().reader()),
+        }
+    }
+
+    /// A live row's columns, as [`Store::get`] reads them, from a snapshot
+    /// (see [`SharedStore::read`]).
+    pub fn get(&self, table: &str, key: impl Into<Key>) -> Result<Option<Vec<(String, Value)>>> {
+        let key = key.into();
+        self.read(|r| r.get(table, key))
+    }
+
+    /// The digest ([`Store::digest`]) of a snapshot (see
+    /// [`SharedStore::read`]).
+    pub fn digest(&self) -> Result<[u8; 32]> {
+        self.read(|r| r.digest())
+    }
+
+    /// Whether reads have connections of their own (a file store), rather
+    /// than going through the writer (an in-memory one, or no readers).
+    pub fn has_readers(&self) -> bool {
+        self.readers.is_some()
+    }
+
     /// Wakes the live sync sessions: call after changing the store some
     /// other way than [`SharedStore::write`].
     pub fn notify_changed(&self) {
@@ -61,14 +129,57 @@ impl SharedStore {
     }
 
     /// Runs `f` with the store on tokio's blocking pool.
-    pub async fn run<T, F>(&self, f: F) -> std::result::Result<T, tokio::task::JoinError>
+    ///
+    /// # Errors
+    ///
+    /// [`SyncError::Panicked`] if `f` panicked.
+    pub async fn run<T, F>(&self, f: F) -> std::result::Result<T, SyncError>
     where
         F: FnOnce(&mut Store) -> T + Send + 'static,
         T: Send + 'static,
     {
-        let shared = self.clone();
-        tokio::task::spawn_blocking(move || f(&mut shared.lock())).await
+        blocking(self, "store call", f).await
     }
+}
+
+/// Runs `f` with `store`'s replica locked on tokio's blocking pool, off the
+/// async workers. `task` names the work in [`SyncError::Panicked`].
+pub(crate) async fn blocking<H, T, F>(
+    store: &H,
+    task: &'static str,
+    f: F,
+) -> std::result::Result<T, SyncError>
+where
+    H: SharedReplica,
+    F: FnOnce(&mut H::Replica) -> T + Send + 'static,
+    T: Send + 'static,
+{
+    let store = store.clone();
+    joined(
+        task,
+        tokio::task::spawn_blocking(move || store.with_replica(f)).await,
+    )
+}
+
+/// A blocking task's result: a panic as [`SyncError::Panicked`] with its
+/// message, a task cancelled by a runtime shutting down as an I/O error.
+pub(crate) fn joined<T>(
+    task: &'static str,
+    result: std::result::Result<T, tokio::task::JoinError>,
+) -> std::result::Result<T, SyncError> {
+    result.map_err(|e| {
+        if e.is_panic() {
+            let payload = e.into_panic();
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".to_owned());
+            SyncError::Panicked { task, message }
+        } else {
+            SyncError::Io(std::io::Error::other(e))
+        }
+    })
 }
 
 /// A replica shared by sync tasks: lockable, with a change signal. Clones

@@ -4,7 +4,8 @@
 //! [`Store::transaction`] starts a write transaction ([`Transaction`]);
 //! [`Store::changes_since`] and [`Store::apply`] exchange changes with other
 //! replicas; [`Store::digest`] hashes the canonical state. Apps read with
-//! plain SQL through [`Store::conn`].
+//! plain SQL through [`Store::conn`], or beside the writer through a
+//! [`ReadPool`] of read-only connections ([`Store::read_pool`]).
 //!
 //! Durability: file databases run in WAL mode with `synchronous = FULL` by
 //! default, so a transaction that [`Transaction::commit`] returned from
@@ -24,6 +25,7 @@ mod format;
 pub mod layout;
 mod meta;
 mod mutate;
+mod read;
 mod resolve;
 mod rows;
 mod speculate;
@@ -34,6 +36,7 @@ pub use apply::{ApplyReport, HeldChange};
 pub use backup::BackupReport;
 pub use bindings::SiteBinding;
 pub use conflicts::ConflictRetention;
+pub use read::{ReadPool, Reader};
 pub use stamp::{RuleViolation, StampContext};
 pub use write::Transaction;
 
