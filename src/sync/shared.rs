@@ -215,3 +215,36 @@ impl SharedReplica for SharedStore {
         SharedStore::notify_changed(self);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::Schema;
+
+    #[test]
+    fn a_panic_in_store_work_is_reported_as_a_panic_with_its_message() {
+        let schema = Schema::from_toml_str(
+            "name = \"p\"\nversion = 1\n[[table]]\nname = \"t\"\nprimary_key = [\"id\"]\n\
+             [[table.column]]\nname = \"id\"\ntype = \"text\"\n",
+            "p.toml",
+        )
+        .expect("schema");
+        let shared = SharedStore::new(Store::open_in_memory(&schema).expect("open"));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let out: std::result::Result<(), SyncError> =
+            runtime.block_on(blocking(&shared, "probe", |_| panic!("boom in the store")));
+        match out {
+            Err(SyncError::Panicked { task, message }) => {
+                assert_eq!(task, "probe");
+                assert_eq!(message, "boom in the store");
+            }
+            other => panic!("expected Panicked, got {other:?}"),
+        }
+        // The store is still usable after the panic (the lock is not
+        // poisoned for good).
+        let digest = runtime.block_on(blocking(&shared, "after", |s| s.digest()));
+        assert!(matches!(digest, Ok(Ok(_))));
+    }
+}
