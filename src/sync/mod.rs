@@ -111,7 +111,7 @@ pub use replica::Replica;
 #[cfg(feature = "tls")]
 pub use rustls;
 pub use session::{Access, Authorize, Grant, PeerInfo, Session, SessionConfig, SyncStats};
-pub use shared::{SharedReplica, SharedStore};
+pub use shared::{SharedReplica, SharedStore, DEFAULT_READERS};
 pub use status::{SyncFailure, SyncState, SyncStatus};
 #[cfg(feature = "tls")]
 pub use tls::{ClientTls, ServerTls};

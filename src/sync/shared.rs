@@ -14,7 +14,7 @@
 //!
 //! Invariant: no store call made from async code in `sync` runs on a tokio
 //! worker. The driver, the relay and the status tracker reach the store
-//! through [`blocking`] (or `spawn_blocking` directly), which runs it on
+//! through `blocking` (or `spawn_blocking` directly), which runs it on
 //! tokio's blocking pool and reports a panic there as
 //! [`SyncError::Panicked`], not as an I/O error.
 //!
