@@ -979,6 +979,12 @@ async fn one_token_holds_at_most_its_cap_of_connections() -> TestResult {
         !message.contains("rw-token-1"),
         "the secret leaked: {message}"
     );
+    // The relay counts a refusal when the session ends, just after the
+    // notice went out, so the count may trail the notice by a moment.
+    eventually("the token cap refusal to be counted", || async {
+        Ok(refused(&metrics, "token_cap")? >= 1)
+    })
+    .await?;
     assert_eq!(refused(&metrics, "token_cap")?, 1);
     // Another token is not affected.
     let (_b, first) = live_session(&relay.addr, "rw-token-2", 4).await?;

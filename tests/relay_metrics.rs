@@ -338,11 +338,17 @@ async fn counters_equal_what_the_clients_did() -> TestResult {
         "{flood:?}"
     );
 
-    // Every session is over once the gauge is back at zero.
+    // Every session is over once the gauge is back at zero. A refusal is
+    // counted just after its session let go of its slot, so wait for the
+    // refusals too (their exact counts are asserted below).
     eventually("every connection to end", || async {
         let s = Scrape::of(&relay.admin).await?;
         Ok(s.get("meldb_relay_connections{state=\"pending\"}")? == 0
-            && s.get("meldb_relay_connections{state=\"authorized\"}")? == 0)
+            && s.get("meldb_relay_connections{state=\"authorized\"}")? == 0
+            && s.get("meldb_relay_auth_failures_total{reason=\"bad_token\"}")? >= 1
+            && s.get("meldb_relay_auth_failures_total{reason=\"no_token\"}")? >= 1
+            && s.get("meldb_relay_write_refusals_total{reason=\"read_only\"}")? >= 1
+            && s.get("meldb_relay_write_refusals_total{reason=\"rate\"}")? >= 1)
     })
     .await?;
     let s = Scrape::of(&relay.admin).await?;
