@@ -12,7 +12,10 @@
 //!   Any other name is refused as unknown, and nothing is created.
 //! - One [`SharedStore`] per namespace for the provider's life: every
 //!   session of a namespace syncs the same handle (so one clock, one
-//!   change signal), opened on first use.
+//!   change signal), opened on first use. Two first sessions of one
+//!   namespace open it once; opening one namespace never waits on
+//!   another's open (each namespace has its own slot, and the map of
+//!   slots is locked only to find one).
 //! - A namespace whose file does not exist is created only if the
 //!   [`Creation`] policy allows it; otherwise it is
 //!   [`SyncError::UnknownNamespace`] and the directory is unchanged. The
@@ -31,7 +34,7 @@ use crate::store::{Store, StoreOptions};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
 /// Which namespaces a [`DirectoryProvider`] may create a database for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,7 +60,16 @@ pub struct DirectoryProvider {
     options: StoreOptions,
     creation: Creation,
     setup: Option<Setup>,
-    open: Arc<Mutex<BTreeMap<Namespace, SharedStore>>>,
+    open: Arc<Mutex<BTreeMap<Namespace, Arc<Slot>>>>,
+}
+
+/// One namespace's store, once open; `opening` is held by the one
+/// session that opens it, so a second waits for that open rather than
+/// opening the file again.
+#[derive(Default)]
+struct Slot {
+    store: OnceLock<SharedStore>,
+    opening: Mutex<()>,
 }
 
 impl fmt::Debug for DirectoryProvider {
@@ -108,8 +120,13 @@ impl DirectoryProvider {
         setup: impl Fn(&Namespace, &mut Store) -> crate::Result<()> + Send + Sync + 'static,
     ) -> Result<DirectoryProvider, SyncError> {
         let setup: Setup = Arc::new(setup);
-        for (namespace, store) in self.lock().iter() {
-            setup(namespace, &mut store.lock())?;
+        let open: Vec<_> = self
+            .lock()
+            .iter()
+            .filter_map(|(namespace, slot)| Some((namespace.clone(), slot.store.get()?.clone())))
+            .collect();
+        for (namespace, store) in open {
+            setup(&namespace, &mut store.lock())?;
         }
         self.setup = Some(setup);
         Ok(self)
@@ -171,10 +188,22 @@ impl DirectoryProvider {
         Ok(found)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<Namespace, SharedStore>> {
-        self.open
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<Namespace, Arc<Slot>>> {
+        self.open.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Opens `namespace`'s database at `path` and runs the setup on it.
+    fn open_store(&self, namespace: &Namespace, path: &Path) -> Result<SharedStore, SyncError> {
+        let mut store = self
+            .options
+            .clone()
+            .open(path, &self.schema)
+            .map_err(crate::Error::from)?;
+        if let Some(setup) = &self.setup {
+            setup(namespace, &mut store)?;
+        }
+        tracing::info!(%namespace, path = %path.display(), "namespace opened");
+        Ok(SharedStore::new(store))
     }
 
     fn may_create(&self, namespace: &Namespace) -> bool {
@@ -193,27 +222,43 @@ impl ReplicaProvider for DirectoryProvider {
     fn replica(&self, namespace: &Namespace) -> Result<SharedStore, SyncError> {
         let unknown = || SyncError::UnknownNamespace(namespace.clone());
         let path = self.path_of(namespace).ok_or_else(unknown)?;
-        // Held while opening, so two first sessions of a namespace open it
-        // once.
-        let mut open = self.lock();
-        if let Some(store) = open.get(namespace) {
+        let slot = {
+            let mut open = self.lock();
+            match open.get(namespace) {
+                Some(slot) => Arc::clone(slot),
+                // Checked before a slot is made, so names that are refused
+                // never grow the map.
+                None if !path.exists() && !self.may_create(namespace) => return Err(unknown()),
+                None => Arc::clone(open.entry(namespace.clone()).or_default()),
+            }
+        };
+        if let Some(store) = slot.store.get() {
             return Ok(store.clone());
         }
-        if !path.exists() && !self.may_create(namespace) {
-            return Err(unknown());
+        let opening = slot.opening.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(store) = slot.store.get() {
+            return Ok(store.clone());
         }
-        let mut store = self
-            .options
-            .clone()
-            .open(&path, &self.schema)
-            .map_err(crate::Error::from)?;
-        if let Some(setup) = &self.setup {
-            setup(namespace, &mut store)?;
+        match self.open_store(namespace, &path) {
+            Ok(store) => {
+                let store = slot.store.get_or_init(|| store).clone();
+                drop(opening);
+                Ok(store)
+            }
+            Err(e) => {
+                drop(opening);
+                // A failed open leaves no slot behind (the next session
+                // tries again), unless another session made one since.
+                let mut open = self.lock();
+                if open
+                    .get(namespace)
+                    .is_some_and(|s| Arc::ptr_eq(s, &slot) && s.store.get().is_none())
+                {
+                    open.remove(namespace);
+                }
+                Err(e)
+            }
         }
-        let shared = SharedStore::new(store);
-        open.insert(namespace.clone(), shared.clone());
-        tracing::info!(%namespace, path = %path.display(), "namespace opened");
-        Ok(shared)
     }
 }
 
@@ -265,6 +310,111 @@ mod tests {
             DirectoryProvider::file_in(dir.path(), &team),
             Some(dir.path().join("team-a.db"))
         );
+        Ok(())
+    }
+
+    fn notes() -> Result<Schema, Box<dyn std::error::Error>> {
+        Ok(Schema::from_toml_str(
+            r#"
+            name = "notes"
+            version = 1
+            [[table]]
+            name = "note"
+            primary_key = ["id"]
+            [[table.column]]
+            name = "id"
+            type = "text"
+            "#,
+            "notes.toml",
+        )?)
+    }
+
+    /// A namespace whose open is slow (its setup waits) holds up neither
+    /// another namespace's first session nor an open one's; a second first
+    /// session of the slow namespace waits for that open and gets the same
+    /// store, set up once.
+    #[test]
+    fn a_slow_open_holds_up_only_its_own_namespace() -> Result<(), Box<dyn std::error::Error>> {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::mpsc;
+        let dir = tempfile::tempdir()?;
+        let (release, held) = mpsc::channel::<()>();
+        let held = Mutex::new(held);
+        let (entered, in_setup) = mpsc::channel::<()>();
+        let entered = Mutex::new(entered);
+        let slow_setups = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&slow_setups);
+        let provider = DirectoryProvider::open(dir.path(), &notes()?, StoreOptions::new())?
+            .creation(Creation::Any)
+            .setup(move |namespace, _store| {
+                if namespace.as_str() == "slow" {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    let _ = entered.lock().map(|tx| tx.send(()));
+                    let _ = held
+                        .lock()
+                        .map(|rx| rx.recv_timeout(std::time::Duration::from_secs(30)));
+                }
+                Ok(())
+            })?;
+        let slow = Namespace::new("slow");
+        let first = {
+            let provider = provider.clone();
+            let slow = slow.clone();
+            std::thread::spawn(move || provider.replica(&slow).map(|s| s.lock().site_id()))
+        };
+        in_setup.recv_timeout(std::time::Duration::from_secs(30))?;
+        let second = {
+            let provider = provider.clone();
+            let slow = slow.clone();
+            std::thread::spawn(move || provider.replica(&slow).map(|s| s.lock().site_id()))
+        };
+        // While "slow" is still opening: another namespace opens, and the
+        // default one is served.
+        // Done on a thread and waited for with a bound, so an open that
+        // waited on "slow" fails here instead of passing once the setup's
+        // own wait runs out.
+        let (done, finished) = mpsc::channel();
+        {
+            let provider = provider.clone();
+            std::thread::spawn(move || {
+                let served = provider.replica(&Namespace::new("fast")).and_then(|fast| {
+                    fast.write(|tx| tx.insert("note", &[("id", "n1".into())]))?;
+                    provider.replica(&Namespace::default()).map(|_| ())
+                });
+                let _ = done.send(served);
+            });
+        }
+        let served = finished.recv_timeout(std::time::Duration::from_secs(10));
+        release.send(())?;
+        served.map_err(|_| "another namespace waited on the slow open")??;
+        let a = first.join().map_err(|_| "first open panicked")??;
+        let b = second.join().map_err(|_| "second open panicked")??;
+        assert_eq!(a, b, "both first sessions got the same store");
+        assert_eq!(
+            slow_setups.load(Ordering::SeqCst),
+            1,
+            "opened and set up once"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_refused_name_leaves_nothing_behind() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let provider = DirectoryProvider::open(dir.path(), &notes()?, StoreOptions::new())?;
+        for _ in 0..3 {
+            let ghost = provider.replica(&Namespace::new("ghost"));
+            assert!(
+                matches!(ghost, Err(SyncError::UnknownNamespace(_))),
+                "{ghost:?}"
+            );
+        }
+        assert_eq!(
+            provider.lock().len(),
+            1,
+            "only the default namespace's slot"
+        );
+        assert!(!dir.path().join("ghost.db").exists());
         Ok(())
     }
 

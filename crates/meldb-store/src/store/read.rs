@@ -190,8 +190,15 @@ impl Store {
         if size == 0 || self.path == ":memory:" || self.path.is_empty() {
             return None;
         }
+        // SQLite's own name for the open file is absolute, so the readers
+        // open the writer's file even if the process changes directory
+        // after a store was opened by a relative path.
+        let path = match self.conn.path() {
+            Some(file) if !file.is_empty() => file.to_owned(),
+            _ => return None,
+        };
         Some(ReadPool {
-            path: self.path.clone(),
+            path,
             schema: self.schema.clone(),
             tables: self.tables.clone().into(),
             size,
@@ -208,5 +215,60 @@ impl Store {
             schema: &self.schema,
             tables: &self.tables,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::{Component, PathBuf};
+
+    fn schema() -> std::result::Result<Schema, Box<dyn std::error::Error>> {
+        Ok(Schema::from_toml_str(
+            "name = \"t\"\nversion = 1\n[[table]]\nname = \"item\"\nprimary_key = [\"sku\"]\n\
+             [[table.column]]\nname = \"sku\"\ntype = \"text\"\n",
+            "t.toml",
+        )?)
+    }
+
+    /// `to` as a path relative to the current directory (`..` up to the
+    /// root, then down).
+    fn relative(to: &std::path::Path) -> std::io::Result<PathBuf> {
+        let up = std::env::current_dir()?
+            .components()
+            .filter(|c| matches!(c, Component::Normal(_)))
+            .count();
+        let mut path: PathBuf = std::iter::repeat_n("..", up).collect();
+        path.extend(
+            to.components()
+                .filter(|c| matches!(c, Component::Normal(_))),
+        );
+        Ok(path)
+    }
+
+    #[test]
+    fn readers_open_the_writers_file_by_its_absolute_name(
+    ) -> std::result::Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let by_relative_name = relative(&dir.path().join("r.db"))?;
+        assert!(by_relative_name.is_relative());
+        let mut store = Store::open(&by_relative_name, &schema()?)?;
+        store.write(|tx| tx.insert("item", &[("sku", "a".into())]))?;
+        let pool = store.read_pool(1).ok_or("a file store has readers")?;
+        assert!(
+            std::path::Path::new(&pool.path).is_absolute(),
+            "{}",
+            pool.path
+        );
+        let got = pool.read(|r| r.get("item", "a"))?;
+        assert!(got.is_some(), "the reader sees the writer's row");
+        Ok(())
+    }
+
+    #[test]
+    fn an_in_memory_store_has_no_readers() -> std::result::Result<(), Box<dyn std::error::Error>> {
+        let store = Store::open_in_memory(&schema()?)?;
+        assert!(store.read_pool(4).is_none());
+        Ok(())
     }
 }
