@@ -185,6 +185,50 @@ async fn a_namespace_is_created_only_when_the_policy_allows_it() -> TestResult {
     relay.stop().await
 }
 
+/// Attacker: a holder of a valid token for a namespace whose database
+/// the relay cannot open (here a corrupt file; in production a full disk,
+/// a permission, a failing setup). Must not happen: the refusal shows the
+/// relay's file paths or SQLite's error, the session gets anything, or the
+/// relay stops serving other namespaces. The client is told the namespace
+/// is unavailable, as a busy notice it retries later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_that_fails_to_open_is_unavailable_without_its_details() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    std::fs::write(
+        dir.path().join("broken.db"),
+        b"this is not a database, at all",
+    )?;
+    let provider = DirectoryProvider::open(dir.path(), &inventory(), StoreOptions::new())?
+        .creation(Creation::Any);
+    let relay = start(provider, tokens(&[("erin", "broken"), ("frank", "fine")])).await?;
+    let erin = client(7)?;
+    erin.write(|tx| tx.insert("item", &[("sku", "e-1".into())]))?;
+    let refused = sync_once_tcp(&erin, &relay.addr, as_client("erin")).await;
+    let Err(SyncError::Refused {
+        code: NoticeCode::Busy,
+        message,
+    }) = &refused
+    else {
+        return Err(format!("expected a busy notice, got {refused:?}").into());
+    };
+    assert!(message.contains("\"broken\" is unavailable"), "{message}");
+    let shown = dir.path().display().to_string();
+    assert!(
+        !message.contains(&shown) && !message.contains(".db"),
+        "a path leaked: {message}"
+    );
+    assert!(
+        !message.contains("not a database"),
+        "SQLite's error leaked: {message}"
+    );
+    // The relay still serves its other namespaces.
+    let frank = client(8)?;
+    frank.write(|tx| tx.insert("item", &[("sku", "f-1".into())]))?;
+    sync_once_tcp(&frank, &relay.addr, as_client("frank")).await?;
+    assert!(dir.path().join("fine.db").exists());
+    relay.stop().await
+}
+
 #[test]
 fn setup_runs_once_on_each_namespace_before_it_is_served() -> TestResult {
     let dir = tempfile::tempdir()?;

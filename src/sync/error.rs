@@ -95,6 +95,18 @@ pub enum SyncError {
     /// granted.
     #[error("this relay serves no namespace {0:?}")]
     UnknownNamespace(Namespace),
+    /// A relay's provider failed to serve the namespace's replica (its
+    /// database would not open, its setup failed). The peer is told only
+    /// that the namespace is unavailable, as a `Busy` notice (try again
+    /// later); the relay's log has `source`, which may name files.
+    #[error("namespace \"{namespace}\" is unavailable on this relay; try again later")]
+    Unavailable {
+        /// The namespace asked for.
+        namespace: Namespace,
+        /// What failed, for the relay's log only.
+        #[source]
+        source: Box<SyncError>,
+    },
     /// The peer's hello named a namespace its token does not cover
     /// (whether or not the relay has it: the answer is the same).
     #[error("the token may not sync namespace {}", shown(requested))]
@@ -162,6 +174,7 @@ impl SyncError {
             | SyncError::Identity(_)
             | SyncError::Revoked { .. } => NoticeCode::Unauthorized,
             SyncError::ReadOnly { .. } => NoticeCode::ReadOnly,
+            SyncError::Unavailable { .. } => NoticeCode::Busy,
             SyncError::SchemaMismatch { .. } | SyncError::SameSite(_) => NoticeCode::Incompatible,
             SyncError::Store(_) => NoticeCode::Apply,
             SyncError::Io(_)

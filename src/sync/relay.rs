@@ -701,10 +701,25 @@ async fn provide<P: ReplicaProvider>(
     namespace: Namespace,
 ) -> Result<P::Replica, SyncError> {
     let provider = Arc::clone(provider);
-    joined(
+    let asked = namespace.clone();
+    let found = joined(
         "replica lookup",
         tokio::task::spawn_blocking(move || provider.replica(&namespace)).await,
-    )?
+    )
+    .and_then(|found| found);
+    found.map_err(|e| match e {
+        // Refusals by name say only what the peer asked.
+        e @ (SyncError::UnknownNamespace(_) | SyncError::NamespaceRefused { .. }) => e,
+        // Anything else may name the relay's files: the log has it, the
+        // peer is told the namespace is unavailable.
+        e => {
+            tracing::error!(namespace = %asked, error = %e, "namespace unavailable");
+            SyncError::Unavailable {
+                namespace: asked,
+                source: Box::new(e),
+            }
+        }
+    })
 }
 
 /// Ends a connection no session was started for, with the notice `error`
