@@ -98,7 +98,14 @@ earlier hold. A corrupt or foreign file is an error and changes nothing."
     )]
     Import(ImportArgs),
 
-    /// Show the site id, digest, clock, version vector and row counts.
+    /// Show the site id, digest, clock, version vector, row counts and what waits.
+    #[command(
+        long_about = "Show the database, schema, site id, state digest, hybrid logical clock \
+(physical_ms.logical), rows held back for a clock too far ahead, mutations pending for the \
+authority, refused mutations not yet acknowledged, deferred conflicts, live rows per table and \
+the version vector. --json prints one object; its clock is {\"hlc\": \"DECIMAL\", \
+\"physical_ms\": N, \"logical\": N}, the packed clock as a string because it is above 2^53."
+    )]
     Info(InfoArgs),
 
     /// Print the version vector as JSON (what `export --since` reads).
