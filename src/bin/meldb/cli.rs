@@ -108,6 +108,16 @@ the version vector. --json prints one object; its clock is {\"hlc\": \"DECIMAL\"
     )]
     Info(InfoArgs),
 
+    /// List mutations waiting for the authority and those it refused.
+    #[command(
+        long_about = "List this replica's mutations that wait for the authority (state \
+`pending`, with their arguments as queued) and those the authority refused and the app has \
+not acknowledged yet (state `refused`, with its reason; a refused mutation's arguments are not \
+kept), oldest first. --json prints one object per mutation: id, state, name, args (JSON, null \
+when refused), reason (null when pending)."
+    )]
+    Pending(PendingArgs),
+
     /// Print the version vector as JSON (what `export --since` reads).
     Vv(DbArgs),
 
@@ -703,6 +713,16 @@ pub struct ImportArgs {
     /// A changeset frame written by `meldb export`.
     #[arg(value_name = "FILE")]
     pub file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct PendingArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+
+    /// Print one JSON object per mutation.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
