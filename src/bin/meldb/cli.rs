@@ -52,7 +52,8 @@ value is a JSON array of strings, e.g. tags='[\"a\",\"b\"]'. Fails if a live row
     /// Insert a row, or update the given columns if the key exists.
     #[command(
         long_about = "Insert a row, or update the given columns of the existing row with \
-that key. Counter columns cannot be assigned on update: use `increment`."
+that key. Counter columns are refused, on a new row as on an existing one: create the row \
+with `insert` (counter values there are initial increments), then use `increment`."
     )]
     Upsert(RowArgs),
 
