@@ -209,6 +209,20 @@ fn two_replicas_sync_through_files() -> TestResult {
     let info: serde_json::Value =
         serde_json::from_str(&on(d, "info", "b.db", &["--json"])?.ok().stdout)?;
     assert_eq!(info["site"], SITE_B);
+    // The packed clock is above 2^53, where JSON numbers lose precision:
+    // it is a decimal string, and its parts are numbers.
+    let hlc: u64 = info["clock"]["hlc"]
+        .as_str()
+        .ok_or("clock.hlc is not a string")?
+        .parse()?;
+    let physical = info["clock"]["physical_ms"].as_u64().ok_or("physical_ms")?;
+    let logical = info["clock"]["logical"].as_u64().ok_or("logical")?;
+    assert!(hlc > 1 << 53, "{hlc}");
+    assert_eq!(hlc, physical << 16 | logical, "{info}");
+    assert_eq!(
+        (info["pending"].clone(), info["deferred"].clone()),
+        (0.into(), 0.into())
+    );
     std::fs::write(d.join("b.vv"), info["version_vector"].to_string())?;
     let run = on(d, "export", "a.db", &["--since", "b.vv", "--out", "a.mldb"])?.ok();
     assert!(run.stdout.starts_with("exported 1 row ("), "{}", run.stdout);

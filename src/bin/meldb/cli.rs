@@ -52,7 +52,8 @@ value is a JSON array of strings, e.g. tags='[\"a\",\"b\"]'. Fails if a live row
     /// Insert a row, or update the given columns if the key exists.
     #[command(
         long_about = "Insert a row, or update the given columns of the existing row with \
-that key. Counter columns cannot be assigned on update: use `increment`."
+that key. Counter columns are refused, on a new row as on an existing one: create the row \
+with `insert` (counter values there are initial increments), then use `increment`."
     )]
     Upsert(RowArgs),
 
@@ -98,8 +99,25 @@ earlier hold. A corrupt or foreign file is an error and changes nothing."
     )]
     Import(ImportArgs),
 
-    /// Show the site id, digest, clock, version vector and row counts.
+    /// Show the site id, digest, clock, version vector, row counts and what waits.
+    #[command(
+        long_about = "Show the database, schema, site id, state digest, hybrid logical clock \
+(physical_ms.logical), rows held back for a clock too far ahead, mutations pending for the \
+authority, refused mutations not yet acknowledged, deferred conflicts, live rows per table and \
+the version vector. --json prints one object; its clock is {\"hlc\": \"DECIMAL\", \
+\"physical_ms\": N, \"logical\": N}, the packed clock as a string because it is above 2^53."
+    )]
     Info(InfoArgs),
+
+    /// List mutations waiting for the authority and those it refused.
+    #[command(
+        long_about = "List this replica's mutations that wait for the authority (state \
+`pending`, with their arguments as queued) and those the authority refused and the app has \
+not acknowledged yet (state `refused`, with its reason; a refused mutation's arguments are not \
+kept), oldest first. --json prints one object per mutation: id, state, name, args (JSON, null \
+when refused), reason (null when pending)."
+    )]
+    Pending(PendingArgs),
 
     /// Print the version vector as JSON (what `export --since` reads).
     Vv(DbArgs),
@@ -696,6 +714,16 @@ pub struct ImportArgs {
     /// A changeset frame written by `meldb export`.
     #[arg(value_name = "FILE")]
     pub file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct PendingArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+
+    /// Print one JSON object per mutation.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -18,6 +18,7 @@ mod demo;
 mod error;
 mod net;
 mod output;
+mod pending;
 mod probe;
 mod sync;
 mod token;
@@ -63,6 +64,7 @@ fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
         Command::Export(a) => sync::export(a, out),
         Command::Import(a) => sync::import(a, out),
         Command::Info(a) => sync::info(a, out),
+        Command::Pending(a) => pending::pending(a, out),
         Command::Vv(a) => sync::vv(a, out),
         Command::Digest(a) => sync::digest(a, out),
         Command::RotateSiteId(a) => sync::rotate_site_id(a, out),
@@ -104,6 +106,7 @@ fn db_args(command: &Command) -> Option<(&'static str, &DbArgs)> {
         Command::Export(a) => ("export", &a.db),
         Command::Import(a) => ("import", &a.db),
         Command::Info(a) => ("info", &a.db),
+        Command::Pending(a) => ("pending", &a.db),
         Command::Vv(a) => ("vv", a),
         Command::Digest(a) => ("digest", a),
         Command::RotateSiteId(a) => ("rotate-site-id", a),

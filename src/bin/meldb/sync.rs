@@ -137,6 +137,25 @@ fn row_counts(store: &Store) -> Result<Vec<(String, i64)>> {
         .collect()
 }
 
+/// What waits on a replica: mutations queued for the authority, refusals
+/// of its mutations not yet acknowledged, and conflicts deferred to a
+/// person (`meldb pending` and `meldb conflicts --deferred` list them).
+struct Work {
+    pending: usize,
+    refused: usize,
+    deferred: usize,
+}
+
+impl Work {
+    fn of(store: &Store) -> Result<Work> {
+        Ok(Work {
+            pending: store.pending_mutations()?.len(),
+            refused: store.mutation_failures()?.len(),
+            deferred: store.deferred_conflicts()?.len(),
+        })
+    }
+}
+
 /// `meldb info`.
 pub fn info(args: &InfoArgs, out: &mut dyn Write) -> Result<()> {
     if args.vv_only {
@@ -147,6 +166,7 @@ pub fn info(args: &InfoArgs, out: &mut dyn Write) -> Result<()> {
     let digest = hex(&store.digest()?);
     let clock = store.clock();
     let held = store.held_count()?;
+    let work = Work::of(&store)?;
     let rows = row_counts(&store)?;
     let vv = store.version_vector();
     if args.json {
@@ -155,12 +175,18 @@ pub fn info(args: &InfoArgs, out: &mut dyn Write) -> Result<()> {
             "schema": { "name": schema.name, "version": schema.version },
             "site": store.site_id().to_string(),
             "digest": digest,
+            // The packed HLC is above 2^53, where JSON parsers (JavaScript,
+            // jq) round integers, so it goes out as a decimal string; its two
+            // parts are below 2^48 and compare as (physical_ms, logical).
             "clock": {
-                "hlc": clock.0,
+                "hlc": clock.0.to_string(),
                 "physical_ms": clock.physical_ms(),
                 "logical": clock.logical(),
             },
             "held": held,
+            "pending": work.pending,
+            "refused": work.refused,
+            "deferred": work.deferred,
             "rows": rows
                 .iter()
                 .map(|(t, n)| (t.clone(), (*n).into()))
@@ -176,6 +202,9 @@ pub fn info(args: &InfoArgs, out: &mut dyn Write) -> Result<()> {
     writeln!(out, "digest    {digest}")?;
     writeln!(out, "clock     {clock}")?;
     writeln!(out, "held      {held}")?;
+    writeln!(out, "pending   {}", work.pending)?;
+    writeln!(out, "refused   {}", work.refused)?;
+    writeln!(out, "deferred  {}", work.deferred)?;
     let counts: Vec<String> = rows.iter().map(|(t, n)| format!("{t} {n}")).collect();
     writeln!(out, "rows      {}", counts.join(", "))?;
     writeln!(out, "version vector")?;
