@@ -96,6 +96,12 @@ impl From<i32> for Value {
         Value::Integer(v.into())
     }
 }
+/// As SQLite stores a boolean: 1 for `true`, 0 for `false`.
+impl From<bool> for Value {
+    fn from(v: bool) -> Self {
+        Value::Integer(v.into())
+    }
+}
 impl From<f64> for Value {
     fn from(v: f64) -> Self {
         Value::Real(v)
@@ -237,6 +243,14 @@ impl fmt::Display for SqlType {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_bool_is_stored_as_sqlite_stores_it() {
+        assert_eq!(Value::from(true), Value::Integer(1));
+        assert_eq!(Value::from(false), Value::Integer(0));
+        assert_eq!(Value::from(Some(true)), Value::Integer(1));
+        assert_eq!(Value::from(None::<bool>), Value::Null);
+    }
+
     use super::*;
 
     #[test]
