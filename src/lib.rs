@@ -131,6 +131,9 @@ pub use store::{
     Durability, ReadPool, Reader, Store, StoreOptions, Transaction, DEFAULT_CACHE_KIB,
 };
 
+// Rows read as the app's own types (`Store::get_as`, `Store::query_as`).
+pub use meldb_store::typed::{from_row, TypedError};
+
 // Schemas.
 pub use schema::{
     Column, ColumnRules, DeferredShows, DeleteRule, Kind, Policy, RowRules, Schema, SchemaError,

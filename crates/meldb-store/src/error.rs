@@ -48,6 +48,9 @@ pub enum Error {
     /// A backup that was not made (boxed, as `Open`).
     #[error(transparent)]
     Backup(Box<BackupError>),
+    /// A row read as a type it does not fit (`get_as`, `query_as`).
+    #[error(transparent)]
+    Typed(#[from] crate::typed::TypedError),
 }
 
 /// A mutation that did not happen; nothing of it was written or queued.

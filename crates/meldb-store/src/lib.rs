@@ -20,6 +20,7 @@ pub mod mutator;
 mod report;
 pub mod resolve;
 pub mod store;
+pub mod typed;
 
 pub use changeset::Changeset;
 pub use error::{Error, Result};

@@ -54,6 +54,39 @@ impl<'a> Reader<'a> {
         digest::get_row(self.conn, self.schema, table, &key.into())
     }
 
+    /// A live row read as a `T`, as [`Store::get_as`] reads it.
+    ///
+    /// # Errors
+    ///
+    /// As [`Store::get_as`].
+    pub fn get_as<T: serde::de::DeserializeOwned>(
+        &self,
+        table: &str,
+        key: impl Into<Key>,
+    ) -> Result<Option<T>> {
+        let Some(row) = self.get(table, key)? else {
+            return Ok(None);
+        };
+        Ok(Some(crate::typed::from_row(
+            &row,
+            &format!("table {table:?}"),
+        )?))
+    }
+
+    /// A read-only query's rows read as `T`s, as [`Store::query_as`]
+    /// reads them.
+    ///
+    /// # Errors
+    ///
+    /// As [`Store::query_as`].
+    pub fn query_as<T: serde::de::DeserializeOwned>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+    ) -> Result<Vec<T>> {
+        crate::typed::query_as(self.conn, sql, params)
+    }
+
     /// The digest of this snapshot's state, as [`Store::digest`] computes
     /// it.
     ///
