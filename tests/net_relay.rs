@@ -408,6 +408,7 @@ fn hello(token: Option<&str>, site_byte: u8) -> Vec<u8> {
         live: false,
         authority: false,
         namespace: None,
+        compression: vec![],
     }))
 }
 

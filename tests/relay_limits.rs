@@ -201,6 +201,7 @@ fn hello_bytes(t: &str, site_byte: u8, live: bool) -> Vec<u8> {
         live,
         authority: false,
         namespace: None,
+        compression: vec![],
     }))
 }
 
@@ -523,6 +524,7 @@ async fn a_flood_of_empty_batches_is_held_to_the_write_rate() -> TestResult {
             live: false,
             authority: false,
             namespace: None,
+            compression: vec![],
         }))
         .await?;
     let empty = meldb::Changeset::new(site(7));
@@ -717,6 +719,7 @@ async fn a_backlog_over_the_lag_bound_is_a_notice_and_a_resync() -> TestResult {
             live: true,
             authority: false,
             namespace: None,
+            compression: vec![],
         }))
         .await?;
     lagging
