@@ -15,7 +15,7 @@ pub use crate::sync::wire::{
 // fuzzing that craft bad payloads. Not for applications.
 #[cfg(feature = "testkit")]
 #[doc(hidden)]
-pub use crate::sync::wire::{frame_compressed_batch, frame_message};
+pub use crate::sync::wire::{frame_body, frame_compressed_batch, frame_message};
 pub use meldb_core::codec::{
     decode_changeset, decode_changeset_frames, decode_changeset_versioned, encode_changeset,
     encode_changeset_as, encode_changeset_frames, DecodeError, Versions, FORMAT_VERSION,

@@ -754,6 +754,24 @@ pub fn decode_message_on(
     Ok((version, message))
 }
 
+/// A protocol-4 frame of a `Changes` (`push`: a `Push` from site 0)
+/// whose body is `body`, byte for byte: for fuzzing the body decoder.
+/// Part of the test kit, not of the library.
+#[cfg(any(test, feature = "testkit"))]
+#[doc(hidden)]
+pub fn frame_body(push: bool, body: &[u8]) -> Vec<u8> {
+    let mut e = Enc::new();
+    if push {
+        e.u8(8);
+        e.site(crate::clock::SiteId::from_bytes([0; 16]));
+    } else {
+        e.u8(2);
+        e.uint(1);
+    }
+    e.bytes(body);
+    frame_as(MESSAGE_MAGIC, 4, &e.into_bytes())
+}
+
 /// A protocol-4 `Changes` frame whose body claims `claimed` decompressed
 /// bytes and holds `plain` zstd-compressed: for attack tests of what a
 /// peer can claim. Part of the test kit, not of the library.
