@@ -159,10 +159,12 @@ async fn until_closed(
 /// The messages in bytes read from the relay.
 fn frames(mut rest: &[u8]) -> Result<Vec<Message>, Box<dyn std::error::Error>> {
     let mut messages = Vec::new();
+    // One connection's frames: a later Want is a diff against the one before.
+    let mut incoming = codec::Incoming::default();
     while !rest.is_empty() {
         let len = codec::message_payload_len(rest, MAX_MESSAGE_PAYLOAD)?;
         let (frame, tail) = rest.split_at(HEADER_LEN + len);
-        messages.push(decode_message(frame, MAX_MESSAGE_PAYLOAD)?);
+        messages.push(codec::decode_message_on(frame, MAX_MESSAGE_PAYLOAD, &mut incoming)?.1);
         rest = tail;
     }
     Ok(messages)
