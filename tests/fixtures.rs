@@ -35,6 +35,7 @@
 mod common;
 
 use common::{site, T0};
+use meldb::sync::Message;
 use meldb::{
     codec::{self, HEADER_LEN, MAX_MESSAGE_PAYLOAD},
     sync::{Access, Authorize, Grant, Session, SessionConfig},
@@ -81,14 +82,20 @@ fn v4() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v4")
 }
 
+/// The fixtures of protocol version 4 (a hello's codecs, a Want's form,
+/// batch and push bodies); every other file is `v4/`'s, byte for byte.
+fn v5() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v5")
+}
+
 /// What today's writer writes.
 fn newest() -> PathBuf {
-    v4()
+    v5()
 }
 
 /// Every fixture version this build reads: each is checked.
-fn fixture_dirs() -> [PathBuf; 4] {
-    [v1(), v2(), v3(), v4()]
+fn fixture_dirs() -> [PathBuf; 5] {
+    [v1(), v2(), v3(), v4(), v5()]
 }
 
 /// The example schemas with a database fixture each.
@@ -1246,6 +1253,14 @@ fn the_client_side_replays_against_a_relay_opened_from_the_fixture_in(dir: &Path
                 // The relay answers in the version the client spoke.
                 let (version, recorded) =
                     codec::decode_message_versioned(frame, MAX_MESSAGE_PAYLOAD)?;
+                // Before protocol 4 a hello offers no codecs.
+                let answer = match answer {
+                    Message::Hello(mut h) if version.number() < 4 => {
+                        h.compression.clear();
+                        Message::Hello(h)
+                    }
+                    other => other,
+                };
                 assert_eq!(answer, recorded, "session {n} frame {i}");
                 assert!(
                     codec::encode_message_as(&answer, version) == frame,
@@ -1599,5 +1614,57 @@ fn v4_changes_only_metadata_and_notice_kinds_in_the_conversation() -> Res {
         }
     }
     assert!(carried > 0, "the v4 conversation carries metadata");
+    Ok(())
+}
+
+/// Protocol version 4 changed the conversation alone: every other file of
+/// `v5/` is `v4/`'s byte for byte, and its conversation is `v4/`'s message
+/// for message, every frame in version 4, once the hello's codecs are
+/// taken off (the recorded batches are small, so their bodies are plain).
+#[test]
+fn v5_changes_only_the_protocol_version_the_hellos_codecs_and_bodies() -> Res {
+    for entry in fs::read_dir(v5())? {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or("a fixture name")?
+            .to_owned();
+        if name.starts_with("conversation-") || name == "README.md" {
+            continue;
+        }
+        assert!(
+            read_bytes(&path)? == read_bytes(&v4().join(&name))?,
+            "{name} differs between v4/ and v5/"
+        );
+    }
+    let mut offered = 0;
+    for n in 1..=SESSIONS {
+        let old = read_bytes(&v4().join(format!("conversation-{n}.bin")))?;
+        let new = read_bytes(&v5().join(format!("conversation-{n}.bin")))?;
+        let (old, new) = (records(&old)?, records(&new)?);
+        assert_eq!(old.len(), new.len(), "session {n}");
+        for (i, ((d1, f1), (d2, f2))) in old.into_iter().zip(new).enumerate() {
+            let (v1, m1) = codec::decode_message_versioned(f1, MAX_MESSAGE_PAYLOAD)?;
+            let (v2, m2) = codec::decode_message_versioned(f2, MAX_MESSAGE_PAYLOAD)?;
+            assert_eq!(
+                (d1, v1.number(), v2.number()),
+                (d2, 3, 4),
+                "session {n} frame {i}"
+            );
+            let stripped = match m2.clone() {
+                Message::Hello(mut h) => {
+                    if !h.compression.is_empty() {
+                        offered += 1;
+                    }
+                    h.compression.clear();
+                    Message::Hello(h)
+                }
+                other => other,
+            };
+            assert_eq!(m1, stripped, "session {n} frame {i}");
+        }
+    }
+    assert!(offered > 0, "the v5 conversation's hellos offer a codec");
     Ok(())
 }

@@ -15,8 +15,9 @@ mod common;
 use meldb::codec;
 use meldb::sync::Message;
 use meldb::testing::{
-    check_apply_bytes, check_apply_message_bytes, check_decode_bytes, check_message_bytes,
-    check_ops_bytes, check_stored_bytes, seed_messages, seed_payloads, seeded_store,
+    check_apply_bytes, check_apply_message_bytes, check_compressed_bytes, check_decode_bytes,
+    check_message_bytes, check_ops_bytes, check_stored_bytes, seed_messages, seed_payloads,
+    seeded_store,
 };
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -201,14 +202,15 @@ fn committed_seeds_are_replayed() -> Result<(), String> {
 
 /// The fixture directories seeds come from, with the prefix their seeds'
 /// names get: `v1/` (the first layouts) and `v4/` (changeset format 2,
-/// protocol 3, database format 3: write metadata, notice kinds).
-fn fixture_dirs() -> [(&'static str, PathBuf); 2] {
+/// protocol 3, database format 3: write metadata, notice kinds) and `v5/`
+/// (protocol 4: a hello's codecs, a Want's form, bodies).
+fn fixture_dirs() -> [(&'static str, PathBuf); 3] {
     let dir = |v: &str| {
         Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/fixtures")
             .join(v)
     };
-    [("", dir("v1")), ("v4-", dir("v4"))]
+    [("", dir("v1")), ("v4-", dir("v4")), ("v5-", dir("v5"))]
 }
 
 /// Splits bytes holding frames back to back (changeset files).
@@ -418,6 +420,84 @@ fn write_seed_corpus() -> Result<(), String> {
         fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
         let file = dir.join(name);
         fs::write(&file, bytes).map_err(|e| format!("writing {}: {e}", file.display()))?;
+    }
+    Ok(())
+}
+
+/// Seeds of the `decode_compressed` target: the bodies of the fixtures'
+/// batches in protocol 4, plain and compressed, and the inner bytes
+/// themselves (which the target also compresses whole).
+fn compressed_seeds() -> Result<Vec<(String, Vec<u8>)>, String> {
+    let mut out = Vec::new();
+    for (_, name, frame) in fixture_seeds()?
+        .into_iter()
+        .filter(|(target, _, _)| *target == "apply_message")
+    {
+        let Ok(Message::Changes(batch)) = codec::decode_message(&frame, codec::MAX_MESSAGE_PAYLOAD)
+        else {
+            continue;
+        };
+        let plain = codec::encode_batch_body(&batch.changes, false);
+        out.push((
+            format!("{name}-packed"),
+            codec::encode_batch_body(&batch.changes, true),
+        ));
+        out.push((format!("{name}-inner"), plain[1..].to_vec()));
+        out.push((format!("{name}-plain"), plain));
+    }
+    Ok(out)
+}
+
+#[test]
+#[ignore = "writes files under fuzz/seeds"]
+fn write_compressed_seeds() -> Result<(), String> {
+    let dir = fuzz_dir().join("seeds").join("decode_compressed");
+    fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    for (name, bytes) in compressed_seeds()? {
+        let file = dir.join(name);
+        fs::write(&file, bytes).map_err(|e| format!("writing {}: {e}", file.display()))?;
+    }
+    Ok(())
+}
+
+/// The seeds and the bombs: a body claiming 4 GiB, one claiming less than
+/// it holds, one more, an unknown encoding, and a zstd frame cut short.
+#[test]
+fn decode_compressed_inputs_hold() -> Result<(), String> {
+    let n = replay("decode_compressed", check_compressed_bytes)?;
+    if n == 0 {
+        return Err("no decode_compressed seeds: run write_compressed_seeds".into());
+    }
+    let mut hand: Vec<Vec<u8>> = vec![
+        vec![],
+        vec![0],
+        vec![1],
+        vec![2, 0],
+        vec![1, 253, 0, 0, 0, 0, 1, 0, 0, 0, 4, 0x28, 0xb5, 0x2f, 0xfd],
+        vec![1, 252, 0, 0, 0, 1, 3, 1, 2, 3],
+    ];
+    for (_, body) in compressed_seeds()?
+        .into_iter()
+        .filter(|(n, _)| n.ends_with("-packed"))
+    {
+        if body.len() > 12 {
+            hand.push(body[..body.len() - 5].to_vec());
+        }
+        let mut longer = body.clone();
+        longer[1] = longer[1].wrapping_add(1);
+        hand.push(longer);
+        hand.push(body);
+    }
+    run_all("hand-made body", check_compressed_bytes, &hand)?;
+    // The bombs the target checks are refused outright.
+    for (claimed, plain) in [(4u64 << 30, vec![0u8; 16]), (10, vec![0u8; 100_000])] {
+        let frame = codec::frame_compressed_batch(1, claimed, &plain);
+        if codec::decode_message(&frame, 1 << 20).is_ok() {
+            return Err(format!(
+                "a body claiming {claimed} bytes of {} decoded",
+                plain.len()
+            ));
+        }
     }
     Ok(())
 }

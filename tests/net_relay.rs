@@ -8,7 +8,7 @@
 mod common;
 
 use common::{site, TestResult};
-use meldb::codec::{self, decode_message, encode_message, HEADER_LEN, MAX_MESSAGE_PAYLOAD};
+use meldb::codec::{self, encode_message, HEADER_LEN, MAX_MESSAGE_PAYLOAD};
 use meldb::sync::message::{Batch, Hello, Message, NoticeCode};
 use meldb::sync::{sync_continuously, sync_once_tcp, Backoff, SessionConfig, SharedStore};
 use meldb::StoreOptions;
@@ -388,11 +388,13 @@ fn exchange(addr: &str, bytes: &[u8]) -> Result<Vec<Message>, Box<dyn std::error
     let mut got = Vec::new();
     stream.read_to_end(&mut got)?;
     let mut messages = Vec::new();
+    // One connection's frames: a later Want is a diff against the one before.
+    let mut incoming = codec::Incoming::default();
     let mut rest = &got[..];
     while !rest.is_empty() {
         let len = codec::message_payload_len(rest, MAX_MESSAGE_PAYLOAD)?;
         let (frame, tail) = rest.split_at(HEADER_LEN + len);
-        messages.push(decode_message(frame, MAX_MESSAGE_PAYLOAD)?);
+        messages.push(codec::decode_message_on(frame, MAX_MESSAGE_PAYLOAD, &mut incoming)?.1);
         rest = tail;
     }
     Ok(messages)
@@ -408,6 +410,7 @@ fn hello(token: Option<&str>, site_byte: u8) -> Vec<u8> {
         live: false,
         authority: false,
         namespace: None,
+        compression: vec![],
     }))
 }
 

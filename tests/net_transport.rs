@@ -253,6 +253,7 @@ async fn a_connection_over_the_limit_is_told_the_relay_is_busy() -> TestResult {
             live: true,
             authority: false,
             namespace: None,
+            compression: vec![],
         })
     };
     let mut first = Connection::tcp(addr.as_str(), MAX_MESSAGE_PAYLOAD).await?;

@@ -9,7 +9,7 @@ mod common;
 mod tls_kit;
 
 use common::{site, TestResult};
-use meldb::codec::{self, decode_message, encode_message, HEADER_LEN, MAX_MESSAGE_PAYLOAD};
+use meldb::codec::{self, encode_message, HEADER_LEN, MAX_MESSAGE_PAYLOAD};
 use meldb::sync::message::{Batch, Hello, Message, NoticeCode};
 use meldb::sync::{
     sync_continuously_url, sync_once_url, Backoff, ClientTls, Connector, PeerUrl, SessionConfig,
@@ -348,11 +348,13 @@ async fn exchange(
         }
     }
     let mut messages = Vec::new();
+    // One connection's frames: a later Want is a diff against the one before.
+    let mut incoming = codec::Incoming::default();
     let mut rest = &got[..];
     while !rest.is_empty() {
         let len = codec::message_payload_len(rest, MAX_MESSAGE_PAYLOAD)?;
         let (frame, tail) = rest.split_at(HEADER_LEN + len);
-        messages.push(decode_message(frame, MAX_MESSAGE_PAYLOAD)?);
+        messages.push(codec::decode_message_on(frame, MAX_MESSAGE_PAYLOAD, &mut incoming)?.1);
         rest = tail;
     }
     Ok(messages)
@@ -368,6 +370,7 @@ fn hello(token: Option<&str>, site_byte: u8) -> Vec<u8> {
         live: false,
         authority: false,
         namespace: None,
+        compression: vec![],
     }))
 }
 

@@ -256,6 +256,7 @@ async fn a_peer_that_is_not_live_is_never_pushed_to() -> TestResult {
         live: false,
         authority: false,
         namespace: None,
+        compression: vec![],
     }))
     .await?;
     let have = me.lock().version_vector();
@@ -371,6 +372,7 @@ async fn a_slow_client_is_told_and_catches_up_later_while_others_go_on() -> Test
         live: true,
         authority: false,
         namespace: None,
+        compression: vec![],
     }))
     .await?;
     let have = slow_store.lock().version_vector();

@@ -207,6 +207,7 @@ async fn raw_session(
         live: false,
         authority: false,
         namespace: None,
+        compression: vec![],
     }))
     .await?;
     match conn.recv().await {

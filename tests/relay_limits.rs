@@ -159,10 +159,12 @@ async fn until_closed(
 /// The messages in bytes read from the relay.
 fn frames(mut rest: &[u8]) -> Result<Vec<Message>, Box<dyn std::error::Error>> {
     let mut messages = Vec::new();
+    // One connection's frames: a later Want is a diff against the one before.
+    let mut incoming = codec::Incoming::default();
     while !rest.is_empty() {
         let len = codec::message_payload_len(rest, MAX_MESSAGE_PAYLOAD)?;
         let (frame, tail) = rest.split_at(HEADER_LEN + len);
-        messages.push(decode_message(frame, MAX_MESSAGE_PAYLOAD)?);
+        messages.push(codec::decode_message_on(frame, MAX_MESSAGE_PAYLOAD, &mut incoming)?.1);
         rest = tail;
     }
     Ok(messages)
@@ -201,6 +203,7 @@ fn hello_bytes(t: &str, site_byte: u8, live: bool) -> Vec<u8> {
         live,
         authority: false,
         namespace: None,
+        compression: vec![],
     }))
 }
 
@@ -523,6 +526,7 @@ async fn a_flood_of_empty_batches_is_held_to_the_write_rate() -> TestResult {
             live: false,
             authority: false,
             namespace: None,
+            compression: vec![],
         }))
         .await?;
     let empty = meldb::Changeset::new(site(7));
@@ -717,6 +721,7 @@ async fn a_backlog_over_the_lag_bound_is_a_notice_and_a_resync() -> TestResult {
             live: true,
             authority: false,
             namespace: None,
+            compression: vec![],
         }))
         .await?;
     lagging

@@ -113,6 +113,11 @@ pub struct Hello {
     /// one its token names first. Protocol version 2 and later (a
     /// version-1 hello has no namespace: see [`crate::codec::ProtocolVersion`]).
     pub namespace: Option<String>,
+    /// The codecs the sender decodes in bodies of `Changes` and `Push`
+    /// (a session's own hello offers [`crate::codec::Compression::ACCEPTED`]);
+    /// a body is compressed only with a codec its receiver offered.
+    /// Protocol version 4 and later (empty before).
+    pub compression: Vec<crate::codec::Compression>,
 }
 
 /// "Send me everything I lack."

@@ -85,6 +85,7 @@ mod tls;
 mod tokens;
 mod transport;
 mod url;
+mod vv_diff;
 #[cfg(feature = "websocket")]
 mod websocket;
 pub(crate) mod wire;

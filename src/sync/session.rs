@@ -488,6 +488,7 @@ impl Session {
             } else {
                 None
             },
+            compression: super::wire::Compression::ACCEPTED.to_vec(),
         }
     }
 

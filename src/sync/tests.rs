@@ -184,6 +184,7 @@ fn a_peer_without_a_valid_token_learns_neither_schema_nor_site() -> TestResult {
         live: false,
         authority: false,
         namespace: None,
+        compression: vec![],
     });
     let refused = b.receive(&mut sb, probe);
     assert!(
@@ -711,6 +712,7 @@ fn send_batch(
             live: false,
             authority: false,
             namespace: None,
+            compression: vec![],
         }),
     )?;
     while r.poll_message().is_some() {}

@@ -16,7 +16,11 @@
 //! The protocol version is the connection's business too
 //! ([`ProtocolVersion`]): a connection writes its newest version
 //! until the peer's first frame arrives, then the version of that frame,
-//! and refuses any later frame in another version.
+//! and refuses any later frame in another version. So is what protocol 4
+//! keeps per connection: the writer compresses bodies once the peer's
+//! `Hello` offered a codec (the reader task saw it), and each side keeps
+//! the last `Want` it sent or received, for the next one's diff
+//! ([`wire::Outgoing`], [`wire::Incoming`]).
 
 use super::error::SyncError;
 use super::message::Message;
@@ -84,6 +88,8 @@ struct Speaking {
     accepting: AtomicBool,
     /// The version of the peer's first frame, once it arrived (0 before).
     agreed: AtomicU16,
+    /// Whether the peer's hello offered a codec this side compresses with.
+    peer_decompresses: AtomicBool,
 }
 
 impl Speaking {
@@ -92,6 +98,7 @@ impl Speaking {
             versions,
             accepting: AtomicBool::new(false),
             agreed: AtomicU16::new(0),
+            peer_decompresses: AtomicBool::new(false),
         }
     }
 
@@ -133,6 +140,7 @@ pub struct Connection {
     incoming: mpsc::Receiver<Result<Message, SyncError>>,
     counts: Arc<ByteCounts>,
     speaking: Arc<Speaking>,
+    outgoing: wire::Outgoing,
 }
 
 impl std::fmt::Debug for Connection {
@@ -179,6 +187,7 @@ impl Connection {
             incoming,
             counts,
             speaking,
+            outgoing: wire::Outgoing::default(),
         }
     }
 
@@ -199,7 +208,9 @@ impl Connection {
 
     /// Sends one message, in the session's protocol version.
     pub async fn send(&mut self, message: &Message) -> Result<(), SyncError> {
-        let bytes = wire::encode_message_as(message, self.protocol_version());
+        self.outgoing
+            .set_compress(self.speaking.peer_decompresses.load(Ordering::Acquire));
+        let bytes = wire::encode_message_on(message, self.protocol_version(), &mut self.outgoing);
         self.writer.write_all(&bytes).await?;
         // TLS and WebSocket streams buffer: a frame must leave now, since
         // the peer may answer nothing until it has it.
@@ -257,6 +268,7 @@ async fn read_frames<R: AsyncRead + Unpin>(
     speaking: Arc<Speaking>,
 ) {
     let mut first = true;
+    let mut incoming = wire::Incoming::default();
     loop {
         let frame_limit = if first {
             limit.min(MAX_HELLO_PAYLOAD)
@@ -265,7 +277,7 @@ async fn read_frames<R: AsyncRead + Unpin>(
         };
         first = false;
         let result = tokio::select! {
-            result = read_frame(&mut reader, frame_limit, &counts, &speaking) => result,
+            result = read_frame(&mut reader, frame_limit, &counts, &speaking, &mut incoming) => result,
             () = tx.closed() => break,
         };
         let item = match result {
@@ -303,6 +315,7 @@ async fn read_frame<R: AsyncRead + Unpin>(
     limit: usize,
     counts: &ByteCounts,
     speaking: &Speaking,
+    incoming: &mut wire::Incoming,
 ) -> Result<Option<Message>, SyncError> {
     let mut header = [0u8; HEADER_LEN];
     let mut filled = 0;
@@ -337,7 +350,13 @@ async fn read_frame<R: AsyncRead + Unpin>(
         .into());
     }
     counts.add_received(frame.len());
-    Ok(Some(wire::decode_message(&frame, limit)?))
+    let (_, message) = wire::decode_message_on(&frame, limit, incoming)?;
+    if let Message::Hello(hello) = &message {
+        if hello.compression.contains(&wire::Compression::Zstd) {
+            speaking.peer_decompresses.store(true, Ordering::Release);
+        }
+    }
+    Ok(Some(message))
 }
 
 #[cfg(test)]

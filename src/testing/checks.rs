@@ -87,6 +87,52 @@ pub fn check_message_bytes(data: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+/// The `decode_compressed` fuzz target: `data` as the body of a protocol-4
+/// `Changes` and `Push` (an encoding byte, then plain bytes or a claimed
+/// length and a zstd frame), under a 1 MiB limit, and `data` compressed
+/// whole into a batch body claiming its true length and one byte less.
+/// Decoding must not panic; a body decoded must re-encode, compressed,
+/// to a frame that decodes to the same message; a claim short of the
+/// truth is refused.
+pub fn check_compressed_bytes(data: &[u8]) -> Result<(), String> {
+    const LIMIT: usize = 1 << 20;
+    let frames = [
+        codec::frame_body(false, data),
+        codec::frame_body(true, data),
+        codec::frame_compressed_batch(1, data.len() as u64, data),
+    ];
+    for frame in frames {
+        if let Ok((version, message)) = codec::decode_message_versioned(&frame, LIMIT) {
+            let mut out = codec::Outgoing::default();
+            out.set_compress(true);
+            let bytes = codec::encode_message_on(&message, version, &mut out);
+            let again = codec::decode_message(&bytes, LIMIT).map_err(|e| {
+                format!(
+                    "a decoded {} does not decode compressed: {e}",
+                    message.name()
+                )
+            })?;
+            if again != message && codec::encode_message(&again) != codec::encode_message(&message)
+            {
+                return Err(format!(
+                    "a decoded {} changes when compressed",
+                    message.name()
+                ));
+            }
+        }
+    }
+    if !data.is_empty() {
+        let short = codec::frame_compressed_batch(1, data.len() as u64 - 1, data);
+        if codec::decode_message(&short, LIMIT).is_ok() {
+            return Err(format!(
+                "a body of {} bytes claiming one byte less decoded",
+                data.len()
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The `decode_stored` fuzz target: bytes read as what a database keeps
 /// (packed row metadata, an undo image). Decoding must not panic, and what
 /// decodes must re-encode to bytes that decode to the same value and

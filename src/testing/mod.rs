@@ -51,9 +51,9 @@ mod model;
 
 pub use bytes::{op_from_bytes, reinsert_from_bytes, UNKNOWN_COLUMN, UNKNOWN_TABLE};
 pub use checks::{
-    check_apply_bytes, check_apply_message_bytes, check_decode_bytes, check_message_bytes,
-    check_ops_bytes, check_stored_bytes, seed_changesets, seed_messages, seed_payloads,
-    seeded_store, MAX_OPS,
+    check_apply_bytes, check_apply_message_bytes, check_compressed_bytes, check_decode_bytes,
+    check_message_bytes, check_ops_bytes, check_stored_bytes, seed_changesets, seed_messages,
+    seed_payloads, seeded_store, MAX_OPS,
 };
 use harness::digest;
 pub use harness::{export_to_fresh, Harness};

@@ -320,6 +320,7 @@ async fn idle_client(
         live: true,
         authority: false,
         namespace: None,
+        compression: meldb::codec::Compression::ACCEPTED.to_vec(),
     };
     if conn.send(&Message::Hello(hello)).await.is_err() {
         return;
