@@ -314,6 +314,18 @@ impl<'de> de::Deserializer<'de> for ValueDe<'de> {
     }
 }
 
+/// A row `get` returned for `table`, read as a `T` (`get_as` on the store
+/// and on a reader).
+pub(crate) fn row_as<T: DeserializeOwned>(
+    row: Option<Vec<(String, Value)>>,
+    table: &str,
+) -> crate::Result<Option<T>> {
+    match row {
+        None => Ok(None),
+        Some(row) => Ok(Some(from_row(&row, &format!("table {table:?}"))?)),
+    }
+}
+
 /// Runs a read-only `sql` on `conn` and reads each result row as a `T`.
 pub(crate) fn query_as<T: DeserializeOwned>(
     conn: &Connection,
@@ -402,10 +414,7 @@ impl Store {
         table: &str,
         key: impl Into<Key>,
     ) -> crate::Result<Option<T>> {
-        let Some(row) = self.get(table, key)? else {
-            return Ok(None);
-        };
-        Ok(Some(from_row(&row, &format!("table {table:?}"))?))
+        row_as(self.get(table, key)?, table)
     }
 
     /// Runs a read-only `sql` and reads each result row as a `T`, fields

@@ -64,13 +64,7 @@ impl<'a> Reader<'a> {
         table: &str,
         key: impl Into<Key>,
     ) -> Result<Option<T>> {
-        let Some(row) = self.get(table, key)? else {
-            return Ok(None);
-        };
-        Ok(Some(crate::typed::from_row(
-            &row,
-            &format!("table {table:?}"),
-        )?))
+        crate::typed::row_as(self.get(table, key)?, table)
     }
 
     /// A read-only query's rows read as `T`s, as [`Store::query_as`]
@@ -295,6 +289,13 @@ mod tests {
         );
         let got = pool.read(|r| r.get("item", "a"))?;
         assert!(got.is_some(), "the reader sees the writer's row");
+        // The typed reads run on the reader's snapshot too.
+        let typed: Option<(String,)> = pool.read(|r| r.get_as("item", "a"))?;
+        assert_eq!(typed, Some(("a".to_string(),)));
+        let skus: Vec<(String,)> = pool.read(|r| r.query_as("SELECT sku FROM item", []))?;
+        assert_eq!(skus, [("a".to_string(),)]);
+        let refused = pool.read(|r| r.query_as::<(i64,)>("CREATE TEMP TABLE t (a)", []));
+        assert!(refused.is_err(), "a reader's query_as reads only");
         Ok(())
     }
 
