@@ -154,8 +154,10 @@ fn body(inner: Vec<u8>, compress: bool) -> Vec<u8> {
 }
 
 /// The bytes inside a body: plain, or decompressed after its claimed
-/// length was checked against `limit` (nothing is allocated for a claim
-/// over it), refusing a frame that decompresses past or short of its claim.
+/// length was checked against `limit` and against the size the zstd
+/// frame's header declares (nothing is allocated for a claim over the
+/// limit or one the frame does not back), refusing a frame that
+/// decompresses past or short of its claim.
 fn unbody<'a>(
     raw: &'a [u8],
     limit: usize,
@@ -178,6 +180,30 @@ fn unbody<'a>(
                 })?;
             let packed = d.bytes()?;
             d.finish()?;
+            // The frame's own header must declare the claimed size, so that a
+            // few bytes claiming the whole limit are refused before the
+            // buffer for it is allocated (our encoder always declares it).
+            match zstd::zstd_safe::get_frame_content_size(packed) {
+                Ok(Some(declared)) if declared == claimed as u64 => {}
+                Ok(Some(declared)) => {
+                    return Err(bad(format!(
+                        "a compressed body claims {claimed} bytes decompressed but its zstd \
+                         frame declares {declared}"
+                    )))
+                }
+                Ok(None) => {
+                    return Err(bad(format!(
+                        "a compressed body claims {claimed} bytes decompressed but its zstd \
+                         frame does not declare its size"
+                    )))
+                }
+                Err(_) => {
+                    return Err(bad(format!(
+                        "a compressed body of {} bytes is no zstd frame",
+                        packed.len()
+                    )))
+                }
+            }
             let mut out = vec![0u8; claimed];
             let written = zstd::bulk::decompress_to_buffer(packed, &mut out[..]).map_err(|e| {
                 bad(format!(
@@ -1461,12 +1487,55 @@ mod tests {
         refused(
             &frame_compressed_batch(1, 100, &[0; 100_000]),
             MAX_MESSAGE_PAYLOAD,
-            "does not decompress within its claimed 100 bytes",
+            "claims 100 bytes decompressed but its zstd frame declares 100000",
         );
         refused(
             &frame_compressed_batch(1, 1000, &[0; 10]),
             MAX_MESSAGE_PAYLOAD,
-            "decompressed to 10 bytes but claims 1000",
+            "claims 1000 bytes decompressed but its zstd frame declares 10",
+        );
+        // A tiny frame claiming the whole limit: refused from its header,
+        // before a buffer of the claimed size exists. A zstd stream frame
+        // leaves its size undeclared; one that declares it falsely is
+        // caught the same way as above.
+        let mut undeclared = Vec::new();
+        {
+            use std::io::Write as _;
+            let mut encoder = zstd::stream::write::Encoder::new(&mut undeclared, ZSTD_LEVEL)
+                .expect("a zstd encoder on a Vec");
+            encoder.write_all(&[0; 1000]).expect("writing to a Vec");
+            encoder.finish().expect("finishing into a Vec");
+        }
+        let mut body = Enc::new();
+        body.u8(1);
+        body.len(MAX_MESSAGE_PAYLOAD);
+        body.bytes(&undeclared);
+        let mut frame = Enc::new();
+        frame.u8(2);
+        frame.uint(1);
+        frame.bytes(&body.into_bytes());
+        refused(
+            &frame_as(MESSAGE_MAGIC, 4, &frame.into_bytes()),
+            MAX_MESSAGE_PAYLOAD,
+            "frame does not declare its size",
+        );
+        // Trailing bytes after the frame: the size still matches the
+        // header, so the decoder itself must refuse the rest.
+        let mut trailing = zstd::bulk::compress(&[7; 1000], ZSTD_LEVEL).expect("compressing");
+        trailing
+            .extend_from_slice(&zstd::bulk::compress(&[8; 1000], ZSTD_LEVEL).expect("compressing"));
+        let mut body = Enc::new();
+        body.u8(1);
+        body.len(1000);
+        body.bytes(&trailing);
+        let mut frame = Enc::new();
+        frame.u8(2);
+        frame.uint(1);
+        frame.bytes(&body.into_bytes());
+        refused(
+            &frame_as(MESSAGE_MAGIC, 4, &frame.into_bytes()),
+            MAX_MESSAGE_PAYLOAD,
+            "does not decompress within its claimed 1000 bytes",
         );
         let mut garbage = Enc::new();
         garbage.u8(2);
@@ -1475,7 +1544,7 @@ mod tests {
         refused(
             &frame_as(MESSAGE_MAGIC, 4, &garbage.into_bytes()),
             MAX_MESSAGE_PAYLOAD,
-            "does not decompress",
+            "is no zstd frame",
         );
         let mut unknown = Enc::new();
         unknown.u8(2);
