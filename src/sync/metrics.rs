@@ -29,6 +29,7 @@
 //! | `conflicts_total` | counter | `table`, `outcome` (the conflict log's outcomes; `rejected` is a resolver's rejection) |
 //! | `mutations_processed_total`, `mutations_refused_total` | counter | |
 //! | `write_refusals_total` | counter | `reason`: `rate`, `quota`, `lag`, `read_only` |
+//! | `namespaces_unavailable_total` | counter | (sessions told `Busy` because their namespace's replica could not be served: a database that would not open, a failed setup; the relay's log names the namespace and the cause) |
 //! | `shutting_down` | gauge | (1 once shutdown began) |
 
 use super::error::SyncError;
@@ -202,6 +203,7 @@ pub struct RelayMetrics {
     conflicts: Mutex<BTreeMap<String, [u64; Outcome::ALL.len()]>>,
     mutations_processed: AtomicU64,
     mutations_refused: AtomicU64,
+    unavailable: AtomicU64,
     shutting_down: AtomicBool,
 }
 
@@ -259,6 +261,7 @@ impl RelayMetrics {
             SyncError::ReadOnly { .. } => {
                 bump(&self.write_refusals[WriteRefusal::ReadOnly as usize], 1);
             }
+            SyncError::Unavailable { .. } => bump(&self.unavailable, 1),
             _ => {}
         }
     }
@@ -449,6 +452,11 @@ impl RelayMetrics {
             WriteRefusal::ALL
                 .iter()
                 .map(|r| (r.name(), read(&self.write_refusals[*r as usize]))),
+        );
+        out.counter(
+            "meldb_relay_namespaces_unavailable_total",
+            "Sessions refused because their namespace's replica could not be served.",
+            read(&self.unavailable),
         );
         out.family(
             "meldb_relay_shutting_down",
@@ -765,8 +773,13 @@ mod tests {
         metrics.session_ended(&SyncError::ReadOnly { sent: "x".into() });
         metrics.session_ended(&SyncError::Limit(LimitExceeded::Connections { limit: 1 }));
         metrics.session_ended(&SyncError::Timeout { seconds: 1 });
+        metrics.session_ended(&SyncError::Unavailable {
+            namespace: crate::sync::Namespace::default(),
+            source: Box::new(SyncError::Timeout { seconds: 1 }),
+        });
         let text = metrics.render();
         for line in [
+            "meldb_relay_namespaces_unavailable_total 1",
             "meldb_relay_auth_failures_total{reason=\"bad_token\"} 1",
             "meldb_relay_auth_failures_total{reason=\"no_token\"} 1",
             "meldb_relay_write_refusals_total{reason=\"read_only\"} 1",
