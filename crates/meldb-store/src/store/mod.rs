@@ -161,6 +161,12 @@ impl StoreOptions {
         self
     }
 
+    /// The key set by [`StoreOptions::encryption_key`], for code that
+    /// opens other connections with these options (a relay's backups).
+    pub fn key(&self) -> Option<&EncryptionKey> {
+        self.key.as_ref()
+    }
+
     /// Opens (or creates) a file database.
     ///
     /// ```
