@@ -128,7 +128,8 @@ pub mod testing;
 
 // Opening a database and writing to it.
 pub use store::{
-    Durability, ReadPool, Reader, Store, StoreOptions, Transaction, DEFAULT_CACHE_KIB,
+    Durability, EncryptionKey, ReadPool, Reader, Store, StoreOptions, Transaction,
+    DEFAULT_CACHE_KIB,
 };
 
 // Rows read as the app's own types (`Store::get_as`, `Store::query_as`).

@@ -152,7 +152,8 @@ impl DirectoryProvider {
 
     /// Copies `namespace`'s database to a new file at `to` while the relay
     /// keeps serving it (SQLite's online backup, on a connection of its
-    /// own: sessions are not held up; see [`Store::backup_file`]). It
+    /// own: sessions are not held up; see [`Store::backup_file`]). The
+    /// copy of an encrypted namespace is encrypted with its key. It
     /// blocks: async code runs it on the blocking pool.
     ///
     /// # Errors
@@ -169,7 +170,13 @@ impl DirectoryProvider {
             .path_of(namespace)
             .filter(|p| p.is_file())
             .ok_or_else(|| SyncError::UnknownNamespace(namespace.clone()))?;
-        Store::backup_file(path, to).map_err(|e| SyncError::Store(e.into()))
+        // The namespaces' key, when they are encrypted: the copy is
+        // encrypted with it.
+        match self.options.key() {
+            Some(key) => Store::backup_file_with_key(path, to, key),
+            None => Store::backup_file(path, to),
+        }
+        .map_err(|e| SyncError::Store(e.into()))
     }
 
     /// The namespaces with a database in the directory, in name order.

@@ -550,6 +550,37 @@ pub enum OpenError {
         /// What went wrong.
         problem: String,
     },
+    /// A key was given, and it does not decrypt the file (or the file is
+    /// not an SQLite database at all: the two look alike). Nothing was
+    /// changed.
+    #[error("{path}: the encryption key does not open this database (a wrong key, or the file is not a database)")]
+    WrongKey {
+        /// The database file.
+        path: String,
+    },
+    /// A key was given for a plain, unencrypted database: it is refused
+    /// rather than opened unencrypted. Nothing was changed.
+    #[error("{path}: the database is not encrypted, but an encryption key was given; open it without a key")]
+    NotEncrypted {
+        /// The database file.
+        path: String,
+    },
+    /// No key was given, and the file is not a plain SQLite database: it
+    /// is encrypted (or not a database at all). Nothing was changed.
+    #[error("{path}: the file is not a plain SQLite database: it is encrypted (open it with its key) or not a database")]
+    Encrypted {
+        /// The database file.
+        path: String,
+    },
+    /// A key was given where it cannot be used: a build without the
+    /// `encryption` feature, or an in-memory store.
+    #[error("{path}: an encryption key cannot be used: {reason}")]
+    EncryptionUnavailable {
+        /// The database file (`:memory:` for an in-memory store).
+        path: String,
+        /// Why.
+        reason: &'static str,
+    },
     /// The schema does not fit the database: an upgrade it cannot make
     /// (a changed column type, a removed table), or a schema that is
     /// itself invalid.
@@ -579,6 +610,15 @@ pub enum BackupError {
         path: String,
         /// What is wrong.
         problem: String,
+    },
+    /// The source is encrypted and no key was given, or the key given
+    /// does not decrypt it ([`Store::backup_file_with_key`](crate::Store::backup_file_with_key)).
+    #[error("{path}: {problem}")]
+    Key {
+        /// The source.
+        path: String,
+        /// What is wrong.
+        problem: &'static str,
     },
     /// The source database could not be opened.
     #[error("cannot open {path}: {source}")]

@@ -19,12 +19,17 @@
 //! - The source is only read: [`Store::backup_file`] opens it read-only,
 //!   never upgrades it, needs no schema.
 //!
+//! - The copy of an encrypted store is encrypted with the same key (every
+//!   connection on the copy is keyed before SQLite writes a page), and an
+//!   encrypted source is never copied without its key: a copy never holds
+//!   the plaintext of an encrypted store.
+//!
 //! The copy keeps the source's site id: it is the same replica at an
 //! earlier point. A restored copy replaces the original; one used beside
 //! it needs [`Store::rotate_site_id`] first.
 
-use super::Store;
-use crate::error::BackupError;
+use super::{cipher, EncryptionKey, Store};
+use crate::error::{BackupError, OpenError};
 use crate::schema::Schema;
 use rusqlite::backup::{Backup, StepResult};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
@@ -90,7 +95,7 @@ impl Store {
     /// copy failed, or the copy failed its check (nothing is left under
     /// `to`'s name).
     pub fn backup_to(&self, to: impl AsRef<Path>) -> Result<BackupReport, BackupError> {
-        backup(&self.conn, &self.path, to.as_ref())
+        backup(&self.conn, &self.path, to.as_ref(), self.key.as_ref())
     }
 
     /// Copies the meldb database at `from` to a new file at `to`, as
@@ -100,39 +105,104 @@ impl Store {
     ///
     /// # Errors
     ///
-    /// As [`Store::backup_to`], and [`BackupError::NotMeldb`] when `from`
-    /// does not exist or is not a meldb database.
+    /// As [`Store::backup_to`], [`BackupError::NotMeldb`] when `from`
+    /// does not exist or is not a meldb database, and [`BackupError::Key`]
+    /// when it is encrypted ([`Store::backup_file_with_key`] copies it).
     pub fn backup_file(
         from: impl AsRef<Path>,
         to: impl AsRef<Path>,
     ) -> Result<BackupReport, BackupError> {
-        let from = from.as_ref();
-        let shown = from.display().to_string();
-        if !from.is_file() {
-            return Err(BackupError::NotMeldb {
-                path: shown,
-                problem: "no such database file".into(),
-            });
-        }
-        let conn = Connection::open_with_flags(
-            from,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(|source| BackupError::Source {
-            path: shown.clone(),
-            source,
-        })?;
-        conn.busy_timeout(Duration::from_secs(5))
-            .map_err(|source| BackupError::Source {
-                path: shown.clone(),
-                source,
-            })?;
-        backup(&conn, &shown, to.as_ref())
+        backup_file(from.as_ref(), to.as_ref(), None)
+    }
+
+    /// [`Store::backup_file`] of an encrypted database: `from` is opened
+    /// with `key`, and the copy is encrypted with it.
+    ///
+    /// # Errors
+    ///
+    /// As [`Store::backup_file`], and [`BackupError::Key`] when `from` is
+    /// not encrypted or `key` does not decrypt it.
+    pub fn backup_file_with_key(
+        from: impl AsRef<Path>,
+        to: impl AsRef<Path>,
+        key: &EncryptionKey,
+    ) -> Result<BackupReport, BackupError> {
+        backup_file(from.as_ref(), to.as_ref(), Some(key))
     }
 }
 
+/// Opens `from` read-only (keyed when `key` is given) and backs it up.
+fn backup_file(
+    from: &Path,
+    to: &Path,
+    key: Option<&EncryptionKey>,
+) -> Result<BackupReport, BackupError> {
+    let shown = from.display().to_string();
+    if !from.is_file() {
+        return Err(BackupError::NotMeldb {
+            path: shown,
+            problem: "no such database file".into(),
+        });
+    }
+    let conn = Connection::open_with_flags(
+        from,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|source| BackupError::Source {
+        path: shown.clone(),
+        source,
+    })?;
+    match cipher::check_file(from, &shown, key) {
+        Ok(()) => {}
+        Err(OpenError::Encrypted { .. }) => {
+            return Err(BackupError::Key {
+                path: shown,
+                problem: "it is encrypted (or not a database): back it up with its key",
+            })
+        }
+        Err(OpenError::NotEncrypted { .. }) => {
+            return Err(BackupError::Key {
+                path: shown,
+                problem: "it is not encrypted, but a key was given",
+            })
+        }
+        Err(OpenError::EncryptionUnavailable { reason, .. }) => {
+            return Err(BackupError::Key {
+                path: shown,
+                problem: reason,
+            })
+        }
+        Err(e) => {
+            return Err(BackupError::NotMeldb {
+                path: shown,
+                problem: e.to_string(),
+            })
+        }
+    }
+    let source = |source| BackupError::Source {
+        path: shown.clone(),
+        source,
+    };
+    if let Some(key) = key {
+        cipher::key_connection(&conn, key).map_err(source)?;
+        if cipher::verify(&conn, &shown).is_err() {
+            return Err(BackupError::Key {
+                path: shown,
+                problem: "the key does not decrypt it",
+            });
+        }
+    }
+    conn.busy_timeout(Duration::from_secs(5)).map_err(source)?;
+    backup(&conn, &shown, to, key)
+}
+
 /// The copy, its check and its move into place.
-fn backup(src: &Connection, from: &str, to: &Path) -> Result<BackupReport, BackupError> {
+fn backup(
+    src: &Connection,
+    from: &str,
+    to: &Path,
+    key: Option<&EncryptionKey>,
+) -> Result<BackupReport, BackupError> {
     let shown = to.display().to_string();
     let format = meldb_format(src, from).map_err(|problem| BackupError::NotMeldb {
         path: from.to_owned(),
@@ -169,7 +239,7 @@ fn backup(src: &Connection, from: &str, to: &Path) -> Result<BackupReport, Backu
         let path = path.display().to_string();
         move |source| BackupError::Io { path, source }
     };
-    let pages = copy(src, from, &temp.path, &shown)?;
+    let pages = copy(src, from, &temp.path, &shown, key)?;
     let check = |problem: String| BackupError::Check {
         from: from.to_owned(),
         to: shown.clone(),
@@ -177,6 +247,9 @@ fn backup(src: &Connection, from: &str, to: &Path) -> Result<BackupReport, Backu
     };
     let rows = {
         let copy = Connection::open(&temp.path).map_err(|e| check(e.to_string()))?;
+        if let Some(key) = key {
+            cipher::key_connection(&copy, key).map_err(|e| check(e.to_string()))?;
+        }
         // One self-contained file: no WAL beside it.
         copy.query_row("PRAGMA journal_mode = DELETE", [], |r| {
             r.get::<_, String>(0)
@@ -219,13 +292,22 @@ fn backup(src: &Connection, from: &str, to: &Path) -> Result<BackupReport, Backu
 }
 
 /// Copies every page of `src` into the file at `dest` in one step.
-fn copy(src: &Connection, from: &str, dest: &Path, to: &str) -> Result<u64, BackupError> {
+fn copy(
+    src: &Connection,
+    from: &str,
+    dest: &Path,
+    to: &str,
+    key: Option<&EncryptionKey>,
+) -> Result<u64, BackupError> {
     let failed = |source| BackupError::Copy {
         from: from.to_owned(),
         to: to.to_owned(),
         source,
     };
     let mut dst = Connection::open(dest).map_err(failed)?;
+    if let Some(key) = key {
+        cipher::key_connection(&dst, key).map_err(failed)?;
+    }
     let backup = Backup::new(src, &mut dst).map_err(failed)?;
     let started = Instant::now();
     loop {

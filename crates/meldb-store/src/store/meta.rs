@@ -270,6 +270,7 @@ impl Store {
                     writer: crate::resolve::Writer::default(),
                     stamps: Vec::new(),
                     conflict_retention: super::conflicts::ConflictRetention::KEEP_ALL,
+                    key: options.key,
                 })
             }
             Err(e) => {

@@ -17,6 +17,7 @@ mod apply;
 mod backup;
 mod bindings;
 mod changes;
+mod cipher;
 mod conflicts;
 mod correct;
 mod digest;
@@ -35,6 +36,7 @@ mod write;
 pub use apply::{ApplyReport, HeldChange};
 pub use backup::BackupReport;
 pub use bindings::SiteBinding;
+pub use cipher::EncryptionKey;
 pub use conflicts::ConflictRetention;
 pub use read::{ReadPool, Reader};
 pub use stamp::{RuleViolation, StampContext};
@@ -76,6 +78,8 @@ pub struct StoreOptions {
     site_id: Option<SiteId>,
     cache_kib: u32,
     authority: bool,
+    /// The database's key (its `Debug` is redacted).
+    key: Option<EncryptionKey>,
 }
 
 impl Default for StoreOptions {
@@ -87,6 +91,7 @@ impl Default for StoreOptions {
             site_id: None,
             cache_kib: DEFAULT_CACHE_KIB,
             authority: false,
+            key: None,
         }
     }
 }
@@ -138,6 +143,30 @@ impl StoreOptions {
         self
     }
 
+    /// Encrypts the database at rest with `key` (SQLCipher; needs the
+    /// `encryption` feature). A new file is created encrypted; an existing
+    /// one must have been created with this key. Every connection the
+    /// store opens (the writer, its [`ReadPool`]'s readers, a backup's
+    /// copy) is keyed, and a backup is encrypted with the same key.
+    ///
+    /// Opening with a key fails with [`OpenError::WrongKey`] when the key
+    /// does not decrypt the file, [`OpenError::NotEncrypted`] for a plain
+    /// database (it is never opened unencrypted), and
+    /// [`OpenError::EncryptionUnavailable`] in a build without the
+    /// feature or for [`StoreOptions::open_in_memory`] (an in-memory store
+    /// has nothing at rest). Opening an encrypted file without a key is
+    /// [`OpenError::Encrypted`].
+    pub fn encryption_key(mut self, key: EncryptionKey) -> Self {
+        self.key = Some(key);
+        self
+    }
+
+    /// The key set by [`StoreOptions::encryption_key`], for code that
+    /// opens other connections with these options (a relay's backups).
+    pub fn key(&self) -> Option<&EncryptionKey> {
+        self.key.as_ref()
+    }
+
     /// Opens (or creates) a file database.
     ///
     /// ```
@@ -171,7 +200,8 @@ impl StoreOptions {
     /// [`OpenError`]: the file is not meldb's, its format is newer or
     /// older than this build reads, an upgrade failed (nothing changed; the
     /// error names the copy taken before), the schema does not fit the
-    /// stored one, or SQLite failed.
+    /// stored one, the encryption key does not fit the file (see
+    /// [`StoreOptions::encryption_key`]), or SQLite failed.
     pub fn open(self, path: impl AsRef<Path>, schema: &Schema) -> Result<Store, OpenError> {
         let path = path.as_ref();
         let shown = path.display().to_string();
@@ -180,7 +210,13 @@ impl StoreOptions {
     }
 
     fn open_file(self, path: &Path, schema: &Schema) -> Result<Store> {
+        let shown = path.display().to_string();
+        cipher::check_file(path, &shown, self.key.as_ref())?;
         let conn = Connection::open(path)?;
+        if let Some(key) = &self.key {
+            cipher::key_connection(&conn, key)?;
+            cipher::verify(&conn, &shown)?;
+        }
         let sync = match self.durability {
             Durability::Full => "FULL",
             Durability::Normal => "NORMAL",
@@ -196,6 +232,13 @@ impl StoreOptions {
     /// Creates an in-memory database.
     pub fn open_in_memory(self, schema: &Schema) -> Result<Store, OpenError> {
         let open = || -> Result<Store> {
+            if self.key.is_some() {
+                return Err(OpenError::EncryptionUnavailable {
+                    path: ":memory:".into(),
+                    reason: "an in-memory store has nothing at rest to encrypt",
+                }
+                .into());
+            }
             let conn = Connection::open_in_memory()?;
             conn.execute_batch(&format!("PRAGMA cache_size = -{};", self.cache_kib))?;
             Store::init(conn, ":memory:".into(), schema, self)
@@ -246,6 +289,9 @@ pub struct Store {
     stamps: Vec<(String, stamp::Stamp)>,
     /// How long the conflict log keeps closed records.
     conflict_retention: conflicts::ConflictRetention,
+    /// The database's key, for every other connection opened on it
+    /// (readers, backups).
+    key: Option<EncryptionKey>,
 }
 
 /// In-memory state a rolled-back transaction or savepoint restores.

@@ -10,6 +10,9 @@
 //! code run on it ([`Reader::get`], [`Reader::digest`]), the same code
 //! [`Store::get`] and [`Store::digest`] run.
 //!
+//! A reader of an encrypted store is given the store's key before
+//! anything else (see `cipher`).
+//!
 //! In-memory stores have no file to open a second connection on (a
 //! shared-cache in-memory database would lock tables against the writer
 //! rather than give readers a snapshot): [`Store::read_pool`] gives them
@@ -102,6 +105,8 @@ pub struct ReadPool {
     schema: Schema,
     tables: Arc<[TableLayout]>,
     size: usize,
+    /// The database's key: each reader is keyed before its first read.
+    key: Option<super::EncryptionKey>,
     idle: Mutex<Idle>,
     freed: Condvar,
 }
@@ -204,6 +209,9 @@ impl ReadPool {
             &self.path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
+        if let Some(key) = &self.key {
+            super::cipher::key_connection(&conn, key)?;
+        }
         conn.busy_timeout(BUSY)?;
         Ok(conn)
     }
@@ -229,6 +237,7 @@ impl Store {
             schema: self.schema.clone(),
             tables: self.tables.clone().into(),
             size,
+            key: self.key.clone(),
             idle: Mutex::new(Idle::default()),
             freed: Condvar::new(),
         })
