@@ -185,7 +185,7 @@ fn backup_file(
     };
     if let Some(key) = key {
         cipher::key_connection(&conn, key).map_err(source)?;
-        if cipher::verify(&conn, &shown).is_err() {
+        if !cipher::decrypts(&conn).map_err(source)? {
             return Err(BackupError::Key {
                 path: shown,
                 problem: "the key does not decrypt it",

@@ -182,18 +182,29 @@ pub(super) fn key_connection(conn: &Connection, key: &EncryptionKey) -> rusqlite
 /// decrypts a page. SQLite's "file is not a database" here means the key
 /// does not decrypt the file.
 pub(super) fn verify(conn: &Connection, shown: &str) -> Result<(), OpenError> {
+    if decrypts(conn)? {
+        Ok(())
+    } else {
+        Err(OpenError::WrongKey {
+            path: shown.to_owned(),
+        })
+    }
+}
+
+/// Whether the keyed `conn` reads its schema: `false` when the key does
+/// not decrypt the file (SQLite's "not a database"), an error when SQLite
+/// failed otherwise (I/O, busy), which is not the key's fault.
+pub(super) fn decrypts(conn: &Connection) -> Result<bool, rusqlite::Error> {
     match conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
         r.get::<_, i64>(0)
     }) {
-        Ok(_) => Ok(()),
+        Ok(_) => Ok(true),
         Err(rusqlite::Error::SqliteFailure(e, _))
             if e.code == rusqlite::ErrorCode::NotADatabase =>
         {
-            Err(OpenError::WrongKey {
-                path: shown.to_owned(),
-            })
+            Ok(false)
         }
-        Err(e) => Err(e.into()),
+        Err(e) => Err(e),
     }
 }
 
@@ -207,7 +218,8 @@ mod tests {
         let shown = format!("{key:?}");
         assert!(!shown.contains("correct"), "{shown}");
         let raw = format!("{:?}", EncryptionKey::raw([0xab; 32]));
-        assert!(!raw.contains("ab"), "{raw}");
+        assert_eq!(raw, "EncryptionKey(<redacted>)");
+        assert_eq!(shown, "EncryptionKey(<redacted>)");
     }
 
     /// Without SQLCipher a key is refused, never ignored (which would
