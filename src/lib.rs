@@ -131,7 +131,8 @@ pub use store::{
     Durability, ReadPool, Reader, Store, StoreOptions, Transaction, DEFAULT_CACHE_KIB,
 };
 
-// Rows read as the app's own types (`Store::get_as`, `Store::query_as`).
+// Rows read as the app's own types (`Store::get_as`, `Store::query_as`) and
+// written from them (`Transaction::insert_row`, `upsert_row`, `update_row`).
 pub use meldb_store::typed::{from_row, TypedError};
 
 // Schemas.
