@@ -9,10 +9,10 @@
 //! kind and type say, then hands the row to the untyped write of the same
 //! name, which checks and writes it as it checks any write:
 //!
-//! - an `lww` column takes its SQL type: an integer (or a `bool`, as 0 or
-//!   1) for `integer`, a number for `real`, a string, `char` or unit enum
-//!   variant (its name) for `text`, bytes (`Vec<u8>`, `serde_bytes`) for
-//!   `blob`; `None` is NULL, refused for a NOT NULL column;
+//! - an `lww` column takes its SQL type: an integer (or a `bool`, as 0
+//!   or 1) for `integer`, a number for `real`, a string, `char` or unit
+//!   enum variant (its name) for `text`, bytes (`Vec<u8>`, `serde_bytes`)
+//!   for `blob`; `None` is NULL, refused for a NOT NULL column;
 //! - an `or_set` column takes a sequence of strings (`Vec<String>`,
 //!   `BTreeSet<String>`, `HashSet<String>`, ...) and becomes exactly it;
 //! - a counter takes an `i64`: on `insert_row` its initial amount, as
