@@ -132,7 +132,8 @@ pub use store::{
     DEFAULT_CACHE_KIB,
 };
 
-// Rows read as the app's own types (`Store::get_as`, `Store::query_as`).
+// Rows read as the app's own types (`Store::get_as`, `Store::query_as`) and
+// written from them (`Transaction::insert_row`, `upsert_row`, `update_row`).
 pub use meldb_store::typed::{from_row, TypedError};
 
 // Schemas.

@@ -7,7 +7,8 @@
 //! ([`SharedStore::write`], [`SharedStore::apply`]) and every batch a sync
 //! session applies wake the live sessions (the change signal), so they push
 //! what their peers lack. Reads through the handle ([`SharedStore::read`],
-//! [`SharedStore::get`], [`SharedStore::digest`]) each see one committed
+//! [`SharedStore::get`], [`SharedStore::get_as`], [`SharedStore::query_as`],
+//! [`SharedStore::digest`]) each see one committed
 //! snapshot and do not wait for the writer: a read while a sync applies a
 //! batch sees the state before that batch, never a part of it. In-memory
 //! stores have no pool: their reads go through the writer and wait for it.
@@ -27,6 +28,7 @@ use crate::changeset::Changeset;
 use crate::error::Result;
 use crate::store::{ApplyReport, ReadPool, Reader, Store, Transaction};
 use crate::value::{Key, Value};
+use serde::de::DeserializeOwned;
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::watch;
 
@@ -103,6 +105,36 @@ impl SharedStore {
     pub fn get(&self, table: &str, key: impl Into<Key>) -> Result<Option<Vec<(String, Value)>>> {
         let key = key.into();
         self.read(|r| r.get(table, key))
+    }
+
+    /// A live row read as a `T`, as [`Store::get_as`] reads it, from a
+    /// snapshot (see [`SharedStore::read`]): through a reader connection
+    /// when the handle has them, without waiting for the writer.
+    ///
+    /// # Errors
+    ///
+    /// As [`Store::get_as`].
+    pub fn get_as<T: DeserializeOwned>(
+        &self,
+        table: &str,
+        key: impl Into<Key>,
+    ) -> Result<Option<T>> {
+        let key = key.into();
+        self.read(|r| r.get_as(table, key))
+    }
+
+    /// A read-only query's rows read as `T`s, as [`Store::query_as`]
+    /// reads them, from a snapshot (see [`SharedStore::read`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`Store::query_as`].
+    pub fn query_as<T: DeserializeOwned>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+    ) -> Result<Vec<T>> {
+        self.read(|r| r.query_as(sql, params))
     }
 
     /// The digest ([`Store::digest`]) of a snapshot (see
@@ -220,6 +252,87 @@ impl SharedReplica for SharedStore {
 mod tests {
     use super::*;
     use crate::schema::Schema;
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Note {
+        id: String,
+        body: String,
+        pinned: bool,
+    }
+
+    fn note_schema() -> std::result::Result<Schema, Box<dyn std::error::Error>> {
+        Ok(Schema::from_toml_str(
+            "name = \"n\"\nversion = 1\n[[table]]\nname = \"note\"\nprimary_key = [\"id\"]\n\
+             [[table.column]]\nname = \"id\"\ntype = \"text\"\n\
+             [[table.column]]\nname = \"body\"\ntype = \"text\"\n\
+             [[table.column]]\nname = \"pinned\"\ntype = \"integer\"\n",
+            "n.toml",
+        )?)
+    }
+
+    #[test]
+    fn typed_reads_go_through_the_readers_without_waiting_for_the_writer(
+    ) -> std::result::Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open(dir.path().join("notes.db"), &note_schema()?)?;
+        let shared = SharedStore::new(store);
+        assert!(shared.has_readers());
+        let note = Note {
+            id: "n1".into(),
+            body: "first".into(),
+            pinned: true,
+        };
+        shared.write(|tx| tx.insert_row("note", &note))?;
+        assert_eq!(shared.get_as::<Note>("note", "n1")?.as_ref(), Some(&note));
+        // The writer is held in a transaction that has changed the row but
+        // not committed: a typed read on another thread answers from the
+        // committed snapshot rather than waiting (or seeing the change).
+        let mut guard = shared.lock();
+        let mut tx = guard.transaction()?;
+        tx.set("note", "n1", "body", "uncommitted")?;
+        let reader = shared.clone();
+        let (sent, answer) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let got = reader
+                .get_as::<Note>("note", "n1")
+                .map_err(|e| e.to_string());
+            let rows = reader
+                .query_as::<(String, bool)>("SELECT body, pinned FROM note", [])
+                .map_err(|e| e.to_string());
+            let _ = sent.send((got, rows));
+        });
+        let (got, rows) = answer
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .map_err(|_| "the typed reads waited for the writer")?;
+        tx.rollback();
+        drop(guard);
+        assert_eq!(got?.map(|n| n.body), Some("first".to_string()));
+        assert_eq!(rows?, [("first".to_string(), true)]);
+        Ok(())
+    }
+
+    #[test]
+    fn an_in_memory_shared_store_reads_typed_rows_through_the_writer(
+    ) -> std::result::Result<(), Box<dyn std::error::Error>> {
+        let shared = SharedStore::new(Store::open_in_memory(&note_schema()?)?);
+        assert!(!shared.has_readers());
+        shared.write(|tx| {
+            tx.insert_row(
+                "note",
+                &Note {
+                    id: "m".into(),
+                    body: "mem".into(),
+                    pinned: false,
+                },
+            )
+        })?;
+        let notes: Vec<Note> = shared.query_as("SELECT * FROM note WHERE pinned = ?1", [false])?;
+        assert_eq!(notes.len(), 1);
+        assert_eq!(notes[0].body, "mem");
+        assert_eq!(shared.get_as::<Note>("note", "absent")?, None);
+        Ok(())
+    }
 
     #[test]
     fn a_panic_in_store_work_is_reported_as_a_panic_with_its_message() {

@@ -249,6 +249,12 @@ impl<'s> Transaction<'s> {
         self.store.get(table, key)
     }
 
+    /// The schema of `table` as this transaction sees it (typed writes map
+    /// fields to its columns).
+    pub(crate) fn table_schema(&self, table: &str) -> Result<&crate::schema::Table> {
+        self.layout(table).map(|layout| &layout.table)
+    }
+
     fn layout(&self, table: &str) -> Result<&TableLayout> {
         self.store.table(table).ok_or_else(|| {
             WriteError::UnknownTable {

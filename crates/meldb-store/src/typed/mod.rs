@@ -1,4 +1,6 @@
-//! Typed rows: a row's columns read as any `serde::Deserialize` type.
+//! Typed rows: a row's columns read as any `serde::Deserialize` type, and
+//! written from any `serde::Serialize` one (`write`: `insert_row`,
+//! `upsert_row`, `update_row` on a [`Transaction`](crate::store::Transaction)).
 //!
 //! A row, as [`Store::get`] returns it or a query's result row, is a list
 //! of `(column name, value)`. [`from_row`] reads it as a struct (fields by
@@ -19,6 +21,9 @@
 //! column and what was found, never a silent default; a missing column is
 //! serde's "missing field" error naming the field.
 
+mod ser;
+mod write;
+
 use crate::store::Store;
 use crate::value::{Key, Value};
 use rusqlite::Connection;
@@ -26,12 +31,16 @@ use serde::de::{self, DeserializeOwned, IntoDeserializer, Visitor};
 use serde::forward_to_deserialize_any;
 use std::fmt;
 
-/// A row that did not fit the type asked for.
+/// A row that did not fit the type asked for, or a value that did not fit
+/// the row it was written to.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{}", self.describe())]
+#[non_exhaustive]
 pub struct TypedError {
-    /// The table or query the row came from.
+    /// The table or query the row came from (or, for a write, went to).
     pub source_of: String,
+    /// The Rust field whose value did not fit (typed writes), when one did.
+    pub field: Option<String>,
     /// The column whose value did not fit, when one did.
     pub column: Option<String>,
     /// What went wrong.
@@ -40,9 +49,15 @@ pub struct TypedError {
 
 impl TypedError {
     fn describe(&self) -> String {
-        match &self.column {
-            Some(column) => format!("{}, column {column:?}: {}", self.source_of, self.problem),
-            None => format!("{}: {}", self.source_of, self.problem),
+        let source_of = &self.source_of;
+        let problem = &self.problem;
+        match (&self.field, &self.column) {
+            (Some(field), Some(column)) => {
+                format!("{source_of}, field {field:?} (column {column:?}): {problem}")
+            }
+            (Some(field), None) => format!("{source_of}, field {field:?}: {problem}"),
+            (None, Some(column)) => format!("{source_of}, column {column:?}: {problem}"),
+            (None, None) => format!("{source_of}: {problem}"),
         }
     }
 }
@@ -84,6 +99,7 @@ pub fn from_row<T: DeserializeOwned>(
 ) -> Result<T, TypedError> {
     T::deserialize(RowDe { row }).map_err(|e| TypedError {
         source_of: source_of.to_owned(),
+        field: None,
         column: e.column,
         problem: e.problem,
     })
@@ -337,6 +353,7 @@ pub(crate) fn query_as<T: DeserializeOwned>(
     if !stmt.readonly() {
         return Err(TypedError {
             source_of,
+            field: None,
             column: None,
             problem: "query_as runs only statements that read; write through a transaction"
                 .to_owned(),
