@@ -1,4 +1,4 @@
-//! A to-do list on meldb: typed rows, a live query that prints the list
+//! A to-do list on meldb: typed rows (`insert_row`, `query_as`), a live query that prints the list
 //! whenever it changes, and sync in the background with a relay, its
 //! status shown as it goes.
 //!
@@ -135,17 +135,14 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
 fn add(store: &SharedStore, titles: &[String]) -> meldb::Result<()> {
     for title in titles {
         // A random id per to-do, so that replicas never pick the same one.
-        let id = meldb::SiteId::random().to_string();
-        store.write(|tx| {
-            tx.insert(
-                "todo",
-                &[
-                    ("id", id.as_str().into()),
-                    ("title", title.as_str().into()),
-                    ("done", false.into()),
-                ],
-            )
-        })?;
+        let todo = Todo {
+            id: meldb::SiteId::random().to_string(),
+            title: title.clone(),
+            done: false,
+            likes: 0,
+            tags: Vec::new(),
+        };
+        store.write(|tx| tx.insert_row("todo", &todo))?;
     }
     Ok(())
 }
