@@ -134,6 +134,9 @@ pub use store::{
 // Rows read as the app's own types (`Store::get_as`, `Store::query_as`).
 pub use meldb_store::typed::{from_row, TypedError};
 
+// Live queries and the changes feed (`Store::watch`, `Store::changes`).
+pub use store::{Change, Origin, RowDiff, Update, WatchHandle};
+
 // Schemas.
 pub use schema::{
     Column, ColumnRules, DeferredShows, DeleteRule, Kind, Policy, RowRules, Schema, SchemaError,

@@ -20,6 +20,7 @@ mod changes;
 mod conflicts;
 mod correct;
 mod digest;
+mod feed;
 mod format;
 #[doc(hidden)]
 pub mod layout;
@@ -30,14 +31,17 @@ mod resolve;
 mod rows;
 mod speculate;
 mod stamp;
+mod watch;
 mod write;
 
 pub use apply::{ApplyReport, HeldChange};
 pub use backup::BackupReport;
 pub use bindings::SiteBinding;
 pub use conflicts::ConflictRetention;
+pub use feed::{Change, Origin};
 pub use read::{ReadPool, Reader};
 pub use stamp::{RuleViolation, StampContext};
+pub use watch::{RowDiff, Update, WatchHandle};
 pub use write::Transaction;
 
 use crate::clock::{Clock, Hlc, SiteId, SystemTimeSource, TimeSource};
@@ -238,6 +242,11 @@ pub struct Store {
     mutators: Vec<mutate::Mutator>,
     /// Change subscriptions: a table, and what to call after a pull.
     subscribers: Vec<(String, mutate::Subscriber)>,
+    /// What the current transaction wrote, and the changes feed's
+    /// receivers ([`Store::changes`]).
+    feed: feed::ChangeLog,
+    /// Live queries ([`Store::watch`]).
+    watches: Vec<watch::Watch>,
     /// Who writes through this handle, as the application says
     /// ([`Store::set_writer`]).
     writer: crate::resolve::Writer,
@@ -255,6 +264,8 @@ pub(crate) struct Snapshot {
     replica: Replica,
     sites: usize,
     clock: Hlc,
+    /// Where the changes feed's record stood.
+    changes: (usize, feed::Origin),
 }
 
 impl Store {
@@ -410,6 +421,7 @@ impl Store {
             replica: self.replica.clone(),
             sites: self.sites.len(),
             clock: self.clock.last(),
+            changes: self.feed.mark(),
         }
     }
 
@@ -418,6 +430,12 @@ impl Store {
         self.replica = snapshot.replica;
         self.sites.truncate(snapshot.sites);
         self.clock.reset(snapshot.clock);
+        self.feed.rewind(snapshot.changes);
+    }
+
+    /// Whether the changes feed records writes (someone listens).
+    pub(crate) fn feed_listening(&self) -> bool {
+        self.feed.is_listening()
     }
 
     /// After a successful commit.
