@@ -54,10 +54,13 @@ fn open(n: u8, time: &ManualTime, authority: bool) -> Result<Store, Box<dyn std:
         .time_source(Arc::new(time.clone()))
         .authority(authority)
         .open_in_memory(&schema()?)?;
-    store.register_mutator("add", |tx: &mut Transaction<'_>, (id, title): (String, String)| {
-        tx.insert("task", &[("id", id.into()), ("title", title.into())])?;
-        Ok(())
-    });
+    store.register_mutator(
+        "add",
+        |tx: &mut Transaction<'_>, (id, title): (String, String)| {
+            tx.insert("task", &[("id", id.into()), ("title", title.into())])?;
+            Ok(())
+        },
+    );
     Ok(store)
 }
 
@@ -72,7 +75,10 @@ fn row(id: &str, title: &str) -> Vec<Value> {
 /// Every update a watch delivered, shared with its callback.
 type Seen = Arc<Mutex<Vec<Update<Vec<Value>>>>>;
 
-fn recorder() -> (Seen, impl FnMut(&meldb::Reader<'_>, Update<Vec<Value>>) + Send + 'static) {
+fn recorder() -> (
+    Seen,
+    impl FnMut(&meldb::Reader<'_>, Update<Vec<Value>>) + Send + 'static,
+) {
     let seen: Seen = Arc::default();
     let sink = seen.clone();
     (seen, move |_: &meldb::Reader<'_>, u| {
@@ -113,7 +119,10 @@ fn a_watch_fires_at_registration_then_on_each_local_change_with_its_diff() -> Te
     })?;
     let added = taken(&seen);
     assert_eq!(added.len(), 1, "one commit, one call");
-    assert_eq!(added[0].diff.added, vec![row("t1", "Call"), row("t2", "Pay")]);
+    assert_eq!(
+        added[0].diff.added,
+        vec![row("t1", "Call"), row("t2", "Pay")]
+    );
     assert!(added[0].diff.removed.is_empty() && added[0].diff.changed.is_empty());
     assert_eq!(added[0].rows.len(), 3);
 
@@ -149,7 +158,11 @@ fn a_watch_stays_quiet_for_other_tables_unchanged_results_and_rollbacks() -> Tes
     store.write(|tx| {
         tx.insert(
             "task",
-            &[("id", "t9".into()), ("title", "Old".into()), ("done", 1.into())],
+            &[
+                ("id", "t9".into()),
+                ("title", "Old".into()),
+                ("done", 1.into()),
+            ],
         )
     })?;
     store.write(|tx| tx.set("task", "t9", "title", "Older"))?;
@@ -159,7 +172,10 @@ fn a_watch_stays_quiet_for_other_tables_unchanged_results_and_rollbacks() -> Tes
         tx.set("task", "t1", "colour", "red")
     });
     assert!(refused.is_err());
-    assert!(taken(&seen).is_empty(), "no call without a change of result");
+    assert!(
+        taken(&seen).is_empty(),
+        "no call without a change of result"
+    );
     Ok(())
 }
 
@@ -206,7 +222,10 @@ fn the_callback_reads_the_store_it_watches() -> TestResult {
     let notes = notes.lock().unwrap_or_else(|e| e.into_inner()).clone();
     assert_eq!(notes.len(), 2);
     assert_eq!(notes[0], None);
-    assert!(notes[1].as_deref().is_some_and(|b| b.contains("milk")), "{notes:?}");
+    assert!(
+        notes[1].as_deref().is_some_and(|b| b.contains("milk")),
+        "{notes:?}"
+    );
     Ok(())
 }
 
@@ -305,7 +324,11 @@ fn the_feed_carries_table_keys_and_origin_of_local_writes_and_mutations() -> Tes
     let changes = drained(&feed);
     assert_eq!(changes.len(), 2);
     assert_eq!(
-        (changes[0].table.as_str(), &changes[0].keys, changes[0].origin),
+        (
+            changes[0].table.as_str(),
+            &changes[0].keys,
+            changes[0].origin
+        ),
         ("task", &vec![Key::from("t1")], Origin::Local),
         "one key however often it was written"
     );
@@ -387,7 +410,10 @@ fn push_and_pull_fire_at_the_authority_and_as_a_rebase_on_the_client() -> TestRe
     assert_eq!(taken(&server_seen)[0].diff.added, vec![row("t1", "Call")]);
     let at_server = drained(&server_feed);
     assert_eq!(at_server.len(), 1);
-    assert_eq!((at_server[0].origin, &at_server[0].keys), (Origin::Remote, &vec![Key::from("t1")]));
+    assert_eq!(
+        (at_server[0].origin, &at_server[0].keys),
+        (Origin::Remote, &vec![Key::from("t1")])
+    );
 
     // Another client's mutation reaches the server, then the client pulls:
     // its own effect comes off and back (a rebase, the same result: no

@@ -43,11 +43,14 @@ fn add_task(shared: &SharedStore, id: &str) -> meldb::Result<()> {
     shared.write(|tx| tx.insert("task", &[("id", id.into()), ("title", "x".into())]))
 }
 
+/// What a reentrant watch reports: (rows, whether it read the note).
+type Reports = mpsc::Receiver<(usize, bool)>;
+
 /// Registers a watch on tasks whose callback reads a note and writes one
 /// through `shared` itself, reporting (rows, note it read) on a channel.
 fn reentrant_watch(
     shared: &SharedStore,
-) -> Result<(meldb::WatchHandle, mpsc::Receiver<(usize, bool)>), Box<dyn std::error::Error>> {
+) -> Result<(meldb::WatchHandle, Reports), Box<dyn std::error::Error>> {
     let (tx, rx) = mpsc::channel();
     let inner = shared.clone();
     let handle = shared.watch(
@@ -58,7 +61,10 @@ fn reentrant_watch(
             let written = inner.write(|tx| {
                 tx.upsert(
                     "note",
-                    &[("id", "log".into()), ("body", format!("{} tasks", update.rows.len()).into())],
+                    &[
+                        ("id", "log".into()),
+                        ("body", format!("{} tasks", update.rows.len()).into()),
+                    ],
                 )
             });
             assert!(written.is_ok(), "{written:?}");
@@ -135,7 +141,10 @@ fn an_apply_through_the_handle_fires_typed_watches_and_the_feed() -> TestResult 
         shared.apply(&phone.changes_since(&meldb::VersionVector::new())?)?;
         assert_eq!(seen.recv_timeout(WAIT)?, ["p1"]);
         let change = feed.recv_timeout(WAIT)?;
-        assert_eq!((change.table.as_str(), change.origin), ("task", Origin::Remote));
+        assert_eq!(
+            (change.table.as_str(), change.origin),
+            ("task", Origin::Remote)
+        );
         Ok(())
     })
 }

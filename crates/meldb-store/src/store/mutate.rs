@@ -13,9 +13,9 @@
 //! as its site takes it over (and a pull reads it until then), so an
 //! upgrade never runs a processed mutation again.
 
+use super::feed::Origin;
 use super::layout::{base_name, quote, TableLayout};
 use super::write::Transaction;
-use super::feed::Origin;
 use super::{speculate, Store};
 use crate::clock::SiteId;
 use crate::error::{MutationError, Result};

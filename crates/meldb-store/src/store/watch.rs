@@ -44,8 +44,16 @@ pub struct RowDiff<R> {
 impl<R> RowDiff<R> {
     fn map<S>(self, mut f: impl FnMut(R) -> std::result::Result<S, TypedError>) -> DiffResult<S> {
         Ok(RowDiff {
-            added: self.added.into_iter().map(&mut f).collect::<Result<_, _>>()?,
-            removed: self.removed.into_iter().map(&mut f).collect::<Result<_, _>>()?,
+            added: self
+                .added
+                .into_iter()
+                .map(&mut f)
+                .collect::<Result<_, _>>()?,
+            removed: self
+                .removed
+                .into_iter()
+                .map(&mut f)
+                .collect::<Result<_, _>>()?,
             changed: self
                 .changed
                 .into_iter()
@@ -133,9 +141,12 @@ impl std::fmt::Debug for Watch {
 
 impl Watch {
     fn reads_any(&self, state: &WatchState, changes: &[Change]) -> bool {
-        changes
-            .iter()
-            .any(|c| state.tables.iter().any(|t| t.eq_ignore_ascii_case(&c.table)))
+        changes.iter().any(|c| {
+            state
+                .tables
+                .iter()
+                .any(|t| t.eq_ignore_ascii_case(&c.table))
+        })
     }
 
     /// Re-runs the query; calls back when the result changed.
@@ -315,7 +326,7 @@ impl Store {
             Authorization::Allow
         }))?;
         let prepared = self.conn.prepare(sql).map(|stmt| {
-            let columns: Vec<String> = stmt.column_names().into_iter().map(str::to_owned).collect();
+            let columns: Vec<String> = stmt.column_names().map(str::to_owned).collect();
             (stmt.readonly(), columns)
         });
         self.conn
