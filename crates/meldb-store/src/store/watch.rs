@@ -187,7 +187,7 @@ impl Store {
     /// it cannot write). Dropping the handle ends the watch.
     ///
     /// ```
-    /// use meldb_store::{schema::Schema, Store, Value};
+    /// use meldb_store::{schema::Schema, Store};
     /// use std::sync::{Arc, Mutex};
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// # let schema = Schema::from_toml_str(r#"
