@@ -169,3 +169,75 @@ impl ChangeLog {
             .retain(|s| changes.iter().all(|c| s.send(c.clone()).is_ok()));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::tests::test_schema;
+    use crate::store::Store;
+
+    fn key(s: &str) -> Vec<Value> {
+        vec![Value::Text(s.into())]
+    }
+
+    #[test]
+    fn a_rewind_forgets_the_writes_after_its_mark_and_restores_the_origin() -> crate::Result<()> {
+        let store = Store::open_in_memory(&test_schema())?;
+        let id = store.tables[0].id;
+        let mut log = ChangeLog::default();
+        let feed = log.subscribe();
+        log.record(id, &key("a"));
+        let mark = log.mark();
+        log.set_origin(Origin::Remote);
+        log.record(id, &key("b"));
+        log.rewind(mark);
+        log.record(id, &key("a"));
+        log.record(id, &key("c"));
+        let changes = log.take(&store.tables);
+        assert_eq!(
+            changes,
+            vec![Change {
+                table: "item".into(),
+                keys: vec![Key(key("a")), Key(key("c"))],
+                origin: Origin::Local,
+            }]
+        );
+        log.publish(&changes);
+        assert_eq!(feed.try_recv().ok(), changes.into_iter().next());
+        Ok(())
+    }
+
+    #[test]
+    fn writes_are_grouped_by_origin_and_dropped_receivers_pruned() -> crate::Result<()> {
+        let store = Store::open_in_memory(&test_schema())?;
+        let id = store.tables[0].id;
+        let mut log = ChangeLog::default();
+        let kept = log.subscribe();
+        drop(log.subscribe());
+        log.record(id, &key("a"));
+        log.set_origin(Origin::Rebase);
+        log.record(id, &key("a"));
+        let changes = log.take(&store.tables);
+        let origins: Vec<Origin> = changes.iter().map(|c| c.origin).collect();
+        assert_eq!(origins, [Origin::Local, Origin::Rebase]);
+        log.publish(&changes);
+        assert_eq!(log.senders.len(), 1);
+        assert_eq!(kept.try_iter().count(), 2);
+        // After a commit the origin is local again.
+        log.record(id, &key("b"));
+        assert_eq!(log.take(&store.tables)[0].origin, Origin::Local);
+        Ok(())
+    }
+
+    #[test]
+    fn nothing_is_recorded_without_a_listener() -> crate::Result<()> {
+        let store = Store::open_in_memory(&test_schema())?;
+        let mut log = ChangeLog::default();
+        log.record(store.tables[0].id, &key("a"));
+        assert_eq!(log.mark().0, 0);
+        log.set_watched(true);
+        log.record(store.tables[0].id, &key("a"));
+        assert_eq!(log.mark().0, 1);
+        Ok(())
+    }
+}
