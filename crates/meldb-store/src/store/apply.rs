@@ -115,6 +115,9 @@ impl Store {
     /// Applies held rows whose clock the local clock has caught up with.
     pub fn release_held(&mut self) -> Result<ApplyReport> {
         let mut tx = self.transaction()?;
+        // Held rows are other replicas' changes (the commit, or a
+        // rollback, puts the origin back).
+        tx.store.feed.set_origin(Origin::Remote);
         let report = tx.release_held()?;
         tx.commit()?;
         Ok(report)
