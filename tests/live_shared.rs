@@ -148,3 +148,37 @@ fn an_apply_through_the_handle_fires_typed_watches_and_the_feed() -> TestResult 
         Ok(())
     })
 }
+
+#[test]
+fn a_sync_batch_through_with_replica_and_a_guard_write_then_notify_fire_after_the_lock(
+) -> TestResult {
+    use meldb::sync::SharedReplica;
+    within_deadline(|| {
+        let mut phone = Store::open_in_memory(&schema()?)?;
+        let shared = SharedStore::new(Store::open_in_memory(&schema()?)?);
+        let (tx, seen) = mpsc::channel();
+        let inner = shared.clone();
+        let _handle = shared.watch("SELECT id FROM task", &[], move |update| {
+            // Locks the store: only possible once the writer let go.
+            let n = inner
+                .lock()
+                .conn()
+                .query_row("SELECT count(*) FROM task", [], |r| r.get::<_, i64>(0));
+            let _ = tx.send((update.rows.len(), n.ok()));
+        })?;
+        assert_eq!(seen.recv_timeout(WAIT)?, (0, Some(0)));
+        phone.write(|tx| tx.insert("task", &[("id", "p1".into()), ("title", "x".into())]))?;
+        let batch = phone.changes_since(&meldb::VersionVector::new())?;
+        // What the sync driver does with a batch.
+        shared.with_replica(|store| store.apply(&batch))?;
+        assert_eq!(seen.recv_timeout(WAIT)?, (1, Some(1)));
+        // A write through the guard waits for the next notify.
+        shared
+            .lock()
+            .write(|tx| tx.insert("task", &[("id", "g1".into()), ("title", "y".into())]))?;
+        assert!(seen.try_recv().is_err());
+        shared.notify_changed();
+        assert_eq!(seen.recv_timeout(WAIT)?, (2, Some(2)));
+        Ok(())
+    })
+}
