@@ -93,8 +93,12 @@ impl ChangeLog {
 
     /// Records a write of row `key` of table `table` (a layout id).
     pub fn record(&mut self, table: i64, key: &[Value]) {
-        if self.listening() {
+        if !self.senders.is_empty() {
             self.pending.push((table, key.to_vec(), self.origin));
+        } else if self.watched {
+            // Live queries need only the tables: no key copy. (No receiver
+            // can be added while a transaction holds the store.)
+            self.pending.push((table, Vec::new(), self.origin));
         }
     }
 
@@ -154,6 +158,9 @@ impl ChangeLog {
                 }
             };
             let (_, change, seen) = &mut out[at];
+            if self.senders.is_empty() {
+                continue;
+            }
             // Values have no total order or hash; their debug text tells
             // every distinct key apart (types included).
             if seen.insert(format!("{key:?}")) {
