@@ -136,6 +136,9 @@ pub use store::{
 // written from them (`Transaction::insert_row`, `upsert_row`, `update_row`).
 pub use meldb_store::typed::{from_row, TypedError};
 
+// Live queries and the changes feed (`Store::watch`, `Store::changes`).
+pub use store::{Change, Origin, RowDiff, Update, WatchHandle};
+
 // Schemas.
 pub use schema::{
     Column, ColumnRules, DeferredShows, DeleteRule, Kind, Policy, RowRules, Schema, SchemaError,

@@ -69,6 +69,7 @@ mod identity;
 mod limits;
 mod listen;
 mod listener;
+mod live;
 pub mod message;
 mod metrics;
 mod namespace;

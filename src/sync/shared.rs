@@ -42,6 +42,8 @@ pub struct SharedStore {
     store: Arc<Mutex<Store>>,
     readers: Option<Arc<ReadPool>>,
     changed: Arc<watch::Sender<u64>>,
+    /// Live queries' updates waiting to be called back (`live`).
+    pub(super) live: Arc<super::live::Callbacks>,
 }
 
 impl SharedStore {
@@ -58,6 +60,7 @@ impl SharedStore {
             readers: store.read_pool(readers).map(Arc::new),
             store: Arc::new(Mutex::new(store)),
             changed: Arc::new(watch::channel(0).0),
+            live: Arc::default(),
         }
     }
 
@@ -149,10 +152,12 @@ impl SharedStore {
         self.readers.is_some()
     }
 
-    /// Wakes the live sync sessions: call after changing the store some
-    /// other way than [`SharedStore::write`].
+    /// Wakes the live sync sessions and runs the live queries' callbacks
+    /// ([`SharedStore::watch`]): call after changing the store some other
+    /// way than [`SharedStore::write`], with the lock released.
     pub fn notify_changed(&self) {
         self.changed.send_modify(|n| *n = n.wrapping_add(1));
+        self.live.drain();
     }
 
     /// A receiver that sees every [`SharedStore::notify_changed`].
@@ -236,7 +241,10 @@ impl SharedReplica for SharedStore {
     type Replica = Store;
 
     fn with_replica<T>(&self, f: impl FnOnce(&mut Store) -> T) -> T {
-        f(&mut self.lock())
+        let out = f(&mut self.lock());
+        // The lock is released: live queries' callbacks may use the handle.
+        self.live.drain();
+        out
     }
 
     fn subscribe(&self) -> watch::Receiver<u64> {

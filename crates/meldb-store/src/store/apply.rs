@@ -12,6 +12,7 @@
 //! never allowed to move the local clock. Held rows are retried at every
 //! apply and by [`Store::release_held`] once the local clock has caught up.
 
+use super::feed::Origin;
 use super::layout::TableLayout;
 use super::resolve::Incoming;
 use super::rows::{self, RowWriteError};
@@ -114,6 +115,9 @@ impl Store {
     /// Applies held rows whose clock the local clock has caught up with.
     pub fn release_held(&mut self) -> Result<ApplyReport> {
         let mut tx = self.transaction()?;
+        // Held rows are other replicas' changes (the commit, or a
+        // rollback, puts the origin back).
+        tx.store.feed.set_origin(Origin::Remote);
         let report = tx.release_held()?;
         tx.commit()?;
         Ok(report)
@@ -139,11 +143,14 @@ impl Transaction<'_> {
     /// [`Transaction::apply`] with the changes' writer (see
     /// [`Store::apply_from`]).
     pub fn apply_from(&mut self, changeset: &Changeset, writer: &Writer) -> Result<ApplyReport> {
-        self.savepoint(|tx| {
+        let before = self.store.feed.set_origin(Origin::Remote);
+        let applied = self.savepoint(|tx| {
             let mut report = tx.release_held()?;
             report.add(tx.apply_tables(changeset, writer)?);
             Ok(report)
-        })
+        });
+        self.store.feed.set_origin(before);
+        applied
     }
 
     /// Runs `f` in a savepoint: if it fails, SQLite and this store's
@@ -418,6 +425,9 @@ impl Store {
             }
             Err(RowWriteError::Sqlite(e)) => return Err(e.into()),
         };
+        if causality != Causality::Duplicate {
+            self.feed.record(layout.id, key);
+        }
         Ok(Merged {
             rid,
             causality,

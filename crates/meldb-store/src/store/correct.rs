@@ -146,7 +146,7 @@ pub(super) fn write_correction(
         Some((rid, &merged.clock)),
         &state,
     ) {
-        Ok(_) => {}
+        Ok(_) => store.feed.record(layout.id, key),
         Err(rows::RowWriteError::Sqlite(e)) => return Err(e.into()),
         Err(e) => {
             return Err(StorageError::Corrupt {

@@ -267,6 +267,8 @@ impl Store {
                     resolvers: meldb_core::engine::Resolvers::new(),
                     mutators: Vec::new(),
                     subscribers: Vec::new(),
+                    feed: super::feed::ChangeLog::default(),
+                    watches: Vec::new(),
                     writer: crate::resolve::Writer::default(),
                     stamps: Vec::new(),
                     conflict_retention: super::conflicts::ConflictRetention::KEEP_ALL,

@@ -21,6 +21,7 @@ mod cipher;
 mod conflicts;
 mod correct;
 mod digest;
+mod feed;
 mod format;
 #[doc(hidden)]
 pub mod layout;
@@ -31,6 +32,7 @@ mod resolve;
 mod rows;
 mod speculate;
 mod stamp;
+mod watch;
 mod write;
 
 pub use apply::{ApplyReport, HeldChange};
@@ -38,8 +40,10 @@ pub use backup::BackupReport;
 pub use bindings::SiteBinding;
 pub use cipher::EncryptionKey;
 pub use conflicts::ConflictRetention;
+pub use feed::{Change, Origin};
 pub use read::{ReadPool, Reader};
 pub use stamp::{RuleViolation, StampContext};
+pub use watch::{RowDiff, Update, WatchHandle};
 pub use write::Transaction;
 
 use crate::clock::{Clock, Hlc, SiteId, SystemTimeSource, TimeSource};
@@ -281,6 +285,11 @@ pub struct Store {
     mutators: Vec<mutate::Mutator>,
     /// Change subscriptions: a table, and what to call after a pull.
     subscribers: Vec<(String, mutate::Subscriber)>,
+    /// What the current transaction wrote, and the changes feed's
+    /// receivers ([`Store::changes`]).
+    feed: feed::ChangeLog,
+    /// Live queries ([`Store::watch`]).
+    watches: Vec<watch::Watch>,
     /// Who writes through this handle, as the application says
     /// ([`Store::set_writer`]).
     writer: crate::resolve::Writer,
@@ -301,6 +310,8 @@ pub(crate) struct Snapshot {
     replica: Replica,
     sites: usize,
     clock: Hlc,
+    /// Where the changes feed's record stood.
+    changes: (usize, feed::Origin),
 }
 
 impl Store {
@@ -456,6 +467,7 @@ impl Store {
             replica: self.replica.clone(),
             sites: self.sites.len(),
             clock: self.clock.last(),
+            changes: self.feed.mark(),
         }
     }
 
@@ -464,6 +476,12 @@ impl Store {
         self.replica = snapshot.replica;
         self.sites.truncate(snapshot.sites);
         self.clock.reset(snapshot.clock);
+        self.feed.rewind(snapshot.changes);
+    }
+
+    /// Whether the changes feed records writes (someone listens).
+    pub(crate) fn feed_listening(&self) -> bool {
+        self.feed.is_listening()
     }
 
     /// After a successful commit.

@@ -13,6 +13,7 @@
 //! as its site takes it over (and a pull reads it until then), so an
 //! upgrade never runs a processed mutation again.
 
+use super::feed::Origin;
 use super::layout::{base_name, quote, TableLayout};
 use super::write::Transaction;
 use super::{speculate, Store};
@@ -325,6 +326,9 @@ impl Store {
         claim_format_1_state(&tx.store.conn, token, &client)?;
         let mut last = last_processed(&tx.store.conn, token, &client)?;
         let mut result = PushResult::default();
+        // The effects are the pushing client's: remote to this replica. A
+        // failure rolls the transaction back, and with it the origin.
+        tx.store.feed.set_origin(Origin::Remote);
         for m in &push.mutations {
             if m.id <= last {
                 result.duplicates += 1;
@@ -449,6 +453,15 @@ impl Store {
             }
         }
 
+        // The rows whose speculative effects come off change as a rebase.
+        if tx.store.feed_listening() {
+            for (table, key) in touched_keys(tx.store)? {
+                let store = &mut *tx.store;
+                store
+                    .feed
+                    .record_named(&store.tables, &table, &key, Origin::Rebase);
+            }
+        }
         speculate::restore_all(&tx.store.conn, &tx.store.tables)?;
         report.apply = tx.apply(&response.changes)?;
         super::conflicts::store_notices(&tx.store.conn, tx.store.local, &response.notices)?;
@@ -474,8 +487,16 @@ impl Store {
             }
         }
 
+        let origin = tx.store.feed.set_origin(Origin::Rebase);
         for m in pending.iter().filter(|m| m.id > response.last_processed) {
-            let replayed = run_pending(&mut tx, m, true)?;
+            let replayed = run_pending(&mut tx, m, true);
+            let replayed = match replayed {
+                Ok(replayed) => replayed,
+                Err(e) => {
+                    tx.store.feed.set_origin(origin);
+                    return Err(e);
+                }
+            };
             match replayed {
                 Ok(()) => report.replayed += 1,
                 Err(error) => report.failed_replays.push(MutationRejection {
@@ -486,6 +507,7 @@ impl Store {
             }
         }
 
+        tx.store.feed.set_origin(origin);
         if !watched.is_empty() {
             for (table, key) in touched_keys(tx.store)? {
                 if watched.contains(&table)

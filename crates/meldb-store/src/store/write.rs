@@ -133,6 +133,7 @@ impl<'s> Transaction<'s> {
         self.store.conn.execute_batch("COMMIT")?;
         self.undo = None;
         self.store.committed();
+        self.store.after_commit();
         Ok(())
     }
 
@@ -402,6 +403,7 @@ impl<'s> Transaction<'s> {
                 &state,
             ) {
                 Ok(rid) => {
+                    store.feed.record(layout.id, &key);
                     if speculative && previous.is_none() {
                         super::speculate::capture_new(&store.conn, layout, rid)?;
                     }
