@@ -179,15 +179,8 @@ impl Edit {
     }
 }
 
-/// The whole list, in the order it is shown.
-fn list(store: &SharedStore) -> meldb::Result<Vec<Todo>> {
-    store.read(|r| {
-        r.query_as(
-            "SELECT id, title, done, likes, tags FROM todo ORDER BY title, id",
-            [],
-        )
-    })
-}
+/// The whole list, in the order it is shown: the live query's SQL.
+const LIST: &str = "SELECT id, title, done, likes, tags FROM todo ORDER BY title, id";
 
 fn show(todos: &[Todo]) {
     let s = if todos.len() == 1 { "" } else { "s" };
@@ -210,9 +203,14 @@ fn show(todos: &[Todo]) {
 /// cleanly (what is unsent stays in the replica for next time).
 async fn live(store: SharedStore, args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(args.seconds);
-    let mut changed = store.subscribe();
-    let mut shown = list(&store)?;
-    show(&shown);
+    // The live query: its callback runs after each commit that changed
+    // the list (local writes, batches from the relay), outside the
+    // store's lock; it hands the update to this loop.
+    let (tx, mut updates) = tokio::sync::mpsc::unbounded_channel();
+    let _watch = store.watch_as::<Todo>(LIST, &[], move |update| {
+        let _ = tx.send(update);
+    })?;
+    let mut shown = Vec::new();
     let mut waiting: Vec<Edit> = (args.done.iter().cloned().map(Edit::Done))
         .chain(args.like.iter().cloned().map(Edit::Like))
         .chain(args.tag.iter().cloned().map(|(t, g)| Edit::Tag(t, g)))
@@ -278,12 +276,18 @@ async fn live(store: SharedStore, args: Args) -> Result<(), Box<dyn std::error::
             }
             // The store changed (a local write or a batch from the relay):
             // show the list if the query's result moved.
-            Ok(()) = changed.changed() => {
-                let now = list(&store)?;
-                if now != shown {
-                    shown = now;
-                    show(&shown);
+            Some(update) = updates.recv() => {
+                let diff = &update.diff;
+                if !(diff.added.is_empty() && diff.removed.is_empty() && diff.changed.is_empty()) {
+                    println!(
+                        "changed: {} added, {} removed, {} edited",
+                        diff.added.len(),
+                        diff.removed.len(),
+                        diff.changed.len()
+                    );
                 }
+                shown = update.rows;
+                show(&shown);
             }
             Ok(()) = async {
                 match &mut status {

@@ -335,6 +335,7 @@ impl Store {
         if !readonly {
             return Err(TypedError {
                 source_of: format!("watch {sql:?}"),
+                field: None,
                 column: None,
                 problem: "a live query runs only statements that read".to_owned(),
             }
