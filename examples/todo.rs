@@ -21,7 +21,7 @@
 //! ```text
 //! list: 1 to-do
 //!   [ ] buy milk
-//! sync: idle (pending: 0 changes, 0 mutations)
+//! sync: idle, up to date (pending: 0 changes, 0 mutations)
 //! ```
 
 use meldb::sync::{ContinuousSync, PeerUrl, SessionConfig, SharedStore, SyncState};
