@@ -182,3 +182,38 @@ fn a_sync_batch_through_with_replica_and_a_guard_write_then_notify_fire_after_th
         Ok(())
     })
 }
+
+/// The async feed hears what the plain one hears (a local write, then an
+/// apply from another replica, each with its origin and keys), and a
+/// dropped receiver is let go: later commits still succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_async_changes_feed_carries_local_and_remote_changes() -> TestResult {
+    let mut phone = Store::open_in_memory(&schema()?)?;
+    let shared = SharedStore::new(Store::open_in_memory(&schema()?)?);
+    let mut feed = shared.changes_async();
+    let writer = shared.clone();
+    tokio::task::spawn_blocking(move || add_task(&writer, "t1")).await??;
+    let local = tokio::time::timeout(WAIT, feed.recv())
+        .await?
+        .ok_or("the feed closed")?;
+    assert_eq!(
+        (local.table.as_str(), local.origin, local.keys.clone()),
+        ("task", Origin::Local, vec![meldb::Key::from("t1")])
+    );
+    phone.write(|tx| tx.insert("note", &[("id", "n1".into()), ("body", "hi".into())]))?;
+    let changes = phone.changes_since(&meldb::VersionVector::new())?;
+    let applier = shared.clone();
+    tokio::task::spawn_blocking(move || applier.apply(&changes)).await??;
+    let remote = tokio::time::timeout(WAIT, feed.recv())
+        .await?
+        .ok_or("the feed closed")?;
+    assert_eq!(
+        (remote.table.as_str(), remote.origin, remote.keys.clone()),
+        ("note", Origin::Remote, vec![meldb::Key::from("n1")])
+    );
+    drop(feed);
+    let writer = shared.clone();
+    tokio::task::spawn_blocking(move || add_task(&writer, "t2")).await??;
+    tokio::task::spawn_blocking(move || add_task(&shared, "t3")).await??;
+    Ok(())
+}

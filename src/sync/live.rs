@@ -144,4 +144,14 @@ impl SharedStore {
     pub fn changes(&self) -> std::sync::mpsc::Receiver<Change> {
         self.lock().changes()
     }
+
+    /// The changes feed for async code: a tokio receiver (`recv().await`)
+    /// of the same [`Change`]s as [`SharedStore::changes`]. Dropping it
+    /// ends the subscription at the next commit. Unbounded, like the
+    /// plain feed: a receiver that is never read keeps what it was sent.
+    pub fn changes_async(&self) -> tokio::sync::mpsc::UnboundedReceiver<Change> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.lock().changes_to(move |c| tx.send(c.clone()).is_ok());
+        rx
+    }
 }

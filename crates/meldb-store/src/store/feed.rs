@@ -12,7 +12,7 @@
 
 use super::layout::TableLayout;
 use crate::value::{Key, Value};
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc::{self, Receiver};
 
 /// Who made a change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -42,18 +42,33 @@ pub struct Change {
     pub origin: Origin,
 }
 
+/// Where the feed delivers: a channel's sender, or an app's function
+/// (`Store::changes_to`). It answers `false` once nobody listens, and is
+/// then dropped.
+type Sink = Box<dyn FnMut(&Change) -> bool + Send>;
+
 /// What the current transaction changed, and the feed's receivers.
-#[derive(Debug)]
 pub(super) struct ChangeLog {
     /// The origin recorded with the next writes.
     origin: Origin,
     /// (table id, key, origin) of every row written since the transaction
     /// began, repeats included.
     pending: Vec<(i64, Vec<Value>, Origin)>,
-    senders: Vec<Sender<Change>>,
+    senders: Vec<Sink>,
     /// Whether anyone listens beyond the feed (live queries): set by the
     /// store, which owns them.
     watched: bool,
+}
+
+impl std::fmt::Debug for ChangeLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChangeLog")
+            .field("origin", &self.origin)
+            .field("pending", &self.pending)
+            .field("sinks", &self.senders.len())
+            .field("watched", &self.watched)
+            .finish()
+    }
 }
 
 impl Default for ChangeLog {
@@ -71,8 +86,15 @@ impl ChangeLog {
     /// A new receiver of every later commit's changes.
     pub fn subscribe(&mut self) -> Receiver<Change> {
         let (tx, rx) = mpsc::channel();
-        self.senders.push(tx);
+        self.senders
+            .push(Box::new(move |c| tx.send(c.clone()).is_ok()));
         rx
+    }
+
+    /// A new sink of every later commit's changes, until it answers
+    /// `false`.
+    pub fn subscribe_with(&mut self, sink: impl FnMut(&Change) -> bool + Send + 'static) {
+        self.senders.push(Box::new(sink));
     }
 
     /// Whether writes need recording: without receivers or live queries
@@ -173,7 +195,7 @@ impl ChangeLog {
     /// Sends `changes` to every receiver; a dropped receiver is pruned.
     pub fn publish(&mut self, changes: &[Change]) {
         self.senders
-            .retain(|s| changes.iter().all(|c| s.send(c.clone()).is_ok()));
+            .retain_mut(|sink| changes.iter().all(&mut **sink));
     }
 }
 

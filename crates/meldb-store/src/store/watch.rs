@@ -178,6 +178,15 @@ impl Store {
         self.feed.subscribe()
     }
 
+    /// The changes feed into `sink`: called with each [`Change`] after
+    /// each commit, on the committing thread, before the commit returns
+    /// (keep it short: hand the change on); it ends when `sink` answers
+    /// `false`. What [`Store::changes`] is built on, for channels of other
+    /// kinds (an async one, say).
+    pub fn changes_to(&mut self, sink: impl FnMut(&Change) -> bool + Send + 'static) {
+        self.feed.subscribe_with(sink);
+    }
+
     /// Registers a live query: `callback` gets the rows of `sql` (run with
     /// `params`) now, and again after each commit that touched a table it
     /// reads and changed its result, with the diff (see [`crate::store`]'s
