@@ -179,6 +179,35 @@ fn a_watch_stays_quiet_for_other_tables_unchanged_results_and_rollbacks() -> Tes
     Ok(())
 }
 
+/// A callback that panics (application code) is caught: the write that
+/// triggered it returns Ok with its commit kept, the other watches and the
+/// feed still hear of it, and the panicking watch shows the panic as its
+/// failure.
+#[test]
+fn a_panicking_callback_leaves_the_write_the_other_watches_and_the_feed_alone() -> TestResult {
+    let time = ManualTime::new(T0);
+    let mut store = open(1, &time, false)?;
+    let feed = store.changes();
+    let mut calls = 0;
+    let bad = store.watch(OPEN_TASKS, &[], move |_, _| {
+        calls += 1;
+        if calls > 1 {
+            panic!("the app's bug");
+        }
+    })?;
+    let (seen, callback) = recorder();
+    let _good = store.watch(OPEN_TASKS, &[], callback)?;
+    add_task(&mut store, "t1", "Call")?;
+    assert_eq!(taken(&seen).len(), 2, "registration, then the write");
+    let failure = bad.failure().ok_or("the panic is the watch's failure")?;
+    assert!(failure.contains("the app's bug"), "{failure}");
+    assert_eq!(drained(&feed).len(), 1);
+    add_task(&mut store, "t2", "Pay")?;
+    assert_eq!(taken(&seen).len(), 1, "the good watch still runs");
+    assert!(store.get("task", "t2")?.is_some(), "the write was kept");
+    Ok(())
+}
+
 #[test]
 fn dropping_the_handle_stops_the_watch() -> TestResult {
     let time = ManualTime::new(T0);

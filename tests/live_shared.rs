@@ -217,3 +217,29 @@ async fn the_async_changes_feed_carries_local_and_remote_changes() -> TestResult
     tokio::task::spawn_blocking(move || add_task(&shared, "t3")).await??;
     Ok(())
 }
+
+/// A shared store's callback that panics is caught on the thread that
+/// drains: the write returns Ok and later callbacks still run.
+#[test]
+fn a_panicking_shared_callback_does_not_stop_later_callbacks() -> TestResult {
+    within_deadline(|| {
+        let shared = SharedStore::new(Store::open_in_memory(&schema()?)?);
+        let mut calls = 0;
+        let _bad = shared.watch("SELECT id FROM task", &[], move |_| {
+            calls += 1;
+            if calls > 1 {
+                panic!("the app's bug");
+            }
+        })?;
+        let (tx, seen) = mpsc::channel();
+        let _good = shared.watch("SELECT id FROM task", &[], move |u: Update<Vec<Value>>| {
+            let _ = tx.send(u.rows.len());
+        })?;
+        assert_eq!(seen.recv_timeout(WAIT)?, 0);
+        add_task(&shared, "t1")?;
+        assert_eq!(seen.recv_timeout(WAIT)?, 1);
+        add_task(&shared, "t2")?;
+        assert_eq!(seen.recv_timeout(WAIT)?, 2);
+        Ok(())
+    })
+}

@@ -66,8 +66,10 @@ impl Callbacks {
     pub(super) fn drain(&self) {
         loop {
             {
-                let Ok(_running) = self.running.try_lock() else {
-                    return;
+                let _running = match self.running.try_lock() {
+                    Ok(running) => running,
+                    Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+                    Err(std::sync::TryLockError::WouldBlock) => return,
                 };
                 loop {
                     let job = self
@@ -76,7 +78,14 @@ impl Callbacks {
                         .unwrap_or_else(PoisonError::into_inner)
                         .pop_front();
                     match job {
-                        Some(job) => job(),
+                        // The app's callback: a panic is caught, so the
+                        // write that drains returns what it did (its
+                        // commit is done) and later callbacks still run.
+                        Some(job) => {
+                            if let Err(message) = meldb_core::app_panic::catch(job) {
+                                tracing::warn!(%message, "a live query's callback panicked");
+                            }
+                        }
                         None => break,
                     }
                 }

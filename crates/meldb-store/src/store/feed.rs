@@ -192,10 +192,15 @@ impl ChangeLog {
         out.into_iter().map(|(_, c, _)| c).collect()
     }
 
-    /// Sends `changes` to every receiver; a dropped receiver is pruned.
+    /// Sends `changes` to every receiver; a dropped receiver is pruned,
+    /// and so is a sink that panicked (caught: the commit is done and the
+    /// other receivers still hear of it).
     pub fn publish(&mut self, changes: &[Change]) {
-        self.senders
-            .retain_mut(|sink| changes.iter().all(&mut **sink));
+        self.senders.retain_mut(|sink| {
+            changes
+                .iter()
+                .all(|c| meldb_core::app_panic::catch(|| sink(c)).unwrap_or(false))
+        });
     }
 }
 

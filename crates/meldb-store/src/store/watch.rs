@@ -153,7 +153,7 @@ impl Watch {
     fn rerun(&mut self, reader: &Reader<'_>, state: &WatchState) {
         let outcome = run(reader.conn(), &self.sql, &self.params).and_then(|rows| {
             if rows == self.rows {
-                return Ok(());
+                return Ok(None);
             }
             let diff = diff(self.key.as_deref(), &self.rows, &rows);
             let update = Update {
@@ -161,12 +161,21 @@ impl Watch {
                 rows: rows.clone(),
                 diff,
             };
-            (self.deliver)(reader, update)?;
+            // The app's callback: a panic is caught (the commit is done;
+            // the other watches still run) and shown as this watch's
+            // failure, and the result it was given counts as delivered.
+            let delivered = meldb_core::app_panic::catch(|| (self.deliver)(reader, update));
             self.rows = rows;
-            Ok(())
+            match delivered {
+                Ok(result) => result.map(|()| None).map_err(Into::into),
+                Err(message) => Ok(Some(format!("the callback panicked: {message}"))),
+            }
         });
         let mut failure = state.failure.lock().unwrap_or_else(PoisonError::into_inner);
-        *failure = outcome.err().map(|e| e.to_string());
+        *failure = match outcome {
+            Ok(panicked) => panicked,
+            Err(e) => Some(e.to_string()),
+        };
     }
 }
 
