@@ -328,6 +328,25 @@ fn a_watch_with_params_and_a_join_learns_both_tables() -> TestResult {
     Ok(())
 }
 
+/// meldb's own tables change without a feed entry: a watch over one is
+/// refused at registration instead of never firing.
+#[test]
+fn a_watch_over_meldbs_own_tables_is_refused() -> TestResult {
+    let time = ManualTime::new(T0);
+    let mut store = open(1, &time, false)?;
+    let (_, callback) = recorder();
+    let refused = store.watch("SELECT count(*) FROM meldb_conflicts", &[], callback);
+    let message = refused
+        .err()
+        .ok_or("a watch over meldb_conflicts must be refused")?
+        .to_string();
+    assert!(
+        message.contains("\"meldb_conflicts\", meldb's own table"),
+        "{message}"
+    );
+    Ok(())
+}
+
 #[test]
 fn a_statement_that_writes_is_refused() -> TestResult {
     let time = ManualTime::new(T0);

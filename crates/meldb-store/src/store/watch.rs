@@ -360,6 +360,30 @@ impl Store {
             .into());
         }
         let read = read.lock().unwrap_or_else(PoisonError::into_inner);
+        // meldb's own tables (the conflict log, the pending queue, ...)
+        // change without a feed entry: a watch over them would never
+        // re-run, so it is refused rather than left silent.
+        let schema_table = |r: &str| {
+            self.tables.iter().any(|t| {
+                r.eq_ignore_ascii_case(t.name())
+                    || r.eq_ignore_ascii_case(&super::layout::base_name(t.name()))
+            })
+        };
+        if let Some(own) = read
+            .iter()
+            .find(|r| !schema_table(r) && r.to_ascii_lowercase().starts_with("meldb_"))
+        {
+            return Err(TypedError {
+                source_of: format!("watch {sql:?}"),
+                field: None,
+                column: None,
+                problem: format!(
+                    "a live query re-runs after changes to the schema's tables only; it reads \
+                     {own:?}, meldb's own table, which it would never see change"
+                ),
+            }
+            .into());
+        }
         let tables = self
             .tables
             .iter()
