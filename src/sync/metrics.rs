@@ -737,7 +737,7 @@ mod tests {
                 assert!(text.contains(&format!("# HELP {name} ")), "{name} has help");
             }
         }
-        assert_eq!(families, 19, "every family, once");
+        assert_eq!(families, 20, "every family, once");
         assert!(
             text.contains("meldb_relay_connections_refused_total{reason=\"dropped_over_cap\"} 0\n")
         );
