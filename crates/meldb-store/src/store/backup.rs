@@ -157,7 +157,7 @@ fn backup_file(
         Err(OpenError::Encrypted { .. }) => {
             return Err(BackupError::Key {
                 path: shown,
-                problem: "it is encrypted (or not a database): back it up with its key",
+                problem: "not a meldb database, or an encrypted one (back that up with its key)",
             })
         }
         Err(OpenError::NotEncrypted { .. }) => {
