@@ -123,7 +123,7 @@ async fn a_compressed_batch_that_lies_about_its_size_is_refused_and_nothing_appl
         (
             100,
             vec![0u8; 1 << 20],
-            "does not decompress within its claimed 100 bytes",
+            "claims 100 bytes decompressed but its zstd frame declares 1048576",
         ),
     ] {
         let mut stream = TcpStream::connect(addr.as_str()).await?;
