@@ -184,8 +184,9 @@ fn a_sync_batch_through_with_replica_and_a_guard_write_then_notify_fire_after_th
 }
 
 /// The async feed hears what the plain one hears (a local write, then an
-/// apply from another replica, each with its origin and keys), and a
-/// dropped receiver is let go: later commits still succeed.
+/// apply from another replica, each with its origin and keys), and
+/// commits after its receiver was dropped still succeed (its sink answers
+/// `false` and is pruned; nothing observable checks the pruning itself).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_async_changes_feed_carries_local_and_remote_changes() -> TestResult {
     let mut phone = Store::open_in_memory(&schema()?)?;

@@ -363,37 +363,42 @@ impl Store {
         // meldb's own tables (the conflict log, the pending queue, ...)
         // change without a feed entry: a watch over them would never
         // re-run, so it is refused rather than left silent.
-        let schema_table = |r: &str| {
-            self.tables.iter().any(|t| {
+        // The schema table a name the authorizer saw belongs to: the
+        // table's view, or the base table beneath it.
+        let owner = |r: &str| {
+            self.tables.iter().find(|t| {
                 r.eq_ignore_ascii_case(t.name())
                     || r.eq_ignore_ascii_case(&super::layout::base_name(t.name()))
             })
         };
-        if let Some(own) = read
-            .iter()
-            .find(|r| !schema_table(r) && r.to_ascii_lowercase().starts_with("meldb_"))
-        {
-            return Err(TypedError {
-                source_of: format!("watch {sql:?}"),
-                field: None,
-                column: None,
-                problem: format!(
-                    "a live query re-runs after changes to the schema's tables only; it reads \
-                     {own:?}, meldb's own table, which it would never see change"
-                ),
+        let mut tables: Vec<String> = Vec::new();
+        for r in read.iter() {
+            match owner(r) {
+                Some(t) if !tables.iter().any(|n| n == t.name()) => {
+                    tables.push(t.name().to_owned())
+                }
+                Some(_) => {}
+                // meldb's own tables (the conflict log, the pending queue,
+                // ...) change without a feed entry: a watch over them would
+                // never re-run, so it is refused rather than left silent.
+                None if r.to_ascii_lowercase().starts_with("meldb_") => {
+                    return Err(TypedError {
+                        source_of: format!("watch {sql:?}"),
+                        field: None,
+                        column: None,
+                        problem: format!(
+                            "a live query re-runs after changes to the schema's tables only; it \
+                             reads {r:?}, meldb's own table, which it would never see change"
+                        ),
+                    }
+                    .into());
+                }
+                None => {}
             }
-            .into());
         }
-        let tables = self
-            .tables
-            .iter()
-            .map(|t| t.name().to_owned())
-            .filter(|name| {
-                let base = super::layout::base_name(name);
-                read.iter()
-                    .any(|r| r.eq_ignore_ascii_case(name) || r.eq_ignore_ascii_case(&base))
-            })
-            .collect();
+        // In the schema's order: the diff's key is the first of them whose
+        // key columns the result names.
+        tables.sort_by_key(|name| self.tables.iter().position(|t| t.name() == name));
         Ok((tables, columns))
     }
 
