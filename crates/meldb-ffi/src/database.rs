@@ -283,9 +283,10 @@ impl Database {
         let query_error = |e: meldb::rusqlite::Error| MeldbError::Query {
             message: format!("query {sql:?}: {e}"),
         };
-        let mut out = Ok((Vec::new(), Vec::new()));
+        // The read's own error is the store's; the query's is ours, carried
+        // out of the snapshot as a value.
         shared.read(|reader| {
-            out = (|| {
+            Ok((|| {
                 let mut stmt = reader.conn().prepare(sql).map_err(query_error)?;
                 if !stmt.readonly() {
                     return Err(MeldbError::Query {
@@ -295,8 +296,7 @@ impl Database {
                         ),
                     });
                 }
-                let names: Vec<String> =
-                    stmt.column_names().into_iter().map(String::from).collect();
+                let names: Vec<String> = stmt.column_names().map(String::from).collect();
                 let width = names.len();
                 let mut rows = stmt
                     .query(meldb::rusqlite::params_from_iter(params.iter()))
@@ -310,10 +310,8 @@ impl Database {
                     list.push(values);
                 }
                 Ok((names, list))
-            })();
-            Ok(())
-        })?;
-        out
+            })())
+        })?
     }
 }
 

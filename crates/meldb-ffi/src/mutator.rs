@@ -70,10 +70,6 @@ impl MutationTx {
         answer.recv().map_err(|_| over())?
     }
 
-    fn write(&self, op: WriteOp) -> Result<(), MeldbError> {
-        self.ask(|reply| Request::Write(op, reply))
-    }
-
     fn close(&self) {
         self.requests
             .lock()
@@ -89,93 +85,11 @@ impl MutationTx {
         self.ask(|reply| Request::Get(table, key, reply))
     }
 
-    /// Inserts a row.
-    pub fn insert(&self, table: String, values: DbRow) -> Result<(), MeldbError> {
-        self.write(WriteOp::Insert { table, values })
-    }
-
-    /// Inserts a row, or sets its given columns.
-    pub fn upsert(&self, table: String, values: DbRow) -> Result<(), MeldbError> {
-        self.write(WriteOp::Upsert { table, values })
-    }
-
-    /// Sets columns of an existing row.
-    pub fn update(
-        &self,
-        table: String,
-        key: Vec<DbValue>,
-        values: DbRow,
-    ) -> Result<(), MeldbError> {
-        self.write(WriteOp::Update { table, key, values })
-    }
-
-    /// Sets one column.
-    pub fn set(
-        &self,
-        table: String,
-        key: Vec<DbValue>,
-        column: String,
-        value: DbValue,
-    ) -> Result<(), MeldbError> {
-        self.write(WriteOp::Set {
-            table,
-            key,
-            column,
-            value,
-        })
-    }
-
-    /// Moves a counter.
-    pub fn increment(
-        &self,
-        table: String,
-        key: Vec<DbValue>,
-        column: String,
-        by: i64,
-    ) -> Result<(), MeldbError> {
-        self.write(WriteOp::Increment {
-            table,
-            key,
-            column,
-            by,
-        })
-    }
-
-    /// Adds an element to a set.
-    pub fn add_to_set(
-        &self,
-        table: String,
-        key: Vec<DbValue>,
-        column: String,
-        element: String,
-    ) -> Result<(), MeldbError> {
-        self.write(WriteOp::AddToSet {
-            table,
-            key,
-            column,
-            element,
-        })
-    }
-
-    /// Removes an element from a set.
-    pub fn remove_from_set(
-        &self,
-        table: String,
-        key: Vec<DbValue>,
-        column: String,
-        element: String,
-    ) -> Result<(), MeldbError> {
-        self.write(WriteOp::RemoveFromSet {
-            table,
-            key,
-            column,
-            element,
-        })
-    }
-
-    /// Deletes a row.
-    pub fn delete(&self, table: String, key: Vec<DbValue>) -> Result<(), MeldbError> {
-        self.write(WriteOp::Delete { table, key })
+    /// Carries out one write on the mutation's transaction (the same
+    /// operations a [`crate::WriteTransaction`] collects), at once: the
+    /// mutation's later reads see it.
+    pub fn write(&self, op: WriteOp) -> Result<(), MeldbError> {
+        self.ask(|reply| Request::Write(op, reply))
     }
 
     /// Who runs the mutation: the user id the app set, or (at the
