@@ -5,6 +5,16 @@ comes from crates.io, is under a licence an app can ship beside meldb's
 own (MIT OR Apache-2.0), and declares a rust-version no newer than
 meldb's.
 
+One scoped exception: UniFFI (the `uniffi*` crates) is MPL-2.0, and only
+the bindings crate (crates/meldb-ffi) may depend on it. MPL-2.0 is
+copyleft per file: an app may link the unmodified crates into a library
+under any licence, and must offer only the sources of those files (which
+are crates.io's) if it changes them. That suits bindings, which every
+Rust project that ships its core to phones builds the same way (Mozilla's
+application-services, matrix-rust-sdk); it would not suit the library, so
+a `uniffi*` crate, or anything MPL, reachable from any other member is
+still a problem.
+
 clippy's `incompatible_msrv` (on by default, denied in CI) checks meldb's
 own code against `rust-version`; no older toolchain can be installed
 here, so this checks the dependencies' declarations. cargo-deny would do
@@ -22,6 +32,10 @@ ALLOWED = {
     "Zlib", "Unicode-3.0", "Unicode-DFS-2016", "CC0-1.0", "Unlicense",
     "BSL-1.0",
 }
+
+# Licences allowed for some crates only, when only the given workspace
+# members reach them: (licence, crate-name prefix, members).
+SCOPED = [("MPL-2.0", "uniffi", {"meldb-ffi"})]
 
 
 def version(text):
@@ -87,15 +101,32 @@ def main():
     msrv = min(version(p["rust_version"]) for p in ours)
 
     nodes = {n["id"]: n for n in meta["resolve"]["nodes"]}
-    seen, todo = set(), list(members)
-    while todo:
-        node = todo.pop()
-        if node in seen:
-            continue
-        seen.add(node)
-        for dep in nodes[node]["deps"]:
-            if any(k["kind"] is None for k in dep["dep_kinds"]):
-                todo.append(dep["pkg"])
+
+    def reachable(roots):
+        seen, todo = set(), list(roots)
+        while todo:
+            node = todo.pop()
+            if node in seen:
+                continue
+            seen.add(node)
+            for dep in nodes[node]["deps"]:
+                if any(k["kind"] is None for k in dep["dep_kinds"]):
+                    todo.append(dep["pkg"])
+        return seen
+
+    seen = reachable(members)
+    # Which members reach each dependency, for the scoped exceptions.
+    reached_by = {}
+    for member in members:
+        for pid in reachable([member]):
+            reached_by.setdefault(pid, set()).add(packages[member]["name"])
+
+    def scoped_ok(p, licence):
+        for allowed, prefix, only in SCOPED:
+            if (p["name"].startswith(prefix) and allowed in licence
+                    and reached_by.get(p["id"], set()) <= only):
+                return True
+        return False
 
     problems, undeclared = [], []
     for pid in sorted(seen - members):
@@ -106,7 +137,7 @@ def main():
         licence = p.get("license")
         if not licence:
             problems.append(f"{name} declares no licence")
-        elif not licence_ok(licence):
+        elif not licence_ok(licence) and not scoped_ok(p, licence):
             problems.append(f"{name} is under {licence}, not one of the allowed licences")
         rv = p.get("rust_version")
         if rv is None:

@@ -60,6 +60,17 @@ const README_FAILS: &[(&str, i32, &str)] = &[(
 /// README ```sh blocks not run, by their first line, and why.
 const README_NOT_RUN: &[(&str, &str)] = &[
     (
+        "python3 -m venv .venv",
+        "a release wheel from PyPI's maturin: minutes; crates/meldb-ffi/check.sh (in .ci/run) \
+         builds the same wheel, installs it into a fresh venv and runs the Python suite, \
+         the README's Python example included",
+    ),
+    (
+        "cargo run -p meldb-ffi --features bindgen --bin uniffi-bindgen",
+        "the Kotlin and Swift generators; crates/meldb-ffi/check.sh runs the same generator \
+         and checks its output against crates/meldb-ffi/bindings/",
+    ),
+    (
         "cargo run --release -- demo",
         "a release build and the whole test suite (what CI runs)",
     ),

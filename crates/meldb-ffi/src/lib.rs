@@ -14,7 +14,7 @@
 //! call and reports it; this crate returns errors for everything from
 //! outside the process); no lock is held between calls; a callback that
 //! runs while its database is locked (resolvers, mutators) cannot call
-//! back into it and wait for itself ([`guard`]); a callback's exception is
+//! back into it and wait for itself (the `guard` module); a callback's exception is
 //! an error of the call that ran it.
 
 #![deny(clippy::unwrap_used)]

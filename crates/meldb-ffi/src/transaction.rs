@@ -178,9 +178,11 @@ fn commit(db: &Database, ops: Vec<WriteOp>) -> Result<(), MeldbError> {
     })
 }
 
-/// `e` with the operation it came from named in its message.
+/// `e` with the operation it came from named in its message, counting
+/// from 1 (the list's first operation is "operation 1").
 fn at(index: usize, what: &str, e: MeldbError) -> MeldbError {
-    let prefix = |m: String| format!("operation {index} ({what}): {m}");
+    let position = index + 1;
+    let prefix = |m: String| format!("operation {position} ({what}): {m}");
     match e {
         MeldbError::Write { message } => MeldbError::Write {
             message: prefix(message),

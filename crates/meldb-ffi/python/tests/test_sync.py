@@ -1,0 +1,119 @@
+"""Two Python databases syncing through a relay on 127.0.0.1, once and
+continuously, and calls from several Python threads at once."""
+import threading
+
+import meldb
+from conftest import integer, plain_row, text, wait_until
+
+
+def insert(db, sku, stock=0):
+    db.write([meldb.WriteOp.INSERT(table="item", values={"sku": text(sku), "stock": integer(stock)})])
+
+
+def test_two_databases_converge_through_a_relay(everything, tmp_path):
+    relay = meldb.Database.open(str(tmp_path / "relay.db"), everything)
+    server = relay.serve("127.0.0.1:0")
+    assert server.url().startswith("tcp://127.0.0.1:")
+    a = meldb.Database.open(str(tmp_path / "a.db"), everything)
+    b = meldb.Database.open_in_memory(everything)
+    insert(a, "A", 1)
+    insert(b, "B", 2)
+    # Concurrent edits of one row: both increments count, both tags stay.
+    insert(a, "shared")
+    a.sync_once(server.url())
+    b.sync_once(server.url())
+    a.write([meldb.WriteOp.INCREMENT(table="item", key=[text("shared")], column="stock", by=5),
+             meldb.WriteOp.ADD_TO_SET(table="item", key=[text("shared")], column="tags", element="a")])
+    b.write([meldb.WriteOp.INCREMENT(table="item", key=[text("shared")], column="stock", by=-2),
+             meldb.WriteOp.ADD_TO_SET(table="item", key=[text("shared")], column="tags", element="b")])
+    summary = a.sync_once(server.url())
+    assert summary.sessions == 1 and summary.rows_sent >= 1
+    b.sync_once(server.url())
+    a.sync_once(server.url())
+    assert a.digest() == b.digest() == relay.digest()
+    shared = plain_row(a.get("item", [text("shared")]))
+    assert (shared["stock"], shared["tags"]) == (3, ["a", "b"])
+    server.stop()
+    server.stop()  # a no-op the second time
+    for db in (a, b, relay):
+        db.close()
+
+
+class Statuses(meldb.SyncListener):
+    """Records each state, and calls into its database from the callback
+    (re-entrancy: a sync listener runs with no lock held)."""
+
+    def __init__(self, db):
+        self.db = db
+        self.states = []
+        self.digests = []
+
+    def on_status(self, status):
+        self.states.append(status.state)
+        self.digests.append(self.db.digest())
+
+
+def test_a_continuous_sync_carries_writes_both_ways_and_reports_status(everything):
+    relay = meldb.Database.open_in_memory(everything)
+    server = relay.serve("127.0.0.1:0")
+    a = meldb.Database.open_in_memory(everything)
+    b = meldb.Database.open_in_memory(everything)
+    statuses = Statuses(a)
+    sync_a = a.start_sync(server.url(), listener=statuses)
+    sync_b = b.start_sync(server.url())
+    insert(a, "from-a", 1)
+    wait_until(lambda: b.get("item", [text("from-a")]) is not None, what="a's write at b")
+    insert(b, "from-b", 2)
+    wait_until(lambda: a.get("item", [text("from-b")]) is not None, what="b's write at a")
+    wait_until(lambda: "idle" in statuses.states, what="a status of idle")
+    assert len(statuses.digests) == len(statuses.states)
+    summary = sync_a.stop()
+    assert summary.rows_sent >= 1 and summary.rows_received >= 1
+    assert sync_a.status().state == "stopped"
+    sync_b.stop()
+    assert a.digest() == b.digest()
+    for db in (a, b, relay):
+        db.close()
+
+
+def test_closing_a_database_stops_its_syncs_and_servers(everything):
+    relay = meldb.Database.open_in_memory(everything)
+    server = relay.serve("127.0.0.1:0")
+    a = meldb.Database.open_in_memory(everything)
+    session = a.start_sync(server.url())
+    a.close()
+    assert session.status().state == "stopped"
+    relay.close()
+    b = meldb.Database.open_in_memory(everything)
+    try:
+        b.sync_once(server.url())
+        raise AssertionError("the closed relay still answered")
+    except meldb.MeldbError.Sync:
+        pass
+    b.close()
+
+
+def test_several_python_threads_write_and_read_at_once(tmp_path, everything):
+    db = meldb.Database.open(str(tmp_path / "threads.db"), everything)
+    insert(db, "counter")
+    errors = []
+
+    def work(n):
+        try:
+            for i in range(50):
+                insert(db, f"t{n}-{i}", i)
+                db.write([meldb.WriteOp.INCREMENT(table="item", key=[text("counter")], column="sold", by=1)])
+                assert db.get("item", [text(f"t{n}-{i}")]) is not None
+                db.query("SELECT count(*) FROM item", [])
+        except Exception as e:  # reported below, with the thread's number
+            errors.append((n, e))
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert plain_row(db.get("item", [text("counter")]))["sold"] == 400
+    assert db.query("SELECT count(*) AS n FROM item", [])[0]["n"].value == 401
+    db.close()
