@@ -3,7 +3,8 @@
 //! then N point reads of those rows, on an in-memory database with the
 //! bench's schema, twice: through the library (`SharedStore`, what a Rust
 //! app calls) and through this crate's FFI-shaped API called from Rust
-//! (the same work the Python bindings do, minus the language boundary).
+//! (the same work the Python bindings do, minus the language boundary),
+//! with typed values and with JSON (`write_json`, `get_json_by_key`).
 //! Prints one JSON object of nanoseconds per call.
 //!
 //! `cargo run -p meldb-ffi --profile wheel --example calls -- SCHEMA N`
@@ -75,6 +76,27 @@ fn ffi_api(text: &str, n: u64) -> BenchResult<(f64, f64)> {
     Ok((writes, per_call(start, n)))
 }
 
+fn ffi_json(text: &str, n: u64) -> BenchResult<(f64, f64)> {
+    let db = Database::open_in_memory(DbSchema::from_toml(text.to_owned())?, None)?;
+    let start = Instant::now();
+    for i in 0..n {
+        db.write_json(format!(
+            r#"[{{"op": "insert", "table": "item", "values": {{"sku": "sku-{i}", "stock": {i}}}}}]"#
+        ))?;
+    }
+    let writes = per_call(start, n);
+    let start = Instant::now();
+    for i in 0..n {
+        if db
+            .get_json_by_key("item".into(), format!(r#""sku-{i}""#))?
+            .is_none()
+        {
+            return Err(format!("row sku-{i} missing").into());
+        }
+    }
+    Ok((writes, per_call(start, n)))
+}
+
 fn main() -> BenchResult<()> {
     let mut args = std::env::args().skip(1);
     let (Some(path), Some(n)) = (args.next(), args.next()) else {
@@ -85,9 +107,11 @@ fn main() -> BenchResult<()> {
     let schema = Schema::from_toml_str(&text, &path)?;
     let (lib_w, lib_r) = library(&schema, n)?;
     let (ffi_w, ffi_r) = ffi_api(&text, n)?;
+    let (json_w, json_r) = ffi_json(&text, n)?;
     println!(
         "{{\"n\": {n}, \"library_write_ns\": {lib_w:.0}, \"library_read_ns\": {lib_r:.0}, \
-         \"ffi_api_write_ns\": {ffi_w:.0}, \"ffi_api_read_ns\": {ffi_r:.0}}}"
+         \"ffi_api_write_ns\": {ffi_w:.0}, \"ffi_api_read_ns\": {ffi_r:.0}, \
+         \"ffi_json_write_ns\": {json_w:.0}, \"ffi_json_read_ns\": {json_r:.0}}}"
     );
     Ok(())
 }

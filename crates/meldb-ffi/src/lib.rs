@@ -5,8 +5,8 @@
 //! borrow or a Rust closure: a [`Database`] (thread-safe, shared), rows as
 //! maps of [`DbValue`]s (and JSON, for each language's own typed layer),
 //! writes as [`WriteOp`]s committed at once or collected in a
-//! [`WriteTransaction`], and the foreign language's functions as callback
-//! interfaces: [`QueryListener`], [`ConflictResolver`], [`Mutator`],
+//! [`WriteTransaction`] (or as JSON text: `Database::write_json`), and
+//! the foreign language's functions as callback interfaces: [`QueryListener`], [`ConflictResolver`], [`Mutator`],
 //! [`SyncListener`]. Every call returns [`MeldbError`], whose variants
 //! carry the library's messages.
 //!
@@ -22,6 +22,7 @@
 mod database;
 mod error;
 mod guard;
+mod json_ops;
 mod live;
 mod mutator;
 mod resolver;

@@ -698,6 +698,24 @@ public protocol DatabaseProtocol: AnyObject, Sendable {
     func siteId() throws  -> String
     
     /**
+     * [`Database::get_json`] with the key as JSON: an array of the key's
+     * values (or, for a one-column key, the bare value).
+     */
+    func getJsonByKey(table: String, keyJson: String) throws  -> String?
+    
+    /**
+     * Runs the operations of `ops_json` in one transaction, as
+     * [`Database::write`] does: a JSON array of objects such as
+     * `{"op": "insert", "table": "item", "values": {"sku": "A1"}}`,
+     * `{"op": "increment", "table": "item", "key": ["A1"], "column":
+     * "stock", "by": -1}` (also `upsert`, `update` with `key` and
+     * `values`, `add_to_set` and `remove_from_set` with `column` and
+     * `element`, `delete` with `key`). Values are read against the schema:
+     * sets and blobs as arrays, as [`Database::get_json`] writes them.
+     */
+    func writeJson(opsJson: String) throws 
+    
+    /**
      * Registers a live query: `listener` gets the result now, then each
      * time a commit changes it (local writes, mutations, sync batches,
      * rebases), never when it did not change.
@@ -986,6 +1004,40 @@ open func siteId()throws  -> String  {
             self.uniffiCloneHandle(),uniffiCallStatus
     )
 })
+}
+    
+    /**
+     * [`Database::get_json`] with the key as JSON: an array of the key's
+     * values (or, for a one-column key, the bare value).
+     */
+open func getJsonByKey(table: String, keyJson: String)throws  -> String?  {
+    return try  FfiConverterOptionString.lift(try rustCallWithError(FfiConverterTypeMeldbError_lift) {
+        uniffiCallStatus in
+    uniffi_meldb_ffi_fn_method_database_get_json_by_key(
+            self.uniffiCloneHandle(),
+        FfiConverterString.lower(table),
+        FfiConverterString.lower(keyJson),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * Runs the operations of `ops_json` in one transaction, as
+     * [`Database::write`] does: a JSON array of objects such as
+     * `{"op": "insert", "table": "item", "values": {"sku": "A1"}}`,
+     * `{"op": "increment", "table": "item", "key": ["A1"], "column":
+     * "stock", "by": -1}` (also `upsert`, `update` with `key` and
+     * `values`, `add_to_set` and `remove_from_set` with `column` and
+     * `element`, `delete` with `key`). Values are read against the schema:
+     * sets and blobs as arrays, as [`Database::get_json`] writes them.
+     */
+open func writeJson(opsJson: String)throws   {try rustCallWithError(FfiConverterTypeMeldbError_lift) {
+        uniffiCallStatus in
+    uniffi_meldb_ffi_fn_method_database_write_json(
+            self.uniffiCloneHandle(),
+        FfiConverterString.lower(opsJson),uniffiCallStatus
+    )
+}
 }
     
     /**
@@ -4943,6 +4995,12 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_meldb_ffi_checksum_method_database_site_id() != 42314) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_meldb_ffi_checksum_method_database_get_json_by_key() != 12617) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_meldb_ffi_checksum_method_database_write_json() != 21730) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_meldb_ffi_checksum_method_database_watch() != 29881) {

@@ -372,6 +372,16 @@ void uniffi_meldb_ffi_fn_method_database_set_authority(uint64_t ptr, int8_t auth
 RustBuffer uniffi_meldb_ffi_fn_method_database_site_id(uint64_t ptr, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_MELDB_FFI_FN_METHOD_DATABASE_GET_JSON_BY_KEY
+#define UNIFFI_FFIDEF_UNIFFI_MELDB_FFI_FN_METHOD_DATABASE_GET_JSON_BY_KEY
+RustBuffer uniffi_meldb_ffi_fn_method_database_get_json_by_key(uint64_t ptr, RustBuffer table, RustBuffer key_json, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_MELDB_FFI_FN_METHOD_DATABASE_WRITE_JSON
+#define UNIFFI_FFIDEF_UNIFFI_MELDB_FFI_FN_METHOD_DATABASE_WRITE_JSON
+void uniffi_meldb_ffi_fn_method_database_write_json(uint64_t ptr, RustBuffer ops_json, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_MELDB_FFI_FN_METHOD_DATABASE_WATCH
 #define UNIFFI_FFIDEF_UNIFFI_MELDB_FFI_FN_METHOD_DATABASE_WATCH
 uint64_t uniffi_meldb_ffi_fn_method_database_watch(uint64_t ptr, RustBuffer sql, RustBuffer params, uint64_t listener, RustCallStatus *_Nonnull out_status
@@ -973,6 +983,18 @@ uint16_t uniffi_meldb_ffi_checksum_method_database_set_authority(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_MELDB_FFI_CHECKSUM_METHOD_DATABASE_SITE_ID
 #define UNIFFI_FFIDEF_UNIFFI_MELDB_FFI_CHECKSUM_METHOD_DATABASE_SITE_ID
 uint16_t uniffi_meldb_ffi_checksum_method_database_site_id(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_MELDB_FFI_CHECKSUM_METHOD_DATABASE_GET_JSON_BY_KEY
+#define UNIFFI_FFIDEF_UNIFFI_MELDB_FFI_CHECKSUM_METHOD_DATABASE_GET_JSON_BY_KEY
+uint16_t uniffi_meldb_ffi_checksum_method_database_get_json_by_key(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_MELDB_FFI_CHECKSUM_METHOD_DATABASE_WRITE_JSON
+#define UNIFFI_FFIDEF_UNIFFI_MELDB_FFI_CHECKSUM_METHOD_DATABASE_WRITE_JSON
+uint16_t uniffi_meldb_ffi_checksum_method_database_write_json(void
     
 );
 #endif

@@ -57,7 +57,19 @@ def python_round(n):
                   for i in range(first, min(first + 100, n))])
     batched = (time.perf_counter_ns() - start) / n
     db.close()
-    return writes, reads, batched
+    # The JSON path: one string across the boundary per call.
+    db = meldb.Database.open_in_memory(meldb.DbSchema.from_toml(SCHEMA))
+    start = time.perf_counter_ns()
+    for i in range(n):
+        db.write_json(f'[{{"op": "insert", "table": "item", "values": {{"sku": "sku-{i}", "stock": {i}}}}}]')
+    json_writes = (time.perf_counter_ns() - start) / n
+    start = time.perf_counter_ns()
+    for i in range(n):
+        if db.get_json_by_key("item", f'"sku-{i}"') is None:
+            sys.exit(f"row sku-{i} missing")
+    json_reads = (time.perf_counter_ns() - start) / n
+    db.close()
+    return writes, reads, batched, json_writes, json_reads
 
 
 def main():
@@ -86,9 +98,20 @@ def main():
                  best([r["ffi_api_read_ns"] for r in rust]),
                  best([p[1] for p in py])),
     }
+    json_figures = {
+        "write": (best([r["library_write_ns"] for r in rust]),
+                  best([r["ffi_json_write_ns"] for r in rust]),
+                  best([p[3] for p in py])),
+        "read": (best([r["library_read_ns"] for r in rust]),
+                 best([r["ffi_json_read_ns"] for r in rust]),
+                 best([p[4] for p in py])),
+    }
     print(f"{args.n} single-row writes and {args.n} point reads, in-memory, best of {args.rounds} rounds (µs per call)")
     print(f"{'':6} {'Rust library':>13} {'Rust, FFI API':>14} {'Python':>8} {'Python − library':>17} {'Python − FFI API':>17}")
     for what, (lib, api, python) in figures.items():
+        print(f"{what:6} {lib:13.2f} {api:14.2f} {python:8.2f} {python - lib:17.2f} {python - api:17.2f}")
+    print("The same through JSON (write_json, get_json_by_key):")
+    for what, (lib, api, python) in json_figures.items():
         print(f"{what:6} {lib:13.2f} {api:14.2f} {python:8.2f} {python - lib:17.2f} {python - api:17.2f}")
     print(f"Python, 100 rows per write call: {best([p[2] for p in py]):.2f} µs per row")
 

@@ -134,3 +134,40 @@ def test_upsert_update_and_delete(db):
     assert (row["name"], row["price"]) == ("two", 2.5)
     db.write([meldb.WriteOp.DELETE(table="item", key=[text("U")])])
     assert db.get("item", [text("U")]) is None
+
+
+def test_json_writes_and_reads_take_every_column_kind_and_round_trip(db):
+    db.write_json(json.dumps([
+        {"op": "insert", "table": "item", "values": {
+            "sku": "J1", "name": "Jam", "price": 3, "photo": [1, 2, 255],
+            "active": True, "stock": 5, "tags": ["sweet"]}},
+        {"op": "increment", "table": "item", "key": ["J1"], "column": "sold", "by": 2},
+        {"op": "add_to_set", "table": "item", "key": "J1", "column": "tags", "element": "red"},
+    ]))
+    row = json.loads(db.get_json_by_key("item", '"J1"'))
+    assert row == {"sku": "J1", "name": "Jam", "price": 3.0, "photo": [1, 2, 255], "active": 1,
+                   "sold": 2, "stock": 5, "tags": ["red", "sweet"]}
+    assert db.get_json_by_key("item", '["J1"]') == db.get_json("item", [text("J1")])
+    # What a read returns can be written back as it is.
+    row["sku"] = "J2"
+    db.write_json(json.dumps({"op": "upsert", "table": "item", "values": {
+        k: v for k, v in row.items() if k not in ("sold", "stock")}}))
+    assert json.loads(db.get_json_by_key("item", '"J2"'))["photo"] == [1, 2, 255]
+    assert db.get_json_by_key("item", '"nope"') is None
+
+
+def test_a_json_write_of_the_wrong_shape_writes_nothing_and_says_where(db):
+    with pytest.raises(meldb.MeldbError.InvalidArgument) as failure:
+        db.write_json(json.dumps([
+            {"op": "insert", "table": "item", "values": {"sku": "ok"}},
+            {"op": "insert", "table": "item", "values": {"sku": "bad", "tags": "not a list"}},
+        ]))
+    assert "operation 2" in str(failure.value) and '"tags"' in str(failure.value)
+    assert db.get_json_by_key("item", '"ok"') is None
+    with pytest.raises(meldb.MeldbError.Write) as duplicate:
+        db.write_json('[{"op": "insert", "table": "item", "values": {"sku": "d"}},'
+                      ' {"op": "insert", "table": "item", "values": {"sku": "d"}}]')
+    assert "operation 2" in str(duplicate.value)
+    assert db.get_json_by_key("item", '"d"') is None
+    with pytest.raises(meldb.MeldbError.InvalidArgument):
+        db.get_json_by_key("item", "{")

@@ -781,6 +781,10 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_meldb_ffi_checksum_method_database_site_id(
     ): Int
+    external fun uniffi_meldb_ffi_checksum_method_database_get_json_by_key(
+    ): Int
+    external fun uniffi_meldb_ffi_checksum_method_database_write_json(
+    ): Int
     external fun uniffi_meldb_ffi_checksum_method_database_watch(
     ): Int
     external fun uniffi_meldb_ffi_checksum_method_database_mutate(
@@ -927,6 +931,10 @@ internal object UniffiLib {
     ): Unit
     external fun uniffi_meldb_ffi_fn_method_database_site_id(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
+    external fun uniffi_meldb_ffi_fn_method_database_get_json_by_key(`ptr`: Long,`table`: RustBuffer.ByValue,`keyJson`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
+    external fun uniffi_meldb_ffi_fn_method_database_write_json(`ptr`: Long,`opsJson`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
     external fun uniffi_meldb_ffi_fn_method_database_watch(`ptr`: Long,`sql`: RustBuffer.ByValue,`params`: RustBuffer.ByValue,`listener`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Long
     external fun uniffi_meldb_ffi_fn_method_database_mutate(`ptr`: Long,`name`: RustBuffer.ByValue,`argsJson`: RustBuffer.ByValue,`metadata`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
@@ -1187,6 +1195,12 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_meldb_ffi_checksum_method_database_site_id() and 0xFFFF) != 42314) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_meldb_ffi_checksum_method_database_get_json_by_key() and 0xFFFF) != 12617) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_meldb_ffi_checksum_method_database_write_json() and 0xFFFF) != 21730) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_meldb_ffi_checksum_method_database_watch() and 0xFFFF) != 29881) {
@@ -1890,6 +1904,24 @@ public interface DatabaseInterface {
     fun `siteId`(): kotlin.String
     
     /**
+     * [`Database::get_json`] with the key as JSON: an array of the key's
+     * values (or, for a one-column key, the bare value).
+     */
+    fun `getJsonByKey`(`table`: kotlin.String, `keyJson`: kotlin.String): kotlin.String?
+    
+    /**
+     * Runs the operations of `ops_json` in one transaction, as
+     * [`Database::write`] does: a JSON array of objects such as
+     * `{"op": "insert", "table": "item", "values": {"sku": "A1"}}`,
+     * `{"op": "increment", "table": "item", "key": ["A1"], "column":
+     * "stock", "by": -1}` (also `upsert`, `update` with `key` and
+     * `values`, `add_to_set` and `remove_from_set` with `column` and
+     * `element`, `delete` with `key`). Values are read against the schema:
+     * sets and blobs as arrays, as [`Database::get_json`] writes them.
+     */
+    fun `writeJson`(`opsJson`: kotlin.String)
+    
+    /**
      * Registers a live query: `listener` gets the result now, then each
      * time a commit changes it (local writes, mutations, sync batches,
      * rebases), never when it did not change.
@@ -2244,6 +2276,50 @@ open class Database: Disposable, AutoCloseable, DatabaseInterface
     }
     )
     }
+    
+
+    
+    /**
+     * [`Database::get_json`] with the key as JSON: an array of the key's
+     * values (or, for a one-column key, the bare value).
+     */
+    @Throws(MeldbException::class)override fun `getJsonByKey`(`table`: kotlin.String, `keyJson`: kotlin.String): kotlin.String? {
+            return FfiConverterOptionalString.lift(
+    callWithHandle {
+    uniffiRustCallWithError(MeldbException) { _status ->
+    UniffiLib.uniffi_meldb_ffi_fn_method_database_get_json_by_key(
+        it,
+        
+        FfiConverterString.lower(`table`),
+        FfiConverterString.lower(`keyJson`),_status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * Runs the operations of `ops_json` in one transaction, as
+     * [`Database::write`] does: a JSON array of objects such as
+     * `{"op": "insert", "table": "item", "values": {"sku": "A1"}}`,
+     * `{"op": "increment", "table": "item", "key": ["A1"], "column":
+     * "stock", "by": -1}` (also `upsert`, `update` with `key` and
+     * `values`, `add_to_set` and `remove_from_set` with `column` and
+     * `element`, `delete` with `key`). Values are read against the schema:
+     * sets and blobs as arrays, as [`Database::get_json`] writes them.
+     */
+    @Throws(MeldbException::class)override fun `writeJson`(`opsJson`: kotlin.String)
+        = 
+    callWithHandle {
+    uniffiRustCallWithError(MeldbException) { _status ->
+    UniffiLib.uniffi_meldb_ffi_fn_method_database_write_json(
+        it,
+        
+        FfiConverterString.lower(`opsJson`),_status)
+}
+    }
+    
     
 
     
