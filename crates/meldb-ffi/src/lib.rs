@@ -6,7 +6,8 @@
 //! maps of [`DbValue`]s (and JSON, for each language's own typed layer),
 //! writes as [`WriteOp`]s committed at once or collected in a
 //! [`WriteTransaction`] (or as JSON text: `Database::write_json`), and
-//! the foreign language's functions as callback interfaces: [`QueryListener`], [`ConflictResolver`], [`Mutator`],
+//! the foreign language's functions as callback interfaces:
+//! [`QueryListener`], [`ConflictResolver`], [`Mutator`],
 //! [`SyncListener`]. Every call returns [`MeldbError`], whose variants
 //! carry the library's messages.
 //!
