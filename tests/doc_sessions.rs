@@ -66,6 +66,11 @@ const README_NOT_RUN: &[(&str, &str)] = &[
          the README's Python example included",
     ),
     (
+        "target/ffi-check/venv/bin/python crates/meldb-ffi/python/bench/calls.py",
+        "needs crates/meldb-ffi/check.sh's wheel and venv, and takes a minute; check.sh runs \
+         the same bench at a smoke size",
+    ),
+    (
         "cargo run -p meldb-ffi --features bindgen --bin uniffi-bindgen",
         "the Kotlin and Swift generators; crates/meldb-ffi/check.sh runs the same generator \
          and checks its output against crates/meldb-ffi/bindings/",

@@ -135,17 +135,18 @@ impl Database {
 
     /// Runs `stop` when the database closes (or now, if it has).
     pub(crate) fn on_close(&self, stop: Box<dyn FnOnce() + Send>) {
+        // Under the list's lock, which `close` holds while it closes: a
+        // stopper is either in the list it takes or run here.
+        let mut stoppers = self.stoppers.lock().unwrap_or_else(PoisonError::into_inner);
         let open = self
             .shared
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .is_some();
         if open {
-            self.stoppers
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(stop);
+            stoppers.push(stop);
         } else {
+            drop(stoppers);
             stop();
         }
     }
@@ -251,15 +252,19 @@ impl Database {
     /// open transactions (their commit fails), and refuses later calls.
     /// Closing twice is a no-op.
     pub fn close(&self) {
-        let stoppers =
-            std::mem::take(&mut *self.stoppers.lock().unwrap_or_else(PoisonError::into_inner));
+        // Closed first, so that nothing new starts while the syncs stop,
+        // and under the stoppers' lock (see `on_close`).
+        let stoppers = {
+            let mut list = self.stoppers.lock().unwrap_or_else(PoisonError::into_inner);
+            self.shared
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            std::mem::take(&mut *list)
+        };
         for stop in stoppers {
             stop();
         }
-        self.shared
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
     }
 
     /// Whether [`Database::close`] has run.

@@ -28,7 +28,8 @@ fn value(table: &Table, column: &str, json: &Json) -> Result<DbValue, String> {
     };
     let wrong = |want: &str| format!("column {column:?} takes {want}, not {json}");
     Ok(match (json, spec.kind, spec.sql_type) {
-        (Json::Null, _, _) => DbValue::Null,
+        (Json::Null, _, _) if spec.nullable => DbValue::Null,
+        (Json::Null, _, _) => return Err(format!("column {column:?} is not nullable, not null")),
         (Json::Array(items), Kind::OrSet, _) => DbValue::Set {
             members: items
                 .iter()
@@ -38,9 +39,9 @@ fn value(table: &Table, column: &str, json: &Json) -> Result<DbValue, String> {
         },
         (_, Kind::OrSet, _) => return Err(wrong("an array of strings (an or_set)")),
         (Json::Number(n), _, SqlType::Integer) => DbValue::Integer {
-            value: n.as_i64().ok_or_else(|| wrong("a whole number"))?,
+            value: whole(n).ok_or_else(|| wrong("a whole number"))?,
         },
-        (Json::Bool(b), _, SqlType::Integer) => DbValue::Bool { value: *b },
+        (Json::Bool(b), Kind::Lww, SqlType::Integer) => DbValue::Bool { value: *b },
         (Json::Number(n), _, SqlType::Real) => DbValue::Real {
             value: n.as_f64().ok_or_else(|| wrong("a number"))?,
         },
@@ -52,10 +53,21 @@ fn value(table: &Table, column: &str, json: &Json) -> Result<DbValue, String> {
                 .collect::<Option<Vec<u8>>>()
                 .ok_or_else(|| wrong("an array of bytes (0 to 255)"))?,
         },
-        (_, _, SqlType::Integer) => return Err(wrong("a whole number or a boolean")),
+        (_, Kind::Lww, SqlType::Integer) => return Err(wrong("a whole number or a boolean")),
+        (_, _, SqlType::Integer) => return Err(wrong("a whole number (a counter)")),
         (_, _, SqlType::Real) => return Err(wrong("a number")),
         (_, _, SqlType::Text) => return Err(wrong("a string")),
         (_, _, SqlType::Blob) => return Err(wrong("an array of bytes (0 to 255)")),
+    })
+}
+
+/// A JSON number that is a whole 64-bit integer (`3`, and `3.0` or `3e0`
+/// as a float-minded encoder writes it), or `None`.
+fn whole(n: &serde_json::Number) -> Option<i64> {
+    n.as_i64().or_else(|| {
+        let f = n.as_f64()?;
+        // i64::MAX as f64 rounds up to 2^63, which is out of range.
+        (f.fract() == 0.0 && f >= i64::MIN as f64 && f < i64::MAX as f64).then_some(f as i64)
     })
 }
 
@@ -136,10 +148,11 @@ fn operation(schema: &Schema, json: &Json) -> Result<WriteOp, String> {
         "increment" => WriteOp::Increment {
             key: key(table, op.get("key"))?,
             column: column()?,
-            by: op
-                .get("by")
-                .and_then(Json::as_i64)
-                .ok_or("\"by\" must be a whole number")?,
+            by: match op.get("by") {
+                Some(Json::Number(n)) => whole(n),
+                _ => None,
+            }
+            .ok_or("\"by\" must be a whole number")?,
             table: table_name,
         },
         "add_to_set" => WriteOp::AddToSet {
@@ -272,7 +285,7 @@ type = "integer"
             &schema(),
             r#"[{"op": "insert", "table": "item", "values": {"sku": "A", "price": 2,
                  "photo": [0, 255], "tags": ["x"]}},
-                {"op": "increment", "table": "item", "key": "A", "column": "stock", "by": -2},
+                {"op": "increment", "table": "item", "key": "A", "column": "stock", "by": -2.0},
                 {"op": "delete", "table": "pair", "key": ["k", 3]}]"#,
         )
         .expect("valid operations");
@@ -319,6 +332,18 @@ type = "integer"
                 "has 2 column(s), not 1",
             ),
             (r#"{"op": "drop", "table": "item"}"#, "unknown op \"drop\""),
+            (
+                r#"{"op": "insert", "table": "item", "values": {"sku": null}}"#,
+                "column \"sku\" is not nullable",
+            ),
+            (
+                r#"{"op": "insert", "table": "item", "values": {"sku": "A", "stock": true}}"#,
+                "column \"stock\" takes a whole number (a counter)",
+            ),
+            (
+                r#"{"op": "increment", "table": "item", "key": "A", "column": "stock", "by": 1.5}"#,
+                "\"by\" must be a whole number",
+            ),
             (r#"{"op": "insert", "table": "nope"}"#, "no table \"nope\""),
             (r#"[1]"#, "must be an object"),
             ("{", "not JSON"),

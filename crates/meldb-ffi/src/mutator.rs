@@ -109,6 +109,15 @@ impl MutationTx {
     }
 }
 
+/// Closes a mutation's handle when dropped.
+struct Closes(Arc<MutationTx>);
+
+impl Drop for Closes {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
 /// Carries out one request on the mutation's transaction.
 fn serve(schema: &meldb::Schema, tx: &mut meldb::Transaction<'_>, request: Request) {
     match request {
@@ -167,10 +176,11 @@ impl Database {
                         let handle = handle.clone();
                         let mutator = mutator.clone();
                         scope.spawn(move || {
+                            // Closes the handle however the function ends
+                            // (a panic included), which ends the loop below.
+                            let _closes = Closes(handle.clone());
                             let _inside = guard::enter(id, "mutator");
-                            let outcome = mutator.run(handle.clone(), args);
-                            handle.close();
-                            outcome
+                            mutator.run(handle, args)
                         })
                     };
                     // Until the mutator returns and its handle closes.

@@ -337,8 +337,11 @@ impl WriteTransaction {
     }
 
     /// Writes every operation, in order, in one SQLite transaction: all or
-    /// none. The transaction is done either way.
+    /// none. The transaction is done either way, except when the call is
+    /// refused before it starts (`Reentrant`, from inside a resolver or
+    /// mutator of the same database): then it can be committed later.
     pub fn commit(&self) -> Result<(), MeldbError> {
+        self.db.shared("commit")?;
         let ops = self
             .ops
             .lock()

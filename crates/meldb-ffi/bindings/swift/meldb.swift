@@ -2137,7 +2137,9 @@ public protocol WriteTransactionProtocol: AnyObject, Sendable {
     
     /**
      * Writes every operation, in order, in one SQLite transaction: all or
-     * none. The transaction is done either way.
+     * none. The transaction is done either way, except when the call is
+     * refused before it starts (`Reentrant`, from inside a resolver or
+     * mutator of the same database): then it can be committed later.
      */
     func commit() throws 
     
@@ -2278,7 +2280,9 @@ open func addToSet(table: String, key: [DbValue], column: String, element: Strin
     
     /**
      * Writes every operation, in order, in one SQLite transaction: all or
-     * none. The transaction is done either way.
+     * none. The transaction is done either way, except when the call is
+     * refused before it starts (`Reentrant`, from inside a resolver or
+     * mutator of the same database): then it can be committed later.
      */
 open func commit()throws   {try rustCallWithError(FfiConverterTypeMeldbError_lift) {
         uniffiCallStatus in
@@ -5090,7 +5094,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_meldb_ffi_checksum_method_writetransaction_add_to_set() != 39102) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_meldb_ffi_checksum_method_writetransaction_commit() != 43640) {
+    if (uniffi_meldb_ffi_checksum_method_writetransaction_commit() != 41902) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_meldb_ffi_checksum_method_writetransaction_delete() != 29228) {

@@ -75,7 +75,7 @@ def test_a_resolver_that_raises_fails_the_apply_and_changes_nothing(authority, s
     server = authority.serve("127.0.0.1:0")
     bob = meldb.Database.open_in_memory(seats)
     book(bob, "A2", "bob")
-    with pytest.raises(meldb.MeldbError):
+    with pytest.raises(meldb.MeldbError.Sync):
         bob.sync_once(server.url())
     assert authority.digest() == before
     assert booked_by(authority, "A2") is None

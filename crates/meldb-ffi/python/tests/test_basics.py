@@ -94,7 +94,7 @@ def test_a_rolled_back_or_dropped_transaction_writes_nothing(db):
     tx = db.begin()
     tx.insert("item", {"sku": text("R")})
     tx.rollback()
-    with pytest.raises(meldb.MeldbError):
+    with pytest.raises(meldb.MeldbError.Closed):
         tx.commit()
     dropped = db.begin()
     dropped.insert("item", {"sku": text("D")})

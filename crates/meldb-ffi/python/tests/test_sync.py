@@ -45,12 +45,12 @@ class Statuses(meldb.SyncListener):
 
     def __init__(self, db):
         self.db = db
+        self.seen = []  # (state, digest) pairs, appended whole
         self.states = []
-        self.digests = []
 
     def on_status(self, status):
+        self.seen.append((status.state, self.db.digest()))
         self.states.append(status.state)
-        self.digests.append(self.db.digest())
 
 
 def test_a_continuous_sync_carries_writes_both_ways_and_reports_status(everything):
@@ -66,7 +66,7 @@ def test_a_continuous_sync_carries_writes_both_ways_and_reports_status(everythin
     insert(b, "from-b", 2)
     wait_until(lambda: a.get("item", [text("from-b")]) is not None, what="b's write at a")
     wait_until(lambda: "idle" in statuses.states, what="a status of idle")
-    assert len(statuses.digests) == len(statuses.states)
+    assert all(len(digest) == 64 for _, digest in statuses.seen)
     summary = sync_a.stop()
     assert summary.rows_sent >= 1 and summary.rows_received >= 1
     assert sync_a.status().state == "stopped"
@@ -81,8 +81,14 @@ def test_closing_a_database_stops_its_syncs_and_servers(everything):
     server = relay.serve("127.0.0.1:0")
     a = meldb.Database.open_in_memory(everything)
     session = a.start_sync(server.url())
+    insert(a, "before-close")
+    wait_until(lambda: relay.get("item", [text("before-close")]) is not None,
+               what="the sync to carry a write before the close")
     a.close()
     assert session.status().state == "stopped"
+    # Stopped for real: what the sync carried is reported, and a second
+    # stop says the same.
+    assert session.stop() == session.stop()
     relay.close()
     b = meldb.Database.open_in_memory(everything)
     try:

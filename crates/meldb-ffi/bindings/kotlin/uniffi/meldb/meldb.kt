@@ -1290,7 +1290,7 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_meldb_ffi_checksum_method_writetransaction_add_to_set() and 0xFFFF) != 39102) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_meldb_ffi_checksum_method_writetransaction_commit() and 0xFFFF) != 43640) {
+    if ((lib.uniffi_meldb_ffi_checksum_method_writetransaction_commit() and 0xFFFF) != 41902) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_meldb_ffi_checksum_method_writetransaction_delete() and 0xFFFF) != 29228) {
@@ -4337,7 +4337,9 @@ public interface WriteTransactionInterface {
     
     /**
      * Writes every operation, in order, in one SQLite transaction: all or
-     * none. The transaction is done either way.
+     * none. The transaction is done either way, except when the call is
+     * refused before it starts (`Reentrant`, from inside a resolver or
+     * mutator of the same database): then it can be committed later.
      */
     fun `commit`()
     
@@ -4539,7 +4541,9 @@ open class WriteTransaction: Disposable, AutoCloseable, WriteTransactionInterfac
     
     /**
      * Writes every operation, in order, in one SQLite transaction: all or
-     * none. The transaction is done either way.
+     * none. The transaction is done either way, except when the call is
+     * refused before it starts (`Reentrant`, from inside a resolver or
+     * mutator of the same database): then it can be committed later.
      */
     @Throws(MeldbException::class)override fun `commit`()
         = 
