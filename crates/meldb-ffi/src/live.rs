@@ -6,7 +6,9 @@
 //! it may read and write the same database. An exception it throws is
 //! kept ([`LiveQuery::last_error`]) and stops nothing: the write that
 //! caused the update has committed. Dropping or cancelling the
-//! [`LiveQuery`] ends it, and the listener is released then.
+//! [`LiveQuery`] ends it: the listener is never called again, and it is
+//! released at the database's next commit (the store prunes ended
+//! watches then) or when the database closes, not at once.
 
 use crate::database::Database;
 use crate::error::{CallbackError, MeldbError};
