@@ -250,7 +250,8 @@ impl Database {
 
     /// Closes the database: stops its syncs and servers, rolls back its
     /// open transactions (their commit fails), and refuses later calls.
-    /// Closing twice is a no-op.
+    /// Closing twice is a no-op. Called from inside one of its resolvers or
+    /// mutators, it closes at once and its syncs stop in the background.
     pub fn close(&self) {
         // Closed first, so that nothing new starts while the syncs stop,
         // and under the stoppers' lock (see `on_close`).
@@ -262,6 +263,18 @@ impl Database {
                 .take();
             std::mem::take(&mut *list)
         };
+        if guard::check(self.id, "close").is_err() {
+            // Inside one of its own resolvers or mutators, which holds the
+            // lock its syncs may be waiting for: they stop on a thread of
+            // their own once it is released, and close returns now.
+            let spawned = std::thread::Builder::new()
+                .name("meldb-close".into())
+                .spawn(move || stoppers.into_iter().for_each(|stop| stop()));
+            if let Err(e) = spawned {
+                eprintln!("meldb: could not start a thread to stop syncs at close: {e}");
+            }
+            return;
+        }
         for stop in stoppers {
             stop();
         }

@@ -80,13 +80,16 @@ fn parse_url(url: &str) -> Result<PeerUrl, MeldbError> {
         .map_err(|e| MeldbError::invalid(format!("sync URL {url:?}: {e}")))
 }
 
-/// A continuous sync; `stop` ends it (the database's close does too).
+/// A continuous sync; `stop` ends it (so do the database's close and
+/// dropping the session).
 #[derive(uniffi::Object)]
 pub struct SyncSession {
     inner: Arc<SessionInner>,
 }
 
 struct SessionInner {
+    /// Its database's number, for the re-entrancy guard.
+    db: u64,
     runtime: Arc<Runtime>,
     handle: Mutex<Option<SyncHandle>>,
     last: Mutex<SyncSummary>,
@@ -138,9 +141,32 @@ impl SyncSession {
 
     /// Stops the sync cleanly and says what its sessions did; what the
     /// peer has not acknowledged stays for the next sync. A second stop
-    /// returns the same summary.
+    /// returns the same summary. From inside a resolver or mutator of its
+    /// database it is refused (`Reentrant`): the sync may be waiting for
+    /// the lock that callback holds.
     pub fn stop(&self) -> Result<SyncSummary, MeldbError> {
+        crate::guard::check(self.inner.db, "SyncSession.stop")?;
         self.inner.stop()
+    }
+}
+
+/// Dropping a session (the foreign object collected, or released) stops
+/// it in the background: a sync nobody can stop or watch does not go on.
+impl Drop for SyncSession {
+    fn drop(&mut self) {
+        let handle = self
+            .inner
+            .handle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(handle) = handle {
+            self.inner.runtime.handle().spawn(async move {
+                // What it did is no one's to hear now; what the peer has not
+                // acknowledged stays for the next sync.
+                let _ = handle.stop().await;
+            });
+        }
     }
 }
 
@@ -152,6 +178,8 @@ pub struct Server {
 }
 
 struct ServerInner {
+    /// Its database's number, for the re-entrancy guard.
+    db: u64,
     runtime: Arc<Runtime>,
     shutdown: tokio::sync::watch::Sender<bool>,
     task: Mutex<Option<tokio::task::JoinHandle<Result<(), meldb::sync::SyncError>>>>,
@@ -185,7 +213,11 @@ impl Server {
     }
 
     /// Stops serving; sessions in progress end. A no-op the second time.
+    /// From inside a resolver or mutator of its database it is refused
+    /// (`Reentrant`): a session may be waiting for the lock that callback
+    /// holds.
     pub fn stop(&self) -> Result<(), MeldbError> {
+        crate::guard::check(self.inner.db, "Server.stop")?;
         self.inner.stop()
     }
 }
@@ -255,6 +287,7 @@ impl Database {
                 })?;
         }
         let inner = Arc::new(SessionInner {
+            db: self.id,
             runtime,
             handle: Mutex::new(Some(handle)),
             last: Mutex::default(),
@@ -287,6 +320,7 @@ impl Database {
         let (shutdown, stopped) = tokio::sync::watch::channel(false);
         let task = runtime.handle().spawn(relay.run(stopped));
         let inner = Arc::new(ServerInner {
+            db: self.id,
             runtime,
             shutdown,
             task: Mutex::new(Some(task)),

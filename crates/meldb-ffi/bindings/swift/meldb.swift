@@ -648,7 +648,8 @@ public protocol DatabaseProtocol: AnyObject, Sendable {
     /**
      * Closes the database: stops its syncs and servers, rolls back its
      * open transactions (their commit fails), and refuses later calls.
-     * Closing twice is a no-op.
+     * Closing twice is a no-op. Called from inside one of its resolvers or
+     * mutators, it closes at once and its syncs stop in the background.
      */
     func close() 
     
@@ -887,7 +888,8 @@ public static func openInMemory(schema: DbSchema, options: DatabaseOptions? = ni
     /**
      * Closes the database: stops its syncs and servers, rolls back its
      * open transactions (their commit fails), and refuses later calls.
-     * Closing twice is a no-op.
+     * Closing twice is a no-op. Called from inside one of its resolvers or
+     * mutators, it closes at once and its syncs stop in the background.
      */
 open func close()  {try! rustCall() {
         uniffiCallStatus in
@@ -1831,6 +1833,9 @@ public protocol ServerProtocol: AnyObject, Sendable {
     
     /**
      * Stops serving; sessions in progress end. A no-op the second time.
+     * From inside a resolver or mutator of its database it is refused
+     * (`Reentrant`): a session may be waiting for the lock that callback
+     * holds.
      */
     func stop() throws 
     
@@ -1898,6 +1903,9 @@ open class Server: ServerProtocol, @unchecked Sendable {
     
     /**
      * Stops serving; sessions in progress end. A no-op the second time.
+     * From inside a resolver or mutator of its database it is refused
+     * (`Reentrant`): a session may be waiting for the lock that callback
+     * holds.
      */
 open func stop()throws   {try rustCallWithError(FfiConverterTypeMeldbError_lift) {
         uniffiCallStatus in
@@ -1970,7 +1978,8 @@ public func FfiConverterTypeServer_lower(_ value: Server) -> UInt64 {
 
 
 /**
- * A continuous sync; `stop` ends it (the database's close does too).
+ * A continuous sync; `stop` ends it (so do the database's close and
+ * dropping the session).
  */
 public protocol SyncSessionProtocol: AnyObject, Sendable {
     
@@ -1982,13 +1991,16 @@ public protocol SyncSessionProtocol: AnyObject, Sendable {
     /**
      * Stops the sync cleanly and says what its sessions did; what the
      * peer has not acknowledged stays for the next sync. A second stop
-     * returns the same summary.
+     * returns the same summary. From inside a resolver or mutator of its
+     * database it is refused (`Reentrant`): the sync may be waiting for
+     * the lock that callback holds.
      */
     func stop() throws  -> SyncSummary
     
 }
 /**
- * A continuous sync; `stop` ends it (the database's close does too).
+ * A continuous sync; `stop` ends it (so do the database's close and
+ * dropping the session).
  */
 open class SyncSession: SyncSessionProtocol, @unchecked Sendable {
     fileprivate let handle: UInt64
@@ -2058,7 +2070,9 @@ open func status() -> SyncStatusInfo  {
     /**
      * Stops the sync cleanly and says what its sessions did; what the
      * peer has not acknowledged stays for the next sync. A second stop
-     * returns the same summary.
+     * returns the same summary. From inside a resolver or mutator of its
+     * database it is refused (`Reentrant`): the sync may be waiting for
+     * the lock that callback holds.
      */
 open func stop()throws  -> SyncSummary  {
     return try  FfiConverterTypeSyncSummary_lift(try rustCallWithError(FfiConverterTypeMeldbError_lift) {
@@ -4974,7 +4988,7 @@ private let initializationResult: InitializationResult = {
     if bindings_contract_version != scaffolding_contract_version {
         return InitializationResult.contractVersionMismatch
     }
-    if (uniffi_meldb_ffi_checksum_method_database_close() != 54082) {
+    if (uniffi_meldb_ffi_checksum_method_database_close() != 30235) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_meldb_ffi_checksum_method_database_digest() != 60859) {
@@ -5076,7 +5090,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_meldb_ffi_checksum_method_mutationtx_writer_user() != 59916) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_meldb_ffi_checksum_method_server_stop() != 7769) {
+    if (uniffi_meldb_ffi_checksum_method_server_stop() != 11249) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_meldb_ffi_checksum_method_server_url() != 60669) {
@@ -5085,7 +5099,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_meldb_ffi_checksum_method_syncsession_status() != 29686) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_meldb_ffi_checksum_method_syncsession_stop() != 50968) {
+    if (uniffi_meldb_ffi_checksum_method_syncsession_stop() != 31529) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_meldb_ffi_checksum_method_writetransaction_add() != 51744) {

@@ -123,3 +123,61 @@ def test_several_python_threads_write_and_read_at_once(tmp_path, everything):
     assert plain_row(db.get("item", [text("counter")]))["sold"] == 400
     assert db.query("SELECT count(*) AS n FROM item", [])[0]["n"].value == 401
     db.close()
+
+
+def test_a_dropped_session_stops_syncing(everything):
+    import gc
+    import time
+    relay = meldb.Database.open_in_memory(everything)
+    server = relay.serve("127.0.0.1:0")
+    a = meldb.Database.open_in_memory(everything)
+    session = a.start_sync(server.url())
+    insert(a, "while-held")
+    wait_until(lambda: relay.get("item", [text("while-held")]) is not None,
+               what="the held session to carry a write")
+    del session
+    gc.collect()
+    time.sleep(0.5)  # the stop runs in the background
+    insert(a, "after-drop")
+    time.sleep(1.5)
+    assert relay.get("item", [text("after-drop")]) is None
+    a.sync_once(server.url())  # nothing is lost: the next sync carries it
+    assert relay.get("item", [text("after-drop")]) is not None
+    for db in (a, relay):
+        db.close()
+
+
+class StopsFromInside(meldb.Mutator):
+    """Stops its database's sync and closes the database from inside a
+    mutation, which holds the lock that sync may be waiting for."""
+
+    def __init__(self):
+        self.db = None
+        self.session = None
+        self.error = None
+
+    def run(self, tx, args_json):
+        try:
+            self.session.stop()
+        except meldb.MeldbError.Reentrant as e:
+            self.error = e
+        tx.write(meldb.WriteOp.INSERT(table="item", values={"sku": text("last")}))
+        self.db.close()
+
+
+def test_stop_and_close_from_inside_a_mutator_do_not_wait_for_themselves(everything):
+    relay = meldb.Database.open_in_memory(everything)
+    server = relay.serve("127.0.0.1:0")
+    a = meldb.Database.open_in_memory(everything)
+    mutator = StopsFromInside()
+    mutator.db = a
+    mutator.session = a.start_sync(server.url())
+    a.register_mutator("stop_inside", mutator)
+    insert(a, "first")
+    wait_until(lambda: relay.get("item", [text("first")]) is not None, what="the sync to run")
+    a.mutate("stop_inside", "null")
+    assert isinstance(mutator.error, meldb.MeldbError.Reentrant)
+    assert a.is_closed()
+    wait_until(lambda: mutator.session.status().state == "stopped", what="the sync to stop")
+    mutator.db = mutator.session = None
+    relay.close()

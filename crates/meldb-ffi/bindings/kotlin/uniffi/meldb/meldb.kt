@@ -1170,7 +1170,7 @@ private fun uniffiCheckContractApiVersion(lib: IntegrityCheckingUniffiLib) {
 }
 @Suppress("UNUSED_PARAMETER")
 private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
-    if ((lib.uniffi_meldb_ffi_checksum_method_database_close() and 0xFFFF) != 54082) {
+    if ((lib.uniffi_meldb_ffi_checksum_method_database_close() and 0xFFFF) != 30235) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_meldb_ffi_checksum_method_database_digest() and 0xFFFF) != 60859) {
@@ -1272,7 +1272,7 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_meldb_ffi_checksum_method_mutationtx_writer_user() and 0xFFFF) != 59916) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_meldb_ffi_checksum_method_server_stop() and 0xFFFF) != 7769) {
+    if ((lib.uniffi_meldb_ffi_checksum_method_server_stop() and 0xFFFF) != 11249) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_meldb_ffi_checksum_method_server_url() and 0xFFFF) != 60669) {
@@ -1281,7 +1281,7 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_meldb_ffi_checksum_method_syncsession_status() and 0xFFFF) != 29686) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_meldb_ffi_checksum_method_syncsession_stop() and 0xFFFF) != 50968) {
+    if ((lib.uniffi_meldb_ffi_checksum_method_syncsession_stop() and 0xFFFF) != 31529) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_meldb_ffi_checksum_method_writetransaction_add() and 0xFFFF) != 51744) {
@@ -1854,7 +1854,8 @@ public interface DatabaseInterface {
     /**
      * Closes the database: stops its syncs and servers, rolls back its
      * open transactions (their commit fails), and refuses later calls.
-     * Closing twice is a no-op.
+     * Closing twice is a no-op. Called from inside one of its resolvers or
+     * mutators, it closes at once and its syncs stop in the background.
      */
     fun `close`()
     
@@ -2117,7 +2118,8 @@ open class Database: Disposable, AutoCloseable, DatabaseInterface
     /**
      * Closes the database: stops its syncs and servers, rolls back its
      * open transactions (their commit fails), and refuses later calls.
-     * Closing twice is a no-op.
+     * Closing twice is a no-op. Called from inside one of its resolvers or
+     * mutators, it closes at once and its syncs stop in the background.
      */override fun `close`()
         = 
     callWithHandle {
@@ -3745,6 +3747,9 @@ public interface ServerInterface {
     
     /**
      * Stops serving; sessions in progress end. A no-op the second time.
+     * From inside a resolver or mutator of its database it is refused
+     * (`Reentrant`): a session may be waiting for the lock that callback
+     * holds.
      */
     fun `stop`()
     
@@ -3863,6 +3868,9 @@ open class Server: Disposable, AutoCloseable, ServerInterface
     
     /**
      * Stops serving; sessions in progress end. A no-op the second time.
+     * From inside a resolver or mutator of its database it is refused
+     * (`Reentrant`): a session may be waiting for the lock that callback
+     * holds.
      */
     @Throws(MeldbException::class)override fun `stop`()
         = 
@@ -4027,7 +4035,8 @@ public object FfiConverterTypeServer: FfiConverter<Server, Long> {
 
 
 /**
- * A continuous sync; `stop` ends it (the database's close does too).
+ * A continuous sync; `stop` ends it (so do the database's close and
+ * dropping the session).
  */
 public interface SyncSessionInterface {
     
@@ -4039,7 +4048,9 @@ public interface SyncSessionInterface {
     /**
      * Stops the sync cleanly and says what its sessions did; what the
      * peer has not acknowledged stays for the next sync. A second stop
-     * returns the same summary.
+     * returns the same summary. From inside a resolver or mutator of its
+     * database it is refused (`Reentrant`): the sync may be waiting for
+     * the lock that callback holds.
      */
     fun `stop`(): SyncSummary
     
@@ -4047,7 +4058,8 @@ public interface SyncSessionInterface {
 }
 
 /**
- * A continuous sync; `stop` ends it (the database's close does too).
+ * A continuous sync; `stop` ends it (so do the database's close and
+ * dropping the session).
  */
 open class SyncSession: Disposable, AutoCloseable, SyncSessionInterface
 {
@@ -4170,7 +4182,9 @@ open class SyncSession: Disposable, AutoCloseable, SyncSessionInterface
     /**
      * Stops the sync cleanly and says what its sessions did; what the
      * peer has not acknowledged stays for the next sync. A second stop
-     * returns the same summary.
+     * returns the same summary. From inside a resolver or mutator of its
+     * database it is refused (`Reentrant`): the sync may be waiting for
+     * the lock that callback holds.
      */
     @Throws(MeldbException::class)override fun `stop`(): SyncSummary {
             return FfiConverterTypeSyncSummary.lift(
