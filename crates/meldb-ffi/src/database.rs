@@ -13,7 +13,7 @@ use crate::guard;
 use crate::runtime::Runtime;
 use crate::value::{self, DbRow, DbValue};
 use meldb::sync::SharedStore;
-use meldb::{EncryptionKey, Schema, StoreOptions, Value};
+use meldb::{EncryptionKey, Key, Schema, StoreOptions, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 
@@ -197,17 +197,13 @@ impl Database {
     /// A live row of `table` by its key (one value per key column), `or_set`
     /// columns as sets; `None` if there is none.
     pub fn get(&self, table: String, key: Vec<DbValue>) -> Result<Option<DbRow>, MeldbError> {
-        let key = value::values(key)?;
-        let row = self.shared("get")?.get(&table, key)?;
-        Ok(row.map(|row| value::table_row(&self.schema, &table, row)))
+        self.get_row(&table, Key(value::values(key)?))
     }
 
     /// [`Database::get`] as a JSON object (sets as arrays), for each
     /// language's own typed layer; `None` if there is no such row.
     pub fn get_json(&self, table: String, key: Vec<DbValue>) -> Result<Option<String>, MeldbError> {
-        Ok(self
-            .get(table, key)?
-            .map(|row| value::row_json(&row).to_string()))
+        self.get_row_json(table, Key(value::values(key)?))
     }
 
     /// The rows of a read-only SQL query with `?` parameters, each as its
@@ -290,6 +286,23 @@ impl Database {
 }
 
 impl Database {
+    /// A live row by its key, `or_set` columns as sets.
+    fn get_row(&self, table: &str, key: Key) -> Result<Option<DbRow>, MeldbError> {
+        let row = self.shared("get")?.get(table, key)?;
+        Ok(row.map(|row| value::table_row(&self.schema, table, row)))
+    }
+
+    /// [`Database::get_row`] as a JSON object.
+    pub(crate) fn get_row_json(
+        &self,
+        table: String,
+        key: Key,
+    ) -> Result<Option<String>, MeldbError> {
+        Ok(self
+            .get_row(&table, key)?
+            .map(|row| value::row_json(&row).to_string()))
+    }
+
     /// A read-only query's column names and rows, from one snapshot.
     pub(crate) fn query_values(
         &self,

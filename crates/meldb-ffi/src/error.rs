@@ -92,7 +92,9 @@ impl From<meldb::Error> for MeldbError {
                 MeldbError::Apply { message }
             }
             meldb::Error::Mutation(_) => MeldbError::Mutation { message },
-            meldb::Error::Typed(_) => MeldbError::Query { message },
+            // Only the JSON writes reach the library's typed layer here
+            // (crate::json_ops): a row value that does not fit its column.
+            meldb::Error::Typed(_) => MeldbError::InvalidArgument { message },
             _ => MeldbError::Storage { message },
         }
     }

@@ -60,9 +60,13 @@ pub enum WriteOp {
     Delete { table: String, key: Vec<DbValue> },
 }
 
-/// A write with its values converted, ready to run.
-enum Op {
+/// A write with its values converted, ready to run. The `*Row` ones carry
+/// a JSON row (crate::json_ops) that the library's typed writes convert.
+pub(crate) enum Op {
     Insert(String, Vec<(String, Value)>),
+    InsertRow(String, serde_json::Value),
+    UpsertRow(String, serde_json::Value),
+    UpdateRow(String, serde_json::Value),
     Upsert(String, Vec<(String, Value)>),
     Update(String, Key, Vec<(String, Value)>),
     Increment(String, Key, String, i64),
@@ -113,9 +117,9 @@ impl Op {
     /// What it is, for an error's message.
     fn describe(&self) -> String {
         match self {
-            Op::Insert(t, _) => format!("insert into {t:?}"),
-            Op::Upsert(t, _) => format!("upsert into {t:?}"),
-            Op::Update(t, _, _) => format!("update of {t:?}"),
+            Op::Insert(t, _) | Op::InsertRow(t, _) => format!("insert into {t:?}"),
+            Op::Upsert(t, _) | Op::UpsertRow(t, _) => format!("upsert into {t:?}"),
+            Op::Update(t, _, _) | Op::UpdateRow(t, _) => format!("update of {t:?}"),
             Op::Increment(t, _, c, _) => format!("increment of {t:?}.{c:?}"),
             Op::AddToSet(t, _, c, _) => format!("add to {t:?}.{c:?}"),
             Op::RemoveFromSet(t, _, c, _) => format!("remove from {t:?}.{c:?}"),
@@ -126,6 +130,9 @@ impl Op {
     fn run(&self, tx: &mut meldb::Transaction<'_>) -> meldb::Result<()> {
         match self {
             Op::Insert(t, values) => tx.insert(t, &borrowed(values)),
+            Op::InsertRow(t, row) => tx.insert_row(t, row),
+            Op::UpsertRow(t, row) => tx.upsert_row(t, row),
+            Op::UpdateRow(t, row) => tx.update_row(t, row),
             Op::Upsert(t, values) => tx.upsert(t, &borrowed(values)),
             Op::Update(t, key, values) => tx.update(t, key, &borrowed(values)),
             Op::Increment(t, key, c, by) => tx.increment(t, key, c, *by),
@@ -158,6 +165,12 @@ fn commit(db: &Database, ops: Vec<WriteOp>) -> Result<(), MeldbError> {
         .enumerate()
         .map(|(i, op)| Op::from_write(op).map_err(|e| at(i, "write", e)))
         .collect::<Result<Vec<_>, MeldbError>>()?;
+    commit_ops(db, ops)
+}
+
+/// Runs converted `ops` in one transaction on `db`: all or nothing, the
+/// error naming the operation that failed.
+pub(crate) fn commit_ops(db: &Database, ops: Vec<Op>) -> Result<(), MeldbError> {
     let shared = db.shared("write")?;
     let mut failed = None;
     let result = shared.write(|tx| {

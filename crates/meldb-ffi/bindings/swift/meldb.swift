@@ -707,12 +707,13 @@ public protocol DatabaseProtocol: AnyObject, Sendable {
     /**
      * Runs the operations of `ops_json` in one transaction, as
      * [`Database::write`] does: a JSON array of objects such as
-     * `{"op": "insert", "table": "item", "values": {"sku": "A1"}}`,
-     * `{"op": "increment", "table": "item", "key": ["A1"], "column":
-     * "stock", "by": -1}` (also `upsert`, `update` with `key` and
-     * `values`, `add_to_set` and `remove_from_set` with `column` and
-     * `element`, `delete` with `key`). Values are read against the schema:
-     * sets and blobs as arrays, as [`Database::get_json`] writes them.
+     * `{"op": "insert", "table": "item", "values": {"sku": "A1"}}` (also
+     * `upsert`, and `update`, which finds its row by the key columns in
+     * `values`) and `{"op": "increment", "table": "item", "key": ["A1"],
+     * "column": "stock", "by": -1}` (also `add_to_set` and
+     * `remove_from_set` with `column` and `element`, and `delete`). Rows
+     * follow the library's typed writes: sets and blobs as arrays, as
+     * [`Database::get_json`] writes them.
      */
     func writeJson(opsJson: String) throws 
     
@@ -1026,12 +1027,13 @@ open func getJsonByKey(table: String, keyJson: String)throws  -> String?  {
     /**
      * Runs the operations of `ops_json` in one transaction, as
      * [`Database::write`] does: a JSON array of objects such as
-     * `{"op": "insert", "table": "item", "values": {"sku": "A1"}}`,
-     * `{"op": "increment", "table": "item", "key": ["A1"], "column":
-     * "stock", "by": -1}` (also `upsert`, `update` with `key` and
-     * `values`, `add_to_set` and `remove_from_set` with `column` and
-     * `element`, `delete` with `key`). Values are read against the schema:
-     * sets and blobs as arrays, as [`Database::get_json`] writes them.
+     * `{"op": "insert", "table": "item", "values": {"sku": "A1"}}` (also
+     * `upsert`, and `update`, which finds its row by the key columns in
+     * `values`) and `{"op": "increment", "table": "item", "key": ["A1"],
+     * "column": "stock", "by": -1}` (also `add_to_set` and
+     * `remove_from_set` with `column` and `element`, and `delete`). Rows
+     * follow the library's typed writes: sets and blobs as arrays, as
+     * [`Database::get_json`] writes them.
      */
 open func writeJson(opsJson: String)throws   {try rustCallWithError(FfiConverterTypeMeldbError_lift) {
         uniffiCallStatus in
@@ -5018,7 +5020,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_meldb_ffi_checksum_method_database_get_json_by_key() != 12617) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_meldb_ffi_checksum_method_database_write_json() != 21730) {
+    if (uniffi_meldb_ffi_checksum_method_database_write_json() != 40896) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_meldb_ffi_checksum_method_database_watch() != 29881) {

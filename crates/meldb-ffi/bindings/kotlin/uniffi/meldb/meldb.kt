@@ -1200,7 +1200,7 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_meldb_ffi_checksum_method_database_get_json_by_key() and 0xFFFF) != 12617) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_meldb_ffi_checksum_method_database_write_json() and 0xFFFF) != 21730) {
+    if ((lib.uniffi_meldb_ffi_checksum_method_database_write_json() and 0xFFFF) != 40896) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_meldb_ffi_checksum_method_database_watch() and 0xFFFF) != 29881) {
@@ -1913,12 +1913,13 @@ public interface DatabaseInterface {
     /**
      * Runs the operations of `ops_json` in one transaction, as
      * [`Database::write`] does: a JSON array of objects such as
-     * `{"op": "insert", "table": "item", "values": {"sku": "A1"}}`,
-     * `{"op": "increment", "table": "item", "key": ["A1"], "column":
-     * "stock", "by": -1}` (also `upsert`, `update` with `key` and
-     * `values`, `add_to_set` and `remove_from_set` with `column` and
-     * `element`, `delete` with `key`). Values are read against the schema:
-     * sets and blobs as arrays, as [`Database::get_json`] writes them.
+     * `{"op": "insert", "table": "item", "values": {"sku": "A1"}}` (also
+     * `upsert`, and `update`, which finds its row by the key columns in
+     * `values`) and `{"op": "increment", "table": "item", "key": ["A1"],
+     * "column": "stock", "by": -1}` (also `add_to_set` and
+     * `remove_from_set` with `column` and `element`, and `delete`). Rows
+     * follow the library's typed writes: sets and blobs as arrays, as
+     * [`Database::get_json`] writes them.
      */
     fun `writeJson`(`opsJson`: kotlin.String)
     
@@ -2304,12 +2305,13 @@ open class Database: Disposable, AutoCloseable, DatabaseInterface
     /**
      * Runs the operations of `ops_json` in one transaction, as
      * [`Database::write`] does: a JSON array of objects such as
-     * `{"op": "insert", "table": "item", "values": {"sku": "A1"}}`,
-     * `{"op": "increment", "table": "item", "key": ["A1"], "column":
-     * "stock", "by": -1}` (also `upsert`, `update` with `key` and
-     * `values`, `add_to_set` and `remove_from_set` with `column` and
-     * `element`, `delete` with `key`). Values are read against the schema:
-     * sets and blobs as arrays, as [`Database::get_json`] writes them.
+     * `{"op": "insert", "table": "item", "values": {"sku": "A1"}}` (also
+     * `upsert`, and `update`, which finds its row by the key columns in
+     * `values`) and `{"op": "increment", "table": "item", "key": ["A1"],
+     * "column": "stock", "by": -1}` (also `add_to_set` and
+     * `remove_from_set` with `column` and `element`, and `delete`). Rows
+     * follow the library's typed writes: sets and blobs as arrays, as
+     * [`Database::get_json`] writes them.
      */
     @Throws(MeldbException::class)override fun `writeJson`(`opsJson`: kotlin.String)
         = 
