@@ -366,4 +366,34 @@ mod tests {
         assert!(a.changes_since(&b.version_vector())?.is_empty());
         Ok(())
     }
+
+    /// The walk's statements are prepared once and reused: reading from
+    /// different version vectors (different bound sequence numbers) does
+    /// not compile them again (`fix_plans`; before it, every read did).
+    #[test]
+    fn reads_from_other_vectors_reuse_the_prepared_walk() -> Result<()> {
+        let a = two_sites()?;
+        let mut vv = VersionVector::new();
+        a.changes_since(&vv)?;
+        for seq in 1..=3 {
+            vv.insert(a.site_id(), 1, seq);
+            a.changes_since(&vv)?;
+        }
+        for sql in [
+            "SELECT max(seq) FROM meldb_dots WHERE site = ?1 AND seq < ?2",
+            "SELECT seq, tbl, rid FROM meldb_dots WHERE site = ?1 AND seq >= ?2 ORDER BY seq",
+        ] {
+            let stmt = a.conn.prepare_cached(sql)?;
+            assert!(
+                stmt.get_status(rusqlite::StatementStatus::Run) >= 4,
+                "{sql}"
+            );
+            assert_eq!(
+                stmt.get_status(rusqlite::StatementStatus::RePrepare),
+                0,
+                "{sql}"
+            );
+        }
+        Ok(())
+    }
 }

@@ -229,6 +229,7 @@ impl Store {
         options: StoreOptions,
         rules: &format::Rules,
     ) -> Result<Store> {
+        super::fix_plans(&conn)?;
         let upgrade = rules.prepare(&conn, &path)?;
         conn.execute_batch("BEGIN IMMEDIATE")?;
         let result = rules

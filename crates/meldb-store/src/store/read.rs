@@ -213,6 +213,7 @@ impl ReadPool {
             super::cipher::key_connection(&conn, key)?;
         }
         conn.busy_timeout(BUSY)?;
+        super::fix_plans(&conn)?;
         Ok(conn)
     }
 }
@@ -305,6 +306,21 @@ mod tests {
         assert_eq!(skus, [("a".to_string(),)]);
         let refused = pool.read(|r| r.query_as::<(i64,)>("CREATE TEMP TABLE t (a)", []));
         assert!(refused.is_err(), "a reader's query_as reads only");
+        Ok(())
+    }
+
+    /// Readers fix their statements' plans as the writer does
+    /// (`fix_plans`), so a cached statement is not compiled again when its
+    /// bound values change.
+    #[test]
+    fn readers_and_the_writer_fix_their_plans(
+    ) -> std::result::Result<(), Box<dyn std::error::Error>> {
+        use rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG as QPSG;
+        let dir = tempfile::tempdir()?;
+        let store = Store::open(dir.path().join("p.db"), &schema()?)?;
+        assert!(store.reader().conn().db_config(QPSG)?);
+        let pool = store.read_pool(1).ok_or("a file store has readers")?;
+        assert!(pool.read(|r| Ok(r.conn().db_config(QPSG)?))?);
         Ok(())
     }
 
