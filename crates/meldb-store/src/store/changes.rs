@@ -75,6 +75,10 @@ impl Store {
         let empty = SeqRanges::default();
         let asker = vv.site(&self.local).unwrap_or(&empty);
         let start = asker.first_missing();
+        if start > self.replica.last_seq {
+            // It has every dot this site made.
+            return Ok(0);
+        }
         let mut prev = self.dot_before(idx, start)?;
         let mut stmt = self.conn.prepare_cached(
             "SELECT seq FROM meldb_dots WHERE site = ?1 AND seq >= ?2 ORDER BY seq",
@@ -159,6 +163,13 @@ impl Store {
                 self.replica.coverage.site(&site).unwrap_or(&empty)
             };
             let start = asker.first_missing();
+            // Every entry of a site's in `meldb_dots` is a dot this replica
+            // has (`mine`): an asker that has all of them up to the last
+            // lacks none of this site's, and its walk reads nothing. A
+            // caught-up peer costs no query per site.
+            if start > mine.max() {
+                continue;
+            }
             let mut prev = self.dot_before(idx, start)?;
             let mut stmt = self.conn.prepare_cached(
                 "SELECT seq, tbl, rid FROM meldb_dots WHERE site = ?1 AND seq >= ?2 ORDER BY seq",
