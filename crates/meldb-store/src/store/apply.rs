@@ -306,7 +306,7 @@ impl Transaction<'_> {
                         .replica
                         .coverage
                         .insert(cover.site, cover.first, cover.last);
-                    store.replica.coverage_dirty = true;
+                    store.replica.coverage_dirty.insert(cover.site);
                 }
             }
             if decide::shows_deciders(merge.causality, every_change) {

@@ -15,6 +15,7 @@ use crate::error::{OpenError, Result, StorageError};
 use crate::schema::{Schema, Table};
 use crate::version::VersionVector;
 use rusqlite::{params, Connection, OptionalExtension};
+use std::collections::BTreeSet;
 
 fn get_meta<T: rusqlite::types::FromSql>(conn: &Connection, key: &str) -> Result<Option<T>> {
     Ok(conn
@@ -52,14 +53,24 @@ pub fn save_hlc(conn: &Connection, hlc: Hlc) -> Result<()> {
     set_meta(conn, "hlc", hlc.0 as i64)
 }
 
-/// Replaces the stored version vector of remote sites.
-pub fn save_coverage(conn: &Connection, sites: &mut Sites, vv: &VersionVector) -> Result<()> {
-    conn.execute("DELETE FROM meldb_coverage", [])?;
+/// Replaces the stored ranges of the `changed` sites with theirs in `vv`
+/// (the version vector of remote sites); the other sites' rows stay as
+/// they are. A commit changes the ranges of the few sites it received
+/// from, and a relay knows every client's site: rewriting all of them on
+/// every commit was most of a small apply's cost.
+pub fn save_coverage(
+    conn: &Connection,
+    sites: &mut Sites,
+    vv: &VersionVector,
+    changed: &BTreeSet<SiteId>,
+) -> Result<()> {
+    let mut delete = conn.prepare_cached("DELETE FROM meldb_coverage WHERE site = ?1")?;
     let mut insert =
         conn.prepare_cached("INSERT INTO meldb_coverage (site, first, last) VALUES (?1, ?2, ?3)")?;
-    for (site, ranges) in vv.iter() {
+    for site in changed {
         let idx = sites.index(conn, *site)?;
-        for &(first, last) in ranges.ranges() {
+        delete.execute(params![idx])?;
+        for &(first, last) in vv.site(site).map_or(&[][..], |r| r.ranges()) {
             insert.execute(params![idx, first as i64, last as i64])?;
         }
     }
@@ -199,6 +210,7 @@ impl Store {
         }
         self.sites = Sites::load(&self.conn)?;
         self.replica.coverage = load_coverage(&self.conn, &self.sites)?;
+        self.replica.coverage_dirty.clear();
         let site_bytes: Vec<u8> = still_there("site_id", get_meta(&self.conn, "site_id")?)?;
         self.local = <[u8; 16]>::try_from(site_bytes.as_slice())
             .map(SiteId::from_bytes)
@@ -261,7 +273,7 @@ impl Store {
                     replica: Replica {
                         last_seq,
                         coverage,
-                        coverage_dirty: false,
+                        coverage_dirty: BTreeSet::new(),
                     },
                     data_version,
                     authority: options.authority,
@@ -357,7 +369,7 @@ impl Store {
             .replica
             .coverage
             .insert(old, 1, store.replica.last_seq);
-        store.replica.coverage_dirty = true;
+        store.replica.coverage_dirty.insert(old);
         store.sites.index(&store.conn, new)?;
         set_meta(&store.conn, "site_id", new.as_bytes().to_vec())?;
         store.local = new;

@@ -54,6 +54,7 @@ use layout::TableLayout;
 use meldb_core::engine::Resolvers;
 use rows::Sites;
 use rusqlite::Connection;
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -278,8 +279,9 @@ struct Replica {
     last_seq: u64,
     /// The version vector of remote sites (the local site's is `1..=last_seq`).
     coverage: VersionVector,
-    /// Whether `coverage` changed since it was last saved.
-    coverage_dirty: bool,
+    /// The sites whose ranges in `coverage` changed since they were last
+    /// saved: a commit writes those sites' rows only, not every site's.
+    coverage_dirty: BTreeSet<SiteId>,
 }
 
 /// One replica's database.
@@ -475,8 +477,13 @@ impl Store {
         if hlc != self.saved_hlc {
             meta::save_hlc(&self.conn, hlc)?;
         }
-        if self.replica.coverage_dirty {
-            meta::save_coverage(&self.conn, &mut self.sites, &self.replica.coverage)?;
+        if !self.replica.coverage_dirty.is_empty() {
+            meta::save_coverage(
+                &self.conn,
+                &mut self.sites,
+                &self.replica.coverage,
+                &self.replica.coverage_dirty,
+            )?;
         }
         Ok(())
     }
@@ -507,7 +514,7 @@ impl Store {
     /// After a successful commit.
     fn committed(&mut self) {
         self.saved_hlc = self.clock.last();
-        self.replica.coverage_dirty = false;
+        self.replica.coverage_dirty.clear();
     }
 }
 

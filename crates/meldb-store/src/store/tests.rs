@@ -538,3 +538,50 @@ fn a_mutators_writes_meet_the_row_rules() -> Result<()> {
     assert_eq!(client.version_vector(), VersionVector::new());
     Ok(())
 }
+
+/// A commit saves the ranges of the sites it received from and leaves the
+/// others' stored rows alone; what is stored is the version vector the
+/// store had, across commits, a rolled-back apply and a reopen.
+#[test]
+fn coverage_is_saved_per_site_and_reopens_whole(
+) -> std::result::Result<(), Box<dyn std::error::Error>> {
+    let time = ManualTime::new(1_000_000);
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("cov.db");
+    let mut a = StoreOptions::new()
+        .site_id(SiteId::from_bytes([1; 16]))
+        .time_source(Arc::new(time.clone()))
+        .open(&path, &test_schema())?;
+    let (mut b, mut c) = (replica(2, &time)?, replica(3, &time)?);
+    for (i, peer) in [&mut b, &mut c].into_iter().enumerate() {
+        peer.write(|tx| tx.insert("item", &[("sku", format!("s{i}").into())]))?;
+    }
+    sync(&b, &mut a)?;
+    sync(&c, &mut a)?;
+    b.write(|tx| tx.insert("item", &[("sku", "b2".into())]))?;
+    sync(&b, &mut a)?;
+    // A rolled-back apply (a batch whose row is of no known table) saves
+    // nothing of its sites.
+    c.write(|tx| tx.insert("item", &[("sku", "c2".into())]))?;
+    let mut bad = c.changes_since(&a.version_vector())?;
+    bad.tables[0].table = "nope".into();
+    assert!(a.apply(&bad).is_err());
+    let had = a.version_vector();
+    let rows = read(&a, "SELECT count(*) FROM meldb_coverage")?;
+    assert_eq!(
+        rows,
+        vec![vec![Value::Integer(2)]],
+        "one range per remote site"
+    );
+    drop(a);
+    let a = StoreOptions::new()
+        .time_source(Arc::new(time.clone()))
+        .open(&path, &test_schema())?;
+    assert_eq!(a.version_vector(), had);
+    assert!(
+        !had.contains(&c.site_id(), 2),
+        "the rolled-back dot is not claimed"
+    );
+    assert!(had.contains(&b.site_id(), 2));
+    Ok(())
+}
