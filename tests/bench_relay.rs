@@ -3,8 +3,10 @@
 //! `meldb relay` process given by `--url`, with idle connections beside
 //! them. Checked: the run ends, every write arrived at every other client,
 //! the convergence report says the digests, counter sums and set
-//! contents agree, and the exit status is 0. No figure is judged: the
-//! bench reports speed, the test only correctness.
+//! contents agree, and the exit status is 0. The same with `--light`
+//! clients (a pusher and a listener each, no replica receiving), whose
+//! convergence is a fresh replica synced from the relay. No figure is
+//! judged: the bench reports speed, the test only correctness.
 
 mod common;
 
@@ -70,6 +72,31 @@ fn smoke_size_converges_through_an_in_process_relay() -> TestResult {
     Ok(())
 }
 
+/// A light run's report: every write arrived at every other client's
+/// listener, and a fresh replica synced from the relay agrees with it.
+fn check_light_report(output: &Output) -> TestResult {
+    check_report(output)?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        text.contains("setup: 6 of 6 light clients connected"),
+        "{text}"
+    );
+    assert!(text.contains("a fresh one synced from the relay"), "{text}");
+    assert!(text.contains("arrived: 300 of 300 deliveries"), "{text}");
+    Ok(())
+}
+
+#[test]
+fn light_clients_converge_through_an_in_process_relay() -> TestResult {
+    let mut args = SMOKE.to_vec();
+    args.push("--light");
+    let output = meldb(&args)?;
+    check_light_report(&output)?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("2 replicas"), "{text}");
+    Ok(())
+}
+
 #[test]
 fn smoke_size_converges_through_a_relay_process() -> TestResult {
     let dir = tempfile::tempdir()?;
@@ -95,5 +122,9 @@ fn smoke_size_converges_through_a_relay_process() -> TestResult {
     let url = format!("tcp://{}", relay.addr);
     let mut args = SMOKE.to_vec();
     args.extend(["--url", &url, "--token", "bench-token"]);
-    check_report(&meldb(&args)?)
+    check_report(&meldb(&args)?)?;
+    // Light clients on the same relay: the rows already there are what
+    // every listener receives first, and what the fresh replica syncs.
+    args.push("--light");
+    check_light_report(&meldb(&args)?)
 }

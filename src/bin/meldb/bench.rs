@@ -8,18 +8,22 @@
 //! runtime, threads named `meldb-relay`, so its CPU time is read apart
 //! from the clients'), or is any relay given by `--url` (started with
 //! this schema: `--print-schema`). Idle connections are a lighter client:
-//! a hello with a token and a `Want`, then silence.
+//! a hello with a token and a `Want`, then silence. With `--light`, each
+//! writing client receives through a listener that only decodes and
+//! acknowledges ([`light`]), so the load generator no longer applies
+//! every write at every client and the figures are the relay's.
 //!
 //! Measured: write-to-arrival latency at every other client (a write's
 //! dots, read from the writer's version vector, arrived when an
-//! observer's version vector covers them, checked on the replica's change
-//! signal and every 50 ms), writes/s achieved, relay CPU time, peak RSS,
+//! observer's version vector covers them, checked on the replica's or the
+//! listener's change signal and every 50 ms), writes/s achieved, relay CPU time, peak RSS,
 //! relay bytes per write (`RelayMetrics`, in-process only).
 //!
 //! Invariant: the run is bounded in time. Writing stops at `--duration`;
 //! arrivals are awaited until `--deadline` after that, then whatever has
 //! not arrived is counted and reported, never waited for. Convergence
-//! (equal digests across the replicas and the in-process relay, every
+//! (equal digests across the replicas, or for light clients a fresh
+//! replica synced from the relay, and the in-process relay, every
 //! counter's sum equal to the increments issued, every set equal to the
 //! adds issued) is checked at the end and is the only failure: speed is
 //! reported, never judged.
@@ -27,6 +31,8 @@
 use crate::cli::BenchRelayArgs;
 use crate::error::{CliError, Result};
 use crate::probe;
+
+mod light;
 use meldb::sync::message::{Hello, Want};
 use meldb::sync::{
     Backoff, Connector, ContinuousSync, Grant, Message, PeerUrl, Relay, RelayConfig, RelayMetrics,
@@ -179,6 +185,54 @@ struct Seen {
     missing: u64,
 }
 
+/// What a light client's listener has heard: the covers of every batch
+/// it received, and a signal on each.
+struct Heard {
+    client: usize,
+    vv: Mutex<VersionVector>,
+    changed: watch::Sender<u64>,
+}
+
+impl Heard {
+    fn new(client: usize) -> Heard {
+        Heard {
+            client,
+            vv: Mutex::new(VersionVector::new()),
+            changed: watch::Sender::new(0),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VersionVector> {
+        self.vv
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Where a client's arrivals are watched: its replica (a full client) or
+/// its listener (a light one).
+#[derive(Clone)]
+enum Watched {
+    Replica(SharedStore),
+    Listener(Arc<Heard>),
+}
+
+impl Watched {
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        match self {
+            Watched::Replica(store) => store.subscribe(),
+            Watched::Listener(heard) => heard.changed.subscribe(),
+        }
+    }
+
+    fn with_vv<T>(&self, f: impl FnOnce(&VersionVector) -> T) -> T {
+        match self {
+            Watched::Replica(store) => f(&store.lock().version_vector()),
+            Watched::Listener(heard) => f(&heard.lock()),
+        }
+    }
+}
+
 fn key_name(prefix: &str, key: usize) -> String {
     format!("{prefix}-{key:05}")
 }
@@ -256,11 +310,11 @@ async fn writer(
 /// logged writes of others its replica now covers, until `stop`.
 async fn observer(
     client: usize,
-    store: SharedStore,
+    watched: Watched,
     log: Arc<Log>,
     mut stop: watch::Receiver<bool>,
 ) -> Seen {
-    let mut changed = store.subscribe();
+    let mut changed = watched.subscribe();
     let mut next = 0;
     let mut pending: Vec<Done> = Vec::new();
     let mut seen = Seen::default();
@@ -272,16 +326,17 @@ async fn observer(
             next = log.len();
         }
         if !pending.is_empty() {
-            let vv = store.lock().version_vector();
             let now = Instant::now();
-            pending.retain(|d| {
-                if covered(&vv, d) {
-                    seen.latencies
-                        .push(now.duration_since(d.at).as_micros() as u64);
-                    false
-                } else {
-                    true
-                }
+            watched.with_vv(|vv| {
+                pending.retain(|d| {
+                    if covered(vv, d) {
+                        seen.latencies
+                            .push(now.duration_since(d.at).as_micros() as u64);
+                        false
+                    } else {
+                        true
+                    }
+                })
             });
         }
         if stopping {
@@ -381,6 +436,10 @@ fn secret(client: usize) -> String {
 
 const IDLE_SECRET: &str = "bench-relay-idle-secret";
 
+/// Read-only: light clients' listeners, and the fresh replica that checks
+/// what the relay serves.
+const LISTEN_SECRET: &str = "bench-relay-listen-secret";
+
 fn start_relay(schema: &Schema, clients: usize, idle: usize) -> Result<LocalRelay> {
     let path = std::env::temp_dir().join(format!("meldb-bench-relay-{}.db", std::process::id()));
     remove_db(&path);
@@ -398,12 +457,14 @@ fn start_relay(schema: &Schema, clients: usize, idle: usize) -> Result<LocalRela
         );
     }
     tokens.add("bench-idle", IDLE_SECRET, Grant::read_write());
+    tokens.add("bench-listen", LISTEN_SECRET, Grant::read_only());
     let metrics = Arc::new(RelayMetrics::new());
     let config = RelayConfig::default()
         .tokens(tokens)
-        .max_connections(clients + idle + 64)
-        .max_connections_per_token(idle.max(1) + 16)
-        .max_unauthenticated(idle + clients + 64, idle + clients + 64)
+        // Light clients are two connections each.
+        .max_connections(2 * clients + idle + 64)
+        .max_connections_per_token(idle.max(clients) + 16)
+        .max_unauthenticated(idle + 2 * clients + 64, idle + 2 * clients + 64)
         .handshake_timeout(Duration::from_secs(120))
         .idle(Duration::from_secs(3600))
         .quiet_timeout(None)
@@ -468,9 +529,9 @@ async fn all_idle(
 }
 
 /// Whether every replica's version vector covers `target`, by `limit`.
-async fn all_cover(stores: &[SharedStore], target: &VersionVector, limit: Instant) -> bool {
+async fn all_cover(watched: &[Watched], target: &VersionVector, limit: Instant) -> bool {
     loop {
-        if stores.iter().all(|s| target.le(&s.lock().version_vector())) {
+        if watched.iter().all(|w| w.with_vv(|vv| target.le(vv))) {
             return true;
         }
         if Instant::now() >= limit {
@@ -568,7 +629,9 @@ pub fn run(args: &BenchRelayArgs, out: &mut dyn Write) -> Result<()> {
             "a write rate of {per_client} per client"
         )));
     }
-    let sockets = (args.clients + args.idle) as u64 * if args.url.is_some() { 1 } else { 2 };
+    let conns_per_client = if args.light { 2 } else { 1 };
+    let sockets = (conns_per_client * args.clients + args.idle) as u64
+        * if args.url.is_some() { 1 } else { 2 };
     if let Some(limit) = probe::open_files_limit() {
         if sockets + 256 > limit {
             return Err(CliError::Bench(format!(
@@ -594,6 +657,10 @@ pub fn run(args: &BenchRelayArgs, out: &mut dyn Write) -> Result<()> {
         Some(_) => args.token.clone(),
         None => Some(IDLE_SECRET.to_string()),
     };
+    let listen_token = match &args.url {
+        Some(_) => args.token.clone(),
+        None => Some(LISTEN_SECRET.to_string()),
+    };
     let clients_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("bench-client")
@@ -606,6 +673,7 @@ pub fn run(args: &BenchRelayArgs, out: &mut dyn Write) -> Result<()> {
         per_client,
         token_of,
         idle_token,
+        listen_token,
         local.as_ref(),
         out,
     ));
@@ -619,6 +687,206 @@ pub fn run(args: &BenchRelayArgs, out: &mut dyn Write) -> Result<()> {
     result
 }
 
+/// The writing clients of a run, connected and caught up.
+struct Clients {
+    /// Each client's replica, which its writer writes through.
+    stores: Vec<SharedStore>,
+    /// Where each client's arrivals are watched.
+    watched: Vec<Watched>,
+    /// Full clients' syncs.
+    handles: Vec<SyncHandle>,
+    /// Light clients' connections, stopped by `stop_light`.
+    light: Vec<tokio::task::JoinHandle<light::Ended>>,
+    stop_light: watch::Sender<bool>,
+    /// Clients connected and caught up when the setup ended.
+    ready: usize,
+    /// Whether every client had the key rows then.
+    keyed: bool,
+}
+
+impl Clients {
+    /// Stops every client's connections; a light connection's error is
+    /// returned, the first one.
+    async fn stop(self) -> Option<String> {
+        let _ = self.stop_light.send(true);
+        for h in self.handles {
+            let _ = h.stop().await;
+        }
+        let mut error = None;
+        for t in self.light {
+            match t.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    error.get_or_insert(e);
+                }
+                Err(e) => {
+                    error.get_or_insert(e.to_string());
+                }
+            }
+        }
+        error
+    }
+}
+
+/// Full clients: each an in-memory replica with a `ContinuousSync`;
+/// client 0 inserts the key rows, which reach the others through the relay.
+async fn full_clients(
+    args: &BenchRelayArgs,
+    schema: &Schema,
+    url: &PeerUrl,
+    prefix: &str,
+    token_of: &impl Fn(usize) -> Option<String>,
+    setup_limit: Instant,
+) -> Result<Clients> {
+    let mut stores = Vec::with_capacity(args.clients);
+    let mut handles: Vec<SyncHandle> = Vec::with_capacity(args.clients);
+    let mut statuses = Vec::with_capacity(args.clients);
+    for client in 0..args.clients {
+        let store = SharedStore::new(Store::open_in_memory(schema)?);
+        if client == 0 {
+            seed_keys(&store, prefix, args.keys)?;
+        }
+        let sync = ContinuousSync::new(store.clone(), url.clone())
+            .config(SessionConfig::default().token(token_of(client)))
+            .backoff(Backoff {
+                initial: Duration::from_millis(100),
+                max: Duration::from_secs(2),
+            })
+            .seed(args.seed.wrapping_add(client as u64));
+        statuses.push(sync.status());
+        handles.push(sync.spawn());
+        stores.push(store);
+        if client % 64 == 63 {
+            tokio::task::yield_now().await;
+        }
+    }
+    let ready = all_idle(&mut statuses, setup_limit).await;
+    let seeded = match stores.first() {
+        Some(first) => first.lock().version_vector(),
+        None => VersionVector::new(),
+    };
+    let watched: Vec<Watched> = stores.iter().cloned().map(Watched::Replica).collect();
+    let keyed = all_cover(&watched, &seeded, setup_limit).await;
+    Ok(Clients {
+        stores,
+        watched,
+        handles,
+        light: Vec::new(),
+        stop_light: watch::Sender::new(false),
+        ready,
+        keyed,
+    })
+}
+
+/// Light clients ([`light`]): each an in-memory replica that writes and a
+/// pusher that sends its commits, and a listener that receives. Client 0
+/// inserts the key rows and its pusher sends them; the others start from
+/// a copy of them, so they push only their own writes.
+async fn light_clients(
+    args: &BenchRelayArgs,
+    schema: &Schema,
+    url: &PeerUrl,
+    prefix: &str,
+    token_of: &impl Fn(usize) -> Option<String>,
+    listen_token: &Option<String>,
+    setup_limit: Instant,
+) -> Result<Clients> {
+    let (stop_light, stop) = watch::channel(false);
+    let up = Arc::new(AtomicU64::new(0));
+    let mut stores = Vec::with_capacity(args.clients);
+    let mut watched = Vec::with_capacity(args.clients);
+    let mut light = Vec::with_capacity(args.clients * 2);
+    let mut seeds = None;
+    let mut listener_site = [0x1e; 16];
+    listener_site[..8].copy_from_slice(&args.seed.to_be_bytes());
+    let listener_site = SiteId::from_bytes(listener_site);
+    for client in 0..args.clients {
+        let store = SharedStore::new(Store::open_in_memory(schema)?);
+        let sent = match &seeds {
+            None => {
+                seed_keys(&store, prefix, args.keys)?;
+                let changes = store.lock().changes_since(&VersionVector::new())?;
+                seeds = Some((changes, store.lock().version_vector()));
+                VersionVector::new()
+            }
+            Some((changes, vv)) => {
+                store.apply(changes)?;
+                vv.clone()
+            }
+        };
+        let heard = Arc::new(Heard::new(client));
+        light.push(tokio::spawn(light::listener(
+            url.clone(),
+            listener_site,
+            listen_token.clone(),
+            Arc::clone(&heard),
+            Arc::clone(&up),
+            stop.clone(),
+        )));
+        light.push(tokio::spawn(light::pusher(
+            url.clone(),
+            store.clone(),
+            token_of(client),
+            sent,
+            Arc::clone(&up),
+            stop.clone(),
+        )));
+        stores.push(store);
+        watched.push(Watched::Listener(heard));
+        if client % 64 == 63 {
+            tokio::task::yield_now().await;
+        }
+    }
+    while (up.load(Ordering::Relaxed) as usize) < 2 * args.clients && Instant::now() < setup_limit {
+        tokio::time::sleep(POLL).await;
+    }
+    let seeded = seeds.map_or_else(VersionVector::new, |(_, vv)| vv);
+    let keyed = all_cover(&watched, &seeded, setup_limit).await;
+    let ready = watched
+        .iter()
+        .filter(|w| w.with_vv(|vv| seeded.le(vv)))
+        .count()
+        .min(up.load(Ordering::Relaxed) as usize / 2);
+    Ok(Clients {
+        stores,
+        watched,
+        handles: Vec::new(),
+        light,
+        stop_light,
+        ready,
+        keyed,
+    })
+}
+
+/// A new in-memory replica, synced once from the relay at `url`.
+async fn fresh_replica(
+    schema: &Schema,
+    url: &PeerUrl,
+    token: Option<String>,
+) -> Result<SharedStore> {
+    let store = SharedStore::new(Store::open_in_memory(schema)?);
+    let mut conn = Connector::new().connect(url).await?;
+    meldb::sync::sync_once(&store, &mut conn, SessionConfig::default().token(token)).await?;
+    Ok(store)
+}
+
+/// Inserts the `keys` rows every client writes on.
+fn seed_keys(store: &SharedStore, prefix: &str, keys: usize) -> Result<()> {
+    store.write(|tx| {
+        for k in 0..keys {
+            tx.insert(
+                "item",
+                &[
+                    ("id", key_name(prefix, k).into()),
+                    ("v", Value::Text(String::new())),
+                ],
+            )?;
+        }
+        Ok(())
+    })?;
+    Ok(())
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn drive(
     args: &BenchRelayArgs,
@@ -627,6 +895,7 @@ async fn drive(
     per_client: f64,
     token_of: impl Fn(usize) -> Option<String>,
     idle_token: Option<String>,
+    listen_token: Option<String>,
     local: Option<&LocalRelay>,
     out: &mut dyn Write,
 ) -> Result<()> {
@@ -693,50 +962,28 @@ async fn drive(
             .map_or(0, |d| d.as_millis())
     )
     .into();
-    let mut stores = Vec::with_capacity(args.clients);
-    let mut handles: Vec<SyncHandle> = Vec::with_capacity(args.clients);
-    let mut statuses = Vec::with_capacity(args.clients);
-    for client in 0..args.clients {
-        let store = SharedStore::new(Store::open_in_memory(schema)?);
-        if client == 0 {
-            store.write(|tx| {
-                for k in 0..args.keys {
-                    tx.insert(
-                        "item",
-                        &[
-                            ("id", key_name(&prefix, k).into()),
-                            ("v", Value::Text(String::new())),
-                        ],
-                    )?;
-                }
-                Ok(())
-            })?;
-        }
-        let sync = ContinuousSync::new(store.clone(), url.clone())
-            .config(SessionConfig::default().token(token_of(client)))
-            .backoff(Backoff {
-                initial: Duration::from_millis(100),
-                max: Duration::from_secs(2),
-            })
-            .seed(args.seed.wrapping_add(client as u64));
-        statuses.push(sync.status());
-        handles.push(sync.spawn());
-        stores.push(store);
-        if client % 64 == 63 {
-            tokio::task::yield_now().await;
-        }
-    }
-    let ready = all_idle(&mut statuses, setup_limit).await;
-    let seeded = match stores.first() {
-        Some(first) => first.lock().version_vector(),
-        None => VersionVector::new(),
+    let clients = if args.light {
+        light_clients(
+            args,
+            schema,
+            url,
+            &prefix,
+            &token_of,
+            &listen_token,
+            setup_limit,
+        )
+        .await?
+    } else {
+        full_clients(args, schema, url, &prefix, &token_of, setup_limit).await?
     };
-    let keyed = all_cover(&stores, &seeded, setup_limit).await;
+    let stores = clients.stores.clone();
     writeln!(
         out,
-        "setup: {ready} of {} clients connected and caught up{} in {:.1} s",
+        "setup: {} of {} {}clients connected and caught up{} in {:.1} s",
+        clients.ready,
         args.clients,
-        if keyed {
+        if args.light { "light " } else { "" },
+        if clients.keyed {
             ""
         } else {
             " (some lack the key rows)"
@@ -756,10 +1003,11 @@ async fn drive(
     let planned: usize = plans.iter().map(Vec::len).sum();
     let log = Arc::new(Log::default());
     let (stop_obs, obs_stop) = watch::channel(false);
-    let observers: Vec<_> = stores
+    let observers: Vec<_> = clients
+        .watched
         .iter()
         .enumerate()
-        .map(|(i, s)| tokio::spawn(observer(i, s.clone(), Arc::clone(&log), obs_stop.clone())))
+        .map(|(i, w)| tokio::spawn(observer(i, w.clone(), Arc::clone(&log), obs_stop.clone())))
         .collect();
     let cpu0 = (
         probe::threads_cpu(RELAY_THREADS),
@@ -823,7 +1071,7 @@ async fn drive(
         target.insert(d.site, d.first, d.last);
     }
     let arrival_limit = Instant::now().max(t0 + args.duration) + args.deadline;
-    let arrived_all = all_cover(&stores, &target, arrival_limit).await;
+    let arrived_all = all_cover(&clients.watched, &target, arrival_limit).await;
     let drained = Instant::now();
     let _ = stop_obs.send(true);
     let cpu1 = (
@@ -925,23 +1173,30 @@ async fn drive(
     out.flush()?;
 
     // Convergence: wait for the relay's state too, then compare.
-    let mut all: Vec<SharedStore> = stores.clone();
-    if let Some(l) = local {
-        all.push(l.store.clone());
-    }
     // Every logged write, and whatever else the relay holds: a replica
     // (the relay too) lacking any of it is behind.
     let mut full = target.clone();
+    let mut watched = clients.watched.clone();
     if let Some(l) = local {
         full.merge(&l.store.lock().version_vector());
+        watched.push(Watched::Replica(l.store.clone()));
     }
-    let converged_vv = all_cover(&all, &full, Instant::now() + args.deadline).await;
+    let converged_vv = all_cover(&watched, &full, Instant::now() + args.deadline).await;
     let _ = stop_idle.send(true);
-    for h in handles {
-        let _ = h.stop().await;
-    }
+    let client_error = clients.stop().await;
     for t in idle_tasks {
         let _ = t.await;
+    }
+    // The replicas compared: every full client, or what a fresh replica
+    // gets from the relay in one sync (light clients hold no state); and
+    // the in-process relay.
+    let mut all: Vec<SharedStore> = if args.light && args.clients > 0 {
+        vec![fresh_replica(schema, url, listen_token.clone()).await?]
+    } else {
+        stores.clone()
+    };
+    if let Some(l) = local {
+        all.push(l.store.clone());
     }
     // Replicas still behind at the deadline are slow, not wrong: they are
     // counted, and the digests compared are those of the caught-up ones.
@@ -971,18 +1226,23 @@ async fn drive(
         && (behind < all.len() || all.is_empty())
         && problem.is_none()
         && writer_error.is_none()
+        && client_error.is_none()
         && (args.clients > 0 || idle_up as usize == args.idle);
     writeln!(
         out,
-        "convergence: {} ({} replicas{}, {behind} still behind at the deadline, {} distinct digests among the others; counters sum {sum} as issued: {}; sets hold {tags} tags as issued: {}{})",
+        "convergence: {} ({} replicas{}{}, {behind} still behind at the deadline, {} distinct digests among the others; counters sum {sum} as issued: {}; sets hold {tags} tags as issued: {}{})",
         if ok { "ok" } else { "FAILED" },
         all.len(),
+        if args.light { ", a fresh one synced from the relay" } else { "" },
         if local.is_some() { " with the relay" } else { "" },
         digests.len(),
         if problem.is_none() { "yes" } else { "no" },
         if problem.is_none() { "yes" } else { "no" },
         problem.as_ref().map_or(String::new(), |p| format!("; first difference: {p}")),
     )?;
+    if let Some(e) = &client_error {
+        writeln!(out, "convergence: a light client's connection failed: {e}")?;
+    }
     if !converged_vv {
         writeln!(
             out,

@@ -775,6 +775,13 @@ pub struct BenchRelayArgs {
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub idle: usize,
 
+    /// Light clients: each writes through its own replica and pushes its
+    /// commits, and receives on a second connection that decodes and
+    /// acknowledges batches without applying them, so the load generator
+    /// costs little and the relay is what is measured.
+    #[arg(long)]
+    pub light: bool,
+
     /// A relay to test (tcp://HOST:PORT, ...) instead of one in this process.
     #[arg(long, value_name = "URL")]
     pub url: Option<String>,
