@@ -75,8 +75,9 @@ impl Store {
         let empty = SeqRanges::default();
         let asker = vv.site(&self.local).unwrap_or(&empty);
         let start = asker.first_missing();
-        if start > self.replica.last_seq {
-            // It has every dot this site made.
+        if start > self.replica.last_seq && self.data_version()? == self.data_version {
+            // It has every dot this site made (and no other connection
+            // made more since `last_seq` was loaded).
             return Ok(0);
         }
         let mut prev = self.dot_before(idx, start)?;
@@ -109,17 +110,45 @@ impl Store {
         from: Option<&ChangeCursor>,
         limit: usize,
     ) -> Result<ChangePage> {
-        // Pending mutations' speculative effects are never sent.
-        let _canonical = self.canonical_view()?;
-        let (wanted, more) = self.wanted_rows(vv, from.map(|c| (c.table(), c.row())), limit)?;
-        let next = match (more, wanted.keys().next_back()) {
-            (true, Some(&(tbl, rid))) => Some(ChangeCursor::after(tbl, rid)),
-            _ => None,
+        let version = self.data_version()?;
+        let state = (self.conn.total_changes(), version, self.data_version);
+        if let Some(page) = self.page_memo.borrow().get(state, vv, from, limit) {
+            return Ok(page);
+        }
+        let page = {
+            // Pending mutations' speculative effects are never sent.
+            let _canonical = self.canonical_view()?;
+            // Another connection's commits are in no in-memory coverage
+            // until this handle next writes: then every site is walked.
+            let coverage_is_current = version == self.data_version;
+            let (wanted, more) = self.wanted_rows(
+                vv,
+                from.map(|c| (c.table(), c.row())),
+                limit,
+                coverage_is_current,
+            )?;
+            let next = match (more, wanted.keys().next_back()) {
+                (true, Some(&(tbl, rid))) => Some(ChangeCursor::after(tbl, rid)),
+                _ => None,
+            };
+            ChangePage {
+                changes: self.read_wanted(wanted)?,
+                next,
+            }
         };
-        Ok(ChangePage {
-            changes: self.read_wanted(wanted)?,
-            next,
-        })
+        self.page_memo
+            .borrow_mut()
+            .put(state, vv, from, limit, &page);
+        Ok(page)
+    }
+
+    /// `PRAGMA data_version` now: it differs from `self.data_version` when
+    /// another connection committed since this handle loaded its state.
+    fn data_version(&self) -> Result<i64> {
+        Ok(self
+            .conn
+            .prepare_cached("PRAGMA data_version")?
+            .query_row([], |r| r.get(0))?)
     }
 
     /// The last dot of site `idx` before `start` (0 if none): the rows
@@ -137,12 +166,16 @@ impl Store {
     }
 
     /// The first `limit` rows after `after` that the asker with `vv` lacks,
-    /// with their covers, and whether more follow.
+    /// with their covers, and whether more follow. `coverage_is_current`:
+    /// the in-memory coverage holds every dot in `meldb_dots` (no other
+    /// connection committed since it was loaded), so a site the asker has
+    /// every dot of is skipped without a query.
     fn wanted_rows(
         &self,
         vv: &VersionVector,
         after: Option<(i64, i64)>,
         limit: usize,
+        coverage_is_current: bool,
     ) -> Result<(Wanted, bool)> {
         let limit = limit.max(1);
         let mut wanted = Wanted::new();
@@ -167,7 +200,7 @@ impl Store {
             // has (`mine`): an asker that has all of them up to the last
             // lacks none of this site's, and its walk reads nothing. A
             // caught-up peer costs no query per site.
-            if start > mine.max() {
+            if coverage_is_current && start > mine.max() {
                 continue;
             }
             let mut prev = self.dot_before(idx, start)?;
@@ -405,6 +438,72 @@ mod tests {
                 "{sql}"
             );
         }
+        Ok(())
+    }
+
+    #[test]
+    fn a_page_asked_again_before_a_change_is_not_read_again() -> Result<()> {
+        let mut a = two_sites()?;
+        let walk =
+            "SELECT seq, tbl, rid FROM meldb_dots WHERE site = ?1 AND seq >= ?2 ORDER BY seq";
+        let runs = |a: &Store| -> Result<i32> {
+            Ok(a.conn
+                .prepare_cached(walk)?
+                .get_status(rusqlite::StatementStatus::Run))
+        };
+        let none = VersionVector::new();
+        let first = a.changes_page(&none, None, 100)?;
+        let read = runs(&a)?;
+        assert!(read > 0);
+        assert_eq!(a.changes_page(&none, None, 100)?, first);
+        assert_eq!(runs(&a)?, read, "the second ask was read from SQLite again");
+        // A write moves the state: the next ask reads, and sees it.
+        insert(&mut a, &["a4"])?;
+        let after = a.changes_page(&none, None, 100)?;
+        assert!(runs(&a)? > read);
+        assert_eq!(after.changes.len(), first.changes.len() + 1);
+        // A rolled-back write changed nothing, but the page is read again.
+        let read = runs(&a)?;
+        let failed: Result<()> = a.write(|tx| {
+            tx.insert("item", &[("sku", "a5".into())])?;
+            tx.insert("item", &[("sku", "a5".into())])
+        });
+        assert!(failed.is_err());
+        assert_eq!(a.changes_page(&none, None, 100)?, after);
+        assert!(runs(&a)? > read);
+        Ok(())
+    }
+
+    #[test]
+    fn another_connections_commit_is_in_the_next_page(
+    ) -> std::result::Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("two.db");
+        let schema = test_schema();
+        let mut h1 = StoreOptions::new()
+            .site_id(SiteId::from_bytes([1; 16]))
+            .open(&path, &schema)?;
+        let mut remote = store(2)?;
+        insert(&mut remote, &["r1", "r2"])?;
+        h1.apply(&remote.changes_since(&VersionVector::new())?)?;
+        // An asker with everything h1 has: nothing to send.
+        let caught_up = h1.version_vector();
+        assert!(h1.changes_page(&caught_up, None, 100)?.changes.is_empty());
+        // A second handle on the file receives the remote's next write.
+        let mut h2 = Store::open(&path, &schema)?;
+        insert(&mut remote, &["r3"])?;
+        h2.apply(&remote.changes_since(&h2.version_vector())?)?;
+        drop(h2);
+        // h1's own state is older than the file: the page is read again,
+        // and the walk does not trust h1's coverage to skip the remote.
+        let page = h1.changes_page(&caught_up, None, 100)?;
+        let skus: Vec<String> = page.changes.tables[0]
+            .rows
+            .iter()
+            .map(|r| format!("{:?}", r.key))
+            .collect();
+        assert_eq!(page.changes.len(), 1, "{skus:?}");
+        assert!(skus[0].contains("r3"), "{skus:?}");
         Ok(())
     }
 }

@@ -276,6 +276,7 @@ impl Store {
                         coverage_dirty: BTreeSet::new(),
                     },
                     data_version,
+                    page_memo: Default::default(),
                     authority: options.authority,
                     resolvers: meldb_core::engine::Resolvers::new(),
                     mutators: Vec::new(),

@@ -27,6 +27,7 @@ mod format;
 pub mod layout;
 mod meta;
 mod mutate;
+mod page_memo;
 mod read;
 mod resolve;
 mod rows;
@@ -299,6 +300,9 @@ pub struct Store {
     /// `PRAGMA data_version` when this handle last knew the database: it
     /// changes when another connection commits.
     data_version: i64,
+    /// The last change pages read, for askers that ask the same again
+    /// before anything changes (`page_memo`).
+    page_memo: std::cell::RefCell<page_memo::PageMemo>,
     /// Whether this replica decides conflicts of tables with an authority.
     authority: bool,
     /// `resolve_conflict` closures by table, highest priority first.
