@@ -166,6 +166,8 @@ struct Done {
 #[derive(Default)]
 struct Log {
     writes: Mutex<Vec<Done>>,
+    /// How many `writes` holds: read without the lock.
+    len: std::sync::atomic::AtomicUsize,
 }
 
 impl Log {
@@ -173,6 +175,75 @@ impl Log {
         self.writes
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn push(&self, done: Done) {
+        let mut writes = self.lock();
+        writes.push(done);
+        self.len.store(writes.len(), Ordering::Release);
+    }
+
+    fn len(&self) -> usize {
+        self.len.load(Ordering::Acquire)
+    }
+}
+
+/// The writes an observer waits for, by writing site, each site's in the
+/// order of their dots (the order its writer logged them).
+#[derive(Default)]
+struct Pending {
+    by_site: BTreeMap<SiteId, std::collections::VecDeque<Done>>,
+}
+
+impl Pending {
+    fn add(&mut self, d: Done) {
+        self.by_site.entry(d.site).or_default().push_back(d);
+    }
+
+    fn len(&self) -> usize {
+        self.by_site
+            .values()
+            .map(std::collections::VecDeque::len)
+            .sum()
+    }
+
+    /// Takes out the writes `vv` covers, calling `arrived` on each: of
+    /// every site, or only of `sites` (those whose dots or writes are new
+    /// since the last look). Only a site's writes up to the last dot `vv`
+    /// has of it are looked at: the others cannot be covered.
+    fn take_covered(
+        &mut self,
+        vv: &VersionVector,
+        sites: Option<&BTreeSet<SiteId>>,
+        mut arrived: impl FnMut(&Done),
+    ) {
+        let sites: Vec<SiteId> = match sites {
+            Some(sites) => sites
+                .iter()
+                .filter(|s| self.by_site.contains_key(s))
+                .copied()
+                .collect(),
+            None => self.by_site.keys().copied().collect(),
+        };
+        for site in sites {
+            let (Some(queue), Some(ranges)) = (self.by_site.get_mut(&site), vv.site(&site)) else {
+                continue;
+            };
+            let max = ranges.max();
+            let mut i = 0;
+            while i < queue.len() && queue[i].first <= max {
+                if covered(vv, &queue[i]) {
+                    if let Some(d) = queue.remove(i) {
+                        arrived(&d);
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+            if queue.is_empty() {
+                self.by_site.remove(&site);
+            }
+        }
     }
 }
 
@@ -189,21 +260,29 @@ struct Seen {
 /// it received, and a signal on each.
 struct Heard {
     client: usize,
-    vv: Mutex<VersionVector>,
+    state: Mutex<HeardState>,
     changed: watch::Sender<u64>,
+}
+
+/// A listener's version vector, and the sites it gained dots of since its
+/// observer last looked.
+#[derive(Default)]
+struct HeardState {
+    vv: VersionVector,
+    touched: BTreeSet<SiteId>,
 }
 
 impl Heard {
     fn new(client: usize) -> Heard {
         Heard {
             client,
-            vv: Mutex::new(VersionVector::new()),
+            state: Mutex::new(HeardState::default()),
             changed: watch::Sender::new(0),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, VersionVector> {
-        self.vv
+    fn lock(&self) -> std::sync::MutexGuard<'_, HeardState> {
+        self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -228,7 +307,20 @@ impl Watched {
     fn with_vv<T>(&self, f: impl FnOnce(&VersionVector) -> T) -> T {
         match self {
             Watched::Replica(store) => f(&store.lock().version_vector()),
-            Watched::Listener(heard) => f(&heard.lock()),
+            Watched::Listener(heard) => f(&heard.lock().vv),
+        }
+    }
+
+    /// `f` on the version vector and the sites it gained dots of since the
+    /// last call (`None`: not known, any site may have).
+    fn with_news<T>(&self, f: impl FnOnce(&VersionVector, Option<BTreeSet<SiteId>>) -> T) -> T {
+        match self {
+            Watched::Replica(store) => f(&store.lock().version_vector(), None),
+            Watched::Listener(heard) => {
+                let mut state = heard.lock();
+                let touched = std::mem::take(&mut state.touched);
+                f(&state.vv, Some(touched))
+            }
         }
     }
 }
@@ -294,7 +386,7 @@ async fn writer(
         })
         .await
         .map_err(|e| CliError::Bench(format!("client {client}'s writer: {e}")))??;
-        log.lock().push(Done {
+        log.push(Done {
             client,
             site,
             first,
@@ -316,29 +408,30 @@ async fn observer(
 ) -> Seen {
     let mut changed = watched.subscribe();
     let mut next = 0;
-    let mut pending: Vec<Done> = Vec::new();
+    let mut pending = Pending::default();
     let mut seen = Seen::default();
     loop {
         let stopping = *stop.borrow();
-        {
+        let mut fresh = BTreeSet::new();
+        if log.len() > next {
             let log = log.lock();
-            pending.extend(log[next..].iter().filter(|d| d.client != client));
+            for d in log[next..].iter().filter(|d| d.client != client) {
+                fresh.insert(d.site);
+                pending.add(*d);
+            }
             next = log.len();
         }
-        if !pending.is_empty() {
-            let now = Instant::now();
-            watched.with_vv(|vv| {
-                pending.retain(|d| {
-                    if covered(vv, d) {
-                        seen.latencies
-                            .push(now.duration_since(d.at).as_micros() as u64);
-                        false
-                    } else {
-                        true
-                    }
-                })
+        let now = Instant::now();
+        watched.with_news(|vv, touched| {
+            let sites = touched.map(|mut sites| {
+                sites.append(&mut fresh);
+                sites
             });
-        }
+            pending.take_covered(vv, sites.as_ref(), |d| {
+                seen.latencies
+                    .push(now.duration_since(d.at).as_micros() as u64)
+            })
+        });
         if stopping {
             seen.missing = pending.len() as u64;
             return seen;
@@ -1254,5 +1347,49 @@ async fn drive(
         Ok(())
     } else {
         Err(CliError::Bench("the replicas did not converge".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn done(site: SiteId, first: u64, last: u64) -> Done {
+        Done {
+            client: 0,
+            site,
+            first,
+            last,
+            at: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn pending_writes_arrive_when_covered_in_any_order() {
+        let (a, b) = (SiteId::from_bytes([1; 16]), SiteId::from_bytes([2; 16]));
+        let mut pending = Pending::default();
+        for d in [done(a, 1, 2), done(a, 3, 3), done(a, 4, 5), done(b, 1, 1)] {
+            pending.add(d);
+        }
+        let mut vv = VersionVector::new();
+        // a's later write first: the one below it is still missing.
+        vv.insert(a, 3, 3);
+        let mut arrived = Vec::new();
+        pending.take_covered(&vv, None, |d| arrived.push((d.first, d.last)));
+        assert_eq!(arrived, vec![(3, 3)]);
+        // Only the sites named are looked at.
+        vv.insert(a, 1, 2);
+        vv.insert(b, 1, 1);
+        let only_b = BTreeSet::from([b]);
+        arrived.clear();
+        pending.take_covered(&vv, Some(&only_b), |d| arrived.push((d.first, d.last)));
+        assert_eq!(arrived, vec![(1, 1)]);
+        arrived.clear();
+        pending.take_covered(&vv, None, |d| arrived.push((d.first, d.last)));
+        assert_eq!(arrived, vec![(1, 2)]);
+        // A write is covered only when all of its dots are.
+        vv.insert(a, 4, 4);
+        pending.take_covered(&vv, None, |_| panic!("4..=5 is not all there"));
+        assert_eq!(pending.len(), 1);
     }
 }

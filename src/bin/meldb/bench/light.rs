@@ -199,7 +199,15 @@ pub(super) async fn listener(
 
 impl Heard {
     fn add(&self, changes: &Changeset) {
-        add_covers(&mut self.lock(), changes);
+        {
+            let mut state = self.lock();
+            add_covers(&mut state.vv, changes);
+            for table in &changes.tables {
+                for row in &table.rows {
+                    state.touched.extend(row.covers.iter().map(|c| c.site));
+                }
+            }
+        }
         self.changed.send_modify(|n| *n = n.wrapping_add(1));
     }
 }
@@ -214,12 +222,16 @@ mod tests {
         let schema = Schema::from_toml_str(super::super::SCHEMA, "bench")?;
         let store = Store::open_in_memory(&schema)?;
         let mut store = store;
-        store.write(|tx| tx.set("item", "k", "v", "x"))?;
+        store.write(|tx| tx.insert("item", &[("id", "k".into()), ("v", "x".into())]))?;
         store.write(|tx| tx.increment("item", "k", "n", 2))?;
         let changes = store.changes_since(&VersionVector::new())?;
         let heard = Heard::new(0);
         heard.add(&changes);
-        assert_eq!(*heard.lock(), store.version_vector());
+        assert_eq!(heard.lock().vv, store.version_vector());
+        assert_eq!(
+            heard.lock().touched.iter().collect::<Vec<_>>(),
+            vec![&store.site_id()]
+        );
         // What was sent is not read again.
         let mut sent = VersionVector::new();
         add_covers(&mut sent, &changes);
