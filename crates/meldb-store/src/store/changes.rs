@@ -167,9 +167,9 @@ impl Store {
 
     /// The first `limit` rows after `after` that the asker with `vv` lacks,
     /// with their covers, and whether more follow. `coverage_is_current`:
-    /// the in-memory coverage holds every dot in `meldb_dots` (no other
-    /// connection committed since it was loaded), so a site the asker has
-    /// every dot of is skipped without a query.
+    /// no other connection committed since this handle loaded its state,
+    /// so the sites' bounds on their dot entries hold, and a site the
+    /// asker has every dot of up to its bound is skipped without a query.
     fn wanted_rows(
         &self,
         vv: &VersionVector,
@@ -196,11 +196,13 @@ impl Store {
                 self.replica.coverage.site(&site).unwrap_or(&empty)
             };
             let start = asker.first_missing();
-            // Every entry of a site's in `meldb_dots` is a dot this replica
-            // has (`mine`): an asker that has all of them up to the last
-            // lacks none of this site's, and its walk reads nothing. A
-            // caught-up peer costs no query per site.
-            if coverage_is_current && start > mine.max() {
+            // No entry of this site's in `meldb_dots` is past its bound
+            // (`Sites::max_dot`): an asker that has every dot up to it
+            // lacks none of this site's rows, and its walk would read
+            // nothing. A caught-up peer costs no query per site. (The
+            // coverage is no such bound: a row's clock may hold a dot no
+            // cover brought.)
+            if coverage_is_current && start > self.sites.max_dot(idx) {
                 continue;
             }
             let mut prev = self.dot_before(idx, start)?;
@@ -504,6 +506,56 @@ mod tests {
             .collect();
         assert_eq!(page.changes.len(), 1, "{skus:?}");
         assert!(skus[0].contains("r3"), "{skus:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn a_row_whose_dot_no_cover_brought_is_still_sent_on(
+    ) -> std::result::Result<(), Box<dyn std::error::Error>> {
+        // s writes three rows; c receives all three, but r3 without its
+        // cover (a sender whose coverage lagged its rows), so c's coverage
+        // of s ends at 2 while r3's dot 3 is in c's rows.
+        let mut s = store(1)?;
+        insert(&mut s, &["r1", "r2", "r3"])?;
+        let mut changes = s.changes_since(&VersionVector::new())?;
+        for row in &mut changes.tables[0].rows {
+            if format!("{:?}", row.key).contains("r3") {
+                row.covers.clear();
+            }
+        }
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("c.db");
+        let open = || {
+            StoreOptions::new()
+                .site_id(SiteId::from_bytes([2; 16]))
+                .open(&path, &test_schema())
+        };
+        let mut c = open()?;
+        c.apply(&changes)?;
+        let mut has = VersionVector::new();
+        has.insert(s.site_id(), 1, 2);
+        assert_eq!(
+            c.version_vector().site(&s.site_id()),
+            has.site(&s.site_id())
+        );
+        // An asker with what c's coverage says c has of s still gets r3:
+        // right after the apply, and after c is opened again.
+        for reopened in [false, true] {
+            if reopened {
+                drop(c);
+                c = open()?;
+            }
+            let page = c.changes_page(&has, None, 100)?;
+            let keys: Vec<String> = page
+                .changes
+                .tables
+                .iter()
+                .flat_map(|t| &t.rows)
+                .map(|r| format!("{:?}", r.key))
+                .collect();
+            assert_eq!(keys.len(), 1, "reopened {reopened}: {keys:?}");
+            assert!(keys[0].contains("r3"), "{keys:?}");
+        }
         Ok(())
     }
 }

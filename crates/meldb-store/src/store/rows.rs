@@ -19,10 +19,18 @@ use std::collections::HashMap;
 /// The mapping between site UUIDs and the small integers stored in rows.
 /// Indexes start at 1 (the site that created the database); 0 means "no
 /// site".
+///
+/// It also holds, per site, a bound on the sequence numbers of its
+/// `meldb_dots` entries: every entry this connection has seen or written
+/// has a `seq` at most the bound (loaded at open, raised by
+/// [`write_row`], never lowered: a rolled-back or deleted entry leaves it
+/// high, which only makes it less tight).
 #[derive(Debug, Clone, Default)]
 pub struct Sites {
     ids: Vec<SiteId>,
     index: HashMap<SiteId, u32>,
+    /// By index - 1: the bound on the site's dot entries.
+    max_dots: Vec<u64>,
 }
 
 impl Sites {
@@ -46,7 +54,31 @@ impl Sites {
             sites.index.insert(site, idx as u32);
             sites.ids.push(site);
         }
+        let mut max = conn.prepare("SELECT max(seq) FROM meldb_dots WHERE site = ?1")?;
+        for idx in 1..=sites.ids.len() as i64 {
+            let seq: Option<i64> = max.query_row([idx], |r| r.get(0))?;
+            sites.max_dots.push(seq.unwrap_or(0).max(0) as u64);
+        }
         Ok(sites)
+    }
+
+    /// At least the greatest `seq` of site `idx`'s `meldb_dots` entries
+    /// (0 for an unknown site): see the type's docs.
+    pub fn max_dot(&self, idx: u32) -> u64 {
+        idx.checked_sub(1)
+            .and_then(|i| self.max_dots.get(i as usize))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Raises site `idx`'s bound to `seq`: an entry was written.
+    fn note_dot(&mut self, idx: u32, seq: u64) {
+        if let Some(max) = idx
+            .checked_sub(1)
+            .and_then(|i| self.max_dots.get_mut(i as usize))
+        {
+            *max = (*max).max(seq);
+        }
     }
 
     /// How many sites are known.
@@ -59,6 +91,7 @@ impl Sites {
         for site in self.ids.drain(len..) {
             self.index.remove(&site);
         }
+        self.max_dots.truncate(len);
     }
 
     /// The site stored as `idx`.
@@ -83,6 +116,7 @@ impl Sites {
             .execute(params![idx, site.as_bytes().as_slice()])?;
         self.ids.push(site);
         self.index.insert(site, idx);
+        self.max_dots.push(0);
         Ok(idx)
     }
 
@@ -330,7 +364,7 @@ pub fn write_row(
             .prepare_cached("INSERT INTO meldb_dots (site, seq, tbl, rid) VALUES (?1, ?2, ?3, ?4)")?
             .execute(params![idx, seq as i64, layout.id, rid]);
         match inserted {
-            Ok(_) => {}
+            Ok(_) => sites.note_dot(idx, seq),
             Err(e) if is_constraint(&e) => return Err(RowWriteError::DotTaken(site, seq)),
             Err(e) => return Err(e.into()),
         }
