@@ -251,10 +251,14 @@ impl Store {
             Ok(parts) => {
                 conn.execute_batch("COMMIT")?;
                 let (local, physical, hlc) = parts;
+                // Read before the state it stands for: a commit by another
+                // connection between the two then makes the state look
+                // older than it is (reloaded at the next write, and change
+                // reads do not trust it), never newer.
+                let data_version = conn.query_row("PRAGMA data_version", [], |r| r.get(0))?;
                 let sites = Sites::load(&conn)?;
                 let coverage = load_coverage(&conn, &sites)?;
                 let last_seq = load_last_seq(&conn, &sites, local)?;
-                let data_version = conn.query_row("PRAGMA data_version", [], |r| r.get(0))?;
                 let tables = physical
                     .tables
                     .into_iter()

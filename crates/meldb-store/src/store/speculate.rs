@@ -189,6 +189,10 @@ pub(super) fn restore_all(conn: &Connection, tables: &[TableLayout]) -> Result<u
             }
             .into());
         };
+        // Not through `write_row`, so no `Sites` bound is raised: none
+        // needs to be. These dots were in `meldb_dots` when the image was
+        // taken, and a site's bound never drops below a dot it once had
+        // (clocks only grow, and `write_row` raises the bound).
         for (site, seq) in super::rows::stored_dots(state)? {
             conn.prepare_cached(
                 "INSERT INTO meldb_dots (site, seq, tbl, rid) VALUES (?1, ?2, ?3, ?4)",
