@@ -33,7 +33,7 @@ use crate::error::{CliError, Result};
 use crate::probe;
 
 mod light;
-use meldb::sync::message::{Hello, Want};
+use meldb::sync::message::Want;
 use meldb::sync::{
     Backoff, Connector, ContinuousSync, Grant, Message, PeerUrl, Relay, RelayConfig, RelayMetrics,
     SessionConfig, SharedStore, SyncHandle, SyncState, Tokens,
@@ -459,18 +459,7 @@ async fn idle_client(
     let Ok(mut conn) = Connector::new().connect(&url).await else {
         return;
     };
-    let hello = Hello {
-        site,
-        schema: "bench_relay".to_string(),
-        schema_version: 1,
-        token,
-        accepts_changes: false,
-        live: true,
-        authority: false,
-        namespace: None,
-        compression: meldb::codec::Compression::ACCEPTED.to_vec(),
-    };
-    if conn.send(&Message::Hello(hello)).await.is_err() {
+    if conn.send(&light::hello(site, token, false)).await.is_err() {
         return;
     }
     let mut counted = false;

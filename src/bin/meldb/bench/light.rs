@@ -28,13 +28,15 @@ use tokio::sync::watch;
 /// What a light client's connection reports when it ends.
 pub(super) type Ended = Result<(), String>;
 
-fn hello(site: SiteId, token: Option<String>) -> Message {
+/// The bench's hello, live: from a light client's connections
+/// (`accepts_changes`) and from an idle one (not).
+pub(super) fn hello(site: SiteId, token: Option<String>, accepts_changes: bool) -> Message {
     Message::Hello(Hello {
         site,
         schema: "bench_relay".to_string(),
         schema_version: 1,
         token,
-        accepts_changes: true,
+        accepts_changes,
         live: true,
         authority: false,
         namespace: None,
@@ -91,7 +93,7 @@ pub(super) async fn pusher(
         .await
         .map_err(|e| format!("{who}: connecting: {e}"))?;
     let mut changed = store.subscribe();
-    send(&mut conn, &hello(site, token), &who).await?;
+    send(&mut conn, &hello(site, token, true), &who).await?;
     let mut greeted = false;
     let mut next_seq = 1u64;
     loop {
@@ -162,7 +164,7 @@ pub(super) async fn listener(
         .connect(&url)
         .await
         .map_err(|e: SyncError| format!("{who}: connecting: {e}"))?;
-    send(&mut conn, &hello(site, token), &who).await?;
+    send(&mut conn, &hello(site, token, true), &who).await?;
     let mut greeted = false;
     loop {
         tokio::select! {
@@ -200,12 +202,15 @@ pub(super) async fn listener(
 impl Heard {
     fn add(&self, changes: &Changeset) {
         {
-            let mut state = self.lock();
-            add_covers(&mut state.vv, changes);
-            for table in &changes.tables {
-                for row in &table.rows {
-                    state.touched.extend(row.covers.iter().map(|c| c.site));
-                }
+            let state = &mut *self.lock();
+            for c in changes
+                .tables
+                .iter()
+                .flat_map(|t| &t.rows)
+                .flat_map(|r| &r.covers)
+            {
+                state.vv.insert(c.site, c.first, c.last);
+                state.touched.insert(c.site);
             }
         }
         self.changed.send_modify(|n| *n = n.wrapping_add(1));
